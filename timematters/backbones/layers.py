@@ -1,0 +1,134 @@
+"""Layers shared by the backbones: patch embedding, attention, MLP, drop-path, embedding resampling."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+class PatchEmbed(nn.Module):
+    """Per-frame 2-D patch embedding: video [B, C, T, H, W] -> tokens [B, T, S, D]."""
+
+    def __init__(
+        self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768
+    ):
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.grid = (img_size // patch_size, img_size // patch_size)
+        self.num_patches = self.grid[0] * self.grid[1]
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        B, C, T, H, W = video.shape
+        if (H, W) != (self.img_size, self.img_size):
+            raise ValueError(f"expected {self.img_size}x{self.img_size} frames, got {H}x{W}")
+        x = self.proj(rearrange(video, "b c t h w -> (b t) c h w"))
+        return rearrange(x, "(b t) d h w -> b t (h w) d", b=B)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with timm's parameter names (``qkv``, ``proj``)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [N, L, D] -> [N, L, D]
+        q, k, v = rearrange(
+            self.qkv(x), "n l (three h e) -> three n h l e", three=3, h=self.num_heads
+        )
+        drop = self.attn_drop if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        return self.proj_drop(self.proj(rearrange(x, "n h l e -> n l (h e)")))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample (Huang et al., 2016)."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:
+    """Linearly increasing stochastic-depth rates over the blocks, as in timm and the official codes."""
+    return [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+
+
+def init_weights(module: nn.Module) -> None:
+    """ViT initialisation: truncated normal (std 0.02) for linear layers, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def resample_pos_embed(
+    pos_embed: torch.Tensor, new_grid: tuple[int, int], num_prefix: int = 1
+) -> torch.Tensor:
+    """Resize a [1, prefix + h*w, D] spatial position embedding to a new patch grid (bicubic)."""
+    prefix, grid = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
+    old = int(round(grid.shape[1] ** 0.5))
+    if old * old != grid.shape[1]:
+        raise ValueError(f"position embedding with {grid.shape[1]} patches is not a square grid")
+    if (old, old) == tuple(new_grid):
+        return pos_embed
+    grid = rearrange(grid, "1 (h w) d -> 1 d h w", h=old)
+    grid = F.interpolate(grid.float(), size=new_grid, mode="bicubic", align_corners=False)
+    grid = rearrange(grid, "1 d h w -> 1 (h w) d").to(pos_embed.dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
+def resample_time_embed(time_embed: torch.Tensor, num_frames: int, dim: int = 1) -> torch.Tensor:
+    """Resize a temporal embedding along ``dim`` (the frame axis) to ``num_frames`` (linear)."""
+    if time_embed.shape[dim] == num_frames:
+        return time_embed
+    moved = time_embed.movedim(dim, -1)
+    shape = moved.shape
+    flat = moved.reshape(1, -1, shape[-1]).float()
+    flat = F.interpolate(flat, size=num_frames, mode="linear", align_corners=False)
+    return flat.reshape(*shape[:-1], num_frames).movedim(-1, dim).to(time_embed.dtype)

@@ -1,0 +1,123 @@
+"""Dense optical flow -> per-token direction labels (paper Eq. 9-10, released conventions).
+
+A clip's consecutive frames go through OpenCV's Farnebäck flow on grey frames; the flow vectors are
+averaged over each patch; the mean vector's angle picks one of 8 45° bins (class 1..8) and patches
+that barely move get class 0. Image axes: +x right, +y down, so right = 1, down = 3, left = 5, up = 7.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from einops import rearrange
+
+NUM_FLOW_CLASSES = 9
+_GREY_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+@dataclass(frozen=True)
+class FarnebackParams:
+    """``cv2.calcOpticalFlowFarneback`` parameters; the defaults are the released ones."""
+
+    pyr_scale: float = 0.5
+    levels: int = 3
+    winsize: int = 15
+    iterations: int = 3
+    poly_n: int = 5
+    poly_sigma: float = 1.2
+    gaussian_window: bool = False  # cv2.OPTFLOW_FARNEBACK_GAUSSIAN; the released code uses a box
+
+
+def clip_to_grey(
+    clip: torch.Tensor | np.ndarray,
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+    std: tuple[float, ...] = (0.5, 0.5, 0.5),
+) -> np.ndarray:
+    """A clip -> float32 grey frames [T, H, W] on the released scale.
+
+    The released code takes the normalised [-1, 1] frames and computes
+    grey = (0.299 R + 0.587 G + 0.114 B) * 128. Accepted inputs:
+      - uint8 [T, H, W, 3] (decoder output, RGB), mapped to [-1, 1] first;
+      - float [C, T, H, W] (a normalised clip tensor), un-normalised with ``mean``/``std`` and
+        mapped to [-1, 1] (with mean = std = 0.5 this is the identity).
+    """
+    if isinstance(clip, torch.Tensor):
+        clip = clip.detach().cpu().numpy()
+    if clip.dtype == np.uint8:
+        if clip.ndim != 4 or clip.shape[-1] != 3:
+            raise ValueError(f"expected a uint8 clip [T, H, W, 3], got shape {clip.shape}")
+        rgb = clip.astype(np.float32) / 127.5 - 1.0  # [T, H, W, 3] in [-1, 1]
+    else:
+        if clip.ndim != 4 or clip.shape[0] != 3:
+            raise ValueError(f"expected a float clip [C=3, T, H, W], got shape {clip.shape}")
+        m = np.asarray(mean, np.float32)[:, None, None, None]
+        s = np.asarray(std, np.float32)[:, None, None, None]
+        unit = clip.astype(np.float32) * s + m  # [0, 1]
+        rgb = np.moveaxis(unit * 2.0 - 1.0, 0, -1)
+    grey = rgb @ np.asarray(_GREY_WEIGHTS, np.float32)
+    return np.ascontiguousarray(grey * 128.0, dtype=np.float32)
+
+
+def farneback_opencv(prev: np.ndarray, nxt: np.ndarray, params: FarnebackParams) -> np.ndarray:
+    """OpenCV's dense Farnebäck flow between two float32 grey frames: [H, W, 2] (dx, dy)."""
+    flags = cv2.OPTFLOW_FARNEBACK_GAUSSIAN if params.gaussian_window else 0
+    return cv2.calcOpticalFlowFarneback(
+        prev, nxt, None, params.pyr_scale, params.levels, params.winsize,
+        params.iterations, params.poly_n, params.poly_sigma, flags,
+    )  # fmt: skip
+
+
+def flow_to_direction_labels(
+    flow: torch.Tensor | np.ndarray,
+    patch_size: int,
+    threshold: str = "relative",
+    relative_fraction: float = 0.01,
+    absolute_tau: float = 0.5,
+) -> torch.Tensor:
+    """Dense flow [N, H, W, 2] -> token labels [N, S] int64 in {0..8} (Eq. 10).
+
+    threshold="relative" (released): a patch moves iff r >= r_min + fraction * (r_max - r_min) over
+    that frame pair's patches. threshold="absolute": it moves iff r >= absolute_tau pixels.
+    """
+    flow = torch.as_tensor(flow, dtype=torch.float32)
+    N, H, W, _ = flow.shape
+    if H % patch_size or W % patch_size:
+        raise ValueError(f"frame size {H}x{W} is not a multiple of patch_size {patch_size}")
+    # Mean flow *vector* per patch, row-major like the patch embedding: [N, S, 2].
+    mean = rearrange(flow, "n (h p) (w q) c -> n (h w) (p q) c", p=patch_size, q=patch_size).mean(2)
+    dx, dy = mean.unbind(-1)
+    r = torch.sqrt(dx * dx + dy * dy)
+    phi = torch.remainder(torch.atan2(dy, dx), 2 * math.pi)  # [0, 2π), y down as in the image
+    direction = torch.clamp(torch.floor(phi * (4 / math.pi)).long(), max=7) + 1
+    if threshold == "relative":
+        r_min = r.amin(dim=1, keepdim=True)
+        r_max = r.amax(dim=1, keepdim=True)
+        moving = r >= r_min + relative_fraction * (r_max - r_min)
+    elif threshold == "absolute":
+        moving = r >= absolute_tau
+    else:
+        raise ValueError(f"threshold must be 'relative' or 'absolute', got {threshold!r}")
+    return torch.where(moving, direction, torch.zeros_like(direction))
+
+
+def clip_flow_labels(
+    clip: torch.Tensor | np.ndarray,
+    patch_size: int,
+    params: FarnebackParams = FarnebackParams(),
+    threshold: str = "relative",
+    relative_fraction: float = 0.01,
+    absolute_tau: float = 0.5,
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+    std: tuple[float, ...] = (0.5, 0.5, 0.5),
+) -> torch.Tensor:
+    """Flow labels of one clip between consecutive frames: [T-1, S] int64.
+
+    ``clip`` is uint8 [T, H, W, 3] or a normalised float [C, T, H, W] (see ``clip_to_grey``).
+    """
+    grey = clip_to_grey(clip, mean, std)
+    flows = np.stack([farneback_opencv(grey[j], grey[j + 1], params) for j in range(len(grey) - 1)])
+    return flow_to_direction_labels(flows, patch_size, threshold, relative_fraction, absolute_tau)
