@@ -25,7 +25,7 @@ class PatchEmbed(nn.Module):
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         B, C, T, H, W = video.shape
-        if (H, W) != (self.img_size, self.img_size):
+        if (self.img_size, self.img_size) != (H, W):
             raise ValueError(f"expected {self.img_size}x{self.img_size} frames, got {H}x{W}")
         x = self.proj(rearrange(video, "b c t h w -> (b t) c h w"))
         return rearrange(x, "(b t) d h w -> b t (h w) d", b=B)

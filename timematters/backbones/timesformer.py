@@ -122,7 +122,7 @@ class TimeSformer(nn.Module):
     def forward_features(self, video: torch.Tensor, return_blocks: bool = False) -> VideoTokens:
         # video: [B, C, T, H, W]
         B, _, T, _, _ = video.shape
-        if T != self.num_frames:
+        if self.num_frames != T:
             raise ValueError(f"model built for {self.num_frames} frames, got {T}")
         x = self.patch_embed(video) + self.pos_embed[:, None, 1:]  # [B, T, S, D]
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(B, -1, -1)  # [B, 1, D]
