@@ -1,0 +1,278 @@
+"""Experiment configuration: nested dataclasses are the single source of defaults.
+
+YAML presets and command-line ``key=value`` overrides (dotted, e.g. ``loss.flow.weight=0``) are
+merged on top; an unknown key or a bad value fails with a message naming the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    name: str = "timesformer_tiny_patch8_64"
+    num_classes: int = 0  # 0: taken from the dataset
+    num_frames: int = 8
+    img_size: int = 64
+    drop_path_rate: float | None = None  # None: the variant's default
+    pretrained: str = ""  # a local weights file (timm ViT, official, Hugging Face or ours)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # other backbone keyword arguments
+
+
+@dataclass
+class CELossConfig:
+    smoothing: float = 0.2
+
+
+@dataclass
+class OrderLossConfig:
+    weight: float = 1.0
+    smoothing: float = 0.2
+
+
+@dataclass
+class DebiasLossConfig:
+    weight: float = 1.0
+    shuffle: Literal["per_batch", "per_sample"] = "per_batch"
+    # uniform_ce: -(1/K) sum_c log p_c as released; kl: KL(U || p) = uniform_ce - log K (Eq. 8).
+    form: Literal["uniform_ce", "kl"] = "uniform_ce"
+
+
+@dataclass
+class FlowLossConfig:
+    weight: float = 1.0
+    smoothing: float = 0.2
+
+
+@dataclass
+class LossConfig:
+    ce: CELossConfig = field(default_factory=CELossConfig)
+    order: OrderLossConfig = field(default_factory=OrderLossConfig)
+    debias: DebiasLossConfig = field(default_factory=DebiasLossConfig)
+    flow: FlowLossConfig = field(default_factory=FlowLossConfig)
+
+
+@dataclass
+class FlowConfig:
+    """How flow labels are made (paper Eq. 9-10); defaults are the released conventions."""
+
+    backend: Literal["opencv", "torch"] = "opencv"
+    threshold: Literal["relative", "absolute"] = "relative"
+    relative_fraction: float = 0.01
+    absolute_tau: float = 0.5  # pixels, for threshold=absolute
+    pyr_scale: float = 0.5
+    levels: int = 3
+    winsize: int = 15
+    iterations: int = 3
+    poly_n: int = 5
+    poly_sigma: float = 1.2
+    gaussian_window: bool = False
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in temporal benchmark (data/synthetic.py)."""
+
+    num_train: int = 1200
+    num_test: int = 600
+    img_size: int = 64
+    num_frames: int = 8
+    spurious_rate: float = 0.9  # share of training clips whose scene cue matches their class
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["synthetic", "ssv2", "kinetics", "videolist"] = "synthetic"
+    root: str = ""  # folder holding the videos
+    annotations: str = ""  # annotation folder (SSv2, Kinetics) or list file (videolist)
+    val_annotations: str = ""  # videolist: the evaluation list file
+    class_list: str = ""  # videolist: optional file with one class name per line
+    subset: Literal["all", "temporal", "static"] = "all"  # SSv2 subsets (paper Appendix A)
+    sampling: Literal["segment", "dense"] = "segment"
+    dense_stride: int = 8
+    crop_size: int = 224
+    train_short_side: tuple[int, int] = (256, 320)
+    eval_short_side: int = 224
+    randaugment_ops: int = 2
+    randaugment_magnitude: int = 10
+    hflip: bool = False  # SSv2 has left/right class pairs: never flip it
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    test_temporal_views: int = 1
+    test_spatial_crops: int = 3
+    decoder: Literal["pyav", "torchcodec"] = "pyav"
+    num_workers: int = 4
+    max_bad_fraction: float = 0.01
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.05
+    amsgrad: bool = True
+    schedule: Literal["step", "cosine"] = "step"
+    milestones: tuple[int, ...] = (20, 30)  # epochs, for schedule=step
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0  # for schedule=cosine
+    clip_grad: float = 0.0  # 0: no clipping (released)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 35
+    batch_size: int = 64  # global, over all processes and accumulation steps
+    accumulation: int = 1
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    device: str = "auto"
+    seed: int = 0
+    max_nonfinite_steps: int = 10
+    max_steps: int = 0  # 0: no limit; >0 stops early (smoke runs, benchmarks)
+    log_every: int = 10
+    out: str = "runs/train"
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    shuffle: Literal["per_batch", "per_sample"] = "per_sample"
+    aggregation: Literal["sum", "mean"] = "sum"  # over the test views' logits
+    batch_size: int = 32
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- YAML file <- ``key=value`` overrides, validated."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        cfg = merge(cfg, data, source=str(path))
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        nested: dict[str, Any] = {}
+        node = nested
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw) if raw.strip() else ""
+        cfg = merge(cfg, nested, source="command line")
+    return cfg
+
+
+def merge(obj: Any, data: dict[str, Any], source: str, prefix: str = "") -> Any:
+    """A copy of dataclass ``obj`` with the values of ``data`` converted and checked."""
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
+    changes = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(
+                f"{source}: unknown key {dotted!r}; valid keys here: {', '.join(fields)}"
+            )
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {dotted!r} is a section; give it a mapping")
+            changes[key] = merge(current, value, source, prefix=f"{dotted}.")
+        else:
+            changes[key] = _convert(value, hints[key], dotted, source)
+    return dataclasses.replace(obj, **changes)
+
+
+def _convert(value: Any, hint: Any, key: str, source: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(map(str, args))
+            raise ConfigError(f"{source}: {key}={value!r} is not one of: {choices}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, key, source)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{source}: {key} expects a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], key, source) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{source}: {key} expects {len(args)} values, got {value!r}")
+        return tuple(_convert(v, a, key, source) for v, a in zip(value, args, strict=True))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} expects a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} expects true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key} expects an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{source}: {key} expects a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key} expects a string, got {value!r}")
+        return value
+    return value
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain YAML/JSON-friendly dict (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
