@@ -1,0 +1,161 @@
+"""Hand-checkable cases for the TIME losses (paper Eq. 6-15)."""
+
+import math
+
+import pytest
+import torch
+
+from timematters.backbones import create_backbone
+from timematters.backbones.tokens import VideoTokens
+from timematters.config import LossConfig
+from timematters.losses import (
+    CrossEntropyLoss,
+    DebiasLoss,
+    FlowLoss,
+    LossInputs,
+    OrderLoss,
+    build_objective,
+    sample_frame_permutations,
+    shuffle_frames,
+)
+
+B, T, S, D, K = 3, 4, 6, 8, 5
+
+
+def _inputs(logits=None, shuffled=None, patches=None, batch=None):
+    tokens = VideoTokens(
+        cls=torch.zeros(B, D), patches=patches if patches is not None else torch.zeros(B, T, S, D)
+    )
+    return LossInputs(
+        tokens=tokens,
+        logits=logits if logits is not None else torch.zeros(B, K),
+        batch=batch or {"label": torch.zeros(B, dtype=torch.long)},
+        shuffled_logits=shuffled,
+    )
+
+
+def test_debias_uniform_logits_give_zero_in_kl_form_and_log_k_in_released_form():
+    uniform = torch.full((B, K), 3.7)
+    kl = DebiasLoss(form="kl")(_inputs(shuffled=uniform))["debias_loss"]
+    released = DebiasLoss(form="uniform_ce")(_inputs(shuffled=uniform))["debias_loss"]
+    assert kl.item() == pytest.approx(0.0, abs=1e-6)
+    assert released.item() == pytest.approx(math.log(K), abs=1e-6)
+
+
+def test_debias_matches_kl_divergence_from_uniform():
+    logits = torch.randn(B, K)
+    p = logits.softmax(-1)
+    u = torch.full_like(p, 1 / K)
+    expected = (u * (u.log() - p.log())).sum(-1).mean()
+    got = DebiasLoss(form="kl")(_inputs(shuffled=logits))["debias_loss"]
+    assert got.item() == pytest.approx(expected.item(), abs=1e-5)
+    assert got.item() > 0
+
+
+def test_order_confident_correct_logits_give_near_zero_loss():
+    loss = OrderLoss(D, T, smoothing=0.0)
+    # Features that are one-hot in the frame index, and a head that reads them out with a big gain.
+    patches = torch.zeros(B, T, S, D)
+    for t in range(T):
+        patches[:, t, :, t] = 1.0
+    with torch.no_grad():
+        loss.temp_head.weight.zero_()
+        loss.temp_head.bias.zero_()
+        loss.temp_head.weight[:, :T] = 50 * torch.eye(T)
+    value = loss(_inputs(patches=patches))["order_loss"]
+    assert value.item() < 1e-6
+    # Reversed frames make the same head confidently wrong.
+    wrong = loss(_inputs(patches=patches.flip(1)))["order_loss"]
+    assert wrong.item() > 10
+
+
+def test_label_smoothing_matches_closed_form():
+    eps = 0.2
+    logits = torch.randn(B, K)
+    labels = torch.tensor([0, 2, 4])
+    log_p = logits.log_softmax(-1)
+    nll = -log_p[torch.arange(B), labels]
+    closed = ((1 - eps) * nll - eps * log_p.mean(-1)).mean()
+    got = CrossEntropyLoss(smoothing=eps)(_inputs(logits=logits, batch={"label": labels}))[
+        "ce_loss"
+    ]
+    assert got.item() == pytest.approx(closed.item(), abs=1e-6)
+
+
+def test_flow_head_shapes_and_loss_with_perfect_logits():
+    loss = FlowLoss(D, smoothing=0.0)
+    patches = torch.randn(B, T, S, D)
+    assert loss.predict(patches).shape == (B, T - 1, S, 9)
+    labels = torch.randint(0, 9, (B, T - 1, S))
+    value = loss(_inputs(patches=patches, batch={"flow_labels": labels}))["flow_loss"]
+    # Chance level of a random head is about log 9; the loss is a mean over B·(T-1)·S tokens.
+    assert 0.5 * math.log(9) < value.item() < 2 * math.log(9)
+    # The attention runs from frame j+1's queries to frame j's keys: changing only the last frame
+    # changes only the last pair's predictions.
+    moved = patches.clone()
+    moved[:, -1] += 1.0
+    diff = (loss.predict(moved) - loss.predict(patches)).abs().amax(dim=(0, 2, 3))
+    assert torch.all(diff[:-1] == 0) and diff[-1] > 0
+
+
+def test_zero_weight_removes_the_head_and_its_inputs():
+    full = build_objective(LossConfig(), embed_dim=D, num_frames=T)
+    cfg = LossConfig()
+    cfg.order.weight = 0.0
+    cfg.flow.weight = 0.0
+    cfg.debias.weight = 0.0
+    ce_only = build_objective(cfg, embed_dim=D, num_frames=T)
+    assert set(full.losses) == {"ce", "order", "debias", "flow"}
+    assert set(ce_only.losses) == {"ce"}
+    assert sum(p.numel() for p in ce_only.parameters()) == 0
+    names = {n for n, _ in full.named_parameters()}
+    assert any("temp_head" in n for n in names) and any("flow_head" in n for n in names)
+    assert not ce_only.needs_flow_labels and full.needs_flow_labels
+
+
+def test_objective_sums_weighted_terms_and_runs_one_backbone_pass():
+    torch.manual_seed(0)
+    model = create_backbone(
+        "timesformer_tiny_patch8_64", num_classes=K, img_size=16, embed_dim=16, depth=1,
+        num_heads=2, num_frames=T, drop_path_rate=0.0,
+    )  # fmt: skip
+    cfg = LossConfig()
+    cfg.order.weight, cfg.debias.weight, cfg.flow.weight = 0.5, 2.0, 0.25
+    objective = build_objective(cfg, model.embed_dim, model.num_frames)
+    batch = {
+        "video": torch.randn(2, 3, T, 16, 16),
+        "label": torch.tensor([1, 3]),
+        "flow_labels": torch.randint(0, 9, (2, T - 1, 4)),
+    }
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+    handle = model.patch_embed.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    out = objective(model, batch, generator=torch.Generator().manual_seed(0))
+    handle.remove()
+    t = out.terms
+    expected = t["ce_loss"] + 0.5 * t["order_loss"] + 2.0 * t["debias_loss"] + 0.25 * t["flow_loss"]
+    assert out.total.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert calls == [4]  # one patch-embedding pass over original + shuffled clips
+    assert out.logits.shape == (2, K) and out.tokens.patches.shape[0] == 2
+    # The shuffled half really is the same clips with permuted frames.
+    perms = sample_frame_permutations(2, T, "per_batch", torch.Generator().manual_seed(0))
+    shuffled, _ = shuffle_frames(batch["video"], perms=perms)
+    model.eval()
+    objective.eval()
+    with torch.no_grad():
+        direct = model(shuffled)
+        again = objective(model, batch, generator=torch.Generator().manual_seed(0))
+    log_p = direct.float().log_softmax(-1)
+    assert again.terms["debias_loss"].item() == pytest.approx(-log_p.mean().item(), rel=1e-5)
+
+
+def test_shuffle_frames_permutes_frames_per_sample_without_identity():
+    video = torch.arange(T).float().view(1, 1, T, 1, 1).expand(50, 3, T, 2, 2).clone()
+    shuffled, perms = shuffle_frames(video, "per_sample", torch.Generator().manual_seed(1))
+    assert not (perms == torch.arange(T)).all(dim=1).any()
+    assert torch.equal(shuffled[:, 0, :, 0, 0], perms.float())
+    assert len({tuple(p.tolist()) for p in perms}) > 5
+    _, batch_perms = shuffle_frames(video, "per_batch", torch.Generator().manual_seed(1))
+    assert (batch_perms == batch_perms[0]).all()
+    with pytest.raises(ValueError, match="per_batch"):
+        sample_frame_permutations(2, T, "sometimes")

@@ -1,0 +1,22 @@
+"""The TIME losses: each a module owning its head and returning named terms."""
+
+from timematters.losses.ce import CrossEntropyLoss
+from timematters.losses.debias import DebiasLoss
+from timematters.losses.flow import FlowLoss
+from timematters.losses.inputs import LossInputs
+from timematters.losses.objective import Objective, ObjectiveOutput, build_objective
+from timematters.losses.order import OrderLoss
+from timematters.losses.shuffle import sample_frame_permutations, shuffle_frames
+
+__all__ = [
+    "CrossEntropyLoss",
+    "DebiasLoss",
+    "FlowLoss",
+    "LossInputs",
+    "Objective",
+    "ObjectiveOutput",
+    "OrderLoss",
+    "build_objective",
+    "sample_frame_permutations",
+    "shuffle_frames",
+]

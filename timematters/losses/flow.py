@@ -1,0 +1,46 @@
+"""Token flow direction: attention from frame j+1's tokens to frame j's predicts, per token, one of
+9 Farnebäck direction classes (Eq. 9-13)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from timematters.flow.labels import NUM_FLOW_CLASSES
+from timematters.losses.inputs import LossInputs
+
+
+class FlowLoss(nn.Module):
+    name = "flow"
+    requires = ("flow_labels",)
+
+    def __init__(self, embed_dim: int, smoothing: float = 0.2):
+        super().__init__()
+        # Released names: single-head cross-attention at full width, then Linear -> LayerNorm -> Linear.
+        self.mlp_q = nn.Linear(embed_dim, embed_dim)
+        self.mlp_k = nn.Linear(embed_dim, embed_dim)
+        self.mlp_v = nn.Linear(embed_dim, embed_dim)
+        self.mlp_proj = nn.Linear(embed_dim, embed_dim)
+        self.mlp_norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.flow_head = nn.Linear(embed_dim, NUM_FLOW_CLASSES)
+        self.smoothing = smoothing
+
+    def predict(self, patches: torch.Tensor) -> torch.Tensor:
+        """[B, T, S, D] final patch tokens -> [B, T-1, S, 9] direction logits for every pair (j, j+1)."""
+        query = self.mlp_q(patches[:, 1:])  # frame j+1 asks...
+        key = self.mlp_k(patches[:, :-1])  # ...which of frame j's tokens it came from
+        value = self.mlp_v(patches[:, :-1])
+        # Softmax over frame j's S tokens, scale D^-0.5, no residual.
+        x = F.scaled_dot_product_attention(query, key, value)
+        return self.flow_head(self.mlp_norm(self.mlp_proj(x)))
+
+    def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
+        labels = inputs.batch.get("flow_labels")
+        if labels is None:
+            raise ValueError("the flow loss needs batch['flow_labels'] [B, T-1, S]")
+        logits = self.predict(inputs.tokens.patches)
+        loss = F.cross_entropy(
+            logits.flatten(0, 2).float(), labels.flatten(), label_smoothing=self.smoothing
+        )
+        return {"flow_loss": loss}

@@ -1,0 +1,51 @@
+"""Frame permutations: one function serves the debias loss, evaluation and the diagnostics."""
+
+from __future__ import annotations
+
+import torch
+
+
+def sample_frame_permutations(
+    batch_size: int,
+    num_frames: int,
+    mode: str = "per_batch",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Permutations of the frame axis, [B, T] (row b: which source frame lands in each slot).
+
+    per_batch (released): one uniformly random permutation for the whole batch; the identity is
+    not excluded. per_sample: an independent permutation per clip, redrawn until it is not the
+    identity, so every clip is really out of order.
+    """
+    if mode == "per_batch":
+        perm = torch.randperm(num_frames, generator=generator)
+        return perm.expand(batch_size, num_frames).clone()
+    if mode != "per_sample":
+        raise ValueError(f"shuffle mode must be 'per_batch' or 'per_sample', got {mode!r}")
+    identity = torch.arange(num_frames)
+    perms = torch.stack(
+        [torch.randperm(num_frames, generator=generator) for _ in range(batch_size)]
+    )
+    if num_frames > 1:
+        while (same := (perms == identity).all(dim=1)).any():
+            for b in same.nonzero().flatten().tolist():
+                perms[b] = torch.randperm(num_frames, generator=generator)
+    return perms
+
+
+def shuffle_frames(
+    video: torch.Tensor,
+    mode: str = "per_batch",
+    generator: torch.Generator | None = None,
+    perms: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Permute the frames of each clip of a video batch [B, C, T, H, W].
+
+    Positions are embedded by slot inside the model, so the shuffled clip carries in-order
+    temporal embeddings on out-of-order content. Returns (shuffled video, perms [B, T]).
+    """
+    B, _, T = video.shape[:3]
+    if perms is None:
+        perms = sample_frame_permutations(B, T, mode, generator)
+    index = perms.to(video.device).view(B, 1, T, *([1] * (video.ndim - 3)))
+    return torch.gather(video, 2, index.expand_as(video)), perms
