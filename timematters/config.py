@@ -18,10 +18,9 @@ import yaml
 
 @dataclass
 class ModelConfig:
-    name: str = "timesformer_tiny_patch8_64"
+    name: str = "timesformer_base_patch16_224"
     num_classes: int = 0  # 0: taken from the dataset
-    num_frames: int = 8
-    img_size: int = 64
+    num_frames: int = 8  # the clip length everywhere: sampling, model, losses
     drop_path_rate: float | None = None  # None: the variant's default
     pretrained: str = ""  # a local weights file (timm ViT, official, Hugging Face or ours)
     kwargs: dict[str, Any] = field(default_factory=dict)  # other backbone keyword arguments
@@ -79,19 +78,17 @@ class FlowConfig:
 
 @dataclass
 class SyntheticConfig:
-    """The built-in temporal benchmark (data/synthetic.py)."""
+    """The built-in temporal benchmark (data/synthetic.py); frames are data.crop_size pixels."""
 
     num_train: int = 1200
     num_test: int = 600
-    img_size: int = 64
-    num_frames: int = 8
     spurious_rate: float = 0.9  # share of training clips whose scene cue matches their class
     seed: int = 0
 
 
 @dataclass
 class DataConfig:
-    dataset: Literal["synthetic", "ssv2", "kinetics", "videolist"] = "synthetic"
+    dataset: Literal["synthetic", "ssv2", "kinetics", "videolist"] = "ssv2"
     root: str = ""  # folder holding the videos
     annotations: str = ""  # annotation folder (SSv2, Kinetics) or list file (videolist)
     val_annotations: str = ""  # videolist: the evaluation list file
@@ -99,7 +96,7 @@ class DataConfig:
     subset: Literal["all", "temporal", "static"] = "all"  # SSv2 subsets (paper Appendix A)
     sampling: Literal["segment", "dense"] = "segment"
     dense_stride: int = 8
-    crop_size: int = 224
+    crop_size: int = 224  # the model's input size too
     train_short_side: tuple[int, int] = (256, 320)
     eval_short_side: int = 224
     randaugment_ops: int = 2
@@ -140,6 +137,8 @@ class TrainConfig:
     max_nonfinite_steps: int = 10
     max_steps: int = 0  # 0: no limit; >0 stops early (smoke runs, benchmarks)
     log_every: int = 10
+    eval_every_epochs: int = 1  # 0: evaluate only at the end
+    save_every_steps: int = 0  # 0: checkpoint at the end of each epoch only
     out: str = "runs/train"
     tensorboard: bool = True
     progress: bool = True
@@ -148,7 +147,9 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     shuffle: Literal["per_batch", "per_sample"] = "per_sample"
-    aggregation: Literal["sum", "mean"] = "sum"  # over the test views' logits
+    # Over a clip's test views: "logits" sums them (released; confidences use their mean),
+    # "softmax" averages the views' probabilities.
+    aggregation: Literal["logits", "softmax"] = "logits"
     batch_size: int = 32
     seed: int = 0
 
