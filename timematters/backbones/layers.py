@@ -123,12 +123,18 @@ def resample_pos_embed(
     return torch.cat([prefix, grid], dim=1)
 
 
-def resample_time_embed(time_embed: torch.Tensor, num_frames: int, dim: int = 1) -> torch.Tensor:
-    """Resize a temporal embedding along ``dim`` (the frame axis) to ``num_frames`` (linear)."""
+def resample_time_embed(
+    time_embed: torch.Tensor, num_frames: int, dim: int = 1, mode: str = "nearest"
+) -> torch.Tensor:
+    """Resize a temporal embedding along ``dim`` (the frame axis) to ``num_frames``.
+
+    Nearest by default, as the official TimeSformer resizes ``time_embed``; "linear" is smoother.
+    """
     if time_embed.shape[dim] == num_frames:
         return time_embed
     moved = time_embed.movedim(dim, -1)
     shape = moved.shape
     flat = moved.reshape(1, -1, shape[-1]).float()
-    flat = F.interpolate(flat, size=num_frames, mode="linear", align_corners=False)
+    extra = {} if mode == "nearest" else {"align_corners": False}
+    flat = F.interpolate(flat, size=num_frames, mode=mode, **extra)
     return flat.reshape(*shape[:-1], num_frames).movedim(-1, dim).to(time_embed.dtype)

@@ -32,6 +32,14 @@ class FarnebackParams:
     gaussian_window: bool = False  # cv2.OPTFLOW_FARNEBACK_GAUSSIAN; the released code uses a box
 
 
+def farneback_params(cfg) -> FarnebackParams:
+    """The Farnebäck parameters of a ``FlowConfig``."""
+    return FarnebackParams(
+        cfg.pyr_scale, cfg.levels, cfg.winsize, cfg.iterations, cfg.poly_n, cfg.poly_sigma,
+        cfg.gaussian_window,
+    )  # fmt: skip
+
+
 def clip_to_grey(
     clip: torch.Tensor | np.ndarray,
     mean: tuple[float, ...] = (0.5, 0.5, 0.5),

@@ -1,0 +1,198 @@
+"""Loading pretrained weights from a local file into any backbone, checked key by key.
+
+Sources: a timm ImageNet ViT (inflated by the backbone), an official checkpoint (``model_state``
+wrapper, ``model.`` prefix), a Hugging Face ``transformers`` state dict, and our own checkpoints;
+files ``.pth``/``.pyth``/``.pt``/``.bin`` (read with ``weights_only=True``) and ``.safetensors``.
+
+The steps: read and unwrap, detect the source, let the backbone rename/inflate
+(``model.convert_state_dict(state_dict, source) -> (state_dict, expected_missing)``), resize the
+spatial and temporal embeddings, drop a classifier of another number of classes, then check the
+keys. Every missing, unexpected or mis-shaped key is named in one ``PretrainedKeyError``; weights
+are copied into the model only after that check passed.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from timematters.backbones.layers import resample_pos_embed, resample_time_embed
+
+TORCH_SUFFIXES = (".pth", ".pyth", ".pt", ".bin")
+SAFETENSORS_SUFFIX = ".safetensors"
+# Checkpoint wrappers: official TimeSformer/SlowFast, ours and MAE/DeiT, Lightning-style, DDP.
+WRAPPER_KEYS = ("model_state", "model", "state_dict", "module")
+PREFIXES = ("model.", "module.")
+# Temporal embeddings are resized along their frame axis: TimeSformer's time_embed, the
+# Motionformer / X-ViT temp_embed.
+TEMPORAL_EMBEDDINGS = ("time_embed", "temp_embed")
+
+
+class PretrainedKeyError(KeyError):
+    """The checkpoint does not fit the model; names every missing, unexpected and mis-shaped key."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        missing: list[str],
+        unexpected: list[str],
+        mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]],
+    ):
+        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+        lines = [f"{path} does not fit the model:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {', '.join(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+        for key, (theirs, ours) in mismatched.items():
+            hint = " (a different patch size?)" if key.startswith("patch_embed.") else ""
+            lines.append(f"  {key}: checkpoint {list(theirs)}, model {list(ours)}{hint}")
+        super().__init__("\n".join(lines))
+
+    def __str__(self) -> str:
+        # KeyError would print the repr of the message, newlines escaped.
+        return self.args[0]
+
+
+@dataclass
+class LoadReport:
+    """What ``load_pretrained`` did: where the weights came from and what it changed."""
+
+    path: str
+    source: str
+    resized: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
+    new: list[str] = field(default_factory=list)  # keys the model initialised itself
+    dropped: list[str] = field(default_factory=list)  # checkpoint heads of another class count
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from a local file, unwrapping checkpoint dicts and ``model.``/``module.``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file at {path}")
+    if path.suffix == SAFETENSORS_SUFFIX:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            obj = load_file(str(path), device="cpu")
+        except SafetensorError as error:
+            raise ValueError(f"cannot read {path} as safetensors: {error}") from error
+    elif path.suffix in TORCH_SUFFIXES:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError) as error:
+            raise ValueError(
+                f"refusing to load {path}: it is not a plain tensor checkpoint that "
+                f"torch.load(weights_only=True) accepts (re-save only its tensors): {error}"
+            ) from error
+    else:
+        supported = ", ".join((*TORCH_SUFFIXES, SAFETENSORS_SUFFIX))
+        raise ValueError(f"{path}: unknown weights format {path.suffix!r}; expected {supported}")
+    return _unwrap(obj, path)
+
+
+def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    while isinstance(obj, dict):
+        wrapper = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+        if wrapper is None:
+            break
+        obj = obj[wrapper]
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ValueError(
+            f"{path}: entries that are not tensors: {', '.join(map(str, not_tensors))}"
+        )
+    # Strip a prefix only when every key carries it (official .pyth files, DDP checkpoints).
+    stripped = True
+    while stripped and obj:
+        stripped = False
+        for prefix in PREFIXES:
+            if all(k.startswith(prefix) for k in obj):
+                obj = {k.removeprefix(prefix): v for k, v in obj.items()}
+                stripped = True
+    return obj
+
+
+def detect_source(state_dict: dict[str, torch.Tensor]) -> str:
+    """Name the convention of a state dict's keys.
+
+    "hf_timesformer": Hugging Face ``transformers`` (``timesformer.``, ``embeddings.`` keys);
+    "timm_vit": an image ViT (blocks but no temporal parameters, to be inflated);
+    "official": already the official names, which our checkpoints use too.
+    """
+    keys = list(state_dict)
+    if any(k.startswith(("timesformer.", "embeddings.", "encoder.layer.")) for k in keys):
+        return "hf_timesformer"
+    temporal = any("temporal" in k or k.split(".")[0] in TEMPORAL_EMBEDDINGS for k in keys)
+    if not temporal and any(k.startswith("blocks.") for k in keys):
+        return "timm_vit"
+    return "official"
+
+
+def load_pretrained(
+    model: nn.Module, path: str | Path, *, num_classes_changed_ok: bool = True
+) -> LoadReport:
+    """Load weights from ``path`` into ``model``; raise ``PretrainedKeyError`` unless they fit.
+
+    A classifier head (keys under ``model.classifier_name``, default "head") that is absent or has
+    another number of classes is left to the model's initialisation when ``num_classes_changed_ok``.
+    """
+    state_dict = read_state_dict(path)
+    source = detect_source(state_dict)
+    state_dict, expected_missing = model.convert_state_dict(state_dict, source)
+    state_dict = dict(state_dict)
+    report = LoadReport(path=str(path), source=source)
+    target = model.state_dict()
+
+    for key, value in list(state_dict.items()):
+        want = target.get(key)
+        if want is None or want.shape == value.shape:
+            continue
+        resized = _resize_embedding(key, value, want.shape, model)
+        if resized is not None and resized.shape == want.shape:
+            state_dict[key] = resized
+            report.resized[key] = (tuple(value.shape), tuple(want.shape))
+
+    head = getattr(model, "classifier_name", "head") + "."
+    head_keys = {k for k in target if k.startswith(head)}
+    head_changed = any(
+        k not in state_dict or state_dict[k].shape != target[k].shape for k in head_keys
+    )
+    if head_changed and num_classes_changed_ok:
+        report.dropped = sorted(k for k in head_keys if k in state_dict)
+        state_dict = {k: v for k, v in state_dict.items() if k not in head_keys}
+        expected_missing = set(expected_missing) | head_keys
+
+    missing = sorted(k for k in target if k not in state_dict and k not in expected_missing)
+    unexpected = sorted(k for k in state_dict if k not in target)
+    mismatched = {
+        k: (tuple(v.shape), tuple(target[k].shape))
+        for k, v in state_dict.items()
+        if k in target and v.shape != target[k].shape
+    }
+    if missing or unexpected or mismatched:
+        raise PretrainedKeyError(path, missing, unexpected, mismatched)
+
+    model.load_state_dict(state_dict, strict=False)
+    report.new = sorted(k for k in target if k not in state_dict)
+    return report
+
+
+def _resize_embedding(
+    key: str, value: torch.Tensor, shape: torch.Size, model: nn.Module
+) -> torch.Tensor | None:
+    """Resample a spatial or temporal embedding to the model's shape; None for any other key."""
+    if key == "pos_embed" and value.shape[-1] == shape[-1]:
+        return resample_pos_embed(value, tuple(model.grid))
+    if key in TEMPORAL_EMBEDDINGS and value.ndim == len(shape):
+        differing = [d for d in range(value.ndim) if value.shape[d] != shape[d]]
+        if len(differing) == 1:
+            return resample_time_embed(value, shape[differing[0]], dim=differing[0])
+    return None
