@@ -1,0 +1,145 @@
+"""The training loop end to end on the built-in synthetic benchmark: tiny, CPU, seconds."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from timematters.config import load_config
+from timematters.engine.checkpoint import load_checkpoint, save_checkpoint
+from timematters.engine.train import evaluate_checkpoint, train
+
+TINY = [
+    "data.dataset=synthetic",
+    "data.crop_size=32",
+    "data.num_workers=0",
+    "data.synthetic.num_train=16",
+    "data.synthetic.num_test=8",
+    "model.name=timesformer_tiny_patch8_64",
+    "model.num_frames=4",
+    "model.drop_path_rate=0.0",
+    "model.kwargs={embed_dim: 24, depth: 2, num_heads: 2}",
+    "train.batch_size=4",
+    "train.epochs=2",
+    "train.device=cpu",
+    "train.precision=fp32",
+    "train.log_every=1",
+    "train.progress=false",
+    "train.tensorboard=false",
+    "eval.batch_size=8",
+    "optim.lr=0.001",
+]
+
+
+def tiny_config(out: Path, *extra: str):
+    return load_config(None, [*TINY, f"train.out={out}", *extra])
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_train_runs_end_to_end_and_writes_the_run_folder(tmp_path):
+    result = train(tiny_config(tmp_path / "run"))
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.jsonl", "eval.json", "eval.md", "checkpoints/last.pth"):
+        assert (run / name).is_file(), name
+    metrics = result["metrics"]
+    assert set(metrics) == {"all", "temporal", "static"}
+    assert metrics["all"]["num_clips"] == 8
+    records = [line for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any('"flow_loss"' in r and '"debias_loss"' in r and '"order_loss"' in r for r in records)
+    assert any('"kind": "eval"' in r for r in records)
+    # The checkpoint evaluates to the same numbers through `eval`'s path.
+    again = evaluate_checkpoint(tiny_config(run), run / "checkpoints" / "last.pth")
+    assert again.metrics() == pytest.approx(metrics)
+
+
+def test_killed_run_resumes_with_the_same_loss_sequence(tmp_path):
+    # 16 clips / batch 4 = 4 steps per epoch; checkpoints every 3 steps and at each epoch end.
+    extra = ["train.save_every_steps=3", "loss.debias.shuffle=per_sample"]
+    full_losses = {}
+    train(
+        tiny_config(tmp_path / "full", *extra),
+        step_callback=lambda s, r: full_losses.__setitem__(s, r["loss"]),
+    )
+
+    def kill_at_7(step, record):
+        if step == 7:
+            raise _Killed  # after step 7: the last checkpoint is step 6 (mid-epoch 2)
+
+    with pytest.raises(_Killed):
+        train(tiny_config(tmp_path / "killed", *extra), step_callback=kill_at_7)
+    state = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pth")
+    assert state["step"] == 6
+    resumed = {}
+    train(
+        tiny_config(tmp_path / "killed", *extra),
+        resume=tmp_path / "killed" / "checkpoints" / "last.pth",
+        step_callback=lambda s, r: resumed.__setitem__(s, r["loss"]),
+    )
+    assert sorted(resumed) == [7, 8]
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(full_losses[step], abs=1e-6), step
+
+
+def test_checkpoint_round_trip_and_pickle_refused(tmp_path):
+    state = {"model": {"w": torch.randn(3, 2)}, "epoch": 3, "config": {"a": [1, 2]}}
+    save_checkpoint(state, tmp_path / "ck.pth")
+    back = load_checkpoint(tmp_path / "ck.pth")
+    assert torch.equal(back["model"]["w"], state["model"]["w"]) and back["epoch"] == 3
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    torch.save({"model": {}, "evil": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match="weights-only"):
+        load_checkpoint(tmp_path / "evil.pth")
+    assert not (tmp_path / "pwned").exists()
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        load_checkpoint(tmp_path / "nope.pth")
+
+
+def test_nonfinite_loss_is_skipped_counted_and_stops_the_run(tmp_path):
+    cfg = tiny_config(tmp_path / "nan", "train.max_nonfinite_steps=2", "optim.lr=1e30")
+    from timematters.engine.train import NonFiniteLossError
+
+    seen = []
+    with pytest.raises(NonFiniteLossError, match="max_nonfinite_steps=2"):
+        train(cfg, step_callback=lambda s, r: seen.append(r["nonfinite_steps"]))
+    assert seen and seen[-1] >= 1
+
+
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+    reason="torchrun not found",
+)
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    common = [*TINY, "train.epochs=1", "eval.batch_size=4"]
+    config = tmp_path / "tiny.yaml"
+    config.write_text("{}\n")
+
+    def run(nproc: int, out: Path) -> dict:
+        cmd = [
+            torchrun, "--standalone", f"--nproc_per_node={nproc}", "-m", "timematters.cli",
+            "train", str(config), *common, f"train.out={out}",
+        ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return load_checkpoint(out / "checkpoints" / "last.pth")
+
+    one = run(1, tmp_path / "one")
+    two = run(2, tmp_path / "two")
+    assert one["step"] == two["step"] == 4
+    for key, value in one["model"].items():
+        torch.testing.assert_close(two["model"][key], value, atol=1e-5, rtol=0, msg=key)
+    for key, value in one["objective"].items():
+        torch.testing.assert_close(two["objective"][key], value, atol=1e-5, rtol=0, msg=key)

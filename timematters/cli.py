@@ -1,0 +1,128 @@
+"""The `timematters` command line: demo, train, eval, diagnose, data check, backbones."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from timematters.config import ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="timematters",
+        description="TIME: temporal self-supervision for video transformers (ICML 2022).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser(
+        "demo", help="train baseline and +TIME on the built-in temporal benchmark and compare"
+    )
+    demo.add_argument("--quick", action="store_true", help="a smoke run (under 2 minutes)")
+    demo.add_argument("--seeds", type=int, default=1, help="repeat with this many seeds")
+    demo.add_argument("--out", default="runs/demo", help="run folder")
+    demo.add_argument("--ablation", action="store_true", help="all 8 loss combinations of Table 3")
+    demo.add_argument("--epochs", type=int, default=None, help="override the epoch budget")
+
+    train = commands.add_parser("train", help="train from a YAML config")
+    train.add_argument("config", help="YAML preset (see configs/)")
+    train.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    train.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        help="continue a run from a checkpoint (default: <train.out>/checkpoints/last.pth)",
+    )
+    train.add_argument("--init-from", default=None, help="start from these weights only")
+
+    evaluate = commands.add_parser("eval", help="original / shuffled / gap of a checkpoint")
+    evaluate.add_argument("config")
+    evaluate.add_argument("overrides", nargs="*")
+    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--out", default=None, help="folder for eval.json / eval.md")
+
+    data = commands.add_parser("data", help="dataset tools")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    check = data_commands.add_parser("check", help="validate a dataset; non-zero exit on problems")
+    check.add_argument("config")
+    check.add_argument("overrides", nargs="*")
+
+    commands.add_parser("backbones", help="list the registered backbones")
+
+    args = parser.parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"timematters: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _demo(args) -> int:
+    from timematters.demo import run_demo
+
+    run_demo(
+        out=Path(args.out), quick=args.quick, seeds=args.seeds, ablation=args.ablation,
+        epochs=args.epochs,
+    )  # fmt: skip
+    return 0
+
+
+def _train(args) -> int:
+    from timematters.engine.train import train
+
+    cfg = load_config(args.config, args.overrides)
+    resume = args.resume
+    if resume == "auto":
+        resume = Path(cfg.train.out) / "checkpoints" / "last.pth"
+    result = train(cfg, resume=resume, init_from=args.init_from)
+    if result["metrics"] is not None:
+        from timematters.engine.evaluate import format_table
+
+        print(format_table({cfg.model.name: result["metrics"]}))
+        print(f"run folder: {result['run_dir']}")
+    return 0
+
+
+def _eval(args) -> int:
+    from timematters.engine.evaluate import format_table
+    from timematters.engine.train import evaluate_checkpoint
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent
+    result = evaluate_checkpoint(cfg, args.checkpoint)
+    metrics = result.metrics()
+    out.mkdir(parents=True, exist_ok=True)
+    table = format_table({Path(args.checkpoint).name: metrics})
+    (out / "eval.json").write_text(json.dumps(metrics, indent=2))
+    (out / "eval.md").write_text(table + "\n")
+    print(table)
+    print(f"wrote {out / 'eval.json'} and {out / 'eval.md'}")
+    return 0
+
+
+def _data(args) -> int:
+    from timematters.data.check import check_dataset
+
+    return check_dataset(load_config(args.config, args.overrides))
+
+
+def _backbones(args) -> int:
+    from timematters.backbones import list_backbones
+
+    print("\n".join(list_backbones()))
+    return 0
+
+
+_COMMANDS = {
+    "demo": _demo,
+    "train": _train,
+    "eval": _eval,
+    "data": _data,
+    "backbones": _backbones,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""`timematters demo`: baseline vs +TIME on the built-in temporal benchmark, in minutes on a CPU.
+
+A thin driver over the training loop: it builds the configs (same seed, data and budget for every
+variant), trains and evaluates each, and writes a run folder with a markdown report, JSON metrics
+and plots. The benchmark (data/synthetic.py) is a miniature of SSv2's Temporal and Static subsets
+with a spatial shortcut in the training split.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from timematters.config import (
+    Config,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    SyntheticConfig,
+    TrainConfig,
+)
+from timematters.diagnostics.plots import plot_shuffle_bars, plot_training_curves
+from timematters.engine.evaluate import format_table
+
+# (order, debias, flow) -> row name, in the order of the paper's Table 3.
+_ABLATION = list(itertools.product((False, True), repeat=3))
+
+
+def variant_name(order: bool, debias: bool, flow: bool) -> str:
+    if not (order or debias or flow):
+        return "baseline"
+    if order and debias and flow:
+        return "+TIME"
+    return "+" + "+".join(
+        n for n, on in zip(("order", "debias", "flow"), (order, debias, flow), strict=True) if on
+    )
+
+
+def demo_config(
+    order: bool, debias: bool, flow: bool, seed: int, out: Path, quick: bool = False,
+    epochs: int | None = None,
+) -> Config:  # fmt: skip
+    """The demo's recipe: a tiny TimeSformer trained from scratch on the synthetic benchmark."""
+    cfg = Config()
+    cfg.model = ModelConfig(name="timesformer_tiny_patch8_64", num_frames=8, drop_path_rate=0.1)
+    cfg.data = DataConfig(
+        dataset="synthetic",
+        crop_size=64,
+        num_workers=0,
+        synthetic=SyntheticConfig(
+            num_train=256 if quick else 1200,
+            num_test=128 if quick else 600,
+            spurious_rate=0.9,
+            seed=seed,
+        ),
+    )
+    cfg.loss.order.weight = float(order)
+    cfg.loss.debias.weight = float(debias)
+    cfg.loss.flow.weight = float(flow)
+    num_epochs = epochs or (2 if quick else 8)
+    cfg.optim = OptimConfig(
+        lr=1e-3, weight_decay=0.05, schedule="cosine", warmup_epochs=1.0, min_lr=1e-5
+    )
+    cfg.train = TrainConfig(
+        epochs=num_epochs, batch_size=32, precision="fp32", device="cpu", seed=seed, log_every=1,
+        eval_every_epochs=1 if not quick else 0, out=str(out), tensorboard=False,
+    )  # fmt: skip
+    cfg.eval = replace(cfg.eval, batch_size=64, seed=seed)
+    return cfg
+
+
+def run_demo(
+    out: Path,
+    quick: bool = False,
+    seeds: int = 1,
+    ablation: bool = False,
+    epochs: int | None = None,
+) -> dict:
+    from timematters.engine.train import train
+
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    variants = _ABLATION if ablation else [(False, False, False), (True, True, True)]
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    per_seed: dict[str, list[dict]] = {}
+    curves: dict[str, Path] = {}
+    for seed in range(seeds):
+        for order, debias, flow in variants:
+            name = variant_name(order, debias, flow)
+            run_dir = out / f"seed{seed}" / name.replace("+", "plus_")
+            print(f"[demo] seed {seed}: training {name} ...", flush=True)
+            result = train(demo_config(order, debias, flow, seed, run_dir, quick, epochs))
+            per_seed.setdefault(name, []).append(result["metrics"])
+            if seed == 0:
+                curves[name] = run_dir / "metrics.jsonl"
+            print(format_table({name: result["metrics"]}), flush=True)
+
+    rows = {name: _mean_metrics(runs) for name, runs in per_seed.items()}
+    elapsed = time.perf_counter() - started
+    table = format_table(rows)
+    (out / "metrics.json").write_text(
+        json.dumps({"mean": rows, "per_seed": per_seed, "seconds": elapsed}, indent=2)
+    )
+    plot_training_curves(curves, out / "training_curves.png")
+    plot_shuffle_bars(rows, out / "shuffle_accuracy.png")
+    _write_report(out, table, rows, per_seed, seeds, elapsed, quick)
+    print()
+    print(
+        f"TIME demo: top-1 (%) on original and frame-shuffled test clips, mean over {seeds} seed(s)"
+    )
+    print(table)
+    print(f"\nreport: {out / 'report.md'}  ({elapsed / 60:.1f} min)")
+    return {"rows": rows, "per_seed": per_seed, "seconds": elapsed}
+
+
+def _mean_metrics(runs: list[dict]) -> dict:
+    return {
+        subset: {key: float(np.mean([r[subset][key] for r in runs])) for key in runs[0][subset]}
+        for subset in runs[0]
+    }
+
+
+def _write_report(out, table, rows, per_seed, seeds, elapsed, quick) -> None:
+    spread = []
+    for name, runs in per_seed.items():
+        if len(runs) > 1:
+            for subset in runs[0]:
+                gaps = [r[subset]["gap"] for r in runs]
+                spread.append(
+                    f"- {name}, {subset}: gap per seed {', '.join(f'{g:.1f}' for g in gaps)}"
+                )
+    lines = [
+        "# TIME demo: does the model use the order of frames?",
+        "",
+        f"Tiny TimeSformer trained from scratch on the built-in temporal benchmark "
+        f"({'quick smoke run, ' if quick else ''}{seeds} seed(s), {elapsed / 60:.1f} min). "
+        "Top-1 (%) on the original test clips, on the same clips with their frames shuffled, and the "
+        "gap. Temporal classes come in time-reversed pairs, so only frame order separates them; "
+        "static classes differ in appearance. In training, each class mostly co-occurs with its own "
+        "background (a spatial shortcut); in the test split backgrounds are random.",
+        "",
+        table,
+        "",
+        "A model that uses time should lose accuracy when frames are shuffled (lower Shuffled, larger "
+        "Gap), above all on the temporal classes.",
+        "",
+        *spread,
+        "",
+        "![accuracy on original and shuffled clips](shuffle_accuracy.png)",
+        "",
+        "![training curves](training_curves.png)",
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(lines))

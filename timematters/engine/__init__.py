@@ -1,0 +1,1 @@
+"""Training and evaluation: one loop serves `train`, `demo` and the diagnostics' probes."""

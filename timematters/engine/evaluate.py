@@ -1,0 +1,147 @@
+"""Evaluation on original and frame-shuffled clips: top-1 / top-5 and their gap, per subset.
+
+One function serves `eval`, `demo` and `diagnose`. A batch's video is [B, C, T, H, W] or, with
+several test views (temporal clips x spatial crops), [B, V, C, T, H, W]; the views' logits are
+aggregated per clip. Each clip's frames are shuffled with one permutation shared by its views.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from einops import rearrange, repeat
+from torch import nn
+from tqdm import tqdm
+
+from timematters.losses.shuffle import sample_frame_permutations, shuffle_frames
+
+
+@dataclass
+class EvalResult:
+    """Per-clip outputs of one evaluation; metrics and diagnostics derive from them."""
+
+    labels: np.ndarray  # [N]
+    probs: np.ndarray  # [N, K] on the original clips (after view aggregation)
+    shuffled_probs: np.ndarray  # [N, K] on the frame-shuffled clips
+    classes: list[str]
+    subsets: dict[str, list[int]] = field(default_factory=dict)
+
+    def subset_masks(self) -> dict[str, np.ndarray]:
+        masks = {"all": np.ones(len(self.labels), dtype=bool)}
+        for name, class_ids in self.subsets.items():
+            masks[name] = np.isin(self.labels, class_ids)
+        return masks
+
+    def metrics(self) -> dict[str, dict[str, float]]:
+        """Accuracies in percent for all clips and each subset."""
+        out = {}
+        for name, mask in self.subset_masks().items():
+            labels = self.labels[mask]
+            top1, top5 = _topk(self.probs[mask], labels)
+            s_top1, s_top5 = _topk(self.shuffled_probs[mask], labels)
+            out[name] = {
+                "top1": top1,
+                "top5": top5,
+                "shuffled_top1": s_top1,
+                "shuffled_top5": s_top5,
+                "gap": top1 - s_top1,
+                "gap_top5": top5 - s_top5,
+                "num_clips": int(mask.sum()),
+            }
+        return out
+
+    def confidence_gap(self) -> np.ndarray:
+        """Per clip: confidence in the true class on the original minus on the shuffled clip (Fig. 1c)."""
+        rows = np.arange(len(self.labels))
+        return self.probs[rows, self.labels] - self.shuffled_probs[rows, self.labels]
+
+
+def _topk(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    if len(labels) == 0:
+        return float("nan"), float("nan")
+    k = min(5, probs.shape[1])
+    ranked = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    hits = ranked == labels[:, None]
+    return 100.0 * hits[:, 0].mean(), 100.0 * hits.any(axis=1).mean()
+
+
+def _aggregate(logits: torch.Tensor, mode: str) -> torch.Tensor:
+    """[B, V, K] view logits -> [B, K] probabilities."""
+    if mode == "logits":
+        return logits.float().mean(dim=1).softmax(dim=-1)  # same ranking as the released sum
+    if mode == "softmax":
+        return logits.float().softmax(dim=-1).mean(dim=1)
+    raise ValueError(f"aggregation must be 'logits' or 'softmax', got {mode!r}")
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader,
+    device: torch.device,
+    classes: list[str],
+    subsets: dict[str, list[int]] | None = None,
+    shuffle: str = "per_sample",
+    aggregation: str = "logits",
+    seed: int = 0,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> EvalResult:
+    """Run ``model`` (video -> logits) on every clip, in order and frame-shuffled."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    labels, probs, shuffled_probs = [], [], []
+    autocast = (
+        torch.autocast(device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
+    for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        video = batch["video"].to(device, non_blocking=True)
+        if video.ndim == 5:
+            video = video[:, None]  # one view
+        B, V, _, T = video.shape[:4]
+        views = rearrange(video, "b v c t h w -> (b v) c t h w")
+        perms = repeat(sample_frame_permutations(B, T, shuffle, generator), "b t -> (b v) t", v=V)
+        with autocast:
+            logits = model(views)
+            shuffled_logits = model(shuffle_frames(views, perms=perms)[0])
+        probs.append(_aggregate(rearrange(logits, "(b v) k -> b v k", b=B), aggregation).cpu())
+        shuffled_probs.append(
+            _aggregate(rearrange(shuffled_logits, "(b v) k -> b v k", b=B), aggregation).cpu()
+        )
+        labels.append(batch["label"].cpu())
+    model.train(was_training)
+
+    result = [
+        torch.cat(labels).numpy(),
+        torch.cat(probs).numpy(),
+        torch.cat(shuffled_probs).numpy(),
+    ]
+    if dist.is_initialized():  # each rank saw its own shard: gather them all
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, result)
+        result = [np.concatenate([g[i] for g in gathered]) for i in range(3)]
+    return EvalResult(*result, classes=list(classes), subsets=dict(subsets or {}))
+
+
+def format_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Markdown table in the style of the paper's Table 3: a row per model, Original / Shuffled /
+    Gap top-1 for each subset."""
+    subsets = list(next(iter(rows.values())))
+    header = "| model | " + " | ".join(
+        f"{s} original ↑ | {s} shuffled ↓ | {s} gap ↑" for s in subsets
+    )
+    lines = [header + " |", "|" + " --- |" * (1 + 3 * len(subsets))]
+    for name, metrics in rows.items():
+        cells = []
+        for s in subsets:
+            m = metrics[s]
+            cells += [f"{m['top1']:.1f}", f"{m['shuffled_top1']:.1f}", f"{m['gap']:.1f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
