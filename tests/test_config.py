@@ -34,6 +34,7 @@ def test_overrides_and_defaults():
     )
     assert cfg.loss.flow.weight == 0.0 and cfg.data.subset == "temporal"
     assert cfg.optim.milestones == (5, 8)
+    assert load_config(None, ["optim.lr=1e-4"]).optim.lr == 1e-4  # YAML 1.1 reads this as a string
     # Defaults are the released recipe.
     default = Config()
     assert (

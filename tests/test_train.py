@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -56,7 +57,8 @@ def test_train_runs_end_to_end_and_writes_the_run_folder(tmp_path):
     assert any('"kind": "eval"' in r for r in records)
     # The checkpoint evaluates to the same numbers through `eval`'s path.
     again = evaluate_checkpoint(tiny_config(run), run / "checkpoints" / "last.pth")
-    assert again.metrics() == pytest.approx(metrics)
+    np.testing.assert_allclose(again.probs, result["result"].probs, atol=1e-6)
+    assert again.metrics() == metrics
 
 
 def test_killed_run_resumes_with_the_same_loss_sequence(tmp_path):
@@ -122,7 +124,9 @@ def test_nonfinite_loss_is_skipped_counted_and_stops_the_run(tmp_path):
 )
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    common = [*TINY, "train.epochs=1", "eval.batch_size=4"]
+    # The released lr: Adam's per-element normalisation would magnify float reduction-order noise
+    # in near-zero gradients at a much larger one.
+    common = [*TINY, "train.epochs=1", "eval.batch_size=4", "optim.lr=1e-4"]
     config = tmp_path / "tiny.yaml"
     config.write_text("{}\n")
 

@@ -252,6 +252,11 @@ def _convert(value: Any, hint: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{source}: {key} expects an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{source}: {key} expects a number, got {value!r}")
         return float(value)

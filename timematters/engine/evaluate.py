@@ -66,7 +66,7 @@ def _topk(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     k = min(5, probs.shape[1])
     ranked = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     hits = ranked == labels[:, None]
-    return 100.0 * hits[:, 0].mean(), 100.0 * hits.any(axis=1).mean()
+    return float(100.0 * hits[:, 0].mean()), float(100.0 * hits.any(axis=1).mean())
 
 
 def _aggregate(logits: torch.Tensor, mode: str) -> torch.Tensor:

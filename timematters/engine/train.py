@@ -75,6 +75,11 @@ def model_patch_size(cfg: Config) -> int:
         return create_backbone(cfg.model.name, **backbone_kwargs(cfg, num_classes=1)).patch_size
 
 
+def token_frames(model: nn.Module) -> int:
+    """Frames in the token grid (fewer than input frames with Motionformer's 2-frame tubelets)."""
+    return model.num_frames // getattr(model, "tubelet_size", 1)
+
+
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
     model = create_backbone(cfg.model.name, **backbone_kwargs(cfg, num_classes))
     if cfg.model.pretrained:
@@ -225,6 +230,8 @@ def _train(cfg: Config, info: DistInfo, resume, init_from, step_callback) -> dic
     # Data. Flow labels come from the loader (OpenCV) or from the training step (torch).
     patch_size = model_patch_size(cfg)
     needs_flow = cfg.loss.flow.weight != 0
+    if needs_flow and cfg.model.kwargs.get("tubelet_size", 1) != 1:
+        raise ValueError("the flow loss needs one token frame per video frame (tubelet_size=1)")
     flow_in_loader = needs_flow and cfg.flow.backend == "opencv"
     train_set = build_dataset(cfg, "train", flow_labels=flow_in_loader, patch_size=patch_size)
     test_set = build_dataset(cfg, "test", flow_labels=False, patch_size=patch_size)
@@ -233,7 +240,7 @@ def _train(cfg: Config, info: DistInfo, resume, init_from, step_callback) -> dic
     model = build_model(cfg, num_classes)
     if init_from:
         load_pretrained(model, init_from)
-    objective = build_objective(cfg.loss, model.embed_dim, model.num_frames)
+    objective = build_objective(cfg.loss, model.embed_dim, token_frames(model))
     time_model = TimeModel(model, objective).to(device)
     ddp_model = (
         DistributedDataParallel(

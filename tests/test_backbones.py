@@ -1,0 +1,176 @@
+"""Contract tests over the backbone registry: every registered backbone, built at a tiny size."""
+
+import pytest
+import torch
+from einops import repeat
+from torch import nn
+
+from timematters.backbones import VideoTokens, create_backbone, list_backbones
+
+B, T, IMG, PATCH, D, DEPTH, HEADS, K = 2, 4, 32, 8, 48, 2, 3, 5
+S = (IMG // PATCH) ** 2
+TINY = {
+    "num_classes": K,
+    "num_frames": T,
+    "img_size": IMG,
+    "patch_size": PATCH,
+    "embed_dim": D,
+    "depth": DEPTH,
+    "num_heads": HEADS,
+    "drop_path_rate": 0.0,
+}
+BACKBONES = list_backbones()
+
+
+def build(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return create_backbone(name, **TINY).eval()
+
+
+def random_video(batch: int = B) -> torch.Tensor:
+    return torch.randn(batch, 3, T, IMG, IMG, generator=torch.Generator().manual_seed(1))
+
+
+def test_registry_holds_every_family():
+    for family in ("timesformer", "motionformer", "xvit"):
+        assert f"{family}_base_patch16_224" in BACKBONES
+        assert f"{family}_tiny_patch8_64" in BACKBONES
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_default_size_on_meta_device(name):
+    # The registered sizes, without allocating weights: attributes and output shapes.
+    with torch.device("meta"):
+        model = create_backbone(name)
+        H = model.grid[0] * model.patch_size
+        tokens = model.forward_features(torch.empty(1, 3, model.num_frames, H, H))
+        logits = model.forward_head(tokens.cls)
+    assert model.grid == (H // model.patch_size,) * 2
+    assert tokens.cls.shape == (1, model.embed_dim)
+    assert tokens.patches.shape[2:] == (model.grid[0] * model.grid[1], model.embed_dim)
+    assert logits.shape == (1, model.num_classes)
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_shapes_and_finite(name):
+    model = build(name)
+    assert (model.num_classes, model.num_frames, model.embed_dim) == (K, T, D)
+    assert (model.patch_size, model.grid) == (PATCH, (IMG // PATCH, IMG // PATCH))
+    video = random_video()
+    with torch.no_grad():
+        tokens = model.forward_features(video, return_blocks=True)
+        logits = model(video)
+    assert isinstance(tokens, VideoTokens)
+    assert tokens.cls.shape == (B, D)
+    assert tokens.patches.shape == (B, T, S, D)
+    assert tokens.frame_features.shape == (B, T, D)
+    assert len(tokens.blocks) == DEPTH
+    assert all(block.shape == (B, T, S, D) for block in tokens.blocks)
+    assert logits.shape == (B, K)
+    torch.testing.assert_close(logits, model.forward_head(tokens.cls))
+    for tensor in (tokens.cls, tokens.patches, logits, *tokens.blocks):
+        assert torch.isfinite(tensor).all()
+    assert model.forward_features(video).blocks is None
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_rejects_wrong_frame_count(name):
+    with pytest.raises(ValueError, match="frames"):
+        build(name).forward_features(torch.zeros(1, 3, T + 1, IMG, IMG))
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_every_parameter_gets_a_gradient(name):
+    model = build(name)
+    # Zero-initialised gates (temporal_fc, time embeddings) would hide a parameter behind them:
+    # perturb everything so that only a truly unused parameter gets no gradient.
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    tokens = model.forward_features(random_video())
+    logits = model.forward_head(tokens.cls)
+    # Random weights: a plain sum over a LayerNorm's output has no gradient when its weight is flat.
+    generator = torch.Generator().manual_seed(3)
+    loss = (logits * torch.randn(logits.shape, generator=generator)).sum()
+    loss = loss + (tokens.patches * torch.randn(tokens.patches.shape, generator=generator)).sum()
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not missing, f"parameters without gradient: {missing}"
+
+
+def _tagging_model(name: str) -> nn.Module:
+    """A model whose every patch token keeps only its own input, readable in channel 0.
+
+    All weights are zero (so every block is the identity: zero attention and MLP branches), every
+    LayerNorm is a plain normalisation and square per-token layers (Motionformer's pre-logits)
+    become 0.1 * identity. The patch embedding writes its input into channel 0 next to constant
+    channels 1 and -1, so after the final norm channel 0 is strictly increasing in that input.
+    """
+    model = build(name)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.weight.fill_(1.0)
+            elif isinstance(module, nn.Linear) and module.in_features == module.out_features:
+                module.weight.copy_(0.1 * torch.eye(module.in_features))
+        model.patch_embed.proj.bias[1:3] = torch.tensor([1.0, -1.0])
+    return model
+
+
+def _assert_increasing_in_t_s_order(patches: torch.Tensor) -> None:
+    # patches [1, T, S, D]: channel 0 read in (t s) order must follow the tags t + s / S.
+    values = patches[0, :, :, 0].flatten()
+    assert (values.diff() > 0).all(), "patch tokens are not at patches[:, t, s]"
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_token_order_from_content(name):
+    # Frame t, patch s (row-major) is filled with the value t + s / S.
+    model = _tagging_model(name)
+    with torch.no_grad():
+        model.patch_embed.proj.weight[0] = 1.0 / model.patch_embed.proj.weight[0].numel()
+    tags = torch.arange(T)[:, None] + torch.arange(S)[None] / S  # [T, S]
+    video = repeat(tags, "t (h w) -> 1 c t (h ph) (w pw)", c=3, h=IMG // PATCH, ph=PATCH, pw=PATCH)
+    with torch.no_grad():
+        _assert_increasing_in_t_s_order(model.forward_features(video).patches)
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_token_order_from_embeddings(name):
+    # A blank video: position embedding s carries s / S, time embedding t carries t.
+    model = _tagging_model(name)
+    params = dict(model.named_parameters())
+    time_embed = [params[n] for n in ("time_embed", "temp_embed") if n in params]
+    assert len(time_embed) == 1, "expected one time embedding named time_embed or temp_embed"
+    with torch.no_grad():
+        params["pos_embed"][0, 1:, 0] = torch.arange(S) / S
+        time_embed[0].view(T, D)[:, 0] = torch.arange(T).float()
+        patches = model.forward_features(torch.zeros(1, 3, T, IMG, IMG)).patches
+    _assert_increasing_in_t_s_order(patches)
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_loads_timm_vit_weights(name):
+    timm = pytest.importorskip("timm")
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=IMG,
+        patch_size=PATCH,
+        embed_dim=D,
+        depth=DEPTH,
+        num_heads=HEADS,
+        num_classes=K,
+    )
+    model = build(name)
+    converted, expected_missing = model.convert_state_dict(vit.state_dict(), "timm_vit")
+    own = model.state_dict()
+    assert set(converted) <= set(own), f"unexpected keys: {set(converted) - set(own)}"
+    assert set(own) - set(converted) == expected_missing
+    model.load_state_dict(converted, strict=False)
+    torch.testing.assert_close(
+        model.state_dict()["blocks.1.attn.qkv.weight"], vit.state_dict()["blocks.1.attn.qkv.weight"]
+    )
