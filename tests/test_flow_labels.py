@@ -112,7 +112,7 @@ def test_uint8_clip_and_normalised_tensor_give_the_same_grey_and_labels():
     normalised = (tensor - 0.5) / 0.5
     np.testing.assert_allclose(clip_to_grey(frames), clip_to_grey(normalised), atol=1e-3)
     grey = clip_to_grey(frames)
-    assert grey.shape == (3, 64, 64) and -128 <= grey.min() and grey.max() <= 128
+    assert grey.shape == (3, 64, 64) and grey.min() >= -128 and grey.max() <= 128
     other_norm = (tensor - 0.45) / 0.25
     np.testing.assert_allclose(
         clip_to_grey(other_norm, mean=(0.45,) * 3, std=(0.25,) * 3), grey, atol=1e-3

@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     check = data_commands.add_parser("check", help="validate a dataset; non-zero exit on problems")
     check.add_argument("config")
     check.add_argument("overrides", nargs="*")
+    check.add_argument("--no-decode", action="store_true", help="check files exist, skip decoding")
+    check.add_argument("--limit", type=int, default=0, help="check at most N videos per split")
 
     commands.add_parser("backbones", help="list the registered backbones")
 
@@ -106,7 +108,8 @@ def _eval(args) -> int:
 def _data(args) -> int:
     from timematters.data.check import check_dataset
 
-    return check_dataset(load_config(args.config, args.overrides))
+    cfg = load_config(args.config, args.overrides)
+    return check_dataset(cfg, decode=not args.no_decode, limit=args.limit)
 
 
 def _backbones(args) -> int:

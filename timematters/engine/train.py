@@ -27,7 +27,7 @@ from timematters.backbones import create_backbone
 from timematters.backbones.pretrained import load_pretrained
 from timematters.config import Config, config_to_dict, save_config
 from timematters.data.build import build_dataset
-from timematters.data.collate import BadVideoLog, collate_videos
+from timematters.data.collate import BadVideoLog, batch_size, collate_videos
 from timematters.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from timematters.engine.distributed import (
     DistInfo,
@@ -399,6 +399,9 @@ def train_one_epoch(
             break
         bad_log.update(batch)
         bad_log.check(cfg.data.max_bad_fraction, min_seen=cfg.train.batch_size)
+        # A batch whose videos were all bad is skipped, by every rank together (DDP would hang).
+        if all_reduce_sum(torch.tensor([float(batch_size(batch) == 0)])).item() > 0:
+            continue
         batch = _to_device(batch, device)
         if flow_on_device:
             batch["flow_labels"] = _flow_labels_on_device(

@@ -19,7 +19,9 @@ class FlowLoss(nn.Module):
         super().__init__()
         # Released names: single-head cross-attention at full width, then Linear -> LayerNorm -> Linear.
         self.mlp_q = nn.Linear(embed_dim, embed_dim)
-        self.mlp_k = nn.Linear(embed_dim, embed_dim)
+        # No key bias: it adds the same logit to every key, softmax cancels it, its gradient is
+        # zero and Adam would only random-walk it on rounding noise.
+        self.mlp_k = nn.Linear(embed_dim, embed_dim, bias=False)
         self.mlp_v = nn.Linear(embed_dim, embed_dim)
         self.mlp_proj = nn.Linear(embed_dim, embed_dim)
         self.mlp_norm = nn.LayerNorm(embed_dim, eps=1e-6)

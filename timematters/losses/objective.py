@@ -53,7 +53,7 @@ class Objective(nn.Module):
     ) -> ObjectiveOutput:
         video = batch["video"]
         B = video.shape[0]
-        debias = self.losses["debias"] if "debias" in self.losses else None
+        debias = self.losses["debias"] if "debias" in self.losses else None  # noqa: SIM401 (ModuleDict has no get)
         if debias is not None:
             # Both views in one forward pass: every layer works per clip, so this equals two passes
             # and runs the backbone once (which DistributedDataParallel requires).

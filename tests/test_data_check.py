@@ -1,0 +1,83 @@
+"""``data check``: summary and exit codes on good and broken datasets."""
+
+import pytest
+from videos import numbered_frames, write_ssv2_tree, write_video
+
+from timematters.config import Config, DataConfig, ModelConfig
+from timematters.data.check import check_dataset
+from timematters.data.subsets import STATIC_CLASSES, TEMPORAL_CLASSES
+
+
+def _config(**data):
+    defaults = dict(crop_size=32, train_short_side=(36, 40), eval_short_side=32, num_workers=0)
+    return Config(model=ModelConfig(num_frames=4), data=DataConfig(**{**defaults, **data}))
+
+
+@pytest.fixture
+def list_tree(tmp_path):
+    for name in ("a.mp4", "b.webm", "c.webm"):
+        write_video(tmp_path / name, numbered_frames(10))
+    (tmp_path / "train.txt").write_text("a.mp4 run\nb.webm walk\n")
+    (tmp_path / "val.txt").write_text("c.webm walk\n")
+    return tmp_path
+
+
+def _list_config(tmp):
+    return _config(
+        dataset="videolist",
+        annotations=str(tmp / "train.txt"),
+        val_annotations=str(tmp / "val.txt"),
+    )
+
+
+def test_good_video_list_passes(list_tree, capsys):
+    assert check_dataset(_list_config(list_tree)) == 0
+    out = capsys.readouterr().out
+    assert "train: 2 videos listed, 2 found, 0 missing, 0 of 2 checked undecodable" in out
+    assert "no problems found" in out
+    assert "walk" in out
+
+
+def test_undecodable_and_missing_fail(list_tree, capsys):
+    (list_tree / "b.webm").write_bytes(b"not a video at all")
+    (list_tree / "val.txt").write_text("c.webm walk\nabsent.mp4 run\n")
+    assert check_dataset(_list_config(list_tree)) == 1
+    out = capsys.readouterr().out
+    assert "1 videos undecodable" in out and "b.webm" in out
+    assert "1 videos missing" in out and "absent.mp4" in out
+    # Without decoding only the missing file is found.
+    assert check_dataset(_list_config(list_tree), decode=False) == 1
+    assert "videos undecodable" not in capsys.readouterr().out
+
+
+def test_missing_annotations_named(tmp_path, capsys):
+    cfg = _config(dataset="videolist", annotations=str(tmp_path / "nope.txt"))
+    assert check_dataset(cfg) == 1
+    assert str(tmp_path / "nope.txt") in capsys.readouterr().out
+
+
+def test_class_without_training_videos_fails(list_tree, capsys):
+    (list_tree / "classes.txt").write_text("run\nwalk\nswim\n")
+    cfg = _list_config(list_tree)
+    cfg.data.class_list = str(list_tree / "classes.txt")
+    assert check_dataset(cfg) == 1
+    assert "1 classes have no videos" in capsys.readouterr().out
+
+
+def test_ssv2_subset_names_checked(tmp_path, capsys):
+    classes = ["Approaching something with your camera", *TEMPORAL_CLASSES, *STATIC_CLASSES]
+    root, annotations = write_ssv2_tree(tmp_path / "full", classes, per_class=1, num_frames=6)
+    cfg = _config(dataset="ssv2", root=str(root), annotations=str(annotations))
+    assert check_dataset(cfg, decode=False) == 0
+    assert "temporal 6, static 17" in capsys.readouterr().out
+
+    root, annotations = write_ssv2_tree(tmp_path / "part", classes[:5], per_class=1, num_frames=6)
+    cfg = _config(dataset="ssv2", root=str(root), annotations=str(annotations))
+    assert check_dataset(cfg, decode=False) == 1
+    out = capsys.readouterr().out
+    assert "temporal subset names not in labels.json" in out
+    assert "Moving something and something so they collide with each other" in out
+
+
+def test_synthetic_has_nothing_to_check(capsys):
+    assert check_dataset(_config(dataset="synthetic")) == 0

@@ -1,0 +1,111 @@
+"""Clip transforms: the same augmentation on every frame, crops, flips, normalisation."""
+
+import numpy as np
+import pytest
+import torch
+
+from timematters.data.transforms import (
+    EvalTransform,
+    TrainTransform,
+    frames_to_video,
+    make_randaugment,
+    normalise,
+)
+
+
+def _textured_clip(num_frames=6, height=48, width=64, seed=0):
+    """One random frame repeated: a consistent augmentation keeps the frames identical."""
+    frame = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return np.repeat(frame[None], num_frames, axis=0)
+
+
+def _ramp_clip(num_frames=4, height=48, width=64):
+    """Brightness grows left to right."""
+    ramp = np.linspace(0, 255, width).astype(np.uint8)
+    return np.broadcast_to(ramp[None, None, :, None], (num_frames, height, width, 3)).copy()
+
+
+def test_randaugment_applies_the_same_ops_to_every_frame():
+    clip = frames_to_video(_textured_clip())
+    augment = make_randaugment(2, 10)
+    changed = 0
+    for seed in range(40):
+        torch.manual_seed(seed)
+        out = augment(clip)
+        assert torch.equal(out, out[:1].expand_as(out)), f"frames differ for seed {seed}"
+        changed += not torch.equal(out, clip)
+    assert changed > 30  # it does augment
+
+
+def test_randaugment_grey_fill():
+    torch.manual_seed(0)
+    clip = frames_to_video(np.zeros((2, 48, 64, 3), np.uint8))
+    augment = make_randaugment(1, 10)
+    fills = set()
+    for seed in range(60):
+        torch.manual_seed(seed)
+        fills.update(torch.unique(augment(clip)).tolist())
+    assert 128 in fills  # rotations/shears/translations expose grey
+
+
+def test_train_transform_consistent_across_frames():
+    transform = TrainTransform(crop_size=32, short_side=(36, 44), hflip=True)
+    clip = _textured_clip()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        out = transform(clip)
+        assert out.shape == (3, 6, 32, 32) and out.dtype == torch.float32
+        assert torch.equal(out, out[:, :1].expand_as(out))
+
+
+def test_train_transform_jitters_scale_and_position():
+    transform = TrainTransform(crop_size=32, short_side=(36, 60), randaugment_ops=0)
+    outs = set()
+    for seed in range(10):
+        torch.manual_seed(seed)
+        outs.add(transform(_textured_clip()).sum().item())
+    assert len(outs) > 5
+
+
+@pytest.mark.parametrize("hflip", [False, True])
+def test_flip_only_when_allowed(hflip):
+    transform = TrainTransform(crop_size=32, short_side=(48, 48), randaugment_ops=0, hflip=hflip)
+    flipped = 0
+    for seed in range(30):
+        torch.manual_seed(seed)
+        row = transform(_ramp_clip())[0, 0, 16]
+        flipped += bool(row[0] > row[-1])
+    assert (flipped > 0) == hflip
+
+
+def test_normalise_mean_std_and_layout():
+    frames = np.zeros((2, 4, 4, 3), np.uint8)
+    frames[..., 0] = 255
+    out = normalise(frames_to_video(frames), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert out.shape == (3, 2, 4, 4)
+    assert torch.all(out[0] == 1.0) and torch.all(out[1:] == -1.0)
+
+
+def test_eval_three_crops_left_centre_right():
+    transform = EvalTransform(crop_size=32, short_side=32, num_crops=3)
+    out = transform(_ramp_clip(height=48, width=96))  # resized to 32 x 64
+    assert out.shape == (3, 3, 4, 32, 32)
+    means = out.mean(dim=(1, 2, 3, 4))
+    assert means[0] < means[1] < means[2]
+    assert transform.crop_origins(32, 64) == [(0, 0), (0, 16), (0, 32)]
+    assert transform.crop_origins(64, 32) == [(0, 0), (16, 0), (32, 0)]  # portrait: top to bottom
+
+
+def test_eval_single_crop_is_centred():
+    transform = EvalTransform(crop_size=32, short_side=40, num_crops=1)
+    assert transform.crop_origins(40, 60) == [(4, 14)]
+    assert transform(_textured_clip()).shape == (1, 3, 6, 32, 32)
+
+
+def test_bad_sizes_are_refused():
+    with pytest.raises(ValueError):
+        TrainTransform(crop_size=224, short_side=(128, 160))
+    with pytest.raises(ValueError):
+        EvalTransform(crop_size=224, short_side=160)
+    with pytest.raises(ValueError):
+        frames_to_video(np.zeros((2, 4, 4, 3), np.float32))

@@ -1,0 +1,147 @@
+"""``timematters data check``: is a dataset usable as configured?
+
+Loads the train and val splits exactly as training would, then reports videos per split and per
+class, listed videos that are missing, videos that cannot be decoded (or are too short, or cut off),
+and class-map problems (classes without training videos, SSv2 subset names that match no class).
+The exit code is 0 when nothing is wrong and 1 otherwise.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from timematters.config import Config
+from timematters.data.build import build_dataset
+from timematters.data.video import DecoderUnavailable, VideoDecodeError
+from timematters.data.videolist import VideoDataset
+
+SHOWN = 10  # examples printed per kind of problem
+
+
+class _DecodeProbe(Dataset):
+    """Decodes the frames a dataset's item would need; returns (path, reason or None)."""
+
+    def __init__(self, dataset: VideoDataset, count: int):
+        self.dataset = dataset
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> tuple[str, str | None]:
+        path = self.dataset.samples[index].path
+        try:
+            self.dataset.read_clips(path)
+        except VideoDecodeError as error:
+            return path, error.reason
+        return path, None
+
+
+def _undecodable(
+    dataset: VideoDataset, count: int, num_workers: int, split: str
+) -> list[tuple[str, str]]:
+    loader = DataLoader(
+        _DecodeProbe(dataset, count),
+        batch_size=None,
+        num_workers=num_workers,
+    )
+    results = tqdm(loader, total=count, desc=f"decoding {split}", leave=False, disable=None)
+    return [(path, reason) for path, reason in results if reason is not None]
+
+
+def check_dataset(
+    cfg: Config, decode: bool = True, limit: int = 0, splits: tuple[str, ...] = ("train", "val")
+) -> int:
+    """Print a summary of the configured dataset; returns the exit code (0 fine, 1 problems).
+
+    ``decode=False`` skips decoding; ``limit`` > 0 decodes only the first ``limit`` videos of each
+    split.
+    """
+    data = cfg.data
+    print(f"dataset: {data.dataset}")
+    if data.dataset == "synthetic":
+        print("the synthetic benchmark is generated on the fly: nothing to check")
+        return 0
+    print(f"  root: {data.root or '-'}\n  annotations: {data.annotations or '-'}")
+    if data.dataset == "videolist":
+        print(
+            f"  val annotations: {data.val_annotations or '-'}\n  class list: {data.class_list or '-'}"
+        )
+
+    problems: list[str] = []
+    datasets: dict[str, VideoDataset] = {}
+    for split in splits:
+        try:
+            datasets[split] = build_dataset(cfg, split, flow_labels=False, patch_size=1)
+        except (FileNotFoundError, ValueError, DecoderUnavailable) as error:
+            problems.append(f"{split}: {error}")
+
+    for split, dataset in datasets.items():
+        count = min(len(dataset), limit) if limit > 0 else len(dataset)
+        bad = _undecodable(dataset, count, data.num_workers, split) if decode else []
+        listed = len(dataset) + len(dataset.missing)
+        line = (
+            f"{split}: {listed} videos listed, {len(dataset)} found, {len(dataset.missing)} missing"
+        )
+        if decode:
+            line += f", {len(bad)} of {count} checked undecodable"
+        print(f"{line}; {len(dataset.classes)} classes")
+        if dataset.missing:
+            problems.append(
+                _examples(f"{split}: {len(dataset.missing)} videos missing", dataset.missing)
+            )
+        if bad:
+            problems.append(
+                _examples(f"{split}: {len(bad)} videos undecodable", [f"{p}: {r}" for p, r in bad])
+            )
+
+    if datasets:
+        _print_class_table(datasets)
+    if "train" in datasets:
+        train = datasets["train"]
+        empty = sorted(set(range(len(train.classes))) - set(train.labels))
+        if empty:
+            names = [f"{i} {train.classes[i]}" for i in empty]
+            problems.append(_examples(f"train: {len(empty)} classes have no videos", names))
+    # The subset match depends on labels.json only: report it once.
+    unmatched = next((getattr(d, "unmatched_subset_names", {}) for d in datasets.values()), {})
+    if unmatched:
+        sizes = ", ".join(
+            f"{name} {len(indices)}" for name, indices in _any(datasets).subsets.items()
+        )
+        print(f"SSv2 subsets (classes): {sizes}")
+    for subset, names in unmatched.items():
+        if names:
+            problems.append(_examples(f"{subset} subset names not in labels.json", names))
+
+    if problems:
+        print(f"\n{len(problems)} problem(s):")
+        for problem in problems:
+            print(f"  - {problem}")
+        return 1
+    print("\nno problems found")
+    return 0
+
+
+def _any(datasets: dict[str, VideoDataset]) -> VideoDataset:
+    return next(iter(datasets.values()))
+
+
+def _examples(headline: str, items: list[str]) -> str:
+    shown = "\n      ".join(items[:SHOWN])
+    more = f"\n      ... and {len(items) - SHOWN} more" if len(items) > SHOWN else ""
+    return f"{headline}:\n      {shown}{more}"
+
+
+def _print_class_table(datasets: dict[str, VideoDataset]) -> None:
+    classes = _any(datasets).classes
+    counts = {split: Counter(dataset.labels) for split, dataset in datasets.items()}
+    width = max(len(name) for name in classes)
+    header = "".join(f"{split:>8}" for split in counts)
+    print(f"\n{'class':>5}  {'name':<{width}}{header}")
+    for index, name in enumerate(classes):
+        row = "".join(f"{counts[split][index]:>8}" for split in counts)
+        print(f"{index:>5}  {name:<{width}}{row}")

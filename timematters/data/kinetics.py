@@ -1,0 +1,88 @@
+"""Kinetics-400 from its official CSV files.
+
+Each CSV row is ``label,youtube_id,time_start,time_end,split[,is_cc]``; the video of a row is the
+file ``<youtube_id>_<time_start:06d>_<time_end:06d>.mp4`` anywhere under the root (in class
+folders, split folders, or flat; other video extensions are accepted too). Classes are the sorted
+label names of the training CSV, so every split numbers them alike. Videos that were never
+downloaded are left out with a warning (``missing``): on Kinetics some always are.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Literal
+
+from timematters.data.videolist import VideoDataset, VideoSample, index_videos, report_missing
+
+Split = Literal["train", "val", "test"]
+_SPLIT_WORDS = {"train": ("train",), "val": ("validate", "val"), "test": ("test",)}
+_COLUMNS = ("label", "youtube_id", "time_start", "time_end")
+
+
+def find_kinetics_csv(annotations: str | Path, split: Split) -> Path:
+    """The split's CSV: ``annotations`` itself if it is a file, else the folder's one CSV whose name
+    holds the split (train.csv, validate.csv, kinetics_400_val.csv, ...)."""
+    path = Path(annotations)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"Kinetics annotation folder not found: {path}")
+    if split not in _SPLIT_WORDS:
+        raise ValueError(f"unknown Kinetics split {split!r}; choose train, val or test")
+    for word in _SPLIT_WORDS[split]:
+        found = sorted(p for p in path.glob("*.csv") if word in p.stem.lower())
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise ValueError(f"several {split} CSVs in {path}: {[p.name for p in found]}")
+    raise FileNotFoundError(f"no {split} CSV (name containing {_SPLIT_WORDS[split]}) in {path}")
+
+
+def read_kinetics_csv(path: str | Path) -> list[tuple[str, str]]:
+    """(label name, video file stem) of every row."""
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        absent = [c for c in _COLUMNS if c not in (reader.fieldnames or [])]
+        if absent:
+            raise ValueError(f"{path}: missing columns {absent}; expected {','.join(_COLUMNS)},...")
+        return [
+            (
+                row["label"].strip(),
+                f"{row['youtube_id']}_{int(float(row['time_start'])):06d}"
+                f"_{int(float(row['time_end'])):06d}",
+            )
+            for row in reader
+        ]
+
+
+class KineticsDataset(VideoDataset):
+    """Kinetics videos of one split; other keyword arguments go to ``VideoDataset``."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        annotations: str | Path,
+        split: Split = "train",
+        classes: list[str] | None = None,
+        **options: Any,
+    ):
+        rows = read_kinetics_csv(find_kinetics_csv(annotations, split))
+        if classes is None:
+            train_csv = (
+                find_kinetics_csv(annotations, "train") if Path(annotations).is_dir() else None
+            )
+            source = read_kinetics_csv(train_csv) if train_csv else rows
+            classes = sorted({label for label, _ in source})
+        index_of = {name: i for i, name in enumerate(classes)}
+        unknown = sorted({label for label, _ in rows if label not in index_of})
+        if unknown:
+            raise ValueError(
+                f"{len(unknown)} {split} labels are not training classes: {unknown[:5]}"
+            )
+        videos = index_videos(root, recursive=True)
+        samples = [VideoSample(videos[s], index_of[label], s) for label, s in rows if s in videos]
+        missing = [f"{label}/{stem}.mp4" for label, stem in rows if stem not in videos]
+        report_missing(missing, len(rows), str(root))
+        options.setdefault("train", split == "train")
+        super().__init__(samples, classes, missing=missing, **options)

@@ -1,0 +1,106 @@
+"""Which frames of a video form a clip: segment sampling (SSv2) and dense strided sampling (Kinetics).
+
+Segment sampling splits the video's N frames into T equal segments and takes one frame from each: a
+uniformly random one in training, the centre in testing. Dense sampling takes T frames ``stride``
+apart from a start that is random in training. Test views: V temporal views of segment sampling
+take the points (v + 0.5) / V through every segment (V = 1: the centre); V views of dense sampling
+start evenly between the first and the last possible start. Randomness uses torch's generator,
+which the DataLoader seeds differently in every worker (numpy's global one it does not).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+Sampling = Literal["segment", "dense"]
+
+
+def sample_segment_indices(
+    num_video_frames: int,
+    num_frames: int,
+    train: bool,
+    view: int = 0,
+    num_views: int = 1,
+    generator: torch.Generator | None = None,
+) -> np.ndarray:
+    """One frame per segment of T = ``num_frames`` equal segments: int64 [T]."""
+    _check_counts(num_video_frames, num_frames)
+    bounds = np.arange(num_frames + 1) * (num_video_frames / num_frames)
+    starts = np.floor(bounds[:-1]).astype(np.int64)
+    if train:
+        # A segment covers frames [start, end); shorter videos give 1-frame segments (repeats).
+        ends = np.maximum(np.floor(bounds[1:]).astype(np.int64), starts + 1)
+        offsets = torch.rand(num_frames, generator=generator).numpy()
+        indices = starts + np.floor(offsets * (ends - starts)).astype(np.int64)
+    else:
+        _check_view(view, num_views)
+        position = (view + 0.5) / num_views
+        indices = np.floor(bounds[:-1] + position * (bounds[1] - bounds[0])).astype(np.int64)
+    return np.minimum(indices, num_video_frames - 1)
+
+
+def sample_dense_indices(
+    num_video_frames: int,
+    num_frames: int,
+    stride: int,
+    train: bool,
+    view: int = 0,
+    num_views: int = 1,
+    generator: torch.Generator | None = None,
+) -> np.ndarray:
+    """T = ``num_frames`` frames ``stride`` apart: int64 [T].
+
+    A video shorter than the clip's span repeats its last frame.
+    """
+    _check_counts(num_video_frames, num_frames)
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    span = (num_frames - 1) * stride + 1
+    latest_start = max(num_video_frames - span, 0)
+    if train:
+        start = int(torch.randint(latest_start + 1, (), generator=generator))
+    else:
+        _check_view(view, num_views)
+        fraction = view / (num_views - 1) if num_views > 1 else 0.5
+        start = round(latest_start * fraction)
+    indices = start + stride * np.arange(num_frames, dtype=np.int64)
+    return np.minimum(indices, num_video_frames - 1)
+
+
+def sample_clip_indices(
+    sampling: Sampling,
+    num_video_frames: int,
+    num_frames: int,
+    train: bool,
+    stride: int = 8,
+    num_views: int = 1,
+    generator: torch.Generator | None = None,
+) -> list[np.ndarray]:
+    """The clips to decode: one random clip in training, ``num_views`` fixed clips in testing."""
+    views = range(1 if train else num_views)
+    if sampling == "segment":
+        return [
+            sample_segment_indices(num_video_frames, num_frames, train, v, num_views, generator)
+            for v in views
+        ]
+    if sampling == "dense":
+        return [
+            sample_dense_indices(
+                num_video_frames, num_frames, stride, train, v, num_views, generator
+            )
+            for v in views
+        ]
+    raise ValueError(f"unknown sampling {sampling!r}; choose segment or dense")
+
+
+def _check_counts(num_video_frames: int, num_frames: int) -> None:
+    if num_video_frames < 1 or num_frames < 1:
+        raise ValueError(f"need >= 1 frames, got video {num_video_frames}, clip {num_frames}")
+
+
+def _check_view(view: int, num_views: int) -> None:
+    if not 0 <= view < num_views:
+        raise ValueError(f"view {view} out of range for {num_views} views")

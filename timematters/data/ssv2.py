@@ -1,0 +1,123 @@
+"""Something-Something v2 from its official annotation files.
+
+Videos are ``<id>.webm`` (VP9, 240 px high, 12 fps) in one folder. ``labels.json`` maps each class
+name to its index (as a string); the train/validation lists hold ``{id, label, template,
+placeholders}`` entries whose class is ``labels[template without "[" and "]"]``. Two file-name
+generations exist: ``something-something-v2-{labels,train,validation,test}.json``, and
+``{labels,train,validation,test}.json`` with ``test-answers.csv`` (``id;class``, no header), which
+is the only source of test labels. ``subset`` keeps the Temporal or Static classes of paper
+Appendix A (``subsets.py``), renumbered 0..K-1 in ``labels.json`` order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from timematters.data.subsets import SUBSETS, match_subset
+from timematters.data.videolist import VideoDataset, VideoSample, index_videos, report_missing
+
+log = logging.getLogger(__name__)
+
+Split = Literal["train", "val", "test"]
+_SPLIT_FILES = {"train": "train", "val": "validation", "test": "test"}
+_PREFIX = "something-something-v2-"
+
+
+def find_ssv2_file(annotations: str | Path, name: str) -> Path:
+    """``<name>.json`` or ``something-something-v2-<name>.json`` in the annotation folder."""
+    folder = Path(annotations)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"SSv2 annotation folder not found: {folder}")
+    candidates = [folder / f"{name}.json", folder / f"{_PREFIX}{name}.json"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"SSv2 annotation file not found: {' or '.join(map(str, candidates))}")
+
+
+def read_ssv2_classes(annotations: str | Path) -> list[str]:
+    """Class names in index order, from ``labels.json``."""
+    path = find_ssv2_file(annotations, "labels")
+    index_of = {name: int(index) for name, index in json.loads(path.read_text()).items()}
+    if sorted(index_of.values()) != list(range(len(index_of))):
+        raise ValueError(f"{path}: class indices are not 0..{len(index_of) - 1}")
+    return sorted(index_of, key=index_of.__getitem__)
+
+
+def class_name_of_template(template: str) -> str:
+    return template.replace("[", "").replace("]", "")
+
+
+def read_ssv2_split(
+    annotations: str | Path, split: Split, classes: list[str]
+) -> list[tuple[str, int]]:
+    """(video id, class index) pairs of one split."""
+    if split not in _SPLIT_FILES:
+        raise ValueError(f"unknown SSv2 split {split!r}; choose train, val or test")
+    path = find_ssv2_file(annotations, _SPLIT_FILES[split])
+    entries = json.loads(path.read_text())
+    if split == "test":
+        answers = Path(annotations) / "test-answers.csv"
+        if not answers.is_file():
+            raise FileNotFoundError(f"SSv2 test labels need {answers} (id;class per line)")
+        rows = (line.split(";", 1) for line in answers.read_text().splitlines() if line.strip())
+        answer_of = {video_id.strip(): name.strip() for video_id, name in rows}
+        unanswered = [str(e["id"]) for e in entries if str(e["id"]) not in answer_of]
+        if unanswered:
+            raise ValueError(
+                f"{answers}: no label for {len(unanswered)} test ids, e.g. {unanswered[:5]}"
+            )
+        named = [(str(e["id"]), class_name_of_template(answer_of[str(e["id"])])) for e in entries]
+    else:
+        named = [(str(e["id"]), class_name_of_template(e["template"])) for e in entries]
+    index_of = {name: i for i, name in enumerate(classes)}
+    unknown = sorted({name for _, name in named if name not in index_of})
+    if unknown:
+        raise ValueError(
+            f"{path}: {len(unknown)} class names are not in labels.json: {unknown[:5]}"
+        )
+    return [(video_id, index_of[name]) for video_id, name in named]
+
+
+class SSv2Dataset(VideoDataset):
+    """SSv2 videos of one split; ``subsets`` holds the Temporal/Static class indices.
+
+    ``unmatched_subset_names`` lists Appendix A names that ``labels.json`` does not contain.
+    Other keyword arguments go to ``VideoDataset`` (``train`` defaults to split == "train").
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        annotations: str | Path,
+        split: Split = "train",
+        subset: Literal["all", "temporal", "static"] = "all",
+        **options: Any,
+    ):
+        classes = read_ssv2_classes(annotations)
+        entries = read_ssv2_split(annotations, split, classes)
+        subsets, self.unmatched_subset_names = {}, {}
+        for name, names in SUBSETS.items():
+            subsets[name], self.unmatched_subset_names[name] = match_subset(names, classes)
+            if self.unmatched_subset_names[name]:
+                log.warning(
+                    "SSv2 %s subset: %d names match no class in labels.json: %s",
+                    name, len(self.unmatched_subset_names[name]), self.unmatched_subset_names[name],
+                )  # fmt: skip
+        if subset != "all":
+            if subset not in SUBSETS:
+                raise ValueError(f"unknown SSv2 subset {subset!r}; choose all, temporal or static")
+            kept = subsets[subset]
+            new_index = {old: new for new, old in enumerate(kept)}
+            entries = [(vid, new_index[label]) for vid, label in entries if label in new_index]
+            classes = [classes[i] for i in kept]
+            subsets = {subset: list(range(len(kept)))}
+        videos = index_videos(root)
+        samples = [VideoSample(videos[vid], label, vid) for vid, label in entries if vid in videos]
+        missing = [str(Path(root) / f"{vid}.webm") for vid, _ in entries if vid not in videos]
+        report_missing(missing, len(entries), str(root))
+        options.setdefault("train", split == "train")
+        super().__init__(samples, classes, subsets=subsets, missing=missing, **options)

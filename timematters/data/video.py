@@ -1,0 +1,232 @@
+"""Video decoding: a file and frame indices in, uint8 RGB frames ``[T, H, W, 3]`` out.
+
+PyAV (FFmpeg bundled in its wheel) is the default backend. torchcodec is optional (extra
+``[torchcodec]``); it needs system FFmpeg libraries and a build matching the installed torch.
+
+The PyAV reader first demuxes the video stream without decoding it, which gives the exact frame
+count (WebM/VP9 files declare none) and the keyframe positions. Decoding then seeks once to the
+last keyframe before the first wanted frame and stops after the last one, so only the frames the
+sampler needs (and their GOP prefix) are decoded, and only the wanted ones are converted to RGB.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import io
+from pathlib import Path
+from typing import Literal, Protocol
+
+import av
+import numpy as np
+
+Backend = Literal["pyav", "torchcodec"]
+
+
+class VideoDecodeError(Exception):
+    """A video that cannot be used: unreadable, truncated, without a video stream, too short."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+class DecoderUnavailable(RuntimeError):
+    """The requested decoding backend cannot be loaded (a set-up problem, not a bad video)."""
+
+
+class VideoReader(Protocol):
+    path: str
+    num_frames: int
+
+    def get_frames(self, indices: np.ndarray | list[int]) -> np.ndarray:
+        """Frames at ``indices`` (any order, repeats allowed): uint8 [len(indices), H, W, 3]."""
+        ...
+
+
+def open_video(path: str | Path, backend: Backend = "pyav") -> VideoReader:
+    """Open a video for random frame access; raises ``VideoDecodeError`` for a bad file."""
+    if backend == "pyav":
+        return PyAVReader(path)
+    if backend == "torchcodec":
+        return TorchCodecReader(path)
+    raise ValueError(f"unknown decoder backend {backend!r}; choose pyav or torchcodec")
+
+
+class PyAVReader:
+    """Exact-count, seek-once PyAV reader (see the module docstring)."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        try:
+            with av.open(self.path) as container:
+                if not container.streams.video:
+                    raise VideoDecodeError(path, "no video stream")
+                stream = container.streams.video[0]
+                # Flush packets carry no data.
+                stored = [
+                    (p.pts, p.is_keyframe, p.is_discard) for p in container.demux(stream) if p.size
+                ]
+                # Discard-flagged packets (before an MP4 edit list's start) give no frames.
+                packets = [(pts, key) for pts, key, discard in stored if not discard]
+                declared_frames = stream.frames
+                declared_seconds = _declared_seconds(container, stream)
+                rate = stream.average_rate or stream.guessed_rate
+                time_base = stream.time_base
+        except (av.FFmpegError, OSError) as error:
+            raise VideoDecodeError(path, f"cannot read: {error}") from error
+
+        self.num_frames = len(packets)
+        if self.num_frames == 0:
+            raise VideoDecodeError(path, "no video frames")
+        if declared_frames and len(stored) < declared_frames:
+            raise VideoDecodeError(
+                path, f"truncated: {len(stored)} of {declared_frames} declared frames present"
+            )
+        # Presentation order: packets come in decode order, B-frames make the two differ.
+        pts = [p for p, _ in packets]
+        # Without unique timestamps frames are counted from the start and never seeked to.
+        self._has_pts = None not in pts and len(set(pts)) == len(pts)
+        self._pts = sorted(pts) if self._has_pts else []
+        self._index_of_pts = {p: i for i, p in enumerate(self._pts)}
+        self._keyframes = sorted(
+            self._index_of_pts[p] for p, key in packets if key and self._has_pts
+        )
+        if self._has_pts and declared_seconds and rate and time_base:
+            covered = float((self._pts[-1] - self._pts[0]) * time_base) + 1 / float(rate)
+            # WebM stores no frame count; a cut-off file still declares its full duration.
+            if declared_seconds - covered > 2 / float(rate):
+                raise VideoDecodeError(
+                    path, f"truncated: frames cover {covered:.2f} s of {declared_seconds:.2f} s"
+                )
+
+    def get_frames(self, indices: np.ndarray | list[int]) -> np.ndarray:
+        indices = [int(i) for i in indices]
+        if not indices:
+            raise ValueError("no frame indices given")
+        if min(indices) < 0 or max(indices) >= self.num_frames:
+            raise IndexError(f"frame indices {indices} out of range for {self.num_frames} frames")
+        wanted = set(indices)
+        first = min(wanted)
+        # Decoding starts at the last keyframe at or before the first wanted frame.
+        start_key = 0
+        if self._keyframes:
+            start_key = self._keyframes[max(bisect.bisect_right(self._keyframes, first) - 1, 0)]
+        try:
+            decoded = self._decode(wanted, start_key)
+            if first not in decoded and start_key > 0:
+                # The container seeked past the keyframe it was asked for: decode from the start.
+                decoded = self._decode(wanted, 0)
+        except av.FFmpegError as error:
+            raise VideoDecodeError(self.path, f"decoding failed: {error}") from error
+        missing = wanted - decoded.keys()
+        if missing:
+            raise VideoDecodeError(
+                self.path,
+                f"truncated: frame {min(missing)} of {self.num_frames} could not be decoded",
+            )
+        return np.stack([decoded[i] for i in indices])
+
+    def _decode(self, wanted: set[int], start_key: int) -> dict[int, np.ndarray]:
+        last = max(wanted)
+        decoded: dict[int, np.ndarray] = {}
+        with av.open(self.path) as container:
+            stream = container.streams.video[0]
+            if start_key > 0:
+                container.seek(self._pts[start_key], stream=stream, backward=True)
+            for position, frame in enumerate(container.decode(stream)):
+                index = self._index_of_pts.get(frame.pts) if self._has_pts else position
+                if index is None:
+                    continue
+                if index in wanted:
+                    decoded[index] = frame.to_ndarray(format="rgb24")
+                if index >= last:
+                    break
+        return decoded
+
+
+def _declared_seconds(container: av.container.InputContainer, stream: av.VideoStream) -> float:
+    """The video stream's declared duration; the container's only when it holds nothing else."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration and len(container.streams) == 1:
+        return container.duration / av.time_base
+    return 0.0
+
+
+@functools.cache
+def _torchcodec_decoder_class() -> type:
+    """torchcodec's ``VideoDecoder``, once it has decoded a probe video.
+
+    Recent torchcodec versions load their FFmpeg-linked core only when the first decoder is made,
+    so a failed import is not the only way it can be unusable.
+    """
+    try:
+        from torchcodec.decoders import VideoDecoder
+
+        VideoDecoder(_probe_video(), seek_mode="exact").get_frames_at([0])
+    except Exception as error:  # ImportError, OSError or RuntimeError from its libraries
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise DecoderUnavailable(
+            f"the torchcodec decoder could not be loaded ({type(error).__name__}: {first_line}). "
+            "It needs `pip install timematters[torchcodec]`, a torchcodec build that matches "
+            "the installed torch (the PyPI wheel expects a CUDA torch), and system FFmpeg "
+            "libraries (e.g. `apt install ffmpeg`). Set data.decoder=pyav to use PyAV instead."
+        ) from error
+    return VideoDecoder
+
+
+def _probe_video() -> bytes:
+    """A one-frame 16x16 MP4, encoded in memory with PyAV."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=1)
+        stream.width = stream.height = 16
+        stream.pix_fmt = "yuv420p"
+        frame = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def require_backend(backend: Backend) -> None:
+    """Raise ``DecoderUnavailable``, saying what to do, when ``backend`` cannot be loaded."""
+    if backend == "torchcodec":
+        _torchcodec_decoder_class()
+    elif backend != "pyav":
+        raise ValueError(f"unknown decoder backend {backend!r}; choose pyav or torchcodec")
+
+
+def torchcodec_available() -> bool:
+    try:
+        require_backend("torchcodec")
+    except DecoderUnavailable:
+        return False
+    return True
+
+
+class TorchCodecReader:
+    """torchcodec's decoder in exact seek mode (it scans the file for the frame index)."""
+
+    def __init__(self, path: str | Path):
+        decoder_class = _torchcodec_decoder_class()
+        self.path = str(path)
+        if not Path(path).is_file():
+            raise VideoDecodeError(path, "cannot read: no such file")
+        try:
+            self._decoder = decoder_class(self.path, seek_mode="exact", dimension_order="NHWC")
+            self.num_frames = int(self._decoder.metadata.num_frames)
+        except (RuntimeError, ValueError) as error:
+            raise VideoDecodeError(path, f"cannot read: {error}") from error
+        if self.num_frames == 0:
+            raise VideoDecodeError(path, "no video frames")
+
+    def get_frames(self, indices: np.ndarray | list[int]) -> np.ndarray:
+        indices = [int(i) for i in indices]
+        if min(indices) < 0 or max(indices) >= self.num_frames:
+            raise IndexError(f"frame indices {indices} out of range for {self.num_frames} frames")
+        try:
+            return self._decoder.get_frames_at(indices).data.numpy()
+        except (RuntimeError, ValueError) as error:
+            raise VideoDecodeError(self.path, f"decoding failed: {error}") from error
