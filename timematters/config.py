@@ -169,7 +169,9 @@ class ConfigError(ValueError):
     pass
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
     """Defaults <- YAML file <- ``key=value`` overrides, validated."""
     cfg = Config()
     if path is not None:

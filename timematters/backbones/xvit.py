@@ -148,7 +148,8 @@ class TemporalConsensus(nn.Module):
 
 
 class XViT(nn.Module):
-    classifier_name = "consensus.mlp_head.4"  # the last Linear of the consensus head (weight loading)
+    # The last Linear of the consensus head, for weight loading.
+    classifier_name = "consensus.mlp_head.4"
 
     def __init__(
         self,
