@@ -5,19 +5,14 @@ import torch
 import torch.nn.functional as F
 
 from timematters.backbones import create_backbone
-from timematters.backbones.motionformer import TrajectoryAttention, frame_trajectories
+from timematters.backbones.motionformer import (
+    TrajectoryAttention,
+    frame_trajectories,
+    naive_trajectories,
+)
 
 D, HEADS = 24, 3
 E = D // HEADS
-
-
-def naive_trajectories(q, k, v, num_frames):
-    """The reference form: the full (T*S)^2 logits, softmax within each key frame's S columns."""
-    Bq, H, N, Eq = q.shape
-    S = N // num_frames
-    logits = (q @ k.transpose(-2, -1)) * Eq**-0.5  # [B, H, T*S, T*S]
-    weights = logits.reshape(Bq, H, N, num_frames, S).softmax(dim=-1)
-    return torch.einsum("bhnfs,bhfse->bhnfe", weights, v.reshape(Bq, H, num_frames, S, Eq))
 
 
 def naive_trajectory_attention(attn, x, num_frames):
@@ -45,6 +40,12 @@ def test_frame_by_frame_equals_full_logits():
     T, S = 3, 5
     q, k, v = torch.randn(3, 2, HEADS, T * S, E, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(frame_trajectories(q, k, v, T), naive_trajectories(q, k, v, T))
+    # The model can run either path and gives the same output.
+    attn = TrajectoryAttention(D, HEADS, T).eval()
+    x = torch.randn(2, 1 + T * S, D)
+    efficient = attn(x)
+    attn.trajectories = naive_trajectories
+    torch.testing.assert_close(attn(x), efficient)
 
 
 @pytest.mark.parametrize("use_projected_values", [False, True])

@@ -53,8 +53,23 @@ def frame_trajectories(
     return torch.stack(per_frame, dim=3)
 
 
+def naive_trajectories(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_frames: int, dropout_p: float = 0.0
+) -> torch.Tensor:
+    """The reference form of ``frame_trajectories``: the full (T*S)^2 logits, softmax within each
+    key frame's S columns. Same output; kept for tests and ``benchmarks/train_step.py``."""
+    B, H, N, E = q.shape
+    S = N // num_frames
+    logits = (q @ k.transpose(-2, -1)) * E**-0.5  # [B, H, T*S, T*S]
+    weights = F.dropout(logits.reshape(B, H, N, num_frames, S).softmax(dim=-1), dropout_p)
+    return torch.einsum("bhnfs,bhfse->bhnfe", weights, v.reshape(B, H, num_frames, S, E))
+
+
 class TrajectoryAttention(nn.Module):
     """Trajectory attention over [B, 1 + T*S, D] tokens (CLS first, patches in (t s) order)."""
+
+    # How the per-frame attention is computed; naive_trajectories is the (T*S)^2 reference.
+    trajectories = staticmethod(frame_trajectories)
 
     def __init__(
         self,
@@ -89,7 +104,7 @@ class TrajectoryAttention(nn.Module):
         cls = F.scaled_dot_product_attention(q[:, :, :1], k, v, dropout_p=drop)  # [B, H, 1, E]
 
         # Spatial step: one trajectory vector per (patch query, frame), CLS key excluded.
-        traj = frame_trajectories(q[:, :, 1:], k[:, :, 1:], v[:, :, 1:], T, drop)
+        traj = self.trajectories(q[:, :, 1:], k[:, :, 1:], v[:, :, 1:], T, drop)
         traj = rearrange(traj, "b h n f e -> b n f (h e)")  # [B, T*S, T, D]
 
         # Temporal step: the query is the trajectory vector in the query's own frame (f = t).
