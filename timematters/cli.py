@@ -44,6 +44,20 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--checkpoint", required=True)
     evaluate.add_argument("--out", default=None, help="folder for eval.json / eval.md")
 
+    diagnose = commands.add_parser(
+        "diagnose",
+        help="does a model use time? shuffle test, confidence gap, order probe, GradCAM",
+    )
+    diagnose.add_argument("--config", required=True, help="the data and model config")
+    diagnose.add_argument("overrides", nargs="*")
+    diagnose.add_argument("--checkpoint", action="append", required=True, help="repeat to compare")
+    diagnose.add_argument("--name", action="append", help="a display name per checkpoint")
+    diagnose.add_argument("--out", default="runs/diagnose")
+    diagnose.add_argument("--no-probe", action="store_true", help="skip the order probe")
+    diagnose.add_argument("--probe-clips", type=int, default=128, help="clips to fit / to score")
+    diagnose.add_argument("--gradcam-clips", type=int, default=4)
+    diagnose.add_argument("--gradcam-index", type=int, action="append", help="clip indices")
+
     data = commands.add_parser("data", help="dataset tools")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     check = data_commands.add_parser("check", help="validate a dataset; non-zero exit on problems")
@@ -105,6 +119,20 @@ def _eval(args) -> int:
     return 0
 
 
+def _diagnose(args) -> int:
+    from timematters.diagnostics.report import run_diagnose
+
+    out = Path(args.out)
+    run_diagnose(
+        load_config(args.config, args.overrides), [Path(c) for c in args.checkpoint], out,
+        names=args.name, probe=not args.no_probe, probe_fit_clips=args.probe_clips,
+        probe_held_out_clips=args.probe_clips, gradcam_clips=args.gradcam_clips,
+        gradcam_indices=args.gradcam_index,
+    )  # fmt: skip
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
 def _data(args) -> int:
     from timematters.data.check import check_dataset
 
@@ -123,6 +151,7 @@ _COMMANDS = {
     "demo": _demo,
     "train": _train,
     "eval": _eval,
+    "diagnose": _diagnose,
     "data": _data,
     "backbones": _backbones,
 }

@@ -26,6 +26,7 @@ from timematters.config import (
     TrainConfig,
 )
 from timematters.diagnostics.plots import plot_shuffle_bars, plot_training_curves
+from timematters.diagnostics.report import run_diagnose
 from timematters.engine.evaluate import format_table
 
 # (order, debias, flow) -> row name, in the order of the paper's Table 3.
@@ -90,6 +91,8 @@ def run_demo(
     started = time.perf_counter()
     per_seed: dict[str, list[dict]] = {}
     curves: dict[str, Path] = {}
+    checkpoints: dict[str, Path] = {}
+    evaluations: dict[str, object] = {}
     for seed in range(seeds):
         for order, debias, flow in variants:
             name = variant_name(order, debias, flow)
@@ -99,9 +102,17 @@ def run_demo(
             per_seed.setdefault(name, []).append(result["metrics"])
             if seed == 0:
                 curves[name] = run_dir / "metrics.jsonl"
+                checkpoints[name] = run_dir / "checkpoints" / "last.pth"
+                evaluations[name] = result["result"]
             print(format_table({name: result["metrics"]}), flush=True)
 
     rows = {name: _mean_metrics(runs) for name, runs in per_seed.items()}
+    print("[demo] diagnosing the seed-0 models ...", flush=True)
+    run_diagnose(
+        demo_config(False, False, False, 0, out / "diagnose", quick, epochs),
+        list(checkpoints.values()), out / "diagnose", names=list(checkpoints),
+        evaluations=list(evaluations.values()),
+    )  # fmt: skip
     elapsed = time.perf_counter() - started
     table = format_table(rows)
     (out / "metrics.json").write_text(
@@ -152,7 +163,14 @@ def _write_report(out, table, rows, per_seed, seeds, elapsed, quick) -> None:
         "",
         *spread,
         "",
+        "Diagnostics of the seed-0 models side by side (confidence gap, per-block temporal-order "
+        "probe, GradCAM over the frames): [diagnose/report.md](diagnose/report.md).",
+        "",
         "![accuracy on original and shuffled clips](shuffle_accuracy.png)",
+        "",
+        "![confidence gap](diagnose/confidence_gap.png)",
+        "",
+        "![temporal order per block](diagnose/order_probe.png)",
         "",
         "![training curves](training_curves.png)",
         "",

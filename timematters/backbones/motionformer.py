@@ -261,7 +261,10 @@ class Motionformer(nn.Module):
         for block in self.blocks:
             tokens = block(tokens)
             if return_blocks:
-                blocks.append(rearrange(tokens[:, 1:], "b (t s) d -> b t s d", t=T))
+                # The next block reads these patch tokens, so GradCAM's gradient reaches them.
+                patches = rearrange(tokens[:, 1:], "b (t s) d -> b t s d", t=T)
+                blocks.append(patches)
+                tokens = torch.cat([tokens[:, :1], rearrange(patches, "b t s d -> b (t s) d")], 1)
         tokens = self.pre_logits(self.norm(tokens))
         return VideoTokens(
             cls=tokens[:, 0],

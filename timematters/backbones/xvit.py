@@ -221,7 +221,9 @@ class XViT(nn.Module):
         for block in self.blocks:
             x = block(x)
             if return_blocks:
+                # The next block reads these patch tokens, so GradCAM's gradient reaches them.
                 blocks.append(x[:, :, 1:])
+                x = torch.cat([x[:, :, :1], blocks[-1]], dim=2)
         x = self.norm(x)
         return VideoTokens(
             cls=self.consensus(x[:, :, 0]),

@@ -80,10 +80,109 @@ def plot_shuffle_bars(rows: dict[str, dict[str, dict[str, float]]], out: str | P
     return _save(fig, out)
 
 
-def _save(fig, out: str | Path) -> Path:
+def plot_confidence_gap_histogram(histograms: dict[str, dict[str, dict]], out: str | Path) -> Path:
+    """Probability mass of the per-clip confidence gap, checkpoints overlaid, a panel per subset
+    (paper Fig. 1c). ``histograms[name][subset]`` holds ``edges`` and ``mass`` (confidence.py)."""
+    subsets = list(next(iter(histograms.values())))
+    fig, axes = plt.subplots(1, len(subsets), figsize=(4.2 * len(subsets), 3.6), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, subset in zip(axes[0], subsets, strict=True):
+        for i, (name, per_subset) in enumerate(histograms.items()):
+            h = per_subset[subset]
+            color = colors[i % len(colors)]
+            ax.stairs(h["mass"], h["edges"], fill=True, alpha=0.25, color=color)
+            ax.stairs(
+                h["mass"],
+                h["edges"],
+                color=color,
+                lw=1.5,
+                label=f"{name}: mean {round(h['mean'], 2) + 0.0:+.2f}",
+            )
+        ax.axvline(0.0, color="grey", lw=0.8, ls=":")
+        ax.set_xticks(np.linspace(-1, 1, 5))
+        ax.set(
+            title=subset, xlim=(-1, 1), xlabel="confidence gap (original - shuffled)",
+            ylabel="probability mass",
+        )  # fmt: skip
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def plot_order_probe(
+    curves: dict[str, dict[str, float]], out: str | Path, chance: float | None = None
+) -> Path:
+    """Frame-order probe accuracy per block, one line per checkpoint (paper Fig. 1b)."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    for name, accuracy in curves.items():
+        ax.plot(range(len(accuracy)), list(accuracy.values()), marker="o", label=name)
+    labels = list(max(curves.values(), key=len))
+    ax.set_xticks(range(len(labels)), [k.removeprefix("block") for k in labels])
+    if chance is not None:
+        ax.axhline(chance, color="grey", ls=":", label=f"chance ({chance:.1f}%)")
+    ax.set(
+        xlabel="block", ylabel="frame-order accuracy (%)", ylim=(0, 105),
+        title="temporal order kept by each block",
+    )  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def plot_gradcam_grid(
+    frames: np.ndarray,
+    maps: dict[str, np.ndarray],
+    out: str | Path,
+    title: str = "",
+    max_frames: int = 8,
+) -> Path:
+    """A clip's frames in the top row, then one row of GradCAM heatmaps per model (paper Fig. 4).
+
+    frames: [T, H, W, 3] RGB in [0, 1]; maps[name]: [T, H, W] in [0, 1]. Longer clips show
+    ``max_frames`` evenly spaced frames.
+    """
+    shown = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), max_frames)).round())
+    rows, cols = 1 + len(maps), len(shown)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(1.3 * cols + 0.6, 1.35 * rows + 0.3), squeeze=False
+    )
+    for col, t in enumerate(shown.astype(int)):
+        axes[0][col].imshow(frames[t])
+        axes[0][col].set_title(f"t={t}", fontsize=8)
+        for row, heatmap in enumerate(maps.values(), start=1):
+            axes[row][col].imshow(frames[t])
+            axes[row][col].imshow(heatmap[t], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    for row, name in enumerate(["clip", *maps]):
+        axes[row][0].set_ylabel(name, fontsize=8)
+        for ax in axes[row]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, out, dpi=80)  # smooth heatmaps compress poorly: keep the files small
+
+
+def _save(fig, out: str | Path, dpi: int = 110) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=dpi)
     plt.close(fig)
     return out
+
+
+def plot_background_bars(columns: dict[str, dict[str, float]], out: str | Path) -> Path:
+    """Top-1 per Backgrounds Challenge variation, a bar per model (paper Table 4), BG-Gap in the title."""
+    variations = [v for v in next(iter(columns.values())) if v != "bg_gap"]
+    fig, ax = plt.subplots(figsize=(1.3 * len(variations) + 2.5, 3.8))
+    width = 0.8 / len(columns)
+    x = np.arange(len(variations))
+    for i, (name, accuracy) in enumerate(columns.items()):
+        values = [accuracy[v] for v in variations]
+        label = f"{name} (BG-Gap {accuracy['bg_gap']:.1f})" if "bg_gap" in accuracy else name
+        ax.bar(x + (i - (len(columns) - 1) / 2) * width, values, width, label=label)
+    ax.set_xticks(x, variations, rotation=20, ha="right", fontsize=8)
+    ax.set(ylabel="top-1 (%)", ylim=(0, 105), title="accuracy per test variation")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out)

@@ -1,0 +1,85 @@
+"""Video GradCAM: where in each frame a model looks for a class (paper Fig. 4, Appendix B).
+
+GradCAM (Selvaraju et al., 2017) through the ``grad-cam`` package that the authors used, taken
+from images to clips by giving the token grid its time axis:
+
+- **Layer**: the patch tokens that enter the last block (``forward_features(...,
+  return_blocks=True).blocks[-2]``), as the package's ViT recipe uses the last block's input.
+  The final tokens would not do: the classifier reads the CLS token, which the last block's patch
+  outputs never reach, so their gradient is zero.
+- **Hook**: the tokens are passed through an identity module, ``tap``. The package hooks its
+  output, which is the very tensor the last block consumes, so it records that tensor's activation
+  and gradient without knowing any backbone's native token layout.
+- **Layout**: ``reshape_transform`` turns ``[B, T, S, D]`` into a 3-D feature map
+  ``[B, D, T, h, w]``; the package then weighs each channel by its gradient averaged over
+  (t, h, w), sums, applies ReLU, min-max scales each clip as one volume (frames stay comparable)
+  and resizes ``[T, h, w]`` to the clip's ``[T, H, W]`` (also stretching Motionformer's 2-frame
+  tubelets back to frames).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from einops import rearrange
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+
+class _TappedBackbone(nn.Module):
+    """The backbone, with the patch tokens that enter its last block routed through ``tap``."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.tap = nn.Identity()  # returns its input object: the hooked tensor is the real one
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        tokens = self.backbone.forward_features(video, return_blocks=True)
+        self.tap(tokens.blocks[-2])
+        return self.backbone.forward_head(tokens.cls)
+
+
+def video_gradcam(model: nn.Module, video: torch.Tensor, targets: Sequence[int]) -> np.ndarray:
+    """GradCAM maps in [0, 1] of shape [N, T, H, W] for clips ``video`` [N, C, T, H, W].
+
+    targets: the class each clip's map explains (e.g. its true class). The model runs in eval mode.
+    """
+    if len(targets) != len(video):
+        raise ValueError(f"{len(video)} clips but {len(targets)} targets")
+    if len(model.blocks) < 2:
+        raise ValueError("GradCAM reads the tokens entering the last block: it needs two blocks")
+    was_training = model.training
+    tapped = _TappedBackbone(model).eval()
+    _check_tap_on_graph(tapped, video[:1])
+    h, w = model.grid
+    with GradCAM(
+        tapped,
+        target_layers=[tapped.tap],
+        reshape_transform=lambda x: rearrange(x.float(), "b t (h w) d -> b d t h w", h=h, w=w),
+    ) as cam:
+        maps = cam(video, [ClassifierOutputTarget(int(k)) for k in targets])
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    # The package resizes with a cubic spline, which may overshoot [0, 1] a little.
+    return np.clip(maps, 0.0, 1.0)
+
+
+def _check_tap_on_graph(tapped: _TappedBackbone, video: torch.Tensor) -> None:
+    """Fail clearly when a backbone's per-block tokens are a copy the logits do not depend on."""
+    seen = []
+    handle = tapped.tap.register_forward_hook(lambda module, args, output: seen.append(output))
+    try:
+        logits = tapped(video.to(next(tapped.parameters()).device))
+    finally:
+        handle.remove()
+    (grad,) = torch.autograd.grad(logits.sum(), seen[0], allow_unused=True)
+    if grad is None:
+        raise RuntimeError(
+            f"{type(tapped.backbone).__name__}.forward_features(return_blocks=True) returns "
+            "per-block tokens that the rest of the network does not consume, so no gradient "
+            "reaches them; blocks[i] must be the tensor that block i + 1 reads"
+        )
