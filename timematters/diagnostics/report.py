@@ -12,54 +12,28 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from einops import rearrange
-from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from timematters.backbones import create_backbone
-from timematters.config import Config, ModelConfig, merge
+from timematters.config import Config
 from timematters.data.build import build_dataset
 from timematters.data.collate import BadVideo, collate_videos
 from timematters.diagnostics import plots
 from timematters.diagnostics.confidence import confidence_gaps
 from timematters.diagnostics.gradcam import video_gradcam
 from timematters.diagnostics.order_probe import order_probe
-from timematters.engine.checkpoint import load_checkpoint
 from timematters.engine.distributed import resolve_device
 from timematters.engine.evaluate import EvalResult, evaluate, format_table
-from timematters.engine.train import autocast_dtype, backbone_kwargs, model_patch_size, token_frames
-
-
-def load_model_from_checkpoint(cfg: Config, path: str | Path) -> tuple[nn.Module, list[str]]:
-    """The backbone saved in a timematters checkpoint, in eval mode, and its class names (empty
-    when the checkpoint does not name them).
-
-    The architecture comes from the checkpoint's own saved config when it has one (so checkpoints
-    of different backbones can be compared on one dataset); clip length and frame size from ``cfg``.
-    """
-    state = load_checkpoint(path)
-    if "model" not in state:
-        raise ValueError(f"{path} is not a timematters checkpoint (no 'model' entry)")
-    model_cfg = cfg.model
-    if "config" in state:
-        model_cfg = merge(ModelConfig(), state["config"]["model"], source=str(path))
-        if model_cfg.num_frames != cfg.model.num_frames:
-            raise ValueError(
-                f"{path} was trained on {model_cfg.num_frames}-frame clips but the config makes "
-                f"{cfg.model.num_frames}-frame clips (model.num_frames)"
-            )
-    classes = list(state.get("classes") or [])
-    num_classes = model_cfg.num_classes or len(classes)
-    model = create_backbone(
-        model_cfg.name, **backbone_kwargs(replace(cfg, model=model_cfg), num_classes)
-    )
-    model.load_state_dict(state["model"])
-    return model.eval(), classes
+from timematters.engine.train import (
+    autocast_dtype,
+    load_model_from_checkpoint,
+    model_patch_size,
+    token_frames,
+)
 
 
 def run_diagnose(

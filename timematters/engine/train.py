@@ -12,7 +12,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from timematters.backbones import create_backbone
 from timematters.backbones.pretrained import load_pretrained
-from timematters.config import Config, config_to_dict, save_config
+from timematters.config import Config, ModelConfig, config_to_dict, merge, save_config
 from timematters.data.build import build_dataset
 from timematters.data.collate import BadVideoLog, batch_size, collate_videos
 from timematters.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -234,13 +234,15 @@ def _train(cfg: Config, info: DistInfo, resume, init_from, step_callback) -> dic
         raise ValueError("the flow loss needs one token frame per video frame (tubelet_size=1)")
     flow_in_loader = needs_flow and cfg.flow.backend == "opencv"
     train_set = build_dataset(cfg, "train", flow_labels=flow_in_loader, patch_size=patch_size)
-    test_set = build_dataset(cfg, "test", flow_labels=False, patch_size=patch_size)
+    test_set = build_dataset(cfg, cfg.eval.split, flow_labels=False, patch_size=patch_size)
     num_classes = cfg.model.num_classes or len(train_set.classes)
 
     model = build_model(cfg, num_classes)
     if init_from:
         load_pretrained(model, init_from)
-    objective = build_objective(cfg.loss, model.embed_dim, token_frames(model))
+    objective = build_objective(
+        cfg.loss, model.embed_dim, token_frames(model), model.grid, model.patch_size
+    )
     time_model = TimeModel(model, objective).to(device)
     ddp_model = (
         DistributedDataParallel(
@@ -491,18 +493,14 @@ def _flatten(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
     return {f"{subset}/{k}": v for subset, values in metrics.items() for k, v in values.items()}
 
 
-def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, split: str = "test") -> EvalResult:
-    """Original / shuffled evaluation of a saved model on the config's test split."""
+def evaluate_checkpoint(cfg: Config, checkpoint: str | Path) -> EvalResult:
+    """Original / shuffled evaluation of a saved model on the config's evaluation split."""
     info = setup_distributed(cfg.train.device)
     try:
-        state = load_checkpoint(checkpoint)
-        if "model" not in state:
-            raise ValueError(f"{checkpoint} is not a timematters checkpoint (no 'model' entry)")
-        patch_size = model_patch_size(cfg)
-        test_set = build_dataset(cfg, split, flow_labels=False, patch_size=patch_size)
-        classes = state.get("classes") or test_set.classes
-        model = create_backbone(cfg.model.name, **backbone_kwargs(cfg, len(classes)))
-        model.load_state_dict(state["model"])
+        model, classes = load_model_from_checkpoint(cfg, checkpoint)
+        test_set = build_dataset(
+            cfg, cfg.eval.split, flow_labels=False, patch_size=model.patch_size
+        )
         loader = DataLoader(
             test_set,
             batch_size=cfg.eval.batch_size,
@@ -511,9 +509,38 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, split: str = "test"
             collate_fn=collate_videos,
         )
         return evaluate(
-            model.to(info.device), loader, info.device, classes, getattr(test_set, "subsets", {}),
-            shuffle=cfg.eval.shuffle, aggregation=cfg.eval.aggregation, seed=cfg.eval.seed,
-            autocast_dtype=autocast_dtype(cfg.train.precision, info.device), progress=cfg.train.progress,
+            model.to(info.device), loader, info.device, classes or test_set.classes,
+            getattr(test_set, "subsets", {}), shuffle=cfg.eval.shuffle,
+            aggregation=cfg.eval.aggregation, seed=cfg.eval.seed,
+            autocast_dtype=autocast_dtype(cfg.train.precision, info.device),
+            progress=cfg.train.progress,
         )  # fmt: skip
     finally:
         cleanup_distributed()
+
+
+def load_model_from_checkpoint(cfg: Config, path: str | Path) -> tuple[nn.Module, list[str]]:
+    """The backbone saved in a timematters checkpoint, in eval mode, and its class names (empty
+    when the checkpoint does not name them).
+
+    The architecture comes from the checkpoint's own saved config when it has one (so checkpoints
+    of different backbones can be compared on one dataset); clip length and frame size from ``cfg``.
+    """
+    state = load_checkpoint(path)
+    if "model" not in state:
+        raise ValueError(f"{path} is not a timematters checkpoint (no 'model' entry)")
+    model_cfg = cfg.model
+    if "config" in state:
+        model_cfg = merge(ModelConfig(), state["config"]["model"], source=str(path))
+        if model_cfg.num_frames != cfg.model.num_frames:
+            raise ValueError(
+                f"{path} was trained on {model_cfg.num_frames}-frame clips but the config makes "
+                f"{cfg.model.num_frames}-frame clips (model.num_frames)"
+            )
+    classes = list(state.get("classes") or [])
+    num_classes = model_cfg.num_classes or len(classes)
+    model = create_backbone(
+        model_cfg.name, **backbone_kwargs(replace(cfg, model=model_cfg), num_classes)
+    )
+    model.load_state_dict(state["model"])
+    return model.eval(), classes
