@@ -39,6 +39,7 @@ from timematters.engine.distributed import (
 )
 from timematters.engine.evaluate import EvalResult, evaluate, format_table
 from timematters.engine.optim import build_optimizer, lr_at, set_lr
+from timematters.flow.farneback import batch_flow_labels, configure_opencv_threads
 from timematters.flow.labels import farneback_params
 from timematters.losses.objective import Objective, ObjectiveOutput, build_objective
 
@@ -233,6 +234,8 @@ def _train(cfg: Config, info: DistInfo, resume, init_from, step_callback) -> dic
     if needs_flow and cfg.model.kwargs.get("tubelet_size", 1) != 1:
         raise ValueError("the flow loss needs one token frame per video frame (tubelet_size=1)")
     flow_in_loader = needs_flow and cfg.flow.backend == "opencv"
+    if flow_in_loader:
+        configure_opencv_threads(1)  # once, in the parent: forked workers would deadlock
     train_set = build_dataset(cfg, "train", flow_labels=flow_in_loader, patch_size=patch_size)
     test_set = build_dataset(cfg, cfg.eval.split, flow_labels=False, patch_size=patch_size)
     num_classes = cfg.model.num_classes or len(train_set.classes)
@@ -481,8 +484,6 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def _flow_labels_on_device(video: torch.Tensor, patch_size: int, cfg: Config) -> torch.Tensor:
-    from timematters.flow.farneback import batch_flow_labels
-
     return batch_flow_labels(
         video.float(), patch_size, farneback_params(cfg.flow), cfg.flow.threshold, cfg.flow.relative_fraction,
         cfg.flow.absolute_tau, cfg.data.mean, cfg.data.std,

@@ -1,0 +1,470 @@
+"""Batched Farnebäck dense optical flow in torch, matching OpenCV's ``calcOpticalFlowFarneback``.
+
+Farnebäck, "Two-Frame Motion Estimation Based on Polynomial Expansion" (SCIA 2003): each frame is
+approximated around every pixel by a quadratic f(x) = xᵀAx + bᵀx + c, fitted by weighted least
+squares with a Gaussian applicability (separable filters, Sec. 2). Where the next frame is the
+previous one displaced by d, A d = -½ Δb; the per-pixel normal equations (AᵀA d = AᵀΔb) are averaged
+over a window around each pixel and solved (Sec. 4), iterated with the next frame's expansion
+sampled at x + d (Sec. 5), and run coarse to fine on a pyramid (Sec. 6).
+
+OpenCV's behaviour is reproduced (established by experiment against cv2): the pyramid smooths the
+full-resolution frame with a Gaussian of sigma (1/scale - 1)/2 and resizes it bilinearly, with
+OpenCV's level count and size rounding; replicated borders in the expansion and the window blur;
+a border weight that fades the equations over the outer 5 pixels; samples of the next frame whose
+bilinear footprint leaves the image fall back to the previous frame's A and no Δb; the box (or
+Gaussian) window blur; and the flow, zero at the coarsest level, upsampled and scaled by
+1/pyr_scale between levels. Everything is batched over N pairs, fp32, on the frames' device.
+
+Also here: ``batch_flow_labels`` (flow labels of a normalised batch on its own device, the torch
+counterpart of ``clip_flow_labels``) and ``configure_opencv_threads`` (the fork-deadlock guard).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from timematters.flow.labels import _GREY_WEIGHTS, FarnebackParams, flow_to_direction_labels
+
+_RELEASED_PARAMS = FarnebackParams()
+_CPU_TASK_PAIRS = 4  # pairs per CPU task (one thread's share at a time)
+_CPU_CHUNK_PIXELS = 2 * 224 * 224  # pixels per step of the iterations on the CPU
+_MIN_LEVEL_SIZE = 32  # OpenCV stops the pyramid before a side would drop below 32 pixels
+# Weight of the equations in the 5 outermost rows/columns (OpenCV's values): the expansion there
+# sees replicated pixels, so it is trusted less.
+_BORDER_FADE = (0.14, 0.14, 0.4472, 0.4472, 0.4472)
+# OpenCV's fixed kernels for small Gaussian blurs with sigma <= 0 (getGaussianKernel).
+_SMALL_GAUSSIANS = {
+    1: (1.0,),
+    3: (0.25, 0.5, 0.25),
+    5: (0.0625, 0.25, 0.375, 0.25, 0.0625),
+    7: (0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125),
+}
+
+
+@torch.no_grad()
+def farneback_torch(
+    prev: torch.Tensor, nxt: torch.Tensor, params: FarnebackParams = _RELEASED_PARAMS
+) -> torch.Tensor:
+    """Dense flow from ``prev`` to ``nxt``: frames [N, H, W] float -> flow [N, H, W, 2] (dx, dy).
+
+    Same parameters and result as ``cv2.calcOpticalFlowFarneback`` without an initial flow, for N
+    pairs at once on the frames' device, in fp32.
+    """
+    if prev.shape != nxt.shape or prev.dim() != 3:
+        raise ValueError(f"expected two [N, H, W] frame stacks, got {prev.shape} and {nxt.shape}")
+    N = len(prev)
+    pairs = torch.arange(N, device=prev.device)
+    return _flow_of_pairs(torch.cat([prev, nxt]).float(), pairs, pairs + N, params)
+
+
+def _flow_of_pairs(
+    frames: torch.Tensor, prev: torch.Tensor, nxt: torch.Tensor, params: FarnebackParams
+) -> torch.Tensor:
+    """Flow between frames[prev[i]] and frames[nxt[i]]: frames [F, H, W] -> [P, H, W, 2].
+
+    Off the CPU all pairs go at once. On the CPU the steps are memory-bound and short, so a task
+    takes a few pairs (their working set stays in cache) and the tasks are spread over torch's
+    intra-op thread count as Python threads running single-threaded ops: one synchronisation per
+    task rather than per op, which also degrades gracefully when other processes hold the cores.
+    """
+    if frames.device.type != "cpu" or len(prev) == 0:
+        return rearrange(_farneback(frames, prev, nxt, params), "n c h w -> n h w c")
+    starts = range(0, len(prev), _CPU_TASK_PAIRS)
+
+    def task_flow(start: int) -> torch.Tensor:
+        task = slice(start, start + _CPU_TASK_PAIRS)
+        # Only the frames this task uses (pairs of a clip share them), renumbered.
+        used, renumbered = torch.unique(torch.cat([prev[task], nxt[task]]), return_inverse=True)
+        task_prev, task_next = renumbered.split(len(prev[task]))
+        return _farneback(frames[used], task_prev, task_next, params, _CPU_CHUNK_PIXELS)
+
+    threads = torch.get_num_threads()
+    if threads == 1 or len(starts) == 1:
+        flows = [task_flow(start) for start in starts]
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            flows = list(pool.map(_single_threaded(task_flow, threads), starts))
+    return rearrange(torch.cat(flows), "n c h w -> n h w c")
+
+
+def _single_threaded(fn, restore: int):
+    """``fn`` run with one intra-op thread in the calling (worker) thread, ``restore`` set after.
+
+    torch's intra-op thread count is per thread, but a new thread starts from the count last set
+    anywhere, hence the restore to the caller's count.
+    """
+
+    def run(*args):
+        torch.set_num_threads(1)
+        try:
+            return fn(*args)
+        finally:
+            torch.set_num_threads(restore)
+
+    return run
+
+
+def _farneback(
+    frames: torch.Tensor,
+    prev: torch.Tensor,
+    nxt: torch.Tensor,
+    params: FarnebackParams,
+    chunk_pixels: int | None = None,
+) -> torch.Tensor:
+    """Coarse to fine over OpenCV's pyramid: frames [F, H, W], pair indices -> [P, 2, H, W].
+
+    With ``chunk_pixels`` the iterations run on as many pairs at a time as have about that many
+    pixels at the level: few at full size (the working set stays in cache), many at the coarse
+    levels (fewer, larger operations).
+    """
+    _, H, W = frames.shape
+    filters, inverse_gram = _expansion_filters(params.poly_n, params.poly_sigma)
+    flow = None
+    for sigma, ksize, (h, w) in _pyramid(H, W, params):
+        level = _smooth_and_resize(frames, sigma, ksize, (h, w))
+        expansion = _expand_polynomials(level, filters, inverse_gram)  # each frame once
+        if flow is None:
+            flow = frames.new_zeros(len(prev), 2, h, w)
+        else:
+            flow = F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=False)
+            flow = flow / params.pyr_scale
+        step = len(prev) if chunk_pixels is None else max(1, chunk_pixels // (h * w))
+        flows = []
+        for i in range(0, len(prev), step):
+            equations = _Equations(
+                expansion[prev[i : i + step]], expansion[nxt[i : i + step]], params
+            )
+            chunk_flow = flow[i : i + step]
+            for _ in range(params.iterations):
+                chunk_flow = _solve_flow(_blur_matrices(equations.at(chunk_flow), params))
+            flows.append(chunk_flow)
+        flow = torch.cat(flows)
+    return flow
+
+
+@torch.no_grad()
+def batch_flow_labels(
+    video: torch.Tensor,
+    patch_size: int,
+    params: FarnebackParams = _RELEASED_PARAMS,
+    threshold: str = "relative",
+    relative_fraction: float = 0.01,
+    absolute_tau: float = 0.5,
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+    std: tuple[float, ...] = (0.5, 0.5, 0.5),
+) -> torch.Tensor:
+    """Flow labels of a normalised batch video [B, C, T, H, W] -> [B, T-1, S] int64, on its device.
+
+    The torch counterpart of ``clip_flow_labels``: the same grey frames as ``clip_to_grey``
+    ((0.299 R + 0.587 G + 0.114 B) * 128 of the [-1, 1] frames), flow between consecutive frames,
+    then ``flow_to_direction_labels``.
+    """
+    B, C, T, H, W = video.shape
+    if C != 3:
+        raise ValueError(f"expected an RGB video [B, 3, T, H, W], got {tuple(video.shape)}")
+    as_float32 = {"dtype": torch.float32, "device": video.device}
+    m = torch.tensor(mean, **as_float32).view(1, 3, 1, 1, 1)
+    s = torch.tensor(std, **as_float32).view(1, 3, 1, 1, 1)
+    rgb = (video.float() * s + m) * 2.0 - 1.0  # [-1, 1]
+    grey = torch.einsum("bcthw,c->bthw", rgb, torch.tensor(_GREY_WEIGHTS, **as_float32)) * 128.0
+    # Consecutive pairs share frames: each frame's pyramid and expansion is computed once.
+    frame_index = torch.arange(B * T, device=video.device).view(B, T)
+    prev = frame_index[:, :-1].reshape(-1)
+    flow = _flow_of_pairs(rearrange(grey, "b t h w -> (b t) h w"), prev, prev + 1, params)
+    labels = flow_to_direction_labels(flow, patch_size, threshold, relative_fraction, absolute_tau)
+    return rearrange(labels, "(b t) s -> b t s", b=B)
+
+
+_IMPORT_PID = os.getpid()
+_configured = False  # inherited by forked children: whether an ancestor set OpenCV's threads
+
+
+def configure_opencv_threads(n: int) -> None:
+    """Set OpenCV's thread count, once, in the parent process before DataLoader workers start.
+
+    The trap: once a process has used OpenCV's thread pool without ever setting its size,
+    ``cv2.setNumThreads`` called in a *forked* child (a DataLoader worker under the default fork
+    start method, e.g. from a ``worker_init_fn``) waits forever on the pool inherited from the
+    parent. After the parent has set it, workers inherit the setting and may even set it again.
+    Hence: call this in the parent (or use the spawn start method). Called in a forked child
+    whose parent did not, it raises instead of risking the hang.
+    """
+    global _configured
+    if os.getpid() != _IMPORT_PID and not _configured:
+        raise RuntimeError(
+            "configure_opencv_threads called in a forked child whose parent never set OpenCV's "
+            "threads: cv2.setNumThreads can deadlock here; call it once in the parent process"
+        )
+    cv2.setNumThreads(n)
+    _configured = True
+
+
+def _pyramid(H: int, W: int, params: FarnebackParams):
+    """OpenCV's levels, coarse to fine: (blur sigma, blur size, (height, width)) of each."""
+    levels, scale = 0, 1.0
+    while levels < params.levels:
+        scale *= params.pyr_scale
+        if W * scale < _MIN_LEVEL_SIZE or H * scale < _MIN_LEVEL_SIZE:
+            break
+        levels += 1
+    for k in range(levels, -1, -1):
+        scale = 1.0
+        for _ in range(k):  # a running product, as OpenCV computes it
+            scale *= params.pyr_scale
+        sigma = (1.0 / scale - 1.0) * 0.5
+        ksize = max(round(sigma * 5) | 1, 3)  # round() is half-to-even, like cvRound
+        yield sigma, ksize, (round(H * scale), round(W * scale))
+
+
+def _gaussian_kernel(ksize: int, sigma: float) -> list[float]:
+    """OpenCV's 1-D Gaussian (getGaussianKernel): fixed small kernels when sigma <= 0."""
+    if sigma <= 0 and ksize in _SMALL_GAUSSIANS:
+        return list(_SMALL_GAUSSIANS[ksize])
+    if sigma <= 0:
+        sigma = ((ksize - 1) * 0.5 - 1) * 0.3 + 0.8
+    x = np.arange(ksize) - (ksize - 1) * 0.5
+    g = np.exp(-(x * x) / (2 * sigma * sigma))
+    return (g / g.sum()).astype(np.float32).tolist()
+
+
+# The filters below are sums of shifted slices accumulated in place: these thin filters are
+# memory-bound, and both depthwise convolutions and fresh temporaries are several times slower on
+# the CPU.
+
+
+def _symmetric_filter(x: torch.Tensor, kernel: list[float], dim: int) -> torch.Tensor:
+    """Valid-size filter along ``dim`` with a symmetric kernel (pairs x[+k] + x[-k] first)."""
+    r = len(kernel) // 2
+    L = x.shape[dim] - 2 * r
+    out = x.narrow(dim, r, L) * kernel[r]
+    pair_sum = torch.empty_like(out)
+    for k in range(1, r + 1):
+        torch.add(x.narrow(dim, r + k, L), x.narrow(dim, r - k, L), out=pair_sum)
+        out.add_(pair_sum, alpha=kernel[r + k])
+    return out
+
+
+def _window_sum(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    """Valid-size sums of ``size`` consecutive entries along ``dim``, in about 2·log2(size) passes.
+
+    Sums of 1, 2, 4, 8... neighbours are built by doubling; those in size's binary expansion are
+    added up.
+    """
+    L = x.shape[dim] - size + 1
+    out, offset, partial, width = None, 0, x, 1
+    while size:
+        if size & 1:
+            piece = partial.narrow(dim, offset, L)
+            out = piece.clone() if out is None else out.add_(piece)
+            offset += width
+        size >>= 1
+        if size:
+            n = partial.shape[dim] - width
+            partial = partial.narrow(dim, 0, n) + partial.narrow(dim, width, n)
+            width *= 2
+    return out
+
+
+def _smooth_and_resize(
+    frames: torch.Tensor, sigma: float, ksize: int, size: tuple[int, int]
+) -> torch.Tensor:
+    """A pyramid level: Gaussian blur (reflect-101 border) of the full frames, bilinear resize."""
+    kernel = _gaussian_kernel(ksize, sigma)
+    r = ksize // 2
+    x = F.pad(frames[:, None], (r, r, r, r), mode="reflect")[:, 0]
+    x = _symmetric_filter(_symmetric_filter(x, kernel, 1), kernel, 2)
+    if x.shape[-2:] != size:
+        x = F.interpolate(x[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return x
+
+
+def _expansion_filters(n: int, sigma: float) -> tuple[list[list[float]], list[float]]:
+    """The applicability's 1-D filters g, x·g, x²·g (2n+1 taps) and the entries of G⁻¹ needed.
+
+    G is the Gram matrix of the basis (1, x, y, x², y², xy) under the 2-D applicability
+    g(x) g(y); the coefficients are G⁻¹ times the filter responses, and with Σg = 1 G⁻¹ has
+    only the entries (1,1), (0,3), (3,3), (5,5) that matter.
+    """
+    if sigma < np.finfo(np.float32).eps:
+        sigma = n * 0.3
+    x = np.arange(-n, n + 1, dtype=np.float64)
+    g = np.exp(-(x * x) / (2 * sigma * sigma)).astype(np.float32)
+    g = (g / g.astype(np.float64).sum()).astype(np.float32)
+    xg, xxg = (x * g).astype(np.float32), (x * x * g).astype(np.float32)
+    X, Y = np.meshgrid(x, x)
+    basis = np.stack([np.ones_like(X), X, Y, X * X, Y * Y, X * Y])  # [6, y, x]
+    gram = np.einsum("ayx,byx,yx->ab", basis, basis, np.outer(g, g).astype(np.float64))
+    inv = np.linalg.inv(gram)
+    entries = [float(inv[1, 1]), float(inv[0, 3]), float(inv[3, 3]), float(inv[5, 5])]
+    return [g.tolist(), xg.tolist(), xxg.tolist()], entries
+
+
+def _expand_polynomials(
+    frames: torch.Tensor, filters: list[list[float]], inverse_gram: list[float]
+) -> torch.Tensor:
+    """Quadratic fit per pixel: frames [N, H, W] -> [N, 5, H, W] (b_x, b_y, a_xx, a_yy, a_xy).
+
+    b: linear coefficients; a_xx, a_yy: those of x², y²; a_xy: that of xy (= 2 A_xy).
+    Replicated border. Separable: horizontal passes g, x·g, x²·g, then vertical ones.
+    """
+    g, xg, xxg = filters
+    ig11, ig03, ig33, ig55 = inverse_gram
+    n = len(g) // 2
+    N, H, W = frames.shape
+    x = F.pad(frames[:, None], (n, n, n, n), mode="replicate")[:, 0]  # [N, H+2n, W+2n]
+    # Horizontal: (Σg·f, Σx·g·f, Σx²·g·f) along each row.
+    horizontal = x.new_zeros(N, 3, H + 2 * n, W)
+    torch.mul(x.narrow(2, n, W), g[n], out=horizontal[:, 0])
+    scratch = torch.empty_like(horizontal[:, 0])
+    for k in range(1, n + 1):
+        right, left = x.narrow(2, n + k, W), x.narrow(2, n - k, W)
+        torch.add(right, left, out=scratch)
+        horizontal[:, 0].add_(scratch, alpha=g[n + k])
+        horizontal[:, 2].add_(scratch, alpha=xxg[n + k])
+        torch.sub(right, left, out=scratch)
+        horizontal[:, 1].add_(scratch, alpha=xg[n + k])
+    # Vertical: g on all three gives (Σg·f, Σx·g·f, Σx²·g·f); y·g on the first two gives
+    # (Σy·g·f, Σxy·g·f); y²·g on the first gives Σy²·g·f.
+    even = horizontal.narrow(2, n, H) * g[n]
+    odd = even.new_zeros(N, 2, H, W)
+    square = even.new_zeros(N, H, W)
+    pair_sum, pair_diff = torch.empty_like(even), torch.empty_like(odd)
+    for k in range(1, n + 1):
+        below, above = horizontal.narrow(2, n + k, H), horizontal.narrow(2, n - k, H)
+        torch.add(below, above, out=pair_sum)
+        even.add_(pair_sum, alpha=g[n + k])
+        square.add_(pair_sum[:, 0], alpha=xxg[n + k])
+        torch.sub(below[:, :2], above[:, :2], out=pair_diff)
+        odd.add_(pair_diff, alpha=xg[n + k])
+    smooth, moment_x, moment_xx = even.unbind(1)
+    moment_y, moment_xy = odd.unbind(1)
+    expansion = even.new_empty(N, 5, H, W)
+    b_x, b_y, a_xx, a_yy, a_xy = expansion.unbind(1)
+    torch.mul(moment_x, ig11, out=b_x)
+    torch.mul(moment_y, ig11, out=b_y)
+    torch.mul(smooth, ig03, out=a_xx).add_(moment_xx, alpha=ig33)
+    torch.mul(smooth, ig03, out=a_yy).add_(square, alpha=ig33)
+    torch.mul(moment_xy, ig55, out=a_xy)
+    return expansion
+
+
+class _Equations:
+    """Per-pixel normal equations of one pyramid level, for any flow (Farnebäck Sec. 4-5).
+
+    With A the mean of the two frames' A (the next frame's expansion sampled bilinearly at
+    x + d) and Δb = ½(b_prev - b_next) + A d, ``at(d)`` gives [N, 5, H, W] with channels
+    (G_xx, G_yy, G_xy, h_x, h_y) of G = AᵀA, h = AᵀΔb. Where the 2x2 sampling footprint
+    leaves the image the next frame is not used: b_next = 0 and A = A_prev. The equations are
+    weighted by OpenCV's border fade, which trusts the outer 5 pixels less (their expansion sees
+    replicated pixels), and for the box window by 1/winsize (so G, h carry 1/winsize², OpenCV's
+    normalisation of the window sum).
+    """
+
+    def __init__(
+        self, expansion_prev: torch.Tensor, expansion_next: torch.Tensor, params: FarnebackParams
+    ):
+        _, _, H, W = expansion_prev.shape
+        device = expansion_prev.device
+        # Zero-padded to powers of two, so that grid_sample's normalised coordinates, (2x + 1) /
+        # size - 1, are exact at whole pixels: still content samples itself exactly and keeps a
+        # flow of exactly 0, as in OpenCV (whose treatment of the image's edge hinges on the
+        # sign of the flow there). Samples whose footprint leaves the image are not used.
+        padded_size = (1 << (W - 1).bit_length(), 1 << (H - 1).bit_length())
+        self.expansion_next = F.pad(expansion_next, (0, padded_size[0] - W, 0, padded_size[1] - H))
+        self.size = torch.tensor(padded_size, device=device, dtype=torch.float32)
+        # Terms (½b_x, ½b_y, A_xx, A_yy, A_xy): each frame's (b, a_xx, a_yy, a_xy = 2 A_xy)
+        # halved to average the two frames, the next frame's b negated.
+        scale = 1.0 if params.gaussian_window else 1.0 / params.winsize
+        halves = torch.tensor([0.5, 0.5, 0.5, 0.5, 0.25], device=device)[:, None, None] * scale
+        self.weight_next = (
+            halves * torch.tensor([-1.0, -1.0, 1.0, 1.0, 1.0], device=device)[:, None, None]
+        )
+        self.terms_prev = expansion_prev * halves
+        self.a_outside = expansion_prev[:, 2:] * halves[2:]  # the next frame's share, off-image
+        # G and h are quadratic in the terms: the fade enters squared, on the border strips only.
+        self.fade_rows = _border_strips(_border_fade(H, device) ** 2)
+        self.fade_cols = _border_strips(_border_fade(W, device) ** 2)
+        xs = torch.arange(W, device=device, dtype=torch.float32)
+        ys = torch.arange(H, device=device, dtype=torch.float32)
+        self.base_xy = torch.stack(torch.broadcast_tensors(xs, ys[:, None]))  # [2, H, W]
+        self.limits = torch.tensor([W - 1.0, H - 1.0], device=device)[:, None, None]
+
+    def at(self, flow: torch.Tensor) -> torch.Tensor:
+        position = self.base_xy + flow  # [N, 2, H, W], x + d
+        outside = ((position < 0) | (position >= self.limits)).any(dim=1)  # [N, H, W]
+        grid = (2 * rearrange(position, "n c h w -> n h w c") + 1) / self.size - 1
+        grid.masked_fill_(outside[..., None], -4.0)  # far enough out that grid_sample gives 0
+        sampled = F.grid_sample(
+            self.expansion_next, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
+        terms = torch.addcmul(self.terms_prev, sampled, self.weight_next, out=sampled)
+        terms[:, 2:].addcmul_(outside[:, None], self.a_outside)
+        half_db_x, half_db_y, a_xx, a_yy, a_xy = terms.unbind(1)
+        dx, dy = flow.unbind(1)
+        db_x = half_db_x.addcmul_(a_xx, dx).addcmul_(a_xy, dy)  # Δb = ½(b_prev - b_next) + A d
+        db_y = half_db_y.addcmul_(a_xy, dx).addcmul_(a_yy, dy)
+        matrices = torch.empty_like(terms)
+        g_xx, g_yy, g_xy, h_x, h_y = matrices.unbind(1)
+        torch.mul(a_xx, a_xx, out=g_xx).addcmul_(a_xy, a_xy)
+        torch.mul(a_yy, a_yy, out=g_yy).addcmul_(a_xy, a_xy)
+        torch.add(a_xx, a_yy, out=g_xy).mul_(a_xy)
+        torch.mul(a_xx, db_x, out=h_x).addcmul_(a_xy, db_y)
+        torch.mul(a_xy, db_x, out=h_y).addcmul_(a_yy, db_y)
+        for rows, fade in self.fade_rows:
+            matrices[:, :, rows].mul_(fade[:, None])
+        for cols, fade in self.fade_cols:
+            matrices[:, :, :, cols].mul_(fade)
+        return matrices
+
+
+def _border_fade(L: int, device: torch.device) -> torch.Tensor:
+    """OpenCV's weight of the equations along one axis [L]: below 1 within 5 pixels of an end."""
+    near = torch.tensor(_BORDER_FADE)
+    idx = torch.arange(L)
+    end = L - 1 - idx
+    from_start = torch.where(idx < len(near), near[idx.clamp(max=len(near) - 1)], 1.0)
+    from_end = torch.where(end < len(near), near[end.clamp(max=len(near) - 1)], 1.0)
+    return (from_start * from_end).to(device)
+
+
+def _border_strips(weights: torch.Tensor) -> list[tuple[slice, torch.Tensor]]:
+    """The parts of a weight vector that differ from 1: its two ends (all of it when short)."""
+    k = len(_BORDER_FADE)
+    if len(weights) <= 2 * k:
+        return [(slice(None), weights)]
+    return [(slice(0, k), weights[:k]), (slice(-k, None), weights[-k:])]
+
+
+def _blur_matrices(matrices: torch.Tensor, params: FarnebackParams) -> torch.Tensor:
+    """Sum (box) or average (Gaussian) the equations over the window around each pixel.
+
+    Replicated border. For the box OpenCV sums 2·(winsize//2) + 1 rows and columns; its
+    1/winsize² normalisation is already in the equations (``_Equations``).
+    """
+    m = params.winsize // 2
+    if params.gaussian_window:
+        sigma = m * 0.3
+        taps = np.exp(-(np.arange(-m, m + 1) ** 2) / (2 * sigma * sigma)).astype(np.float32)
+        kernel = (taps / taps.astype(np.float64).sum()).astype(np.float32).tolist()
+        x = _symmetric_filter(F.pad(matrices, (0, 0, m, m), mode="replicate"), kernel, 2)
+        return _symmetric_filter(F.pad(x, (m, m, 0, 0), mode="replicate"), kernel, 3)
+    x = _window_sum(F.pad(matrices, (0, 0, m, m), mode="replicate"), 2 * m + 1, 2)
+    return _window_sum(F.pad(x, (m, m, 0, 0), mode="replicate"), 2 * m + 1, 3)
+
+
+def _solve_flow(matrices: torch.Tensor) -> torch.Tensor:
+    """Solve the 2x2 system G d = h per pixel: [N, 5, H, W] -> flow d [N, 2, H, W] (dx, dy)."""
+    g_xx, g_yy, g_xy, h_x, h_y = matrices.unbind(1)
+    inv_det = (g_xx * g_yy).addcmul_(g_xy, g_xy, value=-1).add_(1e-3).reciprocal_()
+    flow = matrices.new_empty(matrices.shape[0], 2, *matrices.shape[2:])
+    dx, dy = flow.unbind(1)
+    torch.mul(g_yy, h_x, out=dx).addcmul_(g_xy, h_y, value=-1).mul_(inv_det)
+    torch.mul(g_xx, h_y, out=dy).addcmul_(g_xy, h_x, value=-1).mul_(inv_det)
+    return flow
