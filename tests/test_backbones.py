@@ -22,13 +22,23 @@ TINY = {
 BACKBONES = list_backbones()
 
 
+def _frames(name: str) -> int:
+    """Clip length of the tiny build: an image model is a one-frame video model (T = 1)."""
+    with torch.device("meta"):
+        return T if create_backbone(name).num_frames > 1 else 1
+
+
+FRAMES = {name: _frames(name) for name in BACKBONES}
+
+
 def build(name: str) -> nn.Module:
     torch.manual_seed(0)
-    return create_backbone(name, **TINY).eval()
+    return create_backbone(name, **{**TINY, "num_frames": FRAMES[name]}).eval()
 
 
-def random_video(batch: int = B) -> torch.Tensor:
-    return torch.randn(batch, 3, T, IMG, IMG, generator=torch.Generator().manual_seed(1))
+def random_video(name: str, batch: int = B) -> torch.Tensor:
+    shape = (batch, 3, FRAMES[name], IMG, IMG)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(1))
 
 
 def test_registry_holds_every_family():
@@ -54,9 +64,10 @@ def test_default_size_on_meta_device(name):
 @pytest.mark.parametrize("name", BACKBONES)
 def test_shapes_and_finite(name):
     model = build(name)
+    T = FRAMES[name]
     assert (model.num_classes, model.num_frames, model.embed_dim) == (K, T, D)
     assert (model.patch_size, model.grid) == (PATCH, (IMG // PATCH, IMG // PATCH))
-    video = random_video()
+    video = random_video(name)
     with torch.no_grad():
         tokens = model.forward_features(video, return_blocks=True)
         logits = model(video)
@@ -76,7 +87,7 @@ def test_shapes_and_finite(name):
 @pytest.mark.parametrize("name", BACKBONES)
 def test_rejects_wrong_frame_count(name):
     with pytest.raises(ValueError, match="frames"):
-        build(name).forward_features(torch.zeros(1, 3, T + 1, IMG, IMG))
+        build(name).forward_features(torch.zeros(1, 3, FRAMES[name] + 1, IMG, IMG))
 
 
 @pytest.mark.parametrize("name", BACKBONES)
@@ -88,7 +99,7 @@ def test_every_parameter_gets_a_gradient(name):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    tokens = model.forward_features(random_video())
+    tokens = model.forward_features(random_video(name))
     logits = model.forward_head(tokens.cls)
     # Random weights: a plain sum over a LayerNorm's output has no gradient when its weight is flat.
     generator = torch.Generator().manual_seed(3)
@@ -129,6 +140,7 @@ def _assert_increasing_in_t_s_order(patches: torch.Tensor) -> None:
 @pytest.mark.parametrize("name", BACKBONES)
 def test_token_order_from_content(name):
     # Frame t, patch s (row-major) is filled with the value t + s / S.
+    T = FRAMES[name]
     model = _tagging_model(name)
     with torch.no_grad():
         model.patch_embed.proj.weight[0] = 1.0 / model.patch_embed.proj.weight[0].numel()
@@ -140,14 +152,17 @@ def test_token_order_from_content(name):
 
 @pytest.mark.parametrize("name", BACKBONES)
 def test_token_order_from_embeddings(name):
-    # A blank video: position embedding s carries s / S, time embedding t carries t.
+    # A blank video: position embedding s carries s / S, time embedding t carries t (image models
+    # have one frame and no time embedding).
+    T = FRAMES[name]
     model = _tagging_model(name)
     params = dict(model.named_parameters())
     time_embed = [params[n] for n in ("time_embed", "temp_embed") if n in params]
-    assert len(time_embed) == 1, "expected one time embedding named time_embed or temp_embed"
+    assert len(time_embed) == int(T > 1), "expected one time embedding named time_embed or temp_embed"
     with torch.no_grad():
         params["pos_embed"][0, 1:, 0] = torch.arange(S) / S
-        time_embed[0].view(T, D)[:, 0] = torch.arange(T).float()
+        for embed in time_embed:
+            embed.view(T, D)[:, 0] = torch.arange(T).float()
         patches = model.forward_features(torch.zeros(1, 3, T, IMG, IMG)).patches
     _assert_increasing_in_t_s_order(patches)
 

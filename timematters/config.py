@@ -35,6 +35,8 @@ class CELossConfig:
 class OrderLossConfig:
     weight: float = 1.0
     smoothing: float = 0.2
+    # time: frames predict their index (Eq. 6-7); space: patch tokens predict theirs (images, Eq. 16).
+    axis: Literal["time", "space"] = "time"
 
 
 @dataclass
@@ -43,6 +45,8 @@ class DebiasLossConfig:
     shuffle: Literal["per_batch", "per_sample"] = "per_batch"
     # uniform_ce: -(1/K) sum_c log p_c as released; kl: KL(U || p) = uniform_ce - log K (Eq. 8).
     form: Literal["uniform_ce", "kl"] = "uniform_ce"
+    # time: shuffle frames (Eq. 8); space: shuffle the patches of each image (Eq. 17).
+    axis: Literal["time", "space"] = "time"
 
 
 @dataclass
@@ -87,8 +91,19 @@ class SyntheticConfig:
 
 
 @dataclass
+class ImageNet9Config:
+    """ImageNet-9 / Backgrounds Challenge folders under data.root (data/imagenet9.py)."""
+
+    train_dir: str = "original/train"  # training images: <root>/<train_dir>/<NN_class>/*
+    test_variation: str = "original"  # the test split: <root>/<test_variation>/val/<NN_class>/*
+    # The variations of the Table 4 evaluation; BG-Gap = mixed_same - mixed_rand.
+    variations: tuple[str, ...] = ("original", "only_fg", "mixed_same", "mixed_rand", "mixed_next")
+    min_crop_scale: float = 0.08  # RandomResizedCrop's smallest area fraction (DeiT)
+
+
+@dataclass
 class DataConfig:
-    dataset: Literal["synthetic", "ssv2", "kinetics", "videolist"] = "ssv2"
+    dataset: Literal["synthetic", "ssv2", "kinetics", "videolist", "imagenet9"] = "ssv2"
     root: str = ""  # folder holding the videos
     annotations: str = ""  # annotation folder (SSv2, Kinetics) or list file (videolist)
     val_annotations: str = ""  # videolist: the evaluation list file
@@ -110,6 +125,7 @@ class DataConfig:
     num_workers: int = 4
     max_bad_fraction: float = 0.01
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    imagenet9: ImageNet9Config = field(default_factory=ImageNet9Config)
 
 
 @dataclass
@@ -146,6 +162,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    split: Literal["val", "test"] = "val"  # SSv2's "validation" list is the paper's test set
     shuffle: Literal["per_batch", "per_sample"] = "per_sample"
     # Over a clip's test views: "logits" sums them (released; confidences use their mean),
     # "softmax" averages the views' probabilities.

@@ -31,6 +31,6 @@ def create_backbone(name: str, **kwargs) -> nn.Module:
 
 
 # Explicit imports fill the registry.
-from timematters.backbones import motionformer, timesformer, xvit  # noqa: E402, F401
+from timematters.backbones import motionformer, timesformer, vit, xvit  # noqa: E402, F401
 
 __all__ = ["VideoTokens", "create_backbone", "list_backbones", "register_backbone"]

@@ -86,6 +86,10 @@ def build_dataset(cfg: Config, split: str, flow_labels: bool, patch_size: int) -
         from timematters.data.synthetic import build_synthetic_dataset
 
         return build_synthetic_dataset(cfg, split, flow_labels, patch_size)
+    if data.dataset == "imagenet9":
+        from timematters.data.imagenet9 import build_imagenet9_dataset
+
+        return build_imagenet9_dataset(cfg, split)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     train = split == "train"

@@ -3,6 +3,7 @@
 from timematters.losses.ce import CrossEntropyLoss
 from timematters.losses.debias import DebiasLoss
 from timematters.losses.flow import FlowLoss
+from timematters.losses.image import PatchDebiasLoss, SpatialOrderLoss, shuffle_patches
 from timematters.losses.inputs import LossInputs
 from timematters.losses.objective import Objective, ObjectiveOutput, build_objective
 from timematters.losses.order import OrderLoss
@@ -16,7 +17,10 @@ __all__ = [
     "Objective",
     "ObjectiveOutput",
     "OrderLoss",
+    "PatchDebiasLoss",
+    "SpatialOrderLoss",
     "build_objective",
     "sample_frame_permutations",
     "shuffle_frames",
+    "shuffle_patches",
 ]

@@ -16,6 +16,7 @@ from timematters.config import LossConfig
 from timematters.losses.ce import CrossEntropyLoss
 from timematters.losses.debias import DebiasLoss
 from timematters.losses.flow import FlowLoss
+from timematters.losses.image import spatial_loss_candidates
 from timematters.losses.inputs import LossInputs
 from timematters.losses.order import OrderLoss
 
@@ -73,13 +74,24 @@ class Objective(nn.Module):
         return ObjectiveOutput(total=total, terms=terms, logits=logits, tokens=tokens)
 
 
-def build_objective(cfg: LossConfig, embed_dim: int, num_frames: int) -> Objective:
-    """The paper's objective from a ``LossConfig`` (all λ = 1 and smoothing 0.2 by default)."""
+def build_objective(
+    cfg: LossConfig,
+    embed_dim: int,
+    num_frames: int,
+    grid: tuple[int, int] | None = None,
+    patch_size: int | None = None,
+) -> Objective:
+    """The paper's objective from a ``LossConfig`` (all λ = 1 and smoothing 0.2 by default).
+
+    ``grid`` and ``patch_size`` (the model's) are needed only by the image losses (axis = space).
+    """
     candidates = {
         "ce": (1.0, lambda: CrossEntropyLoss(cfg.ce.smoothing)),
         "order": (cfg.order.weight, lambda: OrderLoss(embed_dim, num_frames, cfg.order.smoothing)),
         "debias": (cfg.debias.weight, lambda: DebiasLoss(cfg.debias.shuffle, cfg.debias.form)),
         "flow": (cfg.flow.weight, lambda: FlowLoss(embed_dim, cfg.flow.smoothing)),
     }
+    if "space" in (cfg.order.axis, cfg.debias.axis):
+        candidates.update(spatial_loss_candidates(cfg, embed_dim, grid, patch_size))
     losses = {name: make() for name, (weight, make) in candidates.items() if weight != 0}
     return Objective(losses, {name: weight for name, (weight, _) in candidates.items()})

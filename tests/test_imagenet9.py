@@ -1,0 +1,163 @@
+"""ImageNet-9 / Backgrounds Challenge: the folder reader, the config checks, and Table 4 with BG-Gap
+on a generated tree."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torchvision.io import encode_jpeg, write_png
+
+from timematters.config import load_config
+from timematters.data.build import build_dataset
+from timematters.data.collate import BadVideo
+from timematters.data.imagenet9 import (
+    bg_gap,
+    evaluate_backgrounds,
+    format_backgrounds_table,
+    read_class_folders,
+)
+
+CLASSES = ["00_dog", "01_bird", "02_wheeled vehicle"]
+# Background colour of class c; a foreground square of colour 200 sits in the middle of each image.
+COLOURS = (0, 80, 160)
+IMG = 16
+
+
+def _write(path: Path, background: int, jpeg: bool = False) -> None:
+    image = torch.full((3, IMG, IMG), background, dtype=torch.uint8)
+    image[:, 4:12, 4:12] = 200
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if jpeg:
+        path.write_bytes(encode_jpeg(image, quality=95).numpy().tobytes())
+    else:
+        write_png(image, str(path))
+
+
+# Per variation, the background class of each (class, image) pair: two images per class.
+TREE = {
+    "original": [[0, 0], [1, 1], [2, 2]],
+    "mixed_same": [[0, 0], [1, 1], [2, 2]],
+    "mixed_rand": [[1, 0], [2, 0], [2, 0]],  # 2 of 6 keep their own class's background
+    "mixed_next": [[1, 1], [2, 2], [0, 0]],
+    "only_fg": [[0, 0], [0, 0], [0, 0]],  # black: class 0's background colour
+}
+
+
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    root = tmp_path / "bg_challenge"
+    for c, name in enumerate(CLASSES):
+        for i in range(4):
+            _write(root / "original" / "train" / name / f"n{i}.JPEG", COLOURS[c], jpeg=True)
+    for variation, backgrounds in TREE.items():
+        for c, name in enumerate(CLASSES):
+            for i, bg in enumerate(backgrounds[c]):
+                _write(root / variation / "val" / name / f"{i}.png", COLOURS[bg])
+    return root
+
+
+class BackgroundReader(nn.Module):
+    """Predicts the class whose background colour the top-left pixel shows: a pure shortcut."""
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        pixel = video[:, 0, 0, 0, 0]  # [B], normalised with mean = std = 0.5
+        colours = torch.tensor(COLOURS) / 255 * 2 - 1
+        return -(pixel[:, None] - colours[None]).abs() * 100
+
+
+def _config(root: Path, *extra: str):
+    return load_config(
+        None,
+        [
+            "data.dataset=imagenet9",
+            f"data.root={root}",
+            f"data.crop_size={IMG}",
+            f"data.eval_short_side={IMG}",
+            "data.num_workers=0",
+            "data.randaugment_ops=0",
+            "model.num_frames=1",
+            "loss.flow.weight=0",
+            "loss.order.axis=space",
+            "loss.debias.axis=space",
+            "eval.batch_size=4",
+            *extra,
+        ],
+    )
+
+
+def test_reader_finds_classes_labels_and_one_frame_videos(tree):
+    cfg = _config(tree)
+    train_set = build_dataset(cfg, "train", flow_labels=False, patch_size=8)
+    test_set = build_dataset(cfg, "test", flow_labels=False, patch_size=8)
+    assert train_set.classes == CLASSES and test_set.classes == CLASSES
+    assert len(train_set) == 12 and train_set.labels == [0] * 4 + [1] * 4 + [2] * 4
+    assert len(test_set) == 6 and test_set.folder == tree / "original" / "val"
+    item = test_set[2]
+    assert item["video"].shape == (3, 1, IMG, IMG)
+    assert item["label"] == 1 and item["video_id"] == "01_bird/0.png"
+    # Eval transform: no augmentation, normalised with mean = std = 0.5 (the default).
+    assert item["video"][0, 0, 0, 0].item() == pytest.approx(80 / 255 * 2 - 1, abs=1e-6)
+    assert train_set[5]["video"].shape == (3, 1, IMG, IMG)
+
+
+def test_reader_rejects_badly_named_class_folders(tmp_path):
+    for name in ("00_dog", "02_bird"):
+        (tmp_path / "gap" / name).mkdir(parents=True)
+    with pytest.raises(ValueError, match="numbered"):
+        read_class_folders(tmp_path / "gap")
+    (tmp_path / "names" / "dog").mkdir(parents=True)
+    with pytest.raises(ValueError, match="NN_<name>"):
+        read_class_folders(tmp_path / "names")
+    with pytest.raises(FileNotFoundError):
+        read_class_folders(tmp_path / "missing")
+
+
+def test_an_undecodable_image_is_a_bad_video(tree):
+    (tree / "original" / "val" / "00_dog" / "broken.jpg").write_bytes(b"not a jpeg")
+    test_set = build_dataset(_config(tree), "test", flow_labels=False, patch_size=8)
+    bad = [test_set[i] for i in range(len(test_set)) if isinstance(test_set[i], BadVideo)]
+    assert len(bad) == 1 and bad[0].path.endswith("broken.jpg")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.num_frames=8", "model.num_frames=1"),
+        ("loss.flow.weight=1", "loss.flow.weight=0"),
+        ("loss.order.axis=time", "loss.order.axis=space"),
+        ("loss.debias.axis=time", "loss.debias.axis=space"),
+    ],
+)
+def test_time_axis_settings_are_refused_on_images(tree, override, message):
+    with pytest.raises(ValueError, match=message):
+        build_dataset(_config(tree, override), "train", flow_labels=False, patch_size=8)
+
+
+def test_table4_and_bg_gap_on_a_generated_tree(tree):
+    cfg = _config(tree, f"data.imagenet9.variations={list(TREE)}")
+    accuracy = evaluate_backgrounds(BackgroundReader(), cfg, CLASSES)
+    assert accuracy == pytest.approx(
+        {
+            "original": 100.0,
+            "mixed_same": 100.0,
+            "mixed_rand": 100 * 2 / 6,
+            "mixed_next": 0.0,
+            "only_fg": 100 / 3,
+            "bg_gap": 100 - 100 * 2 / 6,
+        }
+    )
+    assert bg_gap({"mixed_same": 70.0, "mixed_rand": 40.5}) == pytest.approx(29.5)
+
+    table = format_backgrounds_table({"baseline": accuracy, "+TIME": {**accuracy, "only_fg": 50.0}})
+    lines = table.splitlines()
+    assert lines[0] == "| Dataset | baseline | +TIME |"
+    assert "| Only-FG ↑ | 33.3 | 50.0 (+16.7) |" in lines
+    assert lines[-1] == "| BG-Gap ↓ | 66.7 | 66.7 (+0.0) |"
+
+
+def test_classes_must_agree_across_variations(tree):
+    (tree / "mixed_rand" / "val" / "03_extra").mkdir()
+    cfg = _config(tree, "data.imagenet9.variations=[original, mixed_rand]")
+    with pytest.raises(ValueError, match="expected"):
+        evaluate_backgrounds(BackgroundReader(), cfg, CLASSES)
