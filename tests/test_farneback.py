@@ -183,6 +183,42 @@ def test_still_and_flat_frames():
     assert torch.equal(farneback_torch(flat, flat), torch.zeros(1, 64, 64, 2))
 
 
+def _disc_on_still_background(seed: int, centre: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Grey frames prev, next [64, 64]: a still photo-like background and a textured disc of
+    radius 8 at ``centre`` (x, y) that moves by (2.5, -1.5) px, like the synthetic clips at 64²."""
+    size, radius = 64, 8
+    background = _texture(size, size, seed)
+    disc = _texture(2 * radius + 1, 2 * radius + 1, seed + 1)
+    mask = np.zeros(disc.shape[:2], np.float32)
+    cv2.circle(mask, (radius, radius), radius - 1, 1.0, -1, cv2.LINE_AA)
+    frames = []
+    for dx, dy in ((0.0, 0.0), (2.5, -1.5)):
+        place = np.float32([[1, 0, centre[0] - radius + dx], [0, 1, centre[1] - radius + dy]])
+        alpha = cv2.warpAffine(mask, place, (size, size))[..., None]
+        frame = background * (1 - alpha) + cv2.warpAffine(disc, place, (size, size)) * alpha
+        frames.append(np.clip(frame, 0, 255).round().astype(np.uint8))
+    grey = clip_to_grey(np.stack(frames))
+    return grey[0], grey[1]
+
+
+# A disc near the left edge, then near the top edge: the top row and left column see a still
+# background there, where the off-image rule hinges on the sign of a flow of exactly 0.
+@pytest.mark.parametrize("centre", [(20, 44), (44, 20)])
+def test_still_background_at_64_matches_opencv_at_every_pixel(centre):
+    pairs = [_disc_on_still_background(seed, centre) for seed in range(4)]
+    prev, nxt = np.stack([p for p, _ in pairs]), np.stack([n for _, n in pairs])
+    reference = _opencv_flows(prev, nxt)
+    assert np.linalg.norm(reference, axis=-1).max() > 1.0  # the disc moves
+    # OpenCV is not at the mercy of its own rounding here: transposed frames give the same flow.
+    transposed = _opencv_flows(*(np.ascontiguousarray(f.transpose(0, 2, 1)) for f in (prev, nxt)))
+    transposed = transposed.transpose(0, 2, 1, 3)[..., ::-1]
+    assert np.linalg.norm(transposed - reference, axis=-1).max() < 1e-3
+    # So the torch flow must match it at every pixel, not only on average: before exact Δb = 0 on
+    # still content it was up to ~0.1 px off near the top and left edges.
+    epe = np.linalg.norm(_torch_flows(prev, nxt) - reference, axis=-1)
+    assert epe.max() < 1e-3, f"max end-point difference {epe.max():.4f} px"
+
+
 def test_rejects_mismatched_frames():
     with pytest.raises(ValueError, match="frame stacks"):
         farneback_torch(torch.zeros(2, 32, 32), torch.zeros(2, 32, 33))

@@ -11,7 +11,8 @@ OpenCV's behaviour is reproduced (established by experiment against cv2): the py
 full-resolution frame with a Gaussian of sigma (1/scale - 1)/2 and resizes it bilinearly, with
 OpenCV's level count and size rounding; replicated borders in the expansion and the window blur;
 a border weight that fades the equations over the outer 5 pixels; samples of the next frame whose
-bilinear footprint leaves the image fall back to the previous frame's A and no Δb; the box (or
+bilinear footprint leaves the image fall back to the previous frame's A and no Δb (with a flow of
+exactly 0 on still content, which decides that rule on the top and left edges); the box (or
 Gaussian) window blur; and the flow, zero at the coarsest level, upsampled and scaled by
 1/pyr_scale between levels. Everything is batched over N pairs, fp32, on the frames' device.
 
@@ -126,6 +127,9 @@ def _farneback(
     """
     _, H, W = frames.shape
     filters, inverse_gram = _expansion_filters(params.poly_n, params.poly_sigma)
+    # OpenCV divides the box sums by winsize² and adds 1e-3 to the determinant; the same solution
+    # without the division has 1e-3·winsize⁴ added (the determinant is quadratic in the sums).
+    regulariser = 1e-3 if params.gaussian_window else 1e-3 * params.winsize**4
     flow = None
     for sigma, ksize, (h, w) in _pyramid(H, W, params):
         level = _smooth_and_resize(frames, sigma, ksize, (h, w))
@@ -143,7 +147,8 @@ def _farneback(
             )
             chunk_flow = flow[i : i + step]
             for _ in range(params.iterations):
-                chunk_flow = _solve_flow(_blur_matrices(equations.at(chunk_flow), params))
+                matrices = _blur_matrices(equations.at(chunk_flow), params)
+                chunk_flow = _solve_flow(matrices, regulariser)
             flows.append(chunk_flow)
         flow = torch.cat(flows)
     return flow
@@ -363,8 +368,14 @@ class _Equations:
     (G_xx, G_yy, G_xy, h_x, h_y) of G = AᵀA, h = AᵀΔb. Where the 2x2 sampling footprint
     leaves the image the next frame is not used: b_next = 0 and A = A_prev. The equations are
     weighted by OpenCV's border fade, which trusts the outer 5 pixels less (their expansion sees
-    replicated pixels), and for the box window by 1/winsize (so G, h carry 1/winsize², OpenCV's
-    normalisation of the window sum).
+    replicated pixels).
+
+    Still content must give Δb = 0 exactly, as in OpenCV: on the top row and left column the sign
+    of a flow that should be 0 decides whether the off-image rule applies (x + d < 0), and that
+    changes the flow around it by up to half a pixel. Hence the halves below are exact powers of
+    two: a fused multiply-add (as addcmul is) rounds ½b_prev + (-½)b_next once, which is exactly 0
+    where b_prev = b_next; with an inexact factor (such as 1/winsize) it leaves the rounding error
+    of ½b_prev instead, and so a flow of about ±1e-9 of either sign.
     """
 
     def __init__(
@@ -381,8 +392,7 @@ class _Equations:
         self.size = torch.tensor(padded_size, device=device, dtype=torch.float32)
         # Terms (½b_x, ½b_y, A_xx, A_yy, A_xy): each frame's (b, a_xx, a_yy, a_xy = 2 A_xy)
         # halved to average the two frames, the next frame's b negated.
-        scale = 1.0 if params.gaussian_window else 1.0 / params.winsize
-        halves = torch.tensor([0.5, 0.5, 0.5, 0.5, 0.25], device=device)[:, None, None] * scale
+        halves = torch.tensor([0.5, 0.5, 0.5, 0.5, 0.25], device=device)[:, None, None]
         self.weight_next = (
             halves * torch.tensor([-1.0, -1.0, 1.0, 1.0, 1.0], device=device)[:, None, None]
         )
@@ -446,7 +456,7 @@ def _blur_matrices(matrices: torch.Tensor, params: FarnebackParams) -> torch.Ten
     """Sum (box) or average (Gaussian) the equations over the window around each pixel.
 
     Replicated border. For the box OpenCV sums 2·(winsize//2) + 1 rows and columns; its
-    1/winsize² normalisation is already in the equations (``_Equations``).
+    1/winsize² normalisation is left to the solve (``regulariser`` in ``_farneback``).
     """
     m = params.winsize // 2
     if params.gaussian_window:
@@ -459,10 +469,13 @@ def _blur_matrices(matrices: torch.Tensor, params: FarnebackParams) -> torch.Ten
     return _window_sum(F.pad(x, (m, m, 0, 0), mode="replicate"), 2 * m + 1, 3)
 
 
-def _solve_flow(matrices: torch.Tensor) -> torch.Tensor:
-    """Solve the 2x2 system G d = h per pixel: [N, 5, H, W] -> flow d [N, 2, H, W] (dx, dy)."""
+def _solve_flow(matrices: torch.Tensor, regulariser: float) -> torch.Tensor:
+    """Solve the 2x2 system G d = h per pixel: [N, 5, H, W] -> flow d [N, 2, H, W] (dx, dy).
+
+    ``regulariser`` is added to det G (OpenCV's guard against flat, singular windows).
+    """
     g_xx, g_yy, g_xy, h_x, h_y = matrices.unbind(1)
-    inv_det = (g_xx * g_yy).addcmul_(g_xy, g_xy, value=-1).add_(1e-3).reciprocal_()
+    inv_det = (g_xx * g_yy).addcmul_(g_xy, g_xy, value=-1).add_(regulariser).reciprocal_()
     flow = matrices.new_empty(matrices.shape[0], 2, *matrices.shape[2:])
     dx, dy = flow.unbind(1)
     torch.mul(g_yy, h_x, out=dx).addcmul_(g_xy, h_y, value=-1).mul_(inv_det)
