@@ -49,7 +49,7 @@ def demo_config(
 ) -> Config:  # fmt: skip
     """The demo's recipe: a tiny TimeSformer trained from scratch on the synthetic benchmark."""
     cfg = Config()
-    cfg.model = ModelConfig(name="timesformer_tiny_patch8_64", num_frames=8, drop_path_rate=0.1)
+    cfg.model = ModelConfig(name="timesformer_tiny_patch16_64", num_frames=8, drop_path_rate=0.1)
     cfg.data = DataConfig(
         dataset="synthetic",
         crop_size=64,
@@ -64,7 +64,7 @@ def demo_config(
     cfg.loss.order.weight = float(order)
     cfg.loss.debias.weight = float(debias)
     cfg.loss.flow.weight = float(flow)
-    num_epochs = epochs or (2 if quick else 8)
+    num_epochs = epochs or (2 if quick else 10)
     cfg.optim = OptimConfig(
         lr=1e-3, weight_decay=0.05, schedule="cosine", warmup_epochs=1.0, min_lr=1e-5
     )
