@@ -158,7 +158,9 @@ def test_token_order_from_embeddings(name):
     model = _tagging_model(name)
     params = dict(model.named_parameters())
     time_embed = [params[n] for n in ("time_embed", "temp_embed") if n in params]
-    assert len(time_embed) == int(T > 1), "expected one time embedding named time_embed or temp_embed"
+    assert len(time_embed) == int(T > 1), (
+        "expected one time embedding named time_embed or temp_embed"
+    )
     with torch.no_grad():
         params["pos_embed"][0, 1:, 0] = torch.arange(S) / S
         for embed in time_embed:

@@ -28,6 +28,8 @@ def test_readme_file_tree_lists_existing_paths():
         entry = re.split(r"\s{2,}", line.strip())[0]  # names, then two or more spaces, then notes
         for part in entry.split():
             path = root.joinpath(*folder, part.rstrip("/"))
-            assert path.exists(), f"README tree names {path.relative_to(root)}, which does not exist"
+            assert path.exists(), (
+                f"README tree names {path.relative_to(root)}, which does not exist"
+            )
         if entry.endswith("/"):
             folder.append(entry.rstrip("/"))
