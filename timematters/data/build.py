@@ -19,7 +19,8 @@ from timematters.data.videolist import (
     read_video_list,
     resolve_labels,
 )
-from timematters.flow import FarnebackParams, clip_flow_labels
+from timematters.flow import clip_flow_labels
+from timematters.flow.labels import farneback_params
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +55,7 @@ def build_flow_labeller(cfg: Config, patch_size: int) -> Callable[[torch.Tensor]
     if cfg.data.crop_size % patch_size:
         raise ValueError(f"data.crop_size {cfg.data.crop_size} is not a multiple of {patch_size}")
     flow = cfg.flow
-    params = FarnebackParams(
-        pyr_scale=flow.pyr_scale,
-        levels=flow.levels,
-        winsize=flow.winsize,
-        iterations=flow.iterations,
-        poly_n=flow.poly_n,
-        poly_sigma=flow.poly_sigma,
-        gaussian_window=flow.gaussian_window,
-    )
+    params = farneback_params(flow)
     return functools.partial(
         clip_flow_labels,
         patch_size=patch_size,

@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 from timematters.config import Config
 from timematters.data.transforms import frames_to_video, normalise
 from timematters.flow import FarnebackParams, clip_flow_labels
+from timematters.flow.labels import farneback_params
 
 CLASSES = (
     "moving something and something closer to each other",
@@ -399,15 +400,7 @@ def build_synthetic_dataset(
     """One split of the benchmark: ``cfg.data.synthetic`` sizes it, frames are ``data.crop_size``
     pixels, clips ``model.num_frames`` long, and ``cfg.flow`` makes the flow labels."""
     syn, flow = cfg.data.synthetic, cfg.flow
-    params = FarnebackParams(
-        pyr_scale=flow.pyr_scale,
-        levels=flow.levels,
-        winsize=flow.winsize,
-        iterations=flow.iterations,
-        poly_n=flow.poly_n,
-        poly_sigma=flow.poly_sigma,
-        gaussian_window=flow.gaussian_window,
-    )
+    params = farneback_params(flow)
     return SyntheticVideoDataset(
         split,
         syn.num_train if split == "train" else syn.num_test,
