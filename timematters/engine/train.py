@@ -342,7 +342,6 @@ def _train(cfg: Config, info: DistInfo, resume, init_from, step_callback) -> dic
         return result
 
     max_steps = cfg.train.max_steps or math.inf
-    result = None
     while progress.epoch < cfg.train.epochs and progress.step < max_steps:
         epoch = progress.epoch
         seeded_train.epoch = epoch
