@@ -26,6 +26,7 @@ from torch import nn
 
 from timematters.backbones import register_backbone
 from timematters.backbones.layers import (
+    Attention,
     DropPath,
     Mlp,
     PatchEmbed,
@@ -65,7 +66,7 @@ def naive_trajectories(
     return torch.einsum("bhnfs,bhfse->bhnfe", weights, v.reshape(B, H, num_frames, S, E))
 
 
-class TrajectoryAttention(nn.Module):
+class TrajectoryAttention(Attention):
     """Trajectory attention over [B, 1 + T*S, D] tokens (CLS first, patches in (t s) order)."""
 
     # How the per-frame attention is computed; naive_trajectories is the (T*S)^2 reference.
@@ -81,18 +82,11 @@ class TrajectoryAttention(nn.Module):
         proj_drop: float = 0.0,
         use_projected_values: bool = False,
     ):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
+        super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop)  # qkv, proj, dropouts
         self.num_frames = num_frames
         self.use_projected_values = use_projected_values
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj_q = nn.Linear(dim, dim, bias=qkv_bias)
         self.proj_kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
-        self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [B, 1 + T*S, D], CLS first, patches in (t s) order

@@ -27,6 +27,7 @@ from torch import nn
 
 from timematters.backbones import register_backbone
 from timematters.backbones.layers import (
+    Attention,
     DropPath,
     Mlp,
     PatchEmbed,
@@ -47,7 +48,7 @@ def shift_channel_groups(x: torch.Tensor, shift_div: int) -> torch.Tensor:
     return torch.cat([from_next, from_previous, x[..., 2 * fold :]], dim=-1)
 
 
-class SpaceTimeMixingAttention(nn.Module):
+class SpaceTimeMixingAttention(Attention):
     """Self-attention over the token axis of x [..., N, D]; with ``shift_div``, x is [B, T, N, D]
     and each frame's keys and values mix in the neighbouring frames' channel groups."""
 
@@ -60,17 +61,10 @@ class SpaceTimeMixingAttention(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
     ):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop)
         if shift_div is not None and shift_div < 2:
             raise ValueError(f"shift_div must be at least 2 (two shifted groups), got {shift_div}")
-        self.num_heads = num_heads
         self.shift_div = shift_div
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv(x).chunk(3, dim=-1)
