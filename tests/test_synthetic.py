@@ -13,6 +13,7 @@ from timematters.data.synthetic import (
     STATIC,
     TEMPORAL,
     SyntheticVideoDataset,
+    _object_sprite,
     build_synthetic_dataset,
     render_clip,
 )
@@ -174,3 +175,27 @@ def test_build_from_config_uses_the_synthetic_and_flow_sections():
     item = train[0]
     assert item["video"].shape == (3, 4, 32, 32) and item["flow_labels"].shape == (3, 16)
     assert not torch.equal(train[0]["video"], test[0]["video"])
+
+
+def test_object_contrast_sets_the_depth_of_the_object_texture():
+    # Same draws at every contrast: only the colours inside the object change, by a spread that
+    # grows with the contrast (none when flat); the background is untouched.
+    spreads = []
+    for contrast in (0.0, 0.3, 1.0):
+        sprite = _object_sprite("square", 12.0, np.random.default_rng(4), contrast)
+        inside = sprite[..., 3] == 1
+        spreads.append(sprite[inside][:, :3].std(axis=0).max())
+    assert spreads[0] < 1e-5 and 0.01 < spreads[1] < 0.5 * spreads[2]
+    flat, textured = (render_clip(6, 0, 5, object_contrast=c) for c in (0.0, 1.0))
+    assert (flat == textured).all(axis=-1).mean() > 0.7
+    with pytest.raises(ValueError, match="object_contrast"):
+        render_clip(6, 0, 5, object_contrast=1.5)
+
+
+def test_flat_objects_still_give_flow_labels_at_their_edges():
+    for c in TEMPORAL:
+        textured = clip_flow_labels(
+            render_clip(c, 2, 13, object_contrast=1.0), 8, threshold="absolute"
+        )
+        flat = clip_flow_labels(render_clip(c, 2, 13, object_contrast=0.0), 8, threshold="absolute")
+        assert (flat > 0).sum() >= 0.6 * (textured > 0).sum() > 0, CLASSES[c]

@@ -86,12 +86,17 @@ def render_clip(
     seed: int | Sequence[int],
     img_size: int = 64,
     num_frames: int = 8,
+    object_contrast: float = 0.3,
 ) -> np.ndarray:
     """One clip of class ``label`` on background ``background``: uint8 RGB [T, H, W, 3].
 
     A pure function of its arguments. The two classes of a temporal pair consume the same random
     draws, so ``render_clip(a, b, s)[::-1]`` equals ``render_clip(PAIRS[a], b, s)`` exactly.
+    ``object_contrast`` is the depth of the objects' texture: 0 paints them flat, 1 spans their
+    dark-to-light palette.
     """
+    if not 0.0 <= object_contrast <= 1.0:
+        raise ValueError(f"object_contrast must be in [0, 1], got {object_contrast}")
     if not 0 <= label < len(CLASSES):
         raise ValueError(f"label must be in [0, {len(CLASSES)}), got {label}")
     if not 0 <= background < len(BACKGROUNDS):
@@ -104,17 +109,19 @@ def render_clip(
     if label in _REVERSED:
         progress = progress[::-1]
     if label in (0, 1):
-        layers = _closer(progress, img_size, rng)
+        layers = _closer(progress, img_size, rng, object_contrast)
     elif label in (2, 3):
-        layers = _towards_camera(progress, img_size, rng)
+        layers = _towards_camera(progress, img_size, rng, object_contrast)
     elif label in (4, 5):
-        layers = _covering(progress, img_size, rng)
+        layers = _covering(progress, img_size, rng, object_contrast)
     else:
-        layers = _drifting(_STATIC_SHAPES[label], num_frames, img_size, rng)
+        layers = _drifting(_STATIC_SHAPES[label], num_frames, img_size, rng, object_contrast)
     return _composite(frame, layers, num_frames)
 
 
-def _closer(progress: np.ndarray, size: int, rng: np.random.Generator) -> list[_Layer]:
+def _closer(
+    progress: np.ndarray, size: int, rng: np.random.Generator, contrast: float
+) -> list[_Layer]:
     """Two objects on a line through a fixed midpoint; their gap shrinks as p goes 0 -> 1."""
     radius_a, radius_b = rng.uniform(0.12, 0.16, 2) * size
     axis = rng.uniform(0, math.pi)
@@ -126,12 +133,22 @@ def _closer(progress: np.ndarray, size: int, rng: np.random.Generator) -> list[_
     offsets = (far + (near - far) * progress)[:, None] / 2 * direction  # [T, 2]
     steady = np.ones(len(progress))
     return [
-        _Layer(_object_sprite("ellipse", radius_a, rng), midpoint - offsets, radius_a * steady),
-        _Layer(_object_sprite("ellipse", radius_b, rng), midpoint + offsets, radius_b * steady),
+        _Layer(
+            _object_sprite("ellipse", radius_a, rng, contrast),
+            midpoint - offsets,
+            radius_a * steady,
+        ),
+        _Layer(
+            _object_sprite("ellipse", radius_b, rng, contrast),
+            midpoint + offsets,
+            radius_b * steady,
+        ),
     ]
 
 
-def _towards_camera(progress: np.ndarray, size: int, rng: np.random.Generator) -> list[_Layer]:
+def _towards_camera(
+    progress: np.ndarray, size: int, rng: np.random.Generator, contrast: float
+) -> list[_Layer]:
     """One object that grows steadily (its edge moves ~2 px per frame at 64²) as p goes 0 -> 1."""
     radius_near = rng.uniform(0.26, 0.32) * size
     radius_far = rng.uniform(0.07, 0.10) * size
@@ -139,10 +156,12 @@ def _towards_camera(progress: np.ndarray, size: int, rng: np.random.Generator) -
     drift = rng.uniform(-0.08, 0.08, 2) * size
     radii = radius_far + (radius_near - radius_far) * progress
     centres = start + progress[:, None] * drift
-    return [_Layer(_object_sprite("ellipse", radius_near, rng), centres, radii)]
+    return [_Layer(_object_sprite("ellipse", radius_near, rng, contrast), centres, radii)]
 
 
-def _covering(progress: np.ndarray, size: int, rng: np.random.Generator) -> list[_Layer]:
+def _covering(
+    progress: np.ndarray, size: int, rng: np.random.Generator, contrast: float
+) -> list[_Layer]:
     """A still object and a large square cloth that slides over it as p goes 0 -> 1."""
     radius = rng.uniform(0.10, 0.14) * size
     centre = rng.uniform(0.3, 0.7, 2) * size
@@ -151,19 +170,21 @@ def _covering(progress: np.ndarray, size: int, rng: np.random.Generator) -> list
     travel = rng.uniform(0.40, 0.48) * size  # ~4 px per frame at 64²
     offset = travel * np.array([math.cos(angle), math.sin(angle)])
     thing = _Layer(
-        _object_sprite("ellipse", radius, rng),
+        _object_sprite("ellipse", radius, rng, contrast),
         np.tile(centre, (len(progress), 1)),
         np.full(len(progress), radius),
     )
     cloth = _Layer(
-        _object_sprite("square", cloth_radius, rng),
+        _object_sprite("square", cloth_radius, rng, contrast),
         centre + (1 - progress)[:, None] * offset,
         np.full(len(progress), cloth_radius),
     )
     return [thing, cloth]
 
 
-def _drifting(shape: str, num_frames: int, size: int, rng: np.random.Generator) -> list[_Layer]:
+def _drifting(
+    shape: str, num_frames: int, size: int, rng: np.random.Generator, contrast: float
+) -> list[_Layer]:
     """One object drifting at a constant velocity drawn independently of its class."""
     radius = rng.uniform(0.13, 0.18) * size
     angle = rng.uniform(0, 2 * math.pi)
@@ -172,7 +193,9 @@ def _drifting(shape: str, num_frames: int, size: int, rng: np.random.Generator) 
     middle = rng.uniform(0.35, 0.65, 2) * size
     steps = np.arange(num_frames) - (num_frames - 1) / 2
     centres = middle + steps[:, None] * velocity
-    return [_Layer(_object_sprite(shape, radius, rng), centres, np.full(num_frames, radius))]
+    return [
+        _Layer(_object_sprite(shape, radius, rng, contrast), centres, np.full(num_frames, radius))
+    ]
 
 
 def _uniform_in_frame(extent: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -214,8 +237,13 @@ def _background(index: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(dark + (light - dark) * mix + grain, 0, 1)
 
 
-def _object_sprite(shape: str, radius: float, rng: np.random.Generator) -> np.ndarray:
-    """A textured, anti-aliased object of on-screen radius ``radius``: premultiplied RGBA."""
+def _object_sprite(
+    shape: str, radius: float, rng: np.random.Generator, contrast: float
+) -> np.ndarray:
+    """A textured, anti-aliased object of on-screen radius ``radius``: premultiplied RGBA.
+
+    The texture spans ``contrast`` of the way from the light colour to the dark one.
+    """
     n = 2 * math.ceil(radius) + 2
     # Shape on a 2x supersampled grid in units of the object radius, then 2x2 box-averaged.
     fine = (np.arange(2 * n) / 2 - 0.25 - (n - 1) / 2) / (n / 2 - 1)
@@ -250,7 +278,7 @@ def _object_sprite(shape: str, radius: float, rng: np.random.Generator) -> np.nd
     kind = ("stripes", "checkers", "blotches")[rng.integers(3)]
     mix = _pattern(kind, n, rng.uniform(0.5, 0.8) * radius, rng)[..., None]
     dark, light = np.asarray(dark, np.float32), np.asarray(light, np.float32)
-    colour = dark + (light - dark) * mix
+    colour = light + (dark - light) * contrast * (1 - mix)
     return np.concatenate([colour * alpha[..., None], alpha[..., None]], axis=-1).astype(np.float32)
 
 
@@ -329,6 +357,7 @@ class SyntheticVideoDataset(Dataset):
         num_frames: int = 8,
         spurious_rate: float = 0.9,
         seed: int = 0,
+        object_contrast: float = 0.3,
         flow_labels: bool = False,
         patch_size: int = 8,
         flow_params: FarnebackParams | None = None,  # None: the released parameters
@@ -346,6 +375,7 @@ class SyntheticVideoDataset(Dataset):
         self.img_size = img_size
         self.num_frames = num_frames
         self.seed = seed
+        self.object_contrast = object_contrast
         self.flow_labels = flow_labels
         self.patch_size = patch_size
         self.flow_params = flow_params or FarnebackParams()
@@ -376,6 +406,7 @@ class SyntheticVideoDataset(Dataset):
             (self.seed, _SPLITS[self.split], index),
             self.img_size,
             self.num_frames,
+            self.object_contrast,
         )
 
     def __getitem__(self, index: int) -> dict:
@@ -408,6 +439,7 @@ def build_synthetic_dataset(
         num_frames=cfg.model.num_frames,
         spurious_rate=syn.spurious_rate,
         seed=syn.seed,
+        object_contrast=syn.object_contrast,
         flow_labels=flow_labels,
         patch_size=patch_size,
         flow_params=params,
