@@ -86,7 +86,7 @@ class SyntheticConfig:
 
     num_train: int = 1200
     num_test: int = 600
-    spurious_rate: float = 0.9  # share of training clips whose scene cue matches their class
+    spurious_rate: float = 0.5  # share of training clips shown with their class's own background
     seed: int = 0
     object_contrast: float = 0.3  # depth of the objects' texture: 0 flat, 1 the full palette
 

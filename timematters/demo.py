@@ -57,7 +57,7 @@ def demo_config(
         synthetic=SyntheticConfig(
             num_train=256 if quick else 1200,
             num_test=128 if quick else 600,
-            spurious_rate=0.9,
+            spurious_rate=0.5,
             seed=seed,
         ),
     )

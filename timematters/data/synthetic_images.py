@@ -43,7 +43,8 @@ def render_foreground(label: int, rng: np.random.Generator, img_size: int = 64) 
     """The object of one image: class ``label``'s shape in one random colour, and where it lies."""
     radius = rng.uniform(0.25, 0.35) * img_size
     centre = rng.uniform(radius, img_size - radius, 2)
-    alpha = _object_sprite(SHAPES[label], radius, rng)[..., 3:]  # the shape, randomly rotated
+    # The shape, randomly rotated (its alpha; the texture depth does not change the draws).
+    alpha = _object_sprite(SHAPES[label], radius, rng, contrast=0.0)[..., 3:]
     # One flat colour: the benchmark's textured fill hides the outline from a tiny ViT trained
     # for minutes, and the outline is what tells the classes apart.
     colour = np.array(
