@@ -17,9 +17,10 @@ A miniature of the paper's SSv2 setting (Table 3, Appendix A), small enough to t
 
 Backgrounds are textured (stripes, checkers, dots, waves, smoothed noise); objects are saturated
 and carry a shallower texture (``object_contrast``), so Farnebäck flow has edges and structure to
-track while the objects stay easy to segment: at full contrast a tiny ViT trained from scratch
-does not get past chance in the demo's budget. Objects move a few pixels per frame at 64². A clip
-is a pure function of (label, background, seed), so DataLoader workers render clips on demand.
+track while the objects stay easy to segment: at full contrast the demo's tiny ViT, trained from
+scratch, learns little of them in its budget (25% top-1 without the background cue, against 38% at
+the default 0.3). Objects move a few pixels per frame at 64². A clip is a pure function of (label,
+background, seed), so DataLoader workers render clips on demand.
 """
 
 from __future__ import annotations
