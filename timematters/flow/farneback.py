@@ -74,9 +74,15 @@ def _flow_of_pairs(
     takes a few pairs (their working set stays in cache) and the tasks are spread over torch's
     intra-op thread count as Python threads running single-threaded ops: one synchronisation per
     task rather than per op, which also degrades gracefully when other processes hold the cores.
+    With no more pairs than one task per thread, torch's own intra-op threads on one call do
+    better (8 pairs at 224² on 2 threads: about 5 ms per pair against about 7 as two tasks).
     """
     if frames.device.type != "cpu" or len(prev) == 0:
         return rearrange(_farneback(frames, prev, nxt, params), "n c h w -> n h w c")
+    threads = torch.get_num_threads()
+    if threads > 1 and len(prev) <= threads * _CPU_TASK_PAIRS:
+        flow = _farneback(frames, prev, nxt, params, _CPU_CHUNK_PIXELS)
+        return rearrange(flow, "n c h w -> n h w c")
     starts = range(0, len(prev), _CPU_TASK_PAIRS)
 
     def task_flow(start: int) -> torch.Tensor:
@@ -86,8 +92,7 @@ def _flow_of_pairs(
         task_prev, task_next = renumbered.split(len(prev[task]))
         return _farneback(frames[used], task_prev, task_next, params, _CPU_CHUNK_PIXELS)
 
-    threads = torch.get_num_threads()
-    if threads == 1 or len(starts) == 1:
+    if threads == 1:
         flows = [task_flow(start) for start in starts]
     else:
         with ThreadPoolExecutor(threads) as pool:
@@ -133,24 +138,26 @@ def _farneback(
     flow = None
     for sigma, ksize, (h, w) in _pyramid(H, W, params):
         level = _smooth_and_resize(frames, sigma, ksize, (h, w))
-        expansion = _expand_polynomials(level, filters, inverse_gram)  # each frame once
+        # Each frame's expansion once, written straight into its zero-padded copy for grid_sample.
+        expansion = level.new_empty(len(level), 5, *_padded_size(h, w))
+        expansion[:, :, h:].zero_()
+        expansion[:, :, :h, w:].zero_()
+        _expand_polynomials(level, filters, inverse_gram, out=expansion[:, :, :h, :w])
         if flow is None:
             flow = frames.new_zeros(len(prev), 2, h, w)
         else:
             flow = F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=False)
-            flow = flow / params.pyr_scale
+            flow.div_(params.pyr_scale)
         step = len(prev) if chunk_pixels is None else max(1, chunk_pixels // (h * w))
-        flows = []
         for i in range(0, len(prev), step):
             equations = _Equations(
-                expansion[prev[i : i + step]], expansion[nxt[i : i + step]], params
+                expansion[prev[i : i + step]], expansion[nxt[i : i + step]], (h, w), params
             )
-            chunk_flow = flow[i : i + step]
+            window = _Window(equations.terms_prev, params)
+            chunk_flow = flow[i : i + step]  # updated in place
             for _ in range(params.iterations):
-                matrices = _blur_matrices(equations.at(chunk_flow), params)
-                chunk_flow = _solve_flow(matrices, regulariser)
-            flows.append(chunk_flow)
-        flow = torch.cat(flows)
+                equations.at(chunk_flow, out=window.equations)
+                _solve_flow(window.blur(), regulariser, out=chunk_flow)
     return flow
 
 
@@ -256,24 +263,48 @@ def _symmetric_filter(x: torch.Tensor, kernel: list[float], dim: int) -> torch.T
     return out
 
 
-def _window_sum(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
-    """Valid-size sums of ``size`` consecutive entries along ``dim``, in about 2·log2(size) passes.
+def _window_sum(
+    x: torch.Tensor,
+    size: int,
+    dim: int,
+    out: torch.Tensor,
+    scratch: tuple[torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """Sums of ``size`` consecutive entries along ``dim`` into ``out``, in about log2(size) passes.
 
-    Sums of 1, 2, 4, 8... neighbours are built by doubling; those in size's binary expansion are
-    added up.
+    Sums of 1, 2, 4, 8... neighbours are built by doubling (in two flat ``scratch`` buffers at
+    least x's size, taken in turn); those in size's binary expansion are added up.
+    A size one below a power of two (the released 15) instead takes the sums of size + 1 less
+    their last entry, one pass rather than several additions; a run of exact zeros (h on still
+    content) still sums to exactly 0. x needs out's length + size - 1 entries along ``dim``, one
+    more for such a size.
     """
-    L = x.shape[dim] - size + 1
-    out, offset, partial, width = None, 0, x, 1
+    L = out.shape[dim]
+    doublings = 0
+
+    def doubled(partial: torch.Tensor, width: int) -> torch.Tensor:
+        nonlocal doublings
+        n = partial.shape[dim] - width
+        first, second = partial.narrow(dim, 0, n), partial.narrow(dim, width, n)
+        doublings += 1
+        buffer = scratch[doublings % 2][: first.numel()].view(first.shape)
+        return torch.add(first, second, out=buffer)
+
+    partial, width = x, 1
+    if size > 1 and (size + 1) & size == 0:
+        while 2 * width < size:
+            partial, width = doubled(partial, width), 2 * width
+        torch.add(partial.narrow(dim, 0, L), partial.narrow(dim, width, L), out=out)
+        return out.sub_(x.narrow(dim, size, L))
+    offset, started = 0, False
     while size:
         if size & 1:
             piece = partial.narrow(dim, offset, L)
-            out = piece.clone() if out is None else out.add_(piece)
-            offset += width
+            out.add_(piece) if started else out.copy_(piece)
+            offset, started = offset + width, True
         size >>= 1
         if size:
-            n = partial.shape[dim] - width
-            partial = partial.narrow(dim, 0, n) + partial.narrow(dim, width, n)
-            width *= 2
+            partial, width = doubled(partial, width), 2 * width
     return out
 
 
@@ -312,52 +343,65 @@ def _expansion_filters(n: int, sigma: float) -> tuple[list[list[float]], list[fl
 
 
 def _expand_polynomials(
-    frames: torch.Tensor, filters: list[list[float]], inverse_gram: list[float]
+    frames: torch.Tensor,
+    filters: list[list[float]],
+    inverse_gram: list[float],
+    out: torch.Tensor,
 ) -> torch.Tensor:
-    """Quadratic fit per pixel: frames [N, H, W] -> [N, 5, H, W] (b_x, b_y, a_xx, a_yy, a_xy).
+    """Quadratic fit per pixel: frames [N, H, W] -> out [N, 5, H, W] (b_x, b_y, a_xx, a_yy, a_xy).
 
     b: linear coefficients; a_xx, a_yy: those of x², y²; a_xy: that of xy (= 2 A_xy).
-    Replicated border. Separable: horizontal passes g, x·g, x²·g, then vertical ones.
+    Replicated border. Separable: each coefficient is a filter response, a horizontal filter
+    among g, x·g, x²·g followed by a vertical one, times an entry of G⁻¹. The entries are folded
+    into the filters (a_xx = ig03·Σg·f + ig33·Σx²·g·f is the horizontal filter
+    c = ig03·g + ig33·x²·g followed by g), so three horizontal passes (g, x·g, c) and five
+    vertical ones give the coefficients directly.
     """
     g, xg, xxg = filters
     ig11, ig03, ig33, ig55 = inverse_gram
+    c = [ig03 * even + ig33 * square for even, square in zip(g, xxg, strict=True)]
     n = len(g) // 2
     N, H, W = frames.shape
     x = F.pad(frames[:, None], (n, n, n, n), mode="replicate")[:, 0]  # [N, H+2n, W+2n]
-    # Horizontal: (Σg·f, Σx·g·f, Σx²·g·f) along each row.
-    horizontal = x.new_zeros(N, 3, H + 2 * n, W)
-    torch.mul(x.narrow(2, n, W), g[n], out=horizontal[:, 0])
-    scratch = torch.empty_like(horizontal[:, 0])
+    # Horizontal: (Σg·f, Σx·g·f, Σc·f) along each row; x·g is odd and 0 in the middle.
+    horizontal = x.new_empty(N, 3, H + 2 * n, W)
+    h_g, h_xg, h_c = horizontal.unbind(1)
+    torch.mul(x.narrow(2, n, W), g[n], out=h_g)
+    torch.mul(x.narrow(2, n, W), c[n], out=h_c)
+    scratch = torch.empty_like(h_g)
     for k in range(1, n + 1):
         right, left = x.narrow(2, n + k, W), x.narrow(2, n - k, W)
         torch.add(right, left, out=scratch)
-        horizontal[:, 0].add_(scratch, alpha=g[n + k])
-        horizontal[:, 2].add_(scratch, alpha=xxg[n + k])
+        h_g.add_(scratch, alpha=g[n + k])
+        h_c.add_(scratch, alpha=c[n + k])
         torch.sub(right, left, out=scratch)
-        horizontal[:, 1].add_(scratch, alpha=xg[n + k])
-    # Vertical: g on all three gives (Σg·f, Σx·g·f, Σx²·g·f); y·g on the first two gives
-    # (Σy·g·f, Σxy·g·f); y²·g on the first gives Σy²·g·f.
-    even = horizontal.narrow(2, n, H) * g[n]
-    odd = even.new_zeros(N, 2, H, W)
-    square = even.new_zeros(N, H, W)
-    pair_sum, pair_diff = torch.empty_like(even), torch.empty_like(odd)
+        _accumulate(h_xg, scratch, xg[n + k], first=k == 1)
+    # Vertical: c on Σg·f gives a_yy, g on Σx·g·f b_x, g on Σc·f a_xx (symmetric filters: sums
+    # of the rows k above and below); x·g on Σg·f gives b_y, on Σx·g·f a_xy (differences).
+    b_x, b_y, a_xx, a_yy, a_xy = out.unbind(1)
+    even_outputs = ((a_yy, c, 1.0), (b_x, g, ig11), (a_xx, g, 1.0))
+    middle = horizontal.narrow(2, n, H).unbind(1)
+    for (output, taps, factor), rows in zip(even_outputs, middle, strict=True):
+        torch.mul(rows, factor * taps[n], out=output)
+    pair_sum = x.new_empty(N, 3, H, W)
+    pair_diff = x.new_empty(N, 2, H, W)
     for k in range(1, n + 1):
         below, above = horizontal.narrow(2, n + k, H), horizontal.narrow(2, n - k, H)
         torch.add(below, above, out=pair_sum)
-        even.add_(pair_sum, alpha=g[n + k])
-        square.add_(pair_sum[:, 0], alpha=xxg[n + k])
+        for (output, taps, factor), pair in zip(even_outputs, pair_sum.unbind(1), strict=True):
+            output.add_(pair, alpha=factor * taps[n + k])
         torch.sub(below[:, :2], above[:, :2], out=pair_diff)
-        odd.add_(pair_diff, alpha=xg[n + k])
-    smooth, moment_x, moment_xx = even.unbind(1)
-    moment_y, moment_xy = odd.unbind(1)
-    expansion = even.new_empty(N, 5, H, W)
-    b_x, b_y, a_xx, a_yy, a_xy = expansion.unbind(1)
-    torch.mul(moment_x, ig11, out=b_x)
-    torch.mul(moment_y, ig11, out=b_y)
-    torch.mul(smooth, ig03, out=a_xx).add_(moment_xx, alpha=ig33)
-    torch.mul(smooth, ig03, out=a_yy).add_(square, alpha=ig33)
-    torch.mul(moment_xy, ig55, out=a_xy)
-    return expansion
+        _accumulate(b_y, pair_diff[:, 0], ig11 * xg[n + k], first=k == 1)
+        _accumulate(a_xy, pair_diff[:, 1], ig55 * xg[n + k], first=k == 1)
+    return out
+
+
+def _accumulate(out: torch.Tensor, x: torch.Tensor, weight: float, first: bool) -> None:
+    """out += weight·x in place, or out = weight·x for the first term (no zeroing pass)."""
+    if first:
+        torch.mul(x, weight, out=out)
+    else:
+        out.add_(x, alpha=weight)
 
 
 class _Equations:
@@ -379,59 +423,91 @@ class _Equations:
     """
 
     def __init__(
-        self, expansion_prev: torch.Tensor, expansion_next: torch.Tensor, params: FarnebackParams
+        self,
+        expansion_prev: torch.Tensor,
+        expansion_next: torch.Tensor,
+        size: tuple[int, int],
+        params: FarnebackParams,
     ):
-        _, _, H, W = expansion_prev.shape
+        """``expansion_prev``, ``expansion_next``: [N, 5, H', W'], the expansions (H, W = ``size``)
+        zero-padded to powers of two (``_padded_size``)."""
+        H, W = size
         device = expansion_prev.device
-        # Zero-padded to powers of two, so that grid_sample's normalised coordinates, (2x + 1) /
-        # size - 1, are exact at whole pixels: still content samples itself exactly and keeps a
-        # flow of exactly 0, as in OpenCV (whose treatment of the image's edge hinges on the
-        # sign of the flow there). Samples whose footprint leaves the image are not used.
-        padded_size = (1 << (W - 1).bit_length(), 1 << (H - 1).bit_length())
-        self.expansion_next = F.pad(expansion_next, (0, padded_size[0] - W, 0, padded_size[1] - H))
-        self.size = torch.tensor(padded_size, device=device, dtype=torch.float32)
+        self.expansion_next = expansion_next
+        self.size = torch.tensor(expansion_next.shape[:1:-1], device=device, dtype=torch.float32)
         # Terms (½b_x, ½b_y, A_xx, A_yy, A_xy): each frame's (b, a_xx, a_yy, a_xy = 2 A_xy)
         # halved to average the two frames, the next frame's b negated.
         halves = torch.tensor([0.5, 0.5, 0.5, 0.5, 0.25], device=device)[:, None, None]
         self.weight_next = (
             halves * torch.tensor([-1.0, -1.0, 1.0, 1.0, 1.0], device=device)[:, None, None]
         )
-        self.terms_prev = expansion_prev * halves
-        self.a_outside = expansion_prev[:, 2:] * halves[2:]  # the next frame's share, off-image
+        self.terms_prev = expansion_prev[..., :H, :W] * halves
         # G and h are quadratic in the terms: the fade enters squared, on the border strips only.
         self.fade_rows = _border_strips(_border_fade(H, device) ** 2)
         self.fade_cols = _border_strips(_border_fade(W, device) ** 2)
+        # Pixel positions x and their grid_sample coordinates (2x + 1) / size - 1, exact. A flow d
+        # moves the coordinates by d·(2/size), exact (a power of two), so still content keeps them.
         xs = torch.arange(W, device=device, dtype=torch.float32)
         ys = torch.arange(H, device=device, dtype=torch.float32)
         self.base_xy = torch.stack(torch.broadcast_tensors(xs, ys[:, None]))  # [2, H, W]
+        self.grid_scale = (2.0 / self.size)[:, None, None]
+        self.base_grid = self.base_xy * self.grid_scale + (1.0 / self.size - 1.0)[:, None, None]
         self.limits = torch.tensor([W - 1.0, H - 1.0], device=device)[:, None, None]
+        # Buffers reused by every iteration: fresh large tensors cost page faults on the CPU.
+        N = len(expansion_prev)
+        self.position = expansion_prev.new_empty(N, 2, H, W)
+        self.grid = expansion_prev.new_empty(N, 2, H, W)
+        self.off_image = torch.empty(2, N, 2, H, W, dtype=torch.bool, device=device)
+        self.outside = torch.empty(N, 1, H, W, dtype=torch.bool, device=device)
 
-    def at(self, flow: torch.Tensor) -> torch.Tensor:
-        position = self.base_xy + flow  # [N, 2, H, W], x + d
-        outside = ((position < 0) | (position >= self.limits)).any(dim=1)  # [N, H, W]
-        grid = (2 * rearrange(position, "n c h w -> n h w c") + 1) / self.size - 1
-        grid.masked_fill_(outside[..., None], -4.0)  # far enough out that grid_sample gives 0
+    def at(self, flow: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The equations [N, 5, H, W] for flow [N, 2, H, W], written into ``out``.
+
+        Everything channels first: ops over a trailing dimension of 2 are several times slower
+        on the CPU, and grid_sample takes the grid as a permuted view at no extra cost.
+        """
+        # The off-image test on the rounded x + d, as OpenCV's: the 2x2 footprint must fit.
+        position = torch.add(self.base_xy, flow, out=self.position)
+        below, beyond = self.off_image.unbind(0)
+        torch.lt(position, 0, out=below).logical_or_(torch.ge(position, self.limits, out=beyond))
+        outside = torch.logical_or(below[:, :1], below[:, 1:], out=self.outside)  # [N, 1, H, W]
+        grid = torch.addcmul(self.base_grid, flow, self.grid_scale, out=self.grid)
+        grid[:, :1].masked_fill_(outside, -4.0)  # x far enough out that grid_sample gives 0
         sampled = F.grid_sample(
-            self.expansion_next, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+            self.expansion_next,
+            rearrange(grid, "n c h w -> n h w c"),
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=False,
         )
         terms = torch.addcmul(self.terms_prev, sampled, self.weight_next, out=sampled)
-        terms[:, 2:].addcmul_(outside[:, None], self.a_outside)
-        half_db_x, half_db_y, a_xx, a_yy, a_xy = terms.unbind(1)
-        dx, dy = flow.unbind(1)
-        db_x = half_db_x.addcmul_(a_xx, dx).addcmul_(a_xy, dy)  # Δb = ½(b_prev - b_next) + A d
-        db_y = half_db_y.addcmul_(a_xy, dx).addcmul_(a_yy, dy)
-        matrices = torch.empty_like(terms)
-        g_xx, g_yy, g_xy, h_x, h_y = matrices.unbind(1)
-        torch.mul(a_xx, a_xx, out=g_xx).addcmul_(a_xy, a_xy)
-        torch.mul(a_yy, a_yy, out=g_yy).addcmul_(a_xy, a_xy)
-        torch.add(a_xx, a_yy, out=g_xy).mul_(a_xy)
-        torch.mul(a_xx, db_x, out=h_x).addcmul_(a_xy, db_y)
-        torch.mul(a_xy, db_x, out=h_y).addcmul_(a_yy, db_y)
+        # Off-image the next frame's share of A is the previous frame's: ½A_prev twice, exact.
+        terms[:, 2:].addcmul_(outside, self.terms_prev[:, 2:])
+        # Pairs of channels at once where they line up: (Δb_x, Δb_y), (a_xx, a_yy), (d_x, d_y).
+        half_db, a_diagonal, a_xy = terms[:, :2], terms[:, 2:4], terms[:, 4:]
+        db = half_db.addcmul_(a_diagonal, flow)  # Δb = ½(b_prev - b_next) + A d
+        db[:, :1].addcmul_(a_xy, flow[:, 1:])
+        db[:, 1:].addcmul_(a_xy, flow[:, :1])
+        g_diagonal, g_xy, h = out[:, :2], out[:, 2:3], out[:, 3:]
+        torch.mul(a_diagonal, a_diagonal, out=g_diagonal).addcmul_(a_xy, a_xy)
+        torch.add(a_diagonal[:, :1], a_diagonal[:, 1:], out=g_xy).mul_(a_xy)
+        torch.mul(a_diagonal, db, out=h)  # (a_xx Δb_x, a_yy Δb_y)
+        h[:, :1].addcmul_(a_xy, db[:, 1:])
+        h[:, 1:].addcmul_(a_xy, db[:, :1])
         for rows, fade in self.fade_rows:
-            matrices[:, :, rows].mul_(fade[:, None])
+            out[:, :, rows].mul_(fade[:, None])
         for cols, fade in self.fade_cols:
-            matrices[:, :, :, cols].mul_(fade)
-        return matrices
+            out[:, :, :, cols].mul_(fade)
+        return out
+
+
+def _padded_size(H: int, W: int) -> tuple[int, int]:
+    """The expansions' size for grid_sample: zero-padded to powers of two, so that its normalised
+    coordinates, (2x + 1) / size - 1, are exact at whole pixels: still content samples itself
+    exactly and keeps a flow of exactly 0, as in OpenCV (whose treatment of the image's edge
+    hinges on the sign of the flow there). Samples whose footprint leaves the image are not used.
+    """
+    return 1 << (H - 1).bit_length(), 1 << (W - 1).bit_length()
 
 
 def _border_fade(L: int, device: torch.device) -> torch.Tensor:
@@ -452,32 +528,58 @@ def _border_strips(weights: torch.Tensor) -> list[tuple[slice, torch.Tensor]]:
     return [(slice(0, k), weights[:k]), (slice(-k, None), weights[-k:])]
 
 
-def _blur_matrices(matrices: torch.Tensor, params: FarnebackParams) -> torch.Tensor:
-    """Sum (box) or average (Gaussian) the equations over the window around each pixel.
+class _Window:
+    """Sum (box) or average (Gaussian) of the equations over the window around each pixel.
 
-    Replicated border. For the box OpenCV sums 2·(winsize//2) + 1 rows and columns; its
-    1/winsize² normalisation is left to the solve (``regulariser`` in ``_farneback``).
+    The equations of N pairs at one level [N, 5, H, W] go into ``equations``, a view into the
+    middle rows of the vertical pass's input: the replicated border rows are filled in place
+    around them, and so are the columns around the vertical sums, rather than padded copies made.
+    The buffers are reused by every iteration. For the box OpenCV sums 2·(winsize//2) + 1 rows
+    and columns; its 1/winsize² normalisation is left to the solve (``regulariser`` in
+    ``_farneback``).
     """
-    m = params.winsize // 2
-    if params.gaussian_window:
-        sigma = m * 0.3
-        taps = np.exp(-(np.arange(-m, m + 1) ** 2) / (2 * sigma * sigma)).astype(np.float32)
-        kernel = (taps / taps.astype(np.float64).sum()).astype(np.float32).tolist()
-        x = _symmetric_filter(F.pad(matrices, (0, 0, m, m), mode="replicate"), kernel, 2)
-        return _symmetric_filter(F.pad(x, (m, m, 0, 0), mode="replicate"), kernel, 3)
-    x = _window_sum(F.pad(matrices, (0, 0, m, m), mode="replicate"), 2 * m + 1, 2)
-    return _window_sum(F.pad(x, (m, m, 0, 0), mode="replicate"), 2 * m + 1, 3)
+
+    def __init__(self, like: torch.Tensor, params: FarnebackParams):
+        N, _, H, W = like.shape
+        self.m, self.gaussian = params.winsize // 2, params.gaussian_window
+        span = 2 * self.m + 1  # and one more row and column for _window_sum when 2^k - 1
+        self.rows = like.new_empty(N, 5, H + span, W)
+        self.cols = like.new_empty(N, 5, H, W + span)
+        self.out = like.new_empty(N, 5, H, W)
+        largest = max(self.rows.numel(), self.cols.numel())
+        self.scratch = (like.new_empty(largest), like.new_empty(largest))
+        self.equations = self.rows.narrow(2, self.m, H)
+        if self.gaussian:
+            m, sigma = self.m, self.m * 0.3
+            taps = np.exp(-(np.arange(-m, m + 1) ** 2) / (2 * sigma * sigma)).astype(np.float32)
+            self.kernel = (taps / taps.astype(np.float64).sum()).astype(np.float32).tolist()
+
+    def blur(self) -> torch.Tensor:
+        m, size = self.m, 2 * self.m + 1
+        _replicate_border(self.rows, m, 2)
+        if self.gaussian:
+            x = _symmetric_filter(self.rows.narrow(2, 0, self.rows.shape[2] - 1), self.kernel, 2)
+            return _symmetric_filter(F.pad(x, (m, m, 0, 0), mode="replicate"), self.kernel, 3)
+        _window_sum(self.rows, size, 2, self.cols.narrow(3, m, self.out.shape[3]), self.scratch)
+        _replicate_border(self.cols, m, 3)
+        return _window_sum(self.cols, size, 3, self.out, self.scratch)
 
 
-def _solve_flow(matrices: torch.Tensor, regulariser: float) -> torch.Tensor:
+def _replicate_border(x: torch.Tensor, m: int, dim: int) -> None:
+    """Fill the first m and last m + 1 entries of x along ``dim`` from the ones inside, in place."""
+    inner = x.shape[dim] - 2 * m - 1
+    x.narrow(dim, 0, m).copy_(x.narrow(dim, m, 1))
+    x.narrow(dim, m + inner, m + 1).copy_(x.narrow(dim, m + inner - 1, 1))
+
+
+def _solve_flow(matrices: torch.Tensor, regulariser: float, out: torch.Tensor) -> torch.Tensor:
     """Solve the 2x2 system G d = h per pixel: [N, 5, H, W] -> flow d [N, 2, H, W] (dx, dy).
 
     ``regulariser`` is added to det G (OpenCV's guard against flat, singular windows).
     """
     g_xx, g_yy, g_xy, h_x, h_y = matrices.unbind(1)
     inv_det = (g_xx * g_yy).addcmul_(g_xy, g_xy, value=-1).add_(regulariser).reciprocal_()
-    flow = matrices.new_empty(matrices.shape[0], 2, *matrices.shape[2:])
-    dx, dy = flow.unbind(1)
+    dx, dy = out.unbind(1)
     torch.mul(g_yy, h_x, out=dx).addcmul_(g_xy, h_y, value=-1).mul_(inv_det)
     torch.mul(g_xx, h_y, out=dy).addcmul_(g_xy, h_x, value=-1).mul_(inv_det)
-    return flow
+    return out
