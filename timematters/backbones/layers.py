@@ -91,6 +91,31 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
+class Block(nn.Module):
+    """Pre-norm transformer block around any attention over [B, L, D] tokens: attention and MLP,
+    each a residual branch with drop-path. ViT's block with ``Attention``, Motionformer's with
+    trajectory attention; the parameter names are those of timm and the official checkpoints."""
+
+    def __init__(
+        self,
+        dim: int,
+        attn: nn.Module,
+        mlp_ratio: float = 4.0,
+        drop: float = 0.0,
+        drop_path: float = 0.0,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = attn
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
 def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:
     """Linearly increasing stochastic-depth rates over the blocks, as in timm and the official codes."""
     return [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]

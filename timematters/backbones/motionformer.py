@@ -27,8 +27,7 @@ from torch import nn
 from timematters.backbones import register_backbone
 from timematters.backbones.layers import (
     Attention,
-    DropPath,
-    Mlp,
+    Block,
     PatchEmbed,
     drop_path_rates,
     init_weights,
@@ -119,33 +118,6 @@ class TrajectoryAttention(Attention):
         return self.proj_drop(self.proj(x))
 
 
-class TrajectoryBlock(nn.Module):
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        num_frames: int,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
-        use_projected_values: bool = False,
-    ):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = TrajectoryAttention(
-            dim, num_heads, num_frames, qkv_bias, attn_drop, drop, use_projected_values
-        )
-        self.drop_path = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
 class TubeletEmbed(nn.Module):
     """3-D patch embedding of the official 16-frame checkpoints: [B, C, T, H, W] -> [B, T/kt, S, D]."""
 
@@ -216,16 +188,20 @@ class Motionformer(nn.Module):
         self.temp_embed = nn.Parameter(torch.zeros(1, T, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
         self.blocks = nn.ModuleList(
-            TrajectoryBlock(
+            Block(
                 embed_dim,
-                num_heads,
-                T,
+                TrajectoryAttention(
+                    embed_dim,
+                    num_heads,
+                    T,
+                    qkv_bias,
+                    attn_drop_rate,
+                    drop_rate,
+                    use_projected_values,
+                ),
                 mlp_ratio,
-                qkv_bias,
                 drop_rate,
-                attn_drop_rate,
                 dpr,
-                use_projected_values,
             )
             for dpr in drop_path_rates(drop_path_rate, depth)
         )

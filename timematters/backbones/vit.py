@@ -17,39 +17,12 @@ from torch import nn
 from timematters.backbones import register_backbone
 from timematters.backbones.layers import (
     Attention,
-    DropPath,
-    Mlp,
+    Block,
     PatchEmbed,
     drop_path_rates,
     init_weights,
 )
 from timematters.backbones.tokens import VideoTokens
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: attention and MLP, each a residual branch with drop-path."""
-
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
-    ):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
-        self.drop_path = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: [B, 1 + S, D]
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class VisionTransformer(nn.Module):
@@ -87,7 +60,13 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + S, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr)
+            Block(
+                embed_dim,
+                Attention(embed_dim, num_heads, qkv_bias, attn_drop_rate, drop_rate),
+                mlp_ratio,
+                drop_rate,
+                dpr,
+            )
             for dpr in drop_path_rates(drop_path_rate, depth)
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
