@@ -90,7 +90,7 @@ def _grey_pairs(pairs: int, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _labels(flow: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
-    return {th: flow_to_direction_labels(flow, 16, th).cpu() for th in THRESHOLDS}
+    return {th: flow_to_direction_labels(flow, 16, threshold=th).cpu() for th in THRESHOLDS}
 
 
 def _opencv_flows(start: int, stop: int) -> np.ndarray:

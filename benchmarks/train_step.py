@@ -52,7 +52,7 @@ def _measure(job: dict) -> dict:
     cfg = LossConfig()
     cfg.order.weight, cfg.debias.weight, cfg.flow.weight = LOSS_SETS[job["losses"]]
     frames = model.num_frames
-    objective = build_objective(cfg, model.embed_dim, frames)
+    objective = build_objective(cfg, embed_dim=model.embed_dim, num_frames=frames)
     time_model = TimeModel(model, objective).to(device)
     optimizer = build_optimizer(time_model, OptimConfig())
     B, size, S = job["batch"], model.patch_embed.img_size, model.grid[0] * model.grid[1]
@@ -105,9 +105,13 @@ def main() -> None:
     size = "base_patch16_224" if on_gpu else "tiny_patch8_64"
     batch = args.batch or (8 if on_gpu else 8)
     base = {
-        "device": args.device, "batch": batch, "steps": args.steps, "warmup": args.warmup,
-        "threads": args.threads, "kwargs": {"num_frames": 8},
-    }  # fmt: skip
+        "device": args.device,
+        "batch": batch,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "threads": args.threads,
+        "kwargs": {"num_frames": 8},
+    }
 
     rows = []
     for backbone in ("timesformer", "motionformer", "xvit"):

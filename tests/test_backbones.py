@@ -5,7 +5,7 @@ import torch
 from einops import repeat
 from torch import nn
 
-from timematters.backbones import VideoTokens, create_backbone, list_backbones
+from timematters.backbones import VideoBackbone, VideoTokens, create_backbone, list_backbones
 
 B, T, IMG, PATCH, D, DEPTH, HEADS, K = 2, 4, 32, 8, 48, 2, 3, 5
 S = (IMG // PATCH) ** 2
@@ -41,10 +41,21 @@ def random_video(name: str, batch: int = B) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(1))
 
 
-def test_registry_holds_every_family():
-    for family in ("timesformer", "motionformer", "xvit"):
-        assert f"{family}_base_patch16_224" in BACKBONES
-        assert f"{family}_tiny_patch8_64" in BACKBONES
+@pytest.mark.parametrize("family", ["timesformer", "motionformer", "xvit"])
+def test_every_family_has_the_papers_vit_b_and_a_tiny_size(family):
+    # The paper's setting: ViT-B/16 (D 768, 12 blocks of 12 heads) on 8 frames of 224²; and a
+    # CPU size for tests and the built-in benchmark. Both honour the backbone protocol.
+    with torch.device("meta"):
+        base = create_backbone(f"{family}_base_patch16_224")
+        tiny = create_backbone(f"{family}_tiny_patch8_64")
+    for model in (base, tiny):
+        assert isinstance(model, VideoBackbone)
+        assert model.token_frames == model.num_frames == 8
+        assert model.classifier_name in {n.rsplit(".", 1)[0] for n, _ in model.named_parameters()}
+    assert (base.embed_dim, len(base.blocks), base.patch_size, base.grid) == (768, 12, 16, (14, 14))
+    heads = [m.num_heads for m in base.modules() if hasattr(m, "num_heads")]
+    assert heads and set(heads) == {12}
+    assert (tiny.embed_dim, tiny.patch_size, tiny.grid) == (96, 8, (8, 8))
 
 
 @pytest.mark.parametrize("name", BACKBONES)

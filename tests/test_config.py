@@ -3,29 +3,64 @@
 from pathlib import Path
 
 import pytest
+import torch
 
+import timematters
+from timematters.backbones import create_backbone
 from timematters.cli import main
-from timematters.config import Config, ConfigError, load_config
+from timematters.config import (
+    Config,
+    ConfigError,
+    backbone_kwargs,
+    find_config,
+    list_presets,
+    load_config,
+    validate,
+)
 
-PRESETS = sorted(Path(__file__).parents[1].joinpath("configs").rglob("*.yaml"))
+PRESETS = list_presets()
+# What a preset leaves to the user's command line (see each preset's first line).
+PLACEHOLDERS = {
+    "ssv2": ["data.root=/data/ssv2/videos", "data.annotations=/data/ssv2/labels"],
+    "imagenet9": ["data.root=/data/bg_challenge"],
+}
 
 
 def test_there_are_presets_for_every_table():
-    names = {
-        p.relative_to(p.parents[1]).as_posix() if p.parent.name == "ablation" else p.name
-        for p in PRESETS
-    }
     for backbone in ("timesformer", "motionformer", "xvit"):
-        assert f"{backbone}_baseline.yaml" in names and f"{backbone}_time.yaml" in names
-    assert len([p for p in PRESETS if p.parent.name == "ablation"]) == 8
+        assert f"ssv2/{backbone}_baseline" in PRESETS and f"ssv2/{backbone}_time" in PRESETS
+    assert len([p for p in PRESETS if p.startswith("ssv2/ablation/")]) == 8
+    assert {"synthetic/baseline", "synthetic/time", "videolist/time"} <= set(PRESETS)
+    assert {f"imagenet9/{v}" for v in ("baseline", "order", "debias", "time")} <= set(PRESETS)
 
 
-@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.relative_to(p.parents[1]).as_posix())
-def test_every_preset_parses_and_opens_with_its_command(path):
-    cfg = load_config(path)
-    assert isinstance(cfg, Config)
-    first = path.read_text().splitlines()[0]
-    assert first.startswith("# timematters ") and path.name in first
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_validates_builds_its_backbone_and_opens_with_its_command(name):
+    cfg = load_config(name, PLACEHOLDERS.get(name.split("/")[0], []))
+    validate(cfg)
+    first = find_config(name).read_text().splitlines()[0]
+    assert first.startswith(f"# timematters train {name}.yaml"), first
+    with torch.device("meta"):
+        model = create_backbone(cfg.model.name, **backbone_kwargs(cfg, num_classes=174))
+    assert model.num_frames == cfg.model.num_frames
+    assert model.grid[0] * model.patch_size == cfg.data.crop_size
+    if name.startswith("ssv2/ablation/"):  # the file name lists the losses that are on
+        on = set(Path(name).name.split("_")) - {"none"}
+        for loss in ("order", "debias", "flow"):
+            assert (getattr(cfg.loss, loss).weight != 0) == (loss in on), loss
+
+
+def test_a_config_is_a_path_first_then_a_preset(tmp_path, monkeypatch):
+    assert find_config("synthetic/time") == find_config("synthetic/time.yaml")
+    assert find_config("synthetic/time").is_relative_to(Path(timematters.__file__).parent)
+    local = tmp_path / "synthetic" / "time.yaml"
+    local.parent.mkdir()
+    local.write_text("train: {epochs: 1}\n")
+    monkeypatch.chdir(tmp_path)
+    assert find_config("synthetic/time.yaml") == Path("synthetic/time.yaml")
+    assert load_config("synthetic/time.yaml").train.epochs == 1
+    with pytest.raises(ConfigError, match="neither a file nor a preset"):
+        find_config("synthetic/nope")
 
 
 def test_overrides_and_defaults():
@@ -41,7 +76,7 @@ def test_overrides_and_defaults():
         default.optim.lr == 1e-4 and default.optim.amsgrad and default.optim.milestones == (20, 30)
     )
     assert default.loss.ce.smoothing == 0.2 and default.loss.debias.shuffle == "per_batch"
-    assert default.flow.threshold == "relative" and default.flow.winsize == 15
+    assert default.flow.threshold == "relative" and default.flow.farneback.winsize == 15
 
 
 @pytest.mark.parametrize(

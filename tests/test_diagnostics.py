@@ -18,9 +18,10 @@ from timematters.data.synthetic import CLASSES, SyntheticVideoDataset
 from timematters.diagnostics.confidence import confidence_gaps, gap_histogram
 from timematters.diagnostics.gradcam import video_gradcam
 from timematters.diagnostics.order_probe import order_probe
-from timematters.diagnostics.report import load_model_from_checkpoint, run_diagnose
+from timematters.diagnostics.report import run_diagnose
 from timematters.engine.checkpoint import save_checkpoint
 from timematters.engine.evaluate import evaluate
+from timematters.engine.model import load_model_from_checkpoint
 from timematters.engine.train import train
 
 T, IMG = 4, 32
@@ -82,8 +83,7 @@ def test_gap_histogram_is_a_probability_mass_with_zero_in_the_bin_right_of_it():
 
 def test_an_order_blind_model_has_no_gap_and_all_confidence_gaps_at_zero():
     dataset, loader = _synthetic_loader()
-    blind = evaluate(FramePoolModel(10), loader, torch.device("cpu"), dataset.classes,
-                     dataset.subsets)  # fmt: skip
+    blind = evaluate(FramePoolModel(10), loader, classes=dataset.classes, subsets=dataset.subsets)
     for subset, m in blind.metrics().items():
         assert m["num_clips"] > 0, subset
         assert m["gap"] == 0.0 and m["gap_top5"] == 0.0, subset
@@ -93,8 +93,12 @@ def test_an_order_blind_model_has_no_gap_and_all_confidence_gaps_at_zero():
         assert h["mean"] == 0.0
 
     # The control: the same checks fail for a model that looks at frame 0 only.
-    aware = evaluate(FramePoolModel(10, first_frame_only=True), loader, torch.device("cpu"),
-                     dataset.classes, dataset.subsets)  # fmt: skip
+    aware = evaluate(
+        FramePoolModel(10, first_frame_only=True),
+        loader,
+        classes=dataset.classes,
+        subsets=dataset.subsets,
+    )
     assert confidence_gaps(aware)["all"]["mass"][zero_bin] < 1.0
     assert np.abs(aware.confidence_gap()).max() > 0.05
 
@@ -123,9 +127,11 @@ def _random_batches(num_batches: int, seed: int) -> list[dict]:
 
 def test_order_probe_reads_the_frame_index_where_it_is_and_only_there():
     (accuracy,) = order_probe(
-        [FrameIndexStub()], _random_batches(4, seed=0), _random_batches(4, seed=1),
-        torch.device("cpu"),
-    )  # fmt: skip
+        [FrameIndexStub()],
+        fit_loader=_random_batches(4, seed=0),
+        held_out_loader=_random_batches(4, seed=1),
+        device=torch.device("cpu"),
+    )
     assert list(accuracy) == ["block1", "block2", "final"]
     assert accuracy["block1"] > 99.0
     chance = 100 / 8
@@ -137,8 +143,15 @@ def test_order_probe_reads_the_frame_index_where_it_is_and_only_there():
 def test_gradcam_maps_have_the_clip_shape_and_are_finite(name):
     frames = T if _takes_video(name) else 1
     torch.manual_seed(0)
-    kwargs = dict(num_classes=5, num_frames=frames, img_size=IMG, embed_dim=24, depth=2,
-                  num_heads=2, drop_path_rate=0.0)  # fmt: skip
+    kwargs = dict(
+        num_classes=5,
+        num_frames=frames,
+        img_size=IMG,
+        embed_dim=24,
+        depth=2,
+        num_heads=2,
+        drop_path_rate=0.0,
+    )
     model = create_backbone(name, **kwargs)
     video = torch.randn(2, 3, frames, IMG, IMG, generator=torch.Generator().manual_seed(1))
     maps = video_gradcam(model, video, targets=[1, 3])
@@ -150,8 +163,16 @@ def test_gradcam_maps_have_the_clip_shape_and_are_finite(name):
 
 
 def test_gradcam_tubelets_are_stretched_back_to_frames():
-    model = create_backbone("motionformer_tiny_patch8_64", num_classes=5, num_frames=T,
-                            img_size=IMG, embed_dim=24, depth=2, num_heads=2, tubelet_size=2)  # fmt: skip
+    model = create_backbone(
+        "motionformer_tiny_patch8_64",
+        num_classes=5,
+        num_frames=T,
+        img_size=IMG,
+        embed_dim=24,
+        depth=2,
+        num_heads=2,
+        tubelet_size=2,
+    )
     maps = video_gradcam(model, torch.randn(1, 3, T, IMG, IMG), targets=[0])
     assert maps.shape == (1, T, IMG, IMG) and np.isfinite(maps).all()
 
@@ -181,13 +202,27 @@ def test_run_diagnose_compares_two_trained_checkpoints(tmp_path):
     cfg = tiny_config(tmp_path / "baseline")
     checkpoints = [tmp_path / name / "checkpoints" / "last.pth" for name in runs]
     out = tmp_path / "diagnose"
-    data = run_diagnose(cfg, checkpoints, out, names=list(runs), probe_fit_clips=4,
-                        probe_held_out_clips=4, gradcam_clips=2)  # fmt: skip
+    data = run_diagnose(
+        cfg,
+        checkpoints,
+        out,
+        names=list(runs),
+        probe_fit_clips=4,
+        probe_held_out_clips=4,
+        gradcam_clips=2,
+    )
 
     clips = [c["index"] for c in data["gradcam"]["clips"]]
     assert len(clips) == 2
-    for file in ("diagnose.json", "report.md", "shuffle_accuracy.png", "confidence_gap.png",
-                 "order_probe.png", "gradcam.npz", *(f"gradcam_{i}.png" for i in clips)):  # fmt: skip
+    for file in (
+        "diagnose.json",
+        "report.md",
+        "shuffle_accuracy.png",
+        "confidence_gap.png",
+        "order_probe.png",
+        "gradcam.npz",
+        *(f"gradcam_{i}.png" for i in clips),
+    ):
         assert (out / file).is_file(), file
     assert json.loads((out / "diagnose.json").read_text())["checkpoints"].keys() == set(runs)
     report = (out / "report.md").read_text()
@@ -201,8 +236,15 @@ def test_run_diagnose_compares_two_trained_checkpoints(tmp_path):
     assert maps["maps_+TIME"].shape == (2, T, IMG, IMG)
 
     # Handing in the runs' evaluations skips the shuffle test and gives the same numbers.
-    again = run_diagnose(cfg, checkpoints, tmp_path / "again", names=list(runs), probe=False,
-                         gradcam_clips=0, evaluations=[r["result"] for r in runs.values()])  # fmt: skip
+    again = run_diagnose(
+        cfg,
+        checkpoints,
+        tmp_path / "again",
+        names=list(runs),
+        probe=False,
+        gradcam_clips=0,
+        evaluations=[r["result"] for r in runs.values()],
+    )
     assert again["shuffle_test"] == data["shuffle_test"]
     assert "order_probe" not in again and "gradcam" not in again
 
@@ -210,15 +252,24 @@ def test_run_diagnose_compares_two_trained_checkpoints(tmp_path):
 @pytest.mark.parametrize("name", TINY_VIDEO_BACKBONES)
 def test_run_diagnose_on_every_tiny_video_backbone(tmp_path, name):
     cfg = tiny_config(tmp_path, f"model.name={name}")
-    model = create_backbone(name, num_classes=len(CLASSES), num_frames=T, img_size=IMG,
-                            **cfg.model.kwargs)  # fmt: skip
+    model = create_backbone(
+        name, num_classes=len(CLASSES), num_frames=T, img_size=IMG, **cfg.model.kwargs
+    )
     checkpoint = tmp_path / "model.pth"
-    save_checkpoint({"model": model.state_dict(), "classes": list(CLASSES),
-                     "config": config_to_dict(cfg)}, checkpoint)  # fmt: skip
+    save_checkpoint(
+        {"model": model.state_dict(), "classes": list(CLASSES), "config": config_to_dict(cfg)},
+        checkpoint,
+    )
     loaded, classes = load_model_from_checkpoint(cfg, checkpoint)
     assert classes == list(CLASSES) and not loaded.training
-    data = run_diagnose(cfg, [checkpoint], tmp_path / "out", probe_fit_clips=4,
-                        probe_held_out_clips=4, gradcam_clips=1)  # fmt: skip
+    data = run_diagnose(
+        cfg,
+        [checkpoint],
+        tmp_path / "out",
+        probe_fit_clips=4,
+        probe_held_out_clips=4,
+        gradcam_clips=1,
+    )
     (row,) = data["shuffle_test"].values()
     assert set(row) == {"all", "temporal", "static"}
     (accuracy,) = data["order_probe"]["accuracy"].values()

@@ -115,8 +115,8 @@ def _assert_matches(reference: np.ndarray, flow: np.ndarray, patch_size: int | N
     if patch_size is None:
         return
     for threshold in ("relative", "absolute"):
-        expected = flow_to_direction_labels(reference, patch_size, threshold)
-        got = flow_to_direction_labels(flow, patch_size, threshold)
+        expected = flow_to_direction_labels(reference, patch_size, threshold=threshold)
+        got = flow_to_direction_labels(flow, patch_size, threshold=threshold)
         agreement = (expected == got).float().mean().item()
         assert agreement >= MIN_LABEL_AGREEMENT, f"{threshold}: {agreement:.4f} of tokens agree"
 

@@ -3,11 +3,9 @@
 import torch
 from test_train import tiny_config
 
-from timematters.data.build import build_dataset
+from timematters.data.build import build_dataset, build_flow_labeller
 from timematters.data.collate import collate_videos
 from timematters.engine.train import train
-from timematters.flow import batch_flow_labels
-from timematters.flow.labels import farneback_params
 
 
 def test_torch_backend_sees_the_labels_the_opencv_loader_makes(tmp_path):
@@ -16,10 +14,7 @@ def test_torch_backend_sees_the_labels_the_opencv_loader_makes(tmp_path):
     )
     dataset = build_dataset(cfg, "train", flow_labels=True, patch_size=8)
     batch = collate_videos([dataset[i] for i in range(len(dataset))])
-    on_device = batch_flow_labels(
-        batch["video"], 8, farneback_params(cfg.flow), cfg.flow.threshold,
-        cfg.flow.relative_fraction, cfg.flow.absolute_tau, cfg.data.mean, cfg.data.std,
-    )  # fmt: skip
+    on_device = build_flow_labeller(cfg, patch_size=8).batch(batch["video"])
     assert on_device.shape == batch["flow_labels"].shape == (24, 7, 64)
     agreement = (on_device == batch["flow_labels"]).float().mean().item()
     assert agreement >= 0.995, agreement

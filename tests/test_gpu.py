@@ -6,7 +6,8 @@ import pytest
 import torch
 from test_train import tiny_config
 
-from timematters.engine.train import autocast_dtype, train
+from timematters.engine.distributed import autocast_dtype
+from timematters.engine.train import train
 
 pytestmark = [
     pytest.mark.gpu,
@@ -33,3 +34,19 @@ def test_training_runs_on_cuda_with_mixed_precision(tmp_path, flow_backend):
     assert records and all(math.isfinite(r["loss"]) for r in records)
     assert all(math.isfinite(r["flow_loss"]) for r in records)
     assert result["metrics"]["all"]["num_clips"] == 8
+
+
+@pytest.mark.parametrize("name", ["timesformer_tiny_patch8_64", "motionformer_tiny_patch8_64"])
+def test_bf16_autocast_agrees_with_fp32(name):
+    from timematters.backbones import create_backbone
+
+    torch.manual_seed(0)
+    model = create_backbone(name, num_classes=10, num_frames=4, img_size=32).cuda().eval()
+    video = torch.randn(4, 3, 4, 32, 32, device="cuda")
+    with torch.no_grad():
+        reference = model(video).float()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            low = model(video).float()
+    # bf16 keeps 8 bits of mantissa: logits of a random tiny model agree to about 1e-2.
+    torch.testing.assert_close(low, reference, atol=5e-2, rtol=5e-2)
+    assert (low.argmax(-1) == reference.argmax(-1)).float().mean() >= 0.75

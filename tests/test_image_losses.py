@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from einops import repeat
 
 from timematters.backbones import create_backbone
-from timematters.backbones.tokens import VideoTokens
+from timematters.backbones.protocol import VideoTokens
 from timematters.config import LossConfig, load_config
 from timematters.losses import (
     DebiasLoss,
@@ -123,20 +123,24 @@ def test_patch_debias_shuffles_patches_and_scores_like_the_video_debias():
 
 
 def test_build_objective_picks_the_axis():
-    video_objective = build_objective(LossConfig(), D, 4, grid=(2, 2), patch_size=8)
+    video_objective = build_objective(
+        LossConfig(), embed_dim=D, num_frames=4, grid=(2, 2), patch_size=8
+    )
     assert type(video_objective.losses["order"]) is OrderLoss
     assert type(video_objective.losses["debias"]) is DebiasLoss
 
     cfg = load_config(
         None, ["loss.order.axis=space", "loss.debias.axis=space", "loss.flow.weight=0"]
     )
-    image_objective = build_objective(cfg.loss, D, 1, grid=(2, 3), patch_size=8)
+    image_objective = build_objective(
+        cfg.loss, embed_dim=D, num_frames=1, grid=(2, 3), patch_size=8
+    )
     assert set(image_objective.losses) == {"ce", "order", "debias"}
     assert isinstance(image_objective.losses["order"], SpatialOrderLoss)
     assert image_objective.losses["order"].temp_head.out_features == 6
     assert image_objective.losses["debias"].patch_size == 8
     with pytest.raises(ValueError, match="grid"):
-        build_objective(cfg.loss, D, 1)
+        build_objective(cfg.loss, embed_dim=D, num_frames=1)
 
 
 def test_image_objective_on_a_vit_sums_eq_18_and_trains_the_backbone_through_the_shuffled_view():
@@ -154,7 +158,13 @@ def test_image_objective_on_a_vit_sums_eq_18_and_trains_the_backbone_through_the
     model = create_backbone(
         "vit_tiny_patch16_64", num_classes=K, img_size=32, patch_size=8, drop_path_rate=0.0
     )
-    objective = build_objective(cfg.loss, model.embed_dim, 1, model.grid, model.patch_size)
+    objective = build_objective(
+        cfg.loss,
+        embed_dim=model.embed_dim,
+        num_frames=1,
+        grid=model.grid,
+        patch_size=model.patch_size,
+    )
     batch = {"video": torch.randn(B, 3, 1, 32, 32), "label": torch.tensor([0, 3])}
     out = objective(model, batch, torch.Generator().manual_seed(0))
     terms = out.terms

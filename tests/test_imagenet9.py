@@ -8,15 +8,11 @@ import torch
 from torch import nn
 from torchvision.io import encode_jpeg, write_png
 
-from timematters.config import load_config
+from timematters.config import load_config, validate
 from timematters.data.build import build_dataset
 from timematters.data.collate import BadVideo
-from timematters.data.imagenet9 import (
-    bg_gap,
-    evaluate_backgrounds,
-    format_backgrounds_table,
-    read_class_folders,
-)
+from timematters.data.imagenet9 import read_class_folders
+from timematters.engine.backgrounds import bg_gap, evaluate_backgrounds, format_backgrounds_table
 
 CLASSES = ["00_dog", "01_bird", "02_wheeled vehicle"]
 # Background colour of class c; a foreground square of colour 200 sits in the middle of each image.
@@ -131,7 +127,7 @@ def test_an_undecodable_image_is_a_bad_video(tree):
 )
 def test_time_axis_settings_are_refused_on_images(tree, override, message):
     with pytest.raises(ValueError, match=message):
-        build_dataset(_config(tree, override), "train", flow_labels=False, patch_size=8)
+        validate(_config(tree, override))
 
 
 def test_table4_and_bg_gap_on_a_generated_tree(tree):

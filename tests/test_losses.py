@@ -4,9 +4,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from timematters.backbones import create_backbone
-from timematters.backbones.tokens import VideoTokens
+from timematters.backbones.protocol import VideoTokens
 from timematters.config import LossConfig
 from timematters.losses import (
     CrossEntropyLoss,
@@ -98,6 +99,33 @@ def test_flow_head_shapes_and_loss_with_perfect_logits():
     assert torch.all(diff[:-1] == 0) and diff[-1] > 0
 
 
+def test_flow_loss_is_near_zero_for_a_head_that_reads_the_labels():
+    # Tokens carry their position s (channels [0, S)) and, in frame j, the one-hot label of pair j
+    # at that position (channels [S, S + 9)). A head whose query and key match positions makes
+    # token s of frame j+1 attend to token s of frame j, whose value is that label: the logits are
+    # right, confidently, and the loss is about 0; with the labels moved by one class it is large.
+    width = S + 9
+    loss = FlowLoss(width, smoothing=0.0)
+    labels = torch.randint(0, 9, (B, T - 1, S))
+    patches = torch.zeros(B, T, S, width)
+    patches[..., :S] = torch.eye(S)
+    patches[:, :-1, :, S:] = F.one_hot(labels, 9).float()
+    with torch.no_grad():
+        for layer in (loss.mlp_q, loss.mlp_k, loss.mlp_v, loss.mlp_proj, loss.flow_head):
+            layer.weight.zero_()
+            if layer.bias is not None:
+                layer.bias.zero_()
+        loss.mlp_q.weight[:S, :S] = 100 * torch.eye(S)  # logits 100² / sqrt(width) on the match
+        loss.mlp_k.weight[:S, :S] = torch.eye(S)
+        loss.mlp_v.weight[S:, S:] = torch.eye(9)
+        loss.mlp_proj.weight.copy_(torch.eye(width))
+        loss.flow_head.weight[:, S:] = 50 * torch.eye(9)
+    perfect = loss(_inputs(patches=patches, batch={"flow_labels": labels}))["flow_loss"]
+    assert perfect.item() < 1e-3
+    wrong = loss(_inputs(patches=patches, batch={"flow_labels": (labels + 1) % 9}))["flow_loss"]
+    assert wrong.item() > 10
+
+
 def test_zero_weight_removes_the_head_and_its_inputs():
     full = build_objective(LossConfig(), embed_dim=D, num_frames=T)
     cfg = LossConfig()
@@ -116,12 +144,18 @@ def test_zero_weight_removes_the_head_and_its_inputs():
 def test_objective_sums_weighted_terms_and_runs_one_backbone_pass():
     torch.manual_seed(0)
     model = create_backbone(
-        "timesformer_tiny_patch8_64", num_classes=K, img_size=16, embed_dim=16, depth=1,
-        num_heads=2, num_frames=T, drop_path_rate=0.0,
-    )  # fmt: skip
+        "timesformer_tiny_patch8_64",
+        num_classes=K,
+        img_size=16,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+        num_frames=T,
+        drop_path_rate=0.0,
+    )
     cfg = LossConfig()
     cfg.order.weight, cfg.debias.weight, cfg.flow.weight = 0.5, 2.0, 0.25
-    objective = build_objective(cfg, model.embed_dim, model.num_frames)
+    objective = build_objective(cfg, embed_dim=model.embed_dim, num_frames=model.num_frames)
     batch = {
         "video": torch.randn(2, 3, T, 16, 16),
         "label": torch.tensor([1, 3]),

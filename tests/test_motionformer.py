@@ -41,7 +41,7 @@ def test_frame_by_frame_equals_full_logits():
     q, k, v = torch.randn(3, 2, HEADS, T * S, E, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(frame_trajectories(q, k, v, T), naive_trajectories(q, k, v, T))
     # The model can run either path and gives the same output.
-    attn = TrajectoryAttention(D, HEADS, T).eval()
+    attn = TrajectoryAttention(D, num_heads=HEADS, num_frames=T).eval()
     x = torch.randn(2, 1 + T * S, D)
     efficient = attn(x)
     attn.trajectories = naive_trajectories
@@ -52,7 +52,9 @@ def test_frame_by_frame_equals_full_logits():
 def test_attention_equals_naive_definition(use_projected_values):
     T, S = 4, 6
     torch.manual_seed(0)
-    attn = TrajectoryAttention(D, HEADS, T, use_projected_values=use_projected_values).eval()
+    attn = TrajectoryAttention(
+        D, num_heads=HEADS, num_frames=T, use_projected_values=use_projected_values
+    ).eval()
     x = torch.randn(2, 1 + T * S, D)
     with torch.no_grad():
         torch.testing.assert_close(attn(x), naive_trajectory_attention(attn, x, T))
@@ -60,8 +62,10 @@ def test_attention_equals_naive_definition(use_projected_values):
 
 def test_projected_values_option_changes_the_output():
     torch.manual_seed(0)
-    released = TrajectoryAttention(D, HEADS, 2).eval()
-    projected = TrajectoryAttention(D, HEADS, 2, use_projected_values=True).eval()
+    released = TrajectoryAttention(D, num_heads=HEADS, num_frames=2).eval()
+    projected = TrajectoryAttention(
+        D, num_heads=HEADS, num_frames=2, use_projected_values=True
+    ).eval()
     projected.load_state_dict(released.state_dict())
     x = torch.randn(1, 1 + 2 * 4, D)
     with torch.no_grad():
@@ -72,7 +76,7 @@ def test_projected_values_option_changes_the_output():
 def test_single_frame_is_attention_without_cls_key_for_patches():
     S = 7
     torch.manual_seed(0)
-    attn = TrajectoryAttention(D, HEADS, num_frames=1).eval()
+    attn = TrajectoryAttention(D, num_heads=HEADS, num_frames=1).eval()
     x = torch.randn(2, 1 + S, D)
     q, k, v = attn.qkv(x).reshape(2, 1 + S, 3, HEADS, E).permute(2, 0, 3, 1, 4)
 

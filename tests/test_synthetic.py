@@ -6,6 +6,7 @@ import torch
 from einops import rearrange
 
 from timematters.config import Config, apply_overrides
+from timematters.data.build import build_dataset
 from timematters.data.synthetic import (
     BACKGROUNDS,
     CLASSES,
@@ -13,11 +14,10 @@ from timematters.data.synthetic import (
     STATIC,
     TEMPORAL,
     SyntheticVideoDataset,
-    _object_sprite,
-    build_synthetic_dataset,
+    object_sprite,
     render_clip,
 )
-from timematters.flow import clip_flow_labels
+from timematters.flow import FlowLabeller, clip_flow_labels
 
 K = len(CLASSES)
 
@@ -67,8 +67,8 @@ def test_every_temporal_pair_is_a_time_reversal(img_size, num_frames):
         b = PAIRS[a]
         assert PAIRS[b] == a and a != b
         for seed in range(3):
-            clip = render_clip(a, seed % K, seed, img_size, num_frames)
-            partner = render_clip(b, seed % K, seed, img_size, num_frames)
+            clip = render_clip(a, seed % K, seed, img_size=img_size, num_frames=num_frames)
+            partner = render_clip(b, seed % K, seed, img_size=img_size, num_frames=num_frames)
             assert clip.shape == (num_frames, img_size, img_size, 3) and clip.dtype == np.uint8
             # The reversed clip is exactly a clip of the partner class, so both have the same
             # frames; only their order differs (the clip is not a palindrome).
@@ -121,7 +121,9 @@ def test_the_rendered_background_carries_the_cue():
 
 
 def test_flow_labels_have_the_token_shape():
-    dataset = SyntheticVideoDataset("train", 10, img_size=32, num_frames=4, flow_labels=True)
+    dataset = SyntheticVideoDataset(
+        "train", 10, img_size=32, num_frames=4, flow_labels=FlowLabeller(patch_size=8)
+    )
     labels = dataset[0]["flow_labels"]
     assert labels.shape == (3, (32 // 8) ** 2) and labels.dtype == torch.int64
     assert labels.min() >= 0 and labels.max() <= 8
@@ -129,7 +131,7 @@ def test_flow_labels_have_the_token_shape():
 
 def test_motion_gives_flow_labels_and_the_still_background_does_not():
     dataset = SyntheticVideoDataset(
-        "train", 60, flow_labels=True, flow_threshold="absolute", seed=7
+        "train", 60, flow_labels=FlowLabeller(patch_size=8, threshold="absolute"), seed=7
     )
     for c in TEMPORAL:
         labels = torch.stack(
@@ -163,14 +165,15 @@ def test_build_from_config_uses_the_synthetic_and_flow_sections():
             "model.num_frames=4",
             "data.synthetic.spurious_rate=0.5",
             "flow.threshold=absolute",
-            "flow.winsize=9",
+            "data.dataset=synthetic",
+            "flow.farneback.winsize=9",
         ],
     )
-    train = build_synthetic_dataset(cfg, "train", flow_labels=True, patch_size=8)
-    test = build_synthetic_dataset(cfg, "test", flow_labels=False, patch_size=8)
+    train = build_dataset(cfg, "train", flow_labels=True, patch_size=8)
+    test = build_dataset(cfg, "test", flow_labels=False, patch_size=8)
     assert len(train) == 30 and len(test) == 20
-    assert len(build_synthetic_dataset(cfg, "val", flow_labels=False, patch_size=8)) == 20
-    assert train.flow_params.winsize == 9 and train.flow_threshold == "absolute"
+    assert len(build_dataset(cfg, "val", flow_labels=False, patch_size=8)) == 20
+    assert train.flow_labels.farneback.winsize == 9 and train.flow_labels.threshold == "absolute"
     assert (train.backgrounds == train.labels).sum() == 15
     item = train[0]
     assert item["video"].shape == (3, 4, 32, 32) and item["flow_labels"].shape == (3, 16)
@@ -182,7 +185,7 @@ def test_object_contrast_sets_the_depth_of_the_object_texture():
     # grows with the contrast (none when flat); the background is untouched.
     spreads = []
     for contrast in (0.0, 0.3, 1.0):
-        sprite = _object_sprite("square", 12.0, np.random.default_rng(4), contrast)
+        sprite = object_sprite("square", 12.0, np.random.default_rng(4), contrast)
         inside = sprite[..., 3] == 1
         spreads.append(sprite[inside][:, :3].std(axis=0).max())
     assert spreads[0] < 1e-5 and 0.01 < spreads[1] < 0.5 * spreads[2]

@@ -12,7 +12,8 @@ import torch
 
 from timematters.config import load_config
 from timematters.engine.checkpoint import load_checkpoint, save_checkpoint
-from timematters.engine.train import evaluate_checkpoint, train
+from timematters.engine.model import evaluate_checkpoint
+from timematters.engine.train import train
 
 TINY = [
     "data.dataset=synthetic",
@@ -132,9 +133,16 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
 
     def run(nproc: int, out: Path) -> dict:
         cmd = [
-            torchrun, "--standalone", f"--nproc_per_node={nproc}", "-m", "timematters.cli",
-            "train", str(config), *common, f"train.out={out}",
-        ]  # fmt: skip
+            torchrun,
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "timematters.cli",
+            "train",
+            str(config),
+            *common,
+            f"train.out={out}",
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]

@@ -26,7 +26,7 @@ def test_mixing_equals_heads_attending_to_neighbouring_frames():
     # frame t-1's, heads 2 and 3 their own frame; a missing neighbour gives zero keys and values.
     B, T, N, D, H = 2, 4, 5, 48, 4
     torch.manual_seed(0)
-    attn = SpaceTimeMixingAttention(D, H, shift_div=4).eval()
+    attn = SpaceTimeMixingAttention(D, num_heads=H, shift_div=4).eval()
     x = torch.randn(B, T, N, D)
     q, k, v = attn.qkv(x).reshape(B, T, N, 3, H, D // H).unbind(dim=3)  # [B, T, N, H, E] each
     zeros = torch.zeros_like(k[:, :1])

@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser(
         "demo", help="train baseline and +TIME on the built-in temporal benchmark and compare"
     )
-    demo.add_argument("--quick", action="store_true", help="a smoke run (under 2 minutes)")
+    demo.add_argument("--quick", action="store_true", help="a smoke run (under a minute)")
     demo.add_argument("--seeds", type=int, default=1, help="repeat with this many seeds")
     demo.add_argument("--out", default=None, help="run folder (runs/demo or runs/demo_image)")
     demo.add_argument(
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--epochs", type=int, default=None, help="override the epoch budget")
 
     train = commands.add_parser("train", help="train from a YAML config")
-    train.add_argument("config", help="YAML preset (see configs/)")
+    train.add_argument("config", help="a YAML file or a packaged preset (synthetic/time, ...)")
     train.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     train.add_argument(
         "--resume",
@@ -88,9 +88,12 @@ def _demo(args) -> int:
     from timematters.demo import run_demo
 
     run_demo(
-        out=Path(args.out or "runs/demo"), quick=args.quick, seeds=args.seeds,
-        ablation=args.ablation, epochs=args.epochs,
-    )  # fmt: skip
+        out=Path(args.out or "runs/demo"),
+        quick=args.quick,
+        seeds=args.seeds,
+        ablation=args.ablation,
+        epochs=args.epochs,
+    )
     return 0
 
 
@@ -111,27 +114,14 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from timematters.engine.evaluate import format_table
-    from timematters.engine.train import evaluate_checkpoint
+    from timematters.engine.model import evaluate_checkpoint
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.data.dataset == "imagenet9":  # Table 4: accuracy per background variation, BG-Gap
-        from timematters.data.imagenet9 import (
-            evaluate_backgrounds_checkpoint,
-            format_backgrounds_table,
-        )
-
-        accuracy = evaluate_backgrounds_checkpoint(cfg, args.checkpoint)
-        table = format_backgrounds_table({Path(args.checkpoint).name: accuracy})
-        (out / "backgrounds.json").write_text(json.dumps(accuracy, indent=2))
-        (out / "backgrounds.md").write_text(table + "\n")
-        print(table)
-        return 0
     result = evaluate_checkpoint(cfg, args.checkpoint)
     metrics = result.metrics()
-    table = format_table({Path(args.checkpoint).name: metrics})
+    table = result.table(Path(args.checkpoint).name)
     (out / "eval.json").write_text(json.dumps(metrics, indent=2))
     (out / "eval.md").write_text(table + "\n")
     print(table)
@@ -144,11 +134,16 @@ def _diagnose(args) -> int:
 
     out = Path(args.out)
     run_diagnose(
-        load_config(args.config, args.overrides), [Path(c) for c in args.checkpoint], out,
-        names=args.name, probe=not args.no_probe, probe_fit_clips=args.probe_clips,
-        probe_held_out_clips=args.probe_clips, gradcam_clips=args.gradcam_clips,
+        load_config(args.config, args.overrides),
+        [Path(c) for c in args.checkpoint],
+        out,
+        names=args.name,
+        probe=not args.no_probe,
+        probe_fit_clips=args.probe_clips,
+        probe_held_out_clips=args.probe_clips,
+        gradcam_clips=args.gradcam_clips,
         gradcam_indices=args.gradcam_index,
-    )  # fmt: skip
+    )
     print(f"report: {out / 'report.md'}")
     return 0
 

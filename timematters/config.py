@@ -1,7 +1,9 @@
 """Experiment configuration: nested dataclasses are the single source of defaults.
 
 YAML presets and command-line ``key=value`` overrides (dotted, e.g. ``loss.flow.weight=0``) are
-merged on top; an unknown key or a bad value fails with a message naming the valid ones.
+merged on top; an unknown key or a bad value fails with a message naming the valid ones. Presets
+ship inside the package (``timematters/configs/``): a config argument is a file path first, then a
+preset name such as ``synthetic/time``.
 """
 
 from __future__ import annotations
@@ -63,6 +65,19 @@ class LossConfig:
     flow: FlowLossConfig = field(default_factory=FlowLossConfig)
 
 
+@dataclass(frozen=True)
+class FarnebackParams:
+    """``cv2.calcOpticalFlowFarneback`` parameters; the defaults are the released ones."""
+
+    pyr_scale: float = 0.5
+    levels: int = 3
+    winsize: int = 15
+    iterations: int = 3
+    poly_n: int = 5
+    poly_sigma: float = 1.2
+    gaussian_window: bool = False  # cv2.OPTFLOW_FARNEBACK_GAUSSIAN; the released code uses a box
+
+
 @dataclass
 class FlowConfig:
     """How flow labels are made (paper Eq. 9-10); defaults are the released conventions."""
@@ -71,13 +86,7 @@ class FlowConfig:
     threshold: Literal["relative", "absolute"] = "relative"
     relative_fraction: float = 0.01
     absolute_tau: float = 0.5  # pixels, for threshold=absolute
-    pyr_scale: float = 0.5
-    levels: int = 3
-    winsize: int = 15
-    iterations: int = 3
-    poly_n: int = 5
-    poly_sigma: float = 1.2
-    gaussian_window: bool = False
+    farneback: FarnebackParams = field(default_factory=FarnebackParams)
 
 
 @dataclass
@@ -187,15 +196,38 @@ class ConfigError(ValueError):
     pass
 
 
+PRESETS = Path(__file__).parent / "configs"
+
+
+def list_presets() -> list[str]:
+    """The packaged presets, as names ``find_config`` accepts (``synthetic/time``, ...)."""
+    return sorted(
+        p.relative_to(PRESETS).with_suffix("").as_posix() for p in PRESETS.rglob("*.yaml")
+    )
+
+
+def find_config(name: str | Path) -> Path:
+    """A config file: ``name`` as a path if it is a file, else the packaged preset ``name``
+    (with or without ``.yaml``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    preset = PRESETS / path.with_suffix(".yaml") if path.suffix != ".yaml" else PRESETS / path
+    if not path.is_absolute() and preset.is_file():
+        return preset
+    raise ConfigError(
+        f"config file not found: {name} is neither a file nor a preset "
+        f"(`timematters configs list` names them)"
+    )
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> Config:
-    """Defaults <- YAML file <- ``key=value`` overrides, validated."""
+    """Defaults <- YAML file (a path or a preset name) <- ``key=value`` overrides."""
     cfg = Config()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = find_config(path)
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
@@ -302,3 +334,102 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def backbone_kwargs(cfg: Config, num_classes: int) -> dict[str, Any]:
+    """The keyword arguments of ``create_backbone(cfg.model.name, ...)``: ``model.kwargs`` and
+    the sizes every section agrees on (frames, frame size, classes, drop path)."""
+    kwargs = {
+        **cfg.model.kwargs,
+        "num_classes": num_classes,
+        "num_frames": cfg.model.num_frames,
+        "img_size": cfg.data.crop_size,
+    }
+    if cfg.model.drop_path_rate is not None:
+        kwargs["drop_path_rate"] = cfg.model.drop_path_rate
+    return kwargs
+
+
+def validate(cfg: Config) -> Config:
+    """Check the rules that tie sections together; raise ``ConfigError`` naming key and fix.
+
+    Single fields are checked when they are read (types, choices); this is everything that needs
+    two of them: the model against its data, the losses against the model, dataset options
+    against the dataset. Returns ``cfg`` unchanged.
+    """
+    from timematters.backbones import backbone_arguments, create_backbone, list_backbones
+
+    model, data, loss = cfg.model, cfg.data, cfg.loss
+    if model.num_frames < 1:
+        raise ConfigError(f"model.num_frames must be at least 1, got {model.num_frames}")
+    if model.name not in list_backbones():
+        raise ConfigError(
+            f"model.name={model.name!r} is not a registered backbone; choose one of: "
+            f"{', '.join(list_backbones())}"
+        )
+    valid = backbone_arguments(model.name)
+    unknown = sorted(set(model.kwargs) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"model.kwargs: {', '.join(unknown)} not arguments of {model.name}; valid: "
+            f"{', '.join(valid)}"
+        )
+    reserved = sorted(set(model.kwargs) & {"num_classes", "num_frames", "img_size"})
+    if reserved:
+        keys = {"num_classes": "model.num_classes", "num_frames": "model.num_frames"}
+        where = ", ".join(keys.get(k, "data.crop_size") for k in reserved)
+        raise ConfigError(f"model.kwargs: set {', '.join(reserved)} through {where} instead")
+
+    if data.dataset == "imagenet9":
+        _validate_images(cfg)
+    if data.subset != "all" and data.dataset != "ssv2":
+        raise ConfigError(f"data.subset={data.subset!r} applies to ssv2 only")
+    if data.dataset in ("ssv2", "kinetics") and not (data.root and data.annotations):
+        raise ConfigError(f"the {data.dataset} dataset needs data.root and data.annotations")
+    if data.dataset == "imagenet9" and not data.root:
+        raise ConfigError(
+            "the imagenet9 dataset needs data.root (the Backgrounds Challenge folder)"
+        )
+    if data.dataset == "ssv2" and data.hflip:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "data.hflip is on for SSv2, whose left/right class pairs flipping confuses"
+        )
+
+    try:
+        with _meta_device():
+            backbone = create_backbone(model.name, **backbone_kwargs(cfg, num_classes=1))
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"model {model.name} cannot be built from this config: {error}") from None
+    if loss.flow.weight != 0 and backbone.token_frames != backbone.num_frames:
+        raise ConfigError(
+            "the flow loss needs one token frame per video frame (model.kwargs.tubelet_size=1), "
+            "or set loss.flow.weight=0"
+        )
+    return cfg
+
+
+def _validate_images(cfg: Config) -> None:
+    """Images are one-frame videos: the time-axis losses have nothing to act on."""
+    if cfg.model.num_frames != 1:
+        raise ConfigError(
+            f"images are one-frame videos: set model.num_frames=1, not {cfg.model.num_frames}"
+        )
+    loss = cfg.loss
+    if loss.flow.weight != 0:
+        raise ConfigError(
+            "the flow loss needs two frames or more: set loss.flow.weight=0 for images"
+        )
+    for name, part in (("order", loss.order), ("debias", loss.debias)):
+        if part.weight != 0 and part.axis != "space":
+            raise ConfigError(
+                f"on images the {name} loss acts on patches: set loss.{name}.axis=space "
+                f"(or loss.{name}.weight=0)"
+            )
+
+
+def _meta_device():
+    import torch
+
+    return torch.device("meta")

@@ -24,9 +24,12 @@ from timematters.config import (
     OptimConfig,
     TrainConfig,
 )
-from timematters.data.imagenet9 import evaluate_backgrounds_checkpoint, format_backgrounds_table
 from timematters.data.synthetic_images import VARIATIONS, write_backgrounds_tree
 from timematters.diagnostics.plots import plot_background_bars, plot_training_curves
+from timematters.engine.backgrounds import (
+    evaluate_backgrounds_checkpoint,
+    format_backgrounds_table,
+)
 from timematters.engine.train import train
 
 VARIANTS = {"baseline": (False, False), "+TIME": (True, True)}  # name -> (order, debias)
@@ -69,9 +72,16 @@ def image_demo_config(
         lr=1e-3, weight_decay=0.05, amsgrad=False, schedule="cosine", warmup_epochs=1.0, min_lr=1e-5
     )
     cfg.train = TrainConfig(
-        epochs=budget.epochs, batch_size=64, precision="fp32", device="cpu", seed=seed,
-        log_every=1, eval_every_epochs=0, out=str(out), tensorboard=False,
-    )  # fmt: skip
+        epochs=budget.epochs,
+        batch_size=64,
+        precision="fp32",
+        device="cpu",
+        seed=seed,
+        log_every=1,
+        eval_every_epochs=0,
+        out=str(out),
+        tensorboard=False,
+    )
     cfg.eval = replace(cfg.eval, batch_size=250, seed=seed)
     return cfg
 
@@ -88,11 +98,11 @@ def run_image_demo(out: Path, quick: bool = False, seeds: int = 1) -> dict:
         print(f"[demo --image] seed {seed}: writing the miniature to {data_root} ...", flush=True)
         write_backgrounds_tree(
             data_root,
-            budget.num_train,
-            budget.num_test,
-            budget.img_size,
-            budget.spurious_rate,
-            seed,
+            num_train=budget.num_train,
+            num_test=budget.num_test,
+            img_size=budget.img_size,
+            spurious_rate=budget.spurious_rate,
+            seed=seed,
         )
         for name, (order, debias) in VARIANTS.items():
             run_dir = out / f"seed{seed}" / name.replace("+", "plus_")

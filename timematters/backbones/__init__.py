@@ -1,12 +1,13 @@
-"""Backbone registry: every video backbone returns ``VideoTokens`` (see ``tokens.py``)."""
+"""Backbone registry: every video backbone honours ``VideoBackbone`` (see ``protocol.py``)."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
 
-from timematters.backbones.tokens import VideoTokens
+from timematters.backbones.protocol import VideoBackbone, VideoTokens
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -30,7 +31,25 @@ def create_backbone(name: str, **kwargs) -> nn.Module:
     return _REGISTRY[name](**kwargs)
 
 
+def backbone_arguments(name: str) -> list[str]:
+    """The keyword arguments a registered backbone's constructor takes."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; registered: {', '.join(list_backbones())}")
+    # Size variants forward **kwargs to their class: the class's signature is the real one.
+    cls = inspect.signature(_REGISTRY[name]).return_annotation
+    if isinstance(cls, str):  # postponed annotations
+        cls = _REGISTRY[name].__globals__[cls]
+    return [p for p in inspect.signature(cls).parameters if p != "self"]
+
+
 # Explicit imports fill the registry.
 from timematters.backbones import motionformer, timesformer, vit, xvit  # noqa: E402, F401
 
-__all__ = ["VideoTokens", "create_backbone", "list_backbones", "register_backbone"]
+__all__ = [
+    "VideoBackbone",
+    "VideoTokens",
+    "backbone_arguments",
+    "create_backbone",
+    "list_backbones",
+    "register_backbone",
+]

@@ -1,4 +1,9 @@
-"""Layers shared by the backbones: patch embedding, attention, MLP, drop-path, embedding resampling."""
+"""Layers shared by the backbones: patch embedding, attention, MLP, drop-path, the pre-norm block,
+per-block token taps and embedding resampling.
+
+Constructor arguments after the width are keyword-only: two dropout rates side by side are easy to
+swap by position and no shape check would notice.
+"""
 
 from __future__ import annotations
 
@@ -9,24 +14,46 @@ from torch import nn
 
 
 class PatchEmbed(nn.Module):
-    """Per-frame 2-D patch embedding: video [B, C, T, H, W] -> tokens [B, T, S, D]."""
+    """Patch embedding: video [B, C, T, H, W] -> tokens [B, T / tubelet_size, S, D].
+
+    ``tubelet_size=1`` embeds every frame with one 2-D convolution (all our backbones); a larger
+    one embeds ``tubelet_size`` x p x p tubelets with a 3-D convolution (Motionformer's official
+    16-frame checkpoints). Both name their weight ``proj``.
+    """
 
     def __init__(
-        self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        *,
+        tubelet_size: int = 1,
     ):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        if tubelet_size < 1:
+            raise ValueError(f"tubelet_size must be at least 1, got {tubelet_size}")
         self.img_size = img_size
         self.patch_size = patch_size
+        self.tubelet_size = tubelet_size
         self.grid = (img_size // patch_size, img_size // patch_size)
         self.num_patches = self.grid[0] * self.grid[1]
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        if tubelet_size == 1:
+            self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        else:
+            kernel = (tubelet_size, patch_size, patch_size)
+            self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=kernel, stride=kernel)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         B, C, T, H, W = video.shape
         if (self.img_size, self.img_size) != (H, W):
             raise ValueError(f"expected {self.img_size}x{self.img_size} frames, got {H}x{W}")
+        if T % self.tubelet_size:
+            raise ValueError(f"{T} frames do not split into tubelets of {self.tubelet_size}")
+        if self.tubelet_size > 1:
+            return rearrange(self.proj(video), "b d t h w -> b t (h w) d")
         x = self.proj(rearrange(video, "b c t h w -> (b t) c h w"))
         return rearrange(x, "(b t) d h w -> b t (h w) d", b=B)
 
@@ -37,6 +64,7 @@ class Attention(nn.Module):
     def __init__(
         self,
         dim: int,
+        *,
         num_heads: int = 8,
         qkv_bias: bool = True,
         attn_drop: float = 0.0,
@@ -62,7 +90,7 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
+    def __init__(self, dim: int, hidden_dim: int, *, drop: float = 0.0):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.act = nn.GELU()
@@ -92,28 +120,48 @@ class DropPath(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block around any attention over [B, L, D] tokens: attention and MLP,
+    """Pre-norm transformer block around any attention over [..., L, D] tokens: attention and MLP,
     each a residual branch with drop-path. ViT's block with ``Attention``, Motionformer's with
-    trajectory attention; the parameter names are those of timm and the official checkpoints."""
+    trajectory attention, X-ViT's with space-time mixing (and its consensus head's, with
+    ``norm_eps=1e-5``); the parameter names are those of timm and the official checkpoints."""
 
     def __init__(
         self,
         dim: int,
         attn: nn.Module,
+        *,
         mlp_ratio: float = 4.0,
         drop: float = 0.0,
         drop_path: float = 0.0,
+        norm_eps: float = 1e-6,
     ):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = attn
         self.drop_path = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def tap_patch_tokens(
+    tokens: torch.Tensor, pattern: str, *, dim: int = 1, num_prefix: int = 1, **axes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A block's patch tokens as a [B, T, S, D] grid, and the tokens rebuilt from that grid.
+
+    ``tokens`` holds ``num_prefix`` CLS tokens and then the patches along ``dim``; ``pattern`` is
+    the einops pattern from the patch part to ``b t s d`` (e.g. ``"b (t s) d -> b t s d"``).
+    The next block must read the rebuilt tokens, not ``tokens``: then the grid is on the graph
+    and GradCAM's gradient, taken with respect to it, reaches it.
+    """
+    prefix, patches = tokens.split([num_prefix, tokens.shape[dim] - num_prefix], dim=dim)
+    grid = rearrange(patches, pattern, **axes)
+    source, target = pattern.split("->")
+    rebuilt = rearrange(grid, f"{target} -> {source}", **axes)
+    return torch.cat([prefix, rebuilt], dim=dim), grid
 
 
 def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:

@@ -31,8 +31,9 @@ from timematters.backbones.layers import (
     PatchEmbed,
     drop_path_rates,
     init_weights,
+    tap_patch_tokens,
 )
-from timematters.backbones.tokens import VideoTokens
+from timematters.backbones.protocol import VideoTokens
 
 
 def frame_trajectories(
@@ -74,6 +75,7 @@ class TrajectoryAttention(Attention):
     def __init__(
         self,
         dim: int,
+        *,
         num_heads: int,
         num_frames: int,
         qkv_bias: bool = True,
@@ -81,7 +83,10 @@ class TrajectoryAttention(Attention):
         proj_drop: float = 0.0,
         use_projected_values: bool = False,
     ):
-        super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop)  # qkv, proj, dropouts
+        # qkv, proj and the dropouts are the shared Attention's.
+        super().__init__(
+            dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop
+        )
         self.num_frames = num_frames
         self.use_projected_values = use_projected_values
         self.proj_q = nn.Linear(dim, dim, bias=qkv_bias)
@@ -118,38 +123,9 @@ class TrajectoryAttention(Attention):
         return self.proj_drop(self.proj(x))
 
 
-class TubeletEmbed(nn.Module):
-    """3-D patch embedding of the official 16-frame checkpoints: [B, C, T, H, W] -> [B, T/kt, S, D]."""
-
-    def __init__(
-        self,
-        img_size: int = 224,
-        patch_size: int = 16,
-        tubelet_size: int = 2,
-        in_chans: int = 3,
-        embed_dim: int = 768,
-    ):
-        super().__init__()
-        if img_size % patch_size:
-            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
-        self.img_size = img_size
-        self.patch_size = patch_size
-        self.tubelet_size = tubelet_size
-        self.grid = (img_size // patch_size, img_size // patch_size)
-        self.num_patches = self.grid[0] * self.grid[1]
-        kernel = (tubelet_size, patch_size, patch_size)
-        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=kernel, stride=kernel)
-
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        _, _, T, H, W = video.shape
-        if (self.img_size, self.img_size) != (H, W):
-            raise ValueError(f"expected {self.img_size}x{self.img_size} frames, got {H}x{W}")
-        if T % self.tubelet_size:
-            raise ValueError(f"{T} frames do not split into tubelets of {self.tubelet_size}")
-        return rearrange(self.proj(video), "b d t h w -> b t (h w) d")
-
-
 class Motionformer(nn.Module):
+    classifier_name = "head"
+
     def __init__(
         self,
         num_classes: int = 174,
@@ -176,10 +152,9 @@ class Motionformer(nn.Module):
         self.tubelet_size = tubelet_size
         self.embed_dim = embed_dim
         self.patch_size = patch_size
-        if tubelet_size == 1:
-            self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
-        else:
-            self.patch_embed = TubeletEmbed(img_size, patch_size, tubelet_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(
+            img_size, patch_size, in_chans, embed_dim, tubelet_size=tubelet_size
+        )
         self.grid = self.patch_embed.grid
         S, T = self.patch_embed.num_patches, num_frames // tubelet_size
 
@@ -192,16 +167,16 @@ class Motionformer(nn.Module):
                 embed_dim,
                 TrajectoryAttention(
                     embed_dim,
-                    num_heads,
-                    T,
-                    qkv_bias,
-                    attn_drop_rate,
-                    drop_rate,
-                    use_projected_values,
+                    num_heads=num_heads,
+                    num_frames=T,
+                    qkv_bias=qkv_bias,
+                    attn_drop=attn_drop_rate,
+                    proj_drop=drop_rate,
+                    use_projected_values=use_projected_values,
                 ),
-                mlp_ratio,
-                drop_rate,
-                dpr,
+                mlp_ratio=mlp_ratio,
+                drop=drop_rate,
+                drop_path=dpr,
             )
             for dpr in drop_path_rates(drop_path_rate, depth)
         )
@@ -215,6 +190,10 @@ class Motionformer(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.apply(init_weights)
+
+    @property
+    def token_frames(self) -> int:
+        return self.num_frames // self.tubelet_size
 
     def forward_features(self, video: torch.Tensor, return_blocks: bool = False) -> VideoTokens:
         # video: [B, C, T, H, W]
@@ -231,10 +210,8 @@ class Motionformer(nn.Module):
         for block in self.blocks:
             tokens = block(tokens)
             if return_blocks:
-                # The next block reads these patch tokens, so GradCAM's gradient reaches them.
-                patches = rearrange(tokens[:, 1:], "b (t s) d -> b t s d", t=T)
+                tokens, patches = tap_patch_tokens(tokens, "b (t s) d -> b t s d", t=T)
                 blocks.append(patches)
-                tokens = torch.cat([tokens[:, :1], rearrange(patches, "b t s d -> b (t s) d")], 1)
         tokens = self.pre_logits(self.norm(tokens))
         return VideoTokens(
             cls=tokens[:, 0],

@@ -160,7 +160,7 @@ def load_pretrained(
             state_dict[key] = resized
             report.resized[key] = (tuple(value.shape), tuple(want.shape))
 
-    head = getattr(model, "classifier_name", "head") + "."
+    head = model.classifier_name + "."
     head_keys = {k for k in target if k.startswith(head)}
     head_changed = any(
         k not in state_dict or state_dict[k].shape != target[k].shape for k in head_keys

@@ -20,13 +20,14 @@ from timematters.backbones.layers import (
     drop_path_rates,
     init_weights,
 )
-from timematters.backbones.tokens import VideoTokens
+from timematters.backbones.protocol import VideoTokens
 
 
 class DividedSpaceTimeBlock(nn.Module):
     def __init__(
         self,
         dim: int,
+        *,
         num_heads: int,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
@@ -36,13 +37,16 @@ class DividedSpaceTimeBlock(nn.Module):
     ):
         super().__init__()
         self.temporal_norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.temporal_attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
+        attention = dict(
+            num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop
+        )
+        self.temporal_attn = Attention(dim, **attention)
         self.temporal_fc = nn.Linear(dim, dim)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.attn = Attention(dim, **attention)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
 
     def forward(self, cls: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # cls: [B, 1, D], x: [B, T, S, D]
@@ -69,6 +73,8 @@ class DividedSpaceTimeBlock(nn.Module):
 
 
 class TimeSformer(nn.Module):
+    classifier_name = "head"
+
     def __init__(
         self,
         num_classes: int = 174,
@@ -102,7 +108,13 @@ class TimeSformer(nn.Module):
         self.time_drop = nn.Dropout(drop_rate)
         self.blocks = nn.ModuleList(
             DividedSpaceTimeBlock(
-                embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr
+                embed_dim,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                drop=drop_rate,
+                attn_drop=attn_drop_rate,
+                drop_path=dpr,
             )
             for dpr in drop_path_rates(drop_path_rate, depth)
         )
@@ -118,6 +130,10 @@ class TimeSformer(nn.Module):
             if i > 0 or zero_first_temporal_fc:
                 nn.init.zeros_(block.temporal_fc.weight)
                 nn.init.zeros_(block.temporal_fc.bias)
+
+    @property
+    def token_frames(self) -> int:
+        return self.num_frames
 
     def forward_features(self, video: torch.Tensor, return_blocks: bool = False) -> VideoTokens:
         # video: [B, C, T, H, W]

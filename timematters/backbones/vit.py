@@ -21,11 +21,15 @@ from timematters.backbones.layers import (
     PatchEmbed,
     drop_path_rates,
     init_weights,
+    tap_patch_tokens,
 )
-from timematters.backbones.tokens import VideoTokens
+from timematters.backbones.protocol import VideoTokens
 
 
 class VisionTransformer(nn.Module):
+    classifier_name = "head"
+    token_frames = 1
+
     def __init__(
         self,
         num_classes: int = 1000,
@@ -62,10 +66,16 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(
             Block(
                 embed_dim,
-                Attention(embed_dim, num_heads, qkv_bias, attn_drop_rate, drop_rate),
-                mlp_ratio,
-                drop_rate,
-                dpr,
+                Attention(
+                    embed_dim,
+                    num_heads=num_heads,
+                    qkv_bias=qkv_bias,
+                    attn_drop=attn_drop_rate,
+                    proj_drop=drop_rate,
+                ),
+                mlp_ratio=mlp_ratio,
+                drop=drop_rate,
+                drop_path=dpr,
             )
             for dpr in drop_path_rates(drop_path_rate, depth)
         )
@@ -90,9 +100,8 @@ class VisionTransformer(nn.Module):
         for block in self.blocks:
             x = block(x)
             if return_blocks:
-                # The next block reads these patch tokens, so GradCAM's gradient reaches them.
-                blocks.append(rearrange(x[:, 1:], "b s d -> b 1 s d"))
-                x = torch.cat([x[:, :1], rearrange(blocks[-1], "b 1 s d -> b s d")], dim=1)
+                x, patches = tap_patch_tokens(x, "b s d -> b 1 s d")
+                blocks.append(patches)
         x = self.norm(x)
         return VideoTokens(
             cls=x[:, 0],

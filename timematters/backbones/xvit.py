@@ -28,13 +28,13 @@ from torch import nn
 from timematters.backbones import register_backbone
 from timematters.backbones.layers import (
     Attention,
-    DropPath,
-    Mlp,
+    Block,
     PatchEmbed,
     drop_path_rates,
     init_weights,
+    tap_patch_tokens,
 )
-from timematters.backbones.tokens import VideoTokens
+from timematters.backbones.protocol import VideoTokens
 
 
 def shift_channel_groups(x: torch.Tensor, shift_div: int) -> torch.Tensor:
@@ -55,13 +55,16 @@ class SpaceTimeMixingAttention(Attention):
     def __init__(
         self,
         dim: int,
+        *,
         num_heads: int,
         shift_div: int | None = 4,
         qkv_bias: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
     ):
-        super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop)
+        super().__init__(
+            dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop
+        )
         if shift_div is not None and shift_div < 2:
             raise ValueError(f"shift_div must be at least 2 (two shifted groups), got {shift_div}")
         self.shift_div = shift_div
@@ -79,39 +82,13 @@ class SpaceTimeMixingAttention(Attention):
         return self.proj_drop(self.proj(out))
 
 
-class XViTBlock(nn.Module):
-    """Pre-norm transformer block; without ``shift_div`` it is a plain ViT block."""
-
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
-        shift_div: int | None = 4,
-        norm_eps: float = 1e-6,
-    ):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = SpaceTimeMixingAttention(dim, num_heads, shift_div, qkv_bias, attn_drop, drop)
-        self.drop_path = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
 class TemporalConsensus(nn.Module):
     """X-ViT's temporal head over the T frame-CLS vectors (official module ``consensus``)."""
 
     def __init__(
         self,
         dim: int,
+        *,
         num_heads: int,
         num_classes: int,
         mlp_ratio: float = 4.0,
@@ -119,8 +96,11 @@ class TemporalConsensus(nn.Module):
     ):
         super().__init__()
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        attention = SpaceTimeMixingAttention(
+            dim, num_heads=num_heads, shift_div=None, qkv_bias=False
+        )
         self.temporal_encoder = nn.Sequential(
-            XViTBlock(dim, num_heads, mlp_ratio, qkv_bias=False, shift_div=None, norm_eps=1e-5)
+            Block(dim, attention, mlp_ratio=mlp_ratio, norm_eps=1e-5)
         )
         # Indices as in the official checkpoints: mlp_head.0 (norm), .1 and .4 (linear).
         self.mlp_head = nn.Sequential(
@@ -177,21 +157,29 @@ class XViT(nn.Module):
         self.temp_embed = nn.Parameter(torch.zeros(1, num_frames, 1, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
         self.blocks = nn.ModuleList(
-            XViTBlock(
+            Block(
                 embed_dim,
-                num_heads,
-                mlp_ratio,
-                qkv_bias,
-                drop_rate,
-                attn_drop_rate,
-                dpr,
-                shift_div,
+                SpaceTimeMixingAttention(
+                    embed_dim,
+                    num_heads=num_heads,
+                    shift_div=shift_div,
+                    qkv_bias=qkv_bias,
+                    attn_drop=attn_drop_rate,
+                    proj_drop=drop_rate,
+                ),
+                mlp_ratio=mlp_ratio,
+                drop=drop_rate,
+                drop_path=dpr,
             )
             for dpr in drop_path_rates(drop_path_rate, depth)
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.consensus = TemporalConsensus(
-            embed_dim, num_heads, num_classes, mlp_ratio, head_drop_rate
+            embed_dim,
+            num_heads=num_heads,
+            num_classes=num_classes,
+            mlp_ratio=mlp_ratio,
+            head_drop_rate=head_drop_rate,
         )
 
         # temp_embed starts at zero, as in the official code, so a fresh X-ViT without mixing
@@ -200,6 +188,10 @@ class XViT(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.consensus.cls_token, std=0.02)
         self.apply(init_weights)
+
+    @property
+    def token_frames(self) -> int:
+        return self.num_frames
 
     def forward_features(self, video: torch.Tensor, return_blocks: bool = False) -> VideoTokens:
         # video: [B, C, T, H, W]
@@ -215,9 +207,8 @@ class XViT(nn.Module):
         for block in self.blocks:
             x = block(x)
             if return_blocks:
-                # The next block reads these patch tokens, so GradCAM's gradient reaches them.
-                blocks.append(x[:, :, 1:])
-                x = torch.cat([x[:, :, :1], blocks[-1]], dim=2)
+                x, patches = tap_patch_tokens(x, "b t s d -> b t s d", dim=2)
+                blocks.append(patches)
         x = self.norm(x)
         return VideoTokens(
             cls=self.consensus(x[:, :, 0]),

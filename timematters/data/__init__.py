@@ -8,6 +8,7 @@ from timematters.data.collate import (
     batch_size,
     collate_videos,
 )
+from timematters.data.dataset import VideoDataset, VideoSample
 from timematters.data.kinetics import KineticsDataset
 from timematters.data.sampling import (
     sample_clip_indices,
@@ -18,7 +19,7 @@ from timematters.data.ssv2 import SSv2Dataset
 from timematters.data.subsets import STATIC_CLASSES, TEMPORAL_CLASSES, match_subset
 from timematters.data.transforms import EvalTransform, TrainTransform
 from timematters.data.video import DecoderUnavailable, VideoDecodeError, open_video
-from timematters.data.videolist import VideoDataset, VideoListDataset, VideoSample
+from timematters.data.videolist import VideoListDataset
 
 __all__ = [
     "STATIC_CLASSES",

@@ -1,17 +1,21 @@
-"""From the experiment config to a dataset: transforms, sampling, decoder and flow labels."""
+"""From the experiment config to a dataset: transforms, sampling, decoder and flow labels.
+
+The one place that reads ``cfg.data`` to build datasets; the datasets themselves take plain
+arguments. Cross-field rules of the config are checked once, by ``config.validate``.
+"""
 
 from __future__ import annotations
 
-import functools
-import logging
 from collections.abc import Callable
+from pathlib import Path
 
-import torch
 from torch.utils.data import Dataset
 
 from timematters.config import Config, DataConfig
+from timematters.data.imagenet9 import ImageEvalTransform, ImageFolderDataset, ImageTrainTransform
 from timematters.data.kinetics import KineticsDataset
 from timematters.data.ssv2 import SSv2Dataset
+from timematters.data.synthetic import SyntheticVideoDataset
 from timematters.data.transforms import EvalTransform, TrainTransform
 from timematters.data.videolist import (
     VideoListDataset,
@@ -19,10 +23,7 @@ from timematters.data.videolist import (
     read_video_list,
     resolve_labels,
 )
-from timematters.flow import clip_flow_labels
-from timematters.flow.labels import farneback_params
-
-log = logging.getLogger(__name__)
+from timematters.flow.labeller import FlowLabeller
 
 SPLITS = ("train", "val", "test")
 
@@ -47,24 +48,12 @@ def build_transform(data: DataConfig, train: bool) -> Callable:
     )
 
 
-def build_flow_labeller(cfg: Config, patch_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """clip [C, T, H, W] -> flow labels [T-1, S], with the config's Farnebäck and threshold.
-
-    A ``functools.partial`` of a module function, so spawned DataLoader workers can pickle it.
-    """
+def build_flow_labeller(cfg: Config, patch_size: int) -> FlowLabeller:
+    """The config's flow labeller: clip -> flow labels [T-1, S] (and ``.batch`` on a device)."""
     if cfg.data.crop_size % patch_size:
         raise ValueError(f"data.crop_size {cfg.data.crop_size} is not a multiple of {patch_size}")
-    flow = cfg.flow
-    params = farneback_params(flow)
-    return functools.partial(
-        clip_flow_labels,
-        patch_size=patch_size,
-        params=params,
-        threshold=flow.threshold,
-        relative_fraction=flow.relative_fraction,
-        absolute_tau=flow.absolute_tau,
-        mean=cfg.data.mean,
-        std=cfg.data.std,
+    return FlowLabeller.from_config(
+        cfg.flow, patch_size=patch_size, mean=cfg.data.mean, std=cfg.data.std
     )
 
 
@@ -75,25 +64,32 @@ def build_dataset(cfg: Config, split: str, flow_labels: bool, patch_size: int) -
     ``flow.backend`` is opencv (for the torch backend the trainer computes them on the device).
     """
     data = cfg.data
-    if data.dataset == "synthetic":
-        from timematters.data.synthetic import build_synthetic_dataset
-
-        return build_synthetic_dataset(cfg, split, flow_labels, patch_size)
-    if data.dataset == "imagenet9":
-        from timematters.data.imagenet9 import build_imagenet9_dataset
-
-        return build_imagenet9_dataset(cfg, split)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     train = split == "train"
     if flow_labels and not train:
         raise ValueError("flow labels are made for the training split only")
-    if data.dataset == "ssv2" and data.hflip:
-        log.warning("data.hflip is on for SSv2, whose left/right class pairs flipping confuses")
-    if data.subset != "all" and data.dataset != "ssv2":
-        raise ValueError(f"data.subset={data.subset!r} applies to ssv2 only")
-    if data.dataset in ("ssv2", "kinetics") and not (data.root and data.annotations):
-        raise ValueError(f"the {data.dataset} dataset needs data.root and data.annotations")
+    labeller = (
+        build_flow_labeller(cfg, patch_size)
+        if flow_labels and cfg.flow.backend == "opencv"
+        else None
+    )
+    if data.dataset == "synthetic":
+        syn = data.synthetic
+        return SyntheticVideoDataset(
+            split,
+            syn.num_train if train else syn.num_test,
+            img_size=data.crop_size,
+            num_frames=cfg.model.num_frames,
+            spurious_rate=syn.spurious_rate,
+            seed=syn.seed,
+            object_contrast=syn.object_contrast,
+            flow_labels=labeller,
+            mean=data.mean,
+            std=data.std,
+        )
+    if data.dataset == "imagenet9":
+        return _imagenet9_dataset(data, train)
     options = dict(
         transform=build_transform(data, train),
         train=train,
@@ -102,11 +98,7 @@ def build_dataset(cfg: Config, split: str, flow_labels: bool, patch_size: int) -
         dense_stride=data.dense_stride,
         temporal_views=data.test_temporal_views,
         decoder=data.decoder,
-        flow_labels=(
-            build_flow_labeller(cfg, patch_size)
-            if flow_labels and cfg.flow.backend == "opencv"
-            else None
-        ),
+        flow_labels=labeller,
     )
     if data.dataset == "ssv2":
         return SSv2Dataset(data.root, data.annotations, split, subset=data.subset, **options)
@@ -120,6 +112,31 @@ def build_dataset(cfg: Config, split: str, flow_labels: bool, patch_size: int) -
             **options,
         )
     raise ValueError(f"unknown dataset {data.dataset!r}")
+
+
+def build_variation_dataset(
+    data: DataConfig, variation: str, classes: list[str] | None = None
+) -> ImageFolderDataset:
+    """One ImageNet-9 test variation, ``<root>/<variation>/val``, with the evaluation transform."""
+    transform = ImageEvalTransform(data.crop_size, data.eval_short_side, data.mean, data.std)
+    return ImageFolderDataset(Path(data.root) / variation / "val", transform, classes)
+
+
+def _imagenet9_dataset(data: DataConfig, train: bool) -> ImageFolderDataset:
+    """The training folder, or the ``test_variation`` folder for the val / test splits."""
+    in9 = data.imagenet9
+    if not train:
+        return build_variation_dataset(data, in9.test_variation)
+    transform = ImageTrainTransform(
+        crop_size=data.crop_size,
+        min_scale=in9.min_crop_scale,
+        hflip=data.hflip,
+        randaugment_ops=data.randaugment_ops,
+        randaugment_magnitude=data.randaugment_magnitude,
+        mean=data.mean,
+        std=data.std,
+    )
+    return ImageFolderDataset(Path(data.root) / in9.train_dir, transform)
 
 
 def _video_list_file(data: DataConfig, split: str) -> str:

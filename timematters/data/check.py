@@ -13,10 +13,10 @@ from collections import Counter
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from timematters.config import Config
+from timematters.config import Config, validate
 from timematters.data.build import build_dataset
+from timematters.data.dataset import VideoDataset
 from timematters.data.video import DecoderUnavailable, VideoDecodeError
-from timematters.data.videolist import VideoDataset
 
 SHOWN = 10  # examples printed per kind of problem
 
@@ -60,6 +60,7 @@ def check_dataset(
     ``decode=False`` skips decoding; ``limit`` > 0 decodes only the first ``limit`` videos of each
     split.
     """
+    validate(cfg)
     data = cfg.data
     print(f"dataset: {data.dataset}")
     if data.dataset == "synthetic":

@@ -12,7 +12,8 @@ trains on hard labels): RandAugment, RandomResizedCrop, optional flip, normalisa
 resizes the short side to ``data.eval_short_side`` and takes the centre crop.
 
 Table 4 reports top-1 on each variation and BG-Gap = acc(mixed_same) − acc(mixed_rand): how much
-accuracy a background of another class costs when the foreground stays.
+accuracy a background of another class costs when the foreground stays
+(``engine/backgrounds.py``).
 """
 
 from __future__ import annotations
@@ -23,17 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from timematters.config import Config
-from timematters.data.collate import BadVideo, collate_videos
+from timematters.data.collate import BadVideo
 from timematters.data.transforms import make_randaugment, normalise
-from timematters.engine.evaluate import evaluate
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
 _CLASS_FOLDER = re.compile(r"^(\d+)_")
@@ -153,127 +151,3 @@ class ImageEvalTransform:
         image = F.resize(tv_tensors.Image(image), [self.short_side], antialias=True)
         image = F.center_crop(image, [self.crop_size])
         return normalise(image[None], self.mean, self.std)
-
-
-def check_image_config(cfg: Config) -> None:
-    """Images are one-frame videos: the time-axis losses have nothing to act on."""
-    if cfg.model.num_frames != 1:
-        raise ValueError(
-            f"images are one-frame videos: set model.num_frames=1, not {cfg.model.num_frames}"
-        )
-    loss = cfg.loss
-    if loss.flow.weight != 0:
-        raise ValueError(
-            "the flow loss needs two frames or more: set loss.flow.weight=0 for images"
-        )
-    for name, part in (("order", loss.order), ("debias", loss.debias)):
-        if part.weight != 0 and part.axis != "space":
-            raise ValueError(
-                f"on images the {name} loss acts on patches: set loss.{name}.axis=space "
-                f"(or loss.{name}.weight=0)"
-            )
-
-
-def build_imagenet9_dataset(cfg: Config, split: str) -> ImageFolderDataset:
-    """The training folder (split "train") or the ``test_variation`` folder (split "val"/"test")."""
-    check_image_config(cfg)
-    data, in9 = cfg.data, cfg.data.imagenet9
-    if not data.root:
-        raise ValueError("the imagenet9 dataset needs data.root (the Backgrounds Challenge folder)")
-    root = Path(data.root)
-    if split == "train":
-        transform = ImageTrainTransform(
-            data.crop_size, in9.min_crop_scale, data.hflip, data.randaugment_ops,
-            data.randaugment_magnitude, data.mean, data.std,
-        )  # fmt: skip
-        return ImageFolderDataset(root / in9.train_dir, transform)
-    if split not in ("val", "test"):
-        raise ValueError(f"unknown split {split!r}; choose one of train, val, test")
-    return variation_dataset(cfg, in9.test_variation)
-
-
-def variation_dataset(
-    cfg: Config, variation: str, classes: list[str] | None = None
-) -> ImageFolderDataset:
-    """One test variation, ``<root>/<variation>/val``, with the evaluation transform."""
-    data = cfg.data
-    transform = ImageEvalTransform(data.crop_size, data.eval_short_side, data.mean, data.std)
-    return ImageFolderDataset(Path(data.root) / variation / "val", transform, classes)
-
-
-def bg_gap(accuracy: dict[str, float]) -> float:
-    """BG-Gap (Table 4): top-1 on mixed_same minus top-1 on mixed_rand, in points."""
-    return accuracy["mixed_same"] - accuracy["mixed_rand"]
-
-
-def evaluate_backgrounds(
-    model: nn.Module,
-    cfg: Config,
-    classes: list[str],
-    device: torch.device | str = "cpu",
-    variations: tuple[str, ...] | None = None,
-) -> dict[str, float]:
-    """Top-1 (%) of ``model`` on each variation (``data.imagenet9.variations``), and BG-Gap.
-
-    The one evaluation (``engine.evaluate``) runs each folder; images have one frame, so its
-    shuffled pass is the identity and only its original top-1 is kept.
-    """
-    device = torch.device(device)
-    variations = tuple(variations or cfg.data.imagenet9.variations)
-    accuracy = {}
-    for variation in variations:
-        loader = DataLoader(
-            variation_dataset(cfg, variation, classes),
-            batch_size=cfg.eval.batch_size,
-            num_workers=cfg.data.num_workers,
-            collate_fn=collate_videos,
-        )
-        result = evaluate(model, loader, device, classes, seed=cfg.eval.seed)
-        accuracy[variation] = result.metrics()["all"]["top1"]
-    if {"mixed_same", "mixed_rand"} <= set(accuracy):
-        accuracy["bg_gap"] = bg_gap(accuracy)
-    return accuracy
-
-
-def evaluate_backgrounds_checkpoint(
-    cfg: Config, checkpoint: str | Path, device: torch.device | str | None = None
-) -> dict[str, float]:
-    """``evaluate_backgrounds`` for a saved run (``checkpoints/last.pth`` of ``train``); the device
-    defaults to ``train.device`` ("auto": CUDA when available)."""
-    from timematters.engine.distributed import resolve_device
-    from timematters.engine.train import load_model_from_checkpoint  # the engine imports data/
-
-    model, classes = load_model_from_checkpoint(cfg, checkpoint)
-    if not classes:  # a checkpoint without class names: the folders name them
-        classes = read_class_folders(Path(cfg.data.root) / cfg.data.imagenet9.variations[0] / "val")
-    if device is None:
-        device = resolve_device(cfg.train.device)
-    return evaluate_backgrounds(model.to(device), cfg, classes, device)
-
-
-_ROW_NAMES = {
-    "original": "Original ↑",
-    "only_fg": "Only-FG ↑",
-    "no_fg": "No-FG",
-    "only_bg_b": "Only-BG-B",
-    "only_bg_t": "Only-BG-T",
-    "mixed_same": "Mixed-Same ↑",
-    "mixed_rand": "Mixed-Rand ↑",
-    "mixed_next": "Mixed-Next ↑",
-    "bg_gap": "BG-Gap ↓",
-}
-
-
-def format_backgrounds_table(columns: dict[str, dict[str, float]]) -> str:
-    """Markdown in the layout of the paper's Table 4: a row per variation (and BG-Gap), a column per
-    model; later columns show their difference to the first in brackets."""
-    names = list(columns)
-    first = columns[names[0]]
-    lines = ["| Dataset | " + " | ".join(names) + " |", "|" + " --- |" * (1 + len(names))]
-    for row in first:
-        cells = [f"{first[row]:.1f}"]
-        for name in names[1:]:
-            value = columns[name][row]
-            cells.append(f"{value:.1f} ({value - first[row]:+.1f})")
-        lines.append(f"| {_ROW_NAMES.get(row, row)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)

@@ -13,7 +13,7 @@ import csv
 from pathlib import Path
 from typing import Any, Literal
 
-from timematters.data.videolist import VideoDataset, VideoSample, index_videos, report_missing
+from timematters.data.dataset import VideoDataset, VideoSample, index_videos, report_missing
 
 Split = Literal["train", "val", "test"]
 _SPLIT_WORDS = {"train": ("train",), "val": ("validate", "val"), "test": ("test",)}

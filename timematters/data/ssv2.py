@@ -16,8 +16,8 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
+from timematters.data.dataset import VideoDataset, VideoSample, index_videos, report_missing
 from timematters.data.subsets import SUBSETS, match_subset
-from timematters.data.videolist import VideoDataset, VideoSample, index_videos, report_missing
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,10 @@ class SSv2Dataset(VideoDataset):
             if self.unmatched_subset_names[name]:
                 log.warning(
                     "SSv2 %s subset: %d names match no class in labels.json: %s",
-                    name, len(self.unmatched_subset_names[name]), self.unmatched_subset_names[name],
-                )  # fmt: skip
+                    name,
+                    len(self.unmatched_subset_names[name]),
+                    self.unmatched_subset_names[name],
+                )
         if subset != "all":
             if subset not in SUBSETS:
                 raise ValueError(f"unknown SSv2 subset {subset!r}; choose all, temporal or static")

@@ -27,17 +27,15 @@ from __future__ import annotations
 
 import colorsys
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
-from timematters.config import Config
 from timematters.data.transforms import frames_to_video, normalise
-from timematters.flow import FarnebackParams, clip_flow_labels
-from timematters.flow.labels import farneback_params
 
 CLASSES = (
     "moving something and something closer to each other",
@@ -75,7 +73,7 @@ _SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
 @dataclass
-class _Layer:
+class Layer:
     """One sprite and where it is in each frame."""
 
     sprite: np.ndarray  # premultiplied RGBA [n, n, 4] float32, object radius n/2 - 1 pixels
@@ -87,6 +85,7 @@ def render_clip(
     label: int,
     background: int,
     seed: int | Sequence[int],
+    *,
     img_size: int = 64,
     num_frames: int = 8,
     object_contrast: float = 0.3,
@@ -107,7 +106,7 @@ def render_clip(
     if num_frames < 2:
         raise ValueError(f"num_frames must be at least 2, got {num_frames}")
     rng = np.random.default_rng(seed)
-    frame = _background(background, img_size, rng)
+    frame = background_texture(background, img_size, rng)
     progress = np.arange(num_frames) / (num_frames - 1)  # the same floats in both directions
     if label in _REVERSED:
         progress = progress[::-1]
@@ -119,12 +118,12 @@ def render_clip(
         layers = _covering(progress, img_size, rng, object_contrast)
     else:
         layers = _drifting(_STATIC_SHAPES[label], num_frames, img_size, rng, object_contrast)
-    return _composite(frame, layers, num_frames)
+    return composite_layers(frame, layers, num_frames)
 
 
 def _closer(
     progress: np.ndarray, size: int, rng: np.random.Generator, contrast: float
-) -> list[_Layer]:
+) -> list[Layer]:
     """Two objects on a line through a fixed midpoint; their gap shrinks as p goes 0 -> 1."""
     radius_a, radius_b = rng.uniform(0.12, 0.16, 2) * size
     axis = rng.uniform(0, math.pi)
@@ -136,13 +135,13 @@ def _closer(
     offsets = (far + (near - far) * progress)[:, None] / 2 * direction  # [T, 2]
     steady = np.ones(len(progress))
     return [
-        _Layer(
-            _object_sprite("ellipse", radius_a, rng, contrast),
+        Layer(
+            object_sprite("ellipse", radius_a, rng, contrast),
             midpoint - offsets,
             radius_a * steady,
         ),
-        _Layer(
-            _object_sprite("ellipse", radius_b, rng, contrast),
+        Layer(
+            object_sprite("ellipse", radius_b, rng, contrast),
             midpoint + offsets,
             radius_b * steady,
         ),
@@ -151,7 +150,7 @@ def _closer(
 
 def _towards_camera(
     progress: np.ndarray, size: int, rng: np.random.Generator, contrast: float
-) -> list[_Layer]:
+) -> list[Layer]:
     """One object that grows steadily (its edge moves ~2 px per frame at 64²) as p goes 0 -> 1."""
     radius_near = rng.uniform(0.26, 0.32) * size
     radius_far = rng.uniform(0.07, 0.10) * size
@@ -159,12 +158,12 @@ def _towards_camera(
     drift = rng.uniform(-0.08, 0.08, 2) * size
     radii = radius_far + (radius_near - radius_far) * progress
     centres = start + progress[:, None] * drift
-    return [_Layer(_object_sprite("ellipse", radius_near, rng, contrast), centres, radii)]
+    return [Layer(object_sprite("ellipse", radius_near, rng, contrast), centres, radii)]
 
 
 def _covering(
     progress: np.ndarray, size: int, rng: np.random.Generator, contrast: float
-) -> list[_Layer]:
+) -> list[Layer]:
     """A still object and a large square cloth that slides over it as p goes 0 -> 1."""
     radius = rng.uniform(0.10, 0.14) * size
     centre = rng.uniform(0.3, 0.7, 2) * size
@@ -172,13 +171,13 @@ def _covering(
     angle = rng.uniform(0, 2 * math.pi)
     travel = rng.uniform(0.40, 0.48) * size  # ~4 px per frame at 64²
     offset = travel * np.array([math.cos(angle), math.sin(angle)])
-    thing = _Layer(
-        _object_sprite("ellipse", radius, rng, contrast),
+    thing = Layer(
+        object_sprite("ellipse", radius, rng, contrast),
         np.tile(centre, (len(progress), 1)),
         np.full(len(progress), radius),
     )
-    cloth = _Layer(
-        _object_sprite("square", cloth_radius, rng, contrast),
+    cloth = Layer(
+        object_sprite("square", cloth_radius, rng, contrast),
         centre + (1 - progress)[:, None] * offset,
         np.full(len(progress), cloth_radius),
     )
@@ -187,7 +186,7 @@ def _covering(
 
 def _drifting(
     shape: str, num_frames: int, size: int, rng: np.random.Generator, contrast: float
-) -> list[_Layer]:
+) -> list[Layer]:
     """One object drifting at a constant velocity drawn independently of its class."""
     radius = rng.uniform(0.13, 0.18) * size
     angle = rng.uniform(0, 2 * math.pi)
@@ -197,7 +196,7 @@ def _drifting(
     steps = np.arange(num_frames) - (num_frames - 1) / 2
     centres = middle + steps[:, None] * velocity
     return [
-        _Layer(_object_sprite(shape, radius, rng, contrast), centres, np.full(num_frames, radius))
+        Layer(object_sprite(shape, radius, rng, contrast), centres, np.full(num_frames, radius))
     ]
 
 
@@ -207,7 +206,7 @@ def _uniform_in_frame(extent: np.ndarray, size: int, rng: np.random.Generator) -
     return rng.uniform(low, size - 1 - low)
 
 
-def _composite(frame: np.ndarray, layers: list[_Layer], num_frames: int) -> np.ndarray:
+def composite_layers(frame: np.ndarray, layers: list[Layer], num_frames: int) -> np.ndarray:
     """Paste each layer's sprite (bilinear, sub-pixel) over the still background, in order."""
     size = frame.shape[0]
     clip = np.empty((num_frames, size, size, 3), np.uint8)
@@ -222,15 +221,19 @@ def _composite(frame: np.ndarray, layers: list[_Layer], num_frames: int) -> np.n
                 [[scale, 0.0, x - scale * (n - 1) / 2], [0.0, scale, y - scale * (n - 1) / 2]]
             )
             rgba = cv2.warpAffine(
-                layer.sprite, warp, (size, size), flags=cv2.INTER_LINEAR,
-                borderMode=cv2.BORDER_CONSTANT, borderValue=0,
-            )  # fmt: skip
+                layer.sprite,
+                warp,
+                (size, size),
+                flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=0,
+            )
             canvas = canvas * (1 - rgba[..., 3:]) + rgba[..., :3]
         clip[t] = np.clip(canvas * 255 + 0.5, 0, 255).astype(np.uint8)
     return clip
 
 
-def _background(index: int, size: int, rng: np.random.Generator) -> np.ndarray:
+def background_texture(index: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """Background ``index`` with a fresh phase: float32 RGB [H, W, 3] in [0, 1]."""
     pattern, dark, light = BACKGROUNDS[index]
     period = rng.uniform(0.14, 0.22) * size
@@ -240,7 +243,7 @@ def _background(index: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(dark + (light - dark) * mix + grain, 0, 1)
 
 
-def _object_sprite(
+def object_sprite(
     shape: str, radius: float, rng: np.random.Generator, contrast: float
 ) -> np.ndarray:
     """A textured, anti-aliased object of on-screen radius ``radius``: premultiplied RGBA.
@@ -348,25 +351,22 @@ class SyntheticVideoDataset(Dataset):
     """The synthetic benchmark as a map-style dataset; clips are rendered on demand.
 
     Items: ``video`` float [C, T, H, W] normalised with ``mean`` and ``std``, ``label``,
-    ``video_id``, ``index`` and, with ``flow_labels=True``, ``flow_labels`` int64 [T-1, S] (OpenCV
-    Farnebäck on the clip as rendered: it needs no augmentation, so it is the final input).
+    ``video_id``, ``index`` and, with a ``flow_labels`` labeller (a clip -> labels callable such as
+    ``FlowLabeller``), ``flow_labels`` int64 [T-1, S] of the clip as rendered (it needs no
+    augmentation, so it is the final input).
     """
 
     def __init__(
         self,
         split: str,
         num_clips: int,
+        *,
         img_size: int = 64,
         num_frames: int = 8,
         spurious_rate: float = 0.5,
         seed: int = 0,
         object_contrast: float = 0.3,
-        flow_labels: bool = False,
-        patch_size: int = 8,
-        flow_params: FarnebackParams | None = None,  # None: the released parameters
-        flow_threshold: str = "relative",
-        relative_fraction: float = 0.01,
-        absolute_tau: float = 0.5,
+        flow_labels: Callable[[np.ndarray], torch.Tensor] | None = None,
         mean: tuple[float, ...] = (0.5, 0.5, 0.5),
         std: tuple[float, ...] = (0.5, 0.5, 0.5),
     ):
@@ -380,11 +380,6 @@ class SyntheticVideoDataset(Dataset):
         self.seed = seed
         self.object_contrast = object_contrast
         self.flow_labels = flow_labels
-        self.patch_size = patch_size
-        self.flow_params = flow_params or FarnebackParams()
-        self.flow_threshold = flow_threshold
-        self.relative_fraction = relative_fraction
-        self.absolute_tau = absolute_tau
         self.mean, self.std = mean, std
         self.classes = list(CLASSES)
         self.subsets = {"temporal": list(TEMPORAL), "static": list(STATIC)}
@@ -407,9 +402,9 @@ class SyntheticVideoDataset(Dataset):
             int(self.labels[index]),
             int(self.backgrounds[index]),
             (self.seed, _SPLITS[self.split], index),
-            self.img_size,
-            self.num_frames,
-            self.object_contrast,
+            img_size=self.img_size,
+            num_frames=self.num_frames,
+            object_contrast=self.object_contrast,
         )
 
     def __getitem__(self, index: int) -> dict:
@@ -420,35 +415,6 @@ class SyntheticVideoDataset(Dataset):
             "video_id": f"synthetic-{self.split}-{index:05d}",
             "index": index,
         }
-        if self.flow_labels:
-            item["flow_labels"] = clip_flow_labels(
-                clip, self.patch_size, self.flow_params, self.flow_threshold,
-                self.relative_fraction, self.absolute_tau,
-            )  # fmt: skip
+        if self.flow_labels is not None:
+            item["flow_labels"] = self.flow_labels(clip)
         return item
-
-
-def build_synthetic_dataset(
-    cfg: Config, split: str, flow_labels: bool, patch_size: int
-) -> SyntheticVideoDataset:
-    """One split of the benchmark: ``cfg.data.synthetic`` sizes it, frames are ``data.crop_size``
-    pixels, clips ``model.num_frames`` long, and ``cfg.flow`` makes the flow labels."""
-    syn, flow = cfg.data.synthetic, cfg.flow
-    params = farneback_params(flow)
-    return SyntheticVideoDataset(
-        split,
-        syn.num_train if split == "train" else syn.num_test,
-        img_size=cfg.data.crop_size,
-        num_frames=cfg.model.num_frames,
-        spurious_rate=syn.spurious_rate,
-        seed=syn.seed,
-        object_contrast=syn.object_contrast,
-        flow_labels=flow_labels,
-        patch_size=patch_size,
-        flow_params=params,
-        flow_threshold=flow.threshold,
-        relative_fraction=flow.relative_fraction,
-        absolute_tau=flow.absolute_tau,
-        mean=cfg.data.mean,
-        std=cfg.data.std,
-    )

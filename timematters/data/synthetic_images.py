@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torchvision.io import write_png
 
-from timematters.data.synthetic import _background, _composite, _Layer, _object_sprite
+from timematters.data.synthetic import Layer, background_texture, composite_layers, object_sprite
 
 SHAPES = ("ellipse", "square", "triangle", "cross", "ring")
 CLASSES = tuple(f"{i:02d}_{shape}" for i, shape in enumerate(SHAPES))
@@ -39,31 +39,35 @@ VARIATIONS = ("original", "only_fg", "mixed_same", "mixed_rand", "mixed_next", "
 _SPLITS = {"train": 0, "val": 1}
 
 
-def render_foreground(label: int, rng: np.random.Generator, img_size: int = 64) -> _Layer:
+def render_foreground(label: int, rng: np.random.Generator, img_size: int = 64) -> Layer:
     """The object of one image: class ``label``'s shape in one random colour, and where it lies."""
     radius = rng.uniform(0.25, 0.35) * img_size
     centre = rng.uniform(radius, img_size - radius, 2)
     # The shape, randomly rotated (its alpha; the texture depth does not change the draws).
-    alpha = _object_sprite(SHAPES[label], radius, rng, contrast=0.0)[..., 3:]
+    alpha = object_sprite(SHAPES[label], radius, rng, contrast=0.0)[..., 3:]
     # One flat colour: the benchmark's textured fill hides the outline from a tiny ViT trained
     # for minutes, and the outline is what tells the classes apart.
     colour = np.array(
         colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.6, 0.9), rng.uniform(0.8, 1))
     )
     sprite = np.concatenate([colour.astype(np.float32) * alpha, alpha], axis=-1)
-    return _Layer(sprite, centre[None], np.array([radius]))
+    return Layer(sprite, centre[None], np.array([radius]))
 
 
-def render_background(cls: int | None, rng: np.random.Generator, img_size: int = 64) -> np.ndarray:
+def renderbackground_texture(
+    cls: int | None, rng: np.random.Generator, img_size: int = 64
+) -> np.ndarray:
     """Class ``cls``'s background texture, or black for None: float32 RGB [H, W, 3] in [0, 1]."""
     if cls is None:
         return np.zeros((img_size, img_size, 3), np.float32)
-    return _background(CLASS_BACKGROUNDS[cls], img_size, rng)
+    return background_texture(CLASS_BACKGROUNDS[cls], img_size, rng)
 
 
-def compose(background: np.ndarray, foreground: _Layer | None) -> np.ndarray:
+def compose(background: np.ndarray, foreground: Layer | None) -> np.ndarray:
     """The object pasted over the background: uint8 RGB [H, W, 3]."""
-    return _composite(background, [foreground] if foreground is not None else [], num_frames=1)[0]
+    return composite_layers(
+        background, [foreground] if foreground is not None else [], num_frames=1
+    )[0]
 
 
 def assign_backgrounds(
@@ -124,7 +128,7 @@ def write_backgrounds_tree(
                 image_seed = (seed, _SPLITS[split], index)
                 scene_rng = np.random.default_rng((*image_seed, 1, scene_id))
                 cls = background_class(variation, int(label), int(background), scene_rng)
-                scene = render_background(cls, scene_rng, img_size)
+                scene = renderbackground_texture(cls, scene_rng, img_size)
                 fg = None
                 if variation != "only_bg_t":
                     fg = render_foreground(int(label), np.random.default_rng(image_seed), img_size)

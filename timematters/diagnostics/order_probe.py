@@ -25,6 +25,7 @@ from tqdm import tqdm
 def frame_features(
     models: Sequence[nn.Module],
     loader: Iterable[dict],
+    *,
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
@@ -95,6 +96,7 @@ def fit_order_probe(fit: torch.Tensor, held_out: torch.Tensor, l2: float = 1e-3)
 
 def order_probe(
     models: Sequence[nn.Module],
+    *,
     fit_loader: Iterable[dict],
     held_out_loader: Iterable[dict],
     device: torch.device,
@@ -105,8 +107,9 @@ def order_probe(
 
     Models whose token grid has a single frame (image models) have no order to probe: ``{}``.
     """
-    fit = frame_features(models, fit_loader, device, autocast_dtype, progress)
-    held_out = frame_features(models, held_out_loader, device, autocast_dtype, progress)
+    options = dict(device=device, autocast_dtype=autocast_dtype, progress=progress)
+    fit = frame_features(models, fit_loader, **options)
+    held_out = frame_features(models, held_out_loader, **options)
     return [
         {name: fit_order_probe(f[name], h[name]) for name in f} if f["final"].shape[1] > 1 else {}
         for f, h in zip(fit, held_out, strict=True)

@@ -101,9 +101,11 @@ def plot_confidence_gap_histogram(histograms: dict[str, dict[str, dict]], out: s
         ax.axvline(0.0, color="grey", lw=0.8, ls=":")
         ax.set_xticks(np.linspace(-1, 1, 5))
         ax.set(
-            title=subset, xlim=(-1, 1), xlabel="confidence gap (original - shuffled)",
+            title=subset,
+            xlim=(-1, 1),
+            xlabel="confidence gap (original - shuffled)",
             ylabel="probability mass",
-        )  # fmt: skip
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, out)
@@ -121,9 +123,11 @@ def plot_order_probe(
     if chance is not None:
         ax.axhline(chance, color="grey", ls=":", label=f"chance ({chance:.1f}%)")
     ax.set(
-        xlabel="block", ylabel="frame-order accuracy (%)", ylim=(0, 105),
+        xlabel="block",
+        ylabel="frame-order accuracy (%)",
+        ylim=(0, 105),
         title="temporal order kept by each block",
-    )  # fmt: skip
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, out)

@@ -19,21 +19,16 @@ import torch
 from einops import rearrange
 from torch.utils.data import DataLoader, Subset
 
-from timematters.config import Config
+from timematters.config import Config, validate
 from timematters.data.build import build_dataset
 from timematters.data.collate import BadVideo, collate_videos
 from timematters.diagnostics import plots
 from timematters.diagnostics.confidence import confidence_gaps
 from timematters.diagnostics.gradcam import video_gradcam
 from timematters.diagnostics.order_probe import order_probe
-from timematters.engine.distributed import resolve_device
+from timematters.engine.distributed import autocast_dtype, resolve_device
 from timematters.engine.evaluate import EvalResult, evaluate, format_table
-from timematters.engine.train import (
-    autocast_dtype,
-    load_model_from_checkpoint,
-    model_patch_size,
-    token_frames,
-)
+from timematters.engine.model import load_model_from_checkpoint, model_patch_size
 
 
 def run_diagnose(
@@ -60,6 +55,7 @@ def run_diagnose(
         (the training run's final evaluation), so the test set is not run again.
     Returns the data written to ``diagnose.json``.
     """
+    validate(cfg)
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,10 +88,15 @@ def run_diagnose(
         for name, model in models.items():
             print(f"[diagnose] shuffle test: {name} ...", flush=True)
             result = evaluate(
-                model, loader(test_set), device, test_set.classes, subsets,
-                shuffle=cfg.eval.shuffle, aggregation=cfg.eval.aggregation, seed=cfg.eval.seed,
-                autocast_dtype=amp, progress=cfg.train.progress,
-            )  # fmt: skip
+                model,
+                loader(test_set),
+                classes=test_set.classes,
+                subsets=subsets,
+                settings=cfg.eval,
+                device=device,
+                autocast_dtype=amp,
+                progress=cfg.train.progress,
+            )
             evaluations.append(result)
     evaluations = dict(zip(names, evaluations, strict=True))
     data = {
@@ -113,14 +114,16 @@ def run_diagnose(
         held_out_count = min(probe_held_out_clips, len(test_set) - fit_count)
         accuracies = order_probe(
             list(models.values()),
-            loader(Subset(test_set, range(fit_count))),
-            loader(Subset(test_set, range(fit_count, fit_count + held_out_count))),
-            device, amp, cfg.train.progress,
-        )  # fmt: skip
+            fit_loader=loader(Subset(test_set, range(fit_count))),
+            held_out_loader=loader(Subset(test_set, range(fit_count, fit_count + held_out_count))),
+            device=device,
+            autocast_dtype=amp,
+            progress=cfg.train.progress,
+        )
         data["order_probe"] = {
             "fit_clips": fit_count,
             "held_out_clips": held_out_count,
-            "chance": {name: 100.0 / token_frames(model) for name, model in models.items()},
+            "chance": {name: 100.0 / model.token_frames for name, model in models.items()},
             "accuracy": dict(zip(models, accuracies, strict=True)),
         }
 

@@ -1,4 +1,5 @@
-"""torchrun + DistributedDataParallel plumbing: one process per device, rank 0 writes.
+"""Devices and processes: torchrun + DistributedDataParallel plumbing (one process per device,
+rank 0 writes), the device to run on and its mixed-precision type.
 
 ``torchrun --nproc_per_node=N`` sets RANK / WORLD_SIZE / LOCAL_RANK; without them everything runs
 in one process. NCCL on GPUs, gloo on the CPU. Multi-node is torchrun's rendezvous flags.
@@ -35,6 +36,17 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     if name == "cuda":
         return torch.device("cuda", local_rank)
     return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 where supported, fp16 (with a scaler) otherwise, off on the CPU unless asked for."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def setup_distributed(device: str = "auto") -> DistInfo:

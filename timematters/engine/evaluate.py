@@ -17,6 +17,7 @@ from einops import rearrange, repeat
 from torch import nn
 from tqdm import tqdm
 
+from timematters.config import EvalConfig
 from timematters.losses.shuffle import sample_frame_permutations, shuffle_frames
 
 
@@ -54,6 +55,10 @@ class EvalResult:
             }
         return out
 
+    def table(self, name: str) -> str:
+        """This result as one row of ``format_table``."""
+        return format_table({name: self.metrics()})
+
     def confidence_gap(self) -> np.ndarray:
         """Per clip: confidence in the true class on the original minus on the shuffled clip (Fig. 1c)."""
         rows = np.arange(len(self.labels))
@@ -82,19 +87,26 @@ def _aggregate(logits: torch.Tensor, mode: str) -> torch.Tensor:
 def evaluate(
     model: nn.Module,
     loader,
-    device: torch.device,
+    *,
     classes: list[str],
     subsets: dict[str, list[int]] | None = None,
-    shuffle: str = "per_sample",
-    aggregation: str = "logits",
-    seed: int = 0,
+    settings: EvalConfig | None = None,
+    device: torch.device | None = None,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
 ) -> EvalResult:
-    """Run ``model`` (video -> logits) on every clip, in order and frame-shuffled."""
+    """Run ``model`` (video -> logits) on every clip, in order and frame-shuffled.
+
+    settings: how clips are shuffled (``shuffle``, ``seed``) and views aggregated
+        (``aggregation``); the ``eval`` section of the config.
+    device: where the model runs (default: where its parameters are).
+    """
+    settings = settings or EvalConfig()
+    if device is None:
+        device = next(model.parameters(), torch.empty(0)).device
     was_training = model.training
     model.eval()
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(settings.seed)
     labels, probs, shuffled_probs = [], [], []
     autocast = (
         torch.autocast(device.type, dtype=autocast_dtype)
@@ -107,14 +119,14 @@ def evaluate(
             video = video[:, None]  # one view
         B, V, _, T = video.shape[:4]
         views = rearrange(video, "b v c t h w -> (b v) c t h w")
-        perms = repeat(sample_frame_permutations(B, T, shuffle, generator), "b t -> (b v) t", v=V)
+        perms = sample_frame_permutations(B, T, settings.shuffle, generator)
+        perms = repeat(perms, "b t -> (b v) t", v=V)
         with autocast:
             logits = model(views)
             shuffled_logits = model(shuffle_frames(views, perms=perms)[0])
-        probs.append(_aggregate(rearrange(logits, "(b v) k -> b v k", b=B), aggregation).cpu())
-        shuffled_probs.append(
-            _aggregate(rearrange(shuffled_logits, "(b v) k -> b v k", b=B), aggregation).cpu()
-        )
+        for out, view_logits in ((probs, logits), (shuffled_probs, shuffled_logits)):
+            per_clip = rearrange(view_logits, "(b v) k -> b v k", b=B)
+            out.append(_aggregate(per_clip, settings.aggregation).cpu())
         labels.append(batch["label"].cpu())
     model.train(was_training)
 

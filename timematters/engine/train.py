@@ -1,47 +1,52 @@
-"""The training loop: setup, ``train_one_epoch``, evaluation and checkpoints (STYLE 9).
+"""The training loop: ``setup_run``, ``train_one_epoch``, ``train_step``, evaluation and
+checkpoints (STYLE 9, in the spirit of MAE's ``engine_finetune.py``).
 
 One loop serves `timematters train`, the demo and the benchmarks. It runs alone or as one of N
-torchrun processes (DistributedDataParallel); rank 0 writes the run folder.
+torchrun processes (DistributedDataParallel); rank 0 writes the run folder. Everything a run holds
+lives in one ``Run``, built once by ``setup_run``; the functions below take it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import math
-import random
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from timematters.backbones import create_backbone
 from timematters.backbones.pretrained import load_pretrained
-from timematters.config import Config, ModelConfig, config_to_dict, merge, save_config
-from timematters.data.build import build_dataset
+from timematters.config import Config, config_to_dict, save_config, validate
+from timematters.data.build import build_dataset, build_flow_labeller
 from timematters.data.collate import BadVideoLog, batch_size, collate_videos
+from timematters.data.samplers import SeededSamples, Shard, SkipFirst
 from timematters.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from timematters.engine.distributed import (
     DistInfo,
     all_reduce_mean,
     all_reduce_sum,
+    autocast_dtype,
     barrier,
     cleanup_distributed,
     setup_distributed,
 )
 from timematters.engine.evaluate import EvalResult, evaluate, format_table
+from timematters.engine.metrics import RunLog, flatten_metrics
+from timematters.engine.model import build_model, model_patch_size
 from timematters.engine.optim import build_optimizer, lr_at, set_lr
-from timematters.flow.farneback import batch_flow_labels, configure_opencv_threads
-from timematters.flow.labels import farneback_params
+from timematters.flow.farneback import configure_opencv_threads
+from timematters.flow.labeller import FlowLabeller
 from timematters.losses.objective import Objective, ObjectiveOutput, build_objective
+
+StepCallback = Callable[[int, dict[str, Any]], None]
 
 
 class TimeModel(nn.Module):
@@ -58,154 +63,52 @@ class TimeModel(nn.Module):
         return self.objective(self.backbone, batch, generator)
 
 
-def backbone_kwargs(cfg: Config, num_classes: int) -> dict[str, Any]:
-    kwargs = {
-        **cfg.model.kwargs,
-        "num_classes": num_classes,
-        "num_frames": cfg.model.num_frames,
-        "img_size": cfg.data.crop_size,
-    }
-    if cfg.model.drop_path_rate is not None:
-        kwargs["drop_path_rate"] = cfg.model.drop_path_rate
-    return kwargs
-
-
-def model_patch_size(cfg: Config) -> int:
-    """The backbone's patch size, read from a parameter-free build on the meta device."""
-    with torch.device("meta"):
-        return create_backbone(cfg.model.name, **backbone_kwargs(cfg, num_classes=1)).patch_size
-
-
-def token_frames(model: nn.Module) -> int:
-    """Frames in the token grid (fewer than input frames with Motionformer's 2-frame tubelets)."""
-    return model.num_frames // getattr(model, "tubelet_size", 1)
-
-
-def build_model(cfg: Config, num_classes: int) -> nn.Module:
-    model = create_backbone(cfg.model.name, **backbone_kwargs(cfg, num_classes))
-    if cfg.model.pretrained:
-        load_pretrained(model, cfg.model.pretrained)
-    return model
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 where supported, fp16 (with a scaler) otherwise, off on the CPU unless asked for."""
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-class _SeededSamples(Dataset):
-    """Seeds each sample's randomness from (seed, epoch, index).
-
-    Augmentation then does not depend on which worker draws a clip, so a resumed run sees the
-    same clips as an uninterrupted one. The caller's RNG states are left untouched.
-    """
-
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset = dataset
-        self.seed = seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> Any:
-        sample_seed = (self.seed * 1_000_003 + self.epoch) * 1_000_003 + index
-        py_state, np_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
-            random.seed(sample_seed)
-            np.random.seed(sample_seed % 2**32)
-            try:
-                return self.dataset[index]
-            finally:
-                random.setstate(py_state)
-                np.random.set_state(np_state)
-
-
-class _SkipFirst(Sampler):
-    """The first ``skip`` indices of a sampler dropped: a run resumed mid-epoch continues there."""
-
-    def __init__(self, sampler: Sampler, skip: int):
-        self.sampler = sampler
-        self.skip = skip
-
-    def __iter__(self):
-        return itertools.islice(iter(self.sampler), self.skip, None)
-
-    def __len__(self) -> int:
-        return max(len(self.sampler) - self.skip, 0)
-
-
-class _Shard(Sampler):
-    """Every world_size-th index from rank on, in order, without padding (evaluation)."""
-
-    def __init__(self, size: int, rank: int, world_size: int):
-        self.indices = list(range(rank, size, world_size))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
+class NonFiniteLossError(RuntimeError):
+    pass
 
 
 @dataclass
-class _Progress:
+class Progress:
     epoch: int = 0
     step: int = 0  # optimizer steps done
     nonfinite_steps: int = 0
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+@dataclass
+class Run:
+    """One training run: the config, the model and its optimiser, the data, the logs."""
 
+    cfg: Config
+    info: DistInfo
+    run_dir: Path
+    model: TimeModel
+    ddp_model: nn.Module  # ``model``, wrapped for DDP when there are several processes
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    train_set: SeededSamples
+    sampler: DistributedSampler
+    eval_loader: DataLoader
+    classes: list[str]
+    subsets: dict[str, list[int]]
+    local_batch: int  # clips per process and micro-batch
+    steps_per_epoch: int
+    flow_on_device: FlowLabeller | None  # flow.backend=torch: labels made in the step
+    log: RunLog
+    bad_log: BadVideoLog
+    progress: Progress = field(default_factory=Progress)
+    step_callback: StepCallback | None = None
 
-def _step_generator(seed: int, step: int) -> torch.Generator:
-    """Frame shuffles drawn from (seed, step): identical on every rank and after a resume."""
-    return torch.Generator().manual_seed(seed * 7_919 + step)
-
-
-class _RunLog:
-    """JSON lines (the source of plots and reports) and TensorBoard events; rank 0 only."""
-
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
-        self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
-        self.writer = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:  # tensorboard is an optional extra
-                self.writer = None
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for key, value in record.items():
-                if isinstance(value, int | float) and key not in ("step", "epoch"):
-                    self.writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+    @property
+    def max_steps(self) -> float:
+        return self.cfg.train.max_steps or math.inf
 
 
 def train(
     cfg: Config,
     resume: str | Path | None = None,
     init_from: str | Path | None = None,
-    step_callback=None,
+    step_callback: StepCallback | None = None,
 ) -> dict[str, Any]:
     """Train (and evaluate) as ``cfg`` says; returns the final metrics and the run folder.
 
@@ -213,14 +116,24 @@ def train(
     init_from: a checkpoint or weights file to start from (weights only, embeddings resized).
     step_callback(step, record): called after every optimizer step (tests, the demo's progress).
     """
+    validate(cfg)
     info = setup_distributed(cfg.train.device)
     try:
-        return _train(cfg, info, resume, init_from, step_callback)
+        run = setup_run(cfg, info, resume=resume, init_from=init_from, step_callback=step_callback)
+        return fit(run)
     finally:
         cleanup_distributed()
 
 
-def _train(cfg: Config, info: DistInfo, resume, init_from, step_callback) -> dict[str, Any]:
+def setup_run(
+    cfg: Config,
+    info: DistInfo,
+    *,
+    resume: str | Path | None = None,
+    init_from: str | Path | None = None,
+    step_callback: StepCallback | None = None,
+) -> Run:
+    """Build everything a run needs, in the order that fixes its random draws."""
     run_dir = Path(cfg.train.out)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -231,8 +144,6 @@ def _train(cfg: Config, info: DistInfo, resume, init_from, step_callback) -> dic
     # Data. Flow labels come from the loader (OpenCV) or from the training step (torch).
     patch_size = model_patch_size(cfg)
     needs_flow = cfg.loss.flow.weight != 0
-    if needs_flow and cfg.model.kwargs.get("tubelet_size", 1) != 1:
-        raise ValueError("the flow loss needs one token frame per video frame (tubelet_size=1)")
     flow_in_loader = needs_flow and cfg.flow.backend == "opencv"
     if flow_in_loader:
         configure_opencv_threads(1)  # once, in the parent: forked workers would deadlock
@@ -240,21 +151,22 @@ def _train(cfg: Config, info: DistInfo, resume, init_from, step_callback) -> dic
     test_set = build_dataset(cfg, cfg.eval.split, flow_labels=False, patch_size=patch_size)
     num_classes = cfg.model.num_classes or len(train_set.classes)
 
-    model = build_model(cfg, num_classes)
+    backbone = build_model(cfg, num_classes)
     if init_from:
-        load_pretrained(model, init_from)
+        load_pretrained(backbone, init_from)
     objective = build_objective(
-        cfg.loss, model.embed_dim, token_frames(model), model.grid, model.patch_size
+        cfg.loss,
+        embed_dim=backbone.embed_dim,
+        num_frames=backbone.token_frames,
+        grid=backbone.grid,
+        patch_size=backbone.patch_size,
     )
-    time_model = TimeModel(model, objective).to(device)
-    ddp_model = (
-        DistributedDataParallel(
-            time_model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-        if info.enabled
-        else time_model
-    )
-    optimizer = build_optimizer(time_model, cfg.optim)
+    model = TimeModel(backbone, objective).to(device)
+    ddp_model = model
+    if info.enabled:
+        device_ids = [device.index] if device.type == "cuda" else None
+        ddp_model = DistributedDataParallel(model, device_ids=device_ids)
+    optimizer = build_optimizer(model, cfg.optim)
     amp_dtype = autocast_dtype(cfg.train.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
@@ -265,7 +177,7 @@ def _train(cfg: Config, info: DistInfo, resume, init_from, step_callback) -> dic
             f"processes x train.accumulation = {world} x {accumulation}"
         )
     local_batch = cfg.train.batch_size // (world * accumulation)
-    seeded_train = _SeededSamples(train_set, cfg.train.seed)
+    seeded_train = SeededSamples(train_set, cfg.train.seed)
     sampler = DistributedSampler(
         seeded_train,
         num_replicas=world,
@@ -274,205 +186,252 @@ def _train(cfg: Config, info: DistInfo, resume, init_from, step_callback) -> dic
         seed=cfg.train.seed,
         drop_last=True,
     )
-    batches_per_epoch = len(sampler) // local_batch
-    steps_per_epoch = batches_per_epoch // accumulation
+    steps_per_epoch = len(sampler) // local_batch // accumulation
     if steps_per_epoch == 0:
         raise ValueError(
             f"the training set ({len(train_set)} clips) is smaller than one global batch "
             f"({cfg.train.batch_size})"
         )
 
-    progress = _Progress()
+    progress = Progress()
     if resume:
         state = load_checkpoint(resume)
-        time_model.backbone.load_state_dict(state["model"])
-        time_model.objective.load_state_dict(state["objective"])
+        model.backbone.load_state_dict(state["model"])
+        model.objective.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
-        progress = _Progress(state["epoch"], state["step"], state["nonfinite_steps"])
+        progress = Progress(state["epoch"], state["step"], state["nonfinite_steps"])
         set_rng_state(state["rng"])
-    torch.manual_seed(
-        cfg.train.seed * 1_000 + info.rank + progress.step
-    )  # dropout differs per rank
+    torch.manual_seed(cfg.train.seed * 1_000 + info.rank + progress.step)  # dropout per rank
 
-    log = _RunLog(run_dir, info.is_main, cfg.train.tensorboard)
-    bad_log = BadVideoLog(run_dir / "bad_videos.jsonl")
     eval_loader = DataLoader(
         test_set,
         batch_size=cfg.eval.batch_size,
-        sampler=_Shard(len(test_set), info.rank, world),
+        sampler=Shard(len(test_set), info.rank, world),
         num_workers=cfg.data.num_workers,
         collate_fn=collate_videos,
     )
-    subsets = getattr(train_set, "subsets", {})
+    flow_on_device = None
+    if objective.needs_flow_labels and cfg.flow.backend == "torch":
+        flow_on_device = build_flow_labeller(cfg, backbone.patch_size)
+    return Run(
+        cfg=cfg,
+        info=info,
+        run_dir=run_dir,
+        model=model,
+        ddp_model=ddp_model,
+        optimizer=optimizer,
+        scaler=scaler,
+        amp_dtype=amp_dtype,
+        train_set=seeded_train,
+        sampler=sampler,
+        eval_loader=eval_loader,
+        classes=list(train_set.classes),
+        subsets=getattr(train_set, "subsets", {}),
+        local_batch=local_batch,
+        steps_per_epoch=steps_per_epoch,
+        flow_on_device=flow_on_device,
+        log=RunLog(run_dir, enabled=info.is_main, tensorboard=cfg.train.tensorboard),
+        bad_log=BadVideoLog(run_dir / "bad_videos.jsonl"),
+        progress=progress,
+        step_callback=step_callback,
+    )
 
-    def checkpoint(name: str) -> None:
-        if info.is_main:
-            save_checkpoint(
-                {
-                    "model": time_model.backbone.state_dict(),
-                    "objective": time_model.objective.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "epoch": progress.epoch,
-                    "step": progress.step,
-                    "nonfinite_steps": progress.nonfinite_steps,
-                    "config": config_to_dict(cfg),
-                    "classes": list(train_set.classes),
-                    "rng": rng_state(),
-                },
-                run_dir / "checkpoints" / name,
-            )
-        barrier()
 
-    def run_eval() -> EvalResult:
-        result = evaluate(
-            time_model.backbone, eval_loader, device, train_set.classes, subsets,
-            shuffle=cfg.eval.shuffle, aggregation=cfg.eval.aggregation, seed=cfg.eval.seed,
-            autocast_dtype=amp_dtype, progress=cfg.train.progress and info.is_main,
-        )  # fmt: skip
-        log.write(
-            {
-                "kind": "eval",
-                "epoch": progress.epoch,
-                "step": progress.step,
-                **_flatten(result.metrics()),
-            }
-        )
-        return result
-
-    max_steps = cfg.train.max_steps or math.inf
-    while progress.epoch < cfg.train.epochs and progress.step < max_steps:
+def fit(run: Run) -> dict[str, Any]:
+    """Epochs until ``train.epochs`` (or ``train.max_steps``), then the final evaluation."""
+    cfg, progress = run.cfg, run.progress
+    while progress.epoch < cfg.train.epochs and progress.step < run.max_steps:
         epoch = progress.epoch
-        seeded_train.epoch = epoch
-        sampler.set_epoch(epoch)
-        done_in_epoch = progress.step - epoch * steps_per_epoch
-        loader = DataLoader(
-            seeded_train,
-            batch_size=local_batch,
-            sampler=_SkipFirst(sampler, done_in_epoch * accumulation * local_batch),
-            num_workers=cfg.data.num_workers,
-            collate_fn=collate_videos,
-            drop_last=True,
-            pin_memory=device.type == "cuda",
-            persistent_workers=False,
-        )
-        train_one_epoch(
-            ddp_model, time_model, loader, optimizer, scaler, amp_dtype, cfg, info, progress,
-            steps_per_epoch, max_steps, log, bad_log, run_dir, step_callback, checkpoint,
-        )  # fmt: skip
-        if progress.step - epoch * steps_per_epoch < steps_per_epoch:
+        train_one_epoch(run, epoch_loader(run))
+        if progress.step - epoch * run.steps_per_epoch < run.steps_per_epoch:
             break  # stopped by max_steps inside the epoch
         progress.epoch += 1
-        checkpoint("last.pth")
+        save_run_checkpoint(run, "last.pth")
         every = cfg.train.eval_every_epochs
         if every and progress.epoch % every == 0 and progress.epoch < cfg.train.epochs:
-            run_eval()
+            evaluate_run(run)
 
-    checkpoint("last.pth")
-    result = run_eval()
+    save_run_checkpoint(run, "last.pth")
+    result = evaluate_run(run)
     metrics = result.metrics()
-    if info.is_main:
-        (run_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
-        (run_dir / "eval.md").write_text(format_table({cfg.model.name: metrics}) + "\n")
-        if bad_log.bad:
-            bad_log.write()
-    log.close()
-    return {"run_dir": run_dir, "metrics": metrics, "result": result, "steps": progress.step}
+    if run.info.is_main:
+        (run.run_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
+        (run.run_dir / "eval.md").write_text(format_table({cfg.model.name: metrics}) + "\n")
+        if run.bad_log.bad:
+            run.bad_log.write()
+    run.log.close()
+    return {"run_dir": run.run_dir, "metrics": metrics, "result": result, "steps": progress.step}
 
 
-def train_one_epoch(
-    ddp_model, time_model, loader, optimizer, scaler, amp_dtype, cfg, info, progress,
-    steps_per_epoch, max_steps, log, bad_log, run_dir, step_callback, checkpoint,
-) -> None:  # fmt: skip
-    device = info.device
-    accumulation = cfg.train.accumulation
-    epoch_end = (progress.epoch + 1) * steps_per_epoch
-    flow_on_device = time_model.objective.needs_flow_labels and cfg.flow.backend == "torch"
+def epoch_loader(run: Run) -> DataLoader:
+    """The training batches of the current epoch, from where a resumed run left off."""
+    epoch = run.progress.epoch
+    run.train_set.epoch = epoch
+    run.sampler.set_epoch(epoch)
+    done_in_epoch = run.progress.step - epoch * run.steps_per_epoch
+    skip = done_in_epoch * run.cfg.train.accumulation * run.local_batch
+    return DataLoader(
+        run.train_set,
+        batch_size=run.local_batch,
+        sampler=SkipFirst(run.sampler, skip),
+        num_workers=run.cfg.data.num_workers,
+        collate_fn=collate_videos,
+        drop_last=True,
+        pin_memory=run.info.device.type == "cuda",
+        persistent_workers=False,
+    )
+
+
+def train_one_epoch(run: Run, loader: DataLoader) -> None:
+    """Optimizer steps over ``loader`` until the epoch (or ``train.max_steps``) is done."""
+    cfg, progress = run.cfg, run.progress
+    epoch_end = min((progress.epoch + 1) * run.steps_per_epoch, run.max_steps)
     bar = tqdm(
         total=epoch_end - progress.step,
         desc=f"epoch {progress.epoch + 1}/{cfg.train.epochs}",
-        disable=not (cfg.train.progress and info.is_main),
+        disable=not (cfg.train.progress and run.info.is_main),
         leave=False,
     )
-    ddp_model.train()
-    sums: dict[str, torch.Tensor] = {}
-    micro, skipped, tic = 0, False, time.perf_counter()
+    run.ddp_model.train()
+    micro_batches: list[dict[str, Any]] = []
+    tic = time.perf_counter()
     for batch in loader:
-        if progress.step >= min(epoch_end, max_steps):
+        if progress.step >= epoch_end:
             break
-        bad_log.update(batch)
-        bad_log.check(cfg.data.max_bad_fraction, min_seen=cfg.train.batch_size)
+        run.bad_log.update(batch)
+        run.bad_log.check(cfg.data.max_bad_fraction, min_seen=cfg.train.batch_size)
         # A batch whose videos were all bad is skipped, by every rank together (DDP would hang).
         if all_reduce_sum(torch.tensor([float(batch_size(batch) == 0)])).item() > 0:
             continue
-        batch = _to_device(batch, device)
-        if flow_on_device:
-            batch["flow_labels"] = _flow_labels_on_device(
-                batch["video"], time_model.backbone.patch_size, cfg
-            )
-        set_lr(optimizer, lr_at(progress.step / steps_per_epoch, cfg.optim, cfg.train.epochs))
-
-        micro += 1
-        last_micro = micro % accumulation == 0
-        sync = ddp_model.no_sync() if info.enabled and not last_micro else contextlib.nullcontext()
-        with sync:
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                out = ddp_model(batch, _step_generator(cfg.train.seed, progress.step))
-            finite = (
-                all_reduce_sum(torch.isfinite(out.total.detach()).float().view(1)).item()
-                == info.world_size
-            )
-            if finite:
-                scaler.scale(out.total / accumulation).backward()
-            else:
-                skipped = True
-        for name, value in {"loss": out.total, **out.terms}.items():
-            sums[name] = sums.get(name, 0.0) + value.detach().float() / accumulation
-        if not last_micro:
+        micro_batches.append(batch)
+        if len(micro_batches) < cfg.train.accumulation:
             continue
-
-        if skipped:
-            optimizer.zero_grad(set_to_none=True)
-            progress.nonfinite_steps += 1
-            if progress.nonfinite_steps > cfg.train.max_nonfinite_steps:
-                raise NonFiniteLossError(
-                    f"{progress.nonfinite_steps} steps had a non-finite loss "
-                    f"(limit train.max_nonfinite_steps={cfg.train.max_nonfinite_steps})"
-                )
-            grad_norm = float("nan")
-        else:
-            scaler.unscale_(optimizer)
-            max_norm = cfg.optim.clip_grad if cfg.optim.clip_grad > 0 else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(time_model.parameters(), max_norm).item()
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-        progress.step += 1
+        terms, grad_norm = train_step(run, micro_batches)
+        micro_batches = []
         toc = time.perf_counter()
         record = {
             "kind": "train",
             "epoch": progress.epoch,
             "step": progress.step,
-            "lr": optimizer.param_groups[0]["lr"],
-            **{k: all_reduce_mean(v.view(1)).item() for k, v in sums.items()},
+            "lr": run.optimizer.param_groups[0]["lr"],
+            **terms,
             "grad_norm": grad_norm,
             "clips_per_s": cfg.train.batch_size / (toc - tic),
             "nonfinite_steps": progress.nonfinite_steps,
-            "bad_videos": bad_log.bad,
+            "bad_videos": run.bad_log.bad,
         }
-        sums, skipped, tic = {}, False, toc
+        tic = toc
         if progress.step % cfg.train.log_every == 0 or progress.step == 1:
-            log.write(record)
-        bar.set_postfix(
-            {k.removesuffix("_loss"): f"{v:.3f}" for k, v in record.items() if k.endswith("loss")}
-        )
+            run.log.write(record)
+        losses = {k.removesuffix("_loss"): v for k, v in record.items() if k.endswith("loss")}
+        bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
         bar.update()
-        if step_callback is not None:
-            step_callback(progress.step, record)
+        if run.step_callback is not None:
+            run.step_callback(progress.step, record)
         if cfg.train.save_every_steps and progress.step % cfg.train.save_every_steps == 0:
-            checkpoint("last.pth")
+            save_run_checkpoint(run, "last.pth")
     bar.close()
+
+
+def train_step(run: Run, micro_batches: list[dict[str, Any]]) -> tuple[dict[str, float], float]:
+    """One optimizer step over ``train.accumulation`` micro-batches.
+
+    Returns the loss terms (averaged over micro-batches and ranks) and the gradient norm (NaN
+    when the step was skipped for a non-finite loss).
+    """
+    cfg, info, progress = run.cfg, run.info, run.progress
+    device = info.device
+    lr = lr_at(progress.step / run.steps_per_epoch, cfg.optim, cfg.train.epochs)
+    set_lr(run.optimizer, lr)
+    # Frame shuffles drawn from (seed, step): identical on every rank and after a resume.
+    generator_seed = cfg.train.seed * 7_919 + progress.step
+    sums: dict[str, torch.Tensor] = {}
+    skipped = False
+    for i, batch in enumerate(micro_batches):
+        batch = _to_device(batch, device)
+        if run.flow_on_device is not None:
+            batch["flow_labels"] = run.flow_on_device.batch(batch["video"])
+        last = i == len(micro_batches) - 1
+        no_sync = info.enabled and not last
+        sync = run.ddp_model.no_sync() if no_sync else contextlib.nullcontext()
+        with sync:
+            with torch.autocast(
+                device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None
+            ):
+                out = run.ddp_model(batch, torch.Generator().manual_seed(generator_seed))
+            finite = torch.isfinite(out.total.detach()).float().view(1)
+            if all_reduce_sum(finite).item() == info.world_size:
+                run.scaler.scale(out.total / len(micro_batches)).backward()
+            else:
+                skipped = True
+        for name, value in {"loss": out.total, **out.terms}.items():
+            sums[name] = sums.get(name, 0.0) + value.detach().float() / len(micro_batches)
+
+    optimizer = run.optimizer
+    if skipped:
+        optimizer.zero_grad(set_to_none=True)
+        progress.nonfinite_steps += 1
+        if progress.nonfinite_steps > cfg.train.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"{progress.nonfinite_steps} steps had a non-finite loss "
+                f"(limit train.max_nonfinite_steps={cfg.train.max_nonfinite_steps})"
+            )
+        grad_norm = float("nan")
+    else:
+        run.scaler.unscale_(optimizer)
+        max_norm = cfg.optim.clip_grad if cfg.optim.clip_grad > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_norm).item()
+        run.scaler.step(optimizer)
+        run.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+    progress.step += 1
+    return {k: all_reduce_mean(v.view(1)).item() for k, v in sums.items()}, grad_norm
+
+
+def evaluate_run(run: Run) -> EvalResult:
+    """The evaluation split, original and shuffled; its metrics go to the run's log."""
+    result = evaluate(
+        run.model.backbone,
+        run.eval_loader,
+        classes=run.classes,
+        subsets=run.subsets,
+        settings=run.cfg.eval,
+        device=run.info.device,
+        autocast_dtype=run.amp_dtype,
+        progress=run.cfg.train.progress and run.info.is_main,
+    )
+    run.log.write(
+        {
+            "kind": "eval",
+            "epoch": run.progress.epoch,
+            "step": run.progress.step,
+            **flatten_metrics(result.metrics()),
+        }
+    )
+    return result
+
+
+def save_run_checkpoint(run: Run, name: str) -> None:
+    """``<run>/checkpoints/<name>``: everything a resume needs (rank 0 writes, all ranks wait)."""
+    if run.info.is_main:
+        progress = run.progress
+        save_checkpoint(
+            {
+                "model": run.model.backbone.state_dict(),
+                "objective": run.model.objective.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "scaler": run.scaler.state_dict(),
+                "epoch": progress.epoch,
+                "step": progress.step,
+                "nonfinite_steps": progress.nonfinite_steps,
+                "config": config_to_dict(run.cfg),
+                "classes": run.classes,
+                "rng": rng_state(),
+            },
+            run.run_dir / "checkpoints" / name,
+        )
+    barrier()
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -480,67 +439,3 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
         for k, v in batch.items()
     }
-
-
-def _flow_labels_on_device(video: torch.Tensor, patch_size: int, cfg: Config) -> torch.Tensor:
-    return batch_flow_labels(
-        video.float(), patch_size, farneback_params(cfg.flow), cfg.flow.threshold, cfg.flow.relative_fraction,
-        cfg.flow.absolute_tau, cfg.data.mean, cfg.data.std,
-    )  # fmt: skip
-
-
-def _flatten(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
-    return {f"{subset}/{k}": v for subset, values in metrics.items() for k, v in values.items()}
-
-
-def evaluate_checkpoint(cfg: Config, checkpoint: str | Path) -> EvalResult:
-    """Original / shuffled evaluation of a saved model on the config's evaluation split."""
-    info = setup_distributed(cfg.train.device)
-    try:
-        model, classes = load_model_from_checkpoint(cfg, checkpoint)
-        test_set = build_dataset(
-            cfg, cfg.eval.split, flow_labels=False, patch_size=model.patch_size
-        )
-        loader = DataLoader(
-            test_set,
-            batch_size=cfg.eval.batch_size,
-            sampler=_Shard(len(test_set), info.rank, info.world_size),
-            num_workers=cfg.data.num_workers,
-            collate_fn=collate_videos,
-        )
-        return evaluate(
-            model.to(info.device), loader, info.device, classes or test_set.classes,
-            getattr(test_set, "subsets", {}), shuffle=cfg.eval.shuffle,
-            aggregation=cfg.eval.aggregation, seed=cfg.eval.seed,
-            autocast_dtype=autocast_dtype(cfg.train.precision, info.device),
-            progress=cfg.train.progress,
-        )  # fmt: skip
-    finally:
-        cleanup_distributed()
-
-
-def load_model_from_checkpoint(cfg: Config, path: str | Path) -> tuple[nn.Module, list[str]]:
-    """The backbone saved in a timematters checkpoint, in eval mode, and its class names (empty
-    when the checkpoint does not name them).
-
-    The architecture comes from the checkpoint's own saved config when it has one (so checkpoints
-    of different backbones can be compared on one dataset); clip length and frame size from ``cfg``.
-    """
-    state = load_checkpoint(path)
-    if "model" not in state:
-        raise ValueError(f"{path} is not a timematters checkpoint (no 'model' entry)")
-    model_cfg = cfg.model
-    if "config" in state:
-        model_cfg = merge(ModelConfig(), state["config"]["model"], source=str(path))
-        if model_cfg.num_frames != cfg.model.num_frames:
-            raise ValueError(
-                f"{path} was trained on {model_cfg.num_frames}-frame clips but the config makes "
-                f"{cfg.model.num_frames}-frame clips (model.num_frames)"
-            )
-    classes = list(state.get("classes") or [])
-    num_classes = model_cfg.num_classes or len(classes)
-    model = create_backbone(
-        model_cfg.name, **backbone_kwargs(replace(cfg, model=model_cfg), num_classes)
-    )
-    model.load_state_dict(state["model"])
-    return model.eval(), classes

@@ -16,8 +16,8 @@ exactly 0 on still content, which decides that rule on the top and left edges); 
 Gaussian) window blur; and the flow, zero at the coarsest level, upsampled and scaled by
 1/pyr_scale between levels. Everything is batched over N pairs, fp32, on the frames' device.
 
-Also here: ``batch_flow_labels`` (flow labels of a normalised batch on its own device, the torch
-counterpart of ``clip_flow_labels``) and ``configure_opencv_threads`` (the fork-deadlock guard).
+Also here: ``consecutive_flows`` (the flows of clips' consecutive frames, which the flow labeller's
+``batch`` turns into labels) and ``configure_opencv_threads`` (the fork-deadlock guard).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from timematters.flow.labels import _GREY_WEIGHTS, FarnebackParams, flow_to_direction_labels
+from timematters.config import FarnebackParams
 
 _RELEASED_PARAMS = FarnebackParams()
 _CPU_TASK_PAIRS = 4  # pairs per CPU task (one thread's share at a time)
@@ -162,36 +162,18 @@ def _farneback(
 
 
 @torch.no_grad()
-def batch_flow_labels(
-    video: torch.Tensor,
-    patch_size: int,
-    params: FarnebackParams = _RELEASED_PARAMS,
-    threshold: str = "relative",
-    relative_fraction: float = 0.01,
-    absolute_tau: float = 0.5,
-    mean: tuple[float, ...] = (0.5, 0.5, 0.5),
-    std: tuple[float, ...] = (0.5, 0.5, 0.5),
+def consecutive_flows(
+    grey: torch.Tensor, params: FarnebackParams = _RELEASED_PARAMS
 ) -> torch.Tensor:
-    """Flow labels of a normalised batch video [B, C, T, H, W] -> [B, T-1, S] int64, on its device.
+    """Flow between each pair of consecutive frames of grey clips [B, T, H, W] -> [B, T-1, H, W, 2].
 
-    The torch counterpart of ``clip_flow_labels``: the same grey frames as ``clip_to_grey``
-    ((0.299 R + 0.587 G + 0.114 B) * 128 of the [-1, 1] frames), flow between consecutive frames,
-    then ``flow_to_direction_labels``.
+    Pairs of a clip share frames: each frame's pyramid and expansion is computed once.
     """
-    B, C, T, H, W = video.shape
-    if C != 3:
-        raise ValueError(f"expected an RGB video [B, 3, T, H, W], got {tuple(video.shape)}")
-    as_float32 = {"dtype": torch.float32, "device": video.device}
-    m = torch.tensor(mean, **as_float32).view(1, 3, 1, 1, 1)
-    s = torch.tensor(std, **as_float32).view(1, 3, 1, 1, 1)
-    rgb = (video.float() * s + m) * 2.0 - 1.0  # [-1, 1]
-    grey = torch.einsum("bcthw,c->bthw", rgb, torch.tensor(_GREY_WEIGHTS, **as_float32)) * 128.0
-    # Consecutive pairs share frames: each frame's pyramid and expansion is computed once.
-    frame_index = torch.arange(B * T, device=video.device).view(B, T)
+    B, T = grey.shape[:2]
+    frame_index = torch.arange(B * T, device=grey.device).view(B, T)
     prev = frame_index[:, :-1].reshape(-1)
-    flow = _flow_of_pairs(rearrange(grey, "b t h w -> (b t) h w"), prev, prev + 1, params)
-    labels = flow_to_direction_labels(flow, patch_size, threshold, relative_fraction, absolute_tau)
-    return rearrange(labels, "(b t) s -> b t s", b=B)
+    flow = _flow_of_pairs(rearrange(grey, "b t h w -> (b t) h w").float(), prev, prev + 1, params)
+    return rearrange(flow, "(b t) h w c -> b t h w c", b=B)
 
 
 _IMPORT_PID = os.getpid()

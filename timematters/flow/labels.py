@@ -1,43 +1,25 @@
 """Dense optical flow -> per-token direction labels (paper Eq. 9-10, released conventions).
 
-A clip's consecutive frames go through OpenCV's Farnebäck flow on grey frames; the flow vectors are
+A clip's consecutive frames go through Farnebäck flow on grey frames; the flow vectors are
 averaged over each patch; the mean vector's angle picks one of 8 45° bins (class 1..8) and patches
 that barely move get class 0. Image axes: +x right, +y down, so right = 1, down = 3, left = 5, up = 7.
+
+These are the pure steps; ``labeller.FlowLabeller`` runs them with one set of options.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 from einops import rearrange
 
+from timematters.config import FarnebackParams
+
 NUM_FLOW_CLASSES = 9
 _GREY_WEIGHTS = (0.299, 0.587, 0.114)
-
-
-@dataclass(frozen=True)
-class FarnebackParams:
-    """``cv2.calcOpticalFlowFarneback`` parameters; the defaults are the released ones."""
-
-    pyr_scale: float = 0.5
-    levels: int = 3
-    winsize: int = 15
-    iterations: int = 3
-    poly_n: int = 5
-    poly_sigma: float = 1.2
-    gaussian_window: bool = False  # cv2.OPTFLOW_FARNEBACK_GAUSSIAN; the released code uses a box
-
-
-def farneback_params(cfg) -> FarnebackParams:
-    """The Farnebäck parameters of a ``FlowConfig``."""
-    return FarnebackParams(
-        cfg.pyr_scale, cfg.levels, cfg.winsize, cfg.iterations, cfg.poly_n, cfg.poly_sigma,
-        cfg.gaussian_window,
-    )  # fmt: skip
 
 
 def clip_to_grey(
@@ -70,18 +52,46 @@ def clip_to_grey(
     return np.ascontiguousarray(grey * 128.0, dtype=np.float32)
 
 
+def video_to_grey(
+    video: torch.Tensor,
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+    std: tuple[float, ...] = (0.5, 0.5, 0.5),
+) -> torch.Tensor:
+    """A normalised batch [B, C, T, H, W] -> float32 grey frames [B, T, H, W], on its device.
+
+    The batched torch counterpart of ``clip_to_grey``: (0.299 R + 0.587 G + 0.114 B) * 128 of
+    the [-1, 1] frames.
+    """
+    if video.ndim != 5 or video.shape[1] != 3:
+        raise ValueError(f"expected an RGB video [B, 3, T, H, W], got {tuple(video.shape)}")
+    as_float32 = {"dtype": torch.float32, "device": video.device}
+    m = torch.tensor(mean, **as_float32).view(1, 3, 1, 1, 1)
+    s = torch.tensor(std, **as_float32).view(1, 3, 1, 1, 1)
+    rgb = (video.float() * s + m) * 2.0 - 1.0  # [-1, 1]
+    weights = torch.tensor(_GREY_WEIGHTS, **as_float32)
+    return torch.einsum("bcthw,c->bthw", rgb, weights) * 128.0
+
+
 def farneback_opencv(prev: np.ndarray, nxt: np.ndarray, params: FarnebackParams) -> np.ndarray:
     """OpenCV's dense Farnebäck flow between two float32 grey frames: [H, W, 2] (dx, dy)."""
-    flags = cv2.OPTFLOW_FARNEBACK_GAUSSIAN if params.gaussian_window else 0
     return cv2.calcOpticalFlowFarneback(
-        prev, nxt, None, params.pyr_scale, params.levels, params.winsize,
-        params.iterations, params.poly_n, params.poly_sigma, flags,
-    )  # fmt: skip
+        prev=prev,
+        next=nxt,
+        flow=None,
+        pyr_scale=params.pyr_scale,
+        levels=params.levels,
+        winsize=params.winsize,
+        iterations=params.iterations,
+        poly_n=params.poly_n,
+        poly_sigma=params.poly_sigma,
+        flags=cv2.OPTFLOW_FARNEBACK_GAUSSIAN if params.gaussian_window else 0,
+    )
 
 
 def flow_to_direction_labels(
     flow: torch.Tensor | np.ndarray,
     patch_size: int,
+    *,
     threshold: str = "relative",
     relative_fraction: float = 0.01,
     absolute_tau: float = 0.5,
@@ -110,22 +120,3 @@ def flow_to_direction_labels(
     else:
         raise ValueError(f"threshold must be 'relative' or 'absolute', got {threshold!r}")
     return torch.where(moving, direction, torch.zeros_like(direction))
-
-
-def clip_flow_labels(
-    clip: torch.Tensor | np.ndarray,
-    patch_size: int,
-    params: FarnebackParams = FarnebackParams(),
-    threshold: str = "relative",
-    relative_fraction: float = 0.01,
-    absolute_tau: float = 0.5,
-    mean: tuple[float, ...] = (0.5, 0.5, 0.5),
-    std: tuple[float, ...] = (0.5, 0.5, 0.5),
-) -> torch.Tensor:
-    """Flow labels of one clip between consecutive frames: [T-1, S] int64.
-
-    ``clip`` is uint8 [T, H, W, 3] or a normalised float [C, T, H, W] (see ``clip_to_grey``).
-    """
-    grey = clip_to_grey(clip, mean, std)
-    flows = np.stack([farneback_opencv(grey[j], grey[j + 1], params) for j in range(len(grey) - 1)])
-    return flow_to_direction_labels(flows, patch_size, threshold, relative_fraction, absolute_tau)

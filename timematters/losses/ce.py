@@ -11,6 +11,7 @@ from timematters.losses.inputs import LossInputs
 
 class CrossEntropyLoss(nn.Module):
     name = "ce"
+    requires: frozenset[str] = frozenset()
 
     def __init__(self, smoothing: float = 0.2):
         super().__init__()

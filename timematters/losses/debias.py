@@ -18,8 +18,10 @@ from timematters.losses.shuffle import shuffle_frames
 
 class DebiasLoss(nn.Module):
     name = "debias"
+    # The objective runs the backbone on ``shuffled_view`` of the clips as well.
+    requires = frozenset({"shuffled_logits"})
 
-    def __init__(self, shuffle: str = "per_batch", form: str = "uniform_ce"):
+    def __init__(self, *, shuffle: str = "per_batch", form: str = "uniform_ce"):
         super().__init__()
         if form not in ("uniform_ce", "kl"):
             raise ValueError(f"debias form must be 'uniform_ce' or 'kl', got {form!r}")
@@ -29,6 +31,7 @@ class DebiasLoss(nn.Module):
     def shuffled_view(
         self, video: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
+        """The clips [B, C, T, H, W] with their frames permuted (Eq. 8)."""
         return shuffle_frames(video, self.shuffle, generator)[0]
 
     def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ from timematters.losses.inputs import LossInputs
 
 class FlowLoss(nn.Module):
     name = "flow"
-    requires = ("flow_labels",)
+    requires = frozenset({"flow_labels"})  # batch["flow_labels"] [B, T-1, S]
 
     def __init__(self, embed_dim: int, smoothing: float = 0.2):
         super().__init__()

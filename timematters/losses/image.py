@@ -17,15 +17,12 @@ select these losses in ``build_objective``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 
 import torch
 from einops import rearrange
-from torch import nn
 
-from timematters.backbones.tokens import VideoTokens
-from timematters.config import LossConfig
+from timematters.backbones.protocol import VideoTokens
 from timematters.losses.debias import DebiasLoss
 from timematters.losses.inputs import LossInputs
 from timematters.losses.order import OrderLoss
@@ -74,32 +71,11 @@ class SpatialOrderLoss(OrderLoss):
 class PatchDebiasLoss(DebiasLoss):
     """Eq. 17: the classifier's output on a patch-shuffled image is pushed to uniform."""
 
-    def __init__(self, patch_size: int, shuffle: str = "per_batch", form: str = "uniform_ce"):
-        super().__init__(shuffle, form)
+    def __init__(self, patch_size: int, *, shuffle: str = "per_batch", form: str = "uniform_ce"):
+        super().__init__(shuffle=shuffle, form=form)
         self.patch_size = patch_size
 
     def shuffled_view(
         self, video: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         return shuffle_patches(video, self.patch_size, self.shuffle, generator)[0]
-
-
-def spatial_loss_candidates(
-    cfg: LossConfig, embed_dim: int, grid: tuple[int, int] | None, patch_size: int | None
-) -> dict[str, tuple[float, Callable[[], nn.Module]]]:
-    """The (weight, factory) of each loss whose ``axis`` is space, for ``build_objective``."""
-    if grid is None or patch_size is None:
-        raise ValueError("the spatial order and debias losses need the model's grid and patch_size")
-    num_patches = grid[0] * grid[1]
-    out: dict[str, tuple[float, Callable[[], nn.Module]]] = {}
-    if cfg.order.axis == "space":
-        out["order"] = (
-            cfg.order.weight,
-            lambda: SpatialOrderLoss(embed_dim, num_patches, cfg.order.smoothing),
-        )
-    if cfg.debias.axis == "space":
-        out["debias"] = (
-            cfg.debias.weight,
-            lambda: PatchDebiasLoss(patch_size, cfg.debias.shuffle, cfg.debias.form),
-        )
-    return out

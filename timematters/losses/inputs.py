@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from timematters.backbones.tokens import VideoTokens
+from timematters.backbones.protocol import VideoTokens
 
 
 @dataclass

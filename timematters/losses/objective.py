@@ -1,22 +1,27 @@
 """The TIME objective (Eq. 14-15): total = ce + λ_order·order + λ_debias·debias + λ_flow·flow.
 
-A loss whose weight is 0 is not built: no head, no shuffled forward pass, no flow labels.
+A loss whose weight is 0 is not built: no head, no shuffled forward pass, no flow labels. Every
+loss declares its ``name`` (its term is ``<name>_loss``, its weight ``λ_<name>``) and what it
+``requires`` beyond the tokens and logits of the clips: ``"shuffled_logits"`` (the objective then
+runs the backbone on that loss's ``shuffled_view`` too) or ``"flow_labels"`` (the batch must carry
+them; ``needs_flow_labels`` tells the training loop).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from timematters.backbones.tokens import VideoTokens
+from timematters.backbones.protocol import VideoTokens
 from timematters.config import LossConfig
 from timematters.losses.ce import CrossEntropyLoss
 from timematters.losses.debias import DebiasLoss
 from timematters.losses.flow import FlowLoss
-from timematters.losses.image import spatial_loss_candidates
+from timematters.losses.image import PatchDebiasLoss, SpatialOrderLoss
 from timematters.losses.inputs import LossInputs
 from timematters.losses.order import OrderLoss
 
@@ -32,19 +37,29 @@ class ObjectiveOutput:
 class Objective(nn.Module):
     """Runs a backbone on a batch and combines the losses it was built with.
 
-    ``losses`` maps a name to a loss module; ``weights`` gives each one's λ (ce defaults to 1).
-    The backbone only needs ``forward_features(video) -> VideoTokens`` and ``forward_head(cls)``.
+    ``losses``: loss modules, each with a distinct ``name``; ``weights`` gives each one's λ by
+    name (default 1). The backbone only needs ``forward_features(video) -> VideoTokens`` and
+    ``forward_head(cls)``.
     """
 
-    def __init__(self, losses: dict[str, nn.Module], weights: dict[str, float] | None = None):
+    def __init__(self, losses: Sequence[nn.Module], weights: dict[str, float] | None = None):
         super().__init__()
         weights = weights or {}
-        self.weights = {name: float(weights.get(name, 1.0)) for name in losses}
-        self.losses = nn.ModuleDict({n: m for n, m in losses.items() if self.weights[n] != 0})
+        names = [loss.name for loss in losses]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two losses share a name: {names}")
+        self.weights = {name: float(weights.get(name, 1.0)) for name in names}
+        self.losses = nn.ModuleDict(
+            {loss.name: loss for loss in losses if self.weights[loss.name] != 0}
+        )
+        shufflers = [m for m in self.losses.values() if "shuffled_logits" in m.requires]
+        if len(shufflers) > 1:
+            raise ValueError("only one loss may ask for the shuffled view")
+        self.shuffler = shufflers[0] if shufflers else None
 
     @property
     def needs_flow_labels(self) -> bool:
-        return "flow" in self.losses
+        return any("flow_labels" in loss.requires for loss in self.losses.values())
 
     def forward(
         self,
@@ -54,15 +69,14 @@ class Objective(nn.Module):
     ) -> ObjectiveOutput:
         video = batch["video"]
         B = video.shape[0]
-        debias = self.losses["debias"] if "debias" in self.losses else None  # noqa: SIM401 (ModuleDict has no get)
-        if debias is not None:
+        if self.shuffler is not None:
             # Both views in one forward pass: every layer works per clip, so this equals two passes
             # and runs the backbone once (which DistributedDataParallel requires).
-            video = torch.cat([video, debias.shuffled_view(video, generator)])
+            video = torch.cat([video, self.shuffler.shuffled_view(video, generator)])
         tokens = model.forward_features(video)
         logits = model.forward_head(tokens.cls)
         shuffled_logits = None
-        if debias is not None:
+        if self.shuffler is not None:
             tokens = VideoTokens(cls=tokens.cls[:B], patches=tokens.patches[:B])
             logits, shuffled_logits = logits[:B], logits[B:]
 
@@ -76,6 +90,7 @@ class Objective(nn.Module):
 
 def build_objective(
     cfg: LossConfig,
+    *,
     embed_dim: int,
     num_frames: int,
     grid: tuple[int, int] | None = None,
@@ -83,15 +98,26 @@ def build_objective(
 ) -> Objective:
     """The paper's objective from a ``LossConfig`` (all λ = 1 and smoothing 0.2 by default).
 
-    ``grid`` and ``patch_size`` (the model's) are needed only by the image losses (axis = space).
+    ``num_frames`` is the model's token frames. ``grid`` and ``patch_size`` (the model's) are
+    needed only by the image losses (axis = space, Eq. 16-17).
     """
-    candidates = {
-        "ce": (1.0, lambda: CrossEntropyLoss(cfg.ce.smoothing)),
-        "order": (cfg.order.weight, lambda: OrderLoss(embed_dim, num_frames, cfg.order.smoothing)),
-        "debias": (cfg.debias.weight, lambda: DebiasLoss(cfg.debias.shuffle, cfg.debias.form)),
-        "flow": (cfg.flow.weight, lambda: FlowLoss(embed_dim, cfg.flow.smoothing)),
-    }
-    if "space" in (cfg.order.axis, cfg.debias.axis):
-        candidates.update(spatial_loss_candidates(cfg, embed_dim, grid, patch_size))
-    losses = {name: make() for name, (weight, make) in candidates.items() if weight != 0}
-    return Objective(losses, {name: weight for name, (weight, _) in candidates.items()})
+    spatial = "space" in (cfg.order.axis, cfg.debias.axis)
+    if spatial and (grid is None or patch_size is None):
+        raise ValueError("the spatial order and debias losses need the model's grid and patch_size")
+    losses: list[nn.Module] = [CrossEntropyLoss(cfg.ce.smoothing)]
+    if cfg.order.weight != 0:
+        if cfg.order.axis == "space":
+            order = SpatialOrderLoss(embed_dim, grid[0] * grid[1], cfg.order.smoothing)
+        else:
+            order = OrderLoss(embed_dim, num_frames, cfg.order.smoothing)
+        losses.append(order)
+    if cfg.debias.weight != 0:
+        options = dict(shuffle=cfg.debias.shuffle, form=cfg.debias.form)
+        if cfg.debias.axis == "space":
+            losses.append(PatchDebiasLoss(patch_size, **options))
+        else:
+            losses.append(DebiasLoss(**options))
+    if cfg.flow.weight != 0:
+        losses.append(FlowLoss(embed_dim, cfg.flow.smoothing))
+    weights = {"order": cfg.order.weight, "debias": cfg.debias.weight, "flow": cfg.flow.weight}
+    return Objective(losses, weights)

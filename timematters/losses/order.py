@@ -12,6 +12,7 @@ from timematters.losses.inputs import LossInputs
 
 class OrderLoss(nn.Module):
     name = "order"
+    requires: frozenset[str] = frozenset()
 
     def __init__(self, embed_dim: int, num_frames: int, smoothing: float = 0.2):
         super().__init__()

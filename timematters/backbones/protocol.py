@@ -1,0 +1,66 @@
+"""The backbone contract: what every video model hands to the losses, evaluation and diagnostics.
+
+``VideoBackbone`` is the one boundary. Our backbones implement it directly; adapters of other
+models (Hugging Face, torchvision, a user's module) implement it by converting their layout once.
+Downstream code asks the model what it is (``token_frames``, ``grid``, ``patch_size``) instead of
+guessing from attributes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass(frozen=True)
+class VideoTokens:
+    """Final tokens of a video backbone, after its final norm.
+
+    cls:     [B, D]        the clip-level token the classifier reads.
+    patches: [B, T, S, D]  one token per token frame t and patch s (S = h*w, row-major,
+                           patch-embed order); T is ``token_frames`` (input frames / tubelet).
+    blocks:  per-block patch tokens [B, T, S, D] (block outputs before the final norm), only when
+             asked for with ``forward_features(video, return_blocks=True)``. ``blocks[i]`` is the
+             tensor block i + 1 reads, so gradients taken with respect to it are real.
+    """
+
+    cls: torch.Tensor
+    patches: torch.Tensor
+    blocks: tuple[torch.Tensor, ...] | None = None
+
+    @property
+    def frame_features(self) -> torch.Tensor:
+        """Per-frame mean over the S patch tokens (paper Eq. 6): [B, T, D]."""
+        return self.patches.mean(dim=2)
+
+
+@runtime_checkable
+class VideoBackbone(Protocol):
+    """A video classifier that exposes its tokens.
+
+    Input: a normalised video [B, C, T, H, W] with T = ``num_frames`` and H = W =
+    ``grid[0] * patch_size``. ``forward(video) == forward_head(forward_features(video).cls)``.
+    """
+
+    embed_dim: int  # D, the width of cls and patch tokens
+    num_frames: int  # input frames
+    patch_size: int  # pixels per patch side
+    grid: tuple[int, int]  # (h, w) patches per frame; S = h * w
+    classifier_name: str  # prefix of the classifier's parameters, e.g. "head"
+
+    @property
+    def token_frames(self) -> int:
+        """Frames in the token grid: ``num_frames`` divided by the temporal tubelet size."""
+        ...
+
+    def forward_features(self, video: torch.Tensor, return_blocks: bool = False) -> VideoTokens: ...
+
+    def forward_head(self, cls: torch.Tensor) -> torch.Tensor: ...
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor: ...
+
+    def convert_state_dict(self, state_dict: dict, source: str) -> tuple[dict, set[str]]:
+        """A foreign state dict in this model's key names, and the keys it cannot provide."""
+        ...

@@ -1,0 +1,166 @@
+"""The clip pipeline every video dataset shares: decode -> sample -> transform (-> flow labels).
+
+``VideoDataset`` turns a list of (path, label) samples into training or test items; SSv2, Kinetics
+and video lists only find their samples and classes. A video that cannot be used comes back as a
+``BadVideo`` marker for ``collate_videos`` to drop and count. Also here: the helpers those datasets
+share to find videos on disk and report the missing ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from timematters.data.collate import BadVideo
+from timematters.data.sampling import Sampling, sample_clip_indices
+from timematters.data.video import Backend, VideoDecodeError, open_video, require_backend
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".webm", ".mp4", ".mkv", ".avi", ".mov", ".m4v")
+
+
+@dataclass(frozen=True)
+class VideoSample:
+    path: str
+    label: int
+    video_id: str
+
+
+class VideoDataset(Dataset):
+    """Decode -> sample -> transform (-> flow labels) over labelled videos.
+
+    Items: ``video`` float [C, T, H, W] in training, [V, C, T, H, W] otherwise (V = temporal views
+    x the transform's spatial crops, temporal-major); ``label``; ``video_id``; ``index``; and
+    ``flow_labels`` int64 [T-1, S] when ``flow_labels`` (a clip -> labels function) is given.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[VideoSample],
+        classes: Sequence[str],
+        *,
+        transform: Callable[[np.ndarray], torch.Tensor],
+        train: bool,
+        num_frames: int = 8,
+        sampling: Sampling = "segment",
+        dense_stride: int = 8,
+        temporal_views: int = 1,
+        decoder: Backend = "pyav",
+        flow_labels: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        min_frames: int | None = None,
+        subsets: dict[str, list[int]] | None = None,
+        missing: Sequence[str] = (),
+    ):
+        if not samples:
+            raise ValueError("the dataset has no videos")
+        if flow_labels is not None and not train:
+            raise ValueError("flow labels are made for training clips only")
+        require_backend(decoder)
+        self.samples = list(samples)
+        self.classes = list(classes)
+        self.transform = transform
+        self.train = train
+        self.num_frames = num_frames
+        self.sampling = sampling
+        self.dense_stride = dense_stride
+        self.temporal_views = temporal_views
+        self.decoder = decoder
+        self.flow_labels = flow_labels
+        self.min_frames = num_frames if min_frames is None else min_frames
+        self.subsets = subsets or {}
+        self.missing = list(missing)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def labels(self) -> list[int]:
+        return [s.label for s in self.samples]
+
+    def __getitem__(self, index: int) -> dict[str, Any] | BadVideo:
+        sample = self.samples[index]
+        try:
+            frames, num_views = self.read_clips(sample.path)
+        except VideoDecodeError as error:
+            return BadVideo(sample.path, error.reason, index)
+        if self.train:
+            video = self.transform(frames)
+        else:
+            views = [self.transform(clip) for clip in np.split(frames, num_views)]
+            # An eval transform gives [crops, C, T, H, W]; a single-crop one [C, T, H, W].
+            video = torch.cat([v if v.ndim == 5 else v[None] for v in views])
+        item = {"video": video, "label": sample.label, "video_id": sample.video_id, "index": index}
+        if self.flow_labels is not None:
+            item["flow_labels"] = self.flow_labels(video)
+        return item
+
+    def read_clips(self, path: str) -> tuple[np.ndarray, int]:
+        """Decoded frames of every clip to make from ``path``: uint8 [V*T, H, W, 3], and V."""
+        reader = open_video(path, self.decoder)
+        if reader.num_frames < self.min_frames:
+            raise VideoDecodeError(
+                path, f"too short: {reader.num_frames} frames, at least {self.min_frames} needed"
+            )
+        views = sample_clip_indices(
+            self.sampling,
+            reader.num_frames,
+            self.num_frames,
+            self.train,
+            stride=self.dense_stride,
+            num_views=self.temporal_views,
+        )
+        return reader.get_frames(np.concatenate(views)), len(views)
+
+
+def split_missing(
+    samples: Sequence[VideoSample], where: str
+) -> tuple[list[VideoSample], list[str]]:
+    """(present, missing paths); warns about missing files, fails when none is present."""
+    present = [s for s in samples if Path(s.path).is_file()]
+    missing = [s.path for s in samples if not Path(s.path).is_file()]
+    report_missing(missing, len(samples), where)
+    return present, missing
+
+
+def report_missing(missing: Sequence[str], total: int, where: str) -> None:
+    if total and len(missing) == total:
+        raise FileNotFoundError(
+            f"none of the {total} videos listed were found under {where} (first: {missing[0]})"
+        )
+    if missing:
+        first = missing[0]
+        log.warning(
+            f"{len(missing)} of {total} listed videos are missing under {where} and are left out "
+            f"(first: {first})"
+        )
+
+
+def index_videos(root: str | Path, recursive: bool = False) -> dict[str, str]:
+    """File stem -> path of the video files in ``root`` (and its subfolders if ``recursive``).
+
+    One directory listing instead of a file-system query per listed video.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"video root not found: {root}")
+    folders = (
+        ((folder, names) for folder, _, names in os.walk(root))
+        if recursive
+        else [(str(root), [entry.name for entry in os.scandir(root) if entry.is_file()])]
+    )
+    index: dict[str, str] = {}
+    for folder, names in folders:
+        for name in names:
+            stem, extension = os.path.splitext(name)
+            if extension.lower() in VIDEO_EXTENSIONS:
+                index.setdefault(stem, os.path.join(folder, name))
+    return index

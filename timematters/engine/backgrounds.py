@@ -1,0 +1,95 @@
+"""The Backgrounds Challenge evaluation (paper Table 4): top-1 per ImageNet-9 test variation and
+BG-Gap = acc(mixed_same) - acc(mixed_rand), how much a background of another class costs when the
+foreground stays.
+
+Every variation folder runs through the one evaluation (``evaluate.py``); images have one frame,
+so its shuffled pass is the identity and only the original top-1 is kept.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from timematters.config import Config
+from timematters.data.build import build_variation_dataset
+from timematters.data.collate import collate_videos
+from timematters.data.imagenet9 import read_class_folders
+from timematters.engine.evaluate import evaluate
+
+
+def bg_gap(accuracy: dict[str, float]) -> float:
+    """BG-Gap (Table 4): top-1 on mixed_same minus top-1 on mixed_rand, in points."""
+    return accuracy["mixed_same"] - accuracy["mixed_rand"]
+
+
+def evaluate_backgrounds(
+    model: nn.Module,
+    cfg: Config,
+    classes: list[str],
+    device: torch.device | str = "cpu",
+    variations: tuple[str, ...] | None = None,
+) -> dict[str, float]:
+    """Top-1 (%) of ``model`` on each variation (``data.imagenet9.variations``), and BG-Gap."""
+    device = torch.device(device)
+    variations = tuple(variations or cfg.data.imagenet9.variations)
+    accuracy = {}
+    for variation in variations:
+        loader = DataLoader(
+            build_variation_dataset(cfg.data, variation, classes),
+            batch_size=cfg.eval.batch_size,
+            num_workers=cfg.data.num_workers,
+            collate_fn=collate_videos,
+        )
+        result = evaluate(model, loader, classes=classes, settings=cfg.eval, device=device)
+        accuracy[variation] = result.metrics()["all"]["top1"]
+    if {"mixed_same", "mixed_rand"} <= set(accuracy):
+        accuracy["bg_gap"] = bg_gap(accuracy)
+    return accuracy
+
+
+def evaluate_backgrounds_checkpoint(
+    cfg: Config, checkpoint: str | Path, device: torch.device | str | None = None
+) -> dict[str, float]:
+    """``evaluate_backgrounds`` for a saved run (``checkpoints/last.pth`` of ``train``); the device
+    defaults to ``train.device`` ("auto": CUDA when available)."""
+    from timematters.engine.distributed import resolve_device
+    from timematters.engine.model import load_model_from_checkpoint
+
+    model, classes = load_model_from_checkpoint(cfg, checkpoint)
+    if not classes:  # a checkpoint without class names: the folders name them
+        classes = read_class_folders(Path(cfg.data.root) / cfg.data.imagenet9.variations[0] / "val")
+    if device is None:
+        device = resolve_device(cfg.train.device)
+    return evaluate_backgrounds(model.to(device), cfg, classes, device)
+
+
+_ROW_NAMES = {
+    "original": "Original ↑",
+    "only_fg": "Only-FG ↑",
+    "no_fg": "No-FG",
+    "only_bg_b": "Only-BG-B",
+    "only_bg_t": "Only-BG-T",
+    "mixed_same": "Mixed-Same ↑",
+    "mixed_rand": "Mixed-Rand ↑",
+    "mixed_next": "Mixed-Next ↑",
+    "bg_gap": "BG-Gap ↓",
+}
+
+
+def format_backgrounds_table(columns: dict[str, dict[str, float]]) -> str:
+    """Markdown in the layout of the paper's Table 4: a row per variation (and BG-Gap), a column per
+    model; later columns show their difference to the first in brackets."""
+    names = list(columns)
+    first = columns[names[0]]
+    lines = ["| Dataset | " + " | ".join(names) + " |", "|" + " --- |" * (1 + len(names))]
+    for row in first:
+        cells = [f"{first[row]:.1f}"]
+        for name in names[1:]:
+            value = columns[name][row]
+            cells.append(f"{value:.1f} ({value - first[row]:+.1f})")
+        lines.append(f"| {_ROW_NAMES.get(row, row)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
