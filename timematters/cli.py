@@ -20,7 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser(
         "demo", help="train baseline and +TIME on the built-in temporal benchmark and compare"
     )
-    demo.add_argument("--quick", action="store_true", help="a smoke run (about 30 s on 2 CPU cores; too short to learn)")
+    demo.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run (about 30 s on 2 CPU cores; too short to learn)",
+    )
     demo.add_argument("--seeds", type=int, default=1, help="repeat with this many seeds")
     demo.add_argument("--out", default=None, help="run folder (runs/demo or runs/demo_image)")
     demo.add_argument(
