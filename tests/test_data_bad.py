@@ -51,20 +51,23 @@ def test_collate_drops_and_log_counts(mixed_list, tmp_path, caplog):
     assert batch["video"].shape == (2, 3, 4, 32, 32)
     assert batch["label"].tolist() == [0, 0] and batch["index"].tolist() == [0, 3]
     assert batch["video_id"] == ["good.webm", "good2.mp4"]
-    assert [path.rsplit("/", 1)[1] for path, _ in batch["dropped"]] == [
+    assert [bad.path.rsplit("/", 1)[1] for bad in batch["dropped"]] == [
         "short.webm",
         "truncated.webm",
         "garbage.mp4",
     ]
+    assert [bad.index for bad in batch["dropped"]] == [1, 2, 4]
+    assert [bad.label for bad in batch["dropped"]] == [0, 0, 0]
 
     bad_log = BadVideoLog(tmp_path / "run" / "bad_videos.jsonl")
     with caplog.at_level(logging.WARNING):
-        bad_log.update(batch)
-    assert (bad_log.seen, bad_log.bad) == (5, 3) and bad_log.fraction == pytest.approx(0.6)
+        assert len(bad_log.update(batch)) == 3
+    assert bad_log.bad == 3
     assert "truncated.webm" in caplog.text
+    assert bad_log.update(batch) == [] and bad_log.bad == 3  # the next epoch's drops count once
 
     with pytest.raises(TooManyBadVideos) as info:
-        bad_log.check(0.01)
+        bad_log.check(0.01, total=5)
     message = str(info.value)
     assert "3 of 5 videos (60.00%)" in message and "bad_videos.jsonl" in message
     lines = [
@@ -73,19 +76,21 @@ def test_collate_drops_and_log_counts(mixed_list, tmp_path, caplog):
     ]
     assert len(lines) == 3 and lines[0]["reason"].startswith("too short")
 
-    bad_log.check(0.7)  # under the limit: no error
-    bad_log.check(0.01, min_seen=100)  # too few seen to judge
+    bad_log.check(0.7, total=5)  # under the limit: no error
+    bad_log.check(0.01, total=300)  # 3 of 300 is exactly 1%: not above it
 
 
-def test_all_bad_batch_and_empty_log(tmp_path):
-    batch = collate_videos([BadVideo("a.mp4", "cannot read"), BadVideo("b.mp4", "truncated")])
-    assert batch == {"dropped": [("a.mp4", "cannot read"), ("b.mp4", "truncated")]}
+def test_all_bad_batch_and_merged_log(tmp_path):
+    a, b = BadVideo("a.mp4", "cannot read"), BadVideo("b.mp4", "truncated")
+    batch = collate_videos([a, b])
+    assert batch == {"dropped": [a, b]}
     bad_log = BadVideoLog()
     bad_log.update(batch)
-    assert bad_log.fraction == 1.0
-    with pytest.raises(TooManyBadVideos, match="2 of 2"):
-        bad_log.check(0.5)
-    assert BadVideoLog().fraction == 0.0
+    bad_log.merge([b, BadVideo("c.mp4", "no video stream")])  # what another rank found
+    assert bad_log.bad == 3
+    with pytest.raises(TooManyBadVideos, match="3 of 4"):
+        bad_log.check(0.5, total=4)
+    assert BadVideoLog().bad == 0
 
 
 def test_good_batch_keeps_flow_labels():
@@ -97,4 +102,4 @@ def test_good_batch_keeps_flow_labels():
         "flow_labels": torch.zeros(3, 4, dtype=torch.int64),
     }
     batch = collate_videos([sample, BadVideo("b", "r"), sample])
-    assert batch["flow_labels"].shape == (2, 3, 4) and batch["dropped"] == [("b", "r")]
+    assert batch["flow_labels"].shape == (2, 3, 4) and batch["dropped"] == [BadVideo("b", "r")]

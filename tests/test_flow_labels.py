@@ -119,3 +119,22 @@ def test_uint8_clip_and_normalised_tensor_give_the_same_grey_and_labels():
     )
     assert torch.equal(clip_flow_labels(frames, PATCH), clip_flow_labels(normalised, PATCH))
     assert clip_flow_labels(frames, PATCH).shape == (2, 16)
+
+
+def test_frame_pairs_without_motion_are_still_in_both_backends():
+    # Black leading frames (a fade-in) and a frozen flat frame: every patch of those pairs has
+    # r = 0, so r_max == r_min and the relative rule would call every patch moving (class 1, angle
+    # 0); the released min-max normalisation makes them all still. Real motion follows.
+    from timematters.flow import batch_flow_labels
+
+    canvas = photo_like(256, seed=5)
+    moving = shifted(canvas, 2.0, 1.0)
+    black, grey = np.zeros_like(canvas), np.full_like(canvas, 128)
+    frames = np.stack([black, black, black, grey, grey, canvas, moving])[:, 16:240, 16:240]  # 224²
+    opencv = clip_flow_labels(frames, PATCH)
+    for pair in (0, 1, 2, 3):  # black-black twice, black-grey (no texture to track), grey-grey
+        assert (opencv[pair] == 0).all(), pair
+    assert (opencv[5] != 0).float().mean() > 0.5  # the moving pair still moves
+    video = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # mean = std = 0.5
+    on_torch = batch_flow_labels(video[None], PATCH)[0]
+    assert torch.equal(on_torch, opencv), (on_torch != opencv).float().mean()

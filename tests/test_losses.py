@@ -193,3 +193,19 @@ def test_shuffle_frames_permutes_frames_per_sample_without_identity():
     assert (batch_perms == batch_perms[0]).all()
     with pytest.raises(ValueError, match="per_batch"):
         sample_frame_permutations(2, T, "sometimes")
+
+
+def test_per_sample_permutations_do_not_depend_on_the_batch_split():
+    # Evaluation draws clip by clip from one generator: 2 frames (identity half the time) in
+    # batches of 1, 3 or 12 give the same permutation per clip.
+    def draws(batch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(5)
+        return torch.cat(
+            [
+                sample_frame_permutations(batch, 2, "per_sample", generator)
+                for _ in range(12 // batch)
+            ]
+        )
+
+    assert torch.equal(draws(1), draws(3)) and torch.equal(draws(3), draws(12))
+    assert (draws(12) == torch.tensor([1, 0])).all()  # never the identity

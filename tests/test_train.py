@@ -1,5 +1,6 @@
 """The training loop end to end on the built-in synthetic benchmark: tiny, CPU, seconds."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -155,3 +156,48 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
         torch.testing.assert_close(two["model"][key], value, atol=1e-5, rtol=0, msg=key)
     for key, value in one["objective"].items():
         torch.testing.assert_close(two["objective"][key], value, atol=1e-5, rtol=0, msg=key)
+
+
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+    reason="torchrun not found",
+)
+def test_two_processes_count_every_bad_video(tmp_path):
+    # Each rank sees its own share of the data: the log and the limit must see both shares.
+    from videos import numbered_frames, write_video
+
+    names = [f"good{i}.mp4" for i in range(13)] + ["bad0.mp4", "bad1.mp4", "bad2.mp4"]
+    for name in names[:13]:
+        write_video(tmp_path / name, numbered_frames(10))
+    for name in names[13:]:
+        (tmp_path / name).write_bytes(b"this is not a video")
+    (tmp_path / "train.txt").write_text("".join(f"{n} {i % 2}\n" for i, n in enumerate(names)))
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    cmd = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "timematters.cli",
+        "train",
+        "videolist/time",
+        *TINY,
+        "data.dataset=videolist",
+        f"data.annotations={tmp_path / 'train.txt'}",
+        f"data.val_annotations={tmp_path / 'train.txt'}",
+        "data.train_short_side=[36, 40]",
+        "data.eval_short_side=32",
+        "data.test_spatial_crops=1",
+        "data.max_bad_fraction=0.5",
+        "loss.flow.weight=0",
+        "train.epochs=2",
+        "model.num_frames=4",
+        f"train.out={tmp_path / 'run'}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = (tmp_path / "run" / "bad_videos.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["path"].rsplit("/", 1)[1] for line in lines) == names[13:]
+    evaluated = json.loads((tmp_path / "run" / "eval.json").read_text())["all"]
+    assert (evaluated["num_clips"], evaluated["num_bad"]) == (13, 3)

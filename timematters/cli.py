@@ -1,16 +1,29 @@
-"""The `timematters` command line: demo, train, eval, diagnose, data check, backbones."""
+"""The `timematters` command line: demo, train, eval, diagnose, data check, backbones.
+
+A user mistake (a bad key or value, a missing file, a run folder in use, a checkpoint that does not
+fit) exits with status 2 and one line naming it; a run stopped by bad data exits with 1; a run
+stopped by SIGINT / SIGTERM exits with 130 / 143 after writing its checkpoint. Set
+``TIMEMATTERS_TRACEBACK=1`` to see the traceback behind a message.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from pathlib import Path
 
 from timematters.config import ConfigError, load_config
 
 
-def main(argv: list[str] | None = None) -> int:
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="timematters",
         description="TIME: temporal self-supervision for video transformers (ICML 2022).",
@@ -25,111 +38,180 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="a smoke run (about 30 s on 2 CPU cores; too short to learn)",
     )
-    demo.add_argument("--seeds", type=int, default=1, help="repeat with this many seeds")
-    demo.add_argument("--out", default=None, help="run folder (runs/demo or runs/demo_image)")
+    demo.add_argument("--seeds", type=_positive, default=1, help="repeat with this many seeds")
+    demo.add_argument(
+        "--out", default=None, help="run folder (runs/demo, runs/demo_quick or runs/demo_image)"
+    )
     demo.add_argument(
         "--image", action="store_true", help="the image extension instead (Table 4, backgrounds)"
     )
     demo.add_argument("--ablation", action="store_true", help="all 8 loss combinations of Table 3")
-    demo.add_argument("--epochs", type=int, default=None, help="override the epoch budget")
+    demo.add_argument("--epochs", type=_positive, default=None, help="override the epoch budget")
+    demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
 
-    train = commands.add_parser("train", help="train from a YAML config")
+    train = commands.add_parser("train", help="train from a YAML config or a packaged preset")
     train.add_argument("config", help="a YAML file or a packaged preset (synthetic/time, ...)")
     train.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     train.add_argument(
         "--resume",
         nargs="?",
-        const="auto",
+        const="last",
         default=None,
-        help="continue a run from a checkpoint (default: <train.out>/checkpoints/last.pth)",
+        metavar="CHECKPOINT",
+        help="continue the run exactly: <train.out>/checkpoints/last.pth, or the given checkpoint",
     )
-    train.add_argument("--init-from", default=None, help="start from these weights only")
+    train.add_argument("--init-from", default=None, help="start a new run from these weights")
+    train.add_argument(
+        "--overwrite", action="store_true", help="replace a run already in train.out"
+    )
 
     evaluate = commands.add_parser("eval", help="original / shuffled / gap of a checkpoint")
-    evaluate.add_argument("config")
-    evaluate.add_argument("overrides", nargs="*")
-    evaluate.add_argument("--checkpoint", required=True)
-    evaluate.add_argument("--out", default=None, help="folder for eval.json / eval.md")
+    evaluate.add_argument("config", help="the data config (a YAML file or a preset)")
+    evaluate.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    evaluate.add_argument("--checkpoint", required=True, help="a timematters checkpoint")
+    evaluate.add_argument(
+        "--out", default=None, help="folder for eval.json / eval.md (default: <checkpoint>_eval/)"
+    )
 
     diagnose = commands.add_parser(
         "diagnose",
         help="does a model use time? shuffle test, confidence gap, order probe, GradCAM",
     )
     diagnose.add_argument("--config", required=True, help="the data and model config")
-    diagnose.add_argument("overrides", nargs="*")
+    diagnose.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     diagnose.add_argument("--checkpoint", action="append", required=True, help="repeat to compare")
     diagnose.add_argument("--name", action="append", help="a display name per checkpoint")
-    diagnose.add_argument("--out", default="runs/diagnose")
+    diagnose.add_argument("--out", default="runs/diagnose", help="the report's folder")
     diagnose.add_argument("--no-probe", action="store_true", help="skip the order probe")
     diagnose.add_argument("--probe-clips", type=int, default=128, help="clips to fit / to score")
-    diagnose.add_argument("--gradcam-clips", type=int, default=4)
+    diagnose.add_argument("--gradcam-clips", type=int, default=4, help="clips to explain")
     diagnose.add_argument("--gradcam-index", type=int, action="append", help="clip indices")
 
     data = commands.add_parser("data", help="dataset tools")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     check = data_commands.add_parser("check", help="validate a dataset; non-zero exit on problems")
-    check.add_argument("config")
-    check.add_argument("overrides", nargs="*")
+    check.add_argument("config", help="a YAML file or a packaged preset")
+    check.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     check.add_argument("--no-decode", action="store_true", help="check files exist, skip decoding")
     check.add_argument("--limit", type=int, default=0, help="check at most N videos per split")
 
     commands.add_parser("backbones", help="list the registered backbones")
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args, extra = parser.parse_known_args(_resume_flag_before_overrides(argv))
+    if extra:  # overrides after an option: argparse leaves them over
+        if not hasattr(args, "overrides") or any("=" not in a or a.startswith("-") for a in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
     try:
         return _COMMANDS[args.command](args)
-    except (ConfigError, FileNotFoundError) as error:
+    except Exception as error:
+        if os.environ.get("TIMEMATTERS_TRACEBACK"):
+            raise
+        code = _exit_code(error)
+        if code is None:
+            raise
         print(f"timematters: error: {error}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        print("timematters: interrupted", file=sys.stderr)
+        return 130
+
+
+def _exit_code(error: Exception) -> int | None:
+    """2 for a user's mistake, 1 for a run stopped by its data, None for a bug (traceback)."""
+    from timematters.backbones.pretrained import PretrainedKeyError
+    from timematters.data.collate import TooManyBadVideos
+    from timematters.data.video import DecoderUnavailable
+    from timematters.engine.runs import Interrupted
+    from timematters.engine.train import NonFiniteLossError
+
+    if isinstance(error, Interrupted):
+        return error.exit_code
+    if isinstance(error, TooManyBadVideos | NonFiniteLossError):
+        return 1
+    if isinstance(error, ConfigError | FileNotFoundError | ValueError | PretrainedKeyError):
         return 2
+    if isinstance(error, DecoderUnavailable | IsADirectoryError | NotADirectoryError):
+        return 2
+    return None
 
 
 def _demo(args) -> int:
     if args.image:
         from timematters.image_demo import run_image_demo
 
-        run_image_demo(Path(args.out or "runs/demo_image"), quick=args.quick, seeds=args.seeds)
+        out = Path(args.out or "runs/demo_image")
+        run_image_demo(out, quick=args.quick, seeds=args.seeds, overwrite=args.overwrite)
         return 0
     from timematters.demo import run_demo
 
     run_demo(
-        out=Path(args.out or "runs/demo"),
+        out=Path(args.out or ("runs/demo_quick" if args.quick else "runs/demo")),
         quick=args.quick,
         seeds=args.seeds,
         ablation=args.ablation,
         epochs=args.epochs,
+        overwrite=args.overwrite,
     )
     return 0
 
 
+def _resume_flag_before_overrides(argv: list[str] | None) -> list[str]:
+    """``--resume key=value`` means the flag and then an override, not a checkpoint named
+    ``key=value``: spell the flag ``--resume=last`` so that argparse does not take the override."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(argv[:-1]):
+        following = argv[i + 1]
+        if arg == "--resume" and "=" in following and not Path(following).is_file():
+            argv[i] = "--resume=last"
+    return argv
+
+
 def _train(args) -> int:
+    from timematters.engine.evaluate import format_table
     from timematters.engine.train import train
 
     cfg = load_config(args.config, args.overrides)
     resume = args.resume
-    if resume == "auto":
+    if resume == "last":
         resume = Path(cfg.train.out) / "checkpoints" / "last.pth"
-    result = train(cfg, resume=resume, init_from=args.init_from)
-    if result["metrics"] is not None:
-        from timematters.engine.evaluate import format_table
-
-        print(format_table({cfg.model.name: result["metrics"]}))
-        print(f"run folder: {result['run_dir']}")
+        if not resume.is_file():
+            raise FileNotFoundError(
+                f"--resume: no checkpoint at {resume} (train.out={cfg.train.out}); start the run "
+                "without --resume, or name a checkpoint with --resume PATH"
+            )
+    if resume and args.init_from:
+        raise ConfigError("--resume continues a run, --init-from starts a new one: give one")
+    result = train(cfg, resume=resume, init_from=args.init_from, overwrite=args.overwrite)
+    print(format_table({cfg.model.name: result["metrics"]}))
+    print(f"run folder: {result['run_dir']}")
     return 0
 
 
 def _eval(args) -> int:
+    from timematters.engine.metrics import to_json
     from timematters.engine.model import evaluate_checkpoint
 
     cfg = load_config(args.config, args.overrides)
-    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent
-    out.mkdir(parents=True, exist_ok=True)
-    result = evaluate_checkpoint(cfg, args.checkpoint)
+    checkpoint = Path(args.checkpoint)
+    out = Path(args.out) if args.out else checkpoint.with_name(f"{checkpoint.stem}_eval")
+    result = evaluate_checkpoint(cfg, checkpoint)
     metrics = result.metrics()
-    table = result.table(Path(args.checkpoint).name)
-    (out / "eval.json").write_text(json.dumps(metrics, indent=2))
+    table = result.table(checkpoint.name)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(to_json(metrics))
     (out / "eval.md").write_text(table + "\n")
     print(table)
+    bad = getattr(result, "bad", [])
+    if bad:
+        print(f"{len(bad)} clips could not be decoded and were not scored (bad_videos.jsonl)")
     print(f"wrote {out / 'eval.json'} and {out / 'eval.md'}")
+    if bad:
+        result.check_bad(cfg.data.max_bad_fraction, out / "bad_videos.jsonl")
     return 0
 
 

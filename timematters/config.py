@@ -228,11 +228,26 @@ def load_config(
     cfg = Config()
     if path is not None:
         path = find_config(path)
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as error:
+            raise ConfigError(
+                f"{path}: not UTF-8 text ({error.reason} at byte {error.start})"
+            ) from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(error)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         cfg = merge(cfg, data, source=str(path))
     return apply_overrides(cfg, overrides)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: what, and where (1-based line and column)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{problem}{where}"
 
 
 def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
@@ -245,7 +260,12 @@ def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Conf
         *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            node[leaf] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as error:
+            raise ConfigError(
+                f"override {item!r}: not a YAML value: {_yaml_problem(error)}"
+            ) from None
         cfg = merge(cfg, nested, source="command line")
     return cfg
 
@@ -360,8 +380,14 @@ def validate(cfg: Config) -> Config:
     from timematters.backbones import backbone_arguments, create_backbone, list_backbones
 
     model, data, loss = cfg.model, cfg.data, cfg.loss
-    if model.num_frames < 1:
-        raise ConfigError(f"model.num_frames must be at least 1, got {model.num_frames}")
+    for key, value, least in _lower_bounds(cfg):
+        if value < least:
+            raise ConfigError(f"{key} must be at least {least}, got {value}")
+    if not 0.0 <= data.max_bad_fraction <= 1.0:
+        raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {data.max_bad_fraction}")
+    if not cfg.train.out.strip():
+        raise ConfigError("train.out is empty: name the run folder (e.g. train.out=runs/my_run)")
+    _validate_device(cfg.train.device)
     if model.name not in list_backbones():
         raise ConfigError(
             f"model.name={model.name!r} is not a registered backbone; choose one of: "
@@ -408,6 +434,42 @@ def validate(cfg: Config) -> Config:
             "or set loss.flow.weight=0"
         )
     return cfg
+
+
+def _lower_bounds(cfg: Config) -> list[tuple[str, int | float, int]]:
+    """(key, value, smallest allowed) of the sizes and counts that must be positive."""
+    train = cfg.train
+    return [
+        ("model.num_frames", cfg.model.num_frames, 1),
+        ("train.batch_size", train.batch_size, 1),
+        ("train.accumulation", train.accumulation, 1),
+        ("train.log_every", train.log_every, 1),
+        ("train.epochs", train.epochs, 0),
+        ("train.max_steps", train.max_steps, 0),
+        ("train.save_every_steps", train.save_every_steps, 0),
+        ("train.eval_every_epochs", train.eval_every_epochs, 0),
+        ("train.max_nonfinite_steps", train.max_nonfinite_steps, 0),
+        ("eval.batch_size", cfg.eval.batch_size, 1),
+        ("data.num_workers", cfg.data.num_workers, 0),
+        ("data.crop_size", cfg.data.crop_size, 1),
+        ("data.test_temporal_views", cfg.data.test_temporal_views, 1),
+        ("data.test_spatial_crops", cfg.data.test_spatial_crops, 1),
+    ]
+
+
+def _validate_device(name: str) -> None:
+    import torch
+
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"train.device={name!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but CUDA is not available; use cpu or auto")
 
 
 def _validate_images(cfg: Config) -> None:

@@ -9,7 +9,6 @@ with a spatial shortcut in the training split.
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from timematters.config import Config, load_config
 from timematters.diagnostics.plots import plot_shuffle_bars, plot_training_curves
 from timematters.diagnostics.report import run_diagnose
 from timematters.engine.evaluate import format_table
+from timematters.engine.metrics import to_json
 
 # (order, debias, flow) -> row name, in the order of the paper's Table 3.
 _ABLATION = list(itertools.product((False, True), repeat=3))
@@ -69,16 +69,31 @@ def demo_config(
     return load_config("synthetic/time", overrides)
 
 
+# What a demo writes into its folder; an earlier demo there is refused unless overwritten.
+DEMO_FILES = ("seed*", "diagnose", "metrics.json", "report.md", "*.png")
+
+
 def run_demo(
     out: Path,
     quick: bool = False,
     seeds: int = 1,
     ablation: bool = False,
     epochs: int | None = None,
+    overwrite: bool = False,
 ) -> dict:
+    from timematters.engine.runs import claim_folder
     from timematters.engine.train import train
 
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {seeds}")
     variants = _ABLATION if ablation else [(False, False, False), (True, True, True)]
+    claim_folder(
+        out,
+        overwrite=overwrite,
+        patterns=DEMO_FILES,
+        what="an earlier demo",
+        fix="replace it with --overwrite, or choose another --out",
+    )
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     per_seed: dict[str, list[dict]] = {}
@@ -113,7 +128,7 @@ def run_demo(
     elapsed = time.perf_counter() - started
     table = format_table(rows)
     (out / "metrics.json").write_text(
-        json.dumps({"mean": rows, "per_seed": per_seed, "seconds": elapsed}, indent=2)
+        to_json({"mean": rows, "per_seed": per_seed, "seconds": elapsed})
     )
     plot_training_curves(curves, out / "training_curves.png")
     plot_shuffle_bars(rows, out / "shuffle_accuracy.png")

@@ -9,7 +9,6 @@ with a markdown report, JSON metrics and plots.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,6 +29,7 @@ from timematters.engine.backgrounds import (
     evaluate_backgrounds_checkpoint,
     format_backgrounds_table,
 )
+from timematters.engine.metrics import to_json
 from timematters.engine.train import train
 
 VARIANTS = {"baseline": (False, False), "+TIME": (True, True)}  # name -> (order, debias)
@@ -86,9 +86,20 @@ def image_demo_config(
     return cfg
 
 
-def run_image_demo(out: Path, quick: bool = False, seeds: int = 1) -> dict:
+def run_image_demo(out: Path, quick: bool = False, seeds: int = 1, overwrite: bool = False) -> dict:
     """Train and evaluate every variant for each seed; print and write the Table 4-style table."""
+    from timematters.engine.runs import claim_folder
+
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {seeds}")
     budget = BUDGETS["quick" if quick else "full"]
+    claim_folder(
+        out,
+        overwrite=overwrite,
+        patterns=("seed*", "data", "metrics.json", "report.md", "*.png"),
+        what="an earlier image demo",
+        fix="replace it with --overwrite, or choose another --out",
+    )
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     per_seed: dict[str, list[dict[str, float]]] = {}
@@ -122,7 +133,7 @@ def run_image_demo(out: Path, quick: bool = False, seeds: int = 1) -> dict:
     elapsed = time.perf_counter() - started
     table = format_backgrounds_table(columns)
     (out / "metrics.json").write_text(
-        json.dumps({"mean": columns, "per_seed": per_seed, "seconds": elapsed}, indent=2)
+        to_json({"mean": columns, "per_seed": per_seed, "seconds": elapsed})
     )
     plot_background_bars(columns, out / "background_accuracy.png")
     plot_training_curves(curves, out / "training_curves.png")

@@ -83,17 +83,39 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except SafetensorError as error:
             raise ValueError(f"cannot read {path} as safetensors: {error}") from error
     elif path.suffix in TORCH_SUFFIXES:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError) as error:
-            raise ValueError(
-                f"refusing to load {path}: it is not a plain tensor checkpoint that "
-                f"torch.load(weights_only=True) accepts (re-save only its tensors): {error}"
-            ) from error
+        obj = load_torch_file(path, what="weights file")
     else:
         supported = ", ".join((*TORCH_SUFFIXES, SAFETENSORS_SUFFIX))
         raise ValueError(f"{path}: unknown weights format {path.suffix!r}; expected {supported}")
     return _unwrap(obj, path)
+
+
+def load_torch_file(path: str | Path, what: str = "checkpoint") -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU, every failure one clear ``ValueError``.
+
+    Pickled Python objects are refused (they could run code); an empty, truncated or foreign file
+    is named as such instead of surfacing as EOFError or KeyError from the unpickler.
+    """
+    path = Path(path)
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not head:
+        raise ValueError(f"{path} is empty (0 bytes): not a {what}")
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch's zip format, or a legacy pickle
+        raise ValueError(f"{path} is not a torch file (it starts with {head!r}): not a {what}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"refusing to load {path}: it holds pickled Python objects, which a weights-only "
+            f"load refuses (re-save only its tensors): "
+            f"{str(error).strip().splitlines()[0]}"
+        ) from None
+    except Exception as error:  # EOFError, RuntimeError, ... from a damaged file
+        raise ValueError(
+            f"cannot read {path} as a {what} ({type(error).__name__}: {error}); "
+            "is it truncated or damaged?"
+        ) from None
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -179,6 +201,15 @@ def load_pretrained(
     }
     if missing or unexpected or mismatched:
         raise PretrainedKeyError(path, missing, unexpected, mismatched)
+    not_finite = sorted(
+        k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()
+    )
+    if not_finite:
+        shown = ", ".join(not_finite[:5]) + (" ..." if len(not_finite) > 5 else "")
+        raise ValueError(
+            f"{path}: {len(not_finite)} tensors hold NaN or infinite values ({shown}); "
+            "refusing to start from them"
+        )
 
     model.load_state_dict(state_dict, strict=False)
     report.new = sorted(k for k in target if k not in state_dict)

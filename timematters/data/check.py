@@ -1,14 +1,16 @@
 """``timematters data check``: is a dataset usable as configured?
 
 Loads the train and val splits exactly as training would, then reports videos per split and per
-class, listed videos that are missing, videos that cannot be decoded (or are too short, or cut off),
-and class-map problems (classes without training videos, SSv2 subset names that match no class).
-The exit code is 0 when nothing is wrong and 1 otherwise.
+class, listed videos that are missing, videos that cannot be decoded (or are too short, or cut
+off), class-map problems (classes without training videos, rare classes whose names look like a
+typo of another, SSv2 subset names that match no class) and videos a list names twice. The exit
+code is 0 when nothing is wrong and 1 otherwise.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -16,13 +18,14 @@ from tqdm import tqdm
 from timematters.config import Config, validate
 from timematters.data.build import build_dataset
 from timematters.data.dataset import VideoDataset
-from timematters.data.video import DecoderUnavailable, VideoDecodeError
+from timematters.data.video import DecoderUnavailable
+from timematters.data.videolist import list_duplicates, similar_class_names
 
 SHOWN = 10  # examples printed per kind of problem
 
 
 class _DecodeProbe(Dataset):
-    """Decodes the frames a dataset's item would need; returns (path, reason or None)."""
+    """Decodes what a dataset's item would need; returns (path, reason or None)."""
 
     def __init__(self, dataset: VideoDataset, count: int):
         self.dataset = dataset
@@ -32,12 +35,7 @@ class _DecodeProbe(Dataset):
         return self.count
 
     def __getitem__(self, index: int) -> tuple[str, str | None]:
-        path = self.dataset.samples[index].path
-        try:
-            self.dataset.read_clips(path)
-        except VideoDecodeError as error:
-            return path, error.reason
-        return path, None
+        return self.dataset.probe(index)
 
 
 def _undecodable(
@@ -107,6 +105,18 @@ def check_dataset(
         if empty:
             names = [f"{i} {train.classes[i]}" for i in empty]
             problems.append(_examples(f"train: {len(empty)} classes have no videos", names))
+        lookalikes = similar_class_names(train.classes, Counter(train.labels))
+        if lookalikes:
+            pairs = [f"{rare!r} looks like {common!r}" for rare, common in lookalikes]
+            problems.append(_examples("train: classes with almost no videos (typos?)", pairs))
+    if data.dataset == "videolist":
+        for split, key in (("train", "annotations"), ("val", "val_annotations")):
+            list_file = getattr(data, key)
+            if list_file and Path(list_file).is_file():
+                duplicates = list_duplicates(list_file)
+                if duplicates:
+                    headline = f"{split}: {len(duplicates)} videos listed twice in {list_file}"
+                    problems.append(_examples(headline, duplicates))
     # The subset match depends on labels.json only: report it once.
     unmatched = next((getattr(d, "unmatched_subset_names", {}) for d in datasets.values()), {})
     if unmatched:

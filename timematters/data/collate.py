@@ -1,13 +1,13 @@
 """Batching with bad videos: a dataset returns ``BadVideo`` instead of raising, the collate function
-drops it from the batch, and ``BadVideoLog`` counts, logs and records the drops over a run and stops
-it when too many videos are bad.
+drops it from the batch, and ``BadVideoLog`` records the distinct bad videos of a run, merges
+what other ranks found, writes them out and stops the run when too many of the dataset are bad.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ class BadVideo:
     path: str
     reason: str
     index: int = -1
+    label: int = -1  # the video's class, when the dataset knows it
 
 
 class TooManyBadVideos(RuntimeError):
@@ -30,14 +31,14 @@ class TooManyBadVideos(RuntimeError):
 
 
 def collate_videos(samples: list[dict[str, Any] | BadVideo]) -> dict[str, Any]:
-    """Stack the good samples; ``dropped`` lists (path, reason) of the bad ones.
+    """Stack the good samples; ``dropped`` lists the ``BadVideo`` markers of the bad ones.
 
     Keys of a good batch: ``video``, ``label``, ``video_id`` (list of str), ``index`` and, when the
     dataset makes them, ``flow_labels``. A batch in which every video was bad holds only ``dropped``.
     """
     good = [s for s in samples if not isinstance(s, BadVideo)]
     batch: dict[str, Any] = default_collate(good) if good else {}
-    batch["dropped"] = [(s.path, s.reason) for s in samples if isinstance(s, BadVideo)]
+    batch["dropped"] = [s for s in samples if isinstance(s, BadVideo)]
     return batch
 
 
@@ -47,45 +48,54 @@ def batch_size(batch: dict[str, Any]) -> int:
 
 
 class BadVideoLog:
-    """Counts good and dropped videos over a run; ``check`` stops the run above a limit."""
+    """The distinct bad videos seen so far (a video that fails every epoch counts once).
+
+    ``update`` records a batch's drops and returns the new ones, ``merge`` adds those another rank
+    found (so every rank holds the same log), ``check`` stops a run whose bad share of the dataset
+    passes a limit, ``write`` saves them as JSON lines.
+    """
 
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path is not None else None
-        self.seen = 0
-        self.bad = 0
-        self.entries: list[dict[str, str]] = []
+        self.videos: dict[str, BadVideo] = {}
 
     @property
-    def fraction(self) -> float:
-        return self.bad / self.seen if self.seen else 0.0
+    def bad(self) -> int:
+        return len(self.videos)
 
-    def update(self, batch: dict[str, Any]) -> None:
-        dropped = batch.get("dropped", [])
-        self.seen += batch_size(batch) + len(dropped)
-        self.bad += len(dropped)
-        for path, reason in dropped:
-            log.warning("dropped bad video %s: %s", path, reason)
-            self.entries.append({"path": path, "reason": reason})
+    def update(self, batch: dict[str, Any]) -> list[BadVideo]:
+        new = [v for v in batch.get("dropped", []) if v.path not in self.videos]
+        self.merge(new)
+        return new
+
+    def merge(self, videos: list[BadVideo]) -> None:
+        for video in videos:
+            if video.path not in self.videos:
+                log.warning("dropped bad video %s: %s", video.path, video.reason)
+                self.videos[video.path] = video
 
     def write(self, path: str | Path | None = None) -> Path:
-        """Write every dropped video as a JSON line {path, reason}; returns the file."""
+        """Write every bad video as a JSON line {path, reason, index, label}; returns the file."""
         if path is not None:
             self.path = Path(path)
         if self.path is None:
             raise ValueError("BadVideoLog.write needs a path")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("".join(json.dumps(entry) + "\n" for entry in self.entries))
+        lines = (json.dumps(asdict(video)) + "\n" for video in self.videos.values())
+        self.path.write_text("".join(lines))
         return self.path
 
-    def check(self, limit: float, min_seen: int = 0) -> None:
-        """Raise ``TooManyBadVideos`` when more than ``limit`` of the videos seen were bad.
+    def check(self, limit: float, total: int) -> None:
+        """Raise ``TooManyBadVideos`` when more than ``limit`` of the ``total`` videos of the
+        dataset are bad.
 
-        ``min_seen`` keeps one bad video in the first small batch from stopping a run.
+        Judged against the whole dataset, not the videos seen so far: one bad video in the first
+        batch of a large dataset is under any sensible limit, and stays under it.
         """
-        if self.seen < min_seen or self.fraction <= limit:
+        if self.bad <= limit * total:
             return
         where = f"; their paths and reasons are in {self.write()}" if self.path else ""
         raise TooManyBadVideos(
-            f"{self.bad} of {self.seen} videos ({self.fraction:.2%}) could not be decoded or were "
+            f"{self.bad} of {total} videos ({self.bad / total:.2%}) could not be decoded or were "
             f"too short, above the limit of {limit:.2%} (data.max_bad_fraction){where}"
         )

@@ -91,7 +91,7 @@ class VideoDataset(Dataset):
         try:
             frames, num_views = self.read_clips(sample.path)
         except VideoDecodeError as error:
-            return BadVideo(sample.path, error.reason, index)
+            return BadVideo(sample.path, error.reason, index, sample.label)
         if self.train:
             video = self.transform(frames)
         else:
@@ -102,6 +102,15 @@ class VideoDataset(Dataset):
         if self.flow_labels is not None:
             item["flow_labels"] = self.flow_labels(video)
         return item
+
+    def probe(self, index: int) -> tuple[str, str | None]:
+        """(path, why it cannot be used or None): decodes what item ``index`` needs, no more."""
+        path = self.samples[index].path
+        try:
+            self.read_clips(path)
+        except VideoDecodeError as error:
+            return path, error.reason
+        return path, None
 
     def read_clips(self, path: str) -> tuple[np.ndarray, int]:
         """Decoded frames of every clip to make from ``path``: uint8 [V*T, H, W, 3], and V."""

@@ -83,6 +83,7 @@ class ImageFolderDataset(Dataset):
         ]
         if not self.samples:
             raise ValueError(f"{self.folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        self.missing: list[str] = []  # the folder is the list: nothing can be missing
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -91,12 +92,21 @@ class ImageFolderDataset(Dataset):
     def labels(self) -> list[int]:
         return [label for _, label in self.samples]
 
+    def probe(self, index: int) -> tuple[str, str | None]:
+        """(path, why it cannot be used or None), for ``data check``."""
+        path, label = self.samples[index]
+        try:
+            decode_image(str(path), mode=ImageReadMode.RGB)
+        except (RuntimeError, ValueError) as error:
+            return str(path), f"cannot decode: {error}"
+        return str(path), None
+
     def __getitem__(self, index: int) -> dict[str, Any] | BadVideo:
         path, label = self.samples[index]
         try:
             image = decode_image(str(path), mode=ImageReadMode.RGB)  # uint8 [3, H, W]
         except (RuntimeError, ValueError) as error:
-            return BadVideo(str(path), f"cannot decode: {error}", index)
+            return BadVideo(str(path), f"cannot decode: {error}", index, label)
         return {
             "video": self.transform(image),
             "label": label,

@@ -8,36 +8,87 @@ name per line (line i = class i).
 from __future__ import annotations
 
 import csv
+import logging
+from collections import Counter
 from collections.abc import Sequence
+from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any
 
 from timematters.data.dataset import VideoDataset, VideoSample, split_missing
 
+log = logging.getLogger(__name__)
+
 
 def read_video_list(list_file: str | Path) -> list[tuple[str, str]]:
-    """(path, label) pairs of a ``path label`` list or a ``path,label`` CSV, as written."""
+    """(path, label) pairs of a ``path label`` list or a ``path,label`` CSV, as written.
+
+    UTF-8 with or without a byte-order mark (spreadsheets write one). A path listed twice with the
+    same label is kept once (``list_duplicates`` names them); with two labels it is an error.
+    """
+    first: dict[str, tuple[int, str]] = {}
+    for number, path, label in _read_lines(list_file):
+        if path in first and first[path][1] != label:
+            line, other = first[path]
+            raise ValueError(
+                f"{list_file}:{number}: {path} is labelled {label!r} here and {other!r} on line "
+                f"{line}; give each video one label"
+            )
+        first.setdefault(path, (number, label))
+    return [(path, label) for path, (_, label) in first.items()]
+
+
+def list_duplicates(list_file: str | Path) -> list[str]:
+    """Paths that a list file names more than once."""
+    counts = Counter(path for _, path, _ in _read_lines(list_file))
+    return sorted(path for path, count in counts.items() if count > 1)
+
+
+def _read_lines(list_file: str | Path) -> list[tuple[int, str, str]]:
+    """(line number, path, label) of every entry of a list file."""
     list_file = Path(list_file)
     if not list_file.is_file():
         raise FileNotFoundError(f"video list not found: {list_file}")
-    lines = list_file.read_text().splitlines()
+    try:
+        lines = list_file.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{list_file}: not UTF-8 text ({error.reason} at byte {error.start})"
+        ) from None
+    numbered: list[tuple[int, str, str]] = []
     if lines and lines[0].strip().replace(" ", "") == "path,label":
-        rows = list(csv.DictReader(lines))
-        entries = [(r["path"].strip(), r["label"].strip()) for r in rows]
+        for number, row in enumerate(csv.DictReader(lines), 2):
+            path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+            if not path or not label:
+                raise ValueError(f"{list_file}:{number}: expected 'path,label', got {row}")
+            numbered.append((number, path, label))
     else:
-        entries = []
         for number, line in enumerate(lines, 1):
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
-            parts = line.strip().rsplit(
-                maxsplit=1
-            )  # the label is the last field; paths may hold spaces
+            parts = line.strip().rsplit(maxsplit=1)  # the label is last; paths may hold spaces
             if len(parts) != 2:
                 raise ValueError(f"{list_file}:{number}: expected 'path label', got {line!r}")
-            entries.append((parts[0], parts[1]))
-    if not entries:
+            numbered.append((number, parts[0], parts[1]))
+    if not numbered:
         raise ValueError(f"video list {list_file} has no entries")
-    return entries
+    return numbered
+
+
+def similar_class_names(classes: Sequence[str], counts: dict[int, int]) -> list[tuple[str, str]]:
+    """Pairs (rare, common) of class names that look like a typo of each other: the rare one has
+    at most 2 videos, the other more, and they differ by a character or two."""
+    pairs = []
+    for rare, count in counts.items():
+        if count > 2:
+            continue
+        for other, other_count in counts.items():
+            if other != rare and other_count > count:
+                a, b = classes[rare].lower(), classes[other].lower()
+                if SequenceMatcher(None, a, b).ratio() >= 0.85 and abs(len(a) - len(b)) <= 2:
+                    pairs.append((classes[rare], classes[other]))
+                    break
+    return pairs
 
 
 def read_class_list(path: str | Path) -> list[str]:
@@ -95,6 +146,11 @@ class VideoListDataset(VideoDataset):
         if class_list:
             classes = read_class_list(class_list)
         labels, classes = resolve_labels([label for _, label in entries], classes)
+        for rare, common in similar_class_names(classes, Counter(labels)):
+            log.warning(
+                f"{list_file}: class {rare!r} has almost no videos and looks like {common!r}: "
+                "a typo? (`timematters data check` lists such classes)"
+            )
         base = Path(root) if root else Path(list_file).parent
         if not base.is_dir():
             raise FileNotFoundError(f"video root not found: {base}")

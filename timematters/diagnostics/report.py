@@ -9,7 +9,6 @@ for every checkpoint). Writes ``diagnose.json`` and ``gradcam.npz`` (the data), 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +27,8 @@ from timematters.diagnostics.gradcam import video_gradcam
 from timematters.diagnostics.order_probe import order_probe
 from timematters.engine.distributed import autocast_dtype, resolve_device
 from timematters.engine.evaluate import EvalResult, evaluate, format_table
-from timematters.engine.model import load_model_from_checkpoint, model_patch_size
+from timematters.engine.metrics import to_json
+from timematters.engine.model import check_classes, load_model_from_checkpoint, model_patch_size
 
 
 def run_diagnose(
@@ -70,8 +70,7 @@ def run_diagnose(
     models = {}
     for name, path in zip(names, checkpoints, strict=True):
         model, classes = load_model_from_checkpoint(cfg, path)
-        if classes and classes != list(test_set.classes):
-            raise ValueError(f"{path} was trained on other classes than the config's dataset has")
+        check_classes(classes, test_set.classes, path)
         models[name] = model.to(device)
 
     def loader(dataset) -> DataLoader:
@@ -99,9 +98,16 @@ def run_diagnose(
             )
             evaluations.append(result)
     evaluations = dict(zip(names, evaluations, strict=True))
+    first = next(iter(evaluations.values()))
+    first.check_bad(cfg.data.max_bad_fraction, out / "bad_videos.jsonl")
     data = {
         "checkpoints": {name: str(path) for name, path in zip(names, checkpoints, strict=True)},
-        "dataset": {"name": cfg.data.dataset, "split": split, "num_clips": len(test_set)},
+        "dataset": {
+            "name": cfg.data.dataset,
+            "split": split,
+            "num_clips": len(first.labels),  # scored; the bad ones are not
+            "num_bad": len(first.bad),
+        },
         "shuffle": cfg.eval.shuffle,
         "shuffle_test": {name: result.metrics() for name, result in evaluations.items()},
         "confidence_gap": {name: confidence_gaps(result) for name, result in evaluations.items()},
@@ -136,7 +142,7 @@ def run_diagnose(
         data["gradcam"] = _gradcam(cfg, models, test_set, gradcam_indices, out)
 
     data["seconds"] = time.perf_counter() - started
-    (out / "diagnose.json").write_text(json.dumps(data, indent=2))
+    (out / "diagnose.json").write_text(to_json(data))
     _plot(data, out)
     (out / "report.md").write_text(_report(data))
     print(f"[diagnose] report: {out / 'report.md'}", flush=True)
@@ -234,6 +240,12 @@ def _plot(data: dict, out: Path) -> None:
         )
 
 
+def _bad_note(num_bad: int) -> str:
+    if not num_bad:
+        return ""
+    return f", and {num_bad} that could not be decoded and are left out (bad_videos.jsonl)"
+
+
 def _signed(value: float) -> str:
     return f"{round(value, 3) + 0.0:+.3f}"  # + 0.0: no "-0.000" for a rounded-away negative
 
@@ -251,8 +263,8 @@ def _report(data: dict) -> str:
         "# Does the model use time?",
         "",
         f"`timematters diagnose` on the {dataset['name']} {dataset['split']} split "
-        f"({dataset['num_clips']} clips; frames shuffled {data['shuffle'].replace('_', ' ')}; "
-        f"{data['seconds']:.0f} s). Checkpoints:",
+        f"({dataset['num_clips']} clips{_bad_note(dataset['num_bad'])}; frames shuffled "
+        f"{data['shuffle'].replace('_', ' ')}; {data['seconds']:.0f} s). Checkpoints:",
         "",
         *(f"- **{name}**: `{path}`" for name, path in data["checkpoints"].items()),
         "",

@@ -13,11 +13,18 @@ from typing import Any
 
 import torch
 
+from timematters.backbones.pretrained import load_torch_file
+
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a kill never leaves half a file."""
+    """Write to a temporary file in the same folder, then rename: a kill never leaves half a file.
+
+    Temporary files a killed write left behind are removed first (one writer per run folder).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for orphan in path.parent.glob(f".{path.name}.*.tmp"):
+        orphan.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -33,23 +40,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError with a long explanation
-        raise ValueError(
-            f"{path} could not be read as a weights-only checkpoint (it may hold pickled "
-            f"Python objects, which are refused): {str(error).splitlines()[0]}"
-        ) from error
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    state = load_torch_file(path, what="checkpoint")
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a checkpoint dict")
     return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

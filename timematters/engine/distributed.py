@@ -81,6 +81,15 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return all_reduce_sum(tensor) / world
 
 
+def all_gather_objects(obj: object) -> list[object]:
+    """Every rank's ``obj``, in rank order (``[obj]`` in a single process)."""
+    if not dist.is_initialized():
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from timematters.config import EvalConfig
+from timematters.data.collate import BadVideo, BadVideoLog
 from timematters.losses.shuffle import sample_frame_permutations, shuffle_frames
 
 
@@ -30,6 +32,7 @@ class EvalResult:
     shuffled_probs: np.ndarray  # [N, K] on the frame-shuffled clips
     classes: list[str]
     subsets: dict[str, list[int]] = field(default_factory=dict)
+    bad: list[BadVideo] = field(default_factory=list)  # clips that could not be decoded, skipped
 
     def subset_masks(self) -> dict[str, np.ndarray]:
         masks = {"all": np.ones(len(self.labels), dtype=bool)}
@@ -38,7 +41,9 @@ class EvalResult:
         return masks
 
     def metrics(self) -> dict[str, dict[str, float]]:
-        """Accuracies in percent for all clips and each subset."""
+        """Accuracies in percent for all clips and each subset; ``num_clips`` were scored and
+        ``num_bad`` could not be decoded (not scored)."""
+        bad_labels = np.array([video.label for video in self.bad], dtype=np.int64)
         out = {}
         for name, mask in self.subset_masks().items():
             labels = self.labels[mask]
@@ -52,8 +57,24 @@ class EvalResult:
                 "gap": top1 - s_top1,
                 "gap_top5": top5 - s_top5,
                 "num_clips": int(mask.sum()),
+                "num_bad": int(
+                    len(bad_labels)
+                    if name == "all"
+                    else np.isin(bad_labels, self.subsets[name]).sum()
+                ),
             }
         return out
+
+    def check_bad(self, limit: float, path: Path | None = None) -> None:
+        """Raise ``TooManyBadVideos`` when more than ``limit`` of the clips could not be decoded;
+        with ``path``, write them there first as JSON lines (whatever their number)."""
+        if not self.bad:
+            return
+        log = BadVideoLog(path)
+        log.merge(self.bad)
+        if path is not None:
+            log.write()
+        log.check(limit, total=len(self.labels) + len(self.bad))
 
     def table(self, name: str) -> str:
         """This result as one row of ``format_table``."""
@@ -107,13 +128,16 @@ def evaluate(
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(settings.seed)
-    labels, probs, shuffled_probs = [], [], []
+    labels, probs, shuffled_probs, bad = [], [], [], []
     autocast = (
         torch.autocast(device.type, dtype=autocast_dtype)
         if autocast_dtype is not None
         else contextlib.nullcontext()
     )
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        bad += batch.get("dropped", [])
+        if "video" not in batch:  # every clip of the batch failed to decode
+            continue
         video = batch["video"].to(device, non_blocking=True)
         if video.ndim == 5:
             video = video[:, None]  # one view
@@ -130,16 +154,18 @@ def evaluate(
         labels.append(batch["label"].cpu())
     model.train(was_training)
 
+    K = len(classes)
     result = [
-        torch.cat(labels).numpy(),
-        torch.cat(probs).numpy(),
-        torch.cat(shuffled_probs).numpy(),
+        torch.cat(labels).numpy() if labels else np.zeros(0, np.int64),
+        torch.cat(probs).numpy() if probs else np.zeros((0, K), np.float32),
+        torch.cat(shuffled_probs).numpy() if shuffled_probs else np.zeros((0, K), np.float32),
     ]
     if dist.is_initialized():  # each rank saw its own shard: gather them all
         gathered = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, result)
-        result = [np.concatenate([g[i] for g in gathered]) for i in range(3)]
-    return EvalResult(*result, classes=list(classes), subsets=dict(subsets or {}))
+        dist.all_gather_object(gathered, (result, bad))
+        result = [np.concatenate([g[0][i] for g in gathered]) for i in range(3)]
+        bad = [video for g in gathered for video in g[1]]
+    return EvalResult(*result, classes=list(classes), subsets=dict(subsets or {}), bad=bad)
 
 
 def format_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:

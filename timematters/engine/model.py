@@ -66,8 +66,40 @@ def load_model_from_checkpoint(cfg: Config, path: str | Path) -> tuple[nn.Module
     model = create_backbone(
         model_cfg.name, **backbone_kwargs(replace(cfg, model=model_cfg), num_classes)
     )
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:  # names every mismatched key already; keep it to a paragraph
+        raise ValueError(f"{path} does not fit {model_cfg.name}: {error}") from None
     return model.eval(), classes
+
+
+def check_classes(trained: list[str], dataset: list[str], path: str | Path) -> None:
+    """Refuse to score a checkpoint on a dataset whose classes differ from the ones it was trained
+    on, in set or in order: its logit k would be compared with another class's label."""
+    if not trained or list(trained) == list(dataset):
+        return
+    missing = [c for c in trained if c not in dataset]
+    extra = [c for c in dataset if c not in trained]
+    if missing or extra:
+        what = "; ".join(
+            part
+            for part in (
+                f"not in the dataset: {', '.join(missing[:5])}" if missing else "",
+                f"not in the checkpoint: {', '.join(extra[:5])}" if extra else "",
+            )
+            if part
+        )
+        detail = f"other classes ({len(trained)} trained, {len(dataset)} in the dataset; {what})"
+    else:
+        first = next(i for i, (a, b) in enumerate(zip(trained, dataset, strict=True)) if a != b)
+        detail = (
+            f"the same classes in another order (class {first} is {trained[first]!r} in the "
+            f"checkpoint, {dataset[first]!r} in the dataset)"
+        )
+    raise ValueError(
+        f"{path} was trained on {detail}; its scores would be wrong. Give the dataset the "
+        "checkpoint's classes in its order (for a video list: data.class_list, one name per line)"
+    )
 
 
 @dataclass
@@ -99,6 +131,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path) -> EvalResult | Bac
         test_set = build_dataset(
             cfg, cfg.eval.split, flow_labels=False, patch_size=model.patch_size
         )
+        check_classes(classes, test_set.classes, checkpoint)
         loader = DataLoader(
             test_set,
             batch_size=cfg.eval.batch_size,

@@ -4,6 +4,11 @@ checkpoints (STYLE 9, in the spirit of MAE's ``engine_finetune.py``).
 One loop serves `timematters train`, the demo and the benchmarks. It runs alone or as one of N
 torchrun processes (DistributedDataParallel); rank 0 writes the run folder. Everything a run holds
 lives in one ``Run``, built once by ``setup_run``; the functions below take it.
+
+Exact resume: every random draw of a step is a pure function of (seed, rank, step) — dropout and
+drop-path reseed at the start of each step, frame shuffles use a generator seeded the same way,
+each clip's augmentation is seeded by (seed, epoch, index) — so a run resumed from any checkpoint
+computes the very losses an uninterrupted one does, and no RNG state needs saving.
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +32,12 @@ from tqdm import tqdm
 from timematters.backbones.pretrained import load_pretrained
 from timematters.config import Config, config_to_dict, save_config, validate
 from timematters.data.build import build_dataset, build_flow_labeller
-from timematters.data.collate import BadVideoLog, batch_size, collate_videos
+from timematters.data.collate import BadVideo, BadVideoLog, batch_size, collate_videos
 from timematters.data.samplers import SeededSamples, Shard, SkipFirst
-from timematters.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from timematters.engine.checkpoint import load_checkpoint, save_checkpoint
 from timematters.engine.distributed import (
     DistInfo,
+    all_gather_objects,
     all_reduce_mean,
     all_reduce_sum,
     autocast_dtype,
@@ -39,9 +46,16 @@ from timematters.engine.distributed import (
     setup_distributed,
 )
 from timematters.engine.evaluate import EvalResult, evaluate, format_table
-from timematters.engine.metrics import RunLog, flatten_metrics
+from timematters.engine.metrics import RunLog, flatten_metrics, to_json
 from timematters.engine.model import build_model, model_patch_size
 from timematters.engine.optim import build_optimizer, lr_at, set_lr
+from timematters.engine.runs import (
+    Interrupted,
+    RunShape,
+    StopSignals,
+    check_resume,
+    claim_run_folder,
+)
 from timematters.flow.farneback import configure_opencv_threads
 from timematters.flow.labeller import FlowLabeller
 from timematters.losses.objective import Objective, ObjectiveOutput, build_objective
@@ -72,6 +86,10 @@ class Progress:
     epoch: int = 0
     step: int = 0  # optimizer steps done
     nonfinite_steps: int = 0
+    saved_step: int = -1  # the step of the last checkpoint written
+    # The log's length before the final evaluation, once it is done (at this step): a resume that
+    # trains further cuts it away, a resume with nothing left to do keeps it.
+    final_eval_lines: int | None = None
 
 
 @dataclass
@@ -96,8 +114,10 @@ class Run:
     flow_on_device: FlowLabeller | None  # flow.backend=torch: labels made in the step
     log: RunLog
     bad_log: BadVideoLog
+    shape: RunShape
     progress: Progress = field(default_factory=Progress)
     step_callback: StepCallback | None = None
+    stop: StopSignals = field(default_factory=StopSignals)
 
     @property
     def max_steps(self) -> float:
@@ -109,18 +129,31 @@ def train(
     resume: str | Path | None = None,
     init_from: str | Path | None = None,
     step_callback: StepCallback | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train (and evaluate) as ``cfg`` says; returns the final metrics and the run folder.
 
-    resume: a checkpoint to continue exactly (weights, optimizer, schedule, RNG, data position).
+    resume: a checkpoint to continue exactly (weights, optimizer, schedule, data position); the
+        run's config must match the checkpoint's (``runs.RESUME_FREE`` lists what may change).
     init_from: a checkpoint or weights file to start from (weights only, embeddings resized).
     step_callback(step, record): called after every optimizer step (tests, the demo's progress).
+    overwrite: replace a run already in ``train.out`` (refused otherwise).
+    SIGINT / SIGTERM stop the run after the current step with a checkpoint (``Interrupted``).
     """
     validate(cfg)
     info = setup_distributed(cfg.train.device)
     try:
-        run = setup_run(cfg, info, resume=resume, init_from=init_from, step_callback=step_callback)
-        return fit(run)
+        with StopSignals() as stop:
+            run = setup_run(
+                cfg,
+                info,
+                resume=resume,
+                init_from=init_from,
+                step_callback=step_callback,
+                overwrite=overwrite,
+            )
+            run.stop = stop
+            return fit(run)
     finally:
         cleanup_distributed()
 
@@ -132,12 +165,14 @@ def setup_run(
     resume: str | Path | None = None,
     init_from: str | Path | None = None,
     step_callback: StepCallback | None = None,
+    overwrite: bool = False,
 ) -> Run:
     """Build everything a run needs, in the order that fixes its random draws."""
     run_dir = Path(cfg.train.out)
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+    state = load_checkpoint(resume) if resume else None
+    if state is None and info.is_main:
+        claim_run_folder(run_dir, overwrite=overwrite)
+    barrier()
     device = info.device
     torch.manual_seed(cfg.train.seed)
 
@@ -193,16 +228,30 @@ def setup_run(
             f"({cfg.train.batch_size})"
         )
 
+    shape = RunShape(train_clips=len(train_set), world_size=world)
     progress = Progress()
-    if resume:
-        state = load_checkpoint(resume)
+    if state is not None:
+        check_resume(state, cfg, shape, Path(resume))
         model.backbone.load_state_dict(state["model"])
         model.objective.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
-        progress = Progress(state["epoch"], state["step"], state["nonfinite_steps"])
-        set_rng_state(state["rng"])
-    torch.manual_seed(cfg.train.seed * 1_000 + info.rank + progress.step)  # dropout per rank
+        progress = Progress(
+            epoch=state["epoch"],
+            step=state["step"],
+            nonfinite_steps=state["nonfinite_steps"],
+            saved_step=state["step"],
+            final_eval_lines=state["final_eval_lines"],
+        )
+        keep_lines = state["log_lines"]
+        if progress.final_eval_lines is not None and _steps_left(cfg, progress):
+            keep_lines, progress.final_eval_lines = progress.final_eval_lines, None
+    if info.is_main:  # only now: a refused resume must not touch the run's files
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    bad_log = BadVideoLog(run_dir / "bad_videos.jsonl")
+    if state is not None:
+        bad_log.merge([BadVideo(**video) for video in state["bad_videos"]])
 
     eval_loader = DataLoader(
         test_set,
@@ -231,37 +280,82 @@ def setup_run(
         local_batch=local_batch,
         steps_per_epoch=steps_per_epoch,
         flow_on_device=flow_on_device,
-        log=RunLog(run_dir, enabled=info.is_main, tensorboard=cfg.train.tensorboard),
-        bad_log=BadVideoLog(run_dir / "bad_videos.jsonl"),
+        log=RunLog(
+            run_dir,
+            enabled=info.is_main,
+            tensorboard=cfg.train.tensorboard,
+            keep_lines=keep_lines if state is not None else None,
+        ),
+        bad_log=bad_log,
+        shape=shape,
         progress=progress,
         step_callback=step_callback,
     )
 
 
 def fit(run: Run) -> dict[str, Any]:
-    """Epochs until ``train.epochs`` (or ``train.max_steps``), then the final evaluation."""
+    """Epochs until ``train.epochs`` (or ``train.max_steps``), then the final evaluation.
+
+    At each epoch's end the evaluation (when due) comes before the checkpoint, so a run killed
+    during it redoes it after the resume instead of losing its record.
+    """
     cfg, progress = run.cfg, run.progress
-    while progress.epoch < cfg.train.epochs and progress.step < run.max_steps:
+    if progress.final_eval_lines is not None:
+        print(f"[train] {run.run_dir} finished at step {progress.step}: nothing left to do")
+        metrics = json.loads((run.run_dir / "eval.json").read_text())
+        return {"run_dir": run.run_dir, "metrics": metrics, "result": None, "steps": progress.step}
+    while _steps_left(cfg, progress):
         epoch = progress.epoch
         train_one_epoch(run, epoch_loader(run))
         if progress.step - epoch * run.steps_per_epoch < run.steps_per_epoch:
             break  # stopped by max_steps inside the epoch
         progress.epoch += 1
-        save_run_checkpoint(run, "last.pth")
         every = cfg.train.eval_every_epochs
         if every and progress.epoch % every == 0 and progress.epoch < cfg.train.epochs:
             evaluate_run(run)
+        save_run_checkpoint(run, "last.pth")
+        _stop_if_asked(run)
 
-    save_run_checkpoint(run, "last.pth")
+    if progress.saved_step != progress.step:
+        save_run_checkpoint(run, "last.pth")
+    lines_before = run.log.lines
     result = evaluate_run(run)
     metrics = result.metrics()
     if run.info.is_main:
-        (run.run_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
+        (run.run_dir / "eval.json").write_text(to_json(metrics))
         (run.run_dir / "eval.md").write_text(format_table({cfg.model.name: metrics}) + "\n")
         if run.bad_log.bad:
             run.bad_log.write()
+    progress.final_eval_lines = lines_before
+    save_run_checkpoint(run, "last.pth")
     run.log.close()
+    bad_path = run.run_dir / "eval_bad_videos.jsonl" if run.info.is_main else None
+    result.check_bad(cfg.data.max_bad_fraction, bad_path)
     return {"run_dir": run.run_dir, "metrics": metrics, "result": result, "steps": progress.step}
+
+
+def _steps_left(cfg: Config, progress: Progress) -> bool:
+    max_steps = cfg.train.max_steps or math.inf
+    return progress.epoch < cfg.train.epochs and progress.step < max_steps
+
+
+def _stop_if_asked(run: Run) -> None:
+    """``_stop`` on every rank when any rank caught a stop signal."""
+    asked = float(run.stop.requested is not None)
+    if all_reduce_sum(torch.tensor([asked])).item() > 0:
+        _stop(run)
+
+
+def _stop(run: Run) -> None:
+    """Write the checkpoint of the current step (unless written) and raise ``Interrupted``."""
+    if run.progress.saved_step != run.progress.step:
+        save_run_checkpoint(run, "last.pth")
+    name = run.stop.requested.name if run.stop.requested else "a signal on another rank"
+    raise Interrupted(
+        f"stopped by {name} after step {run.progress.step}; the checkpoint "
+        f"{run.run_dir / 'checkpoints' / 'last.pth'} continues it with --resume",
+        exit_code=128 + int(run.stop.requested or signal.SIGTERM),
+    )
 
 
 def epoch_loader(run: Run) -> DataLoader:
@@ -280,6 +374,8 @@ def epoch_loader(run: Run) -> DataLoader:
         drop_last=True,
         pin_memory=run.info.device.type == "cuda",
         persistent_workers=False,
+        # Its own generator: the loader's worker seeds do not draw from the global RNG.
+        generator=torch.Generator().manual_seed(run.cfg.train.seed * 1_000_003 + epoch),
     )
 
 
@@ -299,10 +395,10 @@ def train_one_epoch(run: Run, loader: DataLoader) -> None:
     for batch in loader:
         if progress.step >= epoch_end:
             break
-        run.bad_log.update(batch)
-        run.bad_log.check(cfg.data.max_bad_fraction, min_seen=cfg.train.batch_size)
-        # A batch whose videos were all bad is skipped, by every rank together (DDP would hang).
-        if all_reduce_sum(torch.tensor([float(batch_size(batch) == 0)])).item() > 0:
+        skip, stop = _account_for_batch(run, batch)
+        if stop:
+            _stop(run)
+        if skip:
             continue
         micro_batches.append(batch)
         if len(micro_batches) < cfg.train.accumulation:
@@ -334,6 +430,25 @@ def train_one_epoch(run: Run, loader: DataLoader) -> None:
     bar.close()
 
 
+def _account_for_batch(run: Run, batch: dict[str, Any]) -> tuple[bool, bool]:
+    """(skip the batch, stop the run): what every rank must agree on before a batch, in one
+    collective.
+
+    A batch empty on any rank (all its videos bad) is skipped by every rank together, or DDP
+    would hang; new bad videos are exchanged, so every rank's log and limit check sees them all;
+    a stop signal caught by any rank stops every rank at the same step.
+    """
+    new_bad = run.bad_log.update(batch)
+    asked = float(run.stop.requested is not None)
+    flags = torch.tensor([float(batch_size(batch) == 0), float(len(new_bad)), asked])
+    any_empty, any_new, any_stop = all_reduce_sum(flags).tolist()
+    if any_new and run.info.enabled:
+        for videos in all_gather_objects(new_bad):
+            run.bad_log.merge(videos)
+    run.bad_log.check(run.cfg.data.max_bad_fraction, total=run.shape.train_clips)
+    return any_empty > 0, any_stop > 0
+
+
 def train_step(run: Run, micro_batches: list[dict[str, Any]]) -> tuple[dict[str, float], float]:
     """One optimizer step over ``train.accumulation`` micro-batches.
 
@@ -342,6 +457,8 @@ def train_step(run: Run, micro_batches: list[dict[str, Any]]) -> tuple[dict[str,
     """
     cfg, info, progress = run.cfg, run.info, run.progress
     device = info.device
+    # Dropout and drop-path draw from the global RNG: a pure function of (seed, rank, step).
+    torch.manual_seed(((cfg.train.seed * 2**20 + info.rank) * 2**32 + progress.step) % 2**63)
     lr = lr_at(progress.step / run.steps_per_epoch, cfg.optim, cfg.train.epochs)
     set_lr(run.optimizer, lr)
     # Frame shuffles drawn from (seed, step): identical on every rank and after a resume.
@@ -369,19 +486,24 @@ def train_step(run: Run, micro_batches: list[dict[str, Any]]) -> tuple[dict[str,
             sums[name] = sums.get(name, 0.0) + value.detach().float() / len(micro_batches)
 
     optimizer = run.optimizer
+    grad_norm = float("nan")
+    if not skipped:
+        run.scaler.unscale_(optimizer)
+        max_norm = cfg.optim.clip_grad if cfg.optim.clip_grad > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_norm).item()
+        # With fp16 the scaler skips steps whose gradients overflowed (and lowers its scale); in
+        # fp32 and bf16 a non-finite gradient is skipped here, as a non-finite loss is. Gradients
+        # are synchronised, so every rank decides alike.
+        skipped = not math.isfinite(grad_norm) and not run.scaler.is_enabled()
     if skipped:
         optimizer.zero_grad(set_to_none=True)
         progress.nonfinite_steps += 1
         if progress.nonfinite_steps > cfg.train.max_nonfinite_steps:
             raise NonFiniteLossError(
-                f"{progress.nonfinite_steps} steps had a non-finite loss "
+                f"{progress.nonfinite_steps} steps had a non-finite loss or gradient "
                 f"(limit train.max_nonfinite_steps={cfg.train.max_nonfinite_steps})"
             )
-        grad_norm = float("nan")
     else:
-        run.scaler.unscale_(optimizer)
-        max_norm = cfg.optim.clip_grad if cfg.optim.clip_grad > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_norm).item()
         run.scaler.step(optimizer)
         run.scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -414,8 +536,8 @@ def evaluate_run(run: Run) -> EvalResult:
 
 def save_run_checkpoint(run: Run, name: str) -> None:
     """``<run>/checkpoints/<name>``: everything a resume needs (rank 0 writes, all ranks wait)."""
+    progress = run.progress
     if run.info.is_main:
-        progress = run.progress
         save_checkpoint(
             {
                 "model": run.model.backbone.state_dict(),
@@ -425,12 +547,16 @@ def save_run_checkpoint(run: Run, name: str) -> None:
                 "epoch": progress.epoch,
                 "step": progress.step,
                 "nonfinite_steps": progress.nonfinite_steps,
+                "final_eval_lines": progress.final_eval_lines,
                 "config": config_to_dict(run.cfg),
                 "classes": run.classes,
-                "rng": rng_state(),
+                "run_shape": asdict(run.shape),
+                "log_lines": run.log.lines,  # a resume cuts metrics.jsonl back to these
+                "bad_videos": [asdict(video) for video in run.bad_log.videos.values()],
             },
             run.run_dir / "checkpoints" / name,
         )
+    progress.saved_step = progress.step
     barrier()
 
 

@@ -99,7 +99,8 @@ def flow_to_direction_labels(
     """Dense flow [N, H, W, 2] -> token labels [N, S] int64 in {0..8} (Eq. 10).
 
     threshold="relative" (released): a patch moves iff r >= r_min + fraction * (r_max - r_min) over
-    that frame pair's patches. threshold="absolute": it moves iff r >= absolute_tau pixels.
+    that frame pair's patches, and none does when r_max == r_min. threshold="absolute": it moves
+    iff r >= absolute_tau pixels.
     """
     flow = torch.as_tensor(flow, dtype=torch.float32)
     N, H, W, _ = flow.shape
@@ -114,7 +115,9 @@ def flow_to_direction_labels(
     if threshold == "relative":
         r_min = r.amin(dim=1, keepdim=True)
         r_max = r.amax(dim=1, keepdim=True)
-        moving = r >= r_min + relative_fraction * (r_max - r_min)
+        # A pair whose patches all move alike (frozen or black frames: all 0) is still, as in the
+        # released code, whose min-max normalisation gives zeros for a constant input.
+        moving = (r >= r_min + relative_fraction * (r_max - r_min)) & (r_max > r_min)
     elif threshold == "absolute":
         moving = r >= absolute_tau
     else:

@@ -23,14 +23,15 @@ def sample_frame_permutations(
     if mode != "per_sample":
         raise ValueError(f"shuffle mode must be 'per_batch' or 'per_sample', got {mode!r}")
     identity = torch.arange(num_frames)
-    perms = torch.stack(
-        [torch.randperm(num_frames, generator=generator) for _ in range(batch_size)]
-    )
-    if num_frames > 1:
-        while (same := (perms == identity).all(dim=1)).any():
-            for b in same.nonzero().flatten().tolist():
-                perms[b] = torch.randperm(num_frames, generator=generator)
-    return perms
+    perms = []
+    for _ in range(batch_size):
+        # Each clip draws until it is out of order, so its permutation depends on the clips before
+        # it, not on how they are split into batches.
+        perm = torch.randperm(num_frames, generator=generator)
+        while num_frames > 1 and torch.equal(perm, identity):
+            perm = torch.randperm(num_frames, generator=generator)
+        perms.append(perm)
+    return torch.stack(perms) if perms else identity.expand(0, num_frames).clone()
 
 
 def shuffle_frames(

@@ -1,0 +1,210 @@
+"""Runs that are killed, stopped and resumed compute exactly what an uninterrupted run computes;
+run folders hold one run; a resume refuses a changed run."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_train import TINY, tiny_config
+
+from timematters.engine.checkpoint import load_checkpoint
+from timematters.engine.runs import ResumeMismatch, RunFolderInUse
+from timematters.engine.train import train
+
+# Drop path on (the presets' default), a checkpoint at every step, an evaluation every epoch.
+RECIPE = [
+    "model.drop_path_rate=0.1",
+    "data.synthetic.num_train=32",
+    "data.synthetic.num_test=24",
+    "train.epochs=3",
+    "train.save_every_steps=1",
+    "train.eval_every_epochs=1",
+]
+
+
+def _records(run: Path) -> list[dict]:
+    """metrics.jsonl without the timing, which differs between runs."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "clips_per_s"} for line in lines]
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_mid_epoch_with_drop_path_is_exact(tmp_path):
+    full = train(tiny_config(tmp_path / "full", *RECIPE))
+
+    def kill_at_11(step, record):
+        if step == 11:
+            raise _Killed  # step 11 is logged, its checkpoint not written: mid-epoch 2
+
+    with pytest.raises(_Killed):
+        train(tiny_config(tmp_path / "killed", *RECIPE), step_callback=kill_at_11)
+    assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pth")["step"] == 10
+    resumed = train(
+        tiny_config(tmp_path / "killed", *RECIPE),
+        resume=tmp_path / "killed" / "checkpoints" / "last.pth",
+    )
+    assert resumed["steps"] == full["steps"] == 24
+    assert _records(tmp_path / "killed") == _records(tmp_path / "full")  # every step once, equal
+    assert resumed["metrics"] == full["metrics"]
+
+
+def _command(out: Path, *extra: str) -> list[str]:
+    overrides = [*TINY, *RECIPE, f"train.out={out}", *extra]
+    return [sys.executable, "-m", "timematters.cli", "train", "synthetic/time", *overrides]
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path, workers):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    extra = [f"data.num_workers={workers}", "train.epochs=6"]
+    subprocess.run(_command(tmp_path / "full", *extra), env=env, check=True, capture_output=True)
+
+    run = tmp_path / "killed"
+    rng = random.Random(workers)
+    kills, attempts = 0, 0
+    while True:
+        resume = ["--resume"] if (run / "checkpoints" / "last.pth").is_file() else []
+        process = subprocess.Popen(
+            _command(run, *extra) + resume,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        attempts += 1
+        if kills < 6:
+            # Once it trains (a new line in the log), kill it at a random moment: during a step,
+            # a checkpoint write (one per step) or an end-of-epoch evaluation.
+            start = _lines(run / "metrics.jsonl")
+            while process.poll() is None and _lines(run / "metrics.jsonl") <= start:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.3))
+            if process.poll() is None:
+                process.kill()
+                kills += 1
+        _, stderr = process.communicate(timeout=300)
+        if process.returncode == 0:
+            break
+        assert process.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+        assert attempts < 30
+    assert kills >= 5
+    assert not list((run / "checkpoints").glob(".*.tmp"))  # orphaned writes were cleaned up
+    assert _records(run) == _records(tmp_path / "full")
+    ours = json.loads((run / "eval.json").read_text())
+    assert ours == json.loads((tmp_path / "full" / "eval.json").read_text())
+
+
+@pytest.mark.slow
+def test_sigterm_stops_with_a_checkpoint_that_resumes_exactly(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_command(tmp_path / "full"), env=env, check=True, capture_output=True)
+    run = tmp_path / "stopped"
+    process = subprocess.Popen(
+        _command(run, "train.save_every_steps=0"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    while process.poll() is None and _lines(run / "metrics.jsonl") < 5:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "SIGTERM received" in stdout
+    assert "stopped by SIGTERM after step" in stderr and "--resume" in stderr
+    assert "Traceback" not in stderr
+    state = load_checkpoint(run / "checkpoints" / "last.pth")
+    assert 0 < state["step"] < 24 and state["final_eval_lines"] is None
+    done = subprocess.run(
+        _command(run, "train.save_every_steps=0") + ["--resume"], env=env, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert _records(run) == _records(tmp_path / "full")
+
+
+@pytest.mark.slow
+def test_a_second_signal_stops_at_once(tmp_path):
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        _command(run, "train.epochs=50"),
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    while process.poll() is None and _lines(run / "metrics.jsonl") < 3:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    assert process.returncode in (-signal.SIGINT, 128 + signal.SIGINT)
+
+
+def test_a_folder_holding_a_run_is_refused_unless_overwritten(tmp_path):
+    cfg = tiny_config(tmp_path / "run", "train.epochs=1")
+    train(cfg)
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    with pytest.raises(RunFolderInUse, match="already holds a run.*--resume.*--overwrite"):
+        train(cfg)
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before  # nothing touched
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    train(cfg, overwrite=True)
+    assert len(_records(tmp_path / "run")) == len(before.splitlines())  # replaced, not appended
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"  # only the run's files go
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ("train.batch_size=8", "train.batch_size"),
+        ("train.epochs=3", "train.epochs"),
+        ("data.synthetic.num_train=24", "data.synthetic.num_train"),
+        ("optim.lr=0.01", "optim.lr"),
+    ],
+)
+def test_resume_refuses_a_changed_run_before_touching_it(tmp_path, change, key):
+    run = tmp_path / "run"
+    train(tiny_config(run, "train.epochs=2", "train.max_steps=3"))
+    config_before = (run / "config.yaml").read_text()
+    with pytest.raises(ResumeMismatch, match=key) as error:
+        train(
+            tiny_config(run, "train.epochs=2", change),
+            resume=run / "checkpoints" / "last.pth",
+        )
+    assert "--init-from" in str(error.value)
+    assert (run / "config.yaml").read_text() == config_before
+
+
+def test_resume_may_change_where_to_stop_and_how_much_to_log(tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(run, "train.epochs=2", "train.max_steps=3"))
+    result = train(
+        tiny_config(run, "train.epochs=2", "data.num_workers=1", "train.progress=true"),
+        resume=run / "checkpoints" / "last.pth",
+    )
+    assert result["steps"] == 8
+    assert [r["step"] for r in _records(run) if r["kind"] == "train"] == list(range(1, 9))
+
+
+def test_resume_of_a_finished_run_does_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    first = train(tiny_config(run, "train.epochs=1"))
+    before = (run / "metrics.jsonl").read_text()
+    again = train(tiny_config(run, "train.epochs=1"), resume=run / "checkpoints" / "last.pth")
+    assert again["metrics"] == first["metrics"] and again["steps"] == first["steps"]
+    assert (run / "metrics.jsonl").read_text() == before
+    assert "nothing left to do" in capsys.readouterr().out

@@ -1,0 +1,185 @@
+"""Run folders and resumes: a folder holds one run, and a resume continues that run exactly.
+
+- ``claim_run_folder``: a new run refuses a folder that already holds one (its config, metrics or
+  checkpoints), unless told to overwrite it, so two runs never mix their logs or checkpoints.
+- ``resume_mismatches``: a resumed run must have the config the checkpoint was written with,
+  except keys that do not change what is computed (where data lives, workers, logging, the device,
+  where to stop); ``RunShape`` adds what the config alone does not fix (dataset size, processes).
+- ``StopSignals``: SIGINT / SIGTERM (Ctrl-C, a scheduler's preemption notice) ask the run to stop
+  after the current step, with a checkpoint; a second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from timematters.config import Config, ConfigError, config_to_dict
+
+# What a run writes into its folder; only these are removed by ``overwrite``.
+RUN_FILES = (
+    "config.yaml",
+    "metrics.jsonl",
+    "eval.json",
+    "eval.md",
+    "bad_videos.jsonl",
+    "eval_bad_videos.jsonl",
+    "train.log",
+    "checkpoints",
+    "tensorboard",
+)
+# Keys a resume may change: they do not change what the run computes.
+RESUME_FREE = {
+    "data.root",
+    "data.annotations",
+    "data.val_annotations",
+    "data.class_list",
+    "data.num_workers",
+    "data.decoder",
+    "data.max_bad_fraction",
+    "model.pretrained",  # the weights come from the checkpoint
+    "train.device",
+    "train.out",
+    "train.max_steps",
+    "train.max_nonfinite_steps",
+    "train.log_every",
+    "train.save_every_steps",
+    "train.tensorboard",
+    "train.progress",
+    "eval.batch_size",
+}
+
+
+class RunFolderInUse(ConfigError):
+    pass
+
+
+class ResumeMismatch(ConfigError):
+    pass
+
+
+class Interrupted(Exception):
+    """The run stopped on a signal after writing its checkpoint."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def claim_folder(
+    folder: Path,
+    *,
+    overwrite: bool,
+    patterns: tuple[str, ...] = RUN_FILES,
+    what: str = "a run",
+    fix: str = "continue it with --resume, replace it with --overwrite, or choose another train.out",
+) -> None:
+    """Refuse a folder that holds ``what`` (files matching ``patterns``), or (``overwrite``)
+    remove those files from it; anything else in the folder is left alone."""
+    found = sorted({p for pattern in patterns for p in folder.glob(pattern)})
+    if not found:
+        return
+    if not overwrite:
+        names = ", ".join(p.name for p in found[:6]) + (" ..." if len(found) > 6 else "")
+        raise RunFolderInUse(f"{folder} already holds {what} ({names}): {fix}")
+    for path in found:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def claim_run_folder(folder: Path, *, overwrite: bool) -> None:
+    """A new run's folder: refused while it holds a run, unless ``overwrite``."""
+    claim_folder(folder, overwrite=overwrite)
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """What a resume must match besides the config: it fixes which clips each step sees."""
+
+    train_clips: int
+    world_size: int
+
+    def differences(self, saved: dict[str, Any]) -> list[str]:
+        return [
+            f"{key}: {saved.get(key)} when saved, {value} now"
+            for key, value in asdict(self).items()
+            if saved.get(key) != value
+        ]
+
+
+def resume_mismatches(saved_config: dict[str, Any], cfg: Config) -> list[str]:
+    """``key: saved -> now`` for every config key that differs and must not."""
+    saved, now = _flatten(saved_config), _flatten(config_to_dict(cfg))
+    keys = sorted((set(saved) | set(now)) - RESUME_FREE)
+    return [
+        f"{key}: {saved.get(key)!r} when saved, {now.get(key)!r} now"
+        for key in keys
+        if saved.get(key) != now.get(key)
+    ]
+
+
+def check_resume(state: dict[str, Any], cfg: Config, shape: RunShape, path: Path) -> None:
+    """Raise ``ResumeMismatch`` naming every difference between the checkpoint's run and this one."""
+    if "run_shape" not in state or "config" not in state:
+        raise ResumeMismatch(
+            f"{path} was written by an older timematters and cannot be resumed exactly; start a "
+            "new run from its weights with --init-from"
+        )
+    differences = resume_mismatches(state["config"], cfg) + shape.differences(state["run_shape"])
+    if differences:
+        raise ResumeMismatch(
+            f"cannot resume {path}: the run differs from the one it was written by "
+            f"({'; '.join(differences)}). Resume with the same settings, or start a new run "
+            "from its weights with --init-from"
+        )
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "kwargs":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+class StopSignals(contextlib.AbstractContextManager):
+    """Catches SIGINT and SIGTERM while a run trains: the first asks it to stop after the step it
+    is in (``requested`` names the signal), a second one stops the process at once.
+
+    Installed only in the main thread (Python delivers signals there); elsewhere it does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested: signal.Signals | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested is not None:  # the second signal: stop now, the default way
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+            return
+        self.requested = signal.Signals(signum)
+        print(
+            f"\ntimematters: {self.requested.name} received; stopping after this step with a "
+            "checkpoint (send it again to stop at once)",
+            flush=True,
+        )
