@@ -126,13 +126,16 @@ def _random_batches(num_batches: int, seed: int) -> list[dict]:
 
 
 def test_order_probe_reads_the_frame_index_where_it_is_and_only_there():
-    (accuracy,) = order_probe(
+    (result,) = order_probe(
         [FrameIndexStub()],
-        fit_loader=_random_batches(4, seed=0),
-        held_out_loader=_random_batches(4, seed=1),
+        _random_batches(4, seed=0) + _random_batches(4, seed=1),
+        fit_clips=32,
+        held_out_clips=32,
         device=torch.device("cpu"),
     )
+    accuracy = result["accuracy"]
     assert list(accuracy) == ["block1", "block2", "final"]
+    assert result["frames"] == {"block1": 8, "block2": 8, "final": 8} and not result["skipped"]
     assert accuracy["block1"] > 99.0
     chance = 100 / 8
     assert accuracy["block2"] < chance + 10
@@ -224,7 +227,7 @@ def test_run_diagnose_compares_two_trained_checkpoints(tmp_path):
         *(f"gradcam_{i}.png" for i in clips),
     ):
         assert (out / file).is_file(), file
-    assert json.loads((out / "diagnose.json").read_text())["checkpoints"].keys() == set(runs)
+    assert json.loads((out / "diagnose.json").read_text())["models"].keys() == set(runs)
     report = (out / "report.md").read_text()
     assert "baseline" in report and "+TIME" in report
     for name, run in runs.items():

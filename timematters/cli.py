@@ -15,6 +15,10 @@ from pathlib import Path
 
 from timematters.config import ConfigError, load_config
 
+MODEL_SPECS = (
+    "a timematters checkpoint, hf:DIR_OR_HUB_ID, torchvision:NAME[:WEIGHTS], pkg.module:factory"
+)
+
 
 def _positive(text: str) -> int:
     value = int(text)
@@ -65,22 +69,34 @@ def _parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace a run already in train.out"
     )
 
-    evaluate = commands.add_parser("eval", help="original / shuffled / gap of a checkpoint")
+    evaluate = commands.add_parser("eval", help="original / shuffled / gap of a model")
     evaluate.add_argument("config", help="the data config (a YAML file or a preset)")
     evaluate.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    evaluate.add_argument("--checkpoint", required=True, help="a timematters checkpoint")
+    model = evaluate.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="a timematters checkpoint")
+    model.add_argument("--model", help=f"a model spec: {MODEL_SPECS}")
     evaluate.add_argument(
-        "--out", default=None, help="folder for eval.json / eval.md (default: <checkpoint>_eval/)"
+        "--out",
+        default=None,
+        help="folder for eval.json / eval.md (default: <checkpoint>_eval/, or runs/eval/<model>)",
     )
 
     diagnose = commands.add_parser(
         "diagnose",
         help="does a model use time? shuffle test, confidence gap, order probe, GradCAM",
     )
-    diagnose.add_argument("--config", required=True, help="the data and model config")
+    diagnose.add_argument("--config", required=True, help="the data config (clips, classes)")
     diagnose.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    diagnose.add_argument("--checkpoint", action="append", required=True, help="repeat to compare")
-    diagnose.add_argument("--name", action="append", help="a display name per checkpoint")
+    diagnose.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        help=f"a model spec; repeat to compare: {MODEL_SPECS}",
+    )
+    diagnose.add_argument(
+        "--checkpoint", action="append", dest="models", help="a timematters checkpoint (= --model)"
+    )
+    diagnose.add_argument("--name", action="append", help="a display name per model, in order")
     diagnose.add_argument("--out", default="runs/diagnose", help="the report's folder")
     diagnose.add_argument("--no-probe", action="store_true", help="skip the order probe")
     diagnose.add_argument("--probe-clips", type=int, default=128, help="clips to fit / to score")
@@ -197,11 +213,16 @@ def _eval(args) -> int:
     from timematters.engine.model import evaluate_checkpoint
 
     cfg = load_config(args.config, args.overrides)
-    checkpoint = Path(args.checkpoint)
-    out = Path(args.out) if args.out else checkpoint.with_name(f"{checkpoint.stem}_eval")
-    result = evaluate_checkpoint(cfg, checkpoint)
+    spec = args.checkpoint or args.model
+    if args.out:
+        out = Path(args.out)
+    elif args.checkpoint:
+        out = Path(spec).with_name(f"{Path(spec).stem}_eval")
+    else:
+        out = Path("runs/eval") / Path(spec.split(":", 1)[-1]).name
+    result = evaluate_checkpoint(cfg, spec)
     metrics = result.metrics()
-    table = result.table(checkpoint.name)
+    table = result.table(Path(spec).name if args.checkpoint else spec)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(to_json(metrics))
     (out / "eval.md").write_text(table + "\n")
@@ -218,10 +239,12 @@ def _eval(args) -> int:
 def _diagnose(args) -> int:
     from timematters.diagnostics.report import run_diagnose
 
+    if not args.models:
+        raise ConfigError("diagnose needs a model: --model SPEC (or --checkpoint PATH), repeatable")
     out = Path(args.out)
     run_diagnose(
         load_config(args.config, args.overrides),
-        [Path(c) for c in args.checkpoint],
+        args.models,
         out,
         names=args.name,
         probe=not args.no_probe,

@@ -388,12 +388,20 @@ def validate(cfg: Config) -> Config:
     if not cfg.train.out.strip():
         raise ConfigError("train.out is empty: name the run folder (e.g. train.out=runs/my_run)")
     _validate_device(cfg.train.device)
-    if model.name not in list_backbones():
+    from timematters.backbones.adapters import is_foreign_spec
+
+    foreign = is_foreign_spec(model.name)
+    if foreign and model.kwargs:
+        raise ConfigError(
+            f"model.kwargs apply to registered backbones, not to {model.name}; remove them"
+        )
+    if not foreign and model.name not in list_backbones():
         raise ConfigError(
             f"model.name={model.name!r} is not a registered backbone; choose one of: "
-            f"{', '.join(list_backbones())}"
+            f"{', '.join(list_backbones())}, or a model spec (hf:DIR_OR_ID, "
+            "torchvision:NAME[:WEIGHTS], pkg.module:factory)"
         )
-    valid = backbone_arguments(model.name)
+    valid = [] if foreign else backbone_arguments(model.name)
     unknown = sorted(set(model.kwargs) - set(valid))
     if unknown:
         raise ConfigError(
@@ -423,6 +431,8 @@ def validate(cfg: Config) -> Config:
             "data.hflip is on for SSv2, whose left/right class pairs flipping confuses"
         )
 
+    if foreign:  # its sizes are known once it is loaded (engine/train.py checks them there)
+        return cfg
     try:
         with _meta_device():
             backbone = create_backbone(model.name, **backbone_kwargs(cfg, num_classes=1))

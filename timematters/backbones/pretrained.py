@@ -67,10 +67,33 @@ class LoadReport:
     resized: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
     new: list[str] = field(default_factory=list)  # keys the model initialised itself
     dropped: list[str] = field(default_factory=list)  # checkpoint heads of another class count
+    objective: list[str] = field(default_factory=list)  # keys loaded into the TIME heads
+    notes: list[str] = field(default_factory=list)  # what else was converted or left out, and why
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from a local file, unwrapping checkpoint dicts and ``model.``/``module.``."""
+# The TIME release keeps its loss heads in the backbone; ours live in the objective's losses.
+TIME_HEADS = {
+    "temp_head.": "losses.order.temp_head.",
+    "mlp_q.": "losses.flow.mlp_q.",
+    "mlp_k.": "losses.flow.mlp_k.",
+    "mlp_v.": "losses.flow.mlp_v.",
+    "mlp_proj.": "losses.flow.mlp_proj.",
+    "mlp_norm.": "losses.flow.mlp_norm.",
+    "flow_head.": "losses.flow.flow_head.",
+}
+
+
+def read_state_dict(path: str | Path | dict) -> dict[str, torch.Tensor]:
+    """A state dict from a local file (or one in memory), unwrapping checkpoint dicts and
+    ``model.`` / ``module.`` prefixes."""
+    where = Path("<state dict>") if isinstance(path, dict) else Path(path)
+    return _unwrap(read_weights_file(path), where)
+
+
+def read_weights_file(path: str | Path | dict) -> object:
+    """What a weights file holds, as saved (a dict in memory is returned as it is)."""
+    if isinstance(path, dict):
+        return path
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weights file at {path}")
@@ -87,7 +110,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     else:
         supported = ", ".join((*TORCH_SUFFIXES, SAFETENSORS_SUFFIX))
         raise ValueError(f"{path}: unknown weights format {path.suffix!r}; expected {supported}")
-    return _unwrap(obj, path)
+    return obj
 
 
 def load_torch_file(path: str | Path, what: str = "checkpoint") -> object:
@@ -159,18 +182,34 @@ def detect_source(state_dict: dict[str, torch.Tensor]) -> str:
 
 
 def load_pretrained(
-    model: nn.Module, path: str | Path, *, num_classes_changed_ok: bool = True
+    model: nn.Module,
+    path: str | Path | dict,
+    *,
+    objective: nn.Module | None = None,
+    num_classes_changed_ok: bool = True,
 ) -> LoadReport:
-    """Load weights from ``path`` into ``model``; raise ``PretrainedKeyError`` unless they fit.
+    """Load weights from ``path`` (a file, or a state dict in memory) into ``model``; raise
+    ``PretrainedKeyError`` unless they fit.
 
-    A classifier head (keys under ``model.classifier_name``, default "head") that is absent or has
-    another number of classes is left to the model's initialisation when ``num_classes_changed_ok``.
+    A classifier head (keys under ``model.classifier_name``) that is absent or has another number
+    of classes is left to the model's initialisation when ``num_classes_changed_ok``. TIME heads
+    in the checkpoint (the official release's ``temp_head``, ``mlp_*``, ``flow_head``, or our own
+    checkpoints' ``objective``) go into ``objective``'s loss modules; heads of losses that are off,
+    or all of them without ``objective``, are left out and noted.
     """
-    state_dict = read_state_dict(path)
+    where = "<state dict>" if isinstance(path, dict) else str(path)
+    raw = read_weights_file(path)
+    state_dict = _unwrap(raw, Path(where))
+    notes: list[str] = []
+    state_dict = _drop_distillation_token(state_dict, notes)
+    _refuse_unknown_layouts(state_dict, where)
+    state_dict, heads = _split_time_heads(state_dict)
+    if isinstance(raw, dict) and isinstance(raw.get("objective"), dict):  # our checkpoints
+        heads.update(raw["objective"])
     source = detect_source(state_dict)
     state_dict, expected_missing = model.convert_state_dict(state_dict, source)
     state_dict = dict(state_dict)
-    report = LoadReport(path=str(path), source=source)
+    report = LoadReport(path=where, source=source, notes=notes)
     target = model.state_dict()
 
     for key, value in list(state_dict.items()):
@@ -200,20 +239,87 @@ def load_pretrained(
         if k in target and v.shape != target[k].shape
     }
     if missing or unexpected or mismatched:
-        raise PretrainedKeyError(path, missing, unexpected, mismatched)
+        raise PretrainedKeyError(where, missing, unexpected, mismatched)
     not_finite = sorted(
-        k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()
+        k
+        for k, v in {**state_dict, **heads}.items()
+        if v.is_floating_point() and not torch.isfinite(v).all()
     )
     if not_finite:
         shown = ", ".join(not_finite[:5]) + (" ..." if len(not_finite) > 5 else "")
         raise ValueError(
-            f"{path}: {len(not_finite)} tensors hold NaN or infinite values ({shown}); "
+            f"{where}: {len(not_finite)} tensors hold NaN or infinite values ({shown}); "
             "refusing to start from them"
         )
 
     model.load_state_dict(state_dict, strict=False)
     report.new = sorted(k for k in target if k not in state_dict)
+    if heads:
+        _load_time_heads(objective, heads, report)
     return report
+
+
+def _split_time_heads(state_dict: dict) -> tuple[dict, dict]:
+    """(backbone keys, TIME head keys renamed to the objective's) of a state dict."""
+    backbone, heads = {}, {}
+    for key, value in state_dict.items():
+        name = key.removeprefix("base_model.")
+        prefix = next((p for p in TIME_HEADS if name.startswith(p)), None)
+        if prefix is None:
+            backbone[key] = value
+        else:
+            heads[TIME_HEADS[prefix] + name[len(prefix) :]] = value
+    return backbone, heads
+
+
+def _load_time_heads(objective: nn.Module | None, heads: dict, report: LoadReport) -> None:
+    """Copy the TIME heads that ``objective`` has into it; note the rest."""
+    if objective is None:
+        report.notes.append(
+            f"{len(heads)} TIME head tensors left out: no objective to load them into"
+        )
+        return
+    target = objective.state_dict()
+    if "losses.flow.mlp_k.bias" in heads and "losses.flow.mlp_k.bias" not in target:
+        del heads["losses.flow.mlp_k.bias"]
+        report.notes.append(
+            "mlp_k.bias dropped: the flow head's key bias adds one logit to every key, softmax "
+            "cancels it and its gradient is 0, so ours has none"
+        )
+    usable = {k: v for k, v in heads.items() if k in target and v.shape == target[k].shape}
+    off = sorted({k.split(".")[1] for k in heads if k not in target})
+    if off:
+        report.notes.append(f"TIME heads of losses that are off left out: {', '.join(off)}")
+    fresh = sorted({k.split(".")[1] for k in target if k not in usable})
+    if fresh:
+        report.notes.append(f"TIME heads not in the checkpoint, initialised: {', '.join(fresh)}")
+    objective.load_state_dict(usable, strict=False)
+    report.objective = sorted(usable)
+
+
+def _drop_distillation_token(state_dict: dict, notes: list[str]) -> dict:
+    """A distilled DeiT's second prefix token, its position and its head, removed: the class token
+    and head are a complete classifier (DeiT's own evaluation can use either head)."""
+    if "dist_token" not in state_dict:
+        return state_dict
+    out = {
+        k: v for k, v in state_dict.items() if k != "dist_token" and not k.startswith("head_dist.")
+    }
+    pos = out.get("pos_embed")
+    if pos is not None:
+        out["pos_embed"] = torch.cat([pos[:, :1], pos[:, 2:]], dim=1)
+    notes.append("distilled DeiT: dist_token, its position and head_dist left out")
+    return out
+
+
+def _refuse_unknown_layouts(state_dict: dict, where: str) -> None:
+    """Layouts our backbones cannot compute, named by their real cause rather than by a list of
+    unexpected keys."""
+    if any(k.startswith("norm_pre.") for k in state_dict):
+        raise ValueError(
+            f"{where} is a CLIP-style ViT (norm_pre: a LayerNorm before the first block, which "
+            "timematters' backbones do not have); its weights would compute something else"
+        )
 
 
 def _resize_embedding(

@@ -246,13 +246,16 @@ def _rename_official(state_dict: dict) -> dict:
     """Official X-ViT keys: the frame ViT under ``base_model.``; the consensus head as ours.
 
     ``new_fc`` (built by the official code but unused with the consensus head) and the base
-    model's own ``head`` (a Dropout there, or unused) are dropped.
+    model's own ``head`` (a Dropout there, or unused) are dropped; the TIME release's
+    ``consensus.head`` is our ``consensus.mlp_head.4``.
     """
     out = {}
     for key, value in state_dict.items():
         key = key.removeprefix("base_model.")
         if key.startswith(("new_fc.", "head.")):
             continue
+        if key.startswith("consensus.head."):  # TIME's release names the last Linear so
+            key = "consensus.mlp_head.4." + key.removeprefix("consensus.head.")
         out[key] = value
     return out
 

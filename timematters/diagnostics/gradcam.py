@@ -15,6 +15,9 @@ from images to clips by giving the token grid its time axis:
   (t, h, w), sums, applies ReLU, min-max scales each clip as one volume (frames stay comparable)
   and resizes ``[T, h, w]`` to the clip's ``[T, H, W]`` (also stretching Motionformer's 2-frame
   tubelets back to frames).
+
+Adapted models (``backbones/adapters``) give the package their own layer and reshape instead: a
+3-D CNN's last stage (already ``[B, C, T', h, w]``), a transformer's last pre-attention LayerNorm.
 """
 
 from __future__ import annotations
@@ -47,20 +50,29 @@ def video_gradcam(model: nn.Module, video: torch.Tensor, targets: Sequence[int])
     """GradCAM maps in [0, 1] of shape [N, T, H, W] for clips ``video`` [N, C, T, H, W].
 
     targets: the class each clip's map explains (e.g. its true class). The model runs in eval mode.
+    An adapted model (Hugging Face, torchvision) names its own layer and layout
+    (``gradcam_layer``); it raises ``NotImplementedError`` with the reason when it has none.
     """
     if len(targets) != len(video):
         raise ValueError(f"{len(video)} clips but {len(targets)} targets")
-    if len(model.blocks) < 2:
-        raise ValueError("GradCAM reads the tokens entering the last block: it needs two blocks")
     was_training = model.training
-    tapped = _TappedBackbone(model).eval()
-    _check_tap_on_graph(tapped, video[:1])
-    h, w = model.grid
-    with GradCAM(
-        tapped,
-        target_layers=[tapped.tap],
-        reshape_transform=lambda x: rearrange(x.float(), "b t (h w) d -> b d t h w", h=h, w=w),
-    ) as cam:
+    if hasattr(model, "gradcam_layer"):
+        network = model.eval()
+        layer, reshape = model.gradcam_layer()
+    else:
+        if len(model.blocks) < 2:
+            raise ValueError(
+                "GradCAM reads the tokens entering the last block: it needs two blocks"
+            )
+        network = _TappedBackbone(model).eval()
+        _check_tap_on_graph(network, video[:1])
+        h, w = model.grid
+        layer = network.tap
+
+        def reshape(x: torch.Tensor) -> torch.Tensor:
+            return rearrange(x.float(), "b t (h w) d -> b d t h w", h=h, w=w)
+
+    with GradCAM(network, target_layers=[layer], reshape_transform=reshape) as cam:
         maps = cam(video, [ClassifierOutputTarget(int(k)) for k in targets])
     model.zero_grad(set_to_none=True)
     model.train(was_training)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,17 +21,21 @@ from einops import rearrange, repeat
 from torch import nn
 from tqdm import tqdm
 
+from timematters.engine.evaluate import as_batch
+
 
 @torch.no_grad()
 def frame_features(
     models: Sequence[nn.Module],
     loader: Iterable[dict],
     *,
+    max_clips: int | None = None,
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
 ) -> list[dict[str, torch.Tensor]]:
-    """Per model: ``{"block1": [N, T, D], ..., "final": [N, T, D]}`` spatially averaged tokens.
+    """Per model: ``{"block1": [N, T', D], ..., "final": [N, T, D]}`` spatially averaged tokens
+    of the first ``max_clips`` clips (all by default).
 
     All models read each batch once, so the clips are decoded once however many are compared.
     With several test views per clip, the first view is used.
@@ -44,18 +49,25 @@ def frame_features(
     for model in models:
         model.eval()
     stores = [defaultdict(list) for _ in models]
+    seen = 0
     for batch in tqdm(loader, desc="probe features", leave=False, disable=not progress):
+        batch = as_batch(batch)
         if "video" not in batch:  # every clip of the batch failed to decode
             continue
         video = batch["video"].to(device, non_blocking=True)
         if video.ndim == 6:
             video = video[:, 0]  # [B, V, C, T, H, W] -> first view
+        if max_clips is not None:
+            video = video[: max_clips - seen]
         for model, store in zip(models, stores, strict=True):
             with autocast:
                 tokens = model.forward_features(video, return_blocks=True)
             for i, block in enumerate(tokens.blocks):
                 store[f"block{i + 1}"].append(block.float().mean(dim=2).cpu())  # Eq. 6
             store["final"].append(tokens.frame_features.float().cpu())
+        seen += len(video)
+        if max_clips is not None and seen >= max_clips:
+            break
     for model, mode in zip(models, modes, strict=True):
         model.train(mode)
     return [{name: torch.cat(chunks) for name, chunks in store.items()} for store in stores]
@@ -96,21 +108,52 @@ def fit_order_probe(fit: torch.Tensor, held_out: torch.Tensor, l2: float = 1e-3)
 
 def order_probe(
     models: Sequence[nn.Module],
+    loader: Iterable[dict],
     *,
-    fit_loader: Iterable[dict],
-    held_out_loader: Iterable[dict],
+    fit_clips: int,
+    held_out_clips: int,
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
-) -> list[dict[str, float]]:
-    """Per model: order-probe accuracy (%) per block and for the final tokens.
+) -> list[dict[str, Any]]:
+    """Per model: the probe fit on the first ``fit_clips`` clips of ``loader`` and scored on the
+    ``held_out_clips`` after them (same preprocessing, disjoint clips).
 
-    Models whose token grid has a single frame (image models) have no order to probe: ``{}``.
+    Each result holds ``accuracy`` (top-1 %, per block and ``final``), ``frames`` (token frames
+    of each block, for its chance level 100 / frames) and ``skipped`` (block -> why it was not
+    probed: one token frame has no order to find). A model that cannot give per-block tokens has
+    only ``unsupported``, its reason.
     """
-    options = dict(device=device, autocast_dtype=autocast_dtype, progress=progress)
-    fit = frame_features(models, fit_loader, **options)
-    held_out = frame_features(models, held_out_loader, **options)
-    return [
-        {name: fit_order_probe(f[name], h[name]) for name in f} if f["final"].shape[1] > 1 else {}
-        for f, h in zip(fit, held_out, strict=True)
-    ]
+    results: list[dict[str, Any] | None] = []
+    probed = []
+    for model in models:
+        reason = getattr(model, "unsupported", {}).get("order_probe")
+        results.append({"unsupported": reason} if reason else None)
+        if not reason:
+            probed.append(model)
+    features = frame_features(
+        probed,
+        loader,
+        max_clips=fit_clips + held_out_clips,
+        device=device,
+        autocast_dtype=autocast_dtype,
+        progress=progress,
+    )
+    per_model = iter(features)
+    for i, result in enumerate(results):
+        if result is not None:
+            continue
+        blocks = next(per_model)
+        accuracy, frames, skipped = {}, {}, {}
+        for name, feature in blocks.items():
+            frames[name] = int(feature.shape[1])
+            if feature.shape[1] < 2:
+                skipped[name] = "one token frame: no order to find"
+                continue
+            fit, held_out = feature[:fit_clips], feature[fit_clips:]
+            if len(held_out) == 0:
+                skipped[name] = "no held-out clips left"
+                continue
+            accuracy[name] = fit_order_probe(fit, held_out)
+        results[i] = {"accuracy": accuracy, "frames": frames, "skipped": skipped}
+    return results

@@ -1,10 +1,14 @@
 """`timematters diagnose`: does a video model use time? (paper Sec. 3.2, Table 1, Fig. 1, 3, 4)
 
-For each checkpoint, on the config's evaluation split: the shuffle test (top-1 / top-5 on
-original and frame-shuffled clips, and the gap, per subset), the confidence-gap histogram, the
-per-block temporal-order probe and GradCAM maps of a few clips (the same clips and target classes
-for every checkpoint). Writes ``diagnose.json`` and ``gradcam.npz`` (the data), PNG plots drawn from them and
-``report.md``, which sets the checkpoints side by side.
+Model-first: ``diagnose(models, data, out)`` takes modules (ours, adapted Hugging Face or
+torchvision models, a user's own) and any clip source (a dataset, a loader of dict batches or of
+``(video, label)`` pairs); ``run_diagnose`` is the CLI's thin layer that loads models from specs
+and the data from a config. For each model: the shuffle test (top-1 / top-5 on original and
+frame-shuffled clips, and the gap, per subset), the confidence-gap histogram, the per-block
+temporal-order probe and GradCAM maps of a few clips (the same clips and target classes for every
+model). A model that cannot give a diagnostic (no tokens, one token frame) gets the reason in the
+report. Writes ``diagnose.json`` and ``gradcam.npz`` (the data), PNG plots drawn from them and
+``report.md``, which sets the models side by side.
 """
 
 from __future__ import annotations
@@ -12,28 +16,152 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from einops import rearrange
-from torch.utils.data import DataLoader, Subset
+from torch import nn
 
-from timematters.config import Config, validate
+from timematters.config import Config, EvalConfig, validate
 from timematters.data.build import build_dataset
-from timematters.data.collate import BadVideo, collate_videos
 from timematters.diagnostics import plots
 from timematters.diagnostics.confidence import confidence_gaps
 from timematters.diagnostics.gradcam import video_gradcam
 from timematters.diagnostics.order_probe import order_probe
 from timematters.engine.distributed import autocast_dtype, resolve_device
-from timematters.engine.evaluate import EvalResult, evaluate, format_table
+from timematters.engine.evaluate import EvalResult, as_batch, as_loader, evaluate, format_table
 from timematters.engine.metrics import to_json
-from timematters.engine.model import check_classes, load_model_from_checkpoint, model_patch_size
+from timematters.engine.model import check_classes, describe_model, load_model
+
+
+def diagnose(
+    models: dict[str, nn.Module],
+    data: Any,
+    out: str | Path,
+    *,
+    classes: Sequence[str] | None = None,
+    subsets: dict[str, list[int]] | None = None,
+    settings: EvalConfig | None = None,
+    probe_clips: tuple[int, int] | None = (128, 128),
+    gradcam_clips: int = 4,
+    gradcam_indices: Sequence[int] | None = None,
+    evaluations: Sequence[EvalResult] | None = None,
+    device: torch.device | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+    std: tuple[float, ...] = (0.5, 0.5, 0.5),
+    max_bad_fraction: float = 1.0,
+    about: dict[str, Any] | None = None,
+) -> dict:
+    """Diagnose ``models`` (name -> module, video -> logits) on ``data``; write the report to
+    ``out``; return what ``diagnose.json`` holds.
+
+    data: a dataset, a DataLoader of dict batches, or one of ``(video, label)`` pairs; clips
+        [B, C, T, H, W] normalised with ``mean`` / ``std`` (adapted models renormalise them).
+    classes, subsets: class names (default: ``data.classes``, else the models' ``class_names``,
+        else "0".."K-1") and named subsets of class indices (default: ``data.subsets``).
+    settings: the ``eval`` config (shuffle, seed, aggregation, batch size for a dataset).
+    probe_clips: (fit, held out): the order probe is fit on the first clips and scored on the
+        next ones; None skips it.
+    gradcam_indices: clip positions to explain (default: ``gradcam_clips`` clips of different
+        classes, temporal classes first); each map explains the clip's true class.
+    evaluations: shuffle-test results already computed for these models on these clips (the
+        training run's final evaluation), so they are not run again.
+    max_bad_fraction: stop when more of the clips than this could not be decoded.
+    about: what to print about the data (name, split) and the models (their sources).
+    """
+    started = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = settings or EvalConfig()
+    if not models:
+        raise ValueError("diagnose needs at least one model")
+    if device is None:
+        device = next(next(iter(models.values())).parameters()).device
+    source = getattr(data, "dataset", data)  # a DataLoader's dataset names the classes
+    classes = list(classes or getattr(source, "classes", []) or _model_classes(models))
+    subsets = dict(subsets if subsets is not None else getattr(source, "subsets", {}))
+    loader = as_loader(data, settings.batch_size)
+    about = about or {}
+
+    # 1. Shuffle test (Table 1, Fig. 1a) and 2. confidence gap (Fig. 1c): the one evaluation.
+    if evaluations is None:
+        evaluations = []
+        for name, model in models.items():
+            print(f"[diagnose] shuffle test: {name} ...", flush=True)
+            evaluations.append(
+                evaluate(
+                    model,
+                    loader,
+                    classes=classes,
+                    subsets=subsets,
+                    settings=settings,
+                    device=device,
+                    autocast_dtype=autocast_dtype,
+                    progress=progress,
+                )
+            )
+    evaluations = dict(zip(models, evaluations, strict=True))
+    first = next(iter(evaluations.values()))
+    first.check_bad(max_bad_fraction, out / "bad_videos.jsonl")
+    data_info = {
+        "name": about.get("dataset", type(source).__name__),
+        "split": about.get("split", ""),
+        "num_clips": len(first.labels),  # scored; the bad ones are not
+        "num_bad": len(first.bad),
+    }
+    report: dict[str, Any] = {
+        "models": {name: describe_model(model) for name, model in models.items()},
+        "dataset": data_info,
+        "shuffle": settings.shuffle,
+        "shuffle_test": {name: result.metrics() for name, result in evaluations.items()},
+        "confidence_gap": {name: confidence_gaps(result) for name, result in evaluations.items()},
+    }
+    for name, where in about.get("sources", {}).items():
+        report["models"][name]["source"] = where
+
+    # 3. Per-block temporal-order probe (Fig. 1b), every model reading each batch once.
+    if probe_clips is not None:
+        print("[diagnose] order probe ...", flush=True)
+        scored = len(first.labels)
+        fit_count = min(probe_clips[0], scored // 2)
+        held_out_count = min(probe_clips[1], scored - fit_count)
+        results = order_probe(
+            list(models.values()),
+            loader,
+            fit_clips=fit_count,
+            held_out_clips=held_out_count,
+            device=device,
+            autocast_dtype=autocast_dtype,
+            progress=progress,
+        )
+        report["order_probe"] = {
+            "fit_clips": fit_count,
+            "held_out_clips": held_out_count,
+            "chance": {name: 100.0 / max(model.token_frames, 1) for name, model in models.items()},
+            **_split_probe_results(dict(zip(models, results, strict=True))),
+        }
+
+    # 4. GradCAM (Fig. 4): the same clips and target classes for every model.
+    if gradcam_indices is None:
+        gradcam_indices = _pick_clips(first.labels, gradcam_clips, subsets.get("temporal", []))
+    if gradcam_indices:
+        print("[diagnose] GradCAM ...", flush=True)
+        report["gradcam"] = _gradcam(models, loader, gradcam_indices, classes, out, mean, std)
+
+    report["seconds"] = time.perf_counter() - started
+    (out / "diagnose.json").write_text(to_json(report))
+    _plot(report, out)
+    (out / "report.md").write_text(_report(report))
+    print(f"[diagnose] report: {out / 'report.md'}", flush=True)
+    return report
 
 
 def run_diagnose(
     cfg: Config,
-    checkpoints: Sequence[str | Path],
+    specs: Sequence[str | Path],
     out: str | Path,
     names: Sequence[str] | None = None,
     probe: bool = True,
@@ -43,116 +171,77 @@ def run_diagnose(
     gradcam_indices: Sequence[int] | None = None,
     evaluations: Sequence[EvalResult] | None = None,
 ) -> dict:
-    """Diagnose ``checkpoints`` on the evaluation split of ``cfg`` (``eval.split``); write the
-    report to ``out``.
+    """``diagnose`` the models ``specs`` name (timematters checkpoints, ``hf:...``,
+    ``torchvision:...``, ``pkg.module:factory``) on the evaluation split of ``cfg``
+    (``eval.split``).
 
-    names: row names in the report (default: each checkpoint's run folder).
-    probe_fit_clips / probe_held_out_clips: the order probe is fit on the first clips of the
-        evaluation split and scored on the next ones (same preprocessing, disjoint clips).
-    gradcam_indices: clips to explain (default: ``gradcam_clips`` clips of different classes,
-        temporal classes first); each map explains the clip's true class.
-    evaluations: shuffle-test results already computed for these checkpoints with this config
-        (the training run's final evaluation), so the test set is not run again.
-    Returns the data written to ``diagnose.json``.
+    names: row names in the report (default: each checkpoint's run folder, or the spec).
+    evaluations: the runs' own final evaluations with this config, not run again.
     """
     validate(cfg)
-    started = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    names = list(names) if names is not None else _default_names(checkpoints)
-    if len(names) != len(checkpoints) or len(set(names)) != len(names):
-        raise ValueError(f"need one distinct name per checkpoint, got {names}")
+    names = list(names) if names is not None else _default_names(specs)
+    if len(names) != len(specs) or len(set(names)) != len(names):
+        raise ValueError(f"need one distinct name per model, got {names}")
     device = resolve_device(cfg.train.device)
-    amp = autocast_dtype(cfg.train.precision, device)
-    split = cfg.eval.split
-    test_set = build_dataset(cfg, split, flow_labels=False, patch_size=model_patch_size(cfg))
-    subsets = getattr(test_set, "subsets", {})
+    test_set = build_dataset(cfg, cfg.eval.split, flow_labels=False, patch_size=1)
     models = {}
-    for name, path in zip(names, checkpoints, strict=True):
-        model, classes = load_model_from_checkpoint(cfg, path)
-        check_classes(classes, test_set.classes, path)
+    for name, spec in zip(names, specs, strict=True):
+        model = load_model(spec, cfg, num_classes=len(test_set.classes))
+        check_classes(model, test_set.classes, spec)
         models[name] = model.to(device)
-
-    def loader(dataset) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=cfg.eval.batch_size,
-            num_workers=cfg.data.num_workers,
-            collate_fn=collate_videos,
-        )
-
-    # 1. Shuffle test (Table 1, Fig. 1a) and 2. confidence gap (Fig. 1c): the one evaluation.
-    if evaluations is None:
-        evaluations = []
-        for name, model in models.items():
-            print(f"[diagnose] shuffle test: {name} ...", flush=True)
-            result = evaluate(
-                model,
-                loader(test_set),
-                classes=test_set.classes,
-                subsets=subsets,
-                settings=cfg.eval,
-                device=device,
-                autocast_dtype=amp,
-                progress=cfg.train.progress,
-            )
-            evaluations.append(result)
-    evaluations = dict(zip(names, evaluations, strict=True))
-    first = next(iter(evaluations.values()))
-    first.check_bad(cfg.data.max_bad_fraction, out / "bad_videos.jsonl")
-    data = {
-        "checkpoints": {name: str(path) for name, path in zip(names, checkpoints, strict=True)},
-        "dataset": {
-            "name": cfg.data.dataset,
-            "split": split,
-            "num_clips": len(first.labels),  # scored; the bad ones are not
-            "num_bad": len(first.bad),
+    return diagnose(
+        models,
+        test_set,
+        out,
+        classes=test_set.classes,
+        subsets=getattr(test_set, "subsets", {}),
+        settings=cfg.eval,
+        probe_clips=(probe_fit_clips, probe_held_out_clips) if probe else None,
+        gradcam_clips=gradcam_clips,
+        gradcam_indices=gradcam_indices,
+        evaluations=evaluations,
+        device=device,
+        autocast_dtype=autocast_dtype(cfg.train.precision, device),
+        progress=cfg.train.progress,
+        mean=cfg.data.mean,
+        std=cfg.data.std,
+        max_bad_fraction=cfg.data.max_bad_fraction,
+        about={
+            "dataset": cfg.data.dataset,
+            "split": cfg.eval.split,
+            "sources": {name: str(spec) for name, spec in zip(names, specs, strict=True)},
         },
-        "shuffle": cfg.eval.shuffle,
-        "shuffle_test": {name: result.metrics() for name, result in evaluations.items()},
-        "confidence_gap": {name: confidence_gaps(result) for name, result in evaluations.items()},
-    }
-
-    # 3. Per-block temporal-order probe (Fig. 1b), every model reading each batch once.
-    if probe:
-        print("[diagnose] order probe ...", flush=True)
-        fit_count = min(probe_fit_clips, len(test_set) // 2)
-        held_out_count = min(probe_held_out_clips, len(test_set) - fit_count)
-        accuracies = order_probe(
-            list(models.values()),
-            fit_loader=loader(Subset(test_set, range(fit_count))),
-            held_out_loader=loader(Subset(test_set, range(fit_count, fit_count + held_out_count))),
-            device=device,
-            autocast_dtype=amp,
-            progress=cfg.train.progress,
-        )
-        data["order_probe"] = {
-            "fit_clips": fit_count,
-            "held_out_clips": held_out_count,
-            "chance": {name: 100.0 / model.token_frames for name, model in models.items()},
-            "accuracy": dict(zip(models, accuracies, strict=True)),
-        }
-
-    # 4. GradCAM (Fig. 4): the same clips and target classes for every checkpoint.
-    labels = next(iter(evaluations.values())).labels
-    if gradcam_indices is None:
-        gradcam_indices = _pick_clips(labels, gradcam_clips, subsets.get("temporal", []))
-    if gradcam_indices:
-        print("[diagnose] GradCAM ...", flush=True)
-        data["gradcam"] = _gradcam(cfg, models, test_set, gradcam_indices, out)
-
-    data["seconds"] = time.perf_counter() - started
-    (out / "diagnose.json").write_text(to_json(data))
-    _plot(data, out)
-    (out / "report.md").write_text(_report(data))
-    print(f"[diagnose] report: {out / 'report.md'}", flush=True)
-    return data
+    )
 
 
-def _default_names(checkpoints: Sequence[str | Path]) -> list[str]:
-    """A checkpoint's run folder (``RUN/checkpoints/last.pth`` -> ``RUN``), else its file name."""
+def _model_classes(models: dict[str, nn.Module]) -> list[str]:
+    """Class names for data that has none: the first model's, or "0".."K-1"."""
+    model = next(iter(models.values()))
+    names = getattr(model, "class_names", None)
+    if names:
+        return list(names)
+    return [str(k) for k in range(getattr(model, "num_classes", 0))]
+
+
+def _split_probe_results(results: dict[str, dict]) -> dict[str, dict]:
+    """Per-model probe results -> the report's tables: accuracy, frames, skipped, unsupported."""
+    tables: dict[str, dict] = {"accuracy": {}, "frames": {}, "skipped": {}, "unsupported": {}}
+    for name, result in results.items():
+        if "unsupported" in result:
+            tables["unsupported"][name] = result["unsupported"]
+            tables["accuracy"][name] = {}
+            continue
+        for key in ("accuracy", "frames", "skipped"):
+            tables[key][name] = result[key]
+    return tables
+
+
+def _default_names(specs: Sequence[str | Path]) -> list[str]:
+    """A checkpoint's run folder (``RUN/checkpoints/last.pth`` -> ``RUN``), else its file name;
+    a foreign spec's last part (``hf:/models/videomae`` -> ``videomae``)."""
     names = []
-    for path in map(Path, checkpoints):
+    for spec in specs:
+        path = Path(str(spec).split(":", 1)[-1]) if ":" in str(spec) else Path(spec)
         resolved = path.resolve()
         name = resolved.parent.parent.name if resolved.parent.name == "checkpoints" else path.stem
         names.append(name if name not in names else f"{name}-{len(names)}")
@@ -172,27 +261,34 @@ def _pick_clips(labels: np.ndarray, count: int, preferred: Sequence[int]) -> lis
     return picked
 
 
-def _gradcam(cfg, models, test_set, indices, out: Path) -> dict:
-    clips, infos = [], []
-    for index in indices:
-        item = test_set[index]
-        if isinstance(item, BadVideo):
-            print(f"[diagnose] GradCAM: skipping clip {index} ({item.reason})", flush=True)
+def _gradcam(models, loader, positions, classes, out: Path, mean, std) -> dict:
+    """GradCAM of the clips at ``positions`` (in the evaluation's order of scored clips)."""
+    wanted = sorted(set(int(p) for p in positions))
+    clips, infos, seen = {}, {}, 0
+    for batch in loader:
+        batch = as_batch(batch)
+        if "video" not in batch:
             continue
-        video = item["video"]
-        clips.append(video[0] if video.ndim == 5 else video)  # [V, C, T, H, W] -> first view
-        infos.append(
-            {
-                "index": int(index),
-                "video_id": str(item["video_id"]),
-                "label": int(item["label"]),
-                "class": test_set.classes[item["label"]],
-                "confidence": {},
-            }
-        )
-    if not clips:
+        for j in range(len(batch["video"])):
+            if seen in wanted:
+                video = batch["video"][j]
+                clips[seen] = video[0] if video.ndim == 5 else video  # first view
+                label = int(batch["label"][j])
+                infos[seen] = {
+                    "index": int(batch["index"][j]) if "index" in batch else seen,
+                    "video_id": str(batch["video_id"][j]) if "video_id" in batch else str(seen),
+                    "label": label,
+                    "class": classes[label] if label < len(classes) else str(label),
+                    "confidence": {},
+                }
+            seen += 1
+        if seen > wanted[-1]:
+            break
+    order = [p for p in positions if p in clips]
+    if not order:
         return {"clips": []}
-    video = torch.stack(clips)  # [N, C, T, H, W]
+    video = torch.stack([clips[p] for p in order])  # [N, C, T, H, W]
+    infos = [infos[p] for p in order]
     targets = [info["label"] for info in infos]
     maps, skipped = {}, {}
     for name, model in models.items():
@@ -201,6 +297,10 @@ def _gradcam(cfg, models, test_set, indices, out: Path) -> dict:
             probs = model(on_device).float().softmax(dim=-1).cpu()
         for info, p in zip(infos, probs[torch.arange(len(targets)), targets], strict=True):
             info["confidence"][name] = float(p)
+        reason = getattr(model, "unsupported", {}).get("gradcam")
+        if reason:
+            skipped[name] = reason
+            continue
         try:
             maps[name] = video_gradcam(model, on_device, targets)
         except RuntimeError as error:  # keep the rest of a long run's report
@@ -213,9 +313,9 @@ def _gradcam(cfg, models, test_set, indices, out: Path) -> dict:
         clips=np.array([info["index"] for info in infos]),
         **{f"maps_{name}": m.astype(np.float16) for name, m in maps.items()},
     )
-    mean = torch.tensor(cfg.data.mean).view(3, 1, 1, 1)
-    std = torch.tensor(cfg.data.std).view(3, 1, 1, 1)
-    frames = rearrange((video * std + mean).clamp(0, 1), "n c t h w -> n t h w c").numpy()
+    mean_t = torch.tensor(mean).view(3, 1, 1, 1)
+    std_t = torch.tensor(std).view(3, 1, 1, 1)
+    frames = rearrange((video * std_t + mean_t).clamp(0, 1), "n c t h w -> n t h w c").numpy()
     for i, info in enumerate(infos):
         info["image"] = f"gradcam_{info['index']}.png"
         plots.plot_gradcam_grid(
@@ -238,6 +338,37 @@ def _plot(data: dict, out: Path) -> None:
             out / "order_probe.png",
             chance=chances.pop() if len(chances) == 1 else None,
         )
+
+
+def _model_line(name: str, info: dict) -> str:
+    """One model in the report: where it came from and what it takes."""
+    mean = ", ".join(f"{m:g}" for m in info["mean"])
+    std = ", ".join(f"{v:g}" for v in info["std"])
+    return (
+        f"- **{name}**: `{info['source']}` ({info['family']}; {info['num_frames']} frames of "
+        f"{info['frame_size']}², {info['token_frames']} token frames; normalised with mean "
+        f"({mean}), std ({std}))"
+    )
+
+
+def _probe_cell(probe: dict, name: str, block: str) -> str:
+    accuracy = probe["accuracy"][name]
+    if block in accuracy:
+        frames = probe["frames"][name][block]
+        extra = f" ({frames} fr.)" if frames != round(100 / probe["chance"][name]) else ""
+        return f"{accuracy[block]:.1f}{extra}"
+    return "–"
+
+
+def _probe_notes(probe: dict) -> list[str]:
+    """Why a model or a block has no probe figure."""
+    notes = [f"- {name}: no order probe, {why}." for name, why in probe["unsupported"].items()]
+    for name, skipped in probe["skipped"].items():
+        by_reason: dict[str, list[str]] = {}
+        for block, why in skipped.items():
+            by_reason.setdefault(why, []).append(block)
+        notes += [f"- {name}, {', '.join(bs)}: {why}." for why, bs in by_reason.items()]
+    return [*notes, ""] if notes else []
 
 
 def _bad_note(num_bad: int) -> str:
@@ -264,9 +395,9 @@ def _report(data: dict) -> str:
         "",
         f"`timematters diagnose` on the {dataset['name']} {dataset['split']} split "
         f"({dataset['num_clips']} clips{_bad_note(dataset['num_bad'])}; frames shuffled "
-        f"{data['shuffle'].replace('_', ' ')}; {data['seconds']:.0f} s). Checkpoints:",
+        f"{data['shuffle'].replace('_', ' ')}; {data['seconds']:.0f} s). Models:",
         "",
-        *(f"- **{name}**: `{path}`" for name, path in data["checkpoints"].items()),
+        *(_model_line(name, info) for name, info in data["models"].items()),
         "",
         "## Shuffle test (paper Table 1, Fig. 1a)",
         "",
@@ -311,7 +442,7 @@ def _report(data: dict) -> str:
     ]
     probe = data.get("order_probe")
     if probe:
-        blocks = list(max(probe["accuracy"].values(), key=len))
+        blocks = list(max(probe["frames"].values(), key=len)) if probe["frames"] else []
         lines += [
             "## Temporal-order probe (paper Fig. 1b)",
             "",
@@ -324,13 +455,15 @@ def _report(data: dict) -> str:
                 ["model", "chance", *blocks],
                 [
                     [name, f"{probe['chance'][name]:.1f}"]
-                    + [f"{acc[b]:.1f}" if b in acc else "–" for b in blocks]
-                    for name, acc in probe["accuracy"].items()
+                    + [_probe_cell(probe, name, b) for b in blocks]
+                    for name in probe["accuracy"]
+                    if name not in probe["unsupported"]
                 ],
             ),
             "",
+            *_probe_notes(probe),
         ]
-        if blocks:
+        if any(probe["accuracy"].values()):
             lines += ["![order probe accuracy per block](order_probe.png)", ""]
     gradcam = data.get("gradcam")
     if gradcam and (gradcam["clips"] or gradcam.get("skipped")):

@@ -10,16 +10,18 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from einops import rearrange, repeat
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from timematters.config import EvalConfig
-from timematters.data.collate import BadVideo, BadVideoLog
+from timematters.data.collate import BadVideo, BadVideoLog, collate_videos
 from timematters.losses.shuffle import sample_frame_permutations, shuffle_frames
 
 
@@ -33,6 +35,7 @@ class EvalResult:
     classes: list[str]
     subsets: dict[str, list[int]] = field(default_factory=dict)
     bad: list[BadVideo] = field(default_factory=list)  # clips that could not be decoded, skipped
+    indices: np.ndarray | None = None  # [N] each clip's dataset index (its position without one)
 
     def subset_masks(self) -> dict[str, np.ndarray]:
         masks = {"all": np.ones(len(self.labels), dtype=bool)}
@@ -118,27 +121,35 @@ def evaluate(
 ) -> EvalResult:
     """Run ``model`` (video -> logits) on every clip, in order and frame-shuffled.
 
+    loader: a DataLoader of our dict batches or of ``(video, label)`` pairs, or a dataset.
     settings: how clips are shuffled (``shuffle``, ``seed``) and views aggregated
         (``aggregation``); the ``eval`` section of the config.
     device: where the model runs (default: where its parameters are).
     """
     settings = settings or EvalConfig()
+    loader = as_loader(loader, settings.batch_size)
     if device is None:
         device = next(model.parameters(), torch.empty(0)).device
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(settings.seed)
-    labels, probs, shuffled_probs, bad = [], [], [], []
+    labels, probs, shuffled_probs, bad, indices = [], [], [], [], []
+    seen = 0
     autocast = (
         torch.autocast(device.type, dtype=autocast_dtype)
         if autocast_dtype is not None
         else contextlib.nullcontext()
     )
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        batch = as_batch(batch)
         bad += batch.get("dropped", [])
         if "video" not in batch:  # every clip of the batch failed to decode
             continue
         video = batch["video"].to(device, non_blocking=True)
+        count = len(video)
+        index = batch.get("index")
+        indices.append(torch.as_tensor(index) if index is not None else torch.arange(count) + seen)
+        seen += count
         if video.ndim == 5:
             video = video[:, None]  # one view
         B, V, _, T = video.shape[:4]
@@ -151,7 +162,7 @@ def evaluate(
         for out, view_logits in ((probs, logits), (shuffled_probs, shuffled_logits)):
             per_clip = rearrange(view_logits, "(b v) k -> b v k", b=B)
             out.append(_aggregate(per_clip, settings.aggregation).cpu())
-        labels.append(batch["label"].cpu())
+        labels.append(torch.as_tensor(batch["label"]).cpu())
     model.train(was_training)
 
     K = len(classes)
@@ -159,13 +170,52 @@ def evaluate(
         torch.cat(labels).numpy() if labels else np.zeros(0, np.int64),
         torch.cat(probs).numpy() if probs else np.zeros((0, K), np.float32),
         torch.cat(shuffled_probs).numpy() if shuffled_probs else np.zeros((0, K), np.float32),
+        torch.cat(indices).numpy() if indices else np.zeros(0, np.int64),
     ]
     if dist.is_initialized():  # each rank saw its own shard: gather them all
         gathered = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, (result, bad))
-        result = [np.concatenate([g[0][i] for g in gathered]) for i in range(3)]
+        result = [np.concatenate([g[0][i] for g in gathered]) for i in range(4)]
         bad = [video for g in gathered for video in g[1]]
-    return EvalResult(*result, classes=list(classes), subsets=dict(subsets or {}), bad=bad)
+    labels, probs, shuffled_probs, indices = result
+    return EvalResult(
+        labels,
+        probs,
+        shuffled_probs,
+        classes=list(classes),
+        subsets=dict(subsets or {}),
+        bad=bad,
+        indices=indices,
+    )
+
+
+def as_batch(batch: dict[str, Any] | tuple | list) -> dict[str, Any]:
+    """A loader's batch as our dict: ``(video, label, ...)`` tuples become ``{"video", "label"}``."""
+    if isinstance(batch, dict):
+        return batch
+    if isinstance(batch, tuple | list) and len(batch) >= 2:
+        return {"video": batch[0], "label": torch.as_tensor(batch[1])}
+    raise TypeError(
+        f"a batch must be a dict with 'video' and 'label' or a (video, label) pair, got "
+        f"{type(batch).__name__}"
+    )
+
+
+def as_loader(data: Any, batch_size: int = 32, num_workers: int = 0) -> Any:
+    """A dataset (items: our dicts, or ``(video, label)`` pairs) as a loader; a loader or any
+    iterable of batches as it is."""
+    if isinstance(data, Dataset):
+        return DataLoader(
+            data, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate_any
+        )
+    return data
+
+
+def _collate_any(samples: list) -> dict[str, Any]:
+    if samples and isinstance(samples[0], tuple | list):
+        videos, labels = zip(*[(s[0], s[1]) for s in samples], strict=True)
+        return {"video": torch.stack(list(videos)), "label": torch.as_tensor(labels)}
+    return collate_videos(samples)
 
 
 def format_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:

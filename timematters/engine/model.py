@@ -1,21 +1,25 @@
-"""Models from configs and checkpoints: building a backbone, loading a saved one, evaluating it.
+"""Models from configs, checkpoints and specs: build, load, describe, evaluate.
 
-``build_model`` makes the config's backbone (and loads ``model.pretrained``); a timematters
+One spec syntax names every model (CLI ``--model``, ``model.name``, Python ``load_model``): a
+timematters checkpoint path, ``hf:DIR_OR_HUB_ID``, ``torchvision:NAME[:WEIGHTS_FILE]`` or
+``pkg.module:factory`` (``backbones/adapters``); in a config, a registered backbone name too.
+``build_model`` makes the config's model (and loads ``model.pretrained``); a timematters
 checkpoint carries its own model config and class names, so ``load_model_from_checkpoint``
-rebuilds exactly what was trained; ``evaluate_checkpoint`` runs the one evaluation on it.
+rebuilds exactly what was trained; ``evaluate_checkpoint`` runs the one evaluation on a model.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from timematters.backbones import create_backbone
-from timematters.backbones.pretrained import load_pretrained
+from timematters.backbones.adapters import is_foreign_spec, load_foreign_model
 from timematters.config import Config, ModelConfig, backbone_kwargs, merge, validate
 from timematters.data.build import build_dataset
 from timematters.data.collate import collate_videos
@@ -30,17 +34,84 @@ from timematters.engine.evaluate import EvalResult, evaluate
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
-    """The config's backbone with ``num_classes`` outputs, its pretrained weights loaded."""
-    model = create_backbone(cfg.model.name, **backbone_kwargs(cfg, num_classes))
-    if cfg.model.pretrained:
-        load_pretrained(model, cfg.model.pretrained)
-    return model
+    """The config's model with ``num_classes`` outputs: a registered backbone, initialised (the
+    training loop loads ``model.pretrained`` into it, with its TIME heads), or a foreign spec
+    with its own weights (a new classifier when its number of classes differs)."""
+    return _build(cfg.model, cfg, num_classes)
+
+
+def _build(model_cfg: ModelConfig, cfg: Config, num_classes: int | None) -> nn.Module:
+    if is_foreign_spec(model_cfg.name):
+        model = load_foreign_model(
+            model_cfg.name,
+            num_classes=num_classes,
+            num_frames=model_cfg.num_frames,
+            img_size=cfg.data.crop_size,
+        )
+        if hasattr(model, "set_input_normalisation"):
+            model.set_input_normalisation(cfg.data.mean, cfg.data.std)
+        return model
+    return create_backbone(
+        model_cfg.name, **backbone_kwargs(replace(cfg, model=model_cfg), num_classes)
+    )
 
 
 def model_patch_size(cfg: Config) -> int:
-    """The backbone's patch size, read from a parameter-free build on the meta device."""
+    """The backbone's patch size (flow labels are per patch), from a parameter-free build on the
+    meta device; a foreign model is loaded for it only when the flow loss needs it."""
+    if is_foreign_spec(cfg.model.name):
+        return _build(cfg.model, cfg, None).patch_size if cfg.loss.flow.weight else 1
     with torch.device("meta"):
         return create_backbone(cfg.model.name, **backbone_kwargs(cfg, num_classes=1)).patch_size
+
+
+def load_model(
+    spec: str | Path, cfg: Config | None = None, *, num_classes: int | None = None
+) -> nn.Module:
+    """The model a spec names, in eval mode, with its ``class_names`` (None when unknown).
+
+    A timematters checkpoint path rebuilds what was trained (architecture and, without ``cfg``,
+    clip size from the checkpoint's own config); a foreign spec (``hf:...``, ``torchvision:...``,
+    ``pkg.module:factory``) loads that model for ``cfg``'s clips (frames, size, normalisation).
+    num_classes: the outputs of a model that has no trained classifier to keep (torchvision
+    without a weights file, a user's factory); a trained one keeps its own.
+    """
+    spec = str(spec)
+    if is_foreign_spec(spec) and not Path(spec).is_file():
+        cfg = cfg or Config()
+        untrained = spec.startswith("torchvision:") and spec.count(":") == 1
+        if not (untrained or not spec.startswith(("hf:", "torchvision:"))):
+            num_classes = None
+        model = _build(replace(cfg.model, name=spec), cfg, num_classes)
+        return model.eval()
+    if not Path(spec).is_file():
+        raise FileNotFoundError(
+            f"{spec} is neither a checkpoint file nor a model spec (hf:DIR_OR_ID, "
+            "torchvision:NAME[:WEIGHTS], pkg.module:factory)"
+        )
+    if cfg is None:
+        state = load_checkpoint(spec)
+        if "config" not in state:
+            raise ValueError(f"{spec} holds no config: give the config its clips come from")
+        cfg = merge(Config(), {k: state["config"][k] for k in ("model", "data")}, source=spec)
+    model, _ = load_model_from_checkpoint(cfg, spec)
+    return model
+
+
+def describe_model(model: nn.Module) -> dict[str, Any]:
+    """Where a model comes from and what it takes, for reports."""
+    if hasattr(model, "describe"):
+        return model.describe()
+    return {
+        "family": type(model).__name__,
+        "source": getattr(model, "source", ""),
+        "num_frames": model.num_frames,
+        "frame_size": model.grid[0] * model.patch_size,
+        "token_frames": model.token_frames,
+        "mean": list(getattr(model, "mean", (0.5, 0.5, 0.5))),
+        "std": list(getattr(model, "std", (0.5, 0.5, 0.5))),
+        "unsupported": {},
+    }
 
 
 def load_model_from_checkpoint(cfg: Config, path: str | Path) -> tuple[nn.Module, list[str]]:
@@ -63,20 +134,34 @@ def load_model_from_checkpoint(cfg: Config, path: str | Path) -> tuple[nn.Module
             )
     classes = list(state.get("classes") or [])
     num_classes = model_cfg.num_classes or len(classes)
-    model = create_backbone(
-        model_cfg.name, **backbone_kwargs(replace(cfg, model=model_cfg), num_classes)
-    )
+    model = _build(model_cfg, cfg, num_classes)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:  # names every mismatched key already; keep it to a paragraph
         raise ValueError(f"{path} does not fit {model_cfg.name}: {error}") from None
+    model.class_names = classes or None
+    model.source = str(path)
+    if "config" in state and not hasattr(model, "describe"):  # the normalisation it learnt with
+        trained = state["config"].get("data", {})
+        model.mean = tuple(trained.get("mean", (0.5, 0.5, 0.5)))
+        model.std = tuple(trained.get("std", (0.5, 0.5, 0.5)))
     return model.eval(), classes
 
 
-def check_classes(trained: list[str], dataset: list[str], path: str | Path) -> None:
-    """Refuse to score a checkpoint on a dataset whose classes differ from the ones it was trained
-    on, in set or in order: its logit k would be compared with another class's label."""
-    if not trained or list(trained) == list(dataset):
+def check_classes(model: nn.Module, dataset: list[str], where: str | Path) -> None:
+    """Refuse to score a model on a dataset whose classes differ from the ones it was trained on,
+    in set or in order (its logit k would be compared with another class's label), or whose
+    number of classes is not its number of outputs."""
+    trained = getattr(model, "class_names", None)
+    outputs = getattr(model, "num_classes", None)
+    if not trained:
+        if outputs and outputs != len(dataset):
+            raise ValueError(
+                f"{where} has {outputs} outputs but the dataset has {len(dataset)} classes; "
+                "give a dataset of its classes (for a video list: data.class_list)"
+            )
+        return
+    if list(trained) == list(dataset):
         return
     missing = [c for c in trained if c not in dataset]
     extra = [c for c in dataset if c not in trained]
@@ -97,7 +182,7 @@ def check_classes(trained: list[str], dataset: list[str], path: str | Path) -> N
             f"checkpoint, {dataset[first]!r} in the dataset)"
         )
     raise ValueError(
-        f"{path} was trained on {detail}; its scores would be wrong. Give the dataset the "
+        f"{where} was trained on {detail}; its scores would be wrong. Give the dataset the "
         "checkpoint's classes in its order (for a video list: data.class_list, one name per line)"
     )
 
@@ -118,8 +203,8 @@ class BackgroundsResult:
 
 
 def evaluate_checkpoint(cfg: Config, checkpoint: str | Path) -> EvalResult | BackgroundsResult:
-    """The evaluation of a saved model on the config's evaluation split: original / shuffled per
-    subset, or on ImageNet-9 the Backgrounds Challenge (Table 4)."""
+    """The evaluation of a model (a checkpoint or any spec) on the config's evaluation split:
+    original / shuffled per subset, or on ImageNet-9 the Backgrounds Challenge (Table 4)."""
     validate(cfg)
     if cfg.data.dataset == "imagenet9":
         from timematters.engine.backgrounds import evaluate_backgrounds_checkpoint
@@ -127,11 +212,9 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path) -> EvalResult | Bac
         return BackgroundsResult(evaluate_backgrounds_checkpoint(cfg, checkpoint))
     info = setup_distributed(cfg.train.device)
     try:
-        model, classes = load_model_from_checkpoint(cfg, checkpoint)
-        test_set = build_dataset(
-            cfg, cfg.eval.split, flow_labels=False, patch_size=model.patch_size
-        )
-        check_classes(classes, test_set.classes, checkpoint)
+        test_set = build_dataset(cfg, cfg.eval.split, flow_labels=False, patch_size=1)
+        model = load_model(checkpoint, cfg, num_classes=len(test_set.classes))
+        check_classes(model, test_set.classes, checkpoint)
         loader = DataLoader(
             test_set,
             batch_size=cfg.eval.batch_size,
@@ -142,7 +225,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path) -> EvalResult | Bac
         return evaluate(
             model.to(info.device),
             loader,
-            classes=classes or test_set.classes,
+            classes=model.class_names or test_set.classes,
             subsets=getattr(test_set, "subsets", {}),
             settings=cfg.eval,
             device=info.device,

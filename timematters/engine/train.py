@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import signal
 import time
@@ -29,8 +30,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from timematters.backbones.adapters import is_foreign_spec
 from timematters.backbones.pretrained import load_pretrained
-from timematters.config import Config, config_to_dict, save_config, validate
+from timematters.config import Config, ConfigError, config_to_dict, save_config, validate
 from timematters.data.build import build_dataset, build_flow_labeller
 from timematters.data.collate import BadVideo, BadVideoLog, batch_size, collate_videos
 from timematters.data.samplers import SeededSamples, Shard, SkipFirst
@@ -61,6 +63,7 @@ from timematters.flow.labeller import FlowLabeller
 from timematters.losses.objective import Objective, ObjectiveOutput, build_objective
 
 StepCallback = Callable[[int, dict[str, Any]], None]
+log = logging.getLogger(__name__)
 
 
 class TimeModel(nn.Module):
@@ -187,8 +190,7 @@ def setup_run(
     num_classes = cfg.model.num_classes or len(train_set.classes)
 
     backbone = build_model(cfg, num_classes)
-    if init_from:
-        load_pretrained(backbone, init_from)
+    _check_losses_fit(cfg, backbone)
     objective = build_objective(
         cfg.loss,
         embed_dim=backbone.embed_dim,
@@ -196,6 +198,12 @@ def setup_run(
         grid=backbone.grid,
         patch_size=backbone.patch_size,
     )
+    # A foreign model came with its weights; the TIME heads of a checkpoint go into the objective.
+    pretrained = "" if is_foreign_spec(cfg.model.name) else cfg.model.pretrained
+    for weights in filter(None, (pretrained, init_from)):
+        report = load_pretrained(backbone, weights, objective=objective)
+        for note in report.notes:
+            log.info(f"{weights}: {note}")
     model = TimeModel(backbone, objective).to(device)
     ddp_model = model
     if info.enabled:
@@ -291,6 +299,19 @@ def setup_run(
         progress=progress,
         step_callback=step_callback,
     )
+
+
+def _check_losses_fit(cfg: Config, backbone: nn.Module) -> None:
+    """The losses that are on must be ones the model can give (an adapted model says why not)."""
+    unsupported = dict(getattr(backbone, "unsupported", {}))
+    if backbone.token_frames != backbone.num_frames:
+        unsupported.setdefault("flow", "a token spans several frames")
+    for loss in ("order", "flow"):
+        if getattr(cfg.loss, loss).weight != 0 and loss in unsupported:
+            raise ConfigError(
+                f"the {loss} loss cannot train {cfg.model.name}: {unsupported[loss]}; set "
+                f"loss.{loss}.weight=0"
+            )
 
 
 def fit(run: Run) -> dict[str, Any]:

@@ -1,0 +1,379 @@
+"""Every video model: Hugging Face, torchvision and a user's own module through the backbone
+protocol, diagnosed, evaluated and TIME-trained; the official TIME checkpoints loaded. Tiny random
+models built from their configs, no downloads."""
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+transformers.logging.set_verbosity_error()
+
+import timematters  # noqa: E402
+from timematters.backbones import VideoBackbone, create_backbone  # noqa: E402
+from timematters.backbones.adapters import load_foreign_model  # noqa: E402
+from timematters.backbones.pretrained import load_pretrained  # noqa: E402
+from timematters.cli import main  # noqa: E402
+from timematters.config import LossConfig, load_config  # noqa: E402
+from timematters.data.synthetic import SyntheticVideoDataset  # noqa: E402
+from timematters.engine.checkpoint import load_checkpoint  # noqa: E402
+from timematters.engine.train import train  # noqa: E402
+from timematters.losses import build_objective  # noqa: E402
+
+IMG, T, K = 64, 8, 10
+# The built-in benchmark at toy size: 8 frames of 64², 10 classes.
+DATA = [
+    "data.synthetic.num_train=16",
+    "data.synthetic.num_test=12",
+    "data.num_workers=0",
+    "eval.batch_size=10",
+    "train.progress=false",
+    "train.device=cpu",
+    "train.precision=fp32",
+]
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+
+
+def _save_hf(folder: Path, kind: str, **extra) -> Path:
+    torch.manual_seed(0)
+    sizes = dict(image_size=IMG, num_frames=T, num_labels=K, **TINY, **extra)
+    if kind == "timesformer":
+        model = transformers.TimesformerForVideoClassification(
+            transformers.TimesformerConfig(patch_size=16, **sizes)
+        )
+    elif kind == "videomae":
+        model = transformers.VideoMAEForVideoClassification(
+            transformers.VideoMAEConfig(patch_size=16, tubelet_size=2, **sizes)
+        )
+    else:
+        model = transformers.VivitForVideoClassification(
+            transformers.VivitConfig(tubelet_size=[2, 16, 16], **sizes)
+        )
+    model.save_pretrained(folder / kind)
+    return folder / kind
+
+
+@pytest.fixture(scope="module")
+def hf_models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hf")
+    return {kind: _save_hf(folder, kind) for kind in ("timesformer", "videomae", "vivit")}
+
+
+USER_MODULE = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    class FramePool(nn.Module):
+        '''Logits from per-frame colour means, averaged over time: blind to frame order.'''
+
+        def __init__(self, num_classes=10):
+            super().__init__()
+            self.fc = nn.Linear(3, num_classes)
+
+        def forward(self, video):
+            return self.fc(video.mean(dim=(2, 3, 4)))
+
+    def frame_pool(num_classes=10):
+        torch.manual_seed(0)
+        return FramePool(num_classes)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def user_module(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("user")
+    (folder / "my_video_models.py").write_text(USER_MODULE)
+    sys.path.insert(0, str(folder))
+    yield "my_video_models:frame_pool"
+    sys.path.remove(str(folder))
+
+
+@pytest.fixture(scope="module")
+def r3d_weights(tmp_path_factory):
+    from torchvision.models.video import r3d_18
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tv") / "r3d_18.pth"
+    torch.save(r3d_18(weights=None, num_classes=K).state_dict(), path)
+    return path
+
+
+def _specs(hf_models, user_module, r3d_weights) -> dict[str, str]:
+    return {
+        "hf_timesformer": f"hf:{hf_models['timesformer']}",
+        "hf_videomae": f"hf:{hf_models['videomae']}",
+        "hf_vivit": f"hf:{hf_models['vivit']}",
+        "r3d_18": f"torchvision:r3d_18:{r3d_weights}",
+        "swin3d_t": "torchvision:swin3d_t",  # no weights: sized to the benchmark's 10 classes
+        "user": user_module,
+    }
+
+
+@pytest.mark.parametrize(
+    "name", ["hf_timesformer", "hf_videomae", "hf_vivit", "r3d_18", "swin3d_t", "user"]
+)
+def test_diagnose_any_model_from_the_command_line(
+    tmp_path, hf_models, user_module, r3d_weights, name
+):
+    spec = _specs(hf_models, user_module, r3d_weights)[name]
+    out = tmp_path / "out"
+    argv = ["diagnose", "--config", "synthetic/time", *DATA, "--model", spec, "--name", name]
+    code = main([*argv, "--out", str(out), "--probe-clips", "4", "--gradcam-clips", "2"])
+    assert code == 0
+    report = (out / "report.md").read_text()
+    data = json.loads((out / "diagnose.json").read_text())
+    assert data["shuffle_test"][name]["all"]["num_clips"] == 12
+    assert sum(data["confidence_gap"][name]["all"]["mass"]) == pytest.approx(1.0)
+    if name == "user":  # logits only: the report says why there is no probe and no GradCAM
+        assert "gives logits only" in data["order_probe"]["unsupported"][name]
+        assert "gives logits only" in data["gradcam"]["skipped"][name]
+        assert "no order probe" in report
+        return
+    accuracy = data["order_probe"]["accuracy"][name]
+    assert "final" in accuracy or data["order_probe"]["skipped"][name]
+    assert all(0 <= a <= 100 for a in accuracy.values())
+    maps = np.load(out / "gradcam.npz")[f"maps_{name}"]
+    assert maps.shape == (2, T, IMG, IMG) and np.isfinite(maps).all()
+    assert "## Temporal-order probe" in report and "## GradCAM" in report
+    if name == "r3d_18":  # layer4 pools 8 frames into 1: the report says so
+        assert data["order_probe"]["skipped"][name]["block4"].startswith("one token frame")
+
+
+def _renormalised(video: torch.Tensor, mean, std) -> torch.Tensor:
+    """Clips normalised with mean = std = 0.5 -> normalised with ``mean`` / ``std``."""
+    pixels = video * 0.5 + 0.5
+    return (pixels - torch.tensor(mean).view(1, 3, 1, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1, 1)
+
+
+@pytest.mark.parametrize("kind", ["timesformer", "videomae", "vivit"])
+def test_adapted_hf_models_give_the_hf_models_logits(tmp_path, kind):
+    folder = _save_hf(tmp_path, kind)
+    imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": imagenet[0], "image_std": imagenet[1]})
+    )
+    adapted = load_foreign_model(f"hf:{folder}").eval()
+    assert isinstance(adapted, VideoBackbone) and adapted.mean == tuple(imagenet[0])
+    reference = getattr(transformers, type(adapted.model).__name__).from_pretrained(folder).eval()
+    video = torch.randn(2, 3, T, IMG, IMG).clamp(-1, 1)  # ours: mean = std = 0.5
+    with torch.no_grad():
+        theirs = reference(pixel_values=_renormalised(video, *imagenet).permute(0, 2, 1, 3, 4))
+        ours = adapted(video)
+        tokens = adapted.forward_features(video, return_blocks=True)
+    torch.testing.assert_close(ours, theirs.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(adapted.forward_head(tokens.cls), ours)
+    frames = T if kind == "timesformer" else T // 2
+    assert tokens.patches.shape == (2, frames, (IMG // 16) ** 2, 32)
+    assert len(tokens.blocks) == 2 and tokens.blocks[0].shape == tokens.patches.shape
+    assert adapted.token_frames == frames
+
+
+def test_torchvision_models_keep_their_normalisation_and_say_what_they_need():
+    model = load_foreign_model("torchvision:r3d_18", num_classes=K, num_frames=T, img_size=IMG)
+    model.eval()
+    assert model.mean == (0.43216, 0.394666, 0.37645) and model.token_frames == 1
+    video = torch.randn(1, 3, T, IMG, IMG)
+    with torch.no_grad():
+        direct = model.model(_renormalised(video, model.mean, model.std))
+        torch.testing.assert_close(model(video), direct, atol=1e-5, rtol=0)
+    s3d = load_foreign_model("torchvision:s3d", num_classes=K, num_frames=T, img_size=IMG)
+    with pytest.raises(ValueError, match="at least 14 frames of 224"):
+        s3d(video)
+    with pytest.raises(ValueError, match="not a video model"):
+        load_foreign_model("torchvision:resnet50")
+
+
+def test_python_api_loads_evaluates_and_diagnoses_models(tmp_path, hf_models, user_module):
+    cfg = load_config("synthetic/time", DATA)
+    models = {
+        "hf": timematters.load_model(f"hf:{hf_models['timesformer']}", cfg),
+        "user": timematters.load_model(user_module, cfg),
+    }
+    clips = SyntheticVideoDataset("test", 12, img_size=IMG, num_frames=T)
+    # (video, label) pairs, as a user's own loader gives them.
+    pairs = torch.utils.data.DataLoader(
+        [(clips[i]["video"], clips[i]["label"]) for i in range(12)], batch_size=4
+    )
+    result = timematters.evaluate(models["hf"], pairs, classes=clips.classes)
+    assert result.metrics()["all"]["num_clips"] == 12
+    report = timematters.diagnose(
+        models,
+        clips,
+        tmp_path / "report",
+        probe_clips=(4, 4),
+        gradcam_clips=1,
+    )
+    assert set(report["shuffle_test"]) == {"hf", "user"}
+    assert set(report["shuffle_test"]["hf"]) == {"all", "temporal", "static"}  # the dataset's
+    assert report["models"]["hf"]["token_frames"] == T
+    assert (tmp_path / "report" / "report.md").is_file()
+
+
+@pytest.mark.parametrize("kind", ["timesformer", "videomae"])
+def test_time_trains_hf_models_end_to_end_and_resumes(tmp_path, kind):
+    folder = _save_hf(tmp_path, kind)
+    flow = "1" if kind == "timesformer" else "0"  # VideoMAE's tokens span two frames
+    overrides = [
+        *DATA,
+        f"model.name=hf:{folder}",
+        "train.batch_size=4",
+        "train.epochs=2",
+        "train.log_every=1",
+        f"loss.flow.weight={flow}",
+    ]
+    initial = load_foreign_model(f"hf:{folder}", num_classes=K).state_dict()
+    records = []
+    result = train(
+        load_config("synthetic/time", [*overrides, f"train.out={tmp_path / 'full'}"]),
+        step_callback=lambda step, record: records.append(record),
+    )
+    assert result["steps"] == 8
+    terms = {"ce_loss", "order_loss", "debias_loss"} | ({"flow_loss"} if flow == "1" else set())
+    assert terms <= set(records[0]) and all(np.isfinite(r[t]) for r in records for t in terms)
+    state = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pth")
+    changed = [
+        k for k, v in state["model"].items() if "encoder" in k and not torch.equal(v, initial[k])
+    ]
+    assert changed, "the TIME losses did not reach the HF backbone"
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_5(step, record):
+        if step == 5:
+            raise Killed
+
+    killed = load_config(
+        "synthetic/time",
+        [*overrides, f"train.out={tmp_path / 'killed'}", "train.save_every_steps=2"],
+    )
+    with pytest.raises(Killed):
+        train(killed, step_callback=kill_at_5)
+    resumed = []
+    train(
+        killed,
+        resume=tmp_path / "killed" / "checkpoints" / "last.pth",
+        step_callback=lambda step, record: resumed.append(record),
+    )
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in records[4:]]
+    # The evaluation of the trained run reloads it from its checkpoint and spec.
+    reloaded = timematters.load_model(tmp_path / "full" / "checkpoints" / "last.pth")
+    assert reloaded.class_names == list(SyntheticVideoDataset("test", 1).classes)
+
+
+def test_flow_on_a_tubelet_model_is_refused_with_the_reason(tmp_path, capsys):
+    folder = _save_hf(tmp_path, "videomae")
+    code = main(
+        [
+            "train",
+            "synthetic/time",
+            *DATA,
+            f"model.name=hf:{folder}",
+            f"train.out={tmp_path / 'run'}",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert (
+        "flow loss cannot train" in err and "spans 2 frames" in err and "loss.flow.weight=0" in err
+    )
+
+
+# -- the official TIME release ------------------------------------------------------------------
+
+BACKBONES = ["timesformer_tiny_patch8_64", "motionformer_tiny_patch8_64", "xvit_tiny_patch8_64"]
+
+
+def _official_time_checkpoint(name: str, model, objective) -> dict:
+    """Our model and objective in the official release's layout: the TIME heads inside the
+    backbone under their released names, the flow head's key projection with a bias, the
+    backbone's own wrapper and prefix; X-ViT's classifier named ``consensus.head``."""
+    heads = {}
+    for key, value in objective.state_dict().items():
+        _, _loss, rest = key.split(".", 2)  # losses.<loss>.<name>
+        heads[rest] = value
+    heads["mlp_k.bias"] = torch.randn(model.embed_dim)  # softmax cancels it
+    backbone = dict(model.state_dict())
+    if name.startswith("xvit"):
+        for suffix in ("weight", "bias"):
+            backbone[f"consensus.head.{suffix}"] = backbone.pop(f"consensus.mlp_head.4.{suffix}")
+        return {"state_dict": {f"base_model.{k}": v for k, v in {**backbone, **heads}.items()}}
+    if name.startswith("motionformer"):
+        backbone = {k.replace("patch_embed.", "patch_embed.", 1): v for k, v in backbone.items()}
+    return {"model_state": {f"model.{k}": v for k, v in {**backbone, **heads}.items()}}
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_official_time_checkpoints_load_strictly_and_give_the_same_losses(tmp_path, name):
+    def build(seed: int):
+        torch.manual_seed(seed)
+        model = create_backbone(
+            name,
+            num_classes=K,
+            num_frames=4,
+            img_size=32,
+            depth=2,
+            embed_dim=24,
+            num_heads=2,
+            drop_path_rate=0.0,
+        )
+        objective = build_objective(
+            LossConfig(), embed_dim=24, num_frames=4, grid=model.grid, patch_size=model.patch_size
+        )
+        with torch.no_grad():  # no zero-initialised gate hides a parameter
+            for p in [*model.parameters(), *objective.parameters()]:
+                p.add_(0.05 * torch.randn_like(p))
+        return model.eval(), objective.eval()
+
+    model, objective = build(0)
+    path = tmp_path / "official.pyth"
+    torch.save(_official_time_checkpoint(name, model, objective), path)
+    fresh_model, fresh_objective = build(1)
+    report = load_pretrained(fresh_model, path, objective=fresh_objective)
+    assert (
+        not report.new
+        and not report.dropped
+        and len(report.objective) == len(fresh_objective.state_dict())
+    )
+    assert any("mlp_k.bias dropped" in note for note in report.notes)
+    batch = {
+        "video": torch.randn(2, 3, 4, 32, 32),
+        "label": torch.tensor([1, 3]),
+        "flow_labels": torch.randint(0, 9, (2, 3, 16)),
+    }
+    with torch.no_grad():
+        expected = objective(model, batch, torch.Generator().manual_seed(0))
+        got = fresh_objective(fresh_model, batch, torch.Generator().manual_seed(0))
+    for term, value in expected.terms.items():
+        torch.testing.assert_close(got.terms[term], value, atol=1e-6, rtol=0, msg=term)
+
+
+def test_in_memory_state_dicts_distilled_deit_and_clip_vits(tmp_path):
+    source = create_backbone("vit_tiny_patch16_64", num_classes=5, img_size=32, patch_size=8)
+    target = create_backbone("vit_tiny_patch16_64", num_classes=5, img_size=32, patch_size=8)
+    load_pretrained(target, source.state_dict())  # a state dict in memory
+    assert torch.equal(target.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+
+    distilled = dict(source.state_dict())
+    pos = distilled["pos_embed"]
+    distilled["pos_embed"] = torch.cat([pos[:, :1], torch.randn_like(pos[:, :1]), pos[:, 1:]], 1)
+    distilled["dist_token"] = torch.randn(1, 1, 96)
+    distilled["head_dist.weight"], distilled["head_dist.bias"] = torch.randn(5, 96), torch.randn(5)
+    report = load_pretrained(target, distilled)
+    assert any("distilled DeiT" in note for note in report.notes)
+    assert torch.equal(target.pos_embed, pos)
+
+    clip = {
+        **source.state_dict(),
+        "norm_pre.weight": torch.ones(96),
+        "norm_pre.bias": torch.zeros(96),
+    }
+    with pytest.raises(ValueError, match="CLIP-style ViT .norm_pre"):
+        load_pretrained(target, clip)

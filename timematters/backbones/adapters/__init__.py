@@ -1,0 +1,66 @@
+"""Models that are not ours, behind the backbone protocol: one spec syntax for all of them.
+
+- ``hf:DIR_OR_HUB_ID``: a Hugging Face ``transformers`` video classifier (``hf.py``);
+- ``torchvision:NAME[:WEIGHTS_FILE]``: a torchvision video model (``torchvision.py``);
+- ``pkg.module:factory``: a callable returning the user's own module (``module.py``).
+
+A timematters checkpoint path is the fourth kind of spec; the engine loads those
+(``engine.model.load_model``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from timematters.backbones.adapters.base import Adapter
+
+SPEC_KINDS = ("hf:", "torchvision:")
+
+
+def is_foreign_spec(name: str) -> bool:
+    """Whether ``name`` names a foreign model rather than a registered backbone or a file."""
+    if name.startswith(SPEC_KINDS):
+        return True
+    module, colon, attribute = name.partition(":")
+    return bool(
+        colon and attribute.isidentifier() and all(p.isidentifier() for p in module.split("."))
+    )
+
+
+def load_foreign_model(
+    spec: str,
+    *,
+    num_classes: int | None = None,
+    num_frames: int | None = None,
+    img_size: int | None = None,
+) -> nn.Module:
+    """The model a foreign spec names, honouring ``VideoBackbone``.
+
+    num_classes: a classifier with this many outputs (a new head if the checkpoint's differs);
+    num_frames, img_size: the clips it will see (checked against what the model takes).
+    """
+    if spec.startswith("hf:"):
+        from timematters.backbones.adapters.hf import load_hf_model
+
+        return load_hf_model(spec.removeprefix("hf:"), num_classes=num_classes)
+    if spec.startswith("torchvision:"):
+        from timematters.backbones.adapters.torchvision import load_torchvision_model
+
+        name, _, weights = spec.removeprefix("torchvision:").partition(":")
+        return load_torchvision_model(
+            name,
+            Path(weights) if weights else None,
+            num_classes=num_classes,
+            num_frames=num_frames or 16,
+            img_size=img_size or 112,
+        )
+    from timematters.backbones.adapters.module import load_module_model
+
+    return load_module_model(
+        spec, num_classes=num_classes, num_frames=num_frames, img_size=img_size
+    )
+
+
+__all__ = ["Adapter", "is_foreign_spec", "load_foreign_model"]

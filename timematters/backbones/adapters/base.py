@@ -1,0 +1,179 @@
+"""What every adapter shares: the boundary conversions, per-block taps through forward hooks, and
+a statement of what the wrapped model cannot do.
+
+An adapter owns a foreign video classifier and presents it as a ``VideoBackbone``:
+
+- **Input**: clips arrive as ours do, ``[B, C, T, H, W]`` normalised with ``input_mean`` /
+  ``input_std`` (the dataset's, mean = std = 0.5 by default). They are renormalised once to the
+  model's own ``mean`` / ``std`` and laid out as the model wants (``to_model_input``).
+- **Tokens**: ``forward_features`` returns ``VideoTokens``; ``forward_head`` maps ``cls`` to
+  logits, so ``forward(video) == forward_head(forward_features(video).cls)`` as for our backbones.
+- **Blocks**: ``block_modules()`` and ``block_grid(output)`` declare where the per-block tokens are
+  and their layout; a forward hook reads them when ``return_blocks=True`` (the order probe's input).
+- **GradCAM**: ``gradcam_layer()`` names the module and the reshape that grad-cam's
+  ``target_layers`` / ``reshape_transform`` need.
+- **Limits**: ``unsupported`` maps a capability ("order_probe", "gradcam", "flow") to the reason
+  the model cannot provide it; reports print the reason instead of failing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from timematters.backbones.protocol import VideoTokens
+
+DEFAULT_INPUT = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+class Adapter(nn.Module):
+    """Base of the adapters; subclasses set the attributes and implement the four hooks below."""
+
+    classifier_name = "model"  # the wrapped model's weights; our checkpoints store them whole
+    family = "adapter"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        num_frames: int,
+        img_size: int,
+        patch_size: int,
+        embed_dim: int,
+        num_classes: int,
+        token_frames: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        class_names: list[str] | None = None,
+        source: str = "",
+    ):
+        super().__init__()
+        self.model = model
+        self.num_frames = num_frames
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.grid = (img_size // patch_size, img_size // patch_size)
+        self.embed_dim = embed_dim
+        self.num_classes = num_classes
+        self._token_frames = token_frames
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.input_mean, self.input_std = DEFAULT_INPUT
+        self.class_names = class_names
+        self.source = source
+        self.unsupported: dict[str, str] = {}
+
+    @property
+    def token_frames(self) -> int:
+        return self._token_frames
+
+    def set_input_normalisation(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        """The normalisation the clips arrive in (the dataset's)."""
+        self.input_mean, self.input_std = tuple(mean), tuple(std)
+
+    def describe(self) -> dict[str, Any]:
+        """What a report says about the model: where it came from and what it expects."""
+        return {
+            "family": self.family,
+            "source": self.source,
+            "num_frames": self.num_frames,
+            "frame_size": self.img_size,
+            "token_frames": self.token_frames,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "unsupported": dict(self.unsupported),
+        }
+
+    # -- the boundary --------------------------------------------------------------------------
+
+    def renormalise(self, video: torch.Tensor) -> torch.Tensor:
+        """Clips normalised with the input's mean/std -> normalised with the model's own."""
+        if (self.input_mean, self.input_std) == (self.mean, self.std):
+            return video
+        shape = (1, 3, *([1] * (video.ndim - 2)))
+        like = {"dtype": video.dtype, "device": video.device}
+        scale = torch.tensor(self.input_std, **like).view(shape) / torch.tensor(
+            self.std, **like
+        ).view(shape)
+        shift = (
+            torch.tensor(self.input_mean, **like) - torch.tensor(self.mean, **like)
+        ) / torch.tensor(self.std, **like)
+        return video * scale + shift.view(shape)
+
+    def check_input(self, video: torch.Tensor) -> None:
+        _, C, T, H, W = video.shape
+        if self.num_frames != T:
+            raise ValueError(
+                f"{self.source} takes {self.num_frames}-frame clips, got {T} "
+                f"(set model.num_frames={self.num_frames})"
+            )
+        if (self.img_size, self.img_size) != (H, W) and not self.flexible_size:
+            raise ValueError(
+                f"{self.source} takes {self.img_size}x{self.img_size} frames, got {H}x{W} "
+                f"(set data.crop_size={self.img_size})"
+            )
+
+    flexible_size = False  # True for models that take any frame size (3-D CNNs, Swin3D)
+
+    # -- what subclasses implement -------------------------------------------------------------
+
+    def features(self, video: torch.Tensor) -> VideoTokens:
+        """Tokens of renormalised clips [B, C, T, H, W] (no per-block taps)."""
+        raise NotImplementedError
+
+    def forward_head(self, cls: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def block_modules(self) -> list[nn.Module]:
+        """The modules whose outputs are the per-block tokens, in order (empty: none)."""
+        return []
+
+    def block_grid(self, output: Any, video: torch.Tensor) -> torch.Tensor:
+        """A block module's output -> patch tokens [B, T', S', D] (T', S', D may vary by block)."""
+        raise NotImplementedError
+
+    def gradcam_layer(self) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+        """(module, reshape to [B, C, T', h, w]) for grad-cam; raise if unsupported."""
+        raise NotImplementedError(self.unsupported.get("gradcam", "no GradCAM layer declared"))
+
+    # -- the protocol --------------------------------------------------------------------------
+
+    def forward_features(self, video: torch.Tensor, return_blocks: bool = False) -> VideoTokens:
+        self.check_input(video)
+        video = self.renormalise(video)
+        if not return_blocks:
+            return self.features(video)
+        if "order_probe" in self.unsupported:
+            raise NotImplementedError(self.unsupported["order_probe"])
+        outputs: list[Any] = []
+        handles = [
+            module.register_forward_hook(lambda _m, _args, output: outputs.append(output))
+            for module in self.block_modules()
+        ]
+        try:
+            tokens = self.features(video)
+        finally:
+            for handle in handles:
+                handle.remove()
+        blocks = tuple(self.block_grid(output, video) for output in outputs)
+        return VideoTokens(cls=tokens.cls, patches=tokens.patches, blocks=blocks)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(video).cls)
+
+    def convert_state_dict(self, state_dict: dict, source: str) -> tuple[dict, set[str]]:
+        """Our checkpoints of an adapted model store it under its own names."""
+        return state_dict, set()
+
+
+def unwrap_output(output: Any) -> torch.Tensor:
+    """The tensor a module returned: the first entry of a tuple or a ``ModelOutput``."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, tuple | list):
+        return output[0]
+    if hasattr(output, "last_hidden_state"):
+        return output.last_hidden_state
+    raise TypeError(f"cannot read a tensor from a {type(output).__name__}")

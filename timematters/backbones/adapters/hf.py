@@ -1,0 +1,278 @@
+"""Hugging Face ``transformers`` video classifiers behind the backbone protocol.
+
+``load_hf_model(name)`` takes a local folder (``save_pretrained``'s output; works offline) or a hub
+id (when online) and returns an adapter:
+
+- **TimeSformer** (``TimesformerForVideoClassification``): tokens ``b (s t) d`` behind one CLS
+  (patch-major, frames inner), the final LayerNorm on all of them; CLS -> ``classifier``. One
+  token frame per frame, so all three TIME losses apply.
+- **VideoMAE** (``VideoMAEForVideoClassification``): 2-frame tubelets, tokens ``b (t s) d`` without
+  a CLS; the clip representation is ``fc_norm`` of the mean token (or the first token without
+  mean pooling). T/2 token frames: order and debias apply, flow does not (a token spans 2 frames).
+- **ViViT** (``VivitForVideoClassification``): 2-frame tubelets, ``b (t s) d`` behind one CLS,
+  final LayerNorm; as VideoMAE for the losses.
+- Any other ``AutoModelForVideoClassification``: logits only (shuffle test, confidence gap,
+  debias); the report states why the token-based diagnostics do not apply.
+
+Frames go in as ``pixel_values [B, T, C, H, W]`` normalised with the model's own mean and std,
+read from the folder's preprocessor config when there is one (the processor's defaults otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from timematters.backbones.adapters.base import Adapter, unwrap_output
+from timematters.backbones.protocol import VideoTokens
+
+# transformers' processor defaults for these models: IMAGENET_STANDARD_MEAN / STD.
+_PROCESSOR_DEFAULT = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def require_transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError(
+            "hf: model specs need the transformers package: pip install 'timematters[hf]'"
+        ) from None
+    return transformers
+
+
+def load_hf_model(name: str, num_classes: int | None = None) -> Adapter:
+    """``hf:NAME``: a transformers video classifier from a folder or the hub, adapted.
+
+    num_classes: give the classifier this many outputs (a new head when it differs, as for
+    fine-tuning); None keeps the checkpoint's.
+    """
+    transformers = require_transformers()
+    folder = Path(name)
+    if not folder.exists() and (name.startswith((".", "/")) or name.count("/") > 1):
+        raise FileNotFoundError(f"hf:{name}: no such folder (a hub id is owner/name)")
+    options: dict[str, Any] = {}
+    if num_classes is not None:
+        options = {"num_labels": num_classes, "ignore_mismatched_sizes": True}
+    try:
+        model = transformers.AutoModelForVideoClassification.from_pretrained(name, **options)
+    except OSError as error:
+        raise FileNotFoundError(
+            f"hf:{name}: cannot load it ({str(error).splitlines()[0]}); give a folder written by "
+            "save_pretrained, or a hub id while online"
+        ) from None
+    mean, std, origin = _normalisation(folder)
+    kind = model.config.model_type
+    adapter_class = {"timesformer": HFTimesformer, "videomae": HFVideoMAE, "vivit": HFVivit}
+    adapter = adapter_class.get(kind, HFClassifier)(model, mean=mean, std=std, source=f"hf:{name}")
+    adapter.normalisation_origin = origin
+    return adapter
+
+
+def _normalisation(folder: Path) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """(mean, std, where they came from) on [0, 1] pixels, from the folder's preprocessor config.
+
+    A processor that first maps pixels to [-1, 1] (``offset``, ViViT's) and then normalises is
+    folded into one mean and std on [0, 1] pixels.
+    """
+    for file in ("video_preprocessor_config.json", "preprocessor_config.json"):
+        path = folder / file
+        if path.is_file():
+            config = json.loads(path.read_text())
+            mean = config.get("image_mean", _PROCESSOR_DEFAULT[0])
+            std = config.get("image_std", _PROCESSOR_DEFAULT[1])
+            mean = [mean] * 3 if isinstance(mean, int | float) else list(mean)
+            std = [std] * 3 if isinstance(std, int | float) else list(std)
+            if config.get("offset"):  # (2u - 1 - m) / s == (u - (1 + m) / 2) / (s / 2)
+                mean, std = [(1 + m) / 2 for m in mean], [s / 2 for s in std]
+            return tuple(mean), tuple(std), path.name
+    return *_PROCESSOR_DEFAULT, "the processor's defaults (no preprocessor config in the folder)"
+
+
+def _class_names(model: nn.Module) -> list[str] | None:
+    """The checkpoint's class names, or None when they are transformers' LABEL_i placeholders."""
+    id2label = getattr(model.config, "id2label", None) or {}
+    names = [id2label[i] for i in sorted(id2label)]
+    if not names or all(name == f"LABEL_{i}" for i, name in enumerate(names)):
+        return None
+    return names
+
+
+def _pixel_values(video: torch.Tensor) -> torch.Tensor:
+    return rearrange(video, "b c t h w -> b t c h w")
+
+
+class _HFTokens(Adapter):
+    """Shared by the token models: sizes from the config, blocks = encoder layers."""
+
+    family = "hf"
+    classifier_name = "model.classifier"
+
+    def __init__(self, model: nn.Module, *, mean, std, source: str, tubelet: int):
+        config = model.config
+        patch = getattr(config, "patch_size", None) or config.tubelet_size  # ViViT: tubelet only
+        patch = patch if isinstance(patch, int) else patch[-1]
+        size = config.image_size if isinstance(config.image_size, int) else config.image_size[-1]
+        super().__init__(
+            model,
+            num_frames=config.num_frames,
+            img_size=size,
+            patch_size=patch,
+            embed_dim=config.hidden_size,
+            num_classes=config.num_labels,
+            token_frames=config.num_frames // tubelet,
+            mean=mean,
+            std=std,
+            class_names=_class_names(model),
+            source=source,
+        )
+        self.tubelet = tubelet
+        if tubelet > 1:
+            self.unsupported["flow"] = (
+                f"a token spans {tubelet} frames (tubelets), so there is no flow between "
+                "consecutive token frames to label"
+            )
+
+    @property
+    def encoder_layers(self) -> nn.ModuleList:
+        """The transformer layers: the base model's list of ``num_hidden_layers`` modules (under
+        ``encoder.layer`` or ``layers``, depending on the transformers version)."""
+        depth = self.model.config.num_hidden_layers
+        for module in self.model.modules():
+            if isinstance(module, nn.ModuleList) and len(module) == depth:
+                return module
+        raise NotImplementedError(f"{self.source}: no list of {depth} layers found")
+
+    def block_modules(self) -> list[nn.Module]:
+        return list(self.encoder_layers)
+
+    def _grid(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Patch tokens (no CLS) in the model's order -> [B, T', S, D]."""
+        return rearrange(tokens, "b (t s) d -> b t s d", t=self.token_frames)
+
+    def gradcam_layer(self) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+        """The last layer's first LayerNorm: the tokens its attention reads (the classifier's
+        gradient reaches them through that attention)."""
+        h, w = self.grid
+        prefix = 1 if self.has_cls else 0
+
+        def reshape(x: torch.Tensor) -> torch.Tensor:
+            grid = self._grid(x[:, prefix:].float())
+            return rearrange(grid, "b t (h w) d -> b d t h w", h=h, w=w)
+
+        return self.encoder_layers[-1].layernorm_before, reshape
+
+    has_cls = True
+
+
+class HFTimesformer(_HFTokens):
+    def __init__(self, model: nn.Module, *, mean, std, source: str):
+        super().__init__(model, mean=mean, std=std, source=source, tubelet=1)
+        if model.config.attention_type == "space_only":
+            self.unsupported["order_probe"] = "attention_type=space_only has no time embedding"
+
+    def _grid(self, tokens: torch.Tensor) -> torch.Tensor:
+        return rearrange(tokens, "b (s t) d -> b t s d", t=self.token_frames)
+
+    def block_grid(self, output: Any, video: torch.Tensor) -> torch.Tensor:
+        return self._grid(unwrap_output(output)[:, 1:])
+
+    def gradcam_layer(self) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+        # Divided attention: the spatial LayerNorm sees [(B T), 1 + S, D] per frame.
+        h, w = self.grid
+        T = self.token_frames
+
+        def reshape(x: torch.Tensor) -> torch.Tensor:
+            return rearrange(x[:, 1:].float(), "(b t) (h w) d -> b d t h w", t=T, h=h, w=w)
+
+        return self.encoder_layers[-1].layernorm_before, reshape
+
+    def features(self, video: torch.Tensor) -> VideoTokens:
+        sequence = self.model.timesformer(_pixel_values(video)).last_hidden_state  # after norm
+        return VideoTokens(cls=sequence[:, 0], patches=self._grid(sequence[:, 1:]))
+
+    def forward_head(self, cls: torch.Tensor) -> torch.Tensor:
+        return self.model.classifier(cls)
+
+
+class HFVideoMAE(_HFTokens):
+    has_cls = False
+
+    def __init__(self, model: nn.Module, *, mean, std, source: str):
+        super().__init__(
+            model, mean=mean, std=std, source=source, tubelet=model.config.tubelet_size
+        )
+
+    def block_grid(self, output: Any, video: torch.Tensor) -> torch.Tensor:
+        return self._grid(unwrap_output(output))
+
+    def features(self, video: torch.Tensor) -> VideoTokens:
+        sequence = self.model.videomae(_pixel_values(video)).last_hidden_state
+        if self.model.fc_norm is not None:  # mean pooling, as the classifier does
+            cls = self.model.fc_norm(sequence.mean(dim=1))
+        else:
+            cls = sequence[:, 0]
+        return VideoTokens(cls=cls, patches=self._grid(sequence))
+
+    def forward_head(self, cls: torch.Tensor) -> torch.Tensor:
+        return self.model.classifier(cls)
+
+
+class HFVivit(_HFTokens):
+    def __init__(self, model: nn.Module, *, mean, std, source: str):
+        tubelet = model.config.tubelet_size[0]
+        super().__init__(model, mean=mean, std=std, source=source, tubelet=tubelet)
+
+    def block_grid(self, output: Any, video: torch.Tensor) -> torch.Tensor:
+        return self._grid(unwrap_output(output)[:, 1:])
+
+    def features(self, video: torch.Tensor) -> VideoTokens:
+        sequence = self.model.vivit(_pixel_values(video)).last_hidden_state  # after norm
+        return VideoTokens(cls=sequence[:, 0], patches=self._grid(sequence[:, 1:]))
+
+    def forward_head(self, cls: torch.Tensor) -> torch.Tensor:
+        return self.model.classifier(cls)
+
+
+class HFClassifier(Adapter):
+    """Any other transformers video classifier: logits only."""
+
+    family = "hf"
+    classifier_name = "model.classifier"
+
+    def __init__(self, model: nn.Module, *, mean, std, source: str):
+        config = model.config
+        size = getattr(config, "image_size", 224)
+        super().__init__(
+            model,
+            num_frames=getattr(config, "num_frames", 0),
+            img_size=size if isinstance(size, int) else size[-1],
+            patch_size=1,
+            embed_dim=config.num_labels,
+            num_classes=config.num_labels,
+            token_frames=1,
+            mean=mean,
+            std=std,
+            class_names=_class_names(model),
+            source=source,
+        )
+        reason = f"timematters has no token layout for the {config.model_type} architecture"
+        self.unsupported.update(order_probe=reason, gradcam=reason, flow=reason, order=reason)
+        self.flexible_size = True
+
+    def check_input(self, video: torch.Tensor) -> None:
+        if self.num_frames and video.shape[2] != self.num_frames:
+            super().check_input(video)
+
+    def features(self, video: torch.Tensor) -> VideoTokens:
+        logits = self.model(pixel_values=_pixel_values(video)).logits
+        # The logits stand in for the clip token; there are no patch tokens to speak of.
+        return VideoTokens(cls=logits, patches=logits[:, None, None])
+
+    def forward_head(self, cls: torch.Tensor) -> torch.Tensor:
+        return cls

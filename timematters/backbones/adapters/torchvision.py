@@ -1,0 +1,322 @@
+"""torchvision's video models behind the backbone protocol.
+
+``load_torchvision_model(name, weights=None)`` builds ``torchvision.models.video.<name>`` without
+downloading anything; ``weights`` is a local state-dict file (e.g. one torchvision saved), loaded
+strictly. Each model keeps the normalisation and clip size its torchvision weights were trained
+with (read from the weights' metadata, which needs no download).
+
+- **3-D CNNs** (``r3d_18``, ``mc3_18``, ``r2plus1d_18``; ``s3d``): feature maps ``b c t h w``.
+  Per-block tokens are each stage's map as ``b t (h w) c``; the clip token is the pooled last map
+  and the head its linear (S3D's 1x1x1 convolution, applied to the pooled map: the same numbers,
+  as the mean over positions commutes with it). Any frame size the network accepts.
+- **Swin3D** (``swin3d_t/s/b``): stage outputs ``b t h w c``; tokens after the final norm.
+- **MViT** (``mvit_v1_b``, ``mvit_v2_s``): CLS + ``b (t h w) c`` tokens whose grid shrinks stage by
+  stage (each block returns its grid); fixed to its 16 x 224² input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from timematters.backbones.adapters.base import Adapter
+from timematters.backbones.protocol import VideoTokens
+
+MODELS = (
+    "r3d_18",
+    "mc3_18",
+    "r2plus1d_18",
+    "s3d",
+    "mvit_v1_b",
+    "mvit_v2_s",
+    "swin3d_t",
+    "swin3d_s",
+    "swin3d_b",
+)
+
+
+def load_torchvision_model(
+    name: str,
+    weights: str | Path | None = None,
+    *,
+    num_classes: int | None = None,
+    num_frames: int = 16,
+    img_size: int = 112,
+) -> Adapter:
+    """``torchvision:NAME[:WEIGHTS_FILE]`` as an adapter.
+
+    num_classes: the classifier's outputs (400, Kinetics, by default; a weights file fixes it).
+    num_frames, img_size: the clips it will see (fixed for MViT: 16 x 224²).
+    """
+    from torchvision.models import video
+
+    if name not in MODELS:
+        raise ValueError(
+            f"torchvision:{name} is not a video model; choose one of: {', '.join(MODELS)}"
+        )
+    state_dict = None
+    if weights:
+        from timematters.backbones.pretrained import read_state_dict
+
+        state_dict = read_state_dict(weights)
+        num_classes = _classes_in(state_dict) or num_classes
+    model = getattr(video, name)(weights=None, num_classes=num_classes or 400)
+    if state_dict is not None:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{weights} does not fit torchvision:{name}: missing {sorted(missing)[:8]}, "
+                f"unexpected {sorted(unexpected)[:8]}"
+            )
+    meta = _weights_meta(name)
+    source = f"torchvision:{name}" + (f":{weights}" if weights else "")
+    family = type(model).__name__
+    if family == "VideoResNet":
+        return VideoResNetAdapter(model, meta, source, num_frames=num_frames, img_size=img_size)
+    if family == "S3D":
+        return S3DAdapter(model, meta, source, num_frames=num_frames, img_size=img_size)
+    if family == "SwinTransformer3d":
+        return Swin3DAdapter(model, meta, source, num_frames=num_frames, img_size=img_size)
+    return MViTAdapter(model, meta, source)
+
+
+def _classes_in(state_dict: dict[str, torch.Tensor]) -> int | None:
+    """The number of classes of a torchvision video model's state dict (its last layer's rows)."""
+    for key in ("fc.weight", "head.weight", "head.1.weight", "classifier.1.weight"):
+        if key in state_dict:
+            return int(state_dict[key].shape[0])
+    return None
+
+
+def _weights_meta(name: str) -> dict[str, Any]:
+    """Mean, std and the smallest clip of the model's torchvision weights (no download)."""
+    from torchvision.models import get_model_weights
+
+    weights = get_model_weights(name).DEFAULT
+    transforms = weights.transforms()
+    return {
+        "mean": tuple(transforms.mean),
+        "std": tuple(transforms.std),
+        "min_frames": weights.meta.get("min_temporal_size", 1),
+        "min_size": weights.meta.get("min_size", (1, 1))[0],
+        "weights": str(weights),
+    }
+
+
+class _TorchvisionAdapter(Adapter):
+    family = "torchvision"
+    flexible_size = True  # any frame size the network accepts
+
+    def __init__(self, model, meta, source, *, num_frames, img_size, embed_dim):
+        super().__init__(
+            model,
+            num_frames=num_frames,
+            img_size=img_size,
+            patch_size=1,
+            embed_dim=embed_dim,
+            num_classes=self._num_classes(model),
+            token_frames=0,
+            mean=meta["mean"],
+            std=meta["std"],
+            source=source,
+        )
+        self.meta = meta
+        self.unsupported["flow"] = "a 3-D network's tokens each span several frames"
+        self._final_grid: tuple[int, int, int] | None = None
+
+    @staticmethod
+    def _num_classes(model: nn.Module) -> int:
+        last = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv3d)][-1]
+        return last.out_features if isinstance(last, nn.Linear) else last.out_channels
+
+    def _probe_grid(self) -> tuple[int, int, int]:
+        """(T', h', w') of the final tokens for this model's clips, from one forward pass of a
+        blank clip: the strides of these networks differ by family and are not worth restating."""
+        if self._final_grid is None:
+            parameter = next(self.model.parameters())
+            blank = torch.zeros(1, 3, self.num_frames, self.img_size, self.img_size)
+            was_training = self.model.training
+            with torch.no_grad():
+                grid = self.final_grid(self.model.eval(), blank.to(parameter))
+            self.model.train(was_training)
+            self._final_grid = tuple(int(n) for n in grid)
+        return self._final_grid
+
+    def final_grid(self, model: nn.Module, video: torch.Tensor) -> tuple[int, int, int]:
+        raise NotImplementedError
+
+    @property
+    def token_frames(self) -> int:
+        return self._probe_grid()[0]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self._probe_grid()[1:]
+
+    @grid.setter
+    def grid(self, value) -> None:  # the base class sets a placeholder
+        pass
+
+    def check_input(self, video: torch.Tensor) -> None:
+        super().check_input(video)
+        frames, side = video.shape[2], min(video.shape[-2:])
+        if frames < self.meta["min_frames"] or side < self.meta["min_size"]:
+            raise ValueError(
+                f"{self.source} needs clips of at least {self.meta['min_frames']} frames of "
+                f"{self.meta['min_size']}² (its torchvision weights' minimum), got "
+                f"{frames} x {side}²"
+            )
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "trained_with": self.meta["weights"]}
+
+
+class VideoResNetAdapter(_TorchvisionAdapter):
+    """r3d_18, mc3_18, r2plus1d_18: stem, layer1-4, pooled, ``fc``."""
+
+    classifier_name = "model.fc"
+
+    def __init__(self, model, meta, source, *, num_frames, img_size):
+        super().__init__(
+            model, meta, source, num_frames=num_frames, img_size=img_size, embed_dim=512
+        )
+
+    def final_grid(self, model: nn.Module, video: torch.Tensor) -> tuple[int, int, int]:
+        return model.layer4(model.layer3(model.layer2(model.layer1(model.stem(video))))).shape[2:]
+
+    def block_modules(self) -> list[nn.Module]:
+        return [self.model.layer1, self.model.layer2, self.model.layer3, self.model.layer4]
+
+    def block_grid(self, output: Any, video: torch.Tensor) -> torch.Tensor:
+        return rearrange(output, "b c t h w -> b t (h w) c")
+
+    def features(self, video: torch.Tensor) -> VideoTokens:
+        m = self.model
+        x = m.layer4(m.layer3(m.layer2(m.layer1(m.stem(video)))))
+        return VideoTokens(cls=m.avgpool(x).flatten(1), patches=self.block_grid(x, video))
+
+    def forward_head(self, cls: torch.Tensor) -> torch.Tensor:
+        return self.model.fc(cls)
+
+    def gradcam_layer(self) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+        return self.model.layer4, lambda x: x.float()
+
+
+class S3DAdapter(_TorchvisionAdapter):
+    """S3D: ``features`` (separable 3-D inception blocks), pooled, a 1x1x1 convolution."""
+
+    classifier_name = "model.classifier"
+
+    def __init__(self, model, meta, source, *, num_frames, img_size):
+        super().__init__(
+            model, meta, source, num_frames=num_frames, img_size=img_size, embed_dim=1024
+        )
+
+    def final_grid(self, model: nn.Module, video: torch.Tensor) -> tuple[int, int, int]:
+        return model.features(video).shape[2:]
+
+    def block_modules(self) -> list[nn.Module]:
+        return [m for m in self.model.features if type(m).__name__.endswith("InceptionBlock3D")]
+
+    def block_grid(self, output: Any, video: torch.Tensor) -> torch.Tensor:
+        return rearrange(output, "b c t h w -> b t (h w) c")
+
+    def features(self, video: torch.Tensor) -> VideoTokens:
+        x = self.model.features(video)
+        pooled = self.model.avgpool(x)
+        return VideoTokens(cls=pooled.mean(dim=(2, 3, 4)), patches=self.block_grid(x, video))
+
+    def forward_head(self, cls: torch.Tensor) -> torch.Tensor:
+        return self.model.classifier(cls[:, :, None, None, None]).flatten(1)
+
+    def gradcam_layer(self) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+        return self.block_modules()[-1], lambda x: x.float()
+
+
+class Swin3DAdapter(_TorchvisionAdapter):
+    """Swin3D: patch embedding (2 x 4 x 4), four stages (``b t h w c``), norm, pooled, ``head``."""
+
+    classifier_name = "model.head"
+
+    def __init__(self, model, meta, source, *, num_frames, img_size):
+        super().__init__(
+            model,
+            meta,
+            source,
+            num_frames=num_frames,
+            img_size=img_size,
+            embed_dim=model.num_features,
+        )
+
+    def final_grid(self, model: nn.Module, video: torch.Tensor) -> tuple[int, int, int]:
+        return model.features(model.patch_embed(video)).shape[1:4]
+
+    def block_modules(self) -> list[nn.Module]:
+        return [m for m in self.model.features if isinstance(m, nn.Sequential)]
+
+    def block_grid(self, output: Any, video: torch.Tensor) -> torch.Tensor:
+        return rearrange(output, "b t h w c -> b t (h w) c")
+
+    def features(self, video: torch.Tensor) -> VideoTokens:
+        m = self.model
+        x = m.norm(m.features(m.pos_drop(m.patch_embed(video))))  # [B, T', H', W', C]
+        cls = m.avgpool(rearrange(x, "b t h w c -> b c t h w")).flatten(1)
+        return VideoTokens(cls=cls, patches=self.block_grid(x, video))
+
+    def forward_head(self, cls: torch.Tensor) -> torch.Tensor:
+        return self.model.head(cls)
+
+    def gradcam_layer(self) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+        return self.block_modules()[-1], lambda x: rearrange(x.float(), "b t h w c -> b c t h w")
+
+
+class MViTAdapter(_TorchvisionAdapter):
+    """MViT: conv patchify, CLS + position encoding, blocks that pool the grid, norm, ``head``."""
+
+    classifier_name = "model.head"
+    flexible_size = False
+
+    def __init__(self, model, meta, source):
+        encoding = model.pos_encoding
+        super().__init__(
+            model,
+            meta,
+            source,
+            num_frames=meta["min_frames"],
+            img_size=meta["min_size"],
+            embed_dim=model.norm.normalized_shape[0],
+        )
+        self.start_grid = (encoding.temporal_size, *encoding.spatial_size)
+        self.unsupported["gradcam"] = "MViT's blocks hand their token grid on as a tuple"
+
+    def final_grid(self, model: nn.Module, video: torch.Tensor) -> tuple[int, int, int]:
+        thw = self.start_grid
+        x = model.pos_encoding(model.conv_proj(video).flatten(2).transpose(1, 2))
+        for block in model.blocks:
+            x, thw = block(x, thw)
+        return thw
+
+    def block_modules(self) -> list[nn.Module]:
+        return list(self.model.blocks)
+
+    def block_grid(self, output: Any, video: torch.Tensor) -> torch.Tensor:
+        x, (t, h, w) = output
+        return rearrange(x[:, 1:], "b (t h w) c -> b t (h w) c", t=t, h=h, w=w)
+
+    def features(self, video: torch.Tensor) -> VideoTokens:
+        m = self.model
+        x = m.pos_encoding(m.conv_proj(video).flatten(2).transpose(1, 2))
+        thw = self.start_grid
+        for block in m.blocks:
+            x, thw = block(x, thw)
+        x = m.norm(x)
+        patches = rearrange(x[:, 1:], "b (t h w) c -> b t (h w) c", t=thw[0], h=thw[1], w=thw[2])
+        return VideoTokens(cls=x[:, 0], patches=patches)
+
+    def forward_head(self, cls: torch.Tensor) -> torch.Tensor:
+        return self.model.head(cls)
