@@ -44,7 +44,8 @@ def _imported_parts(path: Path) -> set[str]:
             if name.startswith("timematters."):
                 parts.add(name.split(".")[1])
             elif name == "timematters" and isinstance(node, ast.ImportFrom):
-                parts.update(alias.name for alias in node.names)
+                # `from timematters import x`: a part when x is one (not __version__, say).
+                parts.update(alias.name for alias in node.names if alias.name in LAYERS)
     return parts
 
 

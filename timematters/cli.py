@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="timematters",
         description="TIME: temporal self-supervision for video transformers (ICML 2022).",
     )
+    parser.add_argument("--version", action="version", version=f"timematters {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(
@@ -61,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
         nargs="?",
         const="last",
         default=None,
-        metavar="CHECKPOINT",
-        help="continue the run exactly: <train.out>/checkpoints/last.pth, or the given checkpoint",
+        metavar="auto|CHECKPOINT",
+        help="continue the run exactly from <train.out>/checkpoints/last.pth (or the checkpoint "
+        "given); 'auto': continue it if it exists, else start fresh (preemptible jobs)",
     )
     train.add_argument("--init-from", default=None, help="start a new run from these weights")
     train.add_argument(
@@ -103,6 +105,45 @@ def _parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--gradcam-clips", type=int, default=4, help="clips to explain")
     diagnose.add_argument("--gradcam-index", type=int, action="append", help="clip indices")
 
+    predict = commands.add_parser(
+        "predict", help="a model's classes for videos, and how shuffling or reversing changes them"
+    )
+    predict.add_argument("inputs", nargs="+", help="video files, folders of videos, or list files")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a timematters checkpoint")
+    source.add_argument("--model", help=f"a model spec: {MODEL_SPECS}")
+    predict.add_argument(
+        "--config",
+        default=None,
+        help="clips for a foreign model (model.num_frames, data.crop_size)",
+    )
+    predict.add_argument(
+        "-o", "--override", action="append", default=[], help="a key=value override of --config"
+    )
+    predict.add_argument("--top-k", type=_positive, default=5, help="classes to show per clip")
+    predict.add_argument(
+        "--perturb",
+        default="shuffle,reverse",
+        help="perturbations to compare, comma-separated: shuffle, reverse, freeze, local",
+    )
+    predict.add_argument("--classes", default=None, help="a file of class names, one per line")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of text")
+    predict.add_argument(
+        "--explain", default=None, metavar="DIR", help="write GradCAM (GIF and PNG strip) here"
+    )
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    predict.add_argument("--seed", type=int, default=0, help="seed of the shuffled frame order")
+
+    configs = commands.add_parser("configs", help="the presets that ship with timematters")
+    config_commands = configs.add_subparsers(dest="configs_command", required=True)
+    config_commands.add_parser("list", help="name every preset")
+    show = config_commands.add_parser("show", help="print a preset with every default filled in")
+    show.add_argument("name", help="a preset (synthetic/time) or a YAML file")
+    show.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    copy = config_commands.add_parser("copy", help="copy a preset's file to edit it")
+    copy.add_argument("name", help="a preset name")
+    copy.add_argument("dest", help="a file or folder to copy it to")
+
     data = commands.add_parser("data", help="dataset tools")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     check = data_commands.add_parser("check", help="validate a dataset; non-zero exit on problems")
@@ -135,6 +176,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("timematters: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`timematters configs list | head`)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (the interpreter's exit flushes it)
+        return 0
+
+
+def _version() -> str:
+    from timematters import __version__
+
+    return __version__
 
 
 def _exit_code(error: Exception) -> int | None:
@@ -152,6 +202,8 @@ def _exit_code(error: Exception) -> int | None:
     if isinstance(error, ConfigError | FileNotFoundError | ValueError | PretrainedKeyError):
         return 2
     if isinstance(error, DecoderUnavailable | IsADirectoryError | NotADirectoryError):
+        return 2
+    if isinstance(error, FileExistsError | ImportError):
         return 2
     return None
 
@@ -192,8 +244,13 @@ def _train(args) -> int:
     from timematters.engine.train import train
 
     cfg = load_config(args.config, args.overrides)
-    resume = args.resume
-    if resume == "last":
+    resume, overwrite = args.resume, args.overwrite
+    if resume == "auto":
+        resume = Path(cfg.train.out) / "checkpoints" / "last.pth"
+        if not resume.is_file():  # nothing to continue: a new run (over a partial one's logs)
+            print(f"[train] no checkpoint in {cfg.train.out}: starting a new run", flush=True)
+            resume, overwrite = None, True
+    elif resume == "last":
         resume = Path(cfg.train.out) / "checkpoints" / "last.pth"
         if not resume.is_file():
             raise FileNotFoundError(
@@ -202,9 +259,9 @@ def _train(args) -> int:
             )
     if resume and args.init_from:
         raise ConfigError("--resume continues a run, --init-from starts a new one: give one")
-    result = train(cfg, resume=resume, init_from=args.init_from, overwrite=args.overwrite)
+    result = train(cfg, resume=resume, init_from=args.init_from, overwrite=overwrite)
     print(format_table({cfg.model.name: result["metrics"]}))
-    print(f"run folder: {result['run_dir']}")
+    print(result["summary"])
     return 0
 
 
@@ -257,6 +314,73 @@ def _diagnose(args) -> int:
     return 0
 
 
+def _predict(args) -> int:
+    import json
+
+    from timematters.diagnostics.predict import explain_prediction, list_videos, predict
+    from timematters.engine.distributed import resolve_device
+    from timematters.engine.model import load_model
+
+    cfg = load_config(args.config, args.override) if args.config else None
+    model = load_model(args.checkpoint or args.model, cfg).to(resolve_device(args.device))
+    classes = None
+    if args.classes:
+        from timematters.data.videolist import read_class_list
+
+        classes = read_class_list(args.classes)
+    perturbations = [p.strip() for p in args.perturb.split(",") if p.strip()]
+    results = []
+    for video in list_videos(args.inputs):
+        result = predict(
+            model,
+            video,
+            classes=classes,
+            top_k=args.top_k,
+            perturbations=perturbations,
+            seed=args.seed,
+        )
+        results.append(result)
+        if not args.json:
+            print(result.describe())
+        if args.explain:
+            try:
+                written = explain_prediction(model, video, args.explain)
+            except NotImplementedError as error:
+                print(f"  explain: {error}")
+            else:
+                if not args.json:
+                    print(f"  explained: {', '.join(map(str, written))}")
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    return 0
+
+
+def _configs(args) -> int:
+    import shutil
+
+    from timematters.config import config_to_dict, find_config, list_presets
+
+    if args.configs_command == "list":
+        print("\n".join(list_presets()))
+        return 0
+    if args.configs_command == "show":
+        import yaml
+
+        cfg = load_config(args.name, args.overrides)
+        print(f"# {args.name}, with every default filled in")
+        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+        return 0
+    source, dest = find_config(args.name), Path(args.dest)
+    if dest.is_dir():
+        dest = dest / source.name
+    if dest.exists():
+        raise FileExistsError(f"{dest} exists; choose another destination")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, dest)
+    print(f"copied {args.name} to {dest}")
+    return 0
+
+
 def _data(args) -> int:
     from timematters.data.check import check_dataset
 
@@ -276,6 +400,8 @@ _COMMANDS = {
     "train": _train,
     "eval": _eval,
     "diagnose": _diagnose,
+    "predict": _predict,
+    "configs": _configs,
     "data": _data,
     "backbones": _backbones,
 }

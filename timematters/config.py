@@ -9,6 +9,7 @@ preset name such as ``synthetic/time``.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -132,7 +133,7 @@ class DataConfig:
     test_temporal_views: int = 1
     test_spatial_crops: int = 3
     decoder: Literal["pyav", "torchcodec"] = "pyav"
-    num_workers: int = 4
+    num_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     max_bad_fraction: float = 0.01
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     imagenet9: ImageNet9Config = field(default_factory=ImageNet9Config)
@@ -166,7 +167,9 @@ class TrainConfig:
     eval_every_epochs: int = 1  # 0: evaluate only at the end
     save_every_steps: int = 0  # 0: checkpoint at the end of each epoch only
     out: str = "runs/train"
-    tensorboard: bool = True
+    tensorboard: bool = True  # when the tensorboard package is installed (the run summary says)
+    wandb: bool = False  # Weights & Biases (extra [wandb]); WANDB_MODE=offline is honoured
+    wandb_project: str = "timematters"
     progress: bool = True
 
 

@@ -1,49 +1,43 @@
-"""Video data: decoding, frame sampling, clip transforms, datasets and bad-video accounting."""
+"""Video data: decoding, frame sampling, clip transforms, datasets and bad-video accounting.
 
-from timematters.data.build import build_dataset, build_flow_labeller, build_transform
-from timematters.data.collate import (
-    BadVideo,
-    BadVideoLog,
-    TooManyBadVideos,
-    batch_size,
-    collate_videos,
-)
-from timematters.data.dataset import VideoDataset, VideoSample
-from timematters.data.kinetics import KineticsDataset
-from timematters.data.sampling import (
-    sample_clip_indices,
-    sample_dense_indices,
-    sample_segment_indices,
-)
-from timematters.data.ssv2 import SSv2Dataset
-from timematters.data.subsets import STATIC_CLASSES, TEMPORAL_CLASSES, match_subset
-from timematters.data.transforms import EvalTransform, TrainTransform
-from timematters.data.video import DecoderUnavailable, VideoDecodeError, open_video
-from timematters.data.videolist import VideoListDataset
+The names below load on first use (``timematters.data.build_dataset`` imports the dataset
+modules, PyAV and torchvision's transforms only then).
+"""
 
-__all__ = [
-    "STATIC_CLASSES",
-    "TEMPORAL_CLASSES",
-    "BadVideo",
-    "BadVideoLog",
-    "DecoderUnavailable",
-    "EvalTransform",
-    "KineticsDataset",
-    "SSv2Dataset",
-    "TooManyBadVideos",
-    "TrainTransform",
-    "VideoDataset",
-    "VideoDecodeError",
-    "VideoListDataset",
-    "VideoSample",
-    "batch_size",
-    "build_dataset",
-    "build_flow_labeller",
-    "build_transform",
-    "collate_videos",
-    "match_subset",
-    "open_video",
-    "sample_clip_indices",
-    "sample_dense_indices",
-    "sample_segment_indices",
-]
+from importlib import import_module
+
+_NAMES = {
+    "build_dataset": "build",
+    "build_flow_labeller": "build",
+    "build_transform": "build",
+    "BadVideo": "collate",
+    "BadVideoLog": "collate",
+    "TooManyBadVideos": "collate",
+    "batch_size": "collate",
+    "collate_videos": "collate",
+    "VideoDataset": "dataset",
+    "VideoSample": "dataset",
+    "KineticsDataset": "kinetics",
+    "sample_clip_indices": "sampling",
+    "sample_dense_indices": "sampling",
+    "sample_segment_indices": "sampling",
+    "SSv2Dataset": "ssv2",
+    "STATIC_CLASSES": "subsets",
+    "TEMPORAL_CLASSES": "subsets",
+    "match_subset": "subsets",
+    "EvalTransform": "transforms",
+    "TrainTransform": "transforms",
+    "DecoderUnavailable": "video",
+    "VideoDecodeError": "video",
+    "open_video": "video",
+    "VideoListDataset": "videolist",
+}
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        return getattr(import_module(f"timematters.data.{_NAMES[name]}"), name)
+    raise AttributeError(f"module 'timematters.data' has no attribute {name!r}")
+
+
+__all__ = sorted(_NAMES)

@@ -30,7 +30,6 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -208,6 +207,8 @@ def _uniform_in_frame(extent: np.ndarray, size: int, rng: np.random.Generator) -
 
 def composite_layers(frame: np.ndarray, layers: list[Layer], num_frames: int) -> np.ndarray:
     """Paste each layer's sprite (bilinear, sub-pixel) over the still background, in order."""
+    import cv2  # here: importing the benchmark (as data/build.py does) needs no OpenCV
+
     size = frame.shape[0]
     clip = np.empty((num_frames, size, size, 3), np.uint8)
     for t in range(num_frames):
@@ -306,6 +307,8 @@ def _pattern(kind: str, size: int, period: float, rng: np.random.Generator) -> n
         cx, cy = rng.uniform(-0.5, 1.5, 2) * size
         mix = 0.5 + 0.5 * np.sin(k * np.hypot(x - cx, y - cy) + phase_a)
     elif kind == "blotches":
+        import cv2
+
         noise = cv2.GaussianBlur(
             rng.standard_normal((size, size)).astype(np.float32), (0, 0), period / 4
         )

@@ -17,7 +17,6 @@ import io
 from pathlib import Path
 from typing import Literal, Protocol
 
-import av
 import numpy as np
 
 Backend = Literal["pyav", "torchcodec"]
@@ -58,6 +57,8 @@ class PyAVReader:
     """Exact-count, seek-once PyAV reader (see the module docstring)."""
 
     def __init__(self, path: str | Path):
+        import av  # here, not at import: runs that decode no video need no PyAV
+
         self.path = str(path)
         try:
             with av.open(self.path) as container:
@@ -102,6 +103,8 @@ class PyAVReader:
                 )
 
     def get_frames(self, indices: np.ndarray | list[int]) -> np.ndarray:
+        import av
+
         indices = [int(i) for i in indices]
         if not indices:
             raise ValueError("no frame indices given")
@@ -129,6 +132,8 @@ class PyAVReader:
         return np.stack([decoded[i] for i in indices])
 
     def _decode(self, wanted: set[int], start_key: int) -> dict[int, np.ndarray]:
+        import av
+
         last = max(wanted)
         decoded: dict[int, np.ndarray] = {}
         with av.open(self.path) as container:
@@ -146,11 +151,13 @@ class PyAVReader:
         return decoded
 
 
-def _declared_seconds(container: av.container.InputContainer, stream: av.VideoStream) -> float:
+def _declared_seconds(container, stream) -> float:
     """The video stream's declared duration; the container's only when it holds nothing else."""
     if stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)
     if container.duration and len(container.streams) == 1:
+        import av
+
         return container.duration / av.time_base
     return 0.0
 
@@ -179,6 +186,8 @@ def _torchcodec_decoder_class() -> type:
 
 def _probe_video() -> bytes:
     """A one-frame 16x16 MP4, encoded in memory with PyAV."""
+    import av
+
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=1)

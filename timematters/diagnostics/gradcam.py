@@ -27,8 +27,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from einops import rearrange
-from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 
@@ -53,6 +51,10 @@ def video_gradcam(model: nn.Module, video: torch.Tensor, targets: Sequence[int])
     An adapted model (Hugging Face, torchvision) names its own layer and layout
     (``gradcam_layer``); it raises ``NotImplementedError`` with the reason when it has none.
     """
+    # Here, not at import: grad-cam pulls in scipy and scikit-learn (seconds).
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     if len(targets) != len(video):
         raise ValueError(f"{len(video)} clips but {len(targets)} targets")
     was_training = model.training

@@ -190,3 +190,22 @@ def plot_background_bars(columns: dict[str, dict[str, float]], out: str | Path) 
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, out)
+
+
+def save_gradcam_animation(
+    frames: np.ndarray, heatmap: np.ndarray, out: str | Path, fps: float = 4.0
+) -> Path:
+    """An animated GIF of a clip with its GradCAM map blended over every frame (the map in
+    matplotlib's "jet" colours at 45%, as in ``plot_gradcam_grid``).
+
+    frames: [T, H, W, 3] RGB in [0, 1]; heatmap: [T, H, W] in [0, 1].
+    """
+    from PIL import Image  # Pillow comes with matplotlib
+
+    colours = plt.get_cmap("jet")(np.clip(heatmap, 0, 1))[..., :3]  # [T, H, W, 3]
+    blended = (0.55 * frames + 0.45 * colours).clip(0, 1)
+    images = [Image.fromarray((frame * 255 + 0.5).astype(np.uint8)) for frame in blended]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(out, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    return out

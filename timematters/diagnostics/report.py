@@ -25,7 +25,6 @@ from torch import nn
 
 from timematters.config import Config, EvalConfig, validate
 from timematters.data.build import build_dataset
-from timematters.diagnostics import plots
 from timematters.diagnostics.confidence import confidence_gaps
 from timematters.diagnostics.gradcam import video_gradcam
 from timematters.diagnostics.order_probe import order_probe
@@ -313,6 +312,8 @@ def _gradcam(models, loader, positions, classes, out: Path, mean, std) -> dict:
         clips=np.array([info["index"] for info in infos]),
         **{f"maps_{name}": m.astype(np.float16) for name, m in maps.items()},
     )
+    from timematters.diagnostics import plots
+
     mean_t = torch.tensor(mean).view(3, 1, 1, 1)
     std_t = torch.tensor(std).view(3, 1, 1, 1)
     frames = rearrange((video * std_t + mean_t).clamp(0, 1), "n c t h w -> n t h w c").numpy()
@@ -328,6 +329,8 @@ def _gradcam(models, loader, positions, classes, out: Path, mean, std) -> dict:
 
 
 def _plot(data: dict, out: Path) -> None:
+    from timematters.diagnostics import plots  # matplotlib, only when drawing
+
     plots.plot_shuffle_bars(data["shuffle_test"], out / "shuffle_accuracy.png")
     plots.plot_confidence_gap_histogram(data["confidence_gap"], out / "confidence_gap.png")
     probe = data.get("order_probe")

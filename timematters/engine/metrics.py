@@ -1,15 +1,22 @@
-"""The run's metrics log: JSON lines (the source of plots and reports) and TensorBoard events.
+"""The run's metrics log: JSON lines (the source of plots and reports), mirrored to TensorBoard
+and, when asked, Weights & Biases; and ``copy_output``, which keeps what a run prints in
+``train.log``.
 
 Only rank 0 writes. Every record has a ``kind`` ("train" or "eval"), ``epoch`` and ``step``; the
 rest are numbers, with ``null`` for a value that is not finite (strict JSON has no NaN). A
 checkpoint remembers how many lines the log had when it was written, so a resumed run first cuts
-the log back to that point: every step appears once, as in an uninterrupted run.
+the log back to that point: every step appears once, as in an uninterrupted run. (The trackers
+cannot take records back: after a resume they see the steps since the checkpoint again.)
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +25,24 @@ class RunLog:
     """Appends records to ``<run>/metrics.jsonl`` and mirrors the numbers to TensorBoard."""
 
     def __init__(
-        self, run_dir: Path, *, enabled: bool, tensorboard: bool, keep_lines: int | None = None
+        self,
+        run_dir: Path,
+        *,
+        enabled: bool,
+        tensorboard: bool,
+        keep_lines: int | None = None,
+        wandb: bool = False,
+        config: dict[str, Any] | None = None,
     ):
-        """keep_lines: resume from a checkpoint written when the log had this many lines."""
+        """keep_lines: resume from a checkpoint written when the log had this many lines.
+        wandb: also log to Weights & Biases (project ``config["train"]["wandb_project"]``)."""
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.lines = 0
         self.writer = None
+        self.wandb = None
+        self.tensorboard_status = "off (train.tensorboard=false)"
+        self.wandb_status = "off"
         if not enabled:
             return
         if keep_lines is not None and self.path.is_file():
@@ -37,7 +55,13 @@ class RunLog:
 
                 self.writer = SummaryWriter(str(run_dir / "tensorboard"))
             except ImportError:  # tensorboard is an optional extra
-                self.writer = None
+                self.tensorboard_status = (
+                    "off: pip install tensorboard (or timematters[tensorboard])"
+                )
+        if wandb:
+            self.wandb = _start_wandb(run_dir, config or {})
+            mode = getattr(getattr(self.wandb, "settings", None), "mode", "online")
+            self.wandb_status = f"run {self.wandb.name or self.wandb.id} ({mode})"
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -46,14 +70,82 @@ class RunLog:
         with self.path.open("a") as f:
             f.write(json.dumps(clean, allow_nan=False) + "\n")
         self.lines += 1
+        numbers = {
+            f"{record['kind']}/{key}": value
+            for key, value in record.items()
+            if isinstance(value, int | float) and key not in ("step", "epoch", "kind")
+        }
         if self.writer is not None:
-            for key, value in record.items():
-                if isinstance(value, int | float) and key not in ("step", "epoch"):
-                    self.writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+            for key, value in numbers.items():
+                self.writer.add_scalar(key, value, record["step"])
+        if self.wandb is not None:
+            self.wandb.log({**numbers, "epoch": record["epoch"]}, step=record["step"])
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _start_wandb(run_dir: Path, config: dict[str, Any]):
+    """A W&B run for this run folder: the same id every time, so a resumed run continues it."""
+    try:
+        import wandb
+    except ImportError:
+        from timematters.config import ConfigError
+
+        raise ConfigError(
+            "train.wandb=true needs Weights & Biases: pip install 'timematters[wandb]'"
+        ) from None
+    run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:12]
+    return wandb.init(
+        project=config.get("train", {}).get("wandb_project", "timematters"),
+        name=run_dir.name,
+        id=run_id,
+        resume="allow",
+        dir=str(run_dir),
+        config=config,
+    )
+
+
+class _Copy:
+    """A text stream that also writes to ``file``."""
+
+    def __init__(self, stream, file):
+        self.stream, self.file = stream, file
+
+    def write(self, text: str) -> int:
+        self.file.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+        self.stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def copy_output(path: Path, *, enabled: bool = True):
+    """Append what is printed (stdout) and timematters' log messages to ``path`` meanwhile.
+    Progress bars (stderr) are left out: they are redrawn in place, not lines."""
+    if not enabled:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as file:
+        handler = logging.StreamHandler(file)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger = logging.getLogger("timematters")
+        logger.addHandler(handler)
+        stdout, sys.stdout = sys.stdout, _Copy(sys.stdout, file)
+        try:
+            yield
+        finally:
+            sys.stdout = stdout
+            logger.removeHandler(handler)
 
 
 def _finite_or_none(value: Any) -> Any:

@@ -50,6 +50,8 @@ RESUME_FREE = {
     "train.log_every",
     "train.save_every_steps",
     "train.tensorboard",
+    "train.wandb",
+    "train.wandb_project",
     "train.progress",
     "eval.batch_size",
 }

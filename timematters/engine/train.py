@@ -17,6 +17,8 @@ import contextlib
 import json
 import logging
 import math
+import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -48,7 +50,7 @@ from timematters.engine.distributed import (
     setup_distributed,
 )
 from timematters.engine.evaluate import EvalResult, evaluate, format_table
-from timematters.engine.metrics import RunLog, flatten_metrics, to_json
+from timematters.engine.metrics import RunLog, copy_output, flatten_metrics, to_json
 from timematters.engine.model import build_model, model_patch_size
 from timematters.engine.optim import build_optimizer, lr_at, set_lr
 from timematters.engine.runs import (
@@ -93,6 +95,8 @@ class Progress:
     # The log's length before the final evaluation, once it is done (at this step): a resume that
     # trains further cuts it away, a resume with nothing left to do keeps it.
     final_eval_lines: int | None = None
+    best_top1: float = -math.inf  # the best evaluation's top-1 (all clips) so far, and when
+    best_epoch: int = -1
 
 
 @dataclass
@@ -156,7 +160,14 @@ def train(
                 overwrite=overwrite,
             )
             run.stop = stop
-            return fit(run)
+            with copy_output(run.run_dir / "train.log", enabled=info.is_main):
+                result = fit(run)
+            result["summary"] = run_summary(run)
+            if info.is_main:  # the closing screen in the log too, though the caller prints it
+                table = format_table({cfg.model.name: result["metrics"]})
+                with (run.run_dir / "train.log").open("a") as log_file:
+                    log_file.write(f"{table}\n{result['summary']}\n")
+            return result
     finally:
         cleanup_distributed()
 
@@ -250,6 +261,8 @@ def setup_run(
             nonfinite_steps=state["nonfinite_steps"],
             saved_step=state["step"],
             final_eval_lines=state["final_eval_lines"],
+            best_top1=state.get("best_top1", -math.inf),
+            best_epoch=state.get("best_epoch", -1),
         )
         keep_lines = state["log_lines"]
         if progress.final_eval_lines is not None and _steps_left(cfg, progress):
@@ -293,6 +306,8 @@ def setup_run(
             enabled=info.is_main,
             tensorboard=cfg.train.tensorboard,
             keep_lines=keep_lines if state is not None else None,
+            wandb=cfg.train.wandb,
+            config=config_to_dict(cfg),
         ),
         bad_log=bad_log,
         shape=shape,
@@ -332,9 +347,12 @@ def fit(run: Run) -> dict[str, Any]:
             break  # stopped by max_steps inside the epoch
         progress.epoch += 1
         every = cfg.train.eval_every_epochs
+        best = False
         if every and progress.epoch % every == 0 and progress.epoch < cfg.train.epochs:
-            evaluate_run(run)
+            best = _record_if_best(run, evaluate_run(run))
         save_run_checkpoint(run, "last.pth")
+        if best:
+            _copy_to_best(run)
         _stop_if_asked(run)
 
     if progress.saved_step != progress.step:
@@ -348,11 +366,60 @@ def fit(run: Run) -> dict[str, Any]:
         if run.bad_log.bad:
             run.bad_log.write()
     progress.final_eval_lines = lines_before
+    best = _record_if_best(run, result)
     save_run_checkpoint(run, "last.pth")
+    if best:
+        _copy_to_best(run)
     run.log.close()
     bad_path = run.run_dir / "eval_bad_videos.jsonl" if run.info.is_main else None
     result.check_bad(cfg.data.max_bad_fraction, bad_path)
     return {"run_dir": run.run_dir, "metrics": metrics, "result": result, "steps": progress.step}
+
+
+def _record_if_best(run: Run, result: EvalResult) -> bool:
+    """Whether ``result``'s top-1 over all clips is the best so far (then recorded in the run's
+    progress, so that the checkpoint written next carries it)."""
+    top1 = result.metrics()["all"]["top1"]
+    progress = run.progress
+    if not math.isfinite(top1) or top1 <= progress.best_top1:
+        return False
+    progress.best_top1, progress.best_epoch = top1, progress.epoch
+    return True
+
+
+def _copy_to_best(run: Run) -> None:
+    """``best.pth``: a copy of the ``last.pth`` just written (atomically, as every checkpoint)."""
+    if run.info.is_main:
+        folder = run.run_dir / "checkpoints"
+        tmp = folder / ".best.pth.copy.tmp"
+        shutil.copyfile(folder / "last.pth", tmp)
+        os.replace(tmp, folder / "best.pth")
+    barrier()
+
+
+def run_summary(run: Run) -> str:
+    """One screen: where everything the run wrote is, and what is off."""
+    progress, folder = run.progress, run.run_dir
+    lines = [f"run folder: {folder}"]
+
+    def line(name: str, note: str) -> None:
+        lines.append(f"  {name:<24} {note}")
+
+    line("checkpoints/last.pth", f"step {progress.step}, epoch {progress.epoch}")
+    if progress.best_epoch >= 0:
+        line("checkpoints/best.pth", f"epoch {progress.best_epoch}, top-1 {progress.best_top1:.1f}")
+    line("eval.json, eval.md", "the final evaluation (original / shuffled / gap)")
+    line("metrics.jsonl", f"{run.log.lines} records (every {run.cfg.train.log_every} steps)")
+    line("train.log", "what was printed")
+    if run.log.writer is not None:
+        line("tensorboard/", f"tensorboard --logdir {folder}")
+    else:
+        line("TensorBoard", run.log.tensorboard_status)
+    if run.log.wandb is not None:
+        line("Weights & Biases", run.log.wandb_status)
+    if run.bad_log.bad:
+        line("bad_videos.jsonl", f"{run.bad_log.bad} training videos could not be used")
+    return "\n".join(lines)
 
 
 def _steps_left(cfg: Config, progress: Progress) -> bool:
@@ -569,6 +636,8 @@ def save_run_checkpoint(run: Run, name: str) -> None:
                 "step": progress.step,
                 "nonfinite_steps": progress.nonfinite_steps,
                 "final_eval_lines": progress.final_eval_lines,
+                "best_top1": progress.best_top1,
+                "best_epoch": progress.best_epoch,
                 "config": config_to_dict(run.cfg),
                 "classes": run.classes,
                 "run_shape": asdict(run.shape),

@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -196,6 +195,8 @@ def configure_opencv_threads(n: int) -> None:
             "configure_opencv_threads called in a forked child whose parent never set OpenCV's "
             "threads: cv2.setNumThreads can deadlock here; call it once in the parent process"
         )
+    import cv2
+
     cv2.setNumThreads(n)
     _configured = True
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 import torch
 from einops import rearrange
@@ -74,6 +73,8 @@ def video_to_grey(
 
 def farneback_opencv(prev: np.ndarray, nxt: np.ndarray, params: FarnebackParams) -> np.ndarray:
     """OpenCV's dense Farnebäck flow between two float32 grey frames: [H, W, 2] (dx, dy)."""
+    import cv2  # here, not at import: the losses import this module and need no OpenCV
+
     return cv2.calcOpticalFlowFarneback(
         prev=prev,
         next=nxt,

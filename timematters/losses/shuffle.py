@@ -1,4 +1,5 @@
-"""Frame permutations: one function serves the debias loss, evaluation and the diagnostics."""
+"""Frame permutations and temporal perturbations: one place serves the debias loss, evaluation,
+prediction and the diagnostics."""
 
 from __future__ import annotations
 
@@ -50,3 +51,51 @@ def shuffle_frames(
         perms = sample_frame_permutations(B, T, mode, generator)
     index = perms.to(video.device).view(B, 1, T, *([1] * (video.ndim - 3)))
     return torch.gather(video, 2, index.expand_as(video)), perms
+
+
+# -- temporal perturbations: what a model knows without the clip's order ------------------------
+
+
+def reverse_frames(video: torch.Tensor) -> torch.Tensor:
+    """The exact time reverse of each clip [B, C, T, ...]: frame t shows frame T-1-t."""
+    return video.flip(2)
+
+
+def freeze_frames(video: torch.Tensor, index: int | None = None) -> torch.Tensor:
+    """One frame of each clip repeated T times (the middle one by default): what the model knows
+    from a single image."""
+    T = video.shape[2]
+    index = T // 2 if index is None else index
+    if not -T <= index < T:
+        raise ValueError(f"frame {index} of a {T}-frame clip")
+    return video[:, :, index : index + 1 or None].expand_as(video).contiguous()
+
+
+def swap_neighbours(video: torch.Tensor) -> torch.Tensor:
+    """Each disjoint pair of neighbouring frames (0 1, 2 3, ...) swapped, a last odd frame kept:
+    every frame moves by one place, so only fine order changes."""
+    T = video.shape[2]
+    order = torch.arange(T)
+    pairs = T - T % 2
+    order[:pairs] = order[:pairs].view(-1, 2).flip(1).flatten()
+    return video.index_select(2, order.to(video.device))
+
+
+def perturb_frames(
+    video: torch.Tensor, name: str, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``video`` [B, C, T, ...] under the named perturbation (``PERTURBATIONS``); ``shuffle`` draws
+    one permutation per clip, never the identity, from ``generator``."""
+    if name == "shuffle":
+        return shuffle_frames(video, "per_sample", generator)[0]
+    if name not in PERTURBATIONS:
+        raise ValueError(f"unknown perturbation {name!r}; choose from {', '.join(PERTURBATIONS)}")
+    return PERTURBATIONS[name](video)
+
+
+PERTURBATIONS = {
+    "shuffle": None,  # random: see perturb_frames
+    "reverse": reverse_frames,
+    "freeze": freeze_frames,
+    "local": swap_neighbours,
+}

@@ -1,0 +1,258 @@
+"""What someone who only ran `pip install` gets: presets, `predict`, run folders they can rely on,
+trackers, `--version`, a complete wheel and sdist."""
+
+import json
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_train import TINY, tiny_config
+from videos import moving_square_frames, write_video
+
+import timematters
+from timematters.cli import main
+from timematters.config import list_presets
+from timematters.data.video import open_video
+from timematters.diagnostics.predict import predict
+from timematters.engine.checkpoint import load_checkpoint
+from timematters.engine.model import load_model
+from timematters.engine.train import train
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_configs_list_show_and_copy(tmp_path, capsys):
+    assert main(["configs", "list"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert listed == list_presets() and "synthetic/time" in listed and len(listed) == 22
+    assert main(["configs", "show", "synthetic/time", "train.epochs=3"]) == 0
+    shown = capsys.readouterr().out
+    assert "epochs: 3" in shown and "relative_fraction: 0.01" in shown  # defaults filled in
+    assert main(["configs", "copy", "ssv2/timesformer_time", str(tmp_path)]) == 0
+    assert (tmp_path / "timesformer_time.yaml").read_text().startswith("# timematters train")
+    assert main(["configs", "copy", "ssv2/timesformer_time", str(tmp_path)]) == 2  # no overwrite
+
+
+def test_version_and_python_dash_m(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"timematters {timematters.__version__}"
+    done = subprocess.run(
+        [sys.executable, "-m", "timematters", "--version"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and done.stdout.strip() == f"timematters {timematters.__version__}"
+
+
+def test_every_argument_has_help():
+    from timematters.cli import _parser
+
+    def walk(parser):
+        for action in parser._actions:
+            if action.dest in ("help", "version"):
+                continue
+            if hasattr(action, "choices") and isinstance(action.choices, dict):
+                for sub in action.choices.values():
+                    yield from walk(sub)
+            elif action.help is None:
+                yield f"{parser.prog}: {action.dest}"
+
+    assert not list(walk(_parser()))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    result = train(
+        tiny_config(
+            run,
+            "data.crop_size=32",
+            "train.epochs=3",
+            "train.eval_every_epochs=1",
+            "loss.flow.weight=0",
+        )
+    )
+    return run, result
+
+
+def test_best_pth_holds_the_best_evaluation(trained):
+    run, result = trained
+    evals = [
+        json.loads(line)
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+        if '"eval"' in line
+    ]
+    best = max(evals, key=lambda r: r["all/top1"])
+    best_state = load_checkpoint(run / "checkpoints" / "best.pth")
+    assert best_state["epoch"] == best["epoch"] and best_state["best_top1"] == best["all/top1"]
+    assert load_checkpoint(run / "checkpoints" / "last.pth")["best_epoch"] == best["epoch"]
+    assert "best.pth" in result["summary"] and "train.log" in result["summary"]
+    assert (run / "train.log").read_text().count("run folder:") == 1
+
+
+def test_resume_auto_starts_a_new_run_or_continues_a_killed_one(tmp_path, capsys):
+    base = ["train", "synthetic/time", *TINY, "train.epochs=2", "train.save_every_steps=2"]
+    empty = tmp_path / "empty"
+    assert main([*base, f"train.out={empty}", "--resume", "auto"]) == 0
+    assert "no checkpoint" in capsys.readouterr().out
+    full = [json.loads(x) for x in (empty / "metrics.jsonl").read_text().splitlines()]
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_5(step, record):
+        if step == 5:
+            raise Killed
+
+    from timematters.config import load_config
+
+    killed = tmp_path / "killed"
+    with pytest.raises(Killed):
+        train(
+            load_config(
+                "synthetic/time",
+                [*TINY, "train.epochs=2", "train.save_every_steps=2", f"train.out={killed}"],
+            ),
+            step_callback=kill_at_5,
+        )
+    assert main([*base, f"train.out={killed}", "--resume", "auto"]) == 0
+    again = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
+
+    def losses(records):
+        return [(r["kind"], r["step"], r.get("loss"), r.get("all/top1")) for r in records]
+
+    assert losses(again) == losses(full)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("videos")
+    frames = moving_square_frames(16, height=48, width=64)
+    return {
+        ".mp4": write_video(folder / "clip.mp4", frames),
+        ".webm": write_video(folder / "clip.webm", frames),
+    }
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".webm"])
+def test_predict_prints_top5_for_a_video(trained, videos, capsys, tmp_path, suffix):
+    run, _ = trained
+    checkpoint = run / "checkpoints" / "last.pth"
+    argv = ["predict", str(videos[suffix]), "--checkpoint", str(checkpoint)]
+    assert main([*argv, "--explain", str(tmp_path / "explain")]) == 0
+    out = capsys.readouterr().out
+    assert "original:" in out and "shuffle:" in out and "reverse:" in out
+    assert out.splitlines()[1].count("(") == 5  # top-5 with probabilities
+    assert (tmp_path / "explain" / "clip_gradcam.gif").is_file()
+    assert (tmp_path / "explain" / "clip_gradcam.png").is_file()
+    assert main([*argv, "--json", "--top-k", "3", "--perturb", "freeze,local"]) == 0
+    (record,) = json.loads(capsys.readouterr().out)
+    assert len(record["top"]) == 3 and set(record["perturbed"]) == {"freeze", "local"}
+    assert sum(p for _, p in record["top"]) <= 1.0 + 1e-6
+
+
+def test_predict_on_an_array_equals_predict_on_its_file(trained, videos):
+    run, _ = trained
+    model = load_model(run / "checkpoints" / "last.pth")
+    reader = open_video(videos[".mp4"])
+    array = reader.get_frames(np.arange(reader.num_frames))  # the whole decoded video
+    from_file = predict(model, videos[".mp4"])
+    from_array = predict(model, array)
+    assert from_array.top == from_file.top and from_array.perturbed == from_file.perturbed
+    assert from_array.frames == from_file.frames
+
+
+def test_predict_takes_folders_and_lists(trained, videos, capsys, tmp_path):
+    run, _ = trained
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{videos['.mp4']} 3\n{videos['.webm']}\n")
+    checkpoint = str(run / "checkpoints" / "last.pth")
+    assert main(["predict", str(listing), "--checkpoint", checkpoint, "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+    assert main(["predict", str(videos[".mp4"].parent), "--checkpoint", checkpoint]) == 0
+    assert capsys.readouterr().out.count("original:") == 2
+
+
+def test_wandb_gets_the_same_records_as_metrics_jsonl(tmp_path, monkeypatch):
+    logged = []
+
+    class FakeRun:
+        name, id = "run", "x"
+
+        def log(self, record, step):
+            logged.append((step, record))
+
+        def finish(self):
+            logged.append("finished")
+
+    class FakeWandb:
+        @staticmethod
+        def init(**kwargs):
+            assert kwargs["resume"] == "allow" and kwargs["project"] == "timematters"
+            return FakeRun()
+
+    monkeypatch.setitem(sys.modules, "wandb", FakeWandb)
+    result = train(tiny_config(tmp_path / "run", "train.epochs=1", "train.wandb=true"))
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-1] == "finished" and len(logged) == len(records) + 1
+    assert logged[0][1]["train/loss"] == records[0]["loss"]
+    assert "Weights & Biases" in result["summary"]
+
+
+def test_tensorboard_is_stated_when_missing(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    result = train(tiny_config(tmp_path / "run", "train.epochs=1", "train.tensorboard=true"))
+    assert "TensorBoard" in result["summary"] and "pip install tensorboard" in result["summary"]
+
+
+def _build(kind: str, out: Path) -> Path:
+    """The package's wheel or sdist, built offline with setuptools' PEP 517 backend."""
+    code = f"import sys; from setuptools import build_meta as b; print(b.build_{kind}(sys.argv[1]))"
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(out)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out / done.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_every_preset_and_the_sdist_runs_the_tests(tmp_path):
+    pytest.importorskip("setuptools")
+    wheel = _build("wheel", tmp_path)
+    names = zipfile.ZipFile(wheel).namelist()
+    presets = {
+        n.removeprefix("timematters/configs/").removesuffix(".yaml")
+        for n in names
+        if n.startswith("timematters/configs/")
+    }
+    assert presets == set(list_presets())
+    assert any(n.endswith("LICENSE") for n in names)
+    sdist = _build("sdist", tmp_path)
+    with tarfile.open(sdist) as archive:
+        members = {m.split("/", 1)[1] for m in archive.getnames() if "/" in m}
+    for needed in (
+        "LICENSE",
+        "README.md",
+        "tests/videos.py",
+        "tests/test_train.py",
+        "timematters/configs/synthetic/time.yaml",
+        "docs/REFERENCE.md",
+    ):
+        assert needed in members, needed
+
+
+def test_light_imports():
+    # `timematters --help` and the losses need neither OpenCV, PyAV, grad-cam nor matplotlib.
+    code = (
+        "import sys, timematters.cli, timematters.losses, timematters.engine.train; "
+        "heavy = {'cv2', 'av', 'pytorch_grad_cam', 'matplotlib', 'transformers', 'scipy'}; "
+        "print(sorted(heavy & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    assert torch  # the suite's own import

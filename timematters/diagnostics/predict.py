@@ -1,0 +1,197 @@
+"""`timematters predict`: what a model says about one video, and how that changes when its frames
+are shuffled or reversed (the shuffle test of one clip).
+
+``predict(model, video)`` takes a file path or the decoded video as a uint8 array
+``[frames, H, W, 3]``, samples the model's number of frames (segment centres, as at test time),
+resizes the short side and centre-crops to the model's frame size, and returns the top-k classes
+with their probabilities on the clip and on each perturbation of it. ``explain_prediction``
+writes GradCAM of the clip for the predicted class as an animated GIF and a PNG strip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from timematters.data.dataset import VIDEO_EXTENSIONS
+from timematters.data.sampling import sample_segment_indices
+from timematters.data.transforms import EvalTransform
+from timematters.data.video import VideoDecodeError, open_video
+from timematters.engine.model import describe_model
+from timematters.losses.shuffle import perturb_frames
+
+
+@dataclass
+class Prediction:
+    """Top-k (class, probability) on the clip and on each perturbation of it."""
+
+    source: str
+    top: list[tuple[str, float]]
+    perturbed: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    # The probability of the clip's top-1 class under each perturbation.
+    top1_probability: dict[str, float] = field(default_factory=dict)
+    frames: list[int] = field(default_factory=list)  # the frames the clip was made of
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """A few lines for the terminal."""
+
+        def ranked(top: list[tuple[str, float]]) -> str:
+            return ", ".join(f"{name} ({p:.2f})" for name, p in top)
+
+        first, p = self.top[0]
+        lines = [self.source, f"  original:  {ranked(self.top)}"]
+        for name, top in self.perturbed.items():
+            after = self.top1_probability[name]
+            lines.append(
+                f"  {name + ':':<10} {ranked(top)}   [{first}: {p:.2f} -> {after:.2f}, "
+                f"{after - p:+.2f}]"
+            )
+        return "\n".join(lines)
+
+
+def clip_of(model: nn.Module, video: str | Path | np.ndarray) -> tuple[torch.Tensor, list[int]]:
+    """The model's input for a video: [1, C, T, S, S] normalised as the model takes clips, and
+    the indices of the frames it holds."""
+    info = describe_model(model)
+    num_frames, size = info["num_frames"], info["frame_size"]
+    mean, std = _input_normalisation(model)
+    if isinstance(video, np.ndarray):
+        if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
+            raise ValueError(
+                f"expected a uint8 video [frames, H, W, 3], got {video.dtype} {video.shape}"
+            )
+        count = len(video)
+        indices = sample_segment_indices(count, num_frames, train=False)
+        frames = video[indices]
+    else:
+        reader = open_video(video)
+        count = reader.num_frames
+        indices = sample_segment_indices(count, num_frames, train=False)
+        frames = reader.get_frames(indices)
+    transform = EvalTransform(crop_size=size, short_side=size, num_crops=1, mean=mean, std=std)
+    return transform(frames), [int(i) for i in indices]
+
+
+def _input_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """How clips must be normalised for ``model``: an adapter takes ours (and renormalises);
+    our backbones take what they were trained with."""
+    if hasattr(model, "input_mean"):
+        return model.input_mean, model.input_std
+    return tuple(getattr(model, "mean", (0.5,) * 3)), tuple(getattr(model, "std", (0.5,) * 3))
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    video: str | Path | np.ndarray,
+    *,
+    classes: Sequence[str] | None = None,
+    top_k: int = 5,
+    perturbations: Sequence[str] = ("shuffle", "reverse"),
+    seed: int = 0,
+) -> Prediction:
+    """The top ``top_k`` classes of ``model`` on ``video`` and on its ``perturbations``."""
+    model.eval()
+    clip, indices = clip_of(model, video)
+    clip = clip.to(_device_of(model))
+    names = list(classes or getattr(model, "class_names", None) or [])
+    generator = torch.Generator().manual_seed(seed)
+    views = [clip] + [perturb_frames(clip, name, generator) for name in perturbations]
+    probs = model(torch.cat(views)).float().softmax(dim=-1).cpu()
+    if not names:
+        names = [str(k) for k in range(probs.shape[1])]
+    k = min(top_k, probs.shape[1])
+
+    def top(p: torch.Tensor) -> list[tuple[str, float]]:
+        values, ids = p.topk(k)
+        return [(names[i], float(v)) for v, i in zip(values, ids.tolist(), strict=True)]
+
+    best = int(probs[0].argmax())
+    return Prediction(
+        source=str(video) if not isinstance(video, np.ndarray) else "<array>",
+        top=top(probs[0]),
+        perturbed={name: top(p) for name, p in zip(perturbations, probs[1:], strict=True)},
+        top1_probability={
+            name: float(p[best]) for name, p in zip(perturbations, probs[1:], strict=True)
+        },
+        frames=indices,
+    )
+
+
+def explain_prediction(
+    model: nn.Module, video: str | Path | np.ndarray, out: str | Path, *, label: int | None = None
+) -> list[Path]:
+    """GradCAM of the clip for ``label`` (default: the predicted class): ``out/<name>_gradcam.gif``
+    (the clip with the map over it) and ``out/<name>_gradcam.png`` (a strip of its frames)."""
+    from timematters.diagnostics import plots
+    from timematters.diagnostics.gradcam import video_gradcam
+
+    reason = getattr(model, "unsupported", {}).get("gradcam")
+    if reason:
+        raise NotImplementedError(
+            f"no GradCAM for {getattr(model, 'source', 'this model')}: {reason}"
+        )
+    clip, _ = clip_of(model, video)
+    clip = clip.to(_device_of(model))
+    with torch.no_grad():
+        label = int(model.eval()(clip).argmax()) if label is None else label
+    heatmap = video_gradcam(model, clip, [label])[0]  # [T, H, W]
+    mean, std = _input_normalisation(model)
+    shape = (3, 1, 1, 1)
+    pixels = clip[0].cpu() * torch.tensor(std).view(shape) + torch.tensor(mean).view(shape)
+    frames = pixels.clamp(0, 1).permute(1, 2, 3, 0).numpy()  # [T, H, W, 3]
+    stem = Path(video).stem if not isinstance(video, np.ndarray) else "array"
+    out = Path(out)
+    names = getattr(model, "class_names", None)
+    title = f"{stem}: {names[label] if names else label}"
+    return [
+        plots.save_gradcam_animation(frames, heatmap, out / f"{stem}_gradcam.gif"),
+        plots.plot_gradcam_grid(frames, {"GradCAM": heatmap}, out / f"{stem}_gradcam.png", title),
+    ]
+
+
+def list_videos(inputs: Sequence[str | Path]) -> list[Path]:
+    """The videos ``inputs`` name: files, every video of a folder (sorted), or the paths a list
+    file holds (one per line, its first field; relative to the list's folder)."""
+    videos: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            videos += sorted(p for p in item.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
+        elif item.suffix.lower() in VIDEO_EXTENSIONS:
+            if not item.is_file():
+                raise FileNotFoundError(f"no video at {item}")
+            videos.append(item)
+        elif item.is_file():
+            lines = item.read_text(encoding="utf-8-sig").splitlines()
+            if lines and lines[0].replace(" ", "") == "path,label":
+                lines = [line.split(",")[0] for line in lines[1:]]
+            videos += [_listed_path(line, item.parent) for line in lines if line.strip()]
+        else:
+            raise FileNotFoundError(f"{item} is neither a video, a folder nor a list of videos")
+    if not videos:
+        raise ValueError(f"no videos found in {', '.join(map(str, inputs))}")
+    return videos
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters(), torch.empty(0)).device
+
+
+def _listed_path(line: str, base: Path) -> Path:
+    """A list line's video: the whole line, or all but a last ``label`` field."""
+    text = line.strip()
+    whole = base / text
+    if whole.is_file() or " " not in text:
+        return whole
+    return base / text.rsplit(maxsplit=1)[0]
+
+
+__all__ = ["Prediction", "VideoDecodeError", "explain_prediction", "list_videos", "predict"]
