@@ -45,10 +45,11 @@ def test_demo_writes_the_table_report_plots_and_diagnostics(tmp_path, toy_demo, 
 def test_ablation_trains_the_eight_loss_combinations_of_table_3(tmp_path, toy_demo):
     assert main(["demo", "--quick", "--ablation", "--out", str(tmp_path), "--epochs", "1"]) == 0
     rows = json.loads((tmp_path / "metrics.json").read_text())["mean"]
-    assert list(rows) == [demo.variant_name(*v) for v in demo._ABLATION]
+    assert list(rows) == [v.name for v in demo.ABLATION]
     assert len(rows) == 8 and list(rows)[0] == "baseline" and list(rows)[-1] == "+TIME"
-    for order, debias, flow in demo._ABLATION:
-        name = demo.variant_name(order, debias, flow)
+    for variant in demo.ABLATION:
+        order, debias, flow = variant.losses
+        name = variant.name
         run = tmp_path / "seed0" / name.replace("+", "plus_")
         (record, *_) = [
             json.loads(line)

@@ -15,6 +15,10 @@ from pathlib import Path
 
 from timematters.config import ConfigError, load_config
 
+PERTURB_HELP = (
+    "temporal perturbations, comma-separated (default: shuffle, the paper's): shuffle, reverse, "
+    "freeze, freeze_each, local"
+)
 MODEL_SPECS = (
     "a timematters checkpoint, hf:DIR_OR_HUB_ID, torchvision:NAME[:WEIGHTS], pkg.module:factory"
 )
@@ -53,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--ablation", action="store_true", help="all 8 loss combinations of Table 3")
     demo.add_argument("--epochs", type=_positive, default=None, help="override the epoch budget")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
+    demo.add_argument("--perturb", default="shuffle", help=PERTURB_HELP)
+    demo.add_argument(
+        "--appendix-d",
+        action="store_true",
+        help="Appendix D: baseline vs re-added time embeddings vs re-added + order loss",
+    )
 
     train = commands.add_parser("train", help="train from a YAML config or a packaged preset")
     train.add_argument("config", help="a YAML file or a packaged preset (synthetic/time, ...)")
@@ -82,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="folder for eval.json / eval.md (default: <checkpoint>_eval/, or runs/eval/<model>)",
     )
+    evaluate.add_argument("--perturb", default=None, help=PERTURB_HELP)
 
     diagnose = commands.add_parser(
         "diagnose",
@@ -99,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
         "--checkpoint", action="append", dest="models", help="a timematters checkpoint (= --model)"
     )
     diagnose.add_argument("--name", action="append", help="a display name per model, in order")
+    diagnose.add_argument("--perturb", default=None, help=PERTURB_HELP)
     diagnose.add_argument("--out", default="runs/diagnose", help="the report's folder")
     diagnose.add_argument("--no-probe", action="store_true", help="skip the order probe")
     diagnose.add_argument("--probe-clips", type=int, default=128, help="clips to fit / to score")
@@ -163,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any("=" not in a or a.startswith("-") for a in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
+    if getattr(args, "perturb", None) and hasattr(args, "overrides"):
+        names = [p.strip() for p in args.perturb.split(",") if p.strip()]
+        args.overrides.append(f"eval.perturbations=[{', '.join(names)}]")
     try:
         return _COMMANDS[args.command](args)
     except Exception as error:
@@ -222,7 +237,9 @@ def _demo(args) -> int:
         quick=args.quick,
         seeds=args.seeds,
         ablation=args.ablation,
+        appendix_d=args.appendix_d,
         epochs=args.epochs,
+        perturbations=[p.strip() for p in args.perturb.split(",") if p.strip()],
         overwrite=args.overwrite,
     )
     return 0

@@ -120,6 +120,9 @@ class DataConfig:
     val_annotations: str = ""  # videolist: the evaluation list file
     class_list: str = ""  # videolist: optional file with one class name per line
     subset: Literal["all", "temporal", "static"] = "all"  # SSv2 subsets (paper Appendix A)
+    # A subsets file (YAML/JSON: subset name -> class names or indices; "pairs": time-reversed
+    # class pairs) that names the subsets every table reports; "" keeps the dataset's own.
+    subsets: str = ""
     sampling: Literal["segment", "dense"] = "segment"
     dense_stride: int = 8
     crop_size: int = 224  # the model's input size too
@@ -176,12 +179,17 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     split: Literal["val", "test"] = "val"  # SSv2's "validation" list is the paper's test set
+    # Temporal perturbations to test (the paper's: shuffle): shuffle, reverse, freeze (the middle
+    # frame repeated), freeze_each (each frame in turn, averaged), local (neighbours swapped).
+    perturbations: tuple[str, ...] = ("shuffle",)
+    freeze_frame: int | None = None  # the frame "freeze" repeats: None the middle one, -1 the last
     shuffle: Literal["per_batch", "per_sample"] = "per_sample"
     # Over a clip's test views: "logits" sums them (released; confidences use their mean),
     # "softmax" averages the views' probabilities.
     aggregation: Literal["logits", "softmax"] = "logits"
     batch_size: int = 32
     seed: int = 0
+    bootstrap_samples: int = 1000  # clip resamples behind every 95% interval (0: none)
 
 
 @dataclass

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,39 +22,57 @@ from timematters.diagnostics.report import run_diagnose
 from timematters.engine.evaluate import format_table
 from timematters.engine.metrics import to_json
 
-# (order, debias, flow) -> row name, in the order of the paper's Table 3.
-_ABLATION = list(itertools.product((False, True), repeat=3))
+
+@dataclass(frozen=True)
+class Variant:
+    """One model of the demo: which TIME losses are on, and Appendix D's re-added time embedding."""
+
+    order: bool = False
+    debias: bool = False
+    flow: bool = False
+    readd_time_embed: bool = False
+
+    @property
+    def name(self) -> str:
+        losses = [n for n, on in zip(("order", "debias", "flow"), self.losses, strict=True) if on]
+        if self.readd_time_embed:
+            return "+".join(["re-added", *losses])
+        if not losses:
+            return "baseline"
+        return "+TIME" if len(losses) == 3 else "+" + "+".join(losses)
+
+    @property
+    def losses(self) -> tuple[bool, bool, bool]:
+        return self.order, self.debias, self.flow
 
 
-def variant_name(order: bool, debias: bool, flow: bool) -> str:
-    if not (order or debias or flow):
-        return "baseline"
-    if order and debias and flow:
-        return "+TIME"
-    return "+" + "+".join(
-        n for n, on in zip(("order", "debias", "flow"), (order, debias, flow), strict=True) if on
-    )
+DEFAULT = [Variant(), Variant(True, True, True)]
+# The paper's Table 3: every combination of the three losses, in its order.
+ABLATION = [Variant(*on) for on in itertools.product((False, True), repeat=3)]
+# Appendix D: the baseline, its time embedding re-added before every block, and that + order.
+APPENDIX_D = [Variant(), Variant(readd_time_embed=True), Variant(order=True, readd_time_embed=True)]
 
 
 def demo_config(
-    order: bool,
-    debias: bool,
-    flow: bool,
+    variant: Variant,
     *,
     seed: int,
     out: Path,
     quick: bool = False,
     epochs: int | None = None,
+    perturbations: Sequence[str] = ("shuffle",),
 ) -> Config:
     """The demo's recipe: the ``synthetic/time`` preset (a tiny TimeSformer trained from scratch on
     the built-in benchmark) with this variant's losses, seed and run folder."""
     overrides = [
-        f"loss.order.weight={float(order)}",
-        f"loss.debias.weight={float(debias)}",
-        f"loss.flow.weight={float(flow)}",
+        f"loss.order.weight={float(variant.order)}",
+        f"loss.debias.weight={float(variant.debias)}",
+        f"loss.flow.weight={float(variant.flow)}",
+        f"model.kwargs={{readd_time_embed: {str(variant.readd_time_embed).lower()}}}",
         f"data.synthetic.seed={seed}",
         f"train.seed={seed}",
         f"eval.seed={seed}",
+        f"eval.perturbations=[{', '.join(perturbations)}]",
         f"train.out={out}",
         "train.device=cpu",
         "train.tensorboard=false",
@@ -78,7 +98,9 @@ def run_demo(
     quick: bool = False,
     seeds: int = 1,
     ablation: bool = False,
+    appendix_d: bool = False,
     epochs: int | None = None,
+    perturbations: Sequence[str] = ("shuffle",),
     overwrite: bool = False,
 ) -> dict:
     from timematters.engine.runs import claim_folder
@@ -86,7 +108,9 @@ def run_demo(
 
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds}")
-    variants = _ABLATION if ablation else [(False, False, False), (True, True, True)]
+    if ablation and appendix_d:
+        raise ValueError("--ablation and --appendix-d are two demos: run one at a time")
+    variants = ABLATION if ablation else APPENDIX_D if appendix_d else DEFAULT
     claim_folder(
         out,
         overwrite=overwrite,
@@ -100,14 +124,13 @@ def run_demo(
     curves: dict[str, Path] = {}
     checkpoints: dict[str, Path] = {}
     evaluations: dict[str, object] = {}
+    options = dict(quick=quick, epochs=epochs, perturbations=perturbations)
     for seed in range(seeds):
-        for order, debias, flow in variants:
-            name = variant_name(order, debias, flow)
+        for variant in variants:
+            name = variant.name
             run_dir = out / f"seed{seed}" / name.replace("+", "plus_")
             print(f"[demo] seed {seed}: training {name} ...", flush=True)
-            cfg = demo_config(
-                order, debias, flow, seed=seed, out=run_dir, quick=quick, epochs=epochs
-            )
+            cfg = demo_config(variant, seed=seed, out=run_dir, **options)
             result = train(cfg)
             per_seed.setdefault(name, []).append(result["metrics"])
             if seed == 0:
@@ -119,7 +142,7 @@ def run_demo(
     rows = {name: _mean_metrics(runs) for name, runs in per_seed.items()}
     print("[demo] diagnosing the seed-0 models ...", flush=True)
     run_diagnose(
-        demo_config(False, False, False, seed=0, out=out / "diagnose", quick=quick, epochs=epochs),
+        demo_config(Variant(), seed=0, out=out / "diagnose", **options),
         list(checkpoints.values()),
         out / "diagnose",
         names=list(checkpoints),
@@ -143,8 +166,14 @@ def run_demo(
 
 
 def _mean_metrics(runs: list[dict]) -> dict:
+    """The seeds' mean of every figure (the per-seed intervals are not averaged: the spread
+    over seeds is in the report)."""
     return {
-        subset: {key: float(np.mean([r[subset][key] for r in runs])) for key in runs[0][subset]}
+        subset: {
+            key: float(np.mean([r[subset][key] for r in runs]))
+            for key in runs[0][subset]
+            if not key.endswith("_ci")
+        }
         for subset in runs[0]
     }
 
@@ -173,6 +202,12 @@ def _write_report(out, table, per_seed, seeds, elapsed, quick, spurious_rate) ->
         "",
         "A model that uses time should lose accuracy when frames are shuffled (lower Shuffled, larger "
         "Gap), above all on the temporal classes.",
+        "",
+        "Seed 0, each figure with its 95% bootstrap interval over the test clips (a difference "
+        "between two models smaller than these is within the noise; diagnose/report.md tests the "
+        "differences of gaps with paired intervals):",
+        "",
+        format_table({name: runs[0] for name, runs in per_seed.items()}, intervals=True),
         "",
         *spread,
         "",

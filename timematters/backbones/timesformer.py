@@ -3,6 +3,8 @@
 Each block attends over time (per spatial position, patch tokens only), then over space (per frame,
 with the block-input CLS copied into every frame and its T outputs averaged), then an MLP.
 Parameter names follow the official checkpoints so that they load without a rename table.
+``readd_time_embed=True`` is the TIME paper's architectural alternative (Appendix D): the time
+embedding is added to the patch tokens again before every block.
 """
 
 from __future__ import annotations
@@ -91,12 +93,15 @@ class TimeSformer(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
         zero_first_temporal_fc: bool = True,
+        readd_time_embed: bool = False,
     ):
         super().__init__()
         self.num_classes = num_classes
         self.num_frames = num_frames
         self.embed_dim = embed_dim
         self.patch_size = patch_size
+        # Paper Appendix D: the time embedding added again before every block (not only once).
+        self.readd_time_embed = readd_time_embed
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.grid = self.patch_embed.grid
         S = self.patch_embed.num_patches
@@ -146,7 +151,9 @@ class TimeSformer(nn.Module):
         x = self.time_drop(x + self.time_embed[:, :, None])  # time embedding on patches only
 
         blocks = []
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
+            if self.readd_time_embed and i > 0:  # the embedding added it before block 0
+                x = x + self.time_embed[:, :, None]
             cls, x = block(cls, x)
             if return_blocks:
                 blocks.append(x)

@@ -15,6 +15,7 @@ from timematters.config import Config, DataConfig
 from timematters.data.imagenet9 import ImageEvalTransform, ImageFolderDataset, ImageTrainTransform
 from timematters.data.kinetics import KineticsDataset
 from timematters.data.ssv2 import SSv2Dataset
+from timematters.data.subsets import load_groups
 from timematters.data.synthetic import SyntheticVideoDataset
 from timematters.data.transforms import EvalTransform, TrainTransform
 from timematters.data.videolist import (
@@ -62,7 +63,18 @@ def build_dataset(cfg: Config, split: str, flow_labels: bool, patch_size: int) -
 
     ``flow_labels``: the flow loss is on. Labels are then made in the DataLoader workers when
     ``flow.backend`` is opencv (for the torch backend the trainer computes them on the device).
+    With ``data.subsets``, its subsets (and pairs) replace the dataset's own.
     """
+    dataset = _build(cfg, split, flow_labels, patch_size)
+    if cfg.data.subsets:
+        groups = load_groups(cfg.data.subsets, dataset.classes)
+        dataset.subsets = groups.subsets
+        if groups.pairs:
+            dataset.pairs = groups.pairs
+    return dataset
+
+
+def _build(cfg: Config, split: str, flow_labels: bool, patch_size: int) -> Dataset:
     data = cfg.data
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")

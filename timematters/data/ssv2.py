@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from timematters.data.dataset import VideoDataset, VideoSample, index_videos, report_missing
-from timematters.data.subsets import SUBSETS, match_subset
+from timematters.data.subsets import SSV2_SUBSETS, load_groups
 
 log = logging.getLogger(__name__)
 
@@ -99,18 +99,16 @@ class SSv2Dataset(VideoDataset):
     ):
         classes = read_ssv2_classes(annotations)
         entries = read_ssv2_split(annotations, split, classes)
-        subsets, self.unmatched_subset_names = {}, {}
-        for name, names in SUBSETS.items():
-            subsets[name], self.unmatched_subset_names[name] = match_subset(names, classes)
-            if self.unmatched_subset_names[name]:
+        groups = load_groups(SSV2_SUBSETS, classes, strict=False)
+        subsets = groups.subsets
+        self.unmatched_subset_names = {name: groups.unmatched.get(name, []) for name in subsets}
+        for name, names in self.unmatched_subset_names.items():
+            if names:
                 log.warning(
-                    "SSv2 %s subset: %d names match no class in labels.json: %s",
-                    name,
-                    len(self.unmatched_subset_names[name]),
-                    self.unmatched_subset_names[name],
+                    f"SSv2 {name} subset: {len(names)} names match no class in labels.json: {names}"
                 )
         if subset != "all":
-            if subset not in SUBSETS:
+            if subset not in subsets:
                 raise ValueError(f"unknown SSv2 subset {subset!r}; choose all, temporal or static")
             kept = subsets[subset]
             new_index = {old: new for new, old in enumerate(kept)}

@@ -28,8 +28,9 @@ def gap_histogram(gaps: np.ndarray, num_bins: int = NUM_BINS) -> tuple[np.ndarra
 
 
 def confidence_gaps(result: EvalResult, num_bins: int = NUM_BINS) -> dict[str, dict]:
-    """Per subset (``all`` and the dataset's subsets): the gap histogram and its summary."""
-    gaps = result.confidence_gap()
+    """Per subset (``all`` and the dataset's subsets): the gap histogram and its summary, under
+    the evaluation's first perturbation (the paper's shuffle by default)."""
+    gaps = result.confidence_gap(next(iter(result.perturbed)))
     out = {}
     for subset, mask in result.subset_masks().items():
         mass, edges = gap_histogram(gaps[mask], num_bins)

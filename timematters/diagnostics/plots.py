@@ -61,16 +61,19 @@ def plot_training_curves(runs: dict[str, str | Path], out: str | Path) -> Path:
     return _save(fig, out)
 
 
-def plot_shuffle_bars(rows: dict[str, dict[str, dict[str, float]]], out: str | Path) -> Path:
-    """Original vs shuffled top-1 per subset, one group of bars per model (paper Fig. 1a)."""
+def plot_shuffle_bars(
+    rows: dict[str, dict[str, dict[str, float]]], out: str | Path, label: str = "shuffled"
+) -> Path:
+    """Original vs perturbed (``label``: shuffled, reversed, ...) top-1 per subset, one group of
+    bars per model (paper Fig. 1a)."""
     subsets = list(next(iter(rows.values())))
     fig, axes = plt.subplots(1, len(subsets), figsize=(4.2 * len(subsets), 3.8), squeeze=False)
     x = np.arange(len(rows))
     for ax, subset in zip(axes[0], subsets, strict=True):
         original = [m[subset]["top1"] for m in rows.values()]
-        shuffled = [m[subset]["shuffled_top1"] for m in rows.values()]
+        shuffled = [m[subset][f"{label}_top1"] for m in rows.values()]
         ax.bar(x - 0.2, original, 0.4, label="original")
-        ax.bar(x + 0.2, shuffled, 0.4, label="shuffled")
+        ax.bar(x + 0.2, shuffled, 0.4, label=label)
         for xi, (o, s) in enumerate(zip(original, shuffled, strict=True)):
             ax.text(xi, max(o, s) + 1.5, f"gap {o - s:+.1f}", ha="center", fontsize=8)
         ax.set_xticks(x, list(rows), rotation=20, ha="right", fontsize=8)
@@ -209,3 +212,25 @@ def save_gradcam_animation(
     out.parent.mkdir(parents=True, exist_ok=True)
     images[0].save(out, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
     return out
+
+
+def plot_class_gaps(rows: list[dict], key: str, out: str | Path, max_classes: int = 40) -> Path:
+    """Per-class accuracy gap (``key``, e.g. ``gap``) of each model, classes ordered by the first
+    model's gap; the ``max_classes`` largest and smallest when there are more."""
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    by_model = {m: {r["name"]: r[key] for r in rows if r["model"] == m} for m in models}
+    order = sorted(by_model[models[0]], key=lambda name: -by_model[models[0]][name])
+    if len(order) > max_classes:
+        order = order[: max_classes // 2] + order[-max_classes // 2 :]
+    fig, ax = plt.subplots(figsize=(min(0.32 * len(order) + 2.5, 16), 4.2))
+    x = np.arange(len(order))
+    width = 0.8 / len(models)
+    for i, model in enumerate(models):
+        values = [by_model[model].get(name, np.nan) for name in order]
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, values, width, label=model)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(x, [name[:28] for name in order], rotation=70, ha="right", fontsize=6)
+    ax.set(ylabel=f"{key} (top-1 points)", title="per-class accuracy lost without frame order")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out)

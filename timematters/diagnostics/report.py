@@ -28,10 +28,26 @@ from timematters.data.build import build_dataset
 from timematters.diagnostics.confidence import confidence_gaps
 from timematters.diagnostics.gradcam import video_gradcam
 from timematters.diagnostics.order_probe import order_probe
+from timematters.diagnostics.reliance import (
+    propose_subsets,
+    reliance_rows,
+    write_reliance_csv,
+    write_subsets_file,
+)
 from timematters.engine.distributed import autocast_dtype, resolve_device
-from timematters.engine.evaluate import EvalResult, as_batch, as_loader, evaluate, format_table
+from timematters.engine.evaluate import (
+    LABELS,
+    EvalResult,
+    as_batch,
+    as_loader,
+    compare_gaps,
+    evaluate,
+    format_table,
+    gap_key,
+)
 from timematters.engine.metrics import to_json
 from timematters.engine.model import check_classes, describe_model, load_model
+from timematters.engine.statistics import half_width
 
 
 def diagnose(
@@ -114,12 +130,26 @@ def diagnose(
     report: dict[str, Any] = {
         "models": {name: describe_model(model) for name, model in models.items()},
         "dataset": data_info,
-        "shuffle": settings.shuffle,
         "shuffle_test": {name: result.metrics() for name, result in evaluations.items()},
         "confidence_gap": {name: confidence_gaps(result) for name, result in evaluations.items()},
     }
     for name, where in about.get("sources", {}).items():
         report["models"][name]["source"] = where
+    report["perturbations"] = list(settings.perturbations)
+
+    # Per-class reliance on time, a proposed Temporal / Static split, and the models compared.
+    rows = reliance_rows(evaluations)
+    write_reliance_csv(rows, out / "class_reliance.csv")
+    first_name = next(iter(evaluations))
+    proposal = propose_subsets(first)
+    write_subsets_file(proposal, out / "proposed_subsets.yaml", model=first_name)
+    report["class_reliance"] = {"file": "class_reliance.csv", "classes": len(classes)}
+    report["proposed_subsets"] = {"file": "proposed_subsets.yaml", "model": first_name, **proposal}
+    report["compared"] = {
+        name: compare_gaps(first, result)
+        for name, result in list(evaluations.items())[1:]
+        if np.array_equal(first.labels, result.labels)
+    }
 
     # 3. Per-block temporal-order probe (Fig. 1b), every model reading each batch once.
     if probe_clips is not None:
@@ -331,8 +361,12 @@ def _gradcam(models, loader, positions, classes, out: Path, mean, std) -> dict:
 def _plot(data: dict, out: Path) -> None:
     from timematters.diagnostics import plots  # matplotlib, only when drawing
 
-    plots.plot_shuffle_bars(data["shuffle_test"], out / "shuffle_accuracy.png")
+    first = data["perturbations"][0]
+    plots.plot_shuffle_bars(data["shuffle_test"], out / "shuffle_accuracy.png", label=LABELS[first])
     plots.plot_confidence_gap_histogram(data["confidence_gap"], out / "confidence_gap.png")
+    rows = list(_read_reliance(out / "class_reliance.csv"))
+    if rows:
+        plots.plot_class_gaps(rows, gap_key(first), out / "class_gaps.png")
     probe = data.get("order_probe")
     if probe and any(probe["accuracy"].values()):
         chances = set(probe["chance"].values())
@@ -341,6 +375,102 @@ def _plot(data: dict, out: Path) -> None:
             out / "order_probe.png",
             chance=chances.pop() if len(chances) == 1 else None,
         )
+
+
+def _read_reliance(path: Path):
+    import csv
+
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            yield {k: (v if k in ("model", "name") else float(v)) for k, v in row.items()}
+
+
+_PERTURBATION_TEXT = {
+    "shuffle": "shuffle: the frames in a random order (one per clip, never the identity)",
+    "reverse": "reverse: the exact time reverse",
+    "freeze": "freeze: the middle frame repeated (what one image tells)",
+    "freeze_each": "freeze_each: each frame repeated in turn, probabilities averaged",
+    "local": "local: neighbouring frames swapped (fine order only)",
+}
+
+
+def _perturbation_notes(perturbations: list[str]) -> str:
+    return "Perturbations: " + "; ".join(_PERTURBATION_TEXT[p] for p in perturbations) + "."
+
+
+def _flip_rates(metrics: dict) -> list[str]:
+    """The reverse test's flip rate, when the classes come in time-reversed pairs."""
+    first = next(iter(metrics.values()))
+    if "flip_rate" not in first["all"]:
+        return []
+    cells = []
+    for name, m in metrics.items():
+        row = m["all"]
+        cells.append(
+            f"{name} {row['flip_rate']:.2f} ± {half_width(row['flip_rate_ci']):.2f} "
+            f"({row['num_paired']} clips)"
+        )
+    return [
+        "Flip rate under reverse (the share of clips of time-reversed class pairs whose "
+        "prediction moves to the partner class; 1 = the model reads the direction of time, "
+        f"0 = it cannot): {'; '.join(cells)}.",
+        "",
+    ]
+
+
+def _comparisons(data: dict) -> list[str]:
+    """Each model's gaps against the first's, with paired intervals."""
+    compared = data.get("compared") or {}
+    if not compared:
+        return []
+    reference = next(iter(data["models"]))
+    lines = [
+        "## Is the difference real?",
+        "",
+        f"Each model's gap minus {reference}'s, with a paired 95% bootstrap interval (both "
+        "models' outcomes on a clip resampled together); a difference whose interval contains 0 "
+        "is inside the noise.",
+        "",
+    ]
+    for name, per_subset in compared.items():
+        for subset, per_perturbation in per_subset.items():
+            for perturbation, d in per_perturbation.items():
+                verdict = "outside the noise" if d["outside_noise"] else "inside the noise"
+                lines.append(
+                    f"- {name} vs {reference}, {subset}, {perturbation}: "
+                    f"{d['difference']:+.1f} points [{d['ci'][0]:+.1f}, {d['ci'][1]:+.1f}], "
+                    f"{verdict}"
+                )
+    return [*lines, ""]
+
+
+def _reliance(data: dict) -> list[str]:
+    """The classes most and least reliant on time, and the proposed split."""
+    proposal = data.get("proposed_subsets")
+    if not proposal:
+        return []
+    rule = proposal["thresholds"]
+    lines = [
+        "## Which classes need time?",
+        "",
+        f"Per class and model, accuracy and confidence on original and perturbed clips: "
+        f"[class_reliance.csv](class_reliance.csv), ranked by the {rule['perturbation']} gap.",
+        "",
+        "![per-class gaps](class_gaps.png)",
+        "",
+    ]
+    if "temporal_gap_at_least" in rule:
+        lines += [
+            f"A Temporal / Static split proposed from {proposal['model']}'s gaps "
+            f"([proposed_subsets.yaml](proposed_subsets.yaml); temporal: gap >= "
+            f"{rule['temporal_gap_at_least']:.1f} points, static: gap <= "
+            f"{rule['static_gap_at_most']:.1f}, classes with >= {rule['min_clips']} clips; pass it "
+            "back with `data.subsets=`): temporal "
+            f"{', '.join(proposal['temporal']) or '(none)'}; static "
+            f"{', '.join(proposal['static']) or '(none)'}.",
+            "",
+        ]
+    return lines
 
 
 def _model_line(name: str, info: dict) -> str:
@@ -393,44 +523,51 @@ def _report(data: dict) -> str:
     shuffle_test = data["shuffle_test"]
     subsets = list(next(iter(shuffle_test.values())))
     dataset = data["dataset"]
+    first_label = LABELS[data["perturbations"][0]]
     lines = [
         "# Does the model use time?",
         "",
         f"`timematters diagnose` on the {dataset['name']} {dataset['split']} split "
-        f"({dataset['num_clips']} clips{_bad_note(dataset['num_bad'])}; frames shuffled "
-        f"{data['shuffle'].replace('_', ' ')}; {data['seconds']:.0f} s). Models:",
+        f"({dataset['num_clips']} clips{_bad_note(dataset['num_bad'])}; "
+        f"{data['seconds']:.0f} s). Models:",
         "",
         *(_model_line(name, info) for name, info in data["models"].items()),
         "",
-        "## Shuffle test (paper Table 1, Fig. 1a)",
+        "## Shuffle test, and the other perturbations (paper Table 1, Fig. 1a)",
         "",
-        "Top-1 (%) on the original clips, on the same clips with their frames shuffled, and the "
-        "gap. A model that ignores frame order has a gap of 0; one that uses time loses accuracy "
-        "on shuffled clips, above all on temporal classes.",
+        "Top-1 (%) on the original clips, on the same clips perturbed, and the gap, each with "
+        "its 95% bootstrap interval over clips. A model that ignores frame order has a gap of 0; "
+        "one that uses time loses accuracy when the order goes, above all on temporal classes. "
+        + _perturbation_notes(data["perturbations"]),
         "",
-        format_table(shuffle_test),
+        format_table(shuffle_test, intervals=True),
         "",
-        "Top-5 (%):",
+        *_flip_rates(shuffle_test),
+        f"Top-5 (%), {data['perturbations'][0]}:",
         "",
         _table(
-            ["model", *(f"{s} original / shuffled / gap" for s in subsets)],
+            ["model", *(f"{s} original / perturbed / gap" for s in subsets)],
             [
                 [name]
                 + [
-                    f"{m[s]['top5']:.1f} / {m[s]['shuffled_top5']:.1f} / {m[s]['gap_top5']:.1f}"
+                    f"{m[s]['top5']:.1f} / {m[s][first_label + '_top5']:.1f} / "
+                    f"{m[s][gap_key(data['perturbations'][0], 'top5')]:.1f}"
                     for s in subsets
                 ]
                 for name, m in shuffle_test.items()
             ],
         ),
         "",
-        "![accuracy on original and shuffled clips](shuffle_accuracy.png)",
+        "![accuracy on original and perturbed clips](shuffle_accuracy.png)",
         "",
+        *_comparisons(data),
+        *_reliance(data),
         "## Confidence gap (paper Fig. 1c)",
         "",
-        "Per clip, the confidence in the true class on the original clip minus on the shuffled "
-        "clip; probability mass in 20 bins over [-1, 1]. Mass at 0: shuffling changes nothing; "
-        "mass to the right: the model is less sure of shuffled clips.",
+        "Per clip, the confidence in the true class on the original clip minus on the "
+        f"{first_label} clip ({data['perturbations'][0]}); probability mass in 20 bins over "
+        "[-1, 1]. Mass at 0: the perturbation changes nothing; mass to the right: the model is "
+        "less sure of the perturbed clips.",
         "",
         _table(
             ["model", *(f"{s} mean / median" for s in subsets)],

@@ -1,8 +1,17 @@
-"""Evaluation on original and frame-shuffled clips: top-1 / top-5 and their gap, per subset.
+"""Evaluation on original and perturbed clips: top-1 / top-5 and their gaps, per subset, with
+confidence intervals.
 
-One function serves `eval`, `demo` and `diagnose`. A batch's video is [B, C, T, H, W] or, with
-several test views (temporal clips x spatial crops), [B, V, C, T, H, W]; the views' logits are
-aggregated per clip. Each clip's frames are shuffled with one permutation shared by its views.
+One function serves `eval`, `demo`, `diagnose` and `predict`'s summaries. Each perturbation
+(``eval.perturbations``; the paper's is ``shuffle``) runs every clip again with its frames
+changed: ``shuffle`` (a random order, one permutation per clip shared by its views), ``reverse``
+(the exact time reverse), ``freeze`` (the middle frame repeated), ``freeze_each`` (each frame in
+turn repeated, probabilities averaged), ``local`` (neighbouring frames swapped). A batch's video
+is [B, C, T, H, W] or, with several test views (temporal clips x spatial crops),
+[B, V, C, T, H, W]; the views' logits are aggregated per clip.
+
+Every accuracy and gap comes with a 95% bootstrap interval over clips (``statistics.py``); the
+reverse test adds the flip rate when the classes come in time-reversed pairs; ``class_reliance``
+gives the same per class.
 """
 
 from __future__ import annotations
@@ -22,7 +31,30 @@ from tqdm import tqdm
 
 from timematters.config import EvalConfig
 from timematters.data.collate import BadVideo, BadVideoLog, collate_videos
-from timematters.losses.shuffle import sample_frame_permutations, shuffle_frames
+from timematters.engine.statistics import bootstrap_interval
+from timematters.losses.shuffle import (
+    PERTURBATIONS,
+    freeze_frames,
+    perturb_frames,
+    sample_frame_permutations,
+    shuffle_frames,
+)
+
+# How metric keys name each perturbation's clips: "shuffled_top1", "reversed_gap", ...
+LABELS = {
+    "shuffle": "shuffled",
+    "reverse": "reversed",
+    "freeze": "frozen",
+    "freeze_each": "frozen_each",
+    "local": "swapped",
+}
+PERTURBATION_NAMES = (*PERTURBATIONS, "freeze_each")
+
+
+def gap_key(perturbation: str, top: str = "") -> str:
+    """The key of a perturbation's gap: the paper's shuffle gap is plain ``gap`` (``gap_top5``)."""
+    suffix = f"_{top}" if top else ""
+    return f"gap{suffix}" if perturbation == "shuffle" else f"{LABELS[perturbation]}_gap{suffix}"
 
 
 @dataclass
@@ -31,11 +63,19 @@ class EvalResult:
 
     labels: np.ndarray  # [N]
     probs: np.ndarray  # [N, K] on the original clips (after view aggregation)
-    shuffled_probs: np.ndarray  # [N, K] on the frame-shuffled clips
+    perturbed: dict[str, np.ndarray]  # perturbation -> [N, K] on the perturbed clips
     classes: list[str]
     subsets: dict[str, list[int]] = field(default_factory=dict)
     bad: list[BadVideo] = field(default_factory=list)  # clips that could not be decoded, skipped
     indices: np.ndarray | None = None  # [N] each clip's dataset index (its position without one)
+    pairs: dict[int, int] = field(default_factory=dict)  # class -> its time-reversed partner
+    bootstrap_samples: int = 1000
+    seed: int = 0
+
+    @property
+    def shuffled_probs(self) -> np.ndarray:
+        """[N, K] on the frame-shuffled clips (the paper's test)."""
+        return self.perturbed["shuffle"]
 
     def subset_masks(self) -> dict[str, np.ndarray]:
         masks = {"all": np.ones(len(self.labels), dtype=bool)}
@@ -43,29 +83,96 @@ class EvalResult:
             masks[name] = np.isin(self.labels, class_ids)
         return masks
 
-    def metrics(self) -> dict[str, dict[str, float]]:
-        """Accuracies in percent for all clips and each subset; ``num_clips`` were scored and
-        ``num_bad`` could not be decoded (not scored)."""
+    def hits(self) -> dict[str, np.ndarray]:
+        """Per clip, 1.0 or 0.0: ``top1``, ``top5`` and each perturbation's, under the keys of
+        ``metrics``."""
+        out = dict(zip(("top1", "top5"), _hits(self.probs, self.labels), strict=True))
+        for name, probs in self.perturbed.items():
+            label = LABELS[name]
+            out[f"{label}_top1"], out[f"{label}_top5"] = _hits(probs, self.labels)
+        return out
+
+    def flips(self) -> np.ndarray | None:
+        """Per clip of a paired class: 1.0 when reversing it moves the prediction to its
+        partner class (and the original prediction was not the partner); NaN for unpaired."""
+        if not self.pairs or "reverse" not in self.perturbed:
+            return None
+        partner = np.array([self.pairs.get(int(y), -1) for y in self.labels])
+        before = self.probs.argmax(axis=1)
+        after = self.perturbed["reverse"].argmax(axis=1)
+        flipped = ((after == partner) & (before != partner)).astype(np.float64)
+        return np.where(partner >= 0, flipped, np.nan)
+
+    def metrics(self) -> dict[str, dict[str, Any]]:
+        """Per subset (``all`` and the dataset's): accuracies and gaps in percent, each with its
+        95% interval (``<key>_ci``); ``num_clips`` were scored and ``num_bad`` could not be
+        decoded; the flip rate (0 to 1) when pairs are known and ``reverse`` ran."""
         bad_labels = np.array([video.label for video in self.bad], dtype=np.int64)
+        hits = self.hits()
+        per_clip = dict(hits)
+        for name in self.perturbed:
+            label = LABELS[name]
+            per_clip[gap_key(name)] = hits["top1"] - hits[f"{label}_top1"]
+            per_clip[gap_key(name, "top5")] = hits["top5"] - hits[f"{label}_top5"]
+        flips = self.flips()
         out = {}
-        for name, mask in self.subset_masks().items():
-            labels = self.labels[mask]
-            top1, top5 = _topk(self.probs[mask], labels)
-            s_top1, s_top5 = _topk(self.shuffled_probs[mask], labels)
-            out[name] = {
-                "top1": top1,
-                "top5": top5,
-                "shuffled_top1": s_top1,
-                "shuffled_top5": s_top5,
-                "gap": top1 - s_top1,
-                "gap_top5": top5 - s_top5,
-                "num_clips": int(mask.sum()),
-                "num_bad": int(
-                    len(bad_labels)
-                    if name == "all"
-                    else np.isin(bad_labels, self.subsets[name]).sum()
-                ),
+        for subset, mask in self.subset_masks().items():
+            keys = list(per_clip)
+            values = np.stack([per_clip[k][mask] for k in keys]) * 100.0  # [metrics, n]
+            means = values.mean(axis=1) if mask.any() else np.full(len(keys), np.nan)
+            intervals = bootstrap_interval(values, samples=self.bootstrap_samples, seed=self.seed)
+            row: dict[str, Any] = {}
+            for key, mean, interval in zip(keys, means, intervals, strict=True):
+                row[key] = float(mean)
+                row[f"{key}_ci"] = [float(interval[0]), float(interval[1])]
+            row["num_clips"] = int(mask.sum())
+            row["num_bad"] = int(
+                len(bad_labels)
+                if subset == "all"
+                else np.isin(bad_labels, self.subsets[subset]).sum()
+            )
+            if flips is not None:
+                paired = mask & ~np.isnan(flips)
+                row["flip_rate"] = float(flips[paired].mean()) if paired.any() else float("nan")
+                interval = bootstrap_interval(
+                    flips[paired], samples=self.bootstrap_samples, seed=self.seed
+                )
+                row["flip_rate_ci"] = [float(interval[0]), float(interval[1])]
+                row["num_paired"] = int(paired.sum())
+            out[subset] = row
+        return out
+
+    def class_reliance(self) -> list[dict[str, Any]]:
+        """Per class: clips, top-1 and mean confidence in the true class on the original clips,
+        and for each perturbation its top-1, gap, confidence and confidence gap; ranked by the
+        first perturbation's gap (most reliant on time first)."""
+        hits = self.hits()
+        rows = np.arange(len(self.labels))
+        confidence = self.probs[rows, self.labels]
+        out = []
+        for k, name in enumerate(self.classes):
+            mask = self.labels == k
+            if not mask.any():
+                continue
+            row = {
+                "class": k,
+                "name": name,
+                "clips": int(mask.sum()),
+                "top1": float(100 * hits["top1"][mask].mean()),
+                "confidence": float(confidence[mask].mean()),
             }
+            for perturbation, probs in self.perturbed.items():
+                label = LABELS[perturbation]
+                top1 = float(100 * hits[f"{label}_top1"][mask].mean())
+                perturbed_confidence = float(probs[rows, self.labels][mask].mean())
+                row[f"{label}_top1"] = top1
+                row[gap_key(perturbation)] = row["top1"] - top1
+                row[f"{label}_confidence"] = perturbed_confidence
+                row[f"{label}_confidence_gap"] = row["confidence"] - perturbed_confidence
+            out.append(row)
+        if self.perturbed:
+            first = gap_key(next(iter(self.perturbed)))
+            out.sort(key=lambda r: -r[first])
         return out
 
     def check_bad(self, limit: float, path: Path | None = None) -> None:
@@ -83,19 +190,21 @@ class EvalResult:
         """This result as one row of ``format_table``."""
         return format_table({name: self.metrics()})
 
-    def confidence_gap(self) -> np.ndarray:
-        """Per clip: confidence in the true class on the original minus on the shuffled clip (Fig. 1c)."""
+    def confidence_gap(self, perturbation: str = "shuffle") -> np.ndarray:
+        """Per clip: confidence in the true class on the original minus on the perturbed clip
+        (Fig. 1c with ``shuffle``)."""
         rows = np.arange(len(self.labels))
-        return self.probs[rows, self.labels] - self.shuffled_probs[rows, self.labels]
+        return self.probs[rows, self.labels] - self.perturbed[perturbation][rows, self.labels]
 
 
-def _topk(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+def _hits(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per clip, float 1/0: the true class ranked first, and among the first five."""
     if len(labels) == 0:
-        return float("nan"), float("nan")
+        return np.zeros(0), np.zeros(0)
     k = min(5, probs.shape[1])
     ranked = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    hits = ranked == labels[:, None]
-    return float(100.0 * hits[:, 0].mean()), float(100.0 * hits.any(axis=1).mean())
+    found = ranked == labels[:, None]
+    return found[:, 0].astype(np.float64), found.any(axis=1).astype(np.float64)
 
 
 def _aggregate(logits: torch.Tensor, mode: str) -> torch.Tensor:
@@ -119,21 +228,33 @@ def evaluate(
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
 ) -> EvalResult:
-    """Run ``model`` (video -> logits) on every clip, in order and frame-shuffled.
+    """Run ``model`` (video -> logits) on every clip, as it is and under each perturbation.
 
     loader: a DataLoader of our dict batches or of ``(video, label)`` pairs, or a dataset.
-    settings: how clips are shuffled (``shuffle``, ``seed``) and views aggregated
-        (``aggregation``); the ``eval`` section of the config.
+    subsets: name -> class indices (default: the dataset's ``subsets``). The dataset's ``pairs``
+        (class -> its time-reversed partner) give the reverse test's flip rate.
+    settings: the ``eval`` section of the config: the perturbations, how clips are shuffled
+        (``shuffle``, ``seed``), how views are aggregated, the bootstrap's resamples.
     device: where the model runs (default: where its parameters are).
     """
     settings = settings or EvalConfig()
+    unknown = [p for p in settings.perturbations if p not in PERTURBATION_NAMES]
+    if unknown:
+        raise ValueError(
+            f"eval.perturbations: unknown {', '.join(unknown)}; choose from "
+            f"{', '.join(PERTURBATION_NAMES)}"
+        )
     loader = as_loader(loader, settings.batch_size)
+    dataset = getattr(loader, "dataset", None)
+    subsets = getattr(dataset, "subsets", {}) if subsets is None else subsets
+    pairs = getattr(dataset, "pairs", {})
     if device is None:
         device = next(model.parameters(), torch.empty(0)).device
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(settings.seed)
-    labels, probs, shuffled_probs, bad, indices = [], [], [], [], []
+    labels, probs, bad, indices = [], [], [], []
+    perturbed: dict[str, list[torch.Tensor]] = {name: [] for name in settings.perturbations}
     seen = 0
     autocast = (
         torch.autocast(device.type, dtype=autocast_dtype)
@@ -154,39 +275,60 @@ def evaluate(
             video = video[:, None]  # one view
         B, V, _, T = video.shape[:4]
         views = rearrange(video, "b v c t h w -> (b v) c t h w")
-        perms = sample_frame_permutations(B, T, settings.shuffle, generator)
-        perms = repeat(perms, "b t -> (b v) t", v=V)
-        with autocast:
-            logits = model(views)
-            shuffled_logits = model(shuffle_frames(views, perms=perms)[0])
-        for out, view_logits in ((probs, logits), (shuffled_probs, shuffled_logits)):
-            per_clip = rearrange(view_logits, "(b v) k -> b v k", b=B)
-            out.append(_aggregate(per_clip, settings.aggregation).cpu())
+        options = dict(clips_in_batch=B, aggregation=settings.aggregation, autocast=autocast)
+        probs.append(_clip_probs(model, views, **options))
+        for name in settings.perturbations:
+            if name == "shuffle":  # one permutation per clip, shared by its views
+                perms = sample_frame_permutations(B, T, settings.shuffle, generator)
+                perms = repeat(perms, "b t -> (b v) t", v=V)
+                shuffled = shuffle_frames(views, perms=perms)[0]
+                perturbed[name].append(_clip_probs(model, shuffled, **options))
+            elif name == "freeze":
+                frozen = freeze_frames(views, settings.freeze_frame)
+                perturbed[name].append(_clip_probs(model, frozen, **options))
+            elif name == "freeze_each":
+                frozen = [_clip_probs(model, freeze_frames(views, t), **options) for t in range(T)]
+                perturbed[name].append(torch.stack(frozen).mean(dim=0))
+            else:
+                perturbed[name].append(_clip_probs(model, perturb_frames(views, name), **options))
         labels.append(torch.as_tensor(batch["label"]).cpu())
     model.train(was_training)
 
     K = len(classes)
-    result = [
-        torch.cat(labels).numpy() if labels else np.zeros(0, np.int64),
-        torch.cat(probs).numpy() if probs else np.zeros((0, K), np.float32),
-        torch.cat(shuffled_probs).numpy() if shuffled_probs else np.zeros((0, K), np.float32),
-        torch.cat(indices).numpy() if indices else np.zeros(0, np.int64),
-    ]
+    empty = np.zeros((0, K), np.float32)
+    arrays = {
+        "labels": torch.cat(labels).numpy() if labels else np.zeros(0, np.int64),
+        "indices": torch.cat(indices).numpy() if indices else np.zeros(0, np.int64),
+        "probs": torch.cat(probs).numpy() if probs else empty,
+        **{name: torch.cat(p).numpy() if p else empty for name, p in perturbed.items()},
+    }
     if dist.is_initialized():  # each rank saw its own shard: gather them all
         gathered = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, (result, bad))
-        result = [np.concatenate([g[0][i] for g in gathered]) for i in range(4)]
+        dist.all_gather_object(gathered, (arrays, bad))
+        arrays = {key: np.concatenate([g[0][key] for g in gathered]) for key in arrays}
         bad = [video for g in gathered for video in g[1]]
-    labels, probs, shuffled_probs, indices = result
     return EvalResult(
-        labels,
-        probs,
-        shuffled_probs,
+        arrays["labels"],
+        arrays["probs"],
+        {name: arrays[name] for name in settings.perturbations},
         classes=list(classes),
         subsets=dict(subsets or {}),
         bad=bad,
-        indices=indices,
+        indices=arrays["indices"],
+        pairs=dict(pairs or {}),
+        bootstrap_samples=settings.bootstrap_samples,
+        seed=settings.seed,
     )
+
+
+def _clip_probs(
+    model: nn.Module, views: torch.Tensor, *, clips_in_batch: int, aggregation: str, autocast
+) -> torch.Tensor:
+    """The model's probabilities per clip, its views' logits aggregated: [B, K] on the CPU."""
+    with autocast:
+        logits = model(views)
+    per_clip = rearrange(logits, "(b v) k -> b v k", b=clips_in_batch)
+    return _aggregate(per_clip, aggregation).cpu()
 
 
 def as_batch(batch: dict[str, Any] | tuple | list) -> dict[str, Any]:
@@ -218,18 +360,68 @@ def _collate_any(samples: list) -> dict[str, Any]:
     return collate_videos(samples)
 
 
-def format_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
-    """Markdown table in the style of the paper's Table 3: a row per model, Original / Shuffled /
-    Gap top-1 for each subset."""
-    subsets = list(next(iter(rows.values())))
-    header = "| model | " + " | ".join(
-        f"{s} original ↑ | {s} shuffled ↓ | {s} gap ↑" for s in subsets
-    )
-    lines = [header + " |", "|" + " --- |" * (1 + 3 * len(subsets))]
-    for name, metrics in rows.items():
-        cells = []
-        for s in subsets:
-            m = metrics[s]
-            cells += [f"{m['top1']:.1f}", f"{m['shuffled_top1']:.1f}", f"{m['gap']:.1f}"]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def format_table(rows: dict[str, dict[str, dict[str, Any]]], *, intervals: bool = False) -> str:
+    """Markdown tables in the style of the paper's Table 3: a row per model, original /
+    perturbed / gap top-1 for each subset; one table per perturbation (the shuffle test alone
+    gives the paper's single table). ``intervals`` adds each figure's 95% half-width
+    (``36.7 ± 4.1``)."""
+    first = next(iter(rows.values()))
+    subsets = list(first)
+    perturbations = [p for p in PERTURBATION_NAMES if gap_key(p) in first[subsets[0]]]
+
+    def cell(metrics: dict[str, Any], key: str) -> str:
+        value = metrics[key]
+        text = f"{value:.1f}"
+        interval = metrics.get(f"{key}_ci")
+        if intervals and interval is not None and np.isfinite(interval).all():
+            text += f" ± {(interval[1] - interval[0]) / 2:.1f}"
+        return text
+
+    tables = []
+    for perturbation in perturbations:
+        label = LABELS[perturbation]
+        word = {"shuffled": "shuffled", "reversed": "reversed"}.get(label, label)
+        header = "| model | " + " | ".join(
+            f"{s} original ↑ | {s} {word} ↓ | {s} gap ↑" for s in subsets
+        )
+        lines = [header + " |", "|" + " --- |" * (1 + 3 * len(subsets))]
+        for name, metrics in rows.items():
+            cells = []
+            for s in subsets:
+                m = metrics[s]
+                keys = ("top1", f"{label}_top1", gap_key(perturbation))
+                cells += [cell(m, key) for key in keys]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        table = "\n".join(lines)
+        if len(perturbations) > 1:
+            table = f"**{perturbation}** (top-1, %)\n\n{table}"
+        tables.append(table)
+    return "\n\n".join(tables)
+
+
+def compare_gaps(reference: EvalResult, other: EvalResult) -> dict[str, dict[str, dict]]:
+    """Per subset and perturbation: ``other``'s gap minus ``reference``'s, with a paired 95%
+    interval (both models' outcomes on the same clip resampled together) and whether it lies
+    outside the noise (the interval excludes 0). Both results must cover the same clips."""
+    if not np.array_equal(reference.labels, other.labels):
+        raise ValueError("compare_gaps needs two evaluations of the same clips, in the same order")
+    ref_hits, other_hits = reference.hits(), other.hits()
+    out: dict[str, dict[str, dict]] = {}
+    for subset, mask in reference.subset_masks().items():
+        out[subset] = {}
+        for perturbation in reference.perturbed:
+            if perturbation not in other.perturbed:
+                continue
+            label = f"{LABELS[perturbation]}_top1"
+            ref_gap = ref_hits["top1"] - ref_hits[label]
+            other_gap = other_hits["top1"] - other_hits[label]
+            difference = (other_gap - ref_gap)[mask] * 100.0
+            interval = bootstrap_interval(
+                difference, samples=reference.bootstrap_samples, seed=reference.seed
+            )
+            out[subset][perturbation] = {
+                "difference": float(difference.mean()) if mask.any() else float("nan"),
+                "ci": [float(interval[0]), float(interval[1])],
+                "outside_noise": bool(interval[0] > 0 or interval[1] < 0),
+            }
+    return out
