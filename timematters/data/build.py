@@ -1,7 +1,9 @@
 """From the experiment config to a dataset: transforms, sampling, decoder and flow labels.
 
 The one place that reads ``cfg.data`` to build datasets; the datasets themselves take plain
-arguments. Cross-field rules of the config are checked once, by ``config.validate``.
+arguments. Cross-field rules of the config are checked once, by ``config.validate``. The modules
+that need torchvision (transforms, images, the benchmark's clips) are imported when a dataset that
+uses them is built, so importing this module (as every command does) stays cheap.
 """
 
 from __future__ import annotations
@@ -12,12 +14,9 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from timematters.config import Config, DataConfig
-from timematters.data.imagenet9 import ImageEvalTransform, ImageFolderDataset, ImageTrainTransform
 from timematters.data.kinetics import KineticsDataset
 from timematters.data.ssv2 import SSv2Dataset
 from timematters.data.subsets import load_groups
-from timematters.data.synthetic import SyntheticVideoDataset
-from timematters.data.transforms import EvalTransform, TrainTransform
 from timematters.data.videolist import (
     VideoListDataset,
     read_class_list,
@@ -30,6 +29,8 @@ SPLITS = ("train", "val", "test")
 
 
 def build_transform(data: DataConfig, train: bool) -> Callable:
+    from timematters.data.transforms import EvalTransform, TrainTransform
+
     if train:
         return TrainTransform(
             crop_size=data.crop_size,
@@ -87,6 +88,8 @@ def _build(cfg: Config, split: str, flow_labels: bool, patch_size: int) -> Datas
         else None
     )
     if data.dataset == "synthetic":
+        from timematters.data.synthetic import SyntheticVideoDataset
+
         syn = data.synthetic
         return SyntheticVideoDataset(
             split,
@@ -126,16 +129,18 @@ def _build(cfg: Config, split: str, flow_labels: bool, patch_size: int) -> Datas
     raise ValueError(f"unknown dataset {data.dataset!r}")
 
 
-def build_variation_dataset(
-    data: DataConfig, variation: str, classes: list[str] | None = None
-) -> ImageFolderDataset:
+def build_variation_dataset(data: DataConfig, variation: str, classes: list[str] | None = None):
     """One ImageNet-9 test variation, ``<root>/<variation>/val``, with the evaluation transform."""
+    from timematters.data.imagenet9 import ImageEvalTransform, ImageFolderDataset
+
     transform = ImageEvalTransform(data.crop_size, data.eval_short_side, data.mean, data.std)
     return ImageFolderDataset(Path(data.root) / variation / "val", transform, classes)
 
 
-def _imagenet9_dataset(data: DataConfig, train: bool) -> ImageFolderDataset:
+def _imagenet9_dataset(data: DataConfig, train: bool) -> Dataset:
     """The training folder, or the ``test_variation`` folder for the val / test splits."""
+    from timematters.data.imagenet9 import ImageFolderDataset, ImageTrainTransform
+
     in9 = data.imagenet9
     if not train:
         return build_variation_dataset(data, in9.test_variation)
