@@ -202,3 +202,21 @@ def test_flat_objects_still_give_flow_labels_at_their_edges():
         )
         flat = clip_flow_labels(render_clip(c, 2, 13, object_contrast=0.0), 8, threshold="absolute")
         assert (flat > 0).sum() >= 0.6 * (textured > 0).sum() > 0, CLASSES[c]
+
+
+def test_cached_clips_and_flow_labels_equal_the_ones_made_each_epoch():
+    # The clips are a pure function of (seed, split, index): made once, they are what every
+    # epoch would make again; the labels too (the generator itself is untouched).
+    labeller = FlowLabeller(patch_size=8)
+    kept = SyntheticVideoDataset("train", 12, img_size=32, flow_labels=labeller, cache=True)
+    fresh = SyntheticVideoDataset("train", 12, img_size=32, flow_labels=labeller)
+    for epoch in range(2):
+        for i in range(len(kept)):
+            a, b = kept[i], fresh[i]
+            assert torch.equal(a["video"], b["video"]) and torch.equal(
+                a["flow_labels"], b["flow_labels"]
+            )
+            assert torch.equal(b["flow_labels"], clip_flow_labels(fresh.clip(i), 8)), (epoch, i)
+    assert len(kept.cache) == 12 and fresh.cache is None
+    kept[0]["flow_labels"].fill_(-1)  # a caller's change does not reach the kept labels
+    assert kept[0]["flow_labels"].min() >= 0

@@ -99,6 +99,9 @@ class SyntheticConfig:
     spurious_rate: float = 0.5  # share of training clips shown with their class's own background
     seed: int = 0
     object_contrast: float = 0.3  # depth of the objects' texture: 0 flat, 1 the full palette
+    # Keep each clip and its flow labels once made (98 KB per 8-frame 64² clip): the clips are
+    # the same every epoch, so rendering them and computing their labels once is enough.
+    cache: bool = True
 
 
 @dataclass

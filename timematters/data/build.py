@@ -102,6 +102,7 @@ def _build(cfg: Config, split: str, flow_labels: bool, patch_size: int) -> Datas
             flow_labels=labeller,
             mean=data.mean,
             std=data.std,
+            cache=syn.cache,
         )
     if data.dataset == "imagenet9":
         return _imagenet9_dataset(data, train)

@@ -1,0 +1,236 @@
+"""Our TimeSformer against Hugging Face ``transformers``' port, side by side: the same config and
+the same weights (loaded into ours through our converter; logits checked equal), a training step
+(forward, backward, AdamW) and inference, clips/s and peak memory, at several sizes.
+
+Speed: both models live in one process and run in interleaved rounds, so the ratio compares them
+under the same load. Memory: each model measures its own peak in a fresh process (CUDA:
+``max_memory_allocated``; CPU: the growth of the resident set over the steps).
+
+    python benchmarks/vs_transformers.py                 # three CPU sizes, fp32
+    python benchmarks/vs_transformers.py --device cuda   # ViT-B/16, 8 x 224², bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+# (name, image size, patch, width, depth, heads, batch); 8 frames, 174 classes throughout.
+CPU_SIZES = [
+    ("64², patch 8, D 96, depth 4", 64, 8, 96, 4, 3, 16),
+    ("64², patch 16, D 192, depth 6", 64, 16, 192, 6, 3, 16),
+    ("112², patch 16, D 192, depth 4", 112, 16, 192, 4, 3, 8),
+]
+GPU_SIZES = [("224², patch 16, ViT-B", 224, 16, 768, 12, 12, 8)]
+FRAMES, CLASSES = 8, 174
+
+
+def _models(size: tuple, device: torch.device):
+    """HF's TimesformerForVideoClassification and ours with the same weights, train mode."""
+    import transformers
+
+    from timematters.backbones.pretrained import load_pretrained
+    from timematters.backbones.timesformer import TimeSformer
+
+    transformers.logging.set_verbosity_error()
+    _, img, patch, width, depth, heads, _ = size
+    torch.manual_seed(0)
+    config = transformers.TimesformerConfig(
+        image_size=img,
+        patch_size=patch,
+        num_frames=FRAMES,
+        hidden_size=width,
+        num_hidden_layers=depth,
+        num_attention_heads=heads,
+        intermediate_size=4 * width,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        drop_path_rate=0,  # transformers 5 types it as an int
+        layer_norm_eps=1e-6,
+        num_labels=CLASSES,
+        attention_type="divided_space_time",
+    )
+    theirs = transformers.TimesformerForVideoClassification(config)
+    ours = TimeSformer(
+        num_classes=CLASSES,
+        num_frames=FRAMES,
+        img_size=img,
+        patch_size=patch,
+        embed_dim=width,
+        depth=depth,
+        num_heads=heads,
+        drop_path_rate=0.0,
+    )
+    load_pretrained(ours, theirs.state_dict())
+    return ours.to(device), theirs.to(device)
+
+
+def _steps(model, kind: str, video, labels, amp):
+    """A train step (or an inference pass) of one of the two models, as a closure."""
+    pixel_values = video.permute(0, 2, 1, 3, 4)  # HF takes [B, T, C, H, W]
+    is_ours = kind == "ours"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def logits():
+        with torch.autocast(video.device.type, dtype=amp, enabled=amp is not None):
+            return model(video) if is_ours else model(pixel_values=pixel_values).logits
+
+    def train():
+        F.cross_entropy(logits().float(), labels).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def infer():
+        logits()
+
+    return train, infer
+
+
+def _timed(fn, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    tic = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - tic
+
+
+def _speed(size: tuple, device_name: str, rounds: int, per_round: int, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    device = torch.device(device_name)
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    ours, theirs = _models(size, device)
+    batch = size[-1]
+    video = torch.randn(batch, 3, FRAMES, size[1], size[1], device=device)
+    labels = torch.randint(0, CLASSES, (batch,), device=device)
+    with torch.no_grad():
+        difference = (
+            (ours.eval()(video) - theirs.eval()(pixel_values=video.permute(0, 2, 1, 3, 4)).logits)
+            .abs()
+            .max()
+            .item()
+        )
+    ours.train(), theirs.train()
+    fns = {
+        "ours": _steps(ours, "ours", video, labels, amp),
+        "theirs": _steps(theirs, "theirs", video, labels, amp),
+    }
+    times = {(k, m): [] for k in fns for m in ("train", "infer")}
+    for train, infer in fns.values():  # warm-up
+        train(), infer()
+    for _ in range(rounds):
+        for k, (train, infer) in fns.items():
+            for _ in range(per_round):
+                times[(k, "train")].append(_timed(train, device))
+                times[(k, "infer")].append(_timed(infer, device))
+    medians = {f"{k}_{m}_s": statistics.median(v) for (k, m), v in times.items()}
+    return {"max_abs_logit_difference": difference, **medians}
+
+
+def _memory(size: tuple, device_name: str, kind: str, threads: int) -> float:
+    """Peak memory (MiB) of three training steps of one model, in this (fresh) process."""
+    torch.set_num_threads(threads)
+    device = torch.device(device_name)
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    model = _models(size, device)[0 if kind == "ours" else 1].train()  # the other one is freed
+    batch = size[-1]
+    video = torch.randn(batch, 3, FRAMES, size[1], size[1], device=device)
+    labels = torch.randint(0, CLASSES, (batch,), device=device)
+    train, _ = _steps(model, kind, video, labels, amp)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = _rss_kib() * 1024
+    for _ in range(3):
+        train()
+    if device.type == "cuda":
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before) / 2**20
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
+
+
+def _in_fresh_process(fn, *args):
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds")
+    parser.add_argument("--per-round", type=int, default=3, help="steps per model and round")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    on_gpu = args.device.startswith("cuda")
+    rows = []
+    for size in GPU_SIZES if on_gpu else CPU_SIZES:
+        speed = _in_fresh_process(
+            _speed, size, args.device, args.rounds, args.per_round, args.threads
+        )
+        memory = {
+            k: _in_fresh_process(_memory, size, args.device, k, args.threads)
+            for k in ("ours", "theirs")
+        }
+        batch = size[-1]
+        row = {
+            "config": size[0],
+            "batch": batch,
+            **speed,
+            "ours_train_clips_per_s": batch / speed["ours_train_s"],
+            "theirs_train_clips_per_s": batch / speed["theirs_train_s"],
+            "ours_infer_clips_per_s": batch / speed["ours_infer_s"],
+            "theirs_infer_clips_per_s": batch / speed["theirs_infer_s"],
+            "train_speedup": speed["theirs_train_s"] / speed["ours_train_s"],
+            "infer_speedup": speed["theirs_infer_s"] / speed["ours_infer_s"],
+            "ours_peak_mib": memory["ours"],
+            "theirs_peak_mib": memory["theirs"],
+        }
+        rows.append(row)
+        print(
+            f"{row['config']:32s} batch {batch:2d}: train {row['ours_train_clips_per_s']:6.1f} vs "
+            f"{row['theirs_train_clips_per_s']:6.1f} clips/s (x{row['train_speedup']:.2f}), "
+            f"inference x{row['infer_speedup']:.2f}, peak {row['ours_peak_mib']:.0f} vs "
+            f"{row['theirs_peak_mib']:.0f} MiB, |logit diff| {row['max_abs_logit_difference']:.1e}",
+            flush=True,
+        )
+    import transformers
+
+    out = Path(args.out or f"benchmarks/results/vs_transformers_{'cuda' if on_gpu else 'cpu'}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    device = torch.cuda.get_device_name() if on_gpu else platform.processor() or platform.machine()
+    out.write_text(
+        json.dumps(
+            {
+                "device": device,
+                "threads": args.threads,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "precision": "bf16" if on_gpu else "fp32",
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
