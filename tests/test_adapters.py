@@ -175,6 +175,22 @@ def test_adapted_hf_models_give_the_hf_models_logits(tmp_path, kind):
     assert adapted.token_frames == frames
 
 
+@pytest.mark.parametrize("kind", ["timesformer", "videomae"])
+def test_hf_models_checkpoint_their_layers_with_the_same_gradients(hf_models, kind):
+    adapted = load_foreign_model(f"hf:{hf_models[kind]}").train()
+    video = torch.randn(2, 3, T, IMG, IMG).clamp(-1, 1)
+    grads = []
+    for checkpointed in (False, True):
+        adapted.set_grad_checkpointing(checkpointed)
+        adapted(video).logsumexp(-1).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in adapted.named_parameters()})
+        adapted.zero_grad(set_to_none=True)
+    layers = [m for m in adapted.model.modules() if hasattr(m, "gradient_checkpointing")]
+    assert layers and all(m.gradient_checkpointing for m in layers)
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_torchvision_models_keep_their_normalisation_and_say_what_they_need():
     model = load_foreign_model("torchvision:r3d_18", num_classes=K, num_frames=T, img_size=IMG)
     model.eval()

@@ -27,6 +27,9 @@ class ModelConfig:
     drop_path_rate: float | None = None  # None: the variant's default
     pretrained: str = ""  # a local weights file (timm ViT, official, Hugging Face or ours)
     kwargs: dict[str, Any] = field(default_factory=dict)  # other backbone keyword arguments
+    # Activation checkpointing per block: block activations recomputed in the backward pass,
+    # trading a second forward of each block for memory (not in the release).
+    grad_checkpointing: bool = False
 
 
 @dataclass
@@ -157,6 +160,9 @@ class OptimConfig:
     warmup_epochs: float = 0.0
     min_lr: float = 0.0  # for schedule=cosine
     clip_grad: float = 0.0  # 0: no clipping (released)
+    # AdamW's fused kernel (one launch for all parameters): None uses it on CUDA, where it is
+    # fastest, and torch's default elsewhere; the same update up to rounding.
+    fused: bool | None = None
 
 
 @dataclass
@@ -169,6 +175,10 @@ class TrainConfig:
     seed: int = 0
     max_nonfinite_steps: int = 10
     max_steps: int = 0  # 0: no limit; >0 stops early (smoke runs, benchmarks)
+    # torch.compile of the training step's model (backbone + TIME losses); off until it pays on
+    # the run's device (benchmarks/train_step.py measures it). Evaluation runs uncompiled.
+    compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile's backend ("aot_eager": no code generation)
     log_every: int = 10
     eval_every_epochs: int = 1  # 0: evaluate only at the end
     save_every_steps: int = 0  # 0: checkpoint at the end of each epoch only

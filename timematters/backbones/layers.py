@@ -1,5 +1,5 @@
 """Layers shared by the backbones: patch embedding, attention, MLP, drop-path, the pre-norm block,
-per-block token taps and embedding resampling.
+per-block token taps, activation checkpointing and embedding resampling.
 
 Constructor arguments after the width are keyword-only: two dropout rates side by side are easy to
 swap by position and no shape check would notice.
@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class PatchEmbed(nn.Module):
@@ -162,6 +163,26 @@ def tap_patch_tokens(
     source, target = pattern.split("->")
     rebuilt = rearrange(grid, f"{target} -> {source}", **axes)
     return torch.cat([prefix, rebuilt], dim=dim), grid
+
+
+class BlockCheckpointing:
+    """Activation checkpointing per block (``model.grad_checkpointing``), mixed into a backbone.
+
+    A checkpointed block keeps only its input for the backward pass and recomputes its
+    activations there: peak memory falls to about one block's activations plus the block inputs,
+    for a second forward pass of each block. The recomputation replays the RNG state, so dropout
+    and drop-path draw the same masks and the gradients are those of the plain step.
+    """
+
+    grad_checkpointing: bool = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def run_block(self, block: nn.Module, *inputs: torch.Tensor):
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, *inputs, use_reentrant=False)
+        return block(*inputs)
 
 
 def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:

@@ -28,6 +28,7 @@ from timematters.backbones import register_backbone
 from timematters.backbones.layers import (
     Attention,
     Block,
+    BlockCheckpointing,
     PatchEmbed,
     drop_path_rates,
     init_weights,
@@ -123,7 +124,7 @@ class TrajectoryAttention(Attention):
         return self.proj_drop(self.proj(x))
 
 
-class Motionformer(nn.Module):
+class Motionformer(BlockCheckpointing, nn.Module):
     classifier_name = "head"
 
     def __init__(
@@ -208,7 +209,7 @@ class Motionformer(nn.Module):
 
         blocks = []
         for block in self.blocks:
-            tokens = block(tokens)
+            tokens = self.run_block(block, tokens)
             if return_blocks:
                 tokens, patches = tap_patch_tokens(tokens, "b (t s) d -> b t s d", t=T)
                 blocks.append(patches)

@@ -16,6 +16,7 @@ from torch import nn
 from timematters.backbones import register_backbone
 from timematters.backbones.layers import (
     Attention,
+    BlockCheckpointing,
     DropPath,
     Mlp,
     PatchEmbed,
@@ -74,7 +75,7 @@ class DividedSpaceTimeBlock(nn.Module):
         return tokens[:, :1], rearrange(tokens[:, 1:], "b (t s) d -> b t s d", t=T)
 
 
-class TimeSformer(nn.Module):
+class TimeSformer(BlockCheckpointing, nn.Module):
     classifier_name = "head"
 
     def __init__(
@@ -154,7 +155,7 @@ class TimeSformer(nn.Module):
         for i, block in enumerate(self.blocks):
             if self.readd_time_embed and i > 0:  # the embedding added it before block 0
                 x = x + self.time_embed[:, :, None]
-            cls, x = block(cls, x)
+            cls, x = self.run_block(block, cls, x)
             if return_blocks:
                 blocks.append(x)
         return VideoTokens(

@@ -18,6 +18,7 @@ from timematters.backbones import register_backbone
 from timematters.backbones.layers import (
     Attention,
     Block,
+    BlockCheckpointing,
     PatchEmbed,
     drop_path_rates,
     init_weights,
@@ -26,7 +27,7 @@ from timematters.backbones.layers import (
 from timematters.backbones.protocol import VideoTokens
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(BlockCheckpointing, nn.Module):
     classifier_name = "head"
     token_frames = 1
 
@@ -98,7 +99,7 @@ class VisionTransformer(nn.Module):
 
         blocks = []
         for block in self.blocks:
-            x = block(x)
+            x = self.run_block(block, x)
             if return_blocks:
                 x, patches = tap_patch_tokens(x, "b s d -> b 1 s d")
                 blocks.append(patches)

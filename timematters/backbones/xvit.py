@@ -29,6 +29,7 @@ from timematters.backbones import register_backbone
 from timematters.backbones.layers import (
     Attention,
     Block,
+    BlockCheckpointing,
     PatchEmbed,
     drop_path_rates,
     init_weights,
@@ -121,7 +122,7 @@ class TemporalConsensus(nn.Module):
         return self.mlp_head[1:](representation)
 
 
-class XViT(nn.Module):
+class XViT(BlockCheckpointing, nn.Module):
     # The last Linear of the consensus head, for weight loading.
     classifier_name = "consensus.mlp_head.4"
 
@@ -205,7 +206,7 @@ class XViT(nn.Module):
 
         blocks = []
         for block in self.blocks:
-            x = block(x)
+            x = self.run_block(block, x)
             if return_blocks:
                 x, patches = tap_patch_tokens(x, "b t s d -> b t s d", dim=2)
                 blocks.append(patches)

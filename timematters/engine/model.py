@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from timematters.backbones import create_backbone
 from timematters.backbones.adapters import is_foreign_spec, load_foreign_model
-from timematters.config import Config, ModelConfig, backbone_kwargs, merge, validate
+from timematters.config import Config, ConfigError, ModelConfig, backbone_kwargs, merge, validate
 from timematters.data.build import build_dataset
 from timematters.data.collate import collate_videos
 from timematters.data.samplers import Shard
@@ -50,10 +50,18 @@ def _build(model_cfg: ModelConfig, cfg: Config, num_classes: int | None) -> nn.M
         )
         if hasattr(model, "set_input_normalisation"):
             model.set_input_normalisation(cfg.data.mean, cfg.data.std)
-        return model
-    return create_backbone(
-        model_cfg.name, **backbone_kwargs(replace(cfg, model=model_cfg), num_classes)
-    )
+    else:
+        model = create_backbone(
+            model_cfg.name, **backbone_kwargs(replace(cfg, model=model_cfg), num_classes)
+        )
+    if model_cfg.grad_checkpointing:
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise ConfigError(
+                f"model.grad_checkpointing: {model_cfg.name} cannot checkpoint its blocks (our "
+                "backbones and Hugging Face models can); set model.grad_checkpointing=false"
+            )
+        model.set_grad_checkpointing(True)
+    return model
 
 
 def model_patch_size(cfg: Config) -> int:

@@ -27,12 +27,12 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(
-        parameter_groups(model, cfg.weight_decay),
-        lr=cfg.lr,
-        betas=cfg.betas,
-        amsgrad=cfg.amsgrad,
-    )
+    """AdamW over ``model``'s parameters, on the device they are on (``optim.fused``)."""
+    groups = parameter_groups(model, cfg.weight_decay)
+    fused = cfg.fused
+    if fused is None:
+        fused = all(p.is_cuda for group in groups for p in group["params"]) or None
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, amsgrad=cfg.amsgrad, fused=fused)
 
 
 def lr_at(epoch: float, cfg: OptimConfig, total_epochs: int) -> float:

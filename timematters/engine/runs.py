@@ -43,6 +43,9 @@ RESUME_FREE = {
     "data.decoder",
     "data.max_bad_fraction",
     "model.pretrained",  # the weights come from the checkpoint
+    "model.grad_checkpointing",  # the same gradients, recomputed
+    "train.compile",
+    "train.compile_backend",
     "train.device",
     "train.out",
     "train.max_steps",

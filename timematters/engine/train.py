@@ -21,7 +21,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from timematters.engine.evaluate import EvalResult, evaluate, format_table
 from timematters.engine.metrics import RunLog, copy_output, flatten_metrics, to_json
 from timematters.engine.model import build_model, model_patch_size
 from timematters.engine.optim import build_optimizer, lr_at, set_lr
+from timematters.engine.prefetch import FlowLabelPrefetcher
 from timematters.engine.runs import (
     Interrupted,
     RunShape,
@@ -220,6 +221,9 @@ def setup_run(
     if info.enabled:
         device_ids = [device.index] if device.type == "cuda" else None
         ddp_model = DistributedDataParallel(model, device_ids=device_ids)
+    if cfg.train.compile:
+        # The step's module only: checkpoints, evaluation and diagnostics use ``model`` as built.
+        ddp_model = torch.compile(ddp_model, backend=cfg.train.compile_backend)
     optimizer = build_optimizer(model, cfg.optim)
     amp_dtype = autocast_dtype(cfg.train.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -478,9 +482,12 @@ def train_one_epoch(run: Run, loader: DataLoader) -> None:
         leave=False,
     )
     run.ddp_model.train()
+    batches: Iterable[dict[str, Any]] = loader
+    if run.flow_on_device is not None:  # labelled one batch ahead (on CUDA, behind the step)
+        batches = FlowLabelPrefetcher(loader, run.flow_on_device, run.info.device)
     micro_batches: list[dict[str, Any]] = []
     tic = time.perf_counter()
-    for batch in loader:
+    for batch in batches:
         if progress.step >= epoch_end:
             break
         skip, stop = _account_for_batch(run, batch)
@@ -555,7 +562,7 @@ def train_step(run: Run, micro_batches: list[dict[str, Any]]) -> tuple[dict[str,
     skipped = False
     for i, batch in enumerate(micro_batches):
         batch = _to_device(batch, device)
-        if run.flow_on_device is not None:
+        if run.flow_on_device is not None and "flow_labels" not in batch:
             batch["flow_labels"] = run.flow_on_device.batch(batch["video"])
         last = i == len(micro_batches) - 1
         no_sync = info.enabled and not last

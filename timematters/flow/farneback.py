@@ -23,7 +23,6 @@ Also here: ``consecutive_flows`` (the flows of clips' consecutive frames, which 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -33,8 +32,6 @@ from einops import rearrange
 from timematters.config import FarnebackParams
 
 _RELEASED_PARAMS = FarnebackParams()
-_CPU_TASK_PAIRS = 4  # pairs per CPU task (one thread's share at a time)
-_CPU_CHUNK_PIXELS = 2 * 224 * 224  # pixels per step of the iterations on the CPU
 _MIN_LEVEL_SIZE = 32  # OpenCV stops the pyramid before a side would drop below 32 pixels
 # Weight of the equations in the 5 outermost rows/columns (OpenCV's values): the expansion there
 # sees replicated pixels, so it is trusted less.
@@ -69,66 +66,17 @@ def _flow_of_pairs(
 ) -> torch.Tensor:
     """Flow between frames[prev[i]] and frames[nxt[i]]: frames [F, H, W] -> [P, H, W, 2].
 
-    Off the CPU all pairs go at once. On the CPU the steps are memory-bound and short, so a task
-    takes a few pairs (their working set stays in cache) and the tasks are spread over torch's
-    intra-op thread count as Python threads running single-threaded ops: one synchronisation per
-    task rather than per op, which also degrades gracefully when other processes hold the cores.
-    With no more pairs than one task per thread, torch's own intra-op threads on one call do
-    better (8 pairs at 224² on 2 threads: about 5 ms per pair against about 7 as two tasks).
+    All pairs at once, on any device. (A CPU scheduling layer — pairs split into tasks over a
+    thread pool, iterations chunked to stay in cache — bought 1.05-1.15x over this on a quiet
+    machine and lost to OpenCV under load; OpenCV's Farnebäck is the CPU default, so it went.)
     """
-    if frames.device.type != "cpu" or len(prev) == 0:
-        return rearrange(_farneback(frames, prev, nxt, params), "n c h w -> n h w c")
-    threads = torch.get_num_threads()
-    if threads > 1 and len(prev) <= threads * _CPU_TASK_PAIRS:
-        flow = _farneback(frames, prev, nxt, params, _CPU_CHUNK_PIXELS)
-        return rearrange(flow, "n c h w -> n h w c")
-    starts = range(0, len(prev), _CPU_TASK_PAIRS)
-
-    def task_flow(start: int) -> torch.Tensor:
-        task = slice(start, start + _CPU_TASK_PAIRS)
-        # Only the frames this task uses (pairs of a clip share them), renumbered.
-        used, renumbered = torch.unique(torch.cat([prev[task], nxt[task]]), return_inverse=True)
-        task_prev, task_next = renumbered.split(len(prev[task]))
-        return _farneback(frames[used], task_prev, task_next, params, _CPU_CHUNK_PIXELS)
-
-    if threads == 1:
-        flows = [task_flow(start) for start in starts]
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            flows = list(pool.map(_single_threaded(task_flow, threads), starts))
-    return rearrange(torch.cat(flows), "n c h w -> n h w c")
-
-
-def _single_threaded(fn, restore: int):
-    """``fn`` run with one intra-op thread in the calling (worker) thread, ``restore`` set after.
-
-    torch's intra-op thread count is per thread, but a new thread starts from the count last set
-    anywhere, hence the restore to the caller's count.
-    """
-
-    def run(*args):
-        torch.set_num_threads(1)
-        try:
-            return fn(*args)
-        finally:
-            torch.set_num_threads(restore)
-
-    return run
+    return rearrange(_farneback(frames, prev, nxt, params), "n c h w -> n h w c")
 
 
 def _farneback(
-    frames: torch.Tensor,
-    prev: torch.Tensor,
-    nxt: torch.Tensor,
-    params: FarnebackParams,
-    chunk_pixels: int | None = None,
+    frames: torch.Tensor, prev: torch.Tensor, nxt: torch.Tensor, params: FarnebackParams
 ) -> torch.Tensor:
-    """Coarse to fine over OpenCV's pyramid: frames [F, H, W], pair indices -> [P, 2, H, W].
-
-    With ``chunk_pixels`` the iterations run on as many pairs at a time as have about that many
-    pixels at the level: few at full size (the working set stays in cache), many at the coarse
-    levels (fewer, larger operations).
-    """
+    """Coarse to fine over OpenCV's pyramid: frames [F, H, W], pair indices -> [P, 2, H, W]."""
     _, H, W = frames.shape
     filters, inverse_gram = _expansion_filters(params.poly_n, params.poly_sigma)
     # OpenCV divides the box sums by winsize² and adds 1e-3 to the determinant; the same solution
@@ -147,16 +95,11 @@ def _farneback(
         else:
             flow = F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=False)
             flow.div_(params.pyr_scale)
-        step = len(prev) if chunk_pixels is None else max(1, chunk_pixels // (h * w))
-        for i in range(0, len(prev), step):
-            equations = _Equations(
-                expansion[prev[i : i + step]], expansion[nxt[i : i + step]], (h, w), params
-            )
-            window = _Window(equations.terms_prev, params)
-            chunk_flow = flow[i : i + step]  # updated in place
-            for _ in range(params.iterations):
-                equations.at(chunk_flow, out=window.equations)
-                _solve_flow(window.blur(), regulariser, out=chunk_flow)
+        equations = _Equations(expansion[prev], expansion[nxt], (h, w), params)
+        window = _Window(equations.terms_prev, params)
+        for _ in range(params.iterations):
+            equations.at(flow, out=window.equations)
+            _solve_flow(window.blur(), regulariser, out=flow)  # updated in place
     return flow
 
 

@@ -107,7 +107,26 @@ def _pixel_values(video: torch.Tensor) -> torch.Tensor:
     return rearrange(video, "b c t h w -> b t c h w")
 
 
-class _HFTokens(Adapter):
+class _HFCheckpointing:
+    """``model.grad_checkpointing`` through transformers' own per-layer checkpointing."""
+
+    model: nn.Module
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        if not self.model.supports_gradient_checkpointing:
+            raise NotImplementedError(f"{type(self.model).__name__} has no gradient checkpointing")
+        # transformers 5 renamed gradient to activation checkpointing (the old names warn).
+        renamed = hasattr(self.model, "activation_checkpointing_enable")
+        prefix = "activation" if renamed else "gradient"
+        if enable:
+            # Non-reentrant: the recomputation replays the RNG state, as in our backbones.
+            kwargs = {f"{prefix}_checkpointing_kwargs": {"use_reentrant": False}}
+            getattr(self.model, f"{prefix}_checkpointing_enable")(**kwargs)
+        else:
+            getattr(self.model, f"{prefix}_checkpointing_disable")()
+
+
+class _HFTokens(_HFCheckpointing, Adapter):
     """Shared by the token models: sizes from the config, blocks = encoder layers."""
 
     family = "hf"
@@ -239,7 +258,7 @@ class HFVivit(_HFTokens):
         return self.model.classifier(cls)
 
 
-class HFClassifier(Adapter):
+class HFClassifier(_HFCheckpointing, Adapter):
     """Any other transformers video classifier: logits only."""
 
     family = "hf"
