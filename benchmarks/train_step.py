@@ -89,14 +89,16 @@ def _measure(job: dict) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    # Peak memory over all steps from here: freed CPU memory stays in the process, so the
+    # resident set's growth must be measured from before the first step. (With compile this
+    # includes the compiler's own memory.)
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = _rss_kib() * 1024
     for step in range(steps):
-        if step == job["warmup"]:  # peak memory over the timed steps, compilation left out
-            sync()
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-                before = torch.cuda.memory_allocated()
-            else:
-                before = _rss_kib() * 1024
         sync()
         tic = time.perf_counter()
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -134,6 +136,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=("losses", "options"), default=None)
+    parser.add_argument("--depth", type=int, default=None, help="blocks (default: the size's)")
+    parser.add_argument("--backbones", default="timesformer,motionformer,xvit")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     on_gpu = args.device.startswith("cuda")
@@ -144,26 +148,29 @@ def main() -> None:
         "steps": args.steps,
         "warmup": args.warmup,
         "threads": args.threads,
-        "kwargs": {"num_frames": 8},
+        "kwargs": {"num_frames": 8, **({"depth": args.depth} if args.depth else {})},
     }
+    backbones = args.backbones.split(",")
     # (row, the row it is compared with): each row's time and memory as ratios to its reference.
     jobs: list[tuple[dict, dict]] = []
     if args.only != "options":
-        for backbone in ("timesformer", "motionformer", "xvit"):
+        for backbone in backbones:
             ref = {"backbone": f"{backbone}_{size}", "losses": "baseline"}
             for losses in LOSS_SETS if backbone == "timesformer" else ("baseline", "+TIME"):
                 jobs.append(({**ref, "losses": losses}, ref))
-        naive = {"backbone": f"motionformer_{size}", "losses": "baseline", "naive": True}
-        jobs.append((naive, {"backbone": f"motionformer_{size}", "losses": "baseline"}))
+        if "motionformer" in backbones:
+            frame_by_frame = {"backbone": f"motionformer_{size}", "losses": "baseline"}
+            jobs.append(({**frame_by_frame, "naive": True}, frame_by_frame))
     if args.only != "losses":
-        for backbone in ("timesformer", "motionformer", "xvit"):
+        for backbone in backbones:
             plain = {"backbone": f"{backbone}_{size}", "losses": "+TIME"}
             jobs.append(({**plain, "grad_checkpointing": True}, plain))
-        for losses in ("baseline", "+TIME"):
-            plain = {"backbone": f"timesformer_{size}", "losses": losses}
-            jobs.append(({**plain, "compile": True}, plain))
-        plain = {"backbone": f"timesformer_{size}", "losses": "+TIME"}
-        jobs.append(({**plain, "device_flow_labels": True}, plain))
+        if "timesformer" in backbones:
+            for losses in ("baseline", "+TIME"):
+                plain = {"backbone": f"timesformer_{size}", "losses": losses}
+                jobs.append(({**plain, "compile": True}, plain))
+            plain = {"backbone": f"timesformer_{size}", "losses": "+TIME"}
+            jobs.append(({**plain, "device_flow_labels": True}, plain))
 
     measured: dict[str, dict] = {}
     rows = []

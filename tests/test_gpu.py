@@ -50,3 +50,22 @@ def test_bf16_autocast_agrees_with_fp32(name):
     # bf16 keeps 8 bits of mantissa: logits of a random tiny model agree to about 1e-2.
     torch.testing.assert_close(low, reference, atol=5e-2, rtol=5e-2)
     assert (low.argmax(-1) == reference.argmax(-1)).float().mean() >= 0.75
+
+
+def test_flow_labels_prefetched_on_a_side_stream_equal_the_in_step_ones():
+    from timematters.engine.prefetch import FlowLabelPrefetcher
+    from timematters.flow.labeller import FlowLabeller
+
+    labeller = FlowLabeller(patch_size=8)
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        {"video": (torch.rand(2, 3, 4, 32, 32, generator=generator) * 2 - 1).pin_memory()}
+        | {"label": torch.tensor([i, i])}
+        for i in range(3)
+    ]
+    device = torch.device("cuda")
+    prefetched = list(FlowLabelPrefetcher(batches, labeller, device))
+    for given, got in zip(batches, prefetched, strict=True):
+        assert got["video"].is_cuda and got["flow_labels"].is_cuda
+        expected = labeller.batch(given["video"].to(device))
+        assert torch.equal(got["flow_labels"], expected)

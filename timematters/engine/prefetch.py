@@ -67,7 +67,8 @@ class FlowLabelPrefetcher:
             return _END
         if self.stream is None:
             return self._labelled(batch), None
-        with torch.cuda.stream(self.stream):
+        # A new thread starts on CUDA device 0: set this run's device (and the side stream) here.
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             batch = self._labelled(batch)
             done = torch.cuda.Event()
             done.record(self.stream)
