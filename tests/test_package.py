@@ -2,6 +2,7 @@
 trackers, `--version`, a complete wheel and sdist."""
 
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -46,6 +47,23 @@ def test_version_and_python_dash_m(capsys):
         [sys.executable, "-m", "timematters", "--version"], capture_output=True, text=True
     )
     assert done.returncode == 0 and done.stdout.strip() == f"timematters {timematters.__version__}"
+
+
+def test_output_piped_into_a_closed_pipe_stops_quietly():
+    # `timematters configs list | head -1` once head has gone: every write fails with EPIPE.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "timematters", "configs", "list"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 141  # 128 + SIGPIPE, as a Unix tool killed by the signal
 
 
 def test_every_argument_has_help():

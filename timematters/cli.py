@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -180,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides.append(f"eval.perturbations=[{', '.join(names)}]")
     try:
         return _COMMANDS[args.command](args)
+    except BrokenPipeError:
+        # The reader closed the pipe (`timematters configs list | head`): stop quietly, as Unix
+        # tools do; stdout goes to /dev/null so the interpreter's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except Exception as error:
         if os.environ.get("TIMEMATTERS_TRACEBACK"):
             raise
@@ -191,9 +197,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("timematters: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader went away (`timematters configs list | head`)
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (the interpreter's exit flushes it)
-        return 0
 
 
 def _version() -> str:
