@@ -18,7 +18,7 @@ def toy_demo(monkeypatch):
         cfg.data.synthetic.num_train, cfg.data.synthetic.num_test = 16, 10
         cfg.model.name = "timesformer_tiny_patch8_64"
         cfg.model.num_frames = 4
-        cfg.model.kwargs = {"embed_dim": 24, "depth": 2, "num_heads": 2}
+        cfg.model.kwargs = {**cfg.model.kwargs, "embed_dim": 24, "depth": 2, "num_heads": 2}
         cfg.train.batch_size = 8
         cfg.train.progress = False
         return cfg
@@ -40,6 +40,14 @@ def test_demo_writes_the_table_report_plots_and_diagnostics(tmp_path, toy_demo, 
     assert set(metrics["mean"]["baseline"]) == {"all", "temporal", "static"}
     report = (tmp_path / "report.md").read_text()
     assert "| baseline |" in report and "diagnose/report.md" in report
+
+
+def test_demo_appendix_d_trains_its_three_variants(tmp_path, toy_demo):
+    assert main(["demo", "--quick", "--appendix-d", "--out", str(tmp_path), "--epochs", "1"]) == 0
+    rows = json.loads((tmp_path / "metrics.json").read_text())["mean"]
+    assert list(rows) == ["baseline", "re-added", "re-added+order"]
+    probe = json.loads((tmp_path / "diagnose" / "diagnose.json").read_text())["order_probe"]
+    assert set(probe["accuracy"]) == set(rows)
 
 
 def test_ablation_trains_the_eight_loss_combinations_of_table_3(tmp_path, toy_demo):

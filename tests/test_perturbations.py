@@ -290,27 +290,3 @@ def test_readded_time_embeddings_reach_every_block_input():
             expected = time_embed if readd else torch.zeros_like(time_embed)
             torch.testing.assert_close(added, expected)
     assert rearrange(time_embed, "1 t s d -> t s d").shape[0] == T
-
-
-def test_demo_appendix_d_trains_its_three_variants(tmp_path, monkeypatch):
-    from timematters import demo
-
-    real = demo.demo_config
-
-    def toy(*args, **kwargs):
-        cfg = real(*args, **kwargs)
-        cfg.data.crop_size = 32
-        cfg.data.synthetic.num_train, cfg.data.synthetic.num_test = 16, 10
-        cfg.model.name = "timesformer_tiny_patch8_64"
-        cfg.model.num_frames = 4
-        cfg.model.kwargs = {**cfg.model.kwargs, "embed_dim": 24, "depth": 2, "num_heads": 2}
-        cfg.train.batch_size = 8
-        cfg.train.progress = False
-        return cfg
-
-    monkeypatch.setattr(demo, "demo_config", toy)
-    assert main(["demo", "--quick", "--appendix-d", "--out", str(tmp_path), "--epochs", "1"]) == 0
-    rows = json.loads((tmp_path / "metrics.json").read_text())["mean"]
-    assert list(rows) == ["baseline", "re-added", "re-added+order"]
-    probe = json.loads((tmp_path / "diagnose" / "diagnose.json").read_text())["order_probe"]
-    assert set(probe["accuracy"]) == set(rows)
