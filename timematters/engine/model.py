@@ -55,12 +55,15 @@ def _build(model_cfg: ModelConfig, cfg: Config, num_classes: int | None) -> nn.M
             model_cfg.name, **backbone_kwargs(replace(cfg, model=model_cfg), num_classes)
         )
     if model_cfg.grad_checkpointing:
-        if not hasattr(model, "set_grad_checkpointing"):
+        try:
+            if not hasattr(model, "set_grad_checkpointing"):
+                raise NotImplementedError
+            model.set_grad_checkpointing(True)
+        except NotImplementedError:  # not ours nor transformers', or a transformers model without
             raise ConfigError(
                 f"model.grad_checkpointing: {model_cfg.name} cannot checkpoint its blocks (our "
                 "backbones and Hugging Face models can); set model.grad_checkpointing=false"
-            )
-        model.set_grad_checkpointing(True)
+            ) from None
     return model
 
 

@@ -119,7 +119,7 @@ class Run:
     subsets: dict[str, list[int]]
     local_batch: int  # clips per process and micro-batch
     steps_per_epoch: int
-    flow_on_device: FlowLabeller | None  # flow.backend=torch: labels made in the step
+    flow_on_device: FlowLabeller | None  # flow.backend=torch: labels made on the device
     log: RunLog
     bad_log: BadVideoLog
     shape: RunShape
@@ -561,9 +561,7 @@ def train_step(run: Run, micro_batches: list[dict[str, Any]]) -> tuple[dict[str,
     sums: dict[str, torch.Tensor] = {}
     skipped = False
     for i, batch in enumerate(micro_batches):
-        batch = _to_device(batch, device)
-        if run.flow_on_device is not None and "flow_labels" not in batch:
-            batch["flow_labels"] = run.flow_on_device.batch(batch["video"])
+        batch = _to_device(batch, device)  # (with flow.backend=torch, labelled by the prefetcher)
         last = i == len(micro_batches) - 1
         no_sync = info.enabled and not last
         sync = run.ddp_model.no_sync() if no_sync else contextlib.nullcontext()
