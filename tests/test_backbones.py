@@ -202,3 +202,23 @@ def test_loads_timm_vit_weights(name):
     torch.testing.assert_close(
         model.state_dict()["blocks.1.attn.qkv.weight"], vit.state_dict()["blocks.1.attn.qkv.weight"]
     )
+
+
+@pytest.mark.parametrize("keys", [8, 17, 65])
+def test_attention_matches_softmax_attention_on_either_path(keys, monkeypatch):
+    from timematters.backbones import layers
+
+    torch.manual_seed(0)
+    exact = [torch.randn(6, 3, keys, 32, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    q, k, v = exact
+    reference = ((q @ k.transpose(-2, -1)) / 32**0.5).softmax(dim=-1) @ v
+    grad_out = torch.randn_like(reference)
+    expected = torch.autograd.grad(reference, exact, grad_out)
+    inputs = [t.detach().float().requires_grad_() for t in exact]
+    for max_keys in (0, 1000):  # the fused kernel, then the two matmuls
+        monkeypatch.setattr(layers, "CPU_MATMUL_MAX_KEYS", max_keys)
+        out = layers.attention(*inputs)
+        grads = torch.autograd.grad(out, inputs, grad_out.float())
+        torch.testing.assert_close(out.double(), reference, rtol=0, atol=1e-6)
+        for grad, want in zip(grads, expected, strict=True):
+            torch.testing.assert_close(grad.double(), want, rtol=0, atol=1e-5)

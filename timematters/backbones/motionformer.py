@@ -30,6 +30,7 @@ from timematters.backbones.layers import (
     Block,
     BlockCheckpointing,
     PatchEmbed,
+    attention,
     drop_path_rates,
     init_weights,
     tap_patch_tokens,
@@ -49,7 +50,7 @@ def frame_trajectories(
     keys = rearrange(k, "b h (t s) e -> t b h s e", t=num_frames)
     values = rearrange(v, "b h (t s) e -> t b h s e", t=num_frames)
     per_frame = [
-        F.scaled_dot_product_attention(q, key, value, dropout_p=dropout_p)
+        attention(q, key, value, dropout_p=dropout_p)
         for key, value in zip(keys, values, strict=True)
     ]
     return torch.stack(per_frame, dim=3)
@@ -100,7 +101,7 @@ class TrajectoryAttention(Attention):
         drop = self.attn_drop if self.training else 0.0
 
         # The CLS query attends to every key, its own included.
-        cls = F.scaled_dot_product_attention(q[:, :, :1], k, v, dropout_p=drop)  # [B, H, 1, E]
+        cls = attention(q[:, :, :1], k, v, dropout_p=drop)  # [B, H, 1, E]
 
         # Spatial step: one trajectory vector per (patch query, frame), CLS key excluded.
         traj = self.trajectories(q[:, :, 1:], k[:, :, 1:], v[:, :, 1:], T, drop)
@@ -115,7 +116,7 @@ class TrajectoryAttention(Attention):
             values = v2
         else:  # the released typo, kept so that the released weights compute what they learnt
             values = rearrange(traj, "b n f (h e) -> b h n f e", h=H)
-        patches = F.scaled_dot_product_attention(q2, k2, values)  # [B, H, T*S, 1, E]
+        patches = attention(q2, k2, values)  # [B, H, T*S, 1, E]
 
         x = torch.cat(
             [rearrange(cls, "b h 1 e -> b 1 (h e)"), rearrange(patches, "b h n 1 e -> b n (h e)")],

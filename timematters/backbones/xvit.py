@@ -31,6 +31,7 @@ from timematters.backbones.layers import (
     Block,
     BlockCheckpointing,
     PatchEmbed,
+    attention,
     drop_path_rates,
     init_weights,
     tap_patch_tokens,
@@ -78,7 +79,7 @@ class SpaceTimeMixingAttention(Attention):
         # Leading axes (batch, frames) become one attention batch: [M, H, N, E].
         q, k, v = (rearrange(t, "... n (h e) -> (...) h n e", h=self.num_heads) for t in (q, k, v))
         drop = self.attn_drop if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        out = attention(q, k, v, dropout_p=drop)
         out = rearrange(out, "m h n e -> m n (h e)").reshape(x.shape)
         return self.proj_drop(self.proj(out))
 

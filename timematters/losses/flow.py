@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from timematters.backbones.layers import attention
 from timematters.flow.labels import NUM_FLOW_CLASSES
 from timematters.losses.inputs import LossInputs
 
@@ -34,7 +35,7 @@ class FlowLoss(nn.Module):
         key = self.mlp_k(patches[:, :-1])  # ...which of frame j's tokens it came from
         value = self.mlp_v(patches[:, :-1])
         # Softmax over frame j's S tokens, scale D^-0.5, no residual.
-        x = F.scaled_dot_product_attention(query, key, value)
+        x = attention(query, key, value)
         return self.flow_head(self.mlp_norm(self.mlp_proj(x)))
 
     def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
