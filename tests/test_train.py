@@ -63,6 +63,16 @@ def test_train_runs_end_to_end_and_writes_the_run_folder(tmp_path):
     assert again.metrics() == metrics
 
 
+def test_a_flip_rate_undefined_for_a_subset_is_logged_as_null(tmp_path):
+    # The static classes have no time-reversed partner: their flip rate and its interval are NaN,
+    # which strict JSON cannot hold, so the log writes null (it used to stop the run at its end).
+    train(tiny_config(tmp_path / "run", "eval.perturbations=[shuffle, reverse]"))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    final = [r for r in records if r["kind"] == "eval"][-1]
+    assert final["static/flip_rate"] is None and final["static/flip_rate_ci"] == [None, None]
+    assert 0 <= final["temporal/flip_rate"] <= 1
+
+
 def test_killed_run_resumes_with_the_same_loss_sequence(tmp_path):
     # 16 clips / batch 4 = 4 steps per epoch; checkpoints every 3 steps and at each epoch end.
     extra = ["train.save_every_steps=3", "loss.debias.shuffle=per_sample"]

@@ -66,9 +66,8 @@ class RunLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        clean = {k: _finite_or_none(v) for k, v in record.items()}
         with self.path.open("a") as f:
-            f.write(json.dumps(clean, allow_nan=False) + "\n")
+            f.write(json.dumps(_finite_or_none(record), allow_nan=False) + "\n")
         self.lines += 1
         numbers = {
             f"{record['kind']}/{key}": value
@@ -149,20 +148,17 @@ def copy_output(path: Path, *, enabled: bool = True):
 
 
 def _finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN and infinity in it, at any depth, replaced by None."""
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(v) for v in value]
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def to_json(data: Any) -> str:
     """Indented strict JSON; NaN and infinities (an empty subset's accuracy, say) become null."""
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [clean(v) for v in value]
-        return _finite_or_none(value)
-
-    return json.dumps(clean(data), indent=2, allow_nan=False)
+    return json.dumps(_finite_or_none(data), indent=2, allow_nan=False)
 
 
 def flatten_metrics(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
