@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import commit, device_name
 from einops import rearrange
 
 # (heads, head width, tokens per call): the tiny models at batch 16 of 8 x 8² patches, ViT-B at
@@ -88,10 +88,15 @@ def main() -> None:
     on_gpu = device.type == "cuda"
     out = Path(args.out or f"benchmarks/results/attention_{'cuda' if on_gpu else 'cpu'}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    name = torch.cuda.get_device_name() if on_gpu else platform.processor() or platform.machine()
     out.write_text(
         json.dumps(
-            {"device": name, "threads": args.threads, "torch": torch.__version__, "rows": rows},
+            {
+                "device": device_name(on_gpu),
+                "commit": commit(),
+                "threads": args.threads,
+                "torch": torch.__version__,
+                "rows": rows,
+            },
             indent=2,
         )
     )

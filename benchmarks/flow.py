@@ -28,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from _common import commit
 
 from timematters.flow import (
     FarnebackParams,
@@ -227,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "opencv": cv2.__version__,
+        "commit": commit(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "gpu": torch.cuda.get_device_name() if use_cuda else None,

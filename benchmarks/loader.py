@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 import torch
 import torchvision
+from _common import commit
 
 from timematters.data.transforms import TrainTransform
 from timematters.data.videolist import VideoListDataset
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         "torchvision": torchvision.__version__,
         "av": av.__version__,
         "opencv": cv2.__version__,
+        "commit": commit(),
         "cpu": platform.processor() or platform.machine(),
         "threads": 1,
     }

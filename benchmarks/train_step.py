@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import platform
 import resource
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
+from _common import commit, device_name
 
 LOSS_SETS = {
     "baseline": (0, 0, 0),
@@ -203,10 +202,12 @@ def main() -> None:
 
     out = Path(args.out or f"benchmarks/results/train_step_{'cuda' if on_gpu else 'cpu'}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    device_name = (
-        torch.cuda.get_device_name() if on_gpu else platform.processor() or platform.machine()
-    )
-    result = {"device": device_name, "torch": torch.__version__, "commit": _commit(), "rows": rows}
+    result = {
+        "device": device_name(on_gpu),
+        "torch": torch.__version__,
+        "commit": commit(),
+        "rows": rows,
+    }
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
 
@@ -223,15 +224,6 @@ def _name(row: dict) -> str:
         if row.get(key)
     ]
     return f"{row['backbone']} {row['losses']}" + (f" [{', '.join(options)}]" if options else "")
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _line(row: dict) -> str:

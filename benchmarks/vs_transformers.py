@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import platform
 import resource
 import statistics
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import commit, device_name
+from torch.utils.flop_counter import FlopCounterMode
 
 # (name, image size, patch, width, depth, heads, batch); 8 frames, 174 classes throughout.
 CPU_SIZES = [
@@ -135,7 +136,30 @@ def _speed(size: tuple, device_name: str, rounds: int, per_round: int, threads: 
                 times[(k, "train")].append(_timed(train, device))
                 times[(k, "infer")].append(_timed(infer, device))
     medians = {f"{k}_{m}_s": statistics.median(v) for (k, m), v in times.items()}
-    return {"max_abs_logit_difference": difference, **medians}
+    with FlopCounterMode(display=False) as counter:
+        fns["ours"][0]()
+    # The products of the linear layers and the patch embedding, which both models compute alike
+    # (the counter does not see inside the fused attention kernels).
+    flops = sum(
+        count
+        for op, count in counter.get_flop_counts()["Global"].items()
+        if str(op).rsplit(".", 1)[-1] in ("mm", "addmm", "convolution", "convolution_backward")
+    )
+    return {
+        "max_abs_logit_difference": difference,
+        **medians,
+        "linear_gflop_per_step": flops / 1e9,
+        "matmul_peak_gflop_per_s": _matmul_peak(device, amp),
+    }
+
+
+def _matmul_peak(device: torch.device, dtype) -> float:
+    """This device's throughput on one large square product: the ceiling for the linear layers."""
+    a, b = (torch.randn(2048, 2048, device=device, dtype=dtype or torch.float32) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    seconds = statistics.median(_timed(lambda: a @ b, device) for _ in range(10))
+    return 2 * 2048**3 / seconds / 1e9
 
 
 def _memory(size: tuple, device_name: str, kind: str, threads: int) -> float:
@@ -199,6 +223,8 @@ def main() -> None:
             "ours_infer_clips_per_s": batch / speed["ours_infer_s"],
             "theirs_infer_clips_per_s": batch / speed["theirs_infer_s"],
             "train_speedup": speed["theirs_train_s"] / speed["ours_train_s"],
+            # The step's time if its linear layers ran at the peak and nothing else took time.
+            "linear_at_peak_s": speed["linear_gflop_per_step"] / speed["matmul_peak_gflop_per_s"],
             "infer_speedup": speed["theirs_infer_s"] / speed["ours_infer_s"],
             "ours_peak_mib": memory["ours"],
             "theirs_peak_mib": memory["theirs"],
@@ -208,18 +234,20 @@ def main() -> None:
             f"{row['config']:32s} batch {batch:2d}: train {row['ours_train_clips_per_s']:6.1f} vs "
             f"{row['theirs_train_clips_per_s']:6.1f} clips/s (x{row['train_speedup']:.2f}), "
             f"inference x{row['infer_speedup']:.2f}, peak {row['ours_peak_mib']:.0f} vs "
-            f"{row['theirs_peak_mib']:.0f} MiB, |logit diff| {row['max_abs_logit_difference']:.1e}",
+            f"{row['theirs_peak_mib']:.0f} MiB, |logit diff| {row['max_abs_logit_difference']:.1e}; "
+            f"linear layers at the matmul peak: {1000 * row['linear_at_peak_s']:.0f} ms of ours "
+            f"{1000 * row['ours_train_s']:.0f}, theirs {1000 * row['theirs_train_s']:.0f} ms",
             flush=True,
         )
     import transformers
 
     out = Path(args.out or f"benchmarks/results/vs_transformers_{'cuda' if on_gpu else 'cpu'}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    device = torch.cuda.get_device_name() if on_gpu else platform.processor() or platform.machine()
     out.write_text(
         json.dumps(
             {
-                "device": device,
+                "device": device_name(on_gpu),
+                "commit": commit(),
                 "threads": args.threads,
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,
