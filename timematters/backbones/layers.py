@@ -61,8 +61,9 @@ class PatchEmbed(nn.Module):
 
 # On the CPU, SDPA's fused kernel pays a fixed cost per (batch, head) block, which dominates when
 # the keys are few: TimeSformer's temporal attention over 8 frames, Motionformer's trajectory
-# step over T. There two batched matmuls and a softmax are 1.2-2x faster forward + backward
-# (benchmarks/attention.py); from about 32 keys on, the fused kernel wins. CUDA always fuses.
+# step over T. At 8 keys two batched matmuls and a softmax are 1.5-2.5x faster forward + backward
+# for the tiny models' widths and 1.07x for ViT-B's (benchmarks/attention.py); with more keys the
+# fused kernel wins at ViT-B's width from 12 on, so the matmul path stops at 16. CUDA always fuses.
 CPU_MATMUL_MAX_KEYS = 16
 
 
