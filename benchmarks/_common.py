@@ -1,9 +1,12 @@
-"""What every benchmark's JSON records about where it ran: the commit and the device."""
+"""What every benchmark's JSON records about where it ran (the commit, the device, torch) and how
+it is written."""
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
+from pathlib import Path
 
 import torch
 
@@ -21,3 +24,11 @@ def commit() -> str:
 
 def device_name(on_gpu: bool) -> str:
     return torch.cuda.get_device_name() if on_gpu else platform.processor() or platform.machine()
+
+
+def write_results(out: Path, *, on_gpu: bool, **fields) -> None:
+    """``fields`` as indented JSON at ``out``, after the device, the commit and torch's version."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    where = {"device": device_name(on_gpu), "commit": commit(), "torch": torch.__version__}
+    out.write_text(json.dumps({**where, **fields}, indent=2))
+    print(f"wrote {out}")

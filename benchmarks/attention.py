@@ -11,14 +11,13 @@ threshold comes from. The two paths run in interleaved rounds, so their ratio sh
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import commit, device_name
+from _common import write_results
 from einops import rearrange
 
 # (heads, head width, tokens per call): the tiny models at batch 16 of 8 x 8² patches, ViT-B at
@@ -87,20 +86,7 @@ def main() -> None:
             )
     on_gpu = device.type == "cuda"
     out = Path(args.out or f"benchmarks/results/attention_{'cuda' if on_gpu else 'cpu'}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "device": device_name(on_gpu),
-                "commit": commit(),
-                "threads": args.threads,
-                "torch": torch.__version__,
-                "rows": rows,
-            },
-            indent=2,
-        )
-    )
-    print(f"wrote {out}")
+    write_results(out, on_gpu=on_gpu, threads=args.threads, rows=rows)
 
 
 if __name__ == "__main__":

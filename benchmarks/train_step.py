@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import commit, device_name
+from _common import write_results
 
 LOSS_SETS = {
     "baseline": (0, 0, 0),
@@ -201,15 +201,7 @@ def main() -> None:
             )
 
     out = Path(args.out or f"benchmarks/results/train_step_{'cuda' if on_gpu else 'cpu'}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result = {
-        "device": device_name(on_gpu),
-        "torch": torch.__version__,
-        "commit": commit(),
-        "rows": rows,
-    }
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_results(out, on_gpu=on_gpu, rows=rows)
 
 
 def _name(row: dict) -> str:

@@ -13,7 +13,6 @@ under the same load. Memory: each model measures its own peak in a fresh process
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import resource
 import statistics
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import commit, device_name
+from _common import write_results
 from torch.utils.flop_counter import FlopCounterMode
 
 # (name, image size, patch, width, depth, heads, batch); 8 frames, 174 classes throughout.
@@ -242,22 +241,14 @@ def main() -> None:
     import transformers
 
     out = Path(args.out or f"benchmarks/results/vs_transformers_{'cuda' if on_gpu else 'cpu'}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "device": device_name(on_gpu),
-                "commit": commit(),
-                "threads": args.threads,
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "precision": "bf16" if on_gpu else "fp32",
-                "rows": rows,
-            },
-            indent=2,
-        )
+    write_results(
+        out,
+        on_gpu=on_gpu,
+        threads=args.threads,
+        transformers=transformers.__version__,
+        precision="bf16" if on_gpu else "fp32",
+        rows=rows,
     )
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
