@@ -65,7 +65,8 @@ def test_train_runs_end_to_end_and_writes_the_run_folder(tmp_path):
 
 def test_a_flip_rate_undefined_for_a_subset_is_logged_as_null(tmp_path):
     # The static classes have no time-reversed partner: their flip rate and its interval are NaN,
-    # which strict JSON cannot hold, so the log writes null (it used to stop the run at its end).
+    # which strict JSON cannot hold, so the log writes null (it used to stop the run at its first
+    # evaluation).
     train(tiny_config(tmp_path / "run", "eval.perturbations=[shuffle, reverse]"))
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     final = [r for r in records if r["kind"] == "eval"][-1]
