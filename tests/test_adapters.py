@@ -16,7 +16,10 @@ transformers.logging.set_verbosity_error()
 
 import timematters  # noqa: E402
 from timematters.backbones import VideoBackbone, create_backbone  # noqa: E402
-from timematters.backbones.adapters import load_foreign_model  # noqa: E402
+from timematters.backbones.adapters import (  # noqa: E402
+    load_foreign_model,
+    rebuild_foreign_model,
+)
 from timematters.backbones.pretrained import load_pretrained  # noqa: E402
 from timematters.cli import main  # noqa: E402
 from timematters.config import LossConfig, load_config  # noqa: E402
@@ -206,6 +209,39 @@ def test_torchvision_models_keep_their_normalisation_and_say_what_they_need():
         load_foreign_model("torchvision:resnet50")
 
 
+def test_foreign_models_rebuild_from_the_architecture_they_record(hf_models, r3d_weights):
+    video = torch.randn(2, 3, T, IMG, IMG).clamp(-1, 1)
+    specs = [f"hf:{hf_models[kind]}" for kind in ("timesformer", "videomae", "vivit")]
+    for spec in [*specs, f"torchvision:r3d_18:{r3d_weights}"]:
+        model = load_foreign_model(spec, num_frames=T, img_size=IMG).eval()
+        architecture = model.architecture()
+        json.dumps(architecture)  # plain data, as a weights-only checkpoint must hold
+        rebuilt = rebuild_foreign_model(architecture, source=spec, num_frames=T, img_size=IMG)
+        rebuilt.load_state_dict(model.state_dict())
+        assert type(rebuilt) is type(model) and rebuilt.source == spec
+        assert (rebuilt.mean, rebuilt.std) == (model.mean, model.std)
+        with torch.no_grad():
+            torch.testing.assert_close(rebuilt.eval()(video), model(video), rtol=0, atol=0)
+
+
+def test_user_modules_are_found_in_the_working_folder(tmp_path, monkeypatch):
+    (tmp_path / "models_beside_the_data.py").write_text(USER_MODULE)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".")])
+    monkeypatch.chdir(tmp_path)
+    model = load_foreign_model("models_beside_the_data:frame_pool", num_classes=K)
+    assert type(model.model).__name__ == "FramePool"
+    with pytest.raises(ValueError, match="cannot import no_such_models .*PYTHONPATH"):
+        load_foreign_model("no_such_models:build")
+
+
+def test_eval_of_a_spec_writes_to_a_folder_named_after_it(tmp_path, monkeypatch, r3d_weights):
+    monkeypatch.chdir(tmp_path)  # runs/eval/<name> is relative to the working folder
+    assert (
+        main(["eval", "synthetic/time", *DATA, "--model", f"torchvision:r3d_18:{r3d_weights}"]) == 0
+    )
+    assert (tmp_path / "runs" / "eval" / "r3d_18_r3d_18" / "eval.json").is_file()  # no ':' in it
+
+
 def test_python_api_loads_evaluates_and_diagnoses_models(tmp_path, hf_models, user_module):
     cfg = load_config("synthetic/time", DATA)
     models = {
@@ -279,9 +315,16 @@ def test_time_trains_hf_models_end_to_end_and_resumes(tmp_path, kind):
         step_callback=lambda step, record: resumed.append(record),
     )
     assert [r["loss"] for r in resumed] == [r["loss"] for r in records[4:]]
-    # The evaluation of the trained run reloads it from its checkpoint and spec.
-    reloaded = timematters.load_model(tmp_path / "full" / "checkpoints" / "last.pth")
+    # The trained run reloads from its checkpoint alone: the transformers config it recorded
+    # rebuilds the model, so the original folder is not needed (nor the hub for a hub id).
+    checkpoint = tmp_path / "full" / "checkpoints" / "last.pth"
+    folder.rename(tmp_path / "moved")
+    reloaded = timematters.load_model(checkpoint)
     assert reloaded.class_names == list(SyntheticVideoDataset("test", 1).classes)
+    assert reloaded.family == "hf" and reloaded.source == str(checkpoint)
+    torch.testing.assert_close(reloaded.state_dict(), state["model"], rtol=0, atol=0)
+    code = main(["eval", "synthetic/time", *DATA, "--model", str(checkpoint)])
+    assert code == 0
 
 
 def test_flow_on_a_tubelet_model_is_refused_with_the_reason(tmp_path, capsys):

@@ -243,6 +243,18 @@ def test_a_checkpoint_on_other_classes_is_refused(tmp_path, capsys):
         _one_clear_line(err, *words, "data.class_list")
 
 
+def test_a_checkpoint_on_other_clips_is_refused_with_the_override(tmp_path, capsys):
+    train(tiny_config(tmp_path / "run", "train.epochs=1"))
+    checkpoint = str(tmp_path / "run" / "checkpoints" / "last.pth")
+    for override, words in (
+        ("data.crop_size=48", ["32x32", "48x48", "data.crop_size=32"]),
+        ("model.num_frames=8", ["4-frame", "8-frame", "model.num_frames=4"]),
+    ):
+        code, err = _cli(capsys, "eval", "synthetic/time", *TINY, override, "--model", checkpoint)
+        assert code == 2
+        _one_clear_line(err, checkpoint, *words)
+
+
 def test_eval_without_out_keeps_the_runs_own_eval(tmp_path, capsys):
     train(tiny_config(tmp_path / "run", "train.epochs=1"))
     own = (tmp_path / "run" / "eval.json").read_text()

@@ -195,6 +195,23 @@ def test_predict_takes_folders_and_lists(trained, videos, capsys, tmp_path):
     assert capsys.readouterr().out.count("original:") == 2
 
 
+def test_predict_skips_and_reports_videos_it_cannot_decode(trained, videos, capsys, tmp_path):
+    run, _ = trained
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    checkpoint = str(run / "checkpoints" / "last.pth")
+    argv = ["predict", str(videos[".mp4"]), str(broken), str(videos[".webm"]), "--json"]
+    assert main([*argv, "--checkpoint", checkpoint]) == 1
+    captured = capsys.readouterr()
+    assert [r["source"] for r in json.loads(captured.out)] == [
+        str(videos[".mp4"]),
+        str(videos[".webm"]),
+    ]
+    assert "Traceback" not in captured.err
+    assert f"skipped {broken}: cannot read" in captured.err
+    assert "1 of 3 videos could not be decoded" in captured.err
+
+
 def test_wandb_gets_the_same_records_as_metrics_jsonl(tmp_path, monkeypatch):
     logged = []
 

@@ -293,10 +293,11 @@ def _eval(args) -> int:
     spec = args.checkpoint or args.model
     if args.out:
         out = Path(args.out)
-    elif args.checkpoint:
+    elif args.checkpoint or Path(spec).is_file():
         out = Path(spec).with_name(f"{Path(spec).stem}_eval")
-    else:
-        out = Path("runs/eval") / Path(spec.split(":", 1)[-1]).name
+    else:  # hf:owner/name -> name; torchvision:r3d_18:w.pth -> r3d_18_w; pkg.mod:f -> f
+        name, _, weights = spec.split(":", 1)[-1].partition(":")
+        out = Path("runs/eval") / "_".join(filter(None, (Path(name).name, Path(weights).stem)))
     result = evaluate_checkpoint(cfg, spec)
     metrics = result.metrics()
     table = result.table(Path(spec).name if args.checkpoint else spec)
@@ -337,7 +338,12 @@ def _diagnose(args) -> int:
 def _predict(args) -> int:
     import json
 
-    from timematters.diagnostics.predict import explain_prediction, list_videos, predict
+    from timematters.diagnostics.predict import (
+        VideoDecodeError,
+        explain_prediction,
+        list_videos,
+        predict,
+    )
     from timematters.engine.distributed import resolve_device
     from timematters.engine.model import load_model
 
@@ -349,16 +355,22 @@ def _predict(args) -> int:
 
         classes = read_class_list(args.classes)
     perturbations = [p.strip() for p in args.perturb.split(",") if p.strip()]
-    results = []
-    for video in list_videos(args.inputs):
-        result = predict(
-            model,
-            video,
-            classes=classes,
-            top_k=args.top_k,
-            perturbations=perturbations,
-            seed=args.seed,
-        )
+    results, undecodable = [], []
+    videos = list_videos(args.inputs)
+    for video in videos:
+        try:
+            result = predict(
+                model,
+                video,
+                classes=classes,
+                top_k=args.top_k,
+                perturbations=perturbations,
+                seed=args.seed,
+            )
+        except VideoDecodeError as error:  # skipped and reported; the others are still predicted
+            print(f"timematters: skipped {error}", file=sys.stderr)
+            undecodable.append(video)
+            continue
         results.append(result)
         if not args.json:
             print(result.describe())
@@ -372,6 +384,13 @@ def _predict(args) -> int:
                     print(f"  explained: {', '.join(map(str, written))}")
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
+    if undecodable:
+        print(
+            f"timematters: {len(undecodable)} of {len(videos)} videos could not be decoded "
+            "(listed above) and were not predicted",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -161,7 +161,10 @@ def _video_list_file(data: DataConfig, split: str) -> str:
     path = data.annotations if split == "train" else data.val_annotations
     if not path:
         key = "data.annotations" if split == "train" else "data.val_annotations"
-        raise ValueError(f"the videolist dataset needs {key} (a list file) for the {split} split")
+        what = "training" if split == "train" else f"evaluation ({split} split)"
+        raise ValueError(
+            f"the videolist dataset needs {key} (a list file) for its {what} clips: set {key}=LIST"
+        )
     return path
 
 

@@ -19,7 +19,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from timematters.backbones import create_backbone
-from timematters.backbones.adapters import is_foreign_spec, load_foreign_model
+from timematters.backbones.adapters import (
+    is_foreign_spec,
+    load_foreign_model,
+    rebuild_foreign_model,
+)
 from timematters.config import Config, ConfigError, ModelConfig, backbone_kwargs, merge, validate
 from timematters.data.build import build_dataset
 from timematters.data.collate import collate_videos
@@ -130,7 +134,9 @@ def load_model_from_checkpoint(cfg: Config, path: str | Path) -> tuple[nn.Module
     when the checkpoint does not name them).
 
     The architecture comes from the checkpoint's own saved config when it has one (so checkpoints
-    of different backbones can be compared on one dataset); clip length and frame size from ``cfg``.
+    of different backbones can be compared on one dataset), and for a foreign model from the
+    architecture it recorded (no original folder, weights file or download needed); clip length
+    and frame size from ``cfg``, which must be the ones it was trained on.
     """
     state = load_checkpoint(path)
     if "model" not in state:
@@ -138,14 +144,19 @@ def load_model_from_checkpoint(cfg: Config, path: str | Path) -> tuple[nn.Module
     model_cfg = cfg.model
     if "config" in state:
         model_cfg = merge(ModelConfig(), state["config"]["model"], source=str(path))
-        if model_cfg.num_frames != cfg.model.num_frames:
-            raise ValueError(
-                f"{path} was trained on {model_cfg.num_frames}-frame clips but the config makes "
-                f"{cfg.model.num_frames}-frame clips (model.num_frames)"
-            )
+        _check_trained_clips(path, state["config"], model_cfg, cfg)
     classes = list(state.get("classes") or [])
     num_classes = model_cfg.num_classes or len(classes)
-    model = _build(model_cfg, cfg, num_classes)
+    if state.get("architecture") and is_foreign_spec(model_cfg.name):
+        model = rebuild_foreign_model(
+            state["architecture"],
+            source=model_cfg.name,
+            num_frames=model_cfg.num_frames,
+            img_size=cfg.data.crop_size,
+        )
+        model.set_input_normalisation(cfg.data.mean, cfg.data.std)
+    else:
+        model = _build(model_cfg, cfg, num_classes)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:  # names every mismatched key already; keep it to a paragraph
@@ -157,6 +168,22 @@ def load_model_from_checkpoint(cfg: Config, path: str | Path) -> tuple[nn.Module
         model.mean = tuple(trained.get("mean", (0.5, 0.5, 0.5)))
         model.std = tuple(trained.get("std", (0.5, 0.5, 0.5)))
     return model.eval(), classes
+
+
+def _check_trained_clips(path, trained: dict, model_cfg: ModelConfig, cfg: Config) -> None:
+    """Refuse clips of another length, or (our backbones: their embeddings are sized by it)
+    another frame size, than the checkpoint's, naming the override that fits it."""
+    if model_cfg.num_frames != cfg.model.num_frames:
+        raise ValueError(
+            f"{path} was trained on {model_cfg.num_frames}-frame clips but the config makes "
+            f"{cfg.model.num_frames}-frame clips (set model.num_frames={model_cfg.num_frames})"
+        )
+    size = trained.get("data", {}).get("crop_size")
+    if not is_foreign_spec(model_cfg.name) and size and size != cfg.data.crop_size:
+        raise ValueError(
+            f"{path} was trained on {size}x{size} frames but the config makes "
+            f"{cfg.data.crop_size}x{cfg.data.crop_size} frames (set data.crop_size={size})"
+        )
 
 
 def check_classes(model: nn.Module, dataset: list[str], where: str | Path) -> None:

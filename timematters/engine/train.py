@@ -630,10 +630,14 @@ def evaluate_run(run: Run) -> EvalResult:
 def save_run_checkpoint(run: Run, name: str) -> None:
     """``<run>/checkpoints/<name>``: everything a resume needs (rank 0 writes, all ranks wait)."""
     progress = run.progress
+    # A foreign model's architecture (its transformers config, a torchvision name): what an
+    # evaluation elsewhere needs to rebuild it without its original folder or weights file.
+    architecture = getattr(run.model.backbone, "architecture", None)
     if run.info.is_main:
         save_checkpoint(
             {
                 "model": run.model.backbone.state_dict(),
+                "architecture": architecture() if callable(architecture) else None,
                 "objective": run.model.objective.state_dict(),
                 "optimizer": run.optimizer.state_dict(),
                 "scaler": run.scaler.state_dict(),

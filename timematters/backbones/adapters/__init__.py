@@ -5,12 +5,14 @@
 - ``pkg.module:factory``: a callable returning the user's own module (``module.py``).
 
 A timematters checkpoint path is the fourth kind of spec; the engine loads those
-(``engine.model.load_model``).
+(``engine.model.load_model``). A checkpoint of a trained foreign model records its
+``architecture()``, so ``rebuild_foreign_model`` makes it again without its source's weights.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -63,4 +65,31 @@ def load_foreign_model(
     )
 
 
-__all__ = ["Adapter", "is_foreign_spec", "load_foreign_model"]
+def rebuild_foreign_model(
+    architecture: dict[str, Any],
+    *,
+    source: str,
+    num_frames: int | None = None,
+    img_size: int | None = None,
+) -> nn.Module:
+    """The untrained model an adapter's ``architecture()`` describes, named ``source`` (its spec);
+    the caller loads the trained weights into it."""
+    if architecture["kind"] == "hf":
+        from timematters.backbones.adapters.hf import rebuild_hf_model
+
+        return rebuild_hf_model(architecture, source)
+    if architecture["kind"] == "torchvision":
+        from timematters.backbones.adapters.torchvision import load_torchvision_model
+
+        model = load_torchvision_model(
+            architecture["name"],
+            num_classes=architecture["num_classes"],
+            num_frames=num_frames or 16,
+            img_size=img_size or 112,
+        )
+        model.source = source
+        return model
+    raise ValueError(f"{source}: unknown architecture kind {architecture['kind']!r}")
+
+
+__all__ = ["Adapter", "is_foreign_spec", "load_foreign_model", "rebuild_foreign_model"]

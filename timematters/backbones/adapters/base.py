@@ -163,6 +163,12 @@ class Adapter(nn.Module):
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(video).cls)
 
+    def architecture(self) -> dict[str, Any] | None:
+        """What rebuilds the model, untrained, without its source (a folder, a weights file):
+        plain data that timematters checkpoints record (``rebuild_foreign_model``). None: only
+        the source can (a user's module is imported again)."""
+        return None
+
     def convert_state_dict(self, state_dict: dict, source: str) -> tuple[dict, set[str]]:
         """Our checkpoints of an adapted model store it under its own names."""
         return state_dict, set()

@@ -66,12 +66,24 @@ def load_hf_model(name: str, num_classes: int | None = None) -> Adapter:
             f"hf:{name}: cannot load it ({str(error).splitlines()[0]}); give a folder written by "
             "save_pretrained, or a hub id while online"
         ) from None
-    mean, std, origin = _normalisation(folder)
-    kind = model.config.model_type
+    mean, std, _ = _normalisation(folder)
+    return _adapt(model, mean=mean, std=std, source=f"hf:{name}")
+
+
+def rebuild_hf_model(architecture: dict[str, Any], source: str) -> Adapter:
+    """The model a timematters checkpoint recorded (``architecture()``: its transformers config and
+    normalisation), with untrained weights for the checkpoint's to replace: a fine-tuned model
+    reloads without its original folder and without downloading weights it would throw away."""
+    transformers = require_transformers()
+    config = transformers.AutoConfig.for_model(**json.loads(architecture["config"]))
+    model = transformers.AutoModelForVideoClassification.from_config(config)
+    return _adapt(model, mean=architecture["mean"], std=architecture["std"], source=source)
+
+
+def _adapt(model: nn.Module, *, mean, std, source: str) -> Adapter:
     adapter_class = {"timesformer": HFTimesformer, "videomae": HFVideoMAE, "vivit": HFVivit}
-    adapter = adapter_class.get(kind, HFClassifier)(model, mean=mean, std=std, source=f"hf:{name}")
-    adapter.normalisation_origin = origin
-    return adapter
+    adapter = adapter_class.get(model.config.model_type, HFClassifier)
+    return adapter(model, mean=tuple(mean), std=tuple(std), source=source)
 
 
 def _normalisation(folder: Path) -> tuple[tuple[float, ...], tuple[float, ...], str]:
@@ -107,10 +119,23 @@ def _pixel_values(video: torch.Tensor) -> torch.Tensor:
     return rearrange(video, "b c t h w -> b t c h w")
 
 
-class _HFCheckpointing:
-    """``model.grad_checkpointing`` through transformers' own per-layer checkpointing."""
+class _HFShared:
+    """What every HF adapter has: ``model.grad_checkpointing`` through transformers' own per-layer
+    checkpointing, and the architecture a checkpoint records."""
 
     model: nn.Module
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def architecture(self) -> dict[str, Any]:
+        """What ``rebuild_hf_model`` needs: the transformers config (JSON, as weights-only
+        checkpoints hold only plain data) and the normalisation read from the folder."""
+        return {
+            "kind": "hf",
+            "config": self.model.config.to_json_string(),
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         if not self.model.supports_gradient_checkpointing:
@@ -126,7 +151,7 @@ class _HFCheckpointing:
             getattr(self.model, f"{prefix}_checkpointing_disable")()
 
 
-class _HFTokens(_HFCheckpointing, Adapter):
+class _HFTokens(_HFShared, Adapter):
     """Shared by the token models: sizes from the config, blocks = encoder layers."""
 
     family = "hf"
@@ -258,7 +283,7 @@ class HFVivit(_HFTokens):
         return self.model.classifier(cls)
 
 
-class HFClassifier(_HFCheckpointing, Adapter):
+class HFClassifier(_HFShared, Adapter):
     """Any other transformers video classifier: logits only."""
 
     family = "hf"

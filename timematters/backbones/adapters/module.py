@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from typing import Any
 
 import torch
@@ -25,10 +27,17 @@ def load_module_model(spec: str, **sizes: Any) -> nn.Module:
     """Import ``pkg.module:factory`` and call it with the ``sizes`` (num_classes, num_frames,
     img_size) its signature names."""
     module_name, _, attribute = spec.partition(":")
+    # The working folder is searched too, as `python -m` and `python script.py` do: the
+    # `timematters` script alone would not find a my_models.py next to the user's data.
+    if os.getcwd() not in map(os.path.abspath, sys.path):
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise ValueError(f"{spec}: cannot import {module_name} ({error})") from None
+        raise ValueError(
+            f"{spec}: cannot import {module_name} ({error}); run from the folder that holds it "
+            "or add that folder to PYTHONPATH"
+        ) from None
     factory = getattr(module, attribute, None)
     if not callable(factory):
         raise ValueError(f"{spec}: {module_name} has no callable {attribute!r}")

@@ -175,6 +175,11 @@ class _TorchvisionAdapter(Adapter):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "trained_with": self.meta["weights"]}
 
+    def architecture(self) -> dict[str, Any]:
+        """The network and its classes: a checkpoint rebuilds it without the weights file."""
+        name = self.source.split(":")[1]  # torchvision:NAME[:WEIGHTS_FILE]
+        return {"kind": "torchvision", "name": name, "num_classes": self.num_classes}
+
 
 class VideoResNetAdapter(_TorchvisionAdapter):
     """r3d_18, mc3_18, r2plus1d_18: stem, layer1-4, pooled, ``fc``."""
