@@ -158,6 +158,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.count("run folder:") == 1  # rank 0 prints the closing screen
         return load_checkpoint(out / "checkpoints" / "last.pth")
 
     one = run(1, tmp_path / "one")

@@ -260,6 +260,7 @@ def _resume_flag_before_overrides(argv: list[str] | None) -> list[str]:
 
 
 def _train(args) -> int:
+    from timematters.engine.distributed import is_main_process
     from timematters.engine.evaluate import format_table
     from timematters.engine.train import train
 
@@ -268,7 +269,8 @@ def _train(args) -> int:
     if resume == "auto":
         resume = Path(cfg.train.out) / "checkpoints" / "last.pth"
         if not resume.is_file():  # nothing to continue: a new run (over a partial one's logs)
-            print(f"[train] no checkpoint in {cfg.train.out}: starting a new run", flush=True)
+            if is_main_process():
+                print(f"[train] no checkpoint in {cfg.train.out}: starting a new run", flush=True)
             resume, overwrite = None, True
     elif resume == "last":
         resume = Path(cfg.train.out) / "checkpoints" / "last.pth"
@@ -280,12 +282,14 @@ def _train(args) -> int:
     if resume and args.init_from:
         raise ConfigError("--resume continues a run, --init-from starts a new one: give one")
     result = train(cfg, resume=resume, init_from=args.init_from, overwrite=overwrite)
-    print(format_table({cfg.model.name: result["metrics"]}))
-    print(result["summary"])
+    if is_main_process():  # under torchrun every rank has the result; one prints it
+        print(format_table({cfg.model.name: result["metrics"]}))
+        print(result["summary"])
     return 0
 
 
 def _eval(args) -> int:
+    from timematters.engine.distributed import is_main_process
     from timematters.engine.metrics import to_json
     from timematters.engine.model import evaluate_checkpoint
 
@@ -299,6 +303,8 @@ def _eval(args) -> int:
         name, _, weights = spec.split(":", 1)[-1].partition(":")
         out = Path("runs/eval") / "_".join(filter(None, (Path(name).name, Path(weights).stem)))
     result = evaluate_checkpoint(cfg, spec)
+    if not is_main_process():  # under torchrun every rank has the gathered result; one writes it
+        return 0
     metrics = result.metrics()
     table = result.table(Path(spec).name if args.checkpoint else spec)
     out.mkdir(parents=True, exist_ok=True)

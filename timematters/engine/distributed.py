@@ -30,6 +30,12 @@ class DistInfo:
         return self.world_size > 1
 
 
+def is_main_process() -> bool:
+    """Whether this process is torchrun's rank 0 (or the only one): the one that prints and writes
+    a command's results, also once the process group is gone."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

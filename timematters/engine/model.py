@@ -268,7 +268,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path) -> EvalResult | Bac
             settings=cfg.eval,
             device=info.device,
             autocast_dtype=autocast_dtype(cfg.train.precision, info.device),
-            progress=cfg.train.progress,
+            progress=cfg.train.progress and info.is_main,
         )
     finally:
         cleanup_distributed()
