@@ -247,6 +247,10 @@ def test_python_api_loads_evaluates_and_diagnoses_models(tmp_path, hf_models, us
     models = {
         "hf": timematters.load_model(f"hf:{hf_models['timesformer']}", cfg),
         "user": timematters.load_model(user_module, cfg),
+        # A plain module, not loaded from a spec: the logits-only diagnostics apply to it too.
+        "plain": torch.nn.Sequential(
+            torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten(), torch.nn.Linear(3, K)
+        ),
     }
     clips = SyntheticVideoDataset("test", 12, img_size=IMG, num_frames=T)
     # (video, label) pairs, as a user's own loader gives them.
@@ -262,7 +266,8 @@ def test_python_api_loads_evaluates_and_diagnoses_models(tmp_path, hf_models, us
         probe_clips=(4, 4),
         gradcam_clips=1,
     )
-    assert set(report["shuffle_test"]) == {"hf", "user"}
+    assert set(report["shuffle_test"]) == {"hf", "user", "plain"}
+    assert "gives logits only" in report["order_probe"]["unsupported"]["plain"]
     assert set(report["shuffle_test"]["hf"]) == {"all", "temporal", "static"}  # the dataset's
     assert report["models"]["hf"]["token_frames"] == T
     assert (tmp_path / "report" / "report.md").is_file()

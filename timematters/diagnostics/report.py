@@ -23,6 +23,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from timematters.backbones.adapters.module import as_video_backbone
 from timematters.config import Config, EvalConfig, validate
 from timematters.data.build import build_dataset
 from timematters.diagnostics.confidence import confidence_gaps
@@ -93,6 +94,8 @@ def diagnose(
     settings = settings or EvalConfig()
     if not models:
         raise ValueError("diagnose needs at least one model")
+    # A plain module (clips -> logits) gets the logits-only adapter: the report names its limits.
+    models = {name: as_video_backbone(model, source=name) for name, model in models.items()}
     if device is None:
         device = next(next(iter(models.values())).parameters()).device
     source = getattr(data, "dataset", data)  # a DataLoader's dataset names the classes
@@ -477,10 +480,11 @@ def _model_line(name: str, info: dict) -> str:
     """One model in the report: where it came from and what it takes."""
     mean = ", ".join(f"{m:g}" for m in info["mean"])
     std = ", ".join(f"{v:g}" for v in info["std"])
+    frames = f"{info['num_frames'] or 'any number of'} frames"
+    size = f" of {info['frame_size']}²" if info["frame_size"] else ""  # 0: any size
     return (
-        f"- **{name}**: `{info['source']}` ({info['family']}; {info['num_frames']} frames of "
-        f"{info['frame_size']}², {info['token_frames']} token frames; normalised with mean "
-        f"({mean}), std ({std}))"
+        f"- **{name}**: `{info['source']}` ({info['family']}; {frames}{size}, "
+        f"{info['token_frames']} token frames; normalised with mean ({mean}), std ({std}))"
     )
 
 
@@ -527,7 +531,8 @@ def _report(data: dict) -> str:
     lines = [
         "# Does the model use time?",
         "",
-        f"`timematters diagnose` on the {dataset['name']} {dataset['split']} split "
+        f"`timematters diagnose` on the {dataset['name']}"
+        f"{' ' + dataset['split'] + ' split' if dataset['split'] else ''} "
         f"({dataset['num_clips']} clips{_bad_note(dataset['num_bad'])}; "
         f"{data['seconds']:.0f} s). Models:",
         "",

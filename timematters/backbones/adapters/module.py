@@ -47,9 +47,15 @@ def load_module_model(spec: str, **sizes: Any) -> nn.Module:
     model = factory(**kwargs)
     if not isinstance(model, nn.Module):
         raise ValueError(f"{spec} returned a {type(model).__name__}, not a torch.nn.Module")
+    return as_video_backbone(model, source=spec, num_frames=sizes.get("num_frames") or 0)
+
+
+def as_video_backbone(model: nn.Module, *, source: str, num_frames: int = 0) -> nn.Module:
+    """``model`` itself when it honours ``VideoBackbone`` (ours, an adapter, a user's), else the
+    logits-only ``ModuleAdapter`` around it."""
     if isinstance(model, VideoBackbone):
         return model
-    return ModuleAdapter(model, source=spec, num_frames=sizes.get("num_frames") or 0)
+    return ModuleAdapter(model, source=source, num_frames=num_frames)
 
 
 class ModuleAdapter(Adapter):
