@@ -178,6 +178,28 @@ def test_adapted_hf_models_give_the_hf_models_logits(tmp_path, kind):
     assert adapted.token_frames == frames
 
 
+def test_a_hub_id_gets_the_normalisation_of_its_repository(tmp_path, monkeypatch):
+    # A hub id is resolved through the hub cache (offline here): a repository laid out as the
+    # hub client stores it, with its preprocessor config next to the weights.
+    import huggingface_hub.constants
+
+    repo = tmp_path / "cache" / "models--someone--tiny-videomae"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.parent.mkdir(parents=True)
+    _save_hf(tmp_path, "videomae").rename(snapshot)
+    imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    (snapshot / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": imagenet[0], "image_std": imagenet[1]})
+    )
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    model = load_foreign_model("hf:someone/tiny-videomae")
+    assert (model.mean, model.std) == (tuple(imagenet[0]), tuple(imagenet[1]))
+
+
 @pytest.mark.parametrize("kind", ["timesformer", "videomae"])
 def test_hf_models_checkpoint_their_layers_with_the_same_gradients(hf_models, kind):
     adapted = load_foreign_model(f"hf:{hf_models[kind]}").train()

@@ -15,7 +15,8 @@ id (when online) and returns an adapter:
   debias); the report states why the token-based diagnostics do not apply.
 
 Frames go in as ``pixel_values [B, T, C, H, W]`` normalised with the model's own mean and std,
-read from the folder's preprocessor config when there is one (the processor's defaults otherwise).
+read from the preprocessor config of its folder or hub repository when there is one (the
+processor's defaults otherwise).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def load_hf_model(name: str, num_classes: int | None = None) -> Adapter:
             f"hf:{name}: cannot load it ({str(error).splitlines()[0]}); give a folder written by "
             "save_pretrained, or a hub id while online"
         ) from None
-    mean, std, _ = _normalisation(folder)
+    mean, std = _normalisation(name)
     return _adapt(model, mean=mean, std=std, source=f"hf:{name}")
 
 
@@ -86,24 +87,27 @@ def _adapt(model: nn.Module, *, mean, std, source: str) -> Adapter:
     return adapter(model, mean=tuple(mean), std=tuple(std), source=source)
 
 
-def _normalisation(folder: Path) -> tuple[tuple[float, ...], tuple[float, ...], str]:
-    """(mean, std, where they came from) on [0, 1] pixels, from the folder's preprocessor config.
+def _normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) on [0, 1] pixels, from the preprocessor config in the model's folder or hub
+    repository (transformers' ``cached_file`` resolves both, and the hub cache offline).
 
     A processor that first maps pixels to [-1, 1] (``offset``, ViViT's) and then normalises is
     folded into one mean and std on [0, 1] pixels.
     """
+    from transformers.utils import cached_file
+
     for file in ("video_preprocessor_config.json", "preprocessor_config.json"):
-        path = folder / file
-        if path.is_file():
-            config = json.loads(path.read_text())
+        found = cached_file(name, file, _raise_exceptions_for_missing_entries=False)
+        if found:
+            config = json.loads(Path(found).read_text())
             mean = config.get("image_mean", _PROCESSOR_DEFAULT[0])
             std = config.get("image_std", _PROCESSOR_DEFAULT[1])
             mean = [mean] * 3 if isinstance(mean, int | float) else list(mean)
             std = [std] * 3 if isinstance(std, int | float) else list(std)
             if config.get("offset"):  # (2u - 1 - m) / s == (u - (1 + m) / 2) / (s / 2)
                 mean, std = [(1 + m) / 2 for m in mean], [s / 2 for s in std]
-            return tuple(mean), tuple(std), path.name
-    return *_PROCESSOR_DEFAULT, "the processor's defaults (no preprocessor config in the folder)"
+            return tuple(mean), tuple(std)
+    return _PROCESSOR_DEFAULT  # the model has no preprocessor config: the processor's defaults
 
 
 def _class_names(model: nn.Module) -> list[str] | None:
