@@ -23,8 +23,10 @@ from timematters.backbones.adapters import (  # noqa: E402
 from timematters.backbones.pretrained import load_pretrained  # noqa: E402
 from timematters.cli import main  # noqa: E402
 from timematters.config import LossConfig, load_config  # noqa: E402
+from timematters.data.build import build_dataset  # noqa: E402
 from timematters.data.synthetic import SyntheticVideoDataset  # noqa: E402
 from timematters.engine.checkpoint import load_checkpoint  # noqa: E402
+from timematters.engine.model import in_model_classes  # noqa: E402
 from timematters.engine.train import train  # noqa: E402
 from timematters.losses import build_objective  # noqa: E402
 
@@ -352,6 +354,43 @@ def test_time_trains_hf_models_end_to_end_and_resumes(tmp_path, kind):
     torch.testing.assert_close(reloaded.state_dict(), state["model"], rtol=0, atol=0)
     code = main(["eval", "synthetic/time", *DATA, "--model", str(checkpoint)])
     assert code == 0
+
+
+def test_clips_labelled_with_a_models_class_names_are_scored_in_its_classes(tmp_path, capsys):
+    # A model that names its classes (as hub checkpoints do) on a few clips labelled by name:
+    # the list's labels are read as the model's classes, the argmax stays over all of them.
+    from videos import moving_square_frames, write_video
+
+    names = [f"action_{i}" for i in range(K)]
+    labels = dict(id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    folder = _save_hf(tmp_path, "videomae", **labels)
+    frames = moving_square_frames(10, height=IMG, width=IMG)
+    for clip in ("a", "b"):
+        write_video(tmp_path / f"{clip}.mp4", frames)
+    (tmp_path / "test.txt").write_text("a.mp4 action_7\nb.mp4 action_2\n")
+    overrides = [
+        "data.dataset=videolist",
+        f"data.val_annotations={tmp_path / 'test.txt'}",
+        f"model.num_frames={T}",
+        f"data.crop_size={IMG}",
+        f"data.eval_short_side={IMG}",
+        "data.num_workers=0",
+        "train.progress=false",
+    ]
+    cfg = load_config("videolist/time", overrides)
+    model = timematters.load_model(f"hf:{folder}", cfg)
+    test_set = build_dataset(cfg, "val", flow_labels=False, patch_size=1)
+    assert test_set.classes == ["action_2", "action_7"]  # the list's own, sorted
+    scored = in_model_classes(cfg, "val", model, test_set)
+    assert scored.classes == names and [s.label for s in scored.samples] == [7, 2]
+    out = tmp_path / "eval"
+    argv = ["eval", "videolist/time", *overrides, "--model", f"hf:{folder}", "--out", str(out)]
+    assert main(argv) == 0
+    assert json.loads((out / "eval.json").read_text())["all"]["num_clips"] == 2
+    # A class list fixes the classes: then a model of other classes is refused, as before.
+    (tmp_path / "classes.txt").write_text("action_2\naction_7\n")
+    assert main([*argv, f"data.class_list={tmp_path / 'classes.txt'}"]) == 2
+    assert "other classes" in capsys.readouterr().err
 
 
 def test_flow_on_a_tubelet_model_is_refused_with_the_reason(tmp_path, capsys):

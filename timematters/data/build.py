@@ -59,14 +59,22 @@ def build_flow_labeller(cfg: Config, patch_size: int) -> FlowLabeller:
     )
 
 
-def build_dataset(cfg: Config, split: str, flow_labels: bool, patch_size: int) -> Dataset:
+def build_dataset(
+    cfg: Config,
+    split: str,
+    flow_labels: bool,
+    patch_size: int,
+    classes: list[str] | None = None,
+) -> Dataset:
     """The dataset of ``split`` (train / val / test) described by ``cfg.data``.
 
     ``flow_labels``: the flow loss is on. Labels are then made in the DataLoader workers when
     ``flow.backend`` is opencv (for the torch backend the trainer computes them on the device).
-    With ``data.subsets``, its subsets (and pairs) replace the dataset's own.
+    ``classes``: a video list's class names in order (a trained model's), when no
+    ``data.class_list`` names them. With ``data.subsets``, its subsets (and pairs) replace the
+    dataset's own.
     """
-    dataset = _build(cfg, split, flow_labels, patch_size)
+    dataset = _build(cfg, split, flow_labels, patch_size, classes)
     if cfg.data.subsets:
         groups = load_groups(cfg.data.subsets, dataset.classes)
         dataset.subsets = groups.subsets
@@ -75,7 +83,9 @@ def build_dataset(cfg: Config, split: str, flow_labels: bool, patch_size: int) -
     return dataset
 
 
-def _build(cfg: Config, split: str, flow_labels: bool, patch_size: int) -> Dataset:
+def _build(
+    cfg: Config, split: str, flow_labels: bool, patch_size: int, classes: list[str] | None
+) -> Dataset:
     data = cfg.data
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -124,7 +134,7 @@ def _build(cfg: Config, split: str, flow_labels: bool, patch_size: int) -> Datas
         return VideoListDataset(
             _video_list_file(data, split),
             root=data.root,
-            classes=_video_list_classes(data),
+            classes=_video_list_classes(data) if data.class_list or not classes else classes,
             **options,
         )
     raise ValueError(f"unknown dataset {data.dataset!r}")

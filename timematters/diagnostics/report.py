@@ -47,7 +47,7 @@ from timematters.engine.evaluate import (
     gap_key,
 )
 from timematters.engine.metrics import to_json
-from timematters.engine.model import check_classes, describe_model, load_model
+from timematters.engine.model import check_classes, describe_model, in_model_classes, load_model
 from timematters.engine.statistics import half_width
 
 
@@ -219,6 +219,7 @@ def run_diagnose(
     models = {}
     for name, spec in zip(names, specs, strict=True):
         model = load_model(spec, cfg, num_classes=len(test_set.classes))
+        test_set = in_model_classes(cfg, cfg.eval.split, model, test_set)
         check_classes(model, test_set.classes, spec)
         models[name] = model.to(device)
     return diagnose(

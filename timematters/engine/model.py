@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from timematters.backbones import create_backbone
 from timematters.backbones.adapters import (
@@ -186,6 +186,21 @@ def _check_trained_clips(path, trained: dict, model_cfg: ModelConfig, cfg: Confi
         )
 
 
+def in_model_classes(cfg: Config, split: str, model: nn.Module, dataset: Dataset) -> Dataset:
+    """``dataset``, or the same video list read with the model's classes when the model names
+    them, the list's labels are among those names (or are indices) and no ``data.class_list``
+    fixes the classes: a Kinetics-400 model scored on a few Kinetics clips labelled by name.
+    Its logit k is then compared with class k, and the argmax stays over all its classes."""
+    names = list(getattr(model, "class_names", None) or [])
+    labels = list(dataset.classes)
+    if cfg.data.dataset != "videolist" or cfg.data.class_list or not names or labels == names:
+        return dataset
+    indices = all(label.isdigit() for label in labels) and len(labels) <= len(names)
+    if not (set(labels) <= set(names) or indices):
+        return dataset
+    return build_dataset(cfg, split, flow_labels=False, patch_size=1, classes=names)
+
+
 def check_classes(model: nn.Module, dataset: list[str], where: str | Path) -> None:
     """Refuse to score a model on a dataset whose classes differ from the ones it was trained on,
     in set or in order (its logit k would be compared with another class's label), or whose
@@ -252,6 +267,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path) -> EvalResult | Bac
     try:
         test_set = build_dataset(cfg, cfg.eval.split, flow_labels=False, patch_size=1)
         model = load_model(checkpoint, cfg, num_classes=len(test_set.classes))
+        test_set = in_model_classes(cfg, cfg.eval.split, model, test_set)
         check_classes(model, test_set.classes, checkpoint)
         loader = DataLoader(
             test_set,
