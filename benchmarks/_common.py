@@ -12,11 +12,13 @@ import torch
 
 
 def commit() -> str:
-    """The short hash of the checked-out commit, "+dirty" when files differ from it."""
+    """The short hash of the checked-out commit, "+dirty" when tracked files differ from it (the
+    results folder aside: a benchmark run after another has only its results to differ)."""
     try:
-        run = dict(capture_output=True, text=True, check=True)
+        run = dict(capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1])
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **run).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run)
+        status = ["git", "status", "--porcelain", "--untracked-files=no"]
+        dirty = subprocess.run([*status, "--", ".", ":(exclude)benchmarks/results"], **run)
         return head + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
