@@ -50,6 +50,8 @@ def _one_clear_line(err: str, *words: str) -> None:
         ("model.name=resnet", ["model.name='resnet'", "timesformer_tiny_patch8_64"]),
         ("train.accumulation=3", ["divisible"]),
         ("data.synthetic.num_train=2", ["smaller than one global batch"]),
+        # Refused before training starts, not at the first evaluation an epoch later.
+        ("eval.perturbations=[shuffle, revers]", ["eval.perturbations", "'revers'", "reverse"]),
     ],
 )
 def test_bad_values_exit_2_with_one_line(tmp_path, capsys, override, words):

@@ -20,10 +20,15 @@ from timematters.config import EvalConfig
 from timematters.data.collate import collate_videos
 from timematters.data.subsets import load_groups
 from timematters.data.synthetic import CLASSES, PAIRS, SyntheticVideoDataset
-from timematters.engine.evaluate import EvalResult, compare_gaps, evaluate
+from timematters.engine.evaluate import PERTURBATION_NAMES, EvalResult, compare_gaps, evaluate
 from timematters.engine.statistics import bootstrap_interval
 from timematters.engine.train import train
-from timematters.losses.shuffle import freeze_frames, reverse_frames, swap_neighbours
+from timematters.losses.shuffle import (
+    PERTURBATIONS,
+    freeze_frames,
+    reverse_frames,
+    swap_neighbours,
+)
 
 T = 4
 
@@ -34,6 +39,10 @@ def _clips(num: int = 40) -> DataLoader:
 
 
 EVERY = EvalConfig(perturbations=("shuffle", "reverse", "freeze", "freeze_each", "local"))
+
+
+def test_the_config_names_every_perturbation_evaluation_runs():
+    assert set(PERTURBATION_NAMES) == {*PERTURBATIONS, "freeze_each"}
 
 
 def test_the_perturbations_by_hand():

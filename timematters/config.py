@@ -189,12 +189,16 @@ class TrainConfig:
     progress: bool = True
 
 
+# Temporal perturbations to test (the paper's: shuffle): shuffle, reverse, freeze (the middle
+# frame repeated), local (neighbours swapped), freeze_each (each frame in turn, averaged).
+Perturbation = Literal["shuffle", "reverse", "freeze", "local", "freeze_each"]
+
+
 @dataclass
 class EvalConfig:
     split: Literal["val", "test"] = "val"  # SSv2's "validation" list is the paper's test set
-    # Temporal perturbations to test (the paper's: shuffle): shuffle, reverse, freeze (the middle
-    # frame repeated), freeze_each (each frame in turn, averaged), local (neighbours swapped).
-    perturbations: tuple[str, ...] = ("shuffle",)
+    perturbations: tuple[Perturbation, ...] = ("shuffle",)  # checked when read: a typo fails
+    # before training, not at its first evaluation
     freeze_frame: int | None = None  # the frame "freeze" repeats: None the middle one, -1 the last
     shuffle: Literal["per_batch", "per_sample"] = "per_sample"
     # Over a clip's test views: "logits" sums them (released; confidences use their mean),

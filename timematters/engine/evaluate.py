@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -29,11 +29,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from timematters.config import EvalConfig
+from timematters.config import EvalConfig, Perturbation
 from timematters.data.collate import BadVideo, BadVideoLog, collate_videos
 from timematters.engine.statistics import bootstrap_interval
 from timematters.losses.shuffle import (
-    PERTURBATIONS,
     freeze_frames,
     perturb_frames,
     sample_frame_permutations,
@@ -48,7 +47,7 @@ LABELS = {
     "freeze_each": "frozen_each",
     "local": "swapped",
 }
-PERTURBATION_NAMES = (*PERTURBATIONS, "freeze_each")
+PERTURBATION_NAMES: tuple[str, ...] = get_args(Perturbation)  # PERTURBATIONS and freeze_each
 
 
 def gap_key(perturbation: str, top: str = "") -> str:
