@@ -50,14 +50,21 @@ def _one_clear_line(err: str, *words: str) -> None:
         ("model.name=resnet", ["model.name='resnet'", "timesformer_tiny_patch8_64"]),
         ("train.accumulation=3", ["divisible"]),
         ("data.synthetic.num_train=2", ["smaller than one global batch"]),
-        # Refused before training starts, not at the first evaluation an epoch later.
-        ("eval.perturbations=[shuffle, revers]", ["eval.perturbations", "'revers'", "reverse"]),
     ],
 )
 def test_bad_values_exit_2_with_one_line(tmp_path, capsys, override, words):
     code, err = _cli(capsys, "train", "synthetic/time", *TINY, f"train.out={tmp_path}", override)
     assert code == 2
     _one_clear_line(err, *words)
+
+
+def test_a_perturbation_typo_is_refused_before_training_starts(tmp_path, capsys):
+    run = tmp_path / "run"
+    bad = "eval.perturbations=[shuffle, revers]"
+    code, err = _cli(capsys, "train", "synthetic/time", *TINY, f"train.out={run}", bad)
+    assert code == 2
+    _one_clear_line(err, "eval.perturbations", "revers", "reverse")
+    assert not run.exists()  # not at the first evaluation, an epoch of training later
 
 
 def test_broken_config_files_exit_2_naming_the_file(tmp_path, capsys):
