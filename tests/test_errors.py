@@ -50,6 +50,7 @@ def _one_clear_line(err: str, *words: str) -> None:
         ("model.name=resnet", ["model.name='resnet'", "timesformer_tiny_patch8_64"]),
         ("train.accumulation=3", ["divisible"]),
         ("data.synthetic.num_train=2", ["smaller than one global batch"]),
+        ("eval.freeze_frame=4", ["eval.freeze_frame=4", "4-frame", "-4 to 3"]),
     ],
 )
 def test_bad_values_exit_2_with_one_line(tmp_path, capsys, override, words):

@@ -459,6 +459,13 @@ def validate(cfg: Config) -> Config:
             "data.hflip is on for SSv2, whose left/right class pairs flipping confuses"
         )
 
+    frame, T = cfg.eval.freeze_frame, model.num_frames
+    if frame is not None and not -T <= frame < T:
+        raise ConfigError(
+            f"eval.freeze_frame={frame} is not a frame of the {T}-frame clips (model.num_frames): "
+            f"give -{T} to {T - 1}, or null for the middle frame"
+        )
+
     if foreign:  # its sizes are known once it is loaded (engine/train.py checks them there)
         return cfg
     try:
