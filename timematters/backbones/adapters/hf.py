@@ -65,7 +65,8 @@ def load_hf_model(name: str, num_classes: int | None = None) -> Adapter:
     except OSError as error:
         raise FileNotFoundError(
             f"hf:{name}: cannot load it ({str(error).splitlines()[0]}); give a folder written by "
-            "save_pretrained, or a hub id while online"
+            "save_pretrained, or a hub id while online (offline, HF_HUB_OFFLINE=1 reads the hub "
+            "cache without retrying the connection)"
         ) from None
     mean, std = _normalisation(name)
     return _adapt(model, mean=mean, std=std, source=f"hf:{name}")
