@@ -197,8 +197,8 @@ Perturbation = Literal["shuffle", "reverse", "freeze", "local", "freeze_each"]
 @dataclass
 class EvalConfig:
     split: Literal["val", "test"] = "val"  # SSv2's "validation" list is the paper's test set
-    perturbations: tuple[Perturbation, ...] = ("shuffle",)  # checked when read: a typo fails
-    # before training, not at its first evaluation
+    # Checked when the config is read: a typo fails before training, not at its first evaluation.
+    perturbations: tuple[Perturbation, ...] = ("shuffle",)
     freeze_frame: int | None = None  # the frame "freeze" repeats: None the middle one, -1 the last
     shuffle: Literal["per_batch", "per_sample"] = "per_sample"
     # Over a clip's test views: "logits" sums them (released; confidences use their mean),

@@ -134,7 +134,7 @@ def _build(
         return VideoListDataset(
             _video_list_file(data, split),
             root=data.root,
-            classes=_video_list_classes(data) if data.class_list or not classes else classes,
+            classes=classes if classes and not data.class_list else _video_list_classes(data),
             **options,
         )
     raise ValueError(f"unknown dataset {data.dataset!r}")

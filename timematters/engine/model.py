@@ -170,7 +170,9 @@ def load_model_from_checkpoint(cfg: Config, path: str | Path) -> tuple[nn.Module
     return model.eval(), classes
 
 
-def _check_trained_clips(path, trained: dict, model_cfg: ModelConfig, cfg: Config) -> None:
+def _check_trained_clips(
+    path: str | Path, trained: dict, model_cfg: ModelConfig, cfg: Config
+) -> None:
     """Refuse clips of another length, or (our backbones: their embeddings are sized by it)
     another frame size, than the checkpoint's, naming the override that fits it."""
     if model_cfg.num_frames != cfg.model.num_frames:
