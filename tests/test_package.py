@@ -19,7 +19,7 @@ import timematters
 from timematters.cli import main
 from timematters.config import list_presets
 from timematters.data.video import open_video
-from timematters.diagnostics.predict import predict
+from timematters.diagnostics.predict import Prediction, predict, summarise
 from timematters.engine.checkpoint import load_checkpoint
 from timematters.engine.model import load_model
 from timematters.engine.train import train
@@ -192,7 +192,19 @@ def test_predict_takes_folders_and_lists(trained, videos, capsys, tmp_path):
     assert main(["predict", str(listing), "--checkpoint", checkpoint, "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 2
     assert main(["predict", str(videos[".mp4"].parent), "--checkpoint", checkpoint]) == 0
-    assert capsys.readouterr().out.count("original:") == 2
+    out = capsys.readouterr().out
+    assert out.count("original:") == 2 and "over 2 videos (no labels needed):" in out
+
+
+def test_a_summary_over_videos_counts_changed_classes_without_labels():
+    def prediction(top: str, p: float, shuffled: str, after: float) -> Prediction:
+        return Prediction("v.mp4", [(top, p)], {"shuffle": [(shuffled, 0.9)]}, {"shuffle": after})
+
+    summary = summarise([prediction("a", 0.8, "b", 0.1), prediction("a", 0.6, "a", 0.5)])
+    assert summary.splitlines() == [
+        "over 2 videos (no labels needed):",
+        "  shuffle:   top class changed for 1 (50%); its mean probability 0.70 -> 0.30",
+    ]
 
 
 def test_predict_skips_and_reports_videos_it_cannot_decode(trained, videos, capsys, tmp_path):

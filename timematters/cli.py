@@ -349,6 +349,7 @@ def _predict(args) -> int:
         explain_prediction,
         list_videos,
         predict,
+        summarise,
     )
     from timematters.engine.distributed import resolve_device
     from timematters.engine.model import load_model
@@ -390,6 +391,8 @@ def _predict(args) -> int:
                     print(f"  explained: {', '.join(map(str, written))}")
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
+    elif len(results) > 1:
+        print(summarise(results))
     if undecodable:
         print(
             f"timematters: {len(undecodable)} of {len(videos)} videos could not be decoded "

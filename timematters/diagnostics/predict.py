@@ -126,6 +126,24 @@ def predict(
     )
 
 
+def summarise(predictions: Sequence[Prediction]) -> str:
+    """What the perturbations did over many videos, without labels: per perturbation, how many
+    videos' top class changed and the mean probability of the original top class before and
+    after. A model that ignores frame order changes nothing under shuffle."""
+    if not predictions:
+        return "no videos predicted"
+    lines = [f"over {len(predictions)} videos (no labels needed):"]
+    before = float(np.mean([p.top[0][1] for p in predictions]))
+    for name in predictions[0].perturbed:
+        changed = sum(p.perturbed[name][0][0] != p.top[0][0] for p in predictions)
+        after = float(np.mean([p.top1_probability[name] for p in predictions]))
+        lines.append(
+            f"  {name + ':':<10} top class changed for {changed} ({100 * changed / len(predictions):.0f}%); "
+            f"its mean probability {before:.2f} -> {after:.2f}"
+        )
+    return "\n".join(lines)
+
+
 def explain_prediction(
     model: nn.Module, video: str | Path | np.ndarray, out: str | Path, *, label: int | None = None
 ) -> list[Path]:
@@ -194,4 +212,11 @@ def _listed_path(line: str, base: Path) -> Path:
     return base / text.rsplit(maxsplit=1)[0]
 
 
-__all__ = ["Prediction", "VideoDecodeError", "explain_prediction", "list_videos", "predict"]
+__all__ = [
+    "Prediction",
+    "VideoDecodeError",
+    "explain_prediction",
+    "list_videos",
+    "predict",
+    "summarise",
+]
