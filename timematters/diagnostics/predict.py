@@ -137,8 +137,9 @@ def summarise(predictions: Sequence[Prediction]) -> str:
     for name in predictions[0].perturbed:
         changed = sum(p.perturbed[name][0][0] != p.top[0][0] for p in predictions)
         after = float(np.mean([p.top1_probability[name] for p in predictions]))
+        share = 100 * changed / len(predictions)
         lines.append(
-            f"  {name + ':':<10} top class changed for {changed} ({100 * changed / len(predictions):.0f}%); "
+            f"  {name + ':':<10} top class changed for {changed} ({share:.0f}%); "
             f"its mean probability {before:.2f} -> {after:.2f}"
         )
     return "\n".join(lines)
