@@ -266,6 +266,47 @@ def test_eval_of_a_spec_writes_to_a_folder_named_after_it(tmp_path, monkeypatch,
     assert (tmp_path / "runs" / "eval" / "r3d_18_r3d_18" / "eval.json").is_file()  # no ':' in it
 
 
+def test_torchvision_weights_by_name_come_from_torchs_cache(tmp_path, monkeypatch):
+    # torchvision:r3d_18:DEFAULT reads torchvision's own file from the hub cache (downloaded
+    # there when online); here the cache holds a file of that name, written by the test.
+    from torchvision.models import get_model_weights
+    from torchvision.models.video import r3d_18
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    entry = get_model_weights("r3d_18").DEFAULT
+    cached = tmp_path / "hub" / "checkpoints" / Path(entry.url).name
+    cached.parent.mkdir(parents=True)
+    torch.manual_seed(1)
+    torch.save(r3d_18(weights=None).state_dict(), cached)
+    model = load_foreign_model("torchvision:r3d_18:DEFAULT", num_frames=T, img_size=IMG)
+    torch.testing.assert_close(model.model.state_dict(), torch.load(cached), rtol=0, atol=0)
+    assert model.num_classes == 400 and model.describe()["trained_with"] == str(entry)
+    assert model.class_names == entry.meta["categories"]  # Kinetics-400's names, in order
+    cached.unlink()  # not cached and no connection: one line saying where to put the file
+
+    def offline(*args, **kwargs):
+        raise OSError("no connection")
+
+    # torchvision's own reference to torch.hub's loader (a real attempt could hang on a network
+    # that drops packets instead of refusing them).
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", offline)
+    with pytest.raises(FileNotFoundError, match=f"put that file in {cached.parent}"):
+        load_foreign_model("torchvision:r3d_18:KINETICS400_V1")
+
+
+def test_torchvision_weights_get_a_new_classifier_for_other_classes(r3d_weights):
+    # Fine-tuning a Kinetics network on one's own classes: its features, a new classifier.
+    trained = torch.load(r3d_weights)
+    spec = f"torchvision:r3d_18:{r3d_weights}"
+    tuned = load_foreign_model(spec, num_classes=3, num_frames=T, img_size=IMG)
+    assert tuned.num_classes == 3 and tuned.model.fc.out_features == 3
+    features = {k: v for k, v in tuned.model.state_dict().items() if not k.startswith("fc.")}
+    torch.testing.assert_close(features, {k: trained[k] for k in features}, rtol=0, atol=0)
+    kept = load_foreign_model(spec, num_classes=K, num_frames=T, img_size=IMG)
+    torch.testing.assert_close(kept.model.state_dict(), trained, rtol=0, atol=0)
+    assert load_foreign_model(spec).num_classes == K  # no number given: the file's
+
+
 def test_python_api_loads_evaluates_and_diagnoses_models(tmp_path, hf_models, user_module):
     cfg = load_config("synthetic/time", DATA)
     models = {

@@ -4,7 +4,7 @@ whether any video model uses time.
 The Python API, model-first:
 
 - ``load_model(spec, cfg=None)``: a timematters checkpoint, ``hf:DIR_OR_HUB_ID``,
-  ``torchvision:NAME[:WEIGHTS_FILE]`` or ``pkg.module:factory``, as a module that honours the
+  ``torchvision:NAME[:WEIGHTS]`` or ``pkg.module:factory``, as a module that honours the
   backbone protocol;
 - ``evaluate(model, data, classes=..., subsets=...)``: top-1 / top-5 on original and
   frame-shuffled clips and the gap, per subset;

@@ -1,7 +1,7 @@
 """Models from configs, checkpoints and specs: build, load, describe, evaluate.
 
 One spec syntax names every model (CLI ``--model``, ``model.name``, Python ``load_model``): a
-timematters checkpoint path, ``hf:DIR_OR_HUB_ID``, ``torchvision:NAME[:WEIGHTS_FILE]`` or
+timematters checkpoint path, ``hf:DIR_OR_HUB_ID``, ``torchvision:NAME[:WEIGHTS]`` or
 ``pkg.module:factory`` (``backbones/adapters``); in a config, a registered backbone name too.
 ``build_model`` makes the config's model (and loads ``model.pretrained``); a timematters
 checkpoint carries its own model config and class names, so ``load_model_from_checkpoint``

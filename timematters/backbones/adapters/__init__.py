@@ -1,7 +1,7 @@
 """Models that are not ours, behind the backbone protocol: one spec syntax for all of them.
 
 - ``hf:DIR_OR_HUB_ID``: a Hugging Face ``transformers`` video classifier (``hf.py``);
-- ``torchvision:NAME[:WEIGHTS_FILE]``: a torchvision video model (``torchvision.py``);
+- ``torchvision:NAME[:WEIGHTS]``: a torchvision video model (``torchvision.py``);
 - ``pkg.module:factory``: a callable returning the user's own module (``module.py``).
 
 A timematters checkpoint path is the fourth kind of spec; the engine loads those

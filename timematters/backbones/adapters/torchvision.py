@@ -1,9 +1,10 @@
 """torchvision's video models behind the backbone protocol.
 
-``load_torchvision_model(name, weights=None)`` builds ``torchvision.models.video.<name>`` without
-downloading anything; ``weights`` is a local state-dict file (e.g. one torchvision saved), loaded
-strictly. Each model keeps the normalisation and clip size its torchvision weights were trained
-with (read from the weights' metadata, which needs no download).
+``load_torchvision_model(name, weights=None)`` builds ``torchvision.models.video.<name>``;
+``weights`` is a local state-dict file (e.g. one torchvision saved), or the name of torchvision's
+weights for it (``DEFAULT``, ``KINETICS400_V1``, ...: read from torch's hub cache, downloaded there
+when online and absent), loaded strictly. Each model keeps the normalisation and clip size its
+torchvision weights were trained with (read from the weights' metadata, which needs no download).
 
 - **3-D CNNs** (``r3d_18``, ``mc3_18``, ``r2plus1d_18``; ``s3d``): feature maps ``b c t h w``.
   Per-block tokens are each stage's map as ``b t (h w) c``; the clip token is the pooled last map
@@ -48,9 +49,10 @@ def load_torchvision_model(
     num_frames: int = 16,
     img_size: int = 112,
 ) -> Adapter:
-    """``torchvision:NAME[:WEIGHTS_FILE]`` as an adapter.
+    """``torchvision:NAME[:WEIGHTS]`` as an adapter.
 
-    num_classes: the classifier's outputs (400, Kinetics, by default; a weights file fixes it).
+    num_classes: the classifier's outputs (400, Kinetics, by default; None with weights: theirs;
+        another number than the weights': a new classifier, as for fine-tuning).
     num_frames, img_size: the clips it will see (fixed for MViT: 16 x 224²).
     """
     from torchvision.models import video
@@ -59,21 +61,26 @@ def load_torchvision_model(
         raise ValueError(
             f"torchvision:{name} is not a video model; choose one of: {', '.join(MODELS)}"
         )
-    state_dict = None
+    state_dict, new_head = None, ""
     if weights:
-        from timematters.backbones.pretrained import read_state_dict
-
-        state_dict = read_state_dict(weights)
-        num_classes = _classes_in(state_dict) or num_classes
+        state_dict = _read_weights(name, weights)
+        head, trained = _classifier_in(state_dict) or ("", None)
+        if num_classes and trained and num_classes != trained:  # the features are kept
+            new_head = head
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(head)}
+        num_classes = num_classes or trained
     model = getattr(video, name)(weights=None, num_classes=num_classes or 400)
     if state_dict is not None:
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        missing = [key for key in missing if not (new_head and key.startswith(new_head))]
         if missing or unexpected:
             raise ValueError(
                 f"{weights} does not fit torchvision:{name}: missing {sorted(missing)[:8]}, "
                 f"unexpected {sorted(unexpected)[:8]}"
             )
-    meta = _weights_meta(name)
+    meta = _weights_meta(name, weights)
+    if new_head:  # the named weights' classes are not this classifier's
+        meta["categories"] = None
     source = f"torchvision:{name}" + (f":{weights}" if weights else "")
     family = type(model).__name__
     if family == "VideoResNet":
@@ -85,26 +92,51 @@ def load_torchvision_model(
     return MViTAdapter(model, meta, source)
 
 
-def _classes_in(state_dict: dict[str, torch.Tensor]) -> int | None:
-    """The number of classes of a torchvision video model's state dict (its last layer's rows)."""
-    for key in ("fc.weight", "head.weight", "head.1.weight", "classifier.1.weight"):
-        if key in state_dict:
-            return int(state_dict[key].shape[0])
+def _read_weights(name: str, weights: str | Path) -> dict[str, torch.Tensor]:
+    """A weights file, or torchvision's own weights for ``name`` named by their enum member."""
+    from torchvision.models import get_model_weights
+
+    from timematters.backbones.pretrained import read_state_dict
+
+    members = get_model_weights(name).__members__
+    if str(weights) not in members:
+        return read_state_dict(weights)
+    entry = members[str(weights)]
+    try:  # torch's hub cache first; a download only when the file is not there
+        return entry.get_state_dict(progress=False)
+    except OSError as error:  # URLError, no connection, a full disk
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        raise FileNotFoundError(
+            f"torchvision:{name}:{weights}: cannot download {entry.url} ({error}); offline, put "
+            f"that file in {cache} or give a local weights file"
+        ) from None
+
+
+def _classifier_in(state_dict: dict[str, torch.Tensor]) -> tuple[str, int] | None:
+    """The prefix of a torchvision video model's classifier in its state dict and its number of
+    classes (the last layer's rows)."""
+    for head in ("fc.", "head.", "head.1.", "classifier.1."):
+        if f"{head}weight" in state_dict:
+            return head, int(state_dict[f"{head}weight"].shape[0])
     return None
 
 
-def _weights_meta(name: str) -> dict[str, Any]:
-    """Mean, std and the smallest clip of the model's torchvision weights (no download)."""
+def _weights_meta(name: str, weights: str | Path | None) -> dict[str, Any]:
+    """Mean, std and the smallest clip of the model's torchvision weights (no download): those
+    ``weights`` names, or its default ones (what a weights file most likely holds). Class names
+    only for named weights: a file's classes are its own."""
     from torchvision.models import get_model_weights
 
-    weights = get_model_weights(name).DEFAULT
-    transforms = weights.transforms()
+    members = get_model_weights(name).__members__
+    entry = members.get(str(weights), members["DEFAULT"])
+    transforms = entry.transforms()
     return {
         "mean": tuple(transforms.mean),
         "std": tuple(transforms.std),
-        "min_frames": weights.meta.get("min_temporal_size", 1),
-        "min_size": weights.meta.get("min_size", (1, 1))[0],
-        "weights": str(weights),
+        "min_frames": entry.meta.get("min_temporal_size", 1),
+        "min_size": entry.meta.get("min_size", (1, 1))[0],
+        "weights": str(entry),
+        "categories": list(entry.meta["categories"]) if str(weights) in members else None,
     }
 
 
@@ -123,6 +155,7 @@ class _TorchvisionAdapter(Adapter):
             token_frames=0,
             mean=meta["mean"],
             std=meta["std"],
+            class_names=meta["categories"],
             source=source,
         )
         self.meta = meta
@@ -177,7 +210,7 @@ class _TorchvisionAdapter(Adapter):
 
     def architecture(self) -> dict[str, Any]:
         """The network and its classes: a checkpoint rebuilds it without the weights file."""
-        name = self.source.split(":")[1]  # torchvision:NAME[:WEIGHTS_FILE]
+        name = self.source.split(":")[1]  # torchvision:NAME[:WEIGHTS]
         return {"kind": "torchvision", "name": name, "num_classes": self.num_classes}
 
 
