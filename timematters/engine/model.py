@@ -44,14 +44,20 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
     return _build(cfg.model, cfg, num_classes)
 
 
-def _build(model_cfg: ModelConfig, cfg: Config, num_classes: int | None) -> nn.Module:
+def _build(
+    model_cfg: ModelConfig,
+    cfg: Config,
+    num_classes: int | None,
+    architecture: dict[str, Any] | None = None,
+) -> nn.Module:
+    """architecture: what a checkpoint recorded of a foreign model; it is rebuilt from that, not
+    from its source (folder, weights file, hub)."""
     if is_foreign_spec(model_cfg.name):
-        model = load_foreign_model(
-            model_cfg.name,
-            num_classes=num_classes,
-            num_frames=model_cfg.num_frames,
-            img_size=cfg.data.crop_size,
-        )
+        sizes = dict(num_frames=model_cfg.num_frames, img_size=cfg.data.crop_size)
+        if architecture:
+            model = rebuild_foreign_model(architecture, source=model_cfg.name, **sizes)
+        else:
+            model = load_foreign_model(model_cfg.name, num_classes=num_classes, **sizes)
         if hasattr(model, "set_input_normalisation"):
             model.set_input_normalisation(cfg.data.mean, cfg.data.std)
     else:
@@ -147,16 +153,7 @@ def load_model_from_checkpoint(cfg: Config, path: str | Path) -> tuple[nn.Module
         _check_trained_clips(path, state["config"], model_cfg, cfg)
     classes = list(state.get("classes") or [])
     num_classes = model_cfg.num_classes or len(classes)
-    if state.get("architecture") and is_foreign_spec(model_cfg.name):
-        model = rebuild_foreign_model(
-            state["architecture"],
-            source=model_cfg.name,
-            num_frames=model_cfg.num_frames,
-            img_size=cfg.data.crop_size,
-        )
-        model.set_input_normalisation(cfg.data.mean, cfg.data.std)
-    else:
-        model = _build(model_cfg, cfg, num_classes)
+    model = _build(model_cfg, cfg, num_classes, architecture=state.get("architecture"))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:  # names every mismatched key already; keep it to a paragraph
