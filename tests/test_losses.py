@@ -16,6 +16,7 @@ from timematters.losses import (
     LossInputs,
     OrderLoss,
     build_objective,
+    objective_for_model,
     sample_frame_permutations,
     shuffle_frames,
 )
@@ -181,6 +182,37 @@ def test_objective_sums_weighted_terms_and_runs_one_backbone_pass():
         again = objective(model, batch, generator=torch.Generator().manual_seed(0))
     log_p = direct.float().log_softmax(-1)
     assert again.terms["debias_loss"].item() == pytest.approx(-log_p.mean().item(), rel=1e-5)
+
+
+def test_objective_for_a_model_reads_its_sizes_and_refuses_flow_over_tubelets():
+    kwargs = dict(num_classes=K, num_frames=4, img_size=16, depth=1, embed_dim=16, num_heads=2)
+    plain = create_backbone("motionformer_tiny_patch8_64", **kwargs)
+    objective = objective_for_model(plain)
+    assert sorted(objective.losses) == ["ce", "debias", "flow", "order"]
+    assert objective.losses["order"].temp_head.out_features == 4
+    assert objective.losses["flow"].mlp_q.in_features == 16
+
+    tubelets = create_backbone("motionformer_tiny_patch8_64", tubelet_size=2, **kwargs)
+    with pytest.raises(ValueError, match=r"flow loss .* 4 frames become 2 token frames.*weight=0"):
+        objective_for_model(tubelets)
+    cfg = LossConfig()
+    cfg.flow.weight = 0
+    objective = objective_for_model(tubelets, cfg)
+    assert objective.losses["order"].temp_head.out_features == 2  # token frames, not input frames
+    out = objective(
+        tubelets, {"video": torch.randn(2, 3, 4, 16, 16), "label": torch.tensor([0, 1])}
+    )
+    assert set(out.terms) == {"ce_loss", "order_loss", "debias_loss"}
+
+
+def test_losses_built_for_other_tokens_say_so_instead_of_scoring_them():
+    # An order head built with 8 input frames for tokens of 4 frames would silently train 4 unused
+    # classes; flow labels at another patch size would fail inside cross_entropy.
+    with pytest.raises(ValueError, match="predicts 8 positions but the tokens have 4 frames"):
+        OrderLoss(D, num_frames=8)(_inputs())
+    wrong = {"label": torch.zeros(B, dtype=torch.long), "flow_labels": torch.zeros(B, T - 1, 24)}
+    with pytest.raises(ValueError, match=r"flow_labels are \(3, 3, 24\) .* \(3, 3, 6\)"):
+        FlowLoss(D)(_inputs(batch=wrong))
 
 
 def test_shuffle_frames_permutes_frames_per_sample_without_identity():

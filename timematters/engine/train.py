@@ -63,7 +63,7 @@ from timematters.engine.runs import (
 )
 from timematters.flow.farneback import configure_opencv_threads
 from timematters.flow.labeller import FlowLabeller
-from timematters.losses.objective import Objective, ObjectiveOutput, build_objective
+from timematters.losses.objective import Objective, ObjectiveOutput, objective_for_model
 
 StepCallback = Callable[[int, dict[str, Any]], None]
 log = logging.getLogger(__name__)
@@ -202,14 +202,10 @@ def setup_run(
     num_classes = cfg.model.num_classes or len(train_set.classes)
 
     backbone = build_model(cfg, num_classes)
-    _check_losses_fit(cfg, backbone)
-    objective = build_objective(
-        cfg.loss,
-        embed_dim=backbone.embed_dim,
-        num_frames=backbone.token_frames,
-        grid=backbone.grid,
-        patch_size=backbone.patch_size,
-    )
+    try:
+        objective = objective_for_model(backbone, cfg.loss)
+    except ValueError as error:  # a loss the model cannot give: the message names the key
+        raise ConfigError(str(error)) from None
     # A foreign model came with its weights; the TIME heads of a checkpoint go into the objective.
     pretrained = "" if is_foreign_spec(cfg.model.name) else cfg.model.pretrained
     for weights in filter(None, (pretrained, init_from)):
@@ -318,19 +314,6 @@ def setup_run(
         progress=progress,
         step_callback=step_callback,
     )
-
-
-def _check_losses_fit(cfg: Config, backbone: nn.Module) -> None:
-    """The losses that are on must be ones the model can give (an adapted model says why not)."""
-    unsupported = dict(getattr(backbone, "unsupported", {}))
-    if backbone.token_frames != backbone.num_frames:
-        unsupported.setdefault("flow", "a token spans several frames")
-    for loss in ("order", "flow"):
-        if getattr(cfg.loss, loss).weight != 0 and loss in unsupported:
-            raise ConfigError(
-                f"the {loss} loss cannot train {cfg.model.name}: {unsupported[loss]}; set "
-                f"loss.{loss}.weight=0"
-            )
 
 
 def fit(run: Run) -> dict[str, Any]:

@@ -5,7 +5,12 @@ from timematters.losses.debias import DebiasLoss
 from timematters.losses.flow import FlowLoss
 from timematters.losses.image import PatchDebiasLoss, SpatialOrderLoss, shuffle_patches
 from timematters.losses.inputs import LossInputs
-from timematters.losses.objective import Objective, ObjectiveOutput, build_objective
+from timematters.losses.objective import (
+    Objective,
+    ObjectiveOutput,
+    build_objective,
+    objective_for_model,
+)
 from timematters.losses.order import OrderLoss
 from timematters.losses.shuffle import sample_frame_permutations, shuffle_frames
 
@@ -20,6 +25,7 @@ __all__ = [
     "PatchDebiasLoss",
     "SpatialOrderLoss",
     "build_objective",
+    "objective_for_model",
     "sample_frame_permutations",
     "shuffle_frames",
     "shuffle_patches",

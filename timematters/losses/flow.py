@@ -43,6 +43,12 @@ class FlowLoss(nn.Module):
         if labels is None:
             raise ValueError("the flow loss needs batch['flow_labels'] [B, T-1, S]")
         logits = self.predict(inputs.tokens.patches)
+        if labels.shape != logits.shape[:3]:
+            raise ValueError(
+                f"flow_labels are {tuple(labels.shape)} but the tokens give "
+                f"{tuple(logits.shape[:3])} [B, frame pairs, patches]: label the clips the model "
+                "sees, at its patch size, with one token frame per frame"
+            )
         loss = F.cross_entropy(
             logits.flatten(0, 2).float(), labels.flatten(), label_smoothing=self.smoothing
         )

@@ -5,6 +5,10 @@ loss declares its ``name`` (its term is ``<name>_loss``, its weight ``λ_<name>`
 ``requires`` beyond the tokens and logits of the clips: ``"shuffled_logits"`` (the objective then
 runs the backbone on that loss's ``shuffled_view`` too) or ``"flow_labels"`` (the batch must carry
 them; ``needs_flow_labels`` tells the training loop).
+
+``objective_for_model(model, cfg)`` reads the sizes from a ``VideoBackbone`` and refuses a loss
+the model cannot give (a tubelet model has no frame-to-frame flow); ``build_objective`` takes the
+sizes by hand.
 """
 
 from __future__ import annotations
@@ -121,3 +125,29 @@ def build_objective(
         losses.append(FlowLoss(embed_dim, cfg.flow.smoothing))
     weights = {"order": cfg.order.weight, "debias": cfg.debias.weight, "flow": cfg.flow.weight}
     return Objective(losses, weights)
+
+
+def objective_for_model(model: nn.Module, cfg: LossConfig | None = None) -> Objective:
+    """The objective for a ``VideoBackbone`` (ours or adapted): its width, token frames, grid and
+    patch size, and a ValueError naming the reason when a loss that is on needs what the model
+    lacks (the order loss a frame axis in its tokens, the flow loss one token frame per frame)."""
+    cfg = cfg or LossConfig()
+    unsupported = dict(getattr(model, "unsupported", {}))
+    if model.token_frames != model.num_frames:
+        unsupported.setdefault(
+            "flow", f"its {model.num_frames} frames become {model.token_frames} token frames"
+        )
+    for name in ("order", "flow"):
+        if getattr(cfg, name).weight != 0 and name in unsupported:
+            source = getattr(model, "source", "") or type(model).__name__
+            raise ValueError(
+                f"the {name} loss cannot train {source}: {unsupported[name]}; give it weight 0 "
+                f"(loss.{name}.weight=0)"
+            )
+    return build_objective(
+        cfg,
+        embed_dim=model.embed_dim,
+        num_frames=model.token_frames,
+        grid=model.grid,
+        patch_size=model.patch_size,
+    )

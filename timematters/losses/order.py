@@ -25,7 +25,12 @@ class OrderLoss(nn.Module):
 
     def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
         logits = self.predict(inputs.tokens.frame_features)
-        B, T, _ = logits.shape
+        B, T, positions = logits.shape
+        if positions != T:  # e.g. built with the input frames of a model whose tubelets halve them
+            raise ValueError(
+                f"the order head predicts {positions} positions but the tokens have {T} frames: "
+                "build it with the model's token_frames"
+            )
         target = torch.arange(T, device=logits.device).repeat(B)  # frame j is labelled j
         loss = F.cross_entropy(
             rearrange(logits, "b t k -> (b t) k").float(), target, label_smoothing=self.smoothing
