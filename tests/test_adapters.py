@@ -378,6 +378,9 @@ def test_time_trains_hf_models_end_to_end_and_resumes(tmp_path, kind):
     )
     with pytest.raises(Killed):
         train(killed, step_callback=kill_at_5)
+    # The run resumes, and its checkpoint reloads, without the original folder (nor the hub for a
+    # hub id): the transformers config the checkpoint recorded rebuilds the model.
+    folder.rename(tmp_path / "moved")
     resumed = []
     train(
         killed,
@@ -385,10 +388,7 @@ def test_time_trains_hf_models_end_to_end_and_resumes(tmp_path, kind):
         step_callback=lambda step, record: resumed.append(record),
     )
     assert [r["loss"] for r in resumed] == [r["loss"] for r in records[4:]]
-    # The trained run reloads from its checkpoint alone: the transformers config it recorded
-    # rebuilds the model, so the original folder is not needed (nor the hub for a hub id).
     checkpoint = tmp_path / "full" / "checkpoints" / "last.pth"
-    folder.rename(tmp_path / "moved")
     reloaded = timematters.load_model(checkpoint)
     assert reloaded.class_names == list(SyntheticVideoDataset("test", 1).classes)
     assert reloaded.family == "hf" and reloaded.source == str(checkpoint)

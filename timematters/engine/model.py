@@ -37,11 +37,16 @@ from timematters.engine.distributed import (
 from timematters.engine.evaluate import EvalResult, evaluate
 
 
-def build_model(cfg: Config, num_classes: int) -> nn.Module:
+def build_model(
+    cfg: Config, num_classes: int, *, architecture: dict[str, Any] | None = None
+) -> nn.Module:
     """The config's model with ``num_classes`` outputs: a registered backbone, initialised (the
     training loop loads ``model.pretrained`` into it, with its TIME heads), or a foreign spec
-    with its own weights (a new classifier when its number of classes differs)."""
-    return _build(cfg.model, cfg, num_classes)
+    with its own weights (a new classifier when its number of classes differs).
+
+    architecture: a checkpoint's record of a foreign model (a resume loads its weights next), so
+    the model is made without its source folder, weights file or a download."""
+    return _build(cfg.model, cfg, num_classes, architecture=architecture)
 
 
 def _build(
@@ -77,11 +82,14 @@ def _build(
     return model
 
 
-def model_patch_size(cfg: Config) -> int:
+def model_patch_size(cfg: Config, *, architecture: dict[str, Any] | None = None) -> int:
     """The backbone's patch size (flow labels are per patch), from a parameter-free build on the
-    meta device; a foreign model is loaded for it only when the flow loss needs it."""
+    meta device; a foreign model is loaded for it (or rebuilt from a checkpoint's
+    ``architecture``) only when the flow loss needs it."""
     if is_foreign_spec(cfg.model.name):
-        return _build(cfg.model, cfg, None).patch_size if cfg.loss.flow.weight else 1
+        if not cfg.loss.flow.weight:
+            return 1
+        return _build(cfg.model, cfg, None, architecture=architecture).patch_size
     with torch.device("meta"):
         return create_backbone(cfg.model.name, **backbone_kwargs(cfg, num_classes=1)).patch_size
 

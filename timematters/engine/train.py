@@ -192,7 +192,9 @@ def setup_run(
     torch.manual_seed(cfg.train.seed)
 
     # Data. Flow labels come from the loader (OpenCV) or from the training step (torch).
-    patch_size = model_patch_size(cfg)
+    # A resumed foreign model is rebuilt from what its checkpoint recorded, not from its source.
+    architecture = state and state.get("architecture")
+    patch_size = model_patch_size(cfg, architecture=architecture)
     needs_flow = cfg.loss.flow.weight != 0
     flow_in_loader = needs_flow and cfg.flow.backend == "opencv"
     if flow_in_loader:
@@ -201,7 +203,7 @@ def setup_run(
     test_set = build_dataset(cfg, cfg.eval.split, flow_labels=False, patch_size=patch_size)
     num_classes = cfg.model.num_classes or len(train_set.classes)
 
-    backbone = build_model(cfg, num_classes)
+    backbone = build_model(cfg, num_classes, architecture=architecture)
     try:
         objective = objective_for_model(backbone, cfg.loss)
     except ValueError as error:  # a loss the model cannot give: the message names the key
