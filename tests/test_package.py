@@ -1,6 +1,7 @@
 """What someone who only ran `pip install` gets: presets, `predict`, run folders they can rely on,
 trackers, `--version`, a complete wheel and sdist."""
 
+import io
 import json
 import os
 import subprocess
@@ -64,6 +65,21 @@ def test_output_piped_into_a_closed_pipe_stops_quietly():
         os.close(write_end)
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode == 141  # 128 + SIGPIPE, as a Unix tool killed by the signal
+
+
+def test_progress_bars_update_rarely_in_a_log_file_and_often_in_a_terminal(tmp_path):
+    from timematters.progress import progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    with open(tmp_path / "slurm.log", "w") as log, progress_bar(total=1, file=log) as bar:
+        assert bar.mininterval == 30  # not tqdm's 0.1 s: megabytes of log over a long run
+    with progress_bar(total=1, file=Terminal()) as bar:
+        assert bar.mininterval == 0.1
+    with open(tmp_path / "slurm.log", "w") as log:
+        assert progress_bar(total=1, file=log, mininterval=5).mininterval == 5
 
 
 def test_every_argument_has_help():

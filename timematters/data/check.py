@@ -13,13 +13,13 @@ from collections import Counter
 from pathlib import Path
 
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from timematters.config import Config, validate
 from timematters.data.build import build_dataset
 from timematters.data.dataset import VideoDataset
 from timematters.data.video import DecoderUnavailable
 from timematters.data.videolist import list_duplicates, similar_class_names
+from timematters.progress import progress_bar
 
 SHOWN = 10  # examples printed per kind of problem
 
@@ -46,7 +46,7 @@ def _undecodable(
         batch_size=None,
         num_workers=num_workers,
     )
-    results = tqdm(loader, total=count, desc=f"decoding {split}", leave=False, disable=None)
+    results = progress_bar(loader, total=count, desc=f"decoding {split}", leave=False, disable=None)
     return [(path, reason) for path, reason in results if reason is not None]
 
 

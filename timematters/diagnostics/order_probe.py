@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
-from tqdm import tqdm
 
 from timematters.engine.evaluate import as_batch
+from timematters.progress import progress_bar
 
 
 @torch.no_grad()
@@ -50,7 +50,7 @@ def frame_features(
         model.eval()
     stores = [defaultdict(list) for _ in models]
     seen = 0
-    for batch in tqdm(loader, desc="probe features", leave=False, disable=not progress):
+    for batch in progress_bar(loader, desc="probe features", leave=False, disable=not progress):
         batch = as_batch(batch)
         if "video" not in batch:  # every clip of the batch failed to decode
             continue

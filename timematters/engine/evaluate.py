@@ -27,7 +27,6 @@ import torch.distributed as dist
 from einops import rearrange, repeat
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from timematters.config import EvalConfig, Perturbation
 from timematters.data.collate import BadVideo, BadVideoLog, collate_videos
@@ -38,6 +37,7 @@ from timematters.losses.shuffle import (
     sample_frame_permutations,
     shuffle_frames,
 )
+from timematters.progress import progress_bar
 
 # How metric keys name each perturbation's clips: "shuffled_top1", "reversed_gap", ...
 LABELS = {
@@ -260,7 +260,7 @@ def evaluate(
         if autocast_dtype is not None
         else contextlib.nullcontext()
     )
-    for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
+    for batch in progress_bar(loader, desc="eval", leave=False, disable=not progress):
         batch = as_batch(batch)
         bad += batch.get("dropped", [])
         if "video" not in batch:  # every clip of the batch failed to decode

@@ -30,7 +30,6 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from timematters.backbones.adapters import is_foreign_spec
 from timematters.backbones.pretrained import load_pretrained
@@ -64,6 +63,7 @@ from timematters.engine.runs import (
 from timematters.flow.farneback import configure_opencv_threads
 from timematters.flow.labeller import FlowLabeller
 from timematters.losses.objective import Objective, ObjectiveOutput, objective_for_model
+from timematters.progress import progress_bar
 
 StepCallback = Callable[[int, dict[str, Any]], None]
 log = logging.getLogger(__name__)
@@ -460,7 +460,7 @@ def train_one_epoch(run: Run, loader: DataLoader) -> None:
     """Optimizer steps over ``loader`` until the epoch (or ``train.max_steps``) is done."""
     cfg, progress = run.cfg, run.progress
     epoch_end = min((progress.epoch + 1) * run.steps_per_epoch, run.max_steps)
-    bar = tqdm(
+    bar = progress_bar(
         total=epoch_end - progress.step,
         desc=f"epoch {progress.epoch + 1}/{cfg.train.epochs}",
         disable=not (cfg.train.progress and run.info.is_main),
