@@ -324,6 +324,16 @@ def test_python_api_loads_evaluates_and_diagnoses_models(tmp_path, hf_models, us
     )
     result = timematters.evaluate(models["hf"], pairs, classes=clips.classes)
     assert result.metrics()["all"]["num_clips"] == 12
+    # Without class names: the model's own (a transformers config's id2label), else indices.
+    models["hf"].class_names = [f"action_{k}" for k in range(K)]  # as a hub id2label gives them
+    assert timematters.evaluate(models["hf"], pairs).classes[-1] == f"action_{K - 1}"
+    models["hf"].class_names = None
+    assert timematters.evaluate(models["plain"], pairs).classes == [str(k) for k in range(K)]
+    frames = torch.utils.data.DataLoader(  # decoded frames, not clips: said how to convert them
+        [(torch.zeros(T, IMG, IMG, 3, dtype=torch.uint8), 0)], batch_size=1
+    )
+    with pytest.raises(ValueError, match=r"uint8 \[1, 8, 64, 64, 3\].*permute\(0, 4, 1, 2, 3\)"):
+        timematters.evaluate(models["hf"], frames)
     report = timematters.diagnose(
         models,
         clips,

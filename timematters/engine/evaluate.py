@@ -220,7 +220,7 @@ def evaluate(
     model: nn.Module,
     loader,
     *,
-    classes: list[str],
+    classes: list[str] | None = None,
     subsets: dict[str, list[int]] | None = None,
     settings: EvalConfig | None = None,
     device: torch.device | None = None,
@@ -229,7 +229,10 @@ def evaluate(
 ) -> EvalResult:
     """Run ``model`` (video -> logits) on every clip, as it is and under each perturbation.
 
-    loader: a DataLoader of our dict batches or of ``(video, label)`` pairs, or a dataset.
+    loader: a DataLoader of our dict batches or of ``(video, label)`` pairs, or a dataset; clips
+        are float ``[B, C, T, H, W]`` (or ``[B, V, C, T, H, W]`` with V views), normalised as the
+        model's input expects (mean = std = 0.5 for ours and the adapters, by default).
+    classes: the class names (default: the dataset's, else the model's own, else "0".."K-1").
     subsets: name -> class indices (default: the dataset's ``subsets``). The dataset's ``pairs``
         (class -> its time-reversed partner) give the reverse test's flip rate.
     settings: the ``eval`` section of the config: the perturbations, how clips are shuffled
@@ -266,6 +269,7 @@ def evaluate(
         if "video" not in batch:  # every clip of the batch failed to decode
             continue
         video = batch["video"].to(device, non_blocking=True)
+        _check_clips(video)
         count = len(video)
         index = batch.get("index")
         indices.append(torch.as_tensor(index) if index is not None else torch.arange(count) + seen)
@@ -293,6 +297,10 @@ def evaluate(
         labels.append(torch.as_tensor(batch["label"]).cpu())
     model.train(was_training)
 
+    if classes is None:
+        K = probs[0].shape[1] if probs else getattr(model, "num_classes", 0)
+        classes = getattr(dataset, "classes", None) or getattr(model, "class_names", None)
+        classes = classes or [str(k) for k in range(K)]
     K = len(classes)
     empty = np.zeros((0, K), np.float32)
     arrays = {
@@ -318,6 +326,16 @@ def evaluate(
         bootstrap_samples=settings.bootstrap_samples,
         seed=settings.seed,
     )
+
+
+def _check_clips(video: torch.Tensor) -> None:
+    """Clips as the models take them, or an error that says how to get there."""
+    if video.ndim not in (5, 6) or video.shape[-4] != 3 or not video.is_floating_point():
+        raise ValueError(
+            f"clips must be float [B, C=3, T, H, W] (or [B, V, 3, T, H, W]), normalised: got "
+            f"{video.dtype} {list(video.shape)}; frames [B, T, H, W, 3] uint8 become clips by "
+            "video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1 (mean = std = 0.5)"
+        )
 
 
 def _clip_probs(
