@@ -204,6 +204,11 @@ def test_objective_for_a_model_reads_its_sizes_and_refuses_flow_over_tubelets():
     )
     assert set(out.terms) == {"ce_loss", "order_loss", "debias_loss"}
 
+    one_frame = create_backbone("motionformer_tiny_patch8_64", **{**kwargs, "num_frames": 1})
+    cfg.flow.weight = 0  # a single position would give an order loss of 0 that teaches nothing
+    with pytest.raises(ValueError, match=r"order loss .* tokens have 1 frame, no order"):
+        objective_for_model(one_frame, cfg)
+
 
 def test_losses_built_for_other_tokens_say_so_instead_of_scoring_them():
     # An order head built with 8 input frames for tokens of 4 frames would silently train 4 unused

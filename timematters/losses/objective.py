@@ -133,6 +133,8 @@ def objective_for_model(model: nn.Module, cfg: LossConfig | None = None) -> Obje
     lacks (the order loss a frame axis in its tokens, the flow loss one token frame per frame)."""
     cfg = cfg or LossConfig()
     unsupported = dict(getattr(model, "unsupported", {}))
+    if model.token_frames < 2:  # one position to predict: a loss of 0 that teaches nothing
+        unsupported.setdefault("order", f"its tokens have {model.token_frames} frame, no order")
     if model.token_frames != model.num_frames:
         unsupported.setdefault(
             "flow", f"its {model.num_frames} frames become {model.token_frames} token frames"
