@@ -360,3 +360,23 @@ def test_data_check_on_an_imagenet9_tree(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert code == 1 and "1 videos undecodable" in out and "broken.jpg" in out
+
+
+@pytest.mark.parametrize(
+    "sizes, words",
+    [
+        (["data.eval_short_side=28"], ["data.crop_size=32", "data.eval_short_side=28", "=32"]),
+        (["data.train_short_side=[28, 40]"], ["data.train_short_side=[28, 40]", "=[37, 46]"]),
+    ],
+)
+def test_a_crop_larger_than_the_resized_frames_names_the_key_to_set(
+    list_videos, tmp_path, capsys, sizes, words
+):
+    tmp = list_videos
+    (tmp / "train.txt").write_text("a.mp4 jumping\nb.mp4 running\nc.mp4 jumping\nd.mp4 running\n")
+    (tmp / "val.txt").write_text("d.mp4 jumping\n")
+    run = tmp_path / "run"
+    code, err = _cli(capsys, "train", *_list_args(tmp), *sizes, f"train.out={run}")
+    assert code == 2
+    _one_clear_line(err, *words)
+    assert not run.exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from timematters.config import Config, DataConfig
+from timematters.config import Config, ConfigError, DataConfig
 from timematters.data.kinetics import KineticsDataset
 from timematters.data.ssv2 import SSv2Dataset
 from timematters.data.subsets import load_groups
@@ -31,6 +31,7 @@ SPLITS = ("train", "val", "test")
 def build_transform(data: DataConfig, train: bool) -> Callable:
     from timematters.data.transforms import EvalTransform, TrainTransform
 
+    _check_sizes(data, train)
     if train:
         return TrainTransform(
             crop_size=data.crop_size,
@@ -48,6 +49,25 @@ def build_transform(data: DataConfig, train: bool) -> Callable:
         mean=data.mean,
         std=data.std,
     )
+
+
+def _check_sizes(data: DataConfig, train: bool) -> None:
+    """Crops must fit in the resized frames; the fix keeps the released ratios (224 of 256-320)."""
+    crop = data.crop_size
+    low, high = data.train_short_side
+    if train and not crop <= low <= high:
+        fix = [max(crop, round(crop * 256 / 224)), max(crop, round(crop * 320 / 224))]
+        raise ConfigError(
+            f"data.crop_size={crop} does not fit data.train_short_side=[{low}, {high}] (frames "
+            f"are resized to a short side in that range, then cropped): set "
+            f"data.train_short_side=[{fix[0]}, {fix[1]}]"
+        )
+    if crop > data.eval_short_side:
+        raise ConfigError(
+            f"data.crop_size={crop} is larger than data.eval_short_side={data.eval_short_side} "
+            f"(test frames are resized to that short side, then cropped): set "
+            f"data.eval_short_side={crop}"
+        )
 
 
 def build_flow_labeller(cfg: Config, patch_size: int) -> FlowLabeller:
