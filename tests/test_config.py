@@ -25,6 +25,7 @@ PLACEHOLDERS = {
     "ssv2": ["data.root=/data/ssv2/videos", "data.annotations=/data/ssv2/labels"],
     "hf": ["data.root=/data/ssv2/videos", "data.annotations=/data/ssv2/labels"],
     "imagenet9": ["data.root=/data/bg_challenge"],
+    "kinetics": ["data.root=/data/k400/videos", "data.annotations=/data/k400/annotations"],
 }
 
 
@@ -34,6 +35,8 @@ def test_there_are_presets_for_every_table():
     assert len([p for p in PRESETS if p.startswith("ssv2/ablation/")]) == 8
     assert {"synthetic/baseline", "synthetic/time", "videolist/time"} <= set(PRESETS)
     assert {f"imagenet9/{v}" for v in ("baseline", "order", "debias", "time")} <= set(PRESETS)
+    kinetics = load_config("kinetics/timesformer_time", PLACEHOLDERS["kinetics"]).data
+    assert (kinetics.sampling, kinetics.dense_stride, kinetics.hflip) == ("dense", 32, True)
 
 
 @pytest.mark.parametrize("name", PRESETS)

@@ -87,6 +87,14 @@ def test_demo_seeds_must_be_positive(capsys):
     assert "must be at least 1" in capsys.readouterr().err
 
 
+def test_the_image_demo_refuses_the_video_demos_options(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, err = _cli(capsys, "demo", "--image", "--epochs", "3", "--out", str(out))
+    assert code == 2
+    _one_clear_line(err, "--epochs", "--image takes --quick, --seeds")
+    assert not out.exists()  # refused, not silently run with the image demo's own budget
+
+
 def test_resume_does_not_swallow_the_override_after_it(tmp_path, capsys):
     out = tmp_path / "run"
     code, err = _cli(capsys, "train", "synthetic/time", *TINY, f"train.out={out}", "train.epochs=1")

@@ -230,6 +230,19 @@ def _demo(args) -> int:
     if args.image:
         from timematters.image_demo import run_image_demo
 
+        video_only = {
+            "--ablation": args.ablation,
+            "--appendix-d": args.appendix_d,
+            "--epochs": args.epochs is not None,
+            "--perturb": args.perturb != "shuffle",
+        }
+        given = [flag for flag, on in video_only.items() if on]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)}: the video demo's option(s); --image takes --quick, --seeds, "
+                "--out and --overwrite"
+            )
+
         out = Path(args.out or "runs/demo_image")
         run_image_demo(out, quick=args.quick, seeds=args.seeds, overwrite=args.overwrite)
         return 0
