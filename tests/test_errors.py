@@ -47,6 +47,7 @@ def _one_clear_line(err: str, *words: str) -> None:
         ("train.device=gpu", ["train.device='gpu'", "cpu"]),
         ("train.out=", ["train.out", "empty"]),
         ("model.kwargs={depht: 2}", ["depht", "valid:", "depth"]),
+        ("model.kwargs={depth:2}", ["depth:2", "space after ':'"]),
         ("model.name=resnet", ["model.name='resnet'", "timesformer_tiny_patch8_64"]),
         ("train.accumulation=3", ["divisible"]),
         ("data.synthetic.num_train=2", ["smaller than one global batch"]),
@@ -93,6 +94,12 @@ def test_the_image_demo_refuses_the_video_demos_options(tmp_path, capsys):
     assert code == 2
     _one_clear_line(err, "--epochs", "--image takes --quick, --seeds")
     assert not out.exists()  # refused, not silently run with the image demo's own budget
+
+
+def test_predict_overrides_without_a_config_are_refused(tmp_path, capsys):
+    code, err = _cli(capsys, "predict", "clip.mp4", "--model", "m:f", "-o", "model.num_frames=16")
+    assert code == 2  # they were silently ignored
+    _one_clear_line(err, "-o model.num_frames=16", "--config")
 
 
 def test_resume_does_not_swallow_the_override_after_it(tmp_path, capsys):

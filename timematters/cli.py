@@ -367,6 +367,11 @@ def _predict(args) -> int:
     from timematters.engine.distributed import resolve_device
     from timematters.engine.model import load_model
 
+    if args.override and not args.config:
+        raise ConfigError(
+            f"-o {args.override[0]}: overrides change --config's clips; give the config they "
+            "apply to (--config videolist/time, or the run's config.yaml)"
+        )
     cfg = load_config(args.config, args.override) if args.config else None
     model = load_model(args.checkpoint or args.model, cfg).to(resolve_device(args.device))
     classes = None

@@ -432,9 +432,13 @@ def validate(cfg: Config) -> Config:
     valid = [] if foreign else backbone_arguments(model.name)
     unknown = sorted(set(model.kwargs) - set(valid))
     if unknown:
+        # {depth:2} is YAML for the key "depth:2": the flow mapping needs a space after the colon.
+        spacing = (
+            " (YAML needs a space after ':', as in {depth: 2})" if ":" in "".join(unknown) else ""
+        )
         raise ConfigError(
             f"model.kwargs: {', '.join(unknown)} not arguments of {model.name}; valid: "
-            f"{', '.join(valid)}"
+            f"{', '.join(valid)}{spacing}"
         )
     reserved = sorted(set(model.kwargs) & {"num_classes", "num_frames", "img_size"})
     if reserved:
