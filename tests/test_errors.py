@@ -150,8 +150,8 @@ def test_nan_gradients_are_skipped_counted_and_stop_the_run(tmp_path, monkeypatc
     # loss only and applied them, leaving NaN in every weight.
     real = engine_train.build_model
 
-    def poisoned(cfg, num_classes):
-        model = real(cfg, num_classes)
+    def poisoned(cfg, num_classes, **options):
+        model = real(cfg, num_classes, **options)
         model.head.weight.register_hook(lambda grad: torch.full_like(grad, math.nan))
         return model
 

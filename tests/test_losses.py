@@ -208,6 +208,11 @@ def test_objective_for_a_model_reads_its_sizes_and_refuses_flow_over_tubelets():
     cfg.flow.weight = 0  # a single position would give an order loss of 0 that teaches nothing
     with pytest.raises(ValueError, match=r"order loss .* tokens have 1 frame, no order"):
         objective_for_model(one_frame, cfg)
+    # The image variant: one frame, and the order loss predicts each patch's position.
+    image = create_backbone("vit_tiny_patch16_64", num_classes=K)
+    cfg.order.axis = cfg.debias.axis = "space"
+    objective = objective_for_model(image, cfg)
+    assert objective.losses["order"].temp_head.out_features == image.grid[0] * image.grid[1]
 
 
 def test_losses_built_for_other_tokens_say_so_instead_of_scoring_them():

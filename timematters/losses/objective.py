@@ -133,7 +133,9 @@ def objective_for_model(model: nn.Module, cfg: LossConfig | None = None) -> Obje
     lacks (the order loss a frame axis in its tokens, the flow loss one token frame per frame)."""
     cfg = cfg or LossConfig()
     unsupported = dict(getattr(model, "unsupported", {}))
-    if model.token_frames < 2:  # one position to predict: a loss of 0 that teaches nothing
+    # One frame position to predict: a loss of 0 that teaches nothing (the image variant's order
+    # loss, axis=space, predicts patch positions instead).
+    if cfg.order.axis == "time" and model.token_frames < 2:
         unsupported.setdefault("order", f"its tokens have {model.token_frames} frame, no order")
     if model.token_frames != model.num_frames:
         unsupported.setdefault(
