@@ -52,6 +52,12 @@ def _one_clear_line(err: str, *words: str) -> None:
         ("train.accumulation=3", ["divisible"]),
         ("data.synthetic.num_train=2", ["smaller than one global batch"]),
         ("eval.freeze_frame=4", ["eval.freeze_frame=4", "4-frame", "-4 to 3"]),
+        ("loss.debias.weight=-1", ["loss.debias.weight", "at least 0", "-1"]),
+        ("optim.weight_decay=-0.1", ["optim.weight_decay", "at least 0"]),
+        ("optim.lr=0", ["optim.lr must be positive"]),
+        ("optim.betas=[0.9, 1.0]", ["optim.betas", "[0, 1)"]),
+        ("loss.ce.smoothing=1.5", ["loss.ce.smoothing", "[0, 1)", "1.5"]),
+        ("data.std=[0.5, 0, 0.5]", ["data.std must be positive"]),
     ],
 )
 def test_bad_values_exit_2_with_one_line(tmp_path, capsys, override, words):

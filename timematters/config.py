@@ -413,6 +413,7 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key} must be at least {least}, got {value}")
     if not 0.0 <= data.max_bad_fraction <= 1.0:
         raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {data.max_bad_fraction}")
+    _validate_numbers(cfg)
     if not cfg.train.out.strip():
         raise ConfigError("train.out is empty: name the run folder (e.g. train.out=runs/my_run)")
     _validate_device(cfg.train.device)
@@ -504,6 +505,40 @@ def _lower_bounds(cfg: Config) -> list[tuple[str, int | float, int]]:
         ("data.test_temporal_views", cfg.data.test_temporal_views, 1),
         ("data.test_spatial_crops", cfg.data.test_spatial_crops, 1),
     ]
+
+
+def _validate_numbers(cfg: Config) -> None:
+    """Weights, rates and scales that torch would take silently (a negative λ maximises its loss)
+    or refuse only at the first step, without naming the key."""
+    loss, optim = cfg.loss, cfg.optim
+    non_negative = {
+        "loss.order.weight": loss.order.weight,
+        "loss.debias.weight": loss.debias.weight,
+        "loss.flow.weight": loss.flow.weight,
+        "optim.weight_decay": optim.weight_decay,
+        "optim.warmup_epochs": optim.warmup_epochs,
+        "optim.min_lr": optim.min_lr,
+        "optim.clip_grad": optim.clip_grad,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be at least 0, got {value}")
+    if optim.lr <= 0:
+        raise ConfigError(f"optim.lr must be positive, got {optim.lr}")
+    if not all(0 <= beta < 1 for beta in optim.betas):
+        raise ConfigError(f"optim.betas must be in [0, 1), got {list(optim.betas)}")
+    smoothing = {
+        "loss.ce.smoothing": loss.ce.smoothing,
+        "loss.order.smoothing": loss.order.smoothing,
+        "loss.flow.smoothing": loss.flow.smoothing,
+    }
+    for key, value in smoothing.items():
+        if not 0 <= value < 1:
+            raise ConfigError(f"{key} must be in [0, 1) (0: plain cross-entropy), got {value}")
+    if not all(s > 0 for s in cfg.data.std):
+        raise ConfigError(
+            f"data.std must be positive (clips are divided by it), got {cfg.data.std}"
+        )
 
 
 def _validate_device(name: str) -> None:
