@@ -401,3 +401,21 @@ def test_a_crop_larger_than_the_resized_frames_names_the_key_to_set(
     assert code == 2
     _one_clear_line(err, *words)
     assert not run.exists()
+
+
+def test_a_model_with_other_outputs_than_the_data_has_classes_is_refused(tmp_path, monkeypatch):
+    # A user's module does not say how many classes it has: the first batch's logits do.
+    (tmp_path / "five_out.py").write_text(
+        "import torch\n"
+        "def build():\n"
+        "    return torch.nn.Sequential(\n"
+        "        torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten(), torch.nn.Linear(3, 5)\n"
+        "    )\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    model = engine_model.load_model("five_out:build")
+    clips = [(torch.zeros(3, 8, 32, 32), 0) for _ in range(2)]
+    with pytest.raises(
+        ValueError, match="five_out:build gives 5 outputs but the data has 10 classes"
+    ):
+        evaluate(model, DataLoader(clips, batch_size=2), classes=[str(k) for k in range(10)])

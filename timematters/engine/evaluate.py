@@ -248,6 +248,7 @@ def evaluate(
         )
     loader = as_loader(loader, settings.batch_size)
     dataset = getattr(loader, "dataset", None)
+    classes = classes or getattr(dataset, "classes", None)
     subsets = getattr(dataset, "subsets", {}) if subsets is None else subsets
     pairs = getattr(dataset, "pairs", {})
     if device is None:
@@ -280,6 +281,13 @@ def evaluate(
         views = rearrange(video, "b v c t h w -> (b v) c t h w")
         options = dict(clips_in_batch=B, aggregation=settings.aggregation, autocast=autocast)
         probs.append(_clip_probs(model, views, **options))
+        if classes and len(probs) == 1 and probs[0].shape[1] != len(classes):
+            # Scored anyway, the extra outputs would only count as wrong answers, without a word.
+            raise ValueError(
+                f"{getattr(model, 'source', '') or type(model).__name__} gives "
+                f"{probs[0].shape[1]} outputs but the data has {len(classes)} classes: give a "
+                "model trained on these classes, or data labelled in the model's"
+            )
         for name in settings.perturbations:
             if name == "shuffle":  # one permutation per clip, shared by its views
                 perms = sample_frame_permutations(B, T, settings.shuffle, generator)
@@ -297,10 +305,9 @@ def evaluate(
         labels.append(torch.as_tensor(batch["label"]).cpu())
     model.train(was_training)
 
-    if classes is None:
+    if not classes:
         K = probs[0].shape[1] if probs else getattr(model, "num_classes", 0)
-        classes = getattr(dataset, "classes", None) or getattr(model, "class_names", None)
-        classes = classes or [str(k) for k in range(K)]
+        classes = getattr(model, "class_names", None) or [str(k) for k in range(K)]
     K = len(classes)
     empty = np.zeros((0, K), np.float32)
     arrays = {
