@@ -419,3 +419,44 @@ def test_a_model_with_other_outputs_than_the_data_has_classes_is_refused(tmp_pat
         ValueError, match="five_out:build gives 5 outputs but the data has 10 classes"
     ):
         evaluate(model, DataLoader(clips, batch_size=2), classes=[str(k) for k in range(10)])
+
+
+def test_one_folder_holds_one_commands_output(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny_config(run, "train.epochs=1"))
+    checkpoint = str(run / "checkpoints" / "last.pth")
+    own_eval = (run / "eval.json").read_text()
+    # eval into the run's folder would have replaced the run's own final evaluation.
+    code, err = _cli(
+        capsys, "eval", "synthetic/time", *TINY, "--checkpoint", checkpoint, "--out", str(run)
+    )
+    assert code == 2
+    _one_clear_line(err, "already holds a run", "choose another --out")
+    assert (run / "eval.json").read_text() == own_eval
+    # A report replaces an earlier report whole: no GradCAM of the earlier clips is left.
+    report = tmp_path / "report"
+    diagnose = ["diagnose", "--config", "synthetic/time", *TINY, "--checkpoint", checkpoint]
+    for index in ("0", "1"):
+        argv = [*diagnose, "--no-probe", "--gradcam-index", index, "--out", str(report)]
+        assert main(argv) == 0
+    assert sorted(p.name for p in report.glob("gradcam_*.png")) == ["gradcam_1.png"]
+    # A run is not started in a report's folder, nor in a file.
+    code, err = _cli(capsys, "train", "synthetic/time", *TINY, f"train.out={report}")
+    assert code == 2
+    _one_clear_line(err, "already holds a diagnose report", "diagnose.json", "--overwrite")
+    (tmp_path / "notes.txt").write_text("mine")
+    code, err = _cli(
+        capsys, "train", "synthetic/time", *TINY, f"train.out={tmp_path / 'notes.txt'}"
+    )
+    assert code == 2
+    _one_clear_line(err, "notes.txt is a file: give a folder")
+
+
+def test_a_run_without_a_checkpoint_is_not_offered_a_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("a run that failed before its first checkpoint\n")
+    code, err = _cli(capsys, "train", "synthetic/time", *TINY, f"train.out={run}")
+    assert code == 2
+    _one_clear_line(err, "already holds a run", "--overwrite")
+    assert "--resume" not in err

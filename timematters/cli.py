@@ -305,6 +305,7 @@ def _eval(args) -> int:
     from timematters.engine.distributed import is_main_process
     from timematters.engine.metrics import to_json
     from timematters.engine.model import evaluate_checkpoint
+    from timematters.engine.runs import claim_folder
 
     cfg = load_config(args.config, args.overrides)
     spec = args.checkpoint or args.model
@@ -315,6 +316,8 @@ def _eval(args) -> int:
     else:  # hf:owner/name -> name; torchvision:r3d_18:w.pth -> r3d_18_w; pkg.mod:f -> f
         name, _, weights = spec.split(":", 1)[-1].partition(":")
         out = Path("runs/eval") / "_".join(filter(None, (Path(name).name, Path(weights).stem)))
+    if is_main_process():  # before the work: a run's or a report's folder is refused
+        claim_folder(out, kind="an evaluation", overwrite=False, fix="choose another --out")
     result = evaluate_checkpoint(cfg, spec)
     if not is_main_process():  # under torchrun every rank has the gathered result; one writes it
         return 0

@@ -89,10 +89,6 @@ def demo_config(
     return load_config("synthetic/time", overrides)
 
 
-# What a demo writes into its folder; an earlier demo there is refused unless overwritten.
-DEMO_FILES = ("seed*", "diagnose", "metrics.json", "report.md", "*.png")
-
-
 def run_demo(
     out: Path,
     quick: bool = False,
@@ -114,8 +110,7 @@ def run_demo(
     claim_folder(
         out,
         overwrite=overwrite,
-        patterns=DEMO_FILES,
-        what="an earlier demo",
+        kind="a demo",
         fix="replace it with --overwrite, or choose another --out",
     )
     out.mkdir(parents=True, exist_ok=True)

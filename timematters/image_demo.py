@@ -96,8 +96,7 @@ def run_image_demo(out: Path, quick: bool = False, seeds: int = 1, overwrite: bo
     claim_folder(
         out,
         overwrite=overwrite,
-        patterns=("seed*", "data", "metrics.json", "report.md", "*.png"),
-        what="an earlier image demo",
+        kind="a demo",
         fix="replace it with --overwrite, or choose another --out",
     )
     out.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,7 @@ from timematters.engine.evaluate import (
 )
 from timematters.engine.metrics import to_json
 from timematters.engine.model import check_classes, describe_model, in_model_classes, load_model
+from timematters.engine.runs import claim_folder
 from timematters.engine.statistics import half_width
 
 
@@ -90,6 +91,9 @@ def diagnose(
     """
     started = time.perf_counter()
     out = Path(out)
+    # An earlier report there is replaced whole (no stale GradCAM of other clips); a run's or a
+    # demo's folder is refused.
+    claim_folder(out, kind="a diagnose report", overwrite=False, fix="choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     settings = settings or EvalConfig()
     if not models:

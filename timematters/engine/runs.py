@@ -76,29 +76,75 @@ class Interrupted(Exception):
         self.exit_code = exit_code
 
 
-def claim_folder(
-    folder: Path,
-    *,
-    overwrite: bool,
-    patterns: tuple[str, ...] = RUN_FILES,
-    what: str = "a run",
-    fix: str = "continue it with --resume, replace it with --overwrite, or choose another train.out",
-) -> None:
-    """Refuse a folder that holds ``what`` (files matching ``patterns``), or (``overwrite``)
-    remove those files from it; anything else in the folder is left alone."""
-    found = sorted({p for pattern in patterns for p in folder.glob(pattern)})
-    if not found:
-        return
-    if not overwrite:
-        names = ", ".join(p.name for p in found[:6]) + (" ..." if len(found) > 6 else "")
-        raise RunFolderInUse(f"{folder} already holds {what} ({names}): {fix}")
-    for path in found:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+# What each command writes into its folder, and the files that say a folder holds its output
+# (shared names such as report.md or *.png say nothing on their own). A folder holds one
+# command's output: the others are refused unless overwritten, and then their files go too, so
+# nothing stale is left beside the new output.
+OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # kind: (files it writes, files that mark it)
+    "a run": (RUN_FILES, ("config.yaml", "checkpoints", "metrics.jsonl", "train.log")),
+    "a demo": (
+        ("seed*", "data", "diagnose", "metrics.json", "report.md", "*.png"),
+        ("seed*", "metrics.json"),
+    ),
+    "a diagnose report": (
+        (
+            "diagnose.json",
+            "report.md",
+            "*.png",
+            "gradcam.npz",
+            "class_reliance.csv",
+            "proposed_subsets.yaml",
+            "bad_videos.jsonl",
+        ),
+        ("diagnose.json",),
+    ),
+    "an evaluation": (("eval.json", "eval.md"), ("eval.json",)),
+}
+# Kinds whose own earlier output is replaced without --overwrite: their commands are re-run on
+# the same folder (`eval` writes next to its checkpoint, `diagnose` to runs/diagnose) and they
+# replace it whole; a run or a demo is hours of work and is never replaced unasked.
+REPLACED = {"a diagnose report", "an evaluation"}
+
+
+def claim_folder(folder: Path, *, kind: str, overwrite: bool, fix: str) -> None:
+    """Make ``folder`` ready for ``kind``'s output (a key of ``OUTPUTS``): refuse a folder that
+    holds a run, a demo, ... (``fix`` says what to do), or remove their files (``overwrite``, and
+    a diagnose report's or an evaluation's own earlier output); anything else is left alone."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderInUse(f"{folder} is a file: give a folder for {kind}'s output")
+    held = [
+        other
+        for other, (_, markers) in OUTPUTS.items()
+        if any(any(folder.glob(marker)) for marker in markers)
+    ]
+    if "a run" in held and "an evaluation" in held:
+        held.remove("an evaluation")  # a run's own final evaluation
+    blocking = [other for other in held if not (other == kind and kind in REPLACED)]
+    if blocking and not overwrite:
+        files, _ = OUTPUTS[blocking[0]]
+        found = sorted({p.name for pattern in files for p in folder.glob(pattern)})
+        names = ", ".join(found[:6]) + (" ..." if len(found) > 6 else "")
+        raise RunFolderInUse(f"{folder} already holds {blocking[0]} ({names}): {fix}")
+    for other in held:
+        files, _ = OUTPUTS[other]
+        for path in sorted({p for pattern in files for p in folder.glob(pattern)}):
+            if path.exists():
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def claim_run_folder(folder: Path, *, overwrite: bool) -> None:
-    """A new run's folder: refused while it holds a run, unless ``overwrite``."""
-    claim_folder(folder, overwrite=overwrite)
+    """A new run's folder: refused while it holds a run or another command's output, unless
+    ``overwrite``."""
+    has_checkpoint = (folder / "checkpoints" / "last.pth").is_file()
+    resume = "continue it with --resume, " if has_checkpoint else ""
+    claim_folder(
+        folder,
+        kind="a run",
+        overwrite=overwrite,
+        fix=f"{resume}replace it with --overwrite, or choose another train.out",
+    )
 
 
 @dataclass(frozen=True)
