@@ -7,8 +7,9 @@ files ``.pth``/``.pyth``/``.pt``/``.bin`` (read with ``weights_only=True``) and 
 The steps: read and unwrap, detect the source, let the backbone rename/inflate
 (``model.convert_state_dict(state_dict, source) -> (state_dict, expected_missing)``), resize the
 spatial and temporal embeddings, drop a classifier of another number of classes, then check the
-keys. Every missing, unexpected or mis-shaped key is named in one ``PretrainedKeyError``; weights
-are copied into the model only after that check passed.
+keys. Every missing, unexpected or mis-shaped key is named in one ``PretrainedKeyError`` (or, for
+a file that holds (almost) none of the model's keys, one line saying so); weights are copied into
+the model only after that check passed.
 """
 
 from __future__ import annotations
@@ -30,10 +31,15 @@ PREFIXES = ("model.", "module.")
 # Temporal embeddings are resized along their frame axis: TimeSformer's time_embed, the
 # Motionformer / X-ViT temp_embed.
 TEMPORAL_EMBEDDINGS = ("time_embed", "temp_embed")
+# Fewer than one in this many of the model's keys in a file: weights of another network, whose
+# every missing and unexpected key would only bury that (hundreds of names).
+ALMOST_NONE = 10
 
 
 class PretrainedKeyError(KeyError):
-    """The checkpoint does not fit the model; names every missing, unexpected and mis-shaped key."""
+    """The checkpoint does not fit the model; names every missing, unexpected and mis-shaped key,
+    or, when (almost) none of ``model_keys`` are among ``file_keys``, says so in one line with a
+    few keys of each side."""
 
     def __init__(
         self,
@@ -41,8 +47,16 @@ class PretrainedKeyError(KeyError):
         missing: list[str],
         unexpected: list[str],
         mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]],
+        *,
+        model_keys: list[str] | None = None,
+        file_keys: list[str] | None = None,
     ):
         self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+        if model_keys is not None and file_keys is not None:
+            matched = len(set(model_keys) & set(file_keys))
+            if matched * ALMOST_NONE < len(model_keys):
+                super().__init__(_unrelated_message(path, model_keys, file_keys, matched))
+                return
         lines = [f"{path} does not fit the model:"]
         if missing:
             lines.append(f"  missing keys ({len(missing)}): {', '.join(missing)}")
@@ -56,6 +70,27 @@ class PretrainedKeyError(KeyError):
     def __str__(self) -> str:
         # KeyError would print the repr of the message, newlines escaped.
         return self.args[0]
+
+
+def _unrelated_message(
+    path: str | Path, model_keys: list[str], file_keys: list[str], matched: int
+) -> str:
+    how_many = "none" if matched == 0 else f"only {matched}"
+    return (
+        f"{path} does not fit the model: {how_many} of the model's {len(model_keys)} keys are in "
+        f"it (weights of another network?); the model's keys: {_examples(model_keys)}; the "
+        f"file's {len(file_keys)}: {_examples(file_keys)}"
+    )
+
+
+def _examples(keys: list[str], count: int = 5) -> str:
+    """The first key of each of the first ``count`` top-level modules: a glimpse of the layout
+    (``stem``, ``layer1``, ... against ``cls_token``, ``patch_embed``, ``blocks``, ...)."""
+    firsts: dict[str, str] = {}
+    for key in keys:
+        firsts.setdefault(key.split(".")[0], key)
+    shown = list(firsts.values())[:count]
+    return ", ".join(shown) + (", ..." if len(keys) > len(shown) else "")
 
 
 @dataclass
@@ -239,7 +274,14 @@ def load_pretrained(
         if k in target and v.shape != target[k].shape
     }
     if missing or unexpected or mismatched:
-        raise PretrainedKeyError(where, missing, unexpected, mismatched)
+        raise PretrainedKeyError(
+            where,
+            missing,
+            unexpected,
+            mismatched,
+            model_keys=[k for k in target if k not in expected_missing],
+            file_keys=list(state_dict),
+        )
     not_finite = sorted(
         k
         for k, v in {**state_dict, **heads}.items()

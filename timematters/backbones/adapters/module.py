@@ -14,6 +14,8 @@ import importlib
 import inspect
 import os
 import sys
+from collections.abc import Mapping
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -31,23 +33,76 @@ def load_module_model(spec: str, **sizes: Any) -> nn.Module:
     # `timematters` script alone would not find a my_models.py next to the user's data.
     if os.getcwd() not in map(os.path.abspath, sys.path):
         sys.path.append(os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(
-            f"{spec}: cannot import {module_name} ({error}); run from the folder that holds it "
-            "or add that folder to PYTHONPATH"
-        ) from None
+    module = _import_user_module(spec, module_name)
     factory = getattr(module, attribute, None)
     if not callable(factory):
         raise ValueError(f"{spec}: {module_name} has no callable {attribute!r}")
     parameters = inspect.signature(factory).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
     kwargs = {k: v for k, v in sizes.items() if v is not None and (takes_any or k in parameters)}
-    model = factory(**kwargs)
+    try:
+        model = factory(**kwargs)
+    except Exception as error:
+        # Chained, so TIMEMATTERS_TRACEBACK=1 still shows the line of the user's code that failed.
+        call = f"{attribute}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+        hint = _unfilled_hint(parameters, kwargs, offered=sizes)
+        raise ValueError(f"{spec}: {call} failed: {_one_line(error)}{hint}") from error
     if not isinstance(model, nn.Module):
         raise ValueError(f"{spec} returned a {type(model).__name__}, not a torch.nn.Module")
-    return as_video_backbone(model, source=spec, num_frames=sizes.get("num_frames") or 0)
+    # The clip length is the model's only when it was built for it (or declares it): a module
+    # that pools over time takes any number of frames.
+    num_frames = kwargs.get("num_frames", 0)
+    return as_video_backbone(model, source=spec, num_frames=num_frames)
+
+
+def _import_user_module(spec: str, module_name: str) -> ModuleType:
+    """The module ``spec`` names, every failure one line saying which file or package is at fault:
+    the module not found, a package it imports not installed, its own code failing."""
+    try:
+        return importlib.import_module(module_name)
+    except SyntaxError as error:  # IndentationError too; the import machinery's frames say nothing
+        raise ValueError(f"{spec}: {error.filename} line {error.lineno}: {error.msg}") from error
+    except ModuleNotFoundError as error:
+        # error.name is what was not found: the module (or its package) itself, or an import
+        # inside it, for which the folder advice would be wrong.
+        asked_for = error.name is None or module_name == error.name
+        if asked_for or module_name.startswith(f"{error.name}."):
+            raise ValueError(
+                f"{spec}: cannot import {module_name} ({error}); run from the folder that holds "
+                "it or add that folder to PYTHONPATH"
+            ) from None
+        raise ValueError(
+            f"{spec}: {module_name} imports {error.name}, which is not installed; install it "
+            "in this environment"
+        ) from error
+    except Exception as error:  # an ImportError of a name, or the module's own code failing
+        raise ValueError(f"{spec}: importing {module_name} failed: {_one_line(error)}") from error
+
+
+def _one_line(error: BaseException) -> str:
+    """``Type: message``, the message's first line: the CLI prints one line, and
+    TIMEMATTERS_TRACEBACK=1 shows the rest."""
+    lines = str(error).strip().splitlines()
+    return type(error).__name__ + (f": {lines[0]}" if lines else "")
+
+
+def _unfilled_hint(
+    parameters: Mapping[str, inspect.Parameter], kwargs: dict[str, Any], *, offered: dict[str, Any]
+) -> str:
+    """What to change when the factory has required parameters timematters does not pass."""
+    unfilled = [
+        name
+        for name, p in parameters.items()
+        if p.default is p.empty
+        and name not in kwargs
+        and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    if not unfilled:
+        return ""
+    return (
+        f" (a factory is called with whichever of {', '.join(offered)} it names; give "
+        f"{', '.join(unfilled)} a default)"
+    )
 
 
 def as_video_backbone(model: nn.Module, *, source: str, num_frames: int = 0) -> nn.Module:
@@ -92,8 +147,23 @@ class ModuleAdapter(Adapter):
 
     def features(self, video: torch.Tensor) -> VideoTokens:
         out = self.model(video)
-        logits = out if isinstance(out, torch.Tensor) else out.logits
+        logits = out if isinstance(out, torch.Tensor) else getattr(out, "logits", out)
+        self._check_logits(logits, video)
         return VideoTokens(cls=logits, patches=logits[:, None, None])
+
+    def _check_logits(self, logits: Any, video: torch.Tensor) -> None:
+        """Refuse what is not logits ``[batch, classes]`` where the module returned it, rather
+        than as a shape error deep in a loss or a diagnostic (metadata only: no sync, no copy)."""
+        expected = (
+            "the module must return logits [batch, classes] (a tensor, or an object with .logits)"
+        )
+        if not isinstance(logits, torch.Tensor):
+            raise ValueError(f"{self.source} returned a {type(logits).__name__}; {expected}")
+        if logits.ndim != 2 or logits.shape[0] != video.shape[0]:
+            raise ValueError(
+                f"{self.source} returned {list(logits.shape)} for a {list(video.shape)} clip "
+                f"batch; {expected}"
+            )
 
     def forward_head(self, cls: torch.Tensor) -> torch.Tensor:
         return cls

@@ -71,6 +71,7 @@ def load_torchvision_model(
         num_classes = num_classes or trained
     model = getattr(video, name)(weights=None, num_classes=num_classes or 400)
     if state_dict is not None:
+        _refuse_other_shapes(model, state_dict, weights=weights, name=name)
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
         missing = [key for key in missing if not (new_head and key.startswith(new_head))]
         if missing or unexpected:
@@ -110,6 +111,23 @@ def _read_weights(name: str, weights: str | Path) -> dict[str, torch.Tensor]:
             f"torchvision:{name}:{weights}: cannot download {entry.url} ({error}); offline, put "
             f"that file in {cache} or give a local weights file"
         ) from None
+
+
+def _refuse_other_shapes(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], *, weights: str | Path, name: str
+) -> None:
+    """One line for weights whose tensors have other shapes than the model's, before
+    ``load_state_dict`` dumps every one of them: the same names with other shapes are most often
+    a sibling network's weights (r3d_18's given to mc3_18)."""
+    target = model.state_dict()
+    differing = [k for k in target if k in state_dict and state_dict[k].shape != target[k].shape]
+    if differing:
+        key = differing[0]
+        raise ValueError(
+            f"{weights} does not fit torchvision:{name}: {key} is "
+            f"{list(state_dict[key].shape)} in the file, {list(target[key].shape)} in the model "
+            f"({len(differing)} tensors differ in shape); weights of another network?"
+        )
 
 
 def _classifier_in(state_dict: dict[str, torch.Tensor]) -> tuple[str, int] | None:
