@@ -460,3 +460,33 @@ def test_a_run_without_a_checkpoint_is_not_offered_a_resume(tmp_path, capsys):
     assert code == 2
     _one_clear_line(err, "already holds a run", "--overwrite")
     assert "--resume" not in err
+
+
+def test_predict_with_a_users_module_takes_the_configs_clips(tmp_path, monkeypatch, capsys):
+    (tmp_path / "pooling.py").write_text(
+        "import torch\n"
+        "def build():\n"
+        "    return torch.nn.Sequential(\n"
+        "        torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten(), torch.nn.Linear(3, 3)\n"
+        "    )\n"
+    )
+    write_video(tmp_path / "clip.mp4", numbered_frames(12))
+    (tmp_path / "names.txt").write_text("a\nb\n")
+    monkeypatch.chdir(tmp_path)
+    predict = ["predict", "clip.mp4", "--model", "pooling:build"]
+    # Its frame size is not its own: it crashed with "output (H: 0, W: 0)".
+    code, err = _cli(capsys, *predict)
+    assert code == 2
+    _one_clear_line(err, "pooling:build takes clips of any size", "-o data.crop_size=S")
+    sizes = ["--config", "videolist/time", "-o", "model.num_frames=4", "-o", "data.crop_size=32"]
+    assert main([*predict, *sizes, "-o", "data.eval_short_side=32"]) == 0
+    assert "original:" in capsys.readouterr().out
+    code, err = _cli(
+        capsys, *predict, *sizes, "-o", "data.eval_short_side=32", "--classes", "names.txt"
+    )
+    assert code == 2  # an IndexError with too few names; too many were used silently
+    _one_clear_line(err, "2 class names for a model of 3 outputs")
+    if not torch.cuda.is_available():
+        code, err = _cli(capsys, *predict, "--device", "cuda")
+        assert code == 2
+        _one_clear_line(err, "--device cuda but CUDA is not available")

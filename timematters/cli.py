@@ -360,6 +360,8 @@ def _diagnose(args) -> int:
 def _predict(args) -> int:
     import json
 
+    import torch
+
     from timematters.diagnostics.predict import (
         VideoDecodeError,
         explain_prediction,
@@ -376,7 +378,11 @@ def _predict(args) -> int:
             "apply to (--config videolist/time, or the run's config.yaml)"
         )
     cfg = load_config(args.config, args.override) if args.config else None
+    if args.device not in ("auto", "cpu") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {args.device} but CUDA is not available; use cpu or auto")
     model = load_model(args.checkpoint or args.model, cfg).to(resolve_device(args.device))
+    # The config's clips (a model that takes any size needs them; one with its own refuses others).
+    clip = dict(num_frames=cfg.model.num_frames, frame_size=cfg.data.crop_size) if cfg else {}
     classes = None
     if args.classes:
         from timematters.data.videolist import read_class_list
@@ -394,6 +400,7 @@ def _predict(args) -> int:
                 top_k=args.top_k,
                 perturbations=perturbations,
                 seed=args.seed,
+                **clip,
             )
         except VideoDecodeError as error:  # skipped and reported; the others are still predicted
             print(f"timematters: skipped {error}", file=sys.stderr)

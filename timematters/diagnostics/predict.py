@@ -57,11 +57,25 @@ class Prediction:
         return "\n".join(lines)
 
 
-def clip_of(model: nn.Module, video: str | Path | np.ndarray) -> tuple[torch.Tensor, list[int]]:
+def clip_of(
+    model: nn.Module,
+    video: str | Path | np.ndarray,
+    *,
+    num_frames: int | None = None,
+    frame_size: int | None = None,
+) -> tuple[torch.Tensor, list[int]]:
     """The model's input for a video: [1, C, T, S, S] normalised as the model takes clips, and
-    the indices of the frames it holds."""
+    the indices of the frames it holds. num_frames, frame_size: the clip for a model that does
+    not fix its own (a user's module, a 3-D CNN); the model's own otherwise."""
     info = describe_model(model)
-    num_frames, size = info["num_frames"], info["frame_size"]
+    num_frames = num_frames or info["num_frames"]
+    size = frame_size or info["frame_size"]
+    if not (num_frames and size):
+        raise ValueError(
+            f"{info.get('source') or type(model).__name__} takes clips of any size: give "
+            "num_frames and frame_size (on the command line: --config CONFIG -o "
+            "model.num_frames=T -o data.crop_size=S)"
+        )
     mean, std = _input_normalisation(model)
     if isinstance(video, np.ndarray):
         if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
@@ -97,10 +111,15 @@ def predict(
     top_k: int = 5,
     perturbations: Sequence[str] = ("shuffle", "reverse"),
     seed: int = 0,
+    num_frames: int | None = None,
+    frame_size: int | None = None,
 ) -> Prediction:
-    """The top ``top_k`` classes of ``model`` on ``video`` and on its ``perturbations``."""
+    """The top ``top_k`` classes of ``model`` on ``video`` and on its ``perturbations``.
+
+    num_frames, frame_size: the clip to make (default: the model's own; a model that takes any
+    needs them)."""
     model.eval()
-    clip, indices = clip_of(model, video)
+    clip, indices = clip_of(model, video, num_frames=num_frames, frame_size=frame_size)
     clip = clip.to(_device_of(model))
     names = list(classes or getattr(model, "class_names", None) or [])
     generator = torch.Generator().manual_seed(seed)
@@ -108,6 +127,11 @@ def predict(
     probs = model(torch.cat(views)).float().softmax(dim=-1).cpu()
     if not names:
         names = [str(k) for k in range(probs.shape[1])]
+    if len(names) != probs.shape[1]:
+        raise ValueError(
+            f"{len(names)} class names for a model of {probs.shape[1]} outputs: give one name "
+            "per output, in the model's order"
+        )
     k = min(top_k, probs.shape[1])
 
     def top(p: torch.Tensor) -> list[tuple[str, float]]:
