@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from torch.utils.data import Dataset
 
@@ -17,12 +18,7 @@ from timematters.config import Config, ConfigError, DataConfig
 from timematters.data.kinetics import KineticsDataset
 from timematters.data.ssv2 import SSv2Dataset
 from timematters.data.subsets import load_groups
-from timematters.data.videolist import (
-    VideoListDataset,
-    read_class_list,
-    read_video_list,
-    resolve_labels,
-)
+from timematters.data.videolist import VideoListDataset, read_video_list, resolve_labels
 from timematters.flow.labeller import FlowLabeller
 
 SPLITS = ("train", "val", "test")
@@ -147,17 +143,86 @@ def _build(
         flow_labels=labeller,
     )
     if data.dataset == "ssv2":
-        return SSv2Dataset(data.root, data.annotations, split, subset=data.subset, **options)
-    if data.dataset == "kinetics":
-        return KineticsDataset(data.root, data.annotations, split, **options)
-    if data.dataset == "videolist":
-        return VideoListDataset(
-            _video_list_file(data, split),
-            root=data.root,
-            classes=classes if classes and not data.class_list else _video_list_classes(data),
-            **options,
+        root = _existing_path(
+            "data.root", data.root, "folder", "the folder of the <id>.webm videos"
         )
+        annotations = _existing_path(
+            "data.annotations",
+            data.annotations,
+            "folder",
+            "the folder of labels.json, train.json and validation.json",
+        )
+        return SSv2Dataset(root, annotations, split, subset=data.subset, **options)
+    if data.dataset == "kinetics":
+        root = _existing_path(
+            "data.root", data.root, "folder", "the folder of the videos (in class folders or flat)"
+        )
+        annotations = _existing_path(
+            "data.annotations",
+            data.annotations,
+            "folder or file",
+            "the folder of the CSVs, or a CSV",
+        )
+        return KineticsDataset(root, annotations, split, **options)
+    if data.dataset == "videolist":
+        return _video_list_dataset(data, split, classes, options)
     raise ValueError(f"unknown dataset {data.dataset!r}")
+
+
+def _existing_path(
+    key: str, path: str, kind: Literal["folder", "file", "folder or file"], what: str
+) -> str:
+    """``path`` when it is an existing ``kind``; else an error that names the config key.
+
+    Checked here, where the key is known: the datasets take plain paths and can name only those.
+    """
+    found = Path(path)
+    exists = {"folder": found.is_dir, "file": found.is_file, "folder or file": found.exists}[kind]
+    if exists():
+        return path
+    if found.exists():
+        actual, wanted = ("a file", "a folder") if found.is_file() else ("a folder", "a file")
+        raise FileNotFoundError(f"{key}={path} is {actual}, not {wanted}; set {key} to {what}")
+    # A relative path is looked up from the working folder, which is often the mistake.
+    where = "" if found.is_absolute() else f" in {Path.cwd()}"
+    raise FileNotFoundError(f"{key}={path}: no such {kind}{where}; set {key} to {what}")
+
+
+_LIST_FORMAT = "'path label' per line, or a CSV with the header path,label"
+
+
+def _video_list_dataset(
+    data: DataConfig, split: str, classes: list[str] | None, options: dict
+) -> VideoListDataset:
+    """The split's video list. Its classes, in order: the class list file's (read by the dataset,
+    so that a label missing from it is reported with the file's name), a model's ``classes``, or
+    the training list's (an evaluation list must number the classes as training did)."""
+    list_file = _video_list_file(data, split)
+    root = data.root and _existing_path(
+        "data.root", data.root, "folder", "the folder the list's paths are relative to"
+    )
+    if data.class_list:
+        class_list = _existing_path(
+            "data.class_list", data.class_list, "file", "a file with one class name per line"
+        )
+        return VideoListDataset(list_file, root=root, class_list=class_list, **options)
+    if classes:
+        return VideoListDataset(
+            list_file, root=root, classes=classes, classes_from="the model", **options
+        )
+    if split == "train" or not data.annotations:
+        return VideoListDataset(list_file, root=root, **options)
+    training_list = _existing_path(
+        "data.annotations", data.annotations, "file", f"the training list ({_LIST_FORMAT})"
+    )
+    labels = [label for _, label in read_video_list(training_list)]
+    return VideoListDataset(
+        list_file,
+        root=root,
+        classes=resolve_labels(labels, None)[1],
+        classes_from=f"the training list {training_list}",
+        **options,
+    )
 
 
 def build_variation_dataset(data: DataConfig, variation: str, classes: list[str] | None = None):
@@ -188,21 +253,13 @@ def _imagenet9_dataset(data: DataConfig, train: bool) -> Dataset:
 
 
 def _video_list_file(data: DataConfig, split: str) -> str:
-    path = data.annotations if split == "train" else data.val_annotations
+    if split == "train":
+        key, path, clips, name = "data.annotations", data.annotations, "training", "training"
+    else:
+        key, path = "data.val_annotations", data.val_annotations
+        clips, name = f"evaluation ({split} split)", "evaluation"
     if not path:
-        key = "data.annotations" if split == "train" else "data.val_annotations"
-        what = "training" if split == "train" else f"evaluation ({split} split)"
         raise ValueError(
-            f"the videolist dataset needs {key} (a list file) for its {what} clips: set {key}=LIST"
+            f"the videolist dataset needs {key} (a list file) for its {clips} clips: set {key}=LIST"
         )
-    return path
-
-
-def _video_list_classes(data: DataConfig) -> list[str] | None:
-    """The class list file's names, else the training list's classes (None: from the list read)."""
-    if data.class_list:
-        return read_class_list(data.class_list)
-    if not data.annotations:
-        return None
-    labels = [label for _, label in read_video_list(data.annotations)]
-    return resolve_labels(labels, None)[1]
+    return _existing_path(key, path, "file", f"the {name} list ({_LIST_FORMAT})")

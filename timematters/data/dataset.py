@@ -131,25 +131,32 @@ class VideoDataset(Dataset):
 
 
 def split_missing(
-    samples: Sequence[VideoSample], where: str
+    samples: Sequence[VideoSample], where: str, listed_in: str = ""
 ) -> tuple[list[VideoSample], list[str]]:
     """(present, missing paths); warns about missing files, fails when none is present."""
     present = [s for s in samples if Path(s.path).is_file()]
     missing = [s.path for s in samples if not Path(s.path).is_file()]
-    report_missing(missing, len(samples), where)
+    report_missing(missing, len(samples), where, listed_in)
     return present, missing
 
 
-def report_missing(missing: Sequence[str], total: int, where: str) -> None:
+def report_missing(missing: Sequence[str], total: int, where: str, listed_in: str = "") -> None:
+    """Warn that ``missing`` of ``total`` videos listed in ``listed_in`` are not under ``where``.
+
+    The list file is named because a run reads two (training and evaluation) and the notice must
+    say which one to fix. It is logged ("timematters" logger), not printed, so that a run's
+    train.log can keep it.
+    """
+    listed = f"videos listed in {listed_in}" if listed_in else "listed videos"
     if total and len(missing) == total:
         raise FileNotFoundError(
-            f"none of the {total} videos listed were found under {where} (first: {missing[0]})"
+            f"none of the {total} {listed} were found under {where} (first: {missing[0]})"
         )
     if missing:
-        first = missing[0]
+        are = "is" if len(missing) == 1 else "are"
         log.warning(
-            f"{len(missing)} of {total} listed videos are missing under {where} and are left out "
-            f"(first: {first})"
+            f"{len(missing)} of {total} {listed} {are} missing under {where} and {are} left out "
+            f"(first: {missing[0]})"
         )
 
 

@@ -67,7 +67,8 @@ class KineticsDataset(VideoDataset):
         classes: list[str] | None = None,
         **options: Any,
     ):
-        rows = read_kinetics_csv(find_kinetics_csv(annotations, split))
+        split_csv = find_kinetics_csv(annotations, split)
+        rows = read_kinetics_csv(split_csv)
         if classes is None:
             train_csv = (
                 find_kinetics_csv(annotations, "train") if Path(annotations).is_dir() else None
@@ -83,6 +84,6 @@ class KineticsDataset(VideoDataset):
         videos = index_videos(root, recursive=True)
         samples = [VideoSample(videos[s], index_of[label], s) for label, s in rows if s in videos]
         missing = [f"{label}/{stem}.mp4" for label, stem in rows if stem not in videos]
-        report_missing(missing, len(rows), str(root))
+        report_missing(missing, len(rows), str(root), listed_in=str(split_csv))
         options.setdefault("train", split == "train")
         super().__init__(samples, classes, missing=missing, **options)

@@ -38,10 +38,34 @@ def find_ssv2_file(annotations: str | Path, name: str) -> Path:
     raise FileNotFoundError(f"SSv2 annotation file not found: {' or '.join(map(str, candidates))}")
 
 
+def read_json(path: Path) -> Any:
+    """The JSON in ``path``; an error names the file (json's own message names only the place)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path}: not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+        ) from None
+
+
 def read_ssv2_classes(annotations: str | Path) -> list[str]:
     """Class names in index order, from ``labels.json``."""
     path = find_ssv2_file(annotations, "labels")
-    index_of = {name: int(index) for name, index in json.loads(path.read_text()).items()}
+    labels = read_json(path)
+    if not isinstance(labels, dict):
+        raise ValueError(
+            f"{path}: expected an object of class name -> index, got a {type(labels).__name__}"
+        )
+    index_of: dict[str, int] = {}
+    for name, index in labels.items():
+        try:
+            index_of[name] = int(index)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{path}: class {name!r} has the index {index!r}; indices are whole numbers"
+            ) from None
     if sorted(index_of.values()) != list(range(len(index_of))):
         raise ValueError(f"{path}: class indices are not 0..{len(index_of) - 1}")
     return sorted(index_of, key=index_of.__getitem__)
@@ -58,7 +82,8 @@ def read_ssv2_split(
     if split not in _SPLIT_FILES:
         raise ValueError(f"unknown SSv2 split {split!r}; choose train, val or test")
     path = find_ssv2_file(annotations, _SPLIT_FILES[split])
-    entries = json.loads(path.read_text())
+    entries = read_json(path)
+    _check_entries(path, entries, ("id",) if split == "test" else ("id", "template"))
     if split == "test":
         answers = Path(annotations) / "test-answers.csv"
         if not answers.is_file():
@@ -80,6 +105,16 @@ def read_ssv2_split(
             f"{path}: {len(unknown)} class names are not in labels.json: {unknown[:5]}"
         )
     return [(video_id, index_of[name]) for video_id, name in named]
+
+
+def _check_entries(path: Path, entries: Any, keys: tuple[str, ...]) -> None:
+    """A split file is a list of objects with ``keys``; say which entry is not."""
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a list of videos, got a {type(entries).__name__}")
+    for number, entry in enumerate(entries):
+        absent = [key for key in keys if not isinstance(entry, dict) or key not in entry]
+        if absent:
+            raise ValueError(f"{path}: entry {number} has no {absent[0]!r}: {str(entry)[:80]}")
 
 
 class SSv2Dataset(VideoDataset):
@@ -118,6 +153,7 @@ class SSv2Dataset(VideoDataset):
         videos = index_videos(root)
         samples = [VideoSample(videos[vid], label, vid) for vid, label in entries if vid in videos]
         missing = [str(Path(root) / f"{vid}.webm") for vid, _ in entries if vid not in videos]
-        report_missing(missing, len(entries), str(root))
+        split_file = find_ssv2_file(annotations, _SPLIT_FILES[split])
+        report_missing(missing, len(entries), str(root), listed_in=str(split_file))
         options.setdefault("train", split == "train")
         super().__init__(samples, classes, subsets=subsets, missing=missing, **options)

@@ -26,6 +26,12 @@ def read_video_list(list_file: str | Path) -> list[tuple[str, str]]:
     UTF-8 with or without a byte-order mark (spreadsheets write one). A path listed twice with the
     same label is kept once (``list_duplicates`` names them); with two labels it is an error.
     """
+    return [(path, label) for _, path, label in read_numbered_video_list(list_file)]
+
+
+def read_numbered_video_list(list_file: str | Path) -> list[tuple[int, str, str]]:
+    """(line number, path, label) of each video ``read_video_list`` keeps: messages about an
+    entry can then name its line."""
     first: dict[str, tuple[int, str]] = {}
     for number, path, label in _read_lines(list_file):
         if path in first and first[path][1] != label:
@@ -35,7 +41,7 @@ def read_video_list(list_file: str | Path) -> list[tuple[str, str]]:
                 f"{line}; give each video one label"
             )
         first.setdefault(path, (number, label))
-    return [(path, label) for path, (_, label) in first.items()]
+    return [(number, path, label) for path, (number, label) in first.items()]
 
 
 def list_duplicates(list_file: str | Path) -> list[str]:
@@ -56,7 +62,13 @@ def _read_lines(list_file: str | Path) -> list[tuple[int, str, str]]:
             f"{list_file}: not UTF-8 text ({error.reason} at byte {error.start})"
         ) from None
     numbered: list[tuple[int, str, str]] = []
-    if lines and lines[0].strip().replace(" ", "") == "path,label":
+    header = lines[0].strip().replace(" ", "") if lines else ""
+    # A first line with a comma in a .csv file, or one that starts like the header, is a CSV
+    # whose header is wrong or absent (a .csv of 'path label' lines is still read as such).
+    looks_csv = list_file.suffix.lower() == ".csv" or header.startswith("path,")
+    if header != "path,label" and "," in header and looks_csv:
+        raise ValueError(f"{list_file}:1: a CSV needs the header path,label, got {lines[0]!r}")
+    if header == "path,label":
         for number, row in enumerate(csv.DictReader(lines), 2):
             path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
             if not path or not label:
@@ -95,16 +107,30 @@ def read_class_list(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"class list not found: {path}")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"class list {path} has no names (one class name per line)")
+    return names
+
+
+class UnknownLabels(ValueError):
+    """Labels that name no class; ``first`` is the position of the first of them among the
+    labels given, for a message that names its line."""
+
+    def __init__(self, unknown: list[str], first: int, source: str):
+        self.unknown, self.first, self.source = unknown, first, source
+        count = "1 label is" if len(unknown) == 1 else f"{len(unknown)} labels are"
+        super().__init__(f"{count} not {source}, e.g. {unknown[:10]}")
 
 
 def resolve_labels(
-    labels: Sequence[str], classes: Sequence[str] | None
+    labels: Sequence[str], classes: Sequence[str] | None, source: str = "in the class list"
 ) -> tuple[list[int], list[str]]:
     """Label strings -> (class indices, class names).
 
     With ``classes`` given, labels are matched as names first, then read as indices. Without it,
     integer labels are indices (classes named "0", "1", ...) and names are sorted into classes.
+    ``source`` says where ``classes`` came from, in ``UnknownLabels``' message.
     """
     all_ints = all(label.lstrip("-").isdigit() for label in labels)
     if classes is None:
@@ -124,14 +150,16 @@ def resolve_labels(
             raise ValueError(f"class indices {bad[:10]} are outside the {len(classes)} classes")
         return indices, list(classes)
     unknown = sorted({label for label in labels if label not in index_of})
-    raise ValueError(f"{len(unknown)} labels are not in the class list, e.g. {unknown[:10]}")
+    first = next(i for i, label in enumerate(labels) if label not in index_of)
+    raise UnknownLabels(unknown, first, source)
 
 
 class VideoListDataset(VideoDataset):
     """Videos from a list file (see the module docstring).
 
     Relative paths are resolved against ``root`` (default: the list file's folder). ``classes``
-    fixes the class order (e.g. the training list's classes for its validation list).
+    fixes the class order (e.g. the training list's classes for its validation list);
+    ``classes_from`` names where they came from, for the message about a label not among them.
     """
 
     def __init__(
@@ -140,12 +168,23 @@ class VideoListDataset(VideoDataset):
         root: str | Path = "",
         class_list: str | Path = "",
         classes: Sequence[str] | None = None,
+        classes_from: str = "",
         **options: Any,
     ):
-        entries = read_video_list(list_file)
+        entries = read_numbered_video_list(list_file)
+        source = "in the class list"
         if class_list:
             classes = read_class_list(class_list)
-        labels, classes = resolve_labels([label for _, label in entries], classes)
+            source = f"in the class list {class_list}"
+        elif classes is not None:
+            given = f"of {classes_from}" if classes_from else "given"
+            source = f"among the {len(classes)} classes {given}"
+        try:
+            labels, classes = resolve_labels([label for _, _, label in entries], classes, source)
+        except UnknownLabels as error:
+            raise ValueError(
+                _unknown_labels_message(list_file, entries, error, class_list)
+            ) from None
         for rare, common in similar_class_names(classes, Counter(labels)):
             log.warning(
                 f"{list_file}: class {rare!r} has almost no videos and looks like {common!r}: "
@@ -156,7 +195,27 @@ class VideoListDataset(VideoDataset):
             raise FileNotFoundError(f"video root not found: {base}")
         samples = [
             VideoSample(str(base / path), label, path)
-            for (path, _), label in zip(entries, labels, strict=True)
+            for (_, path, _), label in zip(entries, labels, strict=True)
         ]
-        present, missing = split_missing(samples, str(base))
+        present, missing = split_missing(samples, str(base), listed_in=str(list_file))
         super().__init__(present, classes, missing=missing, **options)
+
+
+def _unknown_labels_message(
+    list_file: str | Path,
+    entries: Sequence[tuple[int, str, str]],
+    error: UnknownLabels,
+    class_list: str | Path,
+) -> str:
+    """``LIST:LINE: label 'x' is not in the class list C[, nor are N other labels: [...]]; fix``."""
+    number, _, label = entries[error.first]
+    others = [name for name in error.unknown if name != label]
+    message = f"{list_file}:{number}: label {label!r} is not {error.source}"
+    if others:
+        count = "is 1 other label" if len(others) == 1 else f"are {len(others)} other labels"
+        message += f", nor {count}: {others[:10]}"
+    labels = "labels" if others else "label"
+    fix = f"correct the {labels}"
+    if class_list:
+        fix += f" or add the {'classes' if others else 'class'} to {class_list}"
+    return f"{message}; {fix}"

@@ -138,13 +138,20 @@ def copy_output(path: Path, *, enabled: bool = True):
         handler = logging.StreamHandler(file)
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logger = logging.getLogger("timematters")
-        logger.addHandler(handler)
+        # With a handler of its own the logger no longer falls back to printing on stderr
+        # (logging.lastResort): the terminal keeps seeing warnings through this one.
+        terminal = logging.StreamHandler()
+        terminal.setLevel(logging.WARNING)
+        handlers = [handler] if logger.hasHandlers() else [handler, terminal]
+        for each in handlers:
+            logger.addHandler(each)
         stdout, sys.stdout = sys.stdout, _Copy(sys.stdout, file)
         try:
             yield
         finally:
             sys.stdout = stdout
-            logger.removeHandler(handler)
+            for each in handlers:
+                logger.removeHandler(each)
 
 
 def _finite_or_none(value: Any) -> Any:

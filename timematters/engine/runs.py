@@ -147,6 +147,16 @@ def claim_run_folder(folder: Path, *, overwrite: bool) -> None:
     )
 
 
+def remove_run_files(folder: Path, *, folder_too: bool = False) -> None:
+    """Remove what a run writes (``RUN_FILES``) from ``folder``, and the folder itself when
+    ``folder_too`` and nothing else is in it; anything else stays."""
+    folder = Path(folder)
+    for path in sorted({p for pattern in RUN_FILES for p in folder.glob(pattern)}):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if folder_too and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
 @dataclass(frozen=True)
 class RunShape:
     """What a resume must match besides the config: it fixes which clips each step sees."""
