@@ -440,6 +440,12 @@ def test_one_folder_holds_one_commands_output(tmp_path, capsys):
         argv = [*diagnose, "--no-probe", "--gradcam-index", index, "--out", str(report)]
         assert main(argv) == 0
     assert sorted(p.name for p in report.glob("gradcam_*.png")) == ["gradcam_1.png"]
+    code, err = _cli(capsys, *diagnose, "--no-probe", "--gradcam-index", "99", "--out", str(report))
+    assert code == 2  # no map at all, without a word
+    _one_clear_line(err, "--gradcam-index 99", "0 to 7")
+    with pytest.raises(SystemExit) as exit_:  # a ZeroDivisionError in the probe
+        main([*diagnose, "--probe-clips", "0"])
+    assert exit_.value.code == 2 and "must be at least 1" in capsys.readouterr().err
     # A run is not started in a report's folder, nor in a file.
     code, err = _cli(capsys, "train", "synthetic/time", *TINY, f"train.out={report}")
     assert code == 2

@@ -32,6 +32,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="timematters",
@@ -114,8 +121,12 @@ def _parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--perturb", default=None, help=PERTURB_HELP)
     diagnose.add_argument("--out", default="runs/diagnose", help="the report's folder")
     diagnose.add_argument("--no-probe", action="store_true", help="skip the order probe")
-    diagnose.add_argument("--probe-clips", type=int, default=128, help="clips to fit / to score")
-    diagnose.add_argument("--gradcam-clips", type=int, default=4, help="clips to explain")
+    diagnose.add_argument(
+        "--probe-clips", type=_positive, default=128, help="clips to fit / to score"
+    )
+    diagnose.add_argument(
+        "--gradcam-clips", type=_non_negative, default=4, help="clips to explain (0: none)"
+    )
     diagnose.add_argument("--gradcam-index", type=int, action="append", help="clip indices")
 
     predict = commands.add_parser(

@@ -91,10 +91,10 @@ def diagnose(
     """
     started = time.perf_counter()
     out = Path(out)
-    # An earlier report there is replaced whole (no stale GradCAM of other clips); a run's or a
-    # demo's folder is refused.
-    claim_folder(out, kind="a diagnose report", overwrite=False, fix="choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    # A run's or a demo's folder is refused before any work; an earlier report there is replaced
+    # whole (no stale GradCAM of other clips) once this one is sure to be written.
+    claim = dict(kind="a diagnose report", overwrite=False, fix="choose another --out")
+    claim_folder(out, **claim, remove=False)
     settings = settings or EvalConfig()
     if not models:
         raise ValueError("diagnose needs at least one model")
@@ -127,6 +127,15 @@ def diagnose(
             )
     evaluations = dict(zip(models, evaluations, strict=True))
     first = next(iter(evaluations.values()))
+    if gradcam_indices is None:
+        gradcam_indices = _pick_clips(first.labels, gradcam_clips, subsets.get("temporal", []))
+    outside = [i for i in gradcam_indices if not 0 <= i < len(first.labels)]
+    if outside:  # would be explained by no map, silently
+        raise ValueError(
+            f"--gradcam-index {outside[0]}: the clips are numbered 0 to {len(first.labels) - 1}"
+        )
+    claim_folder(out, **claim)
+    out.mkdir(parents=True, exist_ok=True)
     first.check_bad(max_bad_fraction, out / "bad_videos.jsonl")
     data_info = {
         "name": about.get("dataset", type(source).__name__),
@@ -181,8 +190,6 @@ def diagnose(
         }
 
     # 4. GradCAM (Fig. 4): the same clips and target classes for every model.
-    if gradcam_indices is None:
-        gradcam_indices = _pick_clips(first.labels, gradcam_clips, subsets.get("temporal", []))
     if gradcam_indices:
         print("[diagnose] GradCAM ...", flush=True)
         report["gradcam"] = _gradcam(models, loader, gradcam_indices, classes, out, mean, std)

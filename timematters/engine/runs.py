@@ -107,10 +107,14 @@ OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 REPLACED = {"a diagnose report", "an evaluation"}
 
 
-def claim_folder(folder: Path, *, kind: str, overwrite: bool, fix: str) -> None:
+def claim_folder(
+    folder: Path, *, kind: str, overwrite: bool, fix: str, remove: bool = True
+) -> None:
     """Make ``folder`` ready for ``kind``'s output (a key of ``OUTPUTS``): refuse a folder that
     holds a run, a demo, ... (``fix`` says what to do), or remove their files (``overwrite``, and
-    a diagnose report's or an evaluation's own earlier output); anything else is left alone."""
+    a diagnose report's or an evaluation's own earlier output); anything else is left alone.
+    ``remove=False`` only refuses: a command that can still fail checks early and removes the
+    earlier output once its own is about to be written."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise RunFolderInUse(f"{folder} is a file: give a folder for {kind}'s output")
@@ -127,7 +131,7 @@ def claim_folder(folder: Path, *, kind: str, overwrite: bool, fix: str) -> None:
         found = sorted({p.name for pattern in files for p in folder.glob(pattern)})
         names = ", ".join(found[:6]) + (" ..." if len(found) > 6 else "")
         raise RunFolderInUse(f"{folder} already holds {blocking[0]} ({names}): {fix}")
-    for other in held:
+    for other in held if remove else []:
         files, _ = OUTPUTS[other]
         for path in sorted({p for pattern in files for p in folder.glob(pattern)}):
             if path.exists():
