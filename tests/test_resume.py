@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from test_train import TINY, tiny_config
 
+from timematters.config import ConfigError
 from timematters.engine.checkpoint import load_checkpoint
 from timematters.engine.runs import ResumeMismatch, RunFolderInUse
 from timematters.engine.train import train
@@ -208,3 +209,16 @@ def test_resume_of_a_finished_run_does_nothing(tmp_path, capsys):
     assert again["metrics"] == first["metrics"] and again["steps"] == first["steps"]
     assert (run / "metrics.jsonl").read_text() == before
     assert "nothing left to do" in capsys.readouterr().out
+
+
+def test_a_resume_continues_in_the_checkpoints_own_folder(tmp_path):
+    # Resumed elsewhere, the run's history (metrics, best.pth) stayed behind; a finished run
+    # resumed elsewhere failed looking for an eval.json that was never written there.
+    run = tmp_path / "run"
+    train(tiny_config(run, "train.epochs=1"))
+    with pytest.raises(ConfigError, match=r"continues the run in .*run, but train.out=.*other"):
+        train(
+            tiny_config(tmp_path / "other", "train.epochs=1"),
+            resume=run / "checkpoints" / "last.pth",
+        )
+    assert not (tmp_path / "other").exists()

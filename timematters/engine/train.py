@@ -151,6 +151,8 @@ def train(
     SIGINT / SIGTERM stop the run after the current step with a checkpoint (``Interrupted``).
     """
     validate(cfg)
+    if resume is not None:
+        _check_resume_folder(Path(resume), Path(cfg.train.out))
     info = setup_distributed(cfg.train.device)
     folder_existed = Path(cfg.train.out).exists()
     try:
@@ -187,6 +189,18 @@ def train(
             return result
     finally:
         cleanup_distributed()
+
+
+def _check_resume_folder(checkpoint: Path, out: Path) -> None:
+    """A resumed run continues in its own folder: its metrics, best.pth and logs are there."""
+    if checkpoint.parent.name != "checkpoints":
+        return  # a loose checkpoint file: train.out is where the run goes on
+    run_folder = checkpoint.parent.parent
+    if run_folder.resolve() != out.resolve():
+        raise ConfigError(
+            f"--resume {checkpoint} continues the run in {run_folder}, but train.out={out}: set "
+            f"train.out={run_folder} (or copy the run folder to {out} and resume its checkpoint)"
+        )
 
 
 def setup_run(
