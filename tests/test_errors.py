@@ -94,6 +94,14 @@ def test_demo_seeds_must_be_positive(capsys):
     assert "must be at least 1" in capsys.readouterr().err
 
 
+def test_a_demo_perturbation_typo_is_refused_before_training(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, err = _cli(capsys, "demo", "--quick", "--perturb", "shuffle,bogus", "--out", str(out))
+    assert code == 2
+    _one_clear_line(err, "--perturb: unknown bogus", "reverse")
+    assert not out.exists()
+
+
 def test_the_image_demo_refuses_the_video_demos_options(tmp_path, capsys):
     out = tmp_path / "demo"
     code, err = _cli(capsys, "demo", "--image", "--epochs", "3", "--out", str(out))
@@ -163,10 +171,11 @@ def test_nan_gradients_are_skipped_counted_and_stop_the_run(tmp_path, monkeypatc
 
     monkeypatch.setattr(engine_train, "build_model", poisoned)
     seen = []
-    train(
+    result = train(
         tiny_config(tmp_path / "run", "train.max_nonfinite_steps=100"),
         step_callback=lambda step, record: seen.append(record),
     )
+    assert "8 of 8 had a non-finite loss or gradient" in result["summary"]
     assert [r["nonfinite_steps"] for r in seen] == list(range(1, 9))
     assert all(math.isnan(r["grad_norm"]) for r in seen)
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pth")  # never applied
@@ -433,6 +442,17 @@ def test_one_folder_holds_one_commands_output(tmp_path, capsys):
     assert code == 2
     _one_clear_line(err, "already holds a run", "choose another --out")
     assert (run / "eval.json").read_text() == own_eval
+    code, err = _cli(capsys, "eval", "synthetic/time", *TINY, "--checkpoint", str(run))
+    assert code == 2
+    _one_clear_line(err, "a run folder's checkpoint is", "last.pth")
+    torch.save(load_checkpoint(checkpoint)["model"], tmp_path / "state_dict.pth")
+    code, err = _cli(
+        capsys, "eval", "synthetic/time", *TINY, "--checkpoint", str(tmp_path / "state_dict.pth")
+    )
+    assert code == 2
+    _one_clear_line(
+        err, "not a timematters checkpoint", "torchvision:NAME:FILE", "model.pretrained"
+    )
     # A report replaces an earlier report whole: no GradCAM of the earlier clips is left.
     report = tmp_path / "report"
     diagnose = ["diagnose", "--config", "synthetic/time", *TINY, "--checkpoint", checkpoint]

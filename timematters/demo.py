@@ -19,7 +19,7 @@ import numpy as np
 from timematters.config import Config, load_config
 from timematters.diagnostics.plots import plot_shuffle_bars, plot_training_curves
 from timematters.diagnostics.report import run_diagnose
-from timematters.engine.evaluate import format_table
+from timematters.engine.evaluate import PERTURBATION_NAMES, format_table
 from timematters.engine.metrics import to_json
 
 
@@ -106,6 +106,11 @@ def run_demo(
         raise ValueError(f"seeds must be at least 1, got {seeds}")
     if ablation and appendix_d:
         raise ValueError("--ablation and --appendix-d are two demos: run one at a time")
+    unknown = [name for name in perturbations if name not in PERTURBATION_NAMES]
+    if unknown:  # before the folder is claimed and the baseline trained
+        raise ValueError(
+            f"--perturb: unknown {', '.join(unknown)}; choose from {', '.join(PERTURBATION_NAMES)}"
+        )
     variants = ABLATION if ablation else APPENDIX_D if appendix_d else DEFAULT
     claim_folder(
         out,

@@ -114,9 +114,11 @@ def load_model(
         model = _build(replace(cfg.model, name=spec), cfg, num_classes)
         return model.eval()
     if not Path(spec).is_file():
+        last = Path(spec) / "checkpoints" / "last.pth"
+        hint = f"; a run folder's checkpoint is {last}" if last.is_file() else ""
         raise FileNotFoundError(
             f"{spec} is neither a checkpoint file nor a model spec (hf:DIR_OR_ID, "
-            "torchvision:NAME[:WEIGHTS], pkg.module:factory)"
+            f"torchvision:NAME[:WEIGHTS], pkg.module:factory){hint}"
         )
     if cfg is None:
         state = load_checkpoint(spec)
@@ -154,7 +156,11 @@ def load_model_from_checkpoint(cfg: Config, path: str | Path) -> tuple[nn.Module
     """
     state = load_checkpoint(path)
     if "model" not in state:
-        raise ValueError(f"{path} is not a timematters checkpoint (no 'model' entry)")
+        raise ValueError(
+            f"{path} is not a timematters checkpoint (no 'model' entry); a state dict of a "
+            "torchvision model is --model torchvision:NAME:FILE, a backbone's weights go in "
+            "model.pretrained"
+        )
     model_cfg = cfg.model
     if "config" in state:
         model_cfg = merge(ModelConfig(), state["config"]["model"], source=str(path))

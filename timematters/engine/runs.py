@@ -99,7 +99,7 @@ OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ),
         ("diagnose.json",),
     ),
-    "an evaluation": (("eval.json", "eval.md"), ("eval.json",)),
+    "an evaluation": (("eval.json", "eval.md", "bad_videos.jsonl"), ("eval.json",)),
 }
 # Kinds whose own earlier output is replaced without --overwrite: their commands are re-run on
 # the same folder (`eval` writes next to its checkpoint, `diagnose` to runs/diagnose) and they

@@ -444,6 +444,13 @@ def run_summary(run: Run) -> str:
         line("Weights & Biases", run.log.wandb_status)
     if run.bad_log.bad:
         line("bad_videos.jsonl", f"{run.bad_log.bad} training videos could not be used")
+    if (folder / "eval_bad_videos.jsonl").is_file():
+        line("eval_bad_videos.jsonl", "test videos that could not be decoded (not scored)")
+    if progress.nonfinite_steps:  # their updates were not applied: a run that learned nothing?
+        line(
+            "skipped steps",
+            f"{progress.nonfinite_steps} of {progress.step} had a non-finite loss or gradient",
+        )
     return "\n".join(lines)
 
 
