@@ -55,7 +55,6 @@ from timematters.engine.optim import build_optimizer, lr_at, set_lr
 from timematters.engine.prefetch import FlowLabelPrefetcher
 from timematters.engine.runs import (
     Interrupted,
-    RunFolderInUse,
     RunShape,
     StopSignals,
     check_resume,
@@ -154,31 +153,29 @@ def train(
     if resume is not None:
         _check_resume_folder(Path(resume), Path(cfg.train.out))
     info = setup_distributed(cfg.train.device)
-    folder_existed = Path(cfg.train.out).exists()
+    out, fresh = Path(cfg.train.out), resume is None
+    folder_existed = out.exists()
     try:
         with StopSignals() as stop, contextlib.ExitStack() as log_copy:
+            if fresh:  # refused before anything is touched, then logged from the first line on
+                if info.is_main:
+                    claim_run_folder(out, overwrite=overwrite)
+                barrier()
+                log_copy.enter_context(copy_output(out / "train.log", enabled=info.is_main))
             try:
                 run = setup_run(
-                    cfg,
-                    info,
-                    resume=resume,
-                    init_from=init_from,
-                    step_callback=step_callback,
-                    overwrite=overwrite,
-                    log_copy=log_copy,
+                    cfg, info, resume=resume, init_from=init_from, step_callback=step_callback
                 )
-            except RunFolderInUse:  # another run's folder: nothing of it may be touched
-                raise
             except BaseException:
                 # A new run that failed before its first step (a wrong list, a model that does
                 # not fit) trained nothing: its files go, so the corrected command is not refused.
                 log_copy.close()
-                if resume is None and info.is_main:
-                    remove_run_files(Path(cfg.train.out), folder_too=not folder_existed)
+                if fresh and info.is_main:
+                    remove_run_files(out, folder_too=not folder_existed)
                 raise
+            if not fresh:  # a refused resume must not touch the run's log: only now
+                log_copy.enter_context(copy_output(out / "train.log", enabled=info.is_main))
             run.stop = stop
-            if resume is not None:  # a refused resume must not touch the run's log: only now
-                log_copy.enter_context(copy_output(run.run_dir / "train.log", enabled=info.is_main))
             result = fit(run)
             log_copy.close()
             result["summary"] = run_summary(run)
@@ -210,20 +207,11 @@ def setup_run(
     resume: str | Path | None = None,
     init_from: str | Path | None = None,
     step_callback: StepCallback | None = None,
-    overwrite: bool = False,
-    log_copy: contextlib.ExitStack | None = None,
 ) -> Run:
-    """Build everything a run needs, in the order that fixes its random draws.
-
-    ``log_copy``: where a new run starts copying the output into train.log once its folder is
-    claimed, so that what building the data reports (missing videos) is in the log too."""
+    """Build everything a run needs, in the order that fixes its random draws (a new run's
+    folder is claimed by ``train`` first)."""
     run_dir = Path(cfg.train.out)
     state = load_checkpoint(resume) if resume else None
-    if state is None and info.is_main:
-        claim_run_folder(run_dir, overwrite=overwrite)
-    barrier()
-    if state is None and log_copy is not None:
-        log_copy.enter_context(copy_output(run_dir / "train.log", enabled=info.is_main))
     device = info.device
     torch.manual_seed(cfg.train.seed)
 
