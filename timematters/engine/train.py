@@ -532,7 +532,8 @@ def train_one_epoch(run: Run, loader: DataLoader) -> None:
         if progress.step % cfg.train.log_every == 0 or progress.step == 1:
             run.log.write(record)
         losses = {k.removesuffix("_loss"): v for k, v in record.items() if k.endswith("loss")}
-        bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+        # refresh=False: the update below redraws when the bar's interval says (a log file: 30 s).
+        bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
         bar.update()
         if run.step_callback is not None:
             run.step_callback(progress.step, record)
