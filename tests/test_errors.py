@@ -405,11 +405,11 @@ def test_a_crop_larger_than_the_resized_frames_names_the_key_to_set(
     tmp = list_videos
     (tmp / "train.txt").write_text("a.mp4 jumping\nb.mp4 running\nc.mp4 jumping\nd.mp4 running\n")
     (tmp / "val.txt").write_text("d.mp4 jumping\n")
-    run = tmp_path / "run"
+    run = tmp_path / "runs" / "mine" / "run"
     code, err = _cli(capsys, "train", *_list_args(tmp), *sizes, f"train.out={run}")
     assert code == 2
     _one_clear_line(err, *words)
-    assert not run.exists()
+    assert not (tmp_path / "runs").exists()  # nor the folders made for it
 
 
 def test_a_model_with_other_outputs_than_the_data_has_classes_is_refused(tmp_path, monkeypatch):

@@ -151,14 +151,28 @@ def claim_run_folder(folder: Path, *, overwrite: bool) -> None:
     )
 
 
-def remove_run_files(folder: Path, *, folder_too: bool = False) -> None:
-    """Remove what a run writes (``RUN_FILES``) from ``folder``, and the folder itself when
-    ``folder_too`` and nothing else is in it; anything else stays."""
-    folder = Path(folder)
+def first_new_folder(folder: Path) -> Path | None:
+    """The outermost of ``folder`` and its parents that does not exist yet (None: it exists)."""
+    folder, new = Path(folder).absolute(), None
+    while not folder.exists():
+        folder, new = folder.parent, folder
+    return new
+
+
+def remove_run_files(folder: Path, *, created: Path | None = None) -> None:
+    """Remove what a run writes (``RUN_FILES``) from ``folder``; anything else stays. ``created``:
+    the outermost folder the run made (``first_new_folder`` before it), removed with the ones
+    below it down to ``folder`` when they are left empty."""
+    folder = Path(folder).absolute()
     for path in sorted({p for pattern in RUN_FILES for p in folder.glob(pattern)}):
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    if folder_too and folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
+    if created is None:
+        return
+    for made in [folder, *folder.parents]:
+        if made.is_dir() and not any(made.iterdir()):
+            made.rmdir()
+        if made == created:
+            break
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ from timematters.engine.runs import (
     StopSignals,
     check_resume,
     claim_run_folder,
+    first_new_folder,
     remove_run_files,
 )
 from timematters.flow.farneback import configure_opencv_threads
@@ -154,7 +155,7 @@ def train(
         _check_resume_folder(Path(resume), Path(cfg.train.out))
     info = setup_distributed(cfg.train.device)
     out, fresh = Path(cfg.train.out), resume is None
-    folder_existed = out.exists()
+    created = first_new_folder(out)
     try:
         with StopSignals() as stop, contextlib.ExitStack() as log_copy:
             if fresh:  # refused before anything is touched, then logged from the first line on
@@ -171,7 +172,7 @@ def train(
                 # not fit) trained nothing: its files go, so the corrected command is not refused.
                 log_copy.close()
                 if fresh and info.is_main:
-                    remove_run_files(out, folder_too=not folder_existed)
+                    remove_run_files(out, created=created)
                 raise
             if not fresh:  # a refused resume must not touch the run's log: only now
                 log_copy.enter_context(copy_output(out / "train.log", enabled=info.is_main))
