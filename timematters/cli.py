@@ -14,7 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
-from timematters.config import ConfigError, load_config
+from timematters.config import ConfigError, load_config, validate_device
 
 PERTURB_HELP = (
     "temporal perturbations, comma-separated (default: shuffle, the paper's): shuffle, reverse, "
@@ -371,8 +371,6 @@ def _diagnose(args) -> int:
 def _predict(args) -> int:
     import json
 
-    import torch
-
     from timematters.diagnostics.predict import (
         VideoDecodeError,
         explain_prediction,
@@ -389,8 +387,7 @@ def _predict(args) -> int:
             "apply to (--config videolist/time, or the run's config.yaml)"
         )
     cfg = load_config(args.config, args.override) if args.config else None
-    if args.device not in ("auto", "cpu") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {args.device} but CUDA is not available; use cpu or auto")
+    validate_device(args.device, given=f"--device {args.device}")
     model = load_model(args.checkpoint or args.model, cfg).to(resolve_device(args.device))
     # The config's clips (a model that takes any size needs them; one with its own refuses others).
     clip = dict(num_frames=cfg.model.num_frames, frame_size=cfg.data.crop_size) if cfg else {}

@@ -416,7 +416,7 @@ def validate(cfg: Config) -> Config:
     _validate_numbers(cfg)
     if not cfg.train.out.strip():
         raise ConfigError("train.out is empty: name the run folder (e.g. train.out=runs/my_run)")
-    _validate_device(cfg.train.device)
+    validate_device(cfg.train.device, given=f"train.device={cfg.train.device!r}")
     from timematters.backbones.adapters import is_foreign_spec
 
     foreign = is_foreign_spec(model.name)
@@ -541,7 +541,8 @@ def _validate_numbers(cfg: Config) -> None:
         )
 
 
-def _validate_device(name: str) -> None:
+def validate_device(name: str, *, given: str) -> None:
+    """A device name that exists here; ``given`` is how the user wrote it, for the message."""
     import torch
 
     if name == "auto":
@@ -549,11 +550,9 @@ def _validate_device(name: str) -> None:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(
-            f"train.device={name!r} is not a device; use auto, cpu, cuda or cuda:N"
-        ) from None
+        raise ConfigError(f"{given} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} but CUDA is not available; use cpu or auto")
+        raise ConfigError(f"{given} but CUDA is not available; use cpu or auto")
 
 
 def _validate_images(cfg: Config) -> None:

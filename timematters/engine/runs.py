@@ -132,10 +132,7 @@ def claim_folder(
         names = ", ".join(found[:6]) + (" ..." if len(found) > 6 else "")
         raise RunFolderInUse(f"{folder} already holds {blocking[0]} ({names}): {fix}")
     for other in held if remove else []:
-        files, _ = OUTPUTS[other]
-        for path in sorted({p for pattern in files for p in folder.glob(pattern)}):
-            if path.exists():
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        _remove_matching(folder, OUTPUTS[other][0])
 
 
 def claim_run_folder(folder: Path, *, overwrite: bool) -> None:
@@ -151,6 +148,13 @@ def claim_run_folder(folder: Path, *, overwrite: bool) -> None:
     )
 
 
+def _remove_matching(folder: Path, patterns: tuple[str, ...]) -> None:
+    """Delete the files and folders in ``folder`` that match ``patterns``."""
+    for path in sorted({p for pattern in patterns for p in folder.glob(pattern)}):
+        if path.exists():  # a folder matched first may have held it
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def first_new_folder(folder: Path) -> Path | None:
     """The outermost of ``folder`` and its parents that does not exist yet (None: it exists)."""
     folder, new = Path(folder).absolute(), None
@@ -164,8 +168,7 @@ def remove_run_files(folder: Path, *, created: Path | None = None) -> None:
     the outermost folder the run made (``first_new_folder`` before it), removed with the ones
     below it down to ``folder`` when they are left empty."""
     folder = Path(folder).absolute()
-    for path in sorted({p for pattern in RUN_FILES for p in folder.glob(pattern)}):
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    _remove_matching(folder, RUN_FILES)
     if created is None:
         return
     for made in [folder, *folder.parents]:
