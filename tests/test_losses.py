@@ -215,6 +215,22 @@ def test_objective_for_a_model_reads_its_sizes_and_refuses_flow_over_tubelets():
     assert objective.losses["order"].temp_head.out_features == image.grid[0] * image.grid[1]
 
 
+def test_every_loss_a_model_cannot_train_is_named_at_once():
+    # A 4-frame model with tubelets of 4 frames: one token frame, so neither order nor flow; one
+    # message names both, so that the command it suggests runs.
+    kwargs = dict(num_classes=K, num_frames=4, img_size=16, depth=1, embed_dim=16, num_heads=2)
+    model = create_backbone("motionformer_tiny_patch8_64", tubelet_size=4, **kwargs)
+    with pytest.raises(ValueError) as caught:
+        objective_for_model(model)
+    message = str(caught.value)
+    assert message.startswith("the order and flow losses cannot train ")
+    assert "(order: its tokens have 1 frame, no order; flow: its 4 frames become 1 " in message
+    assert message.endswith("give them weight 0 (loss.order.weight=0 loss.flow.weight=0)")
+    cfg = LossConfig()
+    cfg.order.weight = cfg.flow.weight = 0
+    assert sorted(objective_for_model(model, cfg).losses) == ["ce", "debias"]
+
+
 def test_losses_built_for_other_tokens_say_so_instead_of_scoring_them():
     # An order head built with 8 input frames for tokens of 4 frames would silently train 4 unused
     # classes; flow labels at another patch size would fail inside cross_entropy.

@@ -193,6 +193,18 @@ def test_torchvision_weights_of_another_network_are_one_line(tmp_path):
     assert message.endswith("weights of another network?")
 
 
+def test_a_misspelt_torchvision_weights_name_lists_the_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # DEFAULTT is no file here either
+    with pytest.raises(FileNotFoundError) as caught:
+        load_foreign_model("torchvision:r3d_18:DEFAULTT", num_classes=3)
+    message = _single_line(caught.value)
+    assert message.startswith(
+        "torchvision:r3d_18:DEFAULTT: neither torchvision's weights for r3d_18 ("
+    )
+    assert "KINETICS400_V1" in message and "DEFAULT" in message
+    assert message.endswith("nor a weights file")
+
+
 def _conv_net_weights(**extra: torch.Tensor) -> dict[str, torch.Tensor]:
     """A 3-D CNN's names, torchvision's VideoResNet layout at toy size."""
     weights = {

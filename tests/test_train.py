@@ -213,3 +213,7 @@ def test_two_processes_count_every_bad_video(tmp_path):
     assert sorted(json.loads(line)["path"].rsplit("/", 1)[1] for line in lines) == names[13:]
     evaluated = json.loads((tmp_path / "run" / "eval.json").read_text())["all"]
     assert (evaluated["num_clips"], evaluated["num_bad"]) == (13, 3)
+    # The test split (the same list here) names its own undecodable videos, and the summary says so.
+    lines = (tmp_path / "run" / "eval_bad_videos.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["path"].rsplit("/", 1)[1] for line in lines) == names[13:]
+    assert "eval_bad_videos.jsonl" in proc.stdout + proc.stderr

@@ -141,13 +141,17 @@ def objective_for_model(model: nn.Module, cfg: LossConfig | None = None) -> Obje
         unsupported.setdefault(
             "flow", f"its {model.num_frames} frames become {model.token_frames} token frames"
         )
-    for name in ("order", "flow"):
-        if getattr(cfg, name).weight != 0 and name in unsupported:
-            source = getattr(model, "source", "") or type(model).__name__
-            raise ValueError(
-                f"the {name} loss cannot train {source}: {unsupported[name]}; give it weight 0 "
-                f"(loss.{name}.weight=0)"
-            )
+    blocked = [n for n in ("order", "flow") if getattr(cfg, n).weight != 0 and n in unsupported]
+    if blocked:  # every loss at once, so that one corrected command runs
+        source = getattr(model, "source", "") or type(model).__name__
+        overrides = " ".join(f"loss.{n}.weight=0" for n in blocked)
+        if len(blocked) == 1:
+            name = blocked[0]
+            problem = f"the {name} loss cannot train {source}: {unsupported[name]}; give it"
+        else:
+            reasons = "; ".join(f"{n}: {unsupported[n]}" for n in blocked)
+            problem = f"the order and flow losses cannot train {source} ({reasons}); give them"
+        raise ValueError(f"{problem} weight 0 ({overrides})")
     return build_objective(
         cfg,
         embed_dim=model.embed_dim,

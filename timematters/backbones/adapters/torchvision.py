@@ -101,6 +101,11 @@ def _read_weights(name: str, weights: str | Path) -> dict[str, torch.Tensor]:
 
     members = get_model_weights(name).__members__
     if str(weights) not in members:
+        if not Path(weights).exists() and not Path(weights).suffix:  # a misspelt member name
+            raise FileNotFoundError(
+                f"torchvision:{name}:{weights}: neither torchvision's weights for {name} "
+                f"({', '.join(members)}) nor a weights file"
+            )
         return read_state_dict(weights)
     entry = members[str(weights)]
     try:  # torch's hub cache first; a download only when the file is not there
