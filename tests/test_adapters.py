@@ -20,7 +20,7 @@ from timematters.backbones.adapters import (  # noqa: E402
     load_foreign_model,
     rebuild_foreign_model,
 )
-from timematters.backbones.pretrained import load_pretrained  # noqa: E402
+from timematters.backbones.pretrained import PretrainedKeyError, load_pretrained  # noqa: E402
 from timematters.cli import main  # noqa: E402
 from timematters.config import LossConfig, load_config  # noqa: E402
 from timematters.data.build import build_dataset  # noqa: E402
@@ -405,6 +405,49 @@ def test_time_trains_hf_models_end_to_end_and_resumes(tmp_path, kind):
     torch.testing.assert_close(reloaded.state_dict(), state["model"], rtol=0, atol=0)
     code = main(["eval", "synthetic/time", *DATA, "--model", str(checkpoint)])
     assert code == 0
+
+
+@pytest.mark.parametrize("name", ["hf_timesformer", "r3d_18", "user"])
+def test_init_from_a_checkpoint_of_a_foreign_model_loads_every_weight(
+    tmp_path, hf_models, user_module, r3d_weights, name
+):
+    # Every key of an adapted model starts with "model.", a prefix reading a file strips (as a
+    # DDP one's): --init-from put it back nowhere and refused its own runs' checkpoints.
+    spec = _specs(hf_models, user_module, r3d_weights)[name]
+    trained = load_foreign_model(spec, num_classes=K, num_frames=T, img_size=IMG)
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.add_(1.0)  # weights that differ from the freshly loaded model's everywhere
+    path = tmp_path / "last.pth"
+    torch.save({"model": trained.state_dict()}, path)
+    fresh = load_foreign_model(spec, num_classes=K, num_frames=T, img_size=IMG)
+    report = load_pretrained(fresh, path)
+    assert report.new == [] and report.dropped == []
+    torch.testing.assert_close(fresh.state_dict(), trained.state_dict(), rtol=0, atol=0)
+    # The wrapped model's own state dict (torchvision's, transformers', the user's) fits too.
+    fresh = load_foreign_model(spec, num_classes=K, num_frames=T, img_size=IMG)
+    load_pretrained(fresh, trained.model.state_dict())
+    torch.testing.assert_close(fresh.state_dict(), trained.state_dict(), rtol=0, atol=0)
+    # A user's module has no known classifier: one mis-shaped tensor is refused, not every
+    # weight quietly left out as a "classifier of another class count".
+    if name == "user":
+        other = {"model.fc.weight": torch.zeros(K, 4), "model.fc.bias": torch.zeros(K)}
+        with pytest.raises(PretrainedKeyError, match=r"model.fc.weight: checkpoint \[10, 4\]"):
+            load_pretrained(fresh, other)
+
+
+def test_init_from_a_foreign_run_trains_from_its_weights(tmp_path, hf_models):
+    spec = f"hf:{hf_models['timesformer']}"
+    overrides = [*DATA, f"model.name={spec}", "train.batch_size=4", "train.epochs=1"]
+    first = train(load_config("synthetic/time", [*overrides, f"train.out={tmp_path / 'a'}"]))
+    checkpoint = first["run_dir"] / "checkpoints" / "last.pth"
+    code = main(
+        ["train", "synthetic/time", *overrides, f"train.out={tmp_path / 'b'}"]
+        + ["--init-from", str(checkpoint)]
+    )
+    assert code == 0
+    log = (tmp_path / "b" / "train.log").read_text()
+    assert "initialised anew" not in log  # every weight came from the checkpoint
 
 
 def test_clips_labelled_with_a_models_class_names_are_scored_in_its_classes(tmp_path, capsys):

@@ -217,3 +217,13 @@ def test_two_processes_count_every_bad_video(tmp_path):
     lines = (tmp_path / "run" / "eval_bad_videos.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["path"].rsplit("/", 1)[1] for line in lines) == names[13:]
     assert "eval_bad_videos.jsonl" in proc.stdout + proc.stderr
+
+
+def test_init_from_says_in_the_log_what_the_load_changed(tmp_path):
+    train(tiny_config(tmp_path / "a", "train.epochs=1"))
+    checkpoint = tmp_path / "a" / "checkpoints" / "last.pth"
+    # 8 frames from a 4-frame run: the time embedding is resized, the order head is new.
+    train(tiny_config(tmp_path / "b", "train.epochs=1", "model.num_frames=8"), init_from=checkpoint)
+    log = (tmp_path / "b" / "train.log").read_text()
+    assert f"[train] {checkpoint}: time_embed resized from [1, 4, 24] to [1, 8, 24]" in log
+    assert "TIME heads not in the checkpoint or of another size, initialised: order" in log

@@ -105,6 +105,21 @@ class LoadReport:
     objective: list[str] = field(default_factory=list)  # keys loaded into the TIME heads
     notes: list[str] = field(default_factory=list)  # what else was converted or left out, and why
 
+    def describe(self) -> list[str]:
+        """One line for each thing the load changed that a user should read in the run's log
+        (the load is never silently partial): embeddings resized, a classifier of another class
+        count left out, tensors the model initialised itself, and the notes."""
+        lines = [f"{k} resized from {list(a)} to {list(b)}" for k, (a, b) in self.resized.items()]
+        if self.dropped:
+            lines.append(
+                f"its classifier ({len(self.dropped)} tensors) has another class count: left "
+                "out, trained anew"
+            )
+        if self.new:
+            shown = ", ".join(self.new[:5]) + (", ..." if len(self.new) > 5 else "")
+            lines.append(f"{len(self.new)} tensors not in it, initialised anew: {shown}")
+        return lines + self.notes
+
 
 # The TIME release keeps its loss heads in the backbone; ours live in the objective's losses.
 TIME_HEADS = {
@@ -257,7 +272,7 @@ def load_pretrained(
             report.resized[key] = (tuple(value.shape), tuple(want.shape))
 
     head = model.classifier_name + "."
-    head_keys = {k for k in target if k.startswith(head)}
+    head_keys = {k for k in target if k.startswith(head)} if model.classifier_name else set()
     head_changed = any(
         k not in state_dict or state_dict[k].shape != target[k].shape for k in head_keys
     )
@@ -333,8 +348,10 @@ def _load_time_heads(objective: nn.Module | None, heads: dict, report: LoadRepor
     if off:
         report.notes.append(f"TIME heads of losses that are off left out: {', '.join(off)}")
     fresh = sorted({k.split(".")[1] for k in target if k not in usable})
-    if fresh:
-        report.notes.append(f"TIME heads not in the checkpoint, initialised: {', '.join(fresh)}")
+    if fresh:  # absent, or sized for other frames (an order head of 8 positions for 16 frames)
+        report.notes.append(
+            f"TIME heads not in the checkpoint or of another size, initialised: {', '.join(fresh)}"
+        )
     objective.load_state_dict(usable, strict=False)
     report.objective = sorted(usable)
 

@@ -1,5 +1,5 @@
 """The training loop: ``setup_run``, ``train_one_epoch``, ``train_step``, evaluation and
-checkpoints (STYLE 9, in the spirit of MAE's ``engine_finetune.py``).
+checkpoints, in the spirit of MAE's ``engine_finetune.py``: setup, one epoch, one step.
 
 One loop serves `timematters train`, the demo and the benchmarks. It runs alone or as one of N
 torchrun processes (DistributedDataParallel); rank 0 writes the run folder. Everything a run holds
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import os
 import shutil
@@ -68,7 +67,6 @@ from timematters.losses.objective import Objective, ObjectiveOutput, objective_f
 from timematters.progress import progress_bar
 
 StepCallback = Callable[[int, dict[str, Any]], None]
-log = logging.getLogger(__name__)
 
 
 class TimeModel(nn.Module):
@@ -237,8 +235,8 @@ def setup_run(
     pretrained = "" if is_foreign_spec(cfg.model.name) else cfg.model.pretrained
     for weights in filter(None, (pretrained, init_from)):
         report = load_pretrained(backbone, weights, objective=objective)
-        for note in report.notes:
-            log.info(f"{weights}: {note}")
+        for line in report.describe() if info.is_main else []:  # printed: in train.log too
+            print(f"[train] {weights}: {line}")
     model = TimeModel(backbone, objective).to(device)
     ddp_model = model
     if info.enabled:

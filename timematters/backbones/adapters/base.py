@@ -32,7 +32,9 @@ DEFAULT_INPUT = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 class Adapter(nn.Module):
     """Base of the adapters; subclasses set the attributes and implement the four hooks below."""
 
-    classifier_name = "model"  # the wrapped model's weights; our checkpoints store them whole
+    # The classifier's prefix; "" where it is not known (a user's module): then no tensor is
+    # taken for a classifier of another class count and left out of a load.
+    classifier_name = ""
     family = "adapter"
 
     def __init__(
@@ -170,7 +172,15 @@ class Adapter(nn.Module):
         return None
 
     def convert_state_dict(self, state_dict: dict, source: str) -> tuple[dict, set[str]]:
-        """Our checkpoints of an adapted model store it under its own names."""
+        """Our checkpoints of an adapted model hold the wrapped model's keys under ``model.``,
+        a prefix that reading a file strips when every key has it (as a DDP one's): it is put
+        back, as often as the wrapped model's own names need. A state dict of the wrapped model
+        itself (torchvision's, transformers', a user's) fits the same way."""
+        target = self.state_dict().keys()
+        for _ in range(3):  # the wrapped model's own names may start with "model." too
+            if not state_dict or any(k in target for k in state_dict):
+                break
+            state_dict = {f"model.{k}": v for k, v in state_dict.items()}
         return state_dict, set()
 
 
