@@ -43,9 +43,8 @@ def _measure(job: dict) -> dict:
     from timematters.config import LossConfig, OptimConfig
     from timematters.engine.optim import build_optimizer
     from timematters.engine.prefetch import FlowLabelPrefetcher
-    from timematters.engine.train import TimeModel
     from timematters.flow.labeller import FlowLabeller
-    from timematters.losses import build_objective
+    from timematters.losses import TimeModel, build_objective
 
     torch.manual_seed(0)
     torch.set_num_threads(job["threads"])

@@ -6,16 +6,16 @@ The Python API, model-first:
 - ``load_model(spec, cfg=None)``: a timematters checkpoint, ``hf:DIR_OR_HUB_ID``,
   ``torchvision:NAME[:WEIGHTS]`` or ``pkg.module:factory``, as a module that honours the
   backbone protocol;
-- ``evaluate(model, data, classes=..., subsets=...)``: top-1 / top-5 on original and
+- ``evaluate(model, loader, classes=..., subsets=...)``: top-1 / top-5 on original and
   frame-shuffled clips and the gap, per subset;
 - ``diagnose(models, data, out)``: the whole report (shuffle test, confidence gap, per-block
   order probe, GradCAM) for ``{name: model}``.
 
-``data`` is a dataset, a DataLoader of dict batches, or one of ``(video, label)`` pairs, clips
-``[B, C, T, H, W]``. Heavy modules load on first use, so ``import timematters`` is quick.
+``loader`` / ``data`` is a dataset, a DataLoader of dict batches, or one of ``(video, label)``
+pairs, clips ``[B, C, T, H, W]``. Heavy modules load on first use, so ``import timematters`` is quick.
 """
 
-from importlib import import_module
+import importlib
 
 __version__ = "0.1.0"
 
@@ -28,8 +28,12 @@ _API = {
 
 def __getattr__(name: str):
     if name in _API:
-        return getattr(import_module(_API[name]), name)
+        return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'timematters' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:  # the lazy API shows in dir() and tab completion
+    return sorted(__all__)
 
 
 __all__ = ["__version__", "diagnose", "evaluate", "load_model"]

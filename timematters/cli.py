@@ -148,7 +148,8 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--perturb",
         default="shuffle,reverse",
-        help="perturbations to compare, comma-separated: shuffle, reverse, freeze, local",
+        help="perturbations to compare, comma-separated: shuffle, reverse, freeze, freeze_each, "
+        "local",
     )
     predict.add_argument("--classes", default=None, help="a file of class names, one per line")
     predict.add_argument("--json", action="store_true", help="print JSON instead of text")

@@ -64,3 +64,41 @@ class VideoBackbone(Protocol):
     def convert_state_dict(self, state_dict: dict, source: str) -> tuple[dict, set[str]]:
         """A foreign state dict in this model's key names, and the keys it cannot provide."""
         ...
+
+
+# What ``isinstance(model, VideoBackbone)`` asks of a model, to name what one lacks.
+PROTOCOL_MEMBERS = (
+    "embed_dim",
+    "num_frames",
+    "patch_size",
+    "grid",
+    "classifier_name",
+    "token_frames",
+    "forward_features",
+    "forward_head",
+    "convert_state_dict",
+)
+
+
+def check_clips(video: object, *, views: bool = False) -> None:
+    """Clips as every model takes them, float ``[B, 3, T, H, W]`` normalised (with ``views``,
+    ``[B, V, 3, T, H, W]`` too), or a ValueError that says how to get there from what was given."""
+    if not isinstance(video, torch.Tensor):
+        raise ValueError(
+            f"clips must be one tensor [B, 3, T, H, W], got a {type(video).__name__}; "
+            "torch.stack a list of [3, T, H, W] clips"
+        )
+    shape, dims = list(video.shape), (5, 6) if views else (5,)
+    if video.ndim == 4 and shape[0] == 3:
+        raise ValueError(
+            f"got one clip {shape}, not a batch: video[None] is a batch of one, and a list of "
+            "(clip, label) pairs is a Dataset to wrap in a DataLoader"
+        )
+    if video.ndim in dims and shape[-4] == 3 and video.is_floating_point():
+        return
+    layout = "[B, C=3, T, H, W]" + (" (or [B, V, 3, T, H, W])" if views else "")
+    raise ValueError(
+        f"clips must be float {layout}, normalised: got {video.dtype} {shape}; frames "
+        "[B, T, H, W, 3] uint8 become clips by video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1 "
+        "(mean = std = 0.5)"
+    )

@@ -22,7 +22,7 @@ Adapted models (``backbones/adapters``) give the package their own layer and res
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -40,7 +40,15 @@ class _TappedBackbone(nn.Module):
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         tokens = self.backbone.forward_features(video, return_blocks=True)
-        self.tap(tokens.blocks[-2])
+        # Counted from the tokens: ``.blocks`` is no attribute the VideoBackbone contract names.
+        blocks = tokens.blocks or ()
+        if len(blocks) < 2:
+            raise ValueError(
+                f"GradCAM reads the tokens entering the last block, so it needs two blocks; "
+                f"{type(self.backbone).__name__}.forward_features(return_blocks=True) gives "
+                f"{len(blocks)}"
+            )
+        self.tap(blocks[-2])
         return self.backbone.forward_head(tokens.cls)
 
 
@@ -58,28 +66,32 @@ def video_gradcam(model: nn.Module, video: torch.Tensor, targets: Sequence[int])
     if len(targets) != len(video):
         raise ValueError(f"{len(video)} clips but {len(targets)} targets")
     was_training = model.training
-    if hasattr(model, "gradcam_layer"):
-        network = model.eval()
-        layer, reshape = model.gradcam_layer()
-    else:
-        if len(model.blocks) < 2:
-            raise ValueError(
-                "GradCAM reads the tokens entering the last block: it needs two blocks"
-            )
-        network = _TappedBackbone(model).eval()
-        _check_tap_on_graph(network, video[:1])
-        h, w = model.grid
-        layer = network.tap
-
-        def reshape(x: torch.Tensor) -> torch.Tensor:
-            return rearrange(x.float(), "b t (h w) d -> b d t h w", h=h, w=w)
-
-    with GradCAM(network, target_layers=[layer], reshape_transform=reshape) as cam:
-        maps = cam(video, [ClassifierOutputTarget(int(k)) for k in targets])
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
+    try:  # a model that cannot give a map is left as it was found, in its mode and gradient-free
+        network, layer, reshape = _gradcam_target(model, video)
+        with GradCAM(network, target_layers=[layer], reshape_transform=reshape) as cam:
+            maps = cam(video, [ClassifierOutputTarget(int(k)) for k in targets])
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
     # The package resizes with a cubic spline, which may overshoot [0, 1] a little.
     return np.clip(maps, 0.0, 1.0)
+
+
+def _gradcam_target(
+    model: nn.Module, video: torch.Tensor
+) -> tuple[nn.Module, nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+    """(network in eval mode, the layer to hook, the reshape to [B, C, T', h, w]) for grad-cam."""
+    if hasattr(model, "gradcam_layer"):
+        network = model.eval()
+        return network, *model.gradcam_layer()
+    network = _TappedBackbone(model).eval()
+    _check_tap_on_graph(network, video[:1])
+    h, w = model.grid
+
+    def reshape(x: torch.Tensor) -> torch.Tensor:
+        return rearrange(x.float(), "b t (h w) d -> b d t h w", h=h, w=w)
+
+    return network, network.tap, reshape
 
 
 def _check_tap_on_graph(tapped: _TappedBackbone, video: torch.Tensor) -> None:

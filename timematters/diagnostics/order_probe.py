@@ -121,8 +121,8 @@ def order_probe(
 
     Each result holds ``accuracy`` (top-1 %, per block and ``final``), ``frames`` (token frames
     of each block, for its chance level 100 / frames) and ``skipped`` (block -> why it was not
-    probed: one token frame has no order to find). A model that cannot give per-block tokens has
-    only ``unsupported``, its reason.
+    probed: one token frame has no order to find, no clips to fit or none held out). A model that
+    cannot give per-block tokens has only ``unsupported``, its reason.
     """
     results: list[dict[str, Any] | None] = []
     probed = []
@@ -151,6 +151,9 @@ def order_probe(
                 skipped[name] = "one token frame: no order to find"
                 continue
             fit, held_out = feature[:fit_clips], feature[fit_clips:]
+            if len(fit) == 0:  # a probe fit on nothing predicts slot 0 always: exactly chance
+                skipped[name] = "no clips to fit the probe on"
+                continue
             if len(held_out) == 0:
                 skipped[name] = "no held-out clips left"
                 continue

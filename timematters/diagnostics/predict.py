@@ -1,7 +1,7 @@
 """`timematters predict`: what a model says about one video, and how that changes when its frames
 are shuffled or reversed (the shuffle test of one clip).
 
-``predict(model, video)`` takes a file path or the decoded video as a uint8 array
+``predict(model, video)`` takes a file path or the decoded video as a uint8 array (numpy or torch)
 ``[frames, H, W, 3]``, samples the model's number of frames (segment centres, as at test time),
 resizes the short side and centre-crops to the model's frame size, and returns the top-k classes
 with their probabilities on the clip and on each perturbation of it. ``explain_prediction``
@@ -10,7 +10,9 @@ writes GradCAM of the clip for the predicted class as an animated GIF and a PNG 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,12 +20,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from timematters.backbones.adapters.module import as_video_backbone
 from timematters.data.dataset import VIDEO_EXTENSIONS
 from timematters.data.sampling import sample_segment_indices
 from timematters.data.transforms import EvalTransform
 from timematters.data.video import VideoDecodeError, open_video
+from timematters.engine.evaluate import PERTURBATION_NAMES
 from timematters.engine.model import describe_model
-from timematters.losses.shuffle import perturb_frames
+from timematters.losses.shuffle import freeze_frames, perturb_frames
+
+Video = str | os.PathLike | np.ndarray | torch.Tensor
 
 
 @dataclass
@@ -59,7 +65,7 @@ class Prediction:
 
 def clip_of(
     model: nn.Module,
-    video: str | Path | np.ndarray,
+    video: Video,
     *,
     num_frames: int | None = None,
     frame_size: int | None = None,
@@ -67,7 +73,7 @@ def clip_of(
     """The model's input for a video: [1, C, T, S, S] normalised as the model takes clips, and
     the indices of the frames it holds. num_frames, frame_size: the clip for a model that does
     not fix its own (a user's module, a 3-D CNN); the model's own otherwise."""
-    info = describe_model(model)
+    info = describe_model(_as_backbone(model))
     num_frames = num_frames or info["num_frames"]
     size = frame_size or info["frame_size"]
     if not (num_frames and size):
@@ -77,21 +83,77 @@ def clip_of(
             "model.num_frames=T -o data.crop_size=S)"
         )
     mean, std = _input_normalisation(model)
-    if isinstance(video, np.ndarray):
-        if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
-            raise ValueError(
-                f"expected a uint8 video [frames, H, W, 3], got {video.dtype} {video.shape}"
-            )
+    if _is_array(video):
+        video = _uint8_frames(video)
         count = len(video)
         indices = sample_segment_indices(count, num_frames, train=False)
         frames = video[indices]
     else:
+        if not isinstance(video, str | os.PathLike):  # open_video would print its whole repr
+            raise TypeError(f"{_EXPECTED}; got {_described(video)}")
         reader = open_video(video)
         count = reader.num_frames
         indices = sample_segment_indices(count, num_frames, train=False)
         frames = reader.get_frames(indices)
     transform = EvalTransform(crop_size=size, short_side=size, num_crops=1, mean=mean, std=std)
     return transform(frames), [int(i) for i in indices]
+
+
+_EXPECTED = "expected a video file path or a uint8 [T, H, W, 3] array"
+
+
+def _is_array(video: object) -> bool:
+    return isinstance(video, np.ndarray | torch.Tensor)
+
+
+def _uint8_frames(video: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Decoded frames [T, H, W, 3] as the numpy uint8 array the transforms take."""
+    if video.dtype not in (np.uint8, torch.uint8) or video.ndim != 4 or video.shape[-1] != 3:
+        raise ValueError(f"{_EXPECTED}; got {_described(video)}")
+    return video.detach().cpu().numpy() if isinstance(video, torch.Tensor) else video
+
+
+def _described(video: object) -> str:
+    """What was passed, in a few words (never the values: a tensor's repr is thousands)."""
+    if _is_array(video):
+        return f"{type(video).__name__} of shape {list(video.shape)} ({video.dtype})"
+    if isinstance(video, list | tuple):
+        return f"a {type(video).__name__} of {len(video)} items (stack frames into one array)"
+    return type(video).__name__
+
+
+def _as_backbone(model: nn.Module) -> nn.Module:
+    """A plain module gets the logits-only adapter, as in ``diagnose``: it then says what it
+    needs (a clip size) or cannot do (GradCAM) instead of failing on a missing attribute."""
+    return as_video_backbone(model, source=getattr(model, "source", "") or type(model).__name__)
+
+
+@contextlib.contextmanager
+def _in_eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` as a backbone in eval mode, handed back in the caller's mode: predict may run
+    inside a training loop, whose dropout and drop-path must stay on."""
+    was_training = model.training
+    backbone = _as_backbone(model).eval()
+    try:
+        yield backbone
+    finally:
+        model.train(was_training)
+
+
+def _check_perturbations(perturbations: Sequence[str]) -> None:
+    unknown = [name for name in perturbations if name not in PERTURBATION_NAMES]
+    if unknown:
+        raise ValueError(
+            f"unknown perturbation {unknown[0]!r}; choose from {', '.join(PERTURBATION_NAMES)}"
+        )
+
+
+def _perturbed(clip: torch.Tensor, name: str, generator: torch.Generator) -> torch.Tensor:
+    """The clips whose probabilities, averaged, are ``name``'s: one, or T for freeze_each (each
+    frame repeated in turn, as evaluate does)."""
+    if name == "freeze_each":
+        return torch.cat([freeze_frames(clip, t) for t in range(clip.shape[2])])
+    return perturb_frames(clip, name, generator)
 
 
 def _input_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -105,7 +167,7 @@ def _input_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[flo
 @torch.no_grad()
 def predict(
     model: nn.Module,
-    video: str | Path | np.ndarray,
+    video: Video,
     *,
     classes: Sequence[str] | None = None,
     top_k: int = 5,
@@ -117,14 +179,17 @@ def predict(
     """The top ``top_k`` classes of ``model`` on ``video`` and on its ``perturbations``.
 
     num_frames, frame_size: the clip to make (default: the model's own; a model that takes any
-    needs them)."""
-    model.eval()
-    clip, indices = clip_of(model, video, num_frames=num_frames, frame_size=frame_size)
-    clip = clip.to(_device_of(model))
-    names = list(classes or getattr(model, "class_names", None) or [])
-    generator = torch.Generator().manual_seed(seed)
-    views = [clip] + [perturb_frames(clip, name, generator) for name in perturbations]
-    probs = model(torch.cat(views)).float().softmax(dim=-1).cpu()
+    needs them). The model runs in eval mode and is handed back in its own mode."""
+    _check_perturbations(perturbations)
+    with _in_eval_mode(model) as backbone:
+        clip, indices = clip_of(backbone, video, num_frames=num_frames, frame_size=frame_size)
+        clip = clip.to(_device_of(backbone))
+        generator = torch.Generator().manual_seed(seed)
+        views = [clip] + [_perturbed(clip, name, generator) for name in perturbations]
+        rows = backbone(torch.cat(views)).float().softmax(dim=-1).cpu()
+    # One row per view: freeze_each's T clips averaged into one.
+    probs = torch.stack([p.mean(dim=0) for p in rows.split([len(v) for v in views])])
+    names = list(classes or getattr(backbone, "class_names", None) or [])
     if not names:
         names = [str(k) for k in range(probs.shape[1])]
     if len(names) != probs.shape[1]:
@@ -140,7 +205,7 @@ def predict(
 
     best = int(probs[0].argmax())
     return Prediction(
-        source=str(video) if not isinstance(video, np.ndarray) else "<array>",
+        source="<array>" if _is_array(video) else str(video),
         top=top(probs[0]),
         perturbed={name: top(p) for name, p in zip(perturbations, probs[1:], strict=True)},
         top1_probability={
@@ -170,30 +235,30 @@ def summarise(predictions: Sequence[Prediction]) -> str:
 
 
 def explain_prediction(
-    model: nn.Module, video: str | Path | np.ndarray, out: str | Path, *, label: int | None = None
+    model: nn.Module, video: Video, out: str | Path, *, label: int | None = None
 ) -> list[Path]:
     """GradCAM of the clip for ``label`` (default: the predicted class): ``out/<name>_gradcam.gif``
     (the clip with the map over it) and ``out/<name>_gradcam.png`` (a strip of its frames)."""
     from timematters.diagnostics import plots
     from timematters.diagnostics.gradcam import video_gradcam
 
-    reason = getattr(model, "unsupported", {}).get("gradcam")
-    if reason:
-        raise NotImplementedError(
-            f"no GradCAM for {getattr(model, 'source', 'this model')}: {reason}"
-        )
-    clip, _ = clip_of(model, video)
-    clip = clip.to(_device_of(model))
-    with torch.no_grad():
-        label = int(model.eval()(clip).argmax()) if label is None else label
-    heatmap = video_gradcam(model, clip, [label])[0]  # [T, H, W]
-    mean, std = _input_normalisation(model)
+    with _in_eval_mode(model) as backbone:
+        reason = getattr(backbone, "unsupported", {}).get("gradcam")
+        if reason:
+            source = getattr(backbone, "source", "") or "this model"
+            raise NotImplementedError(f"no GradCAM for {source}: {reason}")
+        clip, _ = clip_of(backbone, video)
+        clip = clip.to(_device_of(backbone))
+        with torch.no_grad():
+            label = int(backbone(clip).argmax()) if label is None else label
+        heatmap = video_gradcam(backbone, clip, [label])[0]  # [T, H, W]
+    mean, std = _input_normalisation(backbone)
     shape = (3, 1, 1, 1)
     pixels = clip[0].cpu() * torch.tensor(std).view(shape) + torch.tensor(mean).view(shape)
     frames = pixels.clamp(0, 1).permute(1, 2, 3, 0).numpy()  # [T, H, W, 3]
-    stem = Path(video).stem if not isinstance(video, np.ndarray) else "array"
+    stem = "array" if _is_array(video) else Path(video).stem
     out = Path(out)
-    names = getattr(model, "class_names", None)
+    names = getattr(backbone, "class_names", None)
     title = f"{stem}: {names[label] if names else label}"
     return [
         plots.save_gradcam_animation(frames, heatmap, out / f"{stem}_gradcam.gif"),

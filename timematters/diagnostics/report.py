@@ -14,7 +14,7 @@ report. Writes ``diagnose.json`` and ``gradcam.npz`` (the data), PNG plots drawn
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from timematters.backbones.adapters.base import DEFAULT_INPUT
 from timematters.backbones.adapters.module import as_video_backbone
 from timematters.config import Config, EvalConfig, validate
 from timematters.data.build import build_dataset
@@ -67,16 +68,19 @@ def diagnose(
     device: torch.device | None = None,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
-    mean: tuple[float, ...] = (0.5, 0.5, 0.5),
-    std: tuple[float, ...] = (0.5, 0.5, 0.5),
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
     max_bad_fraction: float = 1.0,
     about: dict[str, Any] | None = None,
 ) -> dict:
     """Diagnose ``models`` (name -> module, video -> logits) on ``data``; write the report to
     ``out``; return what ``diagnose.json`` holds.
 
-    data: a dataset, a DataLoader of dict batches, or one of ``(video, label)`` pairs; clips
-        [B, C, T, H, W] normalised with ``mean`` / ``std`` (adapted models renormalise them).
+    data: a dataset, a DataLoader of dict batches, or one of ``(video, label)`` pairs (or a list
+        of such batches: it is read several times, so not a generator); clips [B, C, T, H, W].
+    mean, std: the clips' normalisation (default 0.5, 0.5): adapted models are told it
+        (``set_input_normalisation``) and renormalise to their own; our backbones take the clips
+        as they are. The GradCAM pictures are un-normalised with it.
     classes, subsets: class names (default: ``data.classes``, else the models' ``class_names``,
         else "0".."K-1") and named subsets of class indices (default: ``data.subsets``).
     settings: the ``eval`` config (shuffle, seed, aggregation, batch size for a dataset).
@@ -98,8 +102,20 @@ def diagnose(
     settings = settings or EvalConfig()
     if not models:
         raise ValueError("diagnose needs at least one model")
+    if isinstance(data, Iterator):  # the 2nd model, the probe and GradCAM would get no clips
+        raise ValueError(
+            f"data is a one-shot iterator ({type(data).__name__}) but diagnose reads the clips "
+            "once per model and again for the probe and GradCAM; pass a list of batches, a "
+            "Dataset or a DataLoader"
+        )
+    if (mean is None) != (std is None):
+        raise ValueError("diagnose: give the clips' mean and std together, or neither (0.5)")
     # A plain module (clips -> logits) gets the logits-only adapter: the report names its limits.
     models = {name: as_video_backbone(model, source=name) for name, model in models.items()}
+    if mean is not None:
+        _tell_input_normalisation(models, mean, std)
+    else:
+        mean, std = DEFAULT_INPUT  # for the GradCAM pictures; the models keep what they were told
     if device is None:
         device = next(next(iter(models.values())).parameters()).device
     source = getattr(data, "dataset", data)  # a DataLoader's dataset names the classes
@@ -161,11 +177,13 @@ def diagnose(
     write_subsets_file(proposal, out / "proposed_subsets.yaml", model=first_name)
     report["class_reliance"] = {"file": "class_reliance.csv", "classes": len(classes)}
     report["proposed_subsets"] = {"file": "proposed_subsets.yaml", "model": first_name, **proposal}
-    report["compared"] = {
-        name: compare_gaps(first, result)
-        for name, result in list(evaluations.items())[1:]
-        if np.array_equal(first.labels, result.labels)
-    }
+    report["compared"], report["not_compared"] = {}, {}
+    for name, result in list(evaluations.items())[1:]:
+        reason = _unpaired_reason(first, result)
+        if reason:
+            report["not_compared"][name] = reason
+        else:
+            report["compared"][name] = compare_gaps(first, result)
 
     # 3. Per-block temporal-order probe (Fig. 1b), every model reading each batch once.
     if probe_clips is not None:
@@ -229,7 +247,7 @@ def run_diagnose(
     test_set = build_dataset(cfg, cfg.eval.split, flow_labels=False, patch_size=1)
     models = {}
     for name, spec in zip(names, specs, strict=True):
-        model = load_model(spec, cfg, num_classes=len(test_set.classes))
+        model = load_model(spec, cfg, untrained_classes=len(test_set.classes))
         test_set = in_model_classes(cfg, cfg.eval.split, model, test_set)
         check_classes(model, test_set.classes, spec)
         models[name] = model.to(device)
@@ -256,6 +274,31 @@ def run_diagnose(
             "sources": {name: str(spec) for name, spec in zip(names, specs, strict=True)},
         },
     )
+
+
+def _tell_input_normalisation(
+    models: dict[str, nn.Module], mean: tuple[float, ...], std: tuple[float, ...]
+) -> None:
+    """Adapted models renormalise the clips to their own mean / std; this sets (not composes)
+    what the clips come in, so the CLI's models, built with the config's, are unchanged."""
+    for model in models.values():
+        if hasattr(model, "set_input_normalisation"):
+            model.set_input_normalisation(mean, std)
+
+
+def _unpaired_reason(first: EvalResult, other: EvalResult) -> str:
+    """Why two evaluations cannot be compared clip by clip ("" when they can)."""
+    if len(first.labels) != len(other.labels):
+        return f"the models scored different clips ({len(first.labels)} and {len(other.labels)})"
+    same_order = np.array_equal(first.labels, other.labels)
+    if first.indices is not None and other.indices is not None:
+        same_order = same_order and np.array_equal(first.indices, other.indices)
+    if not same_order:
+        return (
+            "the models saw their clips in different orders (a shuffling DataLoader?); no "
+            "paired comparison"
+        )
+    return ""
 
 
 def _model_classes(models: dict[str, nn.Module]) -> list[str]:
@@ -347,7 +390,9 @@ def _gradcam(models, loader, positions, classes, out: Path, mean, std) -> dict:
             continue
         try:
             maps[name] = video_gradcam(model, on_device, targets)
-        except RuntimeError as error:  # keep the rest of a long run's report
+        # A model's stated limits (no GradCAM layer, one block, tokens off the graph): keep the
+        # rest of a long run's report, which names the reason. Anything else is a bug: raised.
+        except (RuntimeError, NotImplementedError, ValueError) as error:
             print(f"[diagnose] GradCAM: skipping {name}: {error}", flush=True)
             skipped[name] = str(error)
     if not maps:
@@ -436,7 +481,8 @@ def _flip_rates(metrics: dict) -> list[str]:
 def _comparisons(data: dict) -> list[str]:
     """Each model's gaps against the first's, with paired intervals."""
     compared = data.get("compared") or {}
-    if not compared:
+    not_compared = data.get("not_compared") or {}
+    if not (compared or not_compared):
         return []
     reference = next(iter(data["models"]))
     lines = [
@@ -446,6 +492,7 @@ def _comparisons(data: dict) -> list[str]:
         "models' outcomes on a clip resampled together); a difference whose interval contains 0 "
         "is inside the noise.",
         "",
+        *(f"- {name} vs {reference}: {why}." for name, why in not_compared.items()),
     ]
     for name, per_subset in compared.items():
         for subset, per_perturbation in per_subset.items():

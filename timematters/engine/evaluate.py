@@ -28,6 +28,7 @@ from einops import rearrange, repeat
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from timematters.backbones.protocol import check_clips
 from timematters.config import EvalConfig, Perturbation
 from timematters.data.collate import BadVideo, BadVideoLog, collate_videos
 from timematters.engine.statistics import bootstrap_interval
@@ -70,11 +71,6 @@ class EvalResult:
     pairs: dict[int, int] = field(default_factory=dict)  # class -> its time-reversed partner
     bootstrap_samples: int = 1000
     seed: int = 0
-
-    @property
-    def shuffled_probs(self) -> np.ndarray:
-        """[N, K] on the frame-shuffled clips (the paper's test)."""
-        return self.perturbed["shuffle"]
 
     def subset_masks(self) -> dict[str, np.ndarray]:
         masks = {"all": np.ones(len(self.labels), dtype=bool)}
@@ -233,8 +229,9 @@ def evaluate(
         are float ``[B, C, T, H, W]`` (or ``[B, V, C, T, H, W]`` with V views), normalised as the
         model's input expects (mean = std = 0.5 for ours and the adapters, by default).
     classes: the class names (default: the dataset's, else the model's own, else "0".."K-1").
-    subsets: name -> class indices (default: the dataset's ``subsets``). The dataset's ``pairs``
-        (class -> its time-reversed partner) give the reverse test's flip rate.
+    subsets: name -> class indices or names (default: the dataset's ``subsets``). The
+        dataset's ``pairs`` (class -> its time-reversed partner) give the reverse test's flip
+        rate.
     settings: the ``eval`` section of the config: the perturbations, how clips are shuffled
         (``shuffle``, ``seed``), how views are aggregated, the bootstrap's resamples.
     device: where the model runs (default: where its parameters are).
@@ -270,7 +267,7 @@ def evaluate(
         if "video" not in batch:  # every clip of the batch failed to decode
             continue
         video = batch["video"].to(device, non_blocking=True)
-        _check_clips(video)
+        check_clips(video, views=True)
         count = len(video)
         index = batch.get("index")
         indices.append(torch.as_tensor(index) if index is not None else torch.arange(count) + seen)
@@ -302,13 +299,16 @@ def evaluate(
                 perturbed[name].append(torch.stack(frozen).mean(dim=0))
             else:
                 perturbed[name].append(_clip_probs(model, perturb_frames(views, name), **options))
-        labels.append(torch.as_tensor(batch["label"]).cpu())
+        label = torch.as_tensor(batch["label"]).cpu()
+        _check_labels(label, outputs=probs[-1].shape[1])
+        labels.append(label)
     model.train(was_training)
 
     if not classes:
         K = probs[0].shape[1] if probs else getattr(model, "num_classes", 0)
         classes = getattr(model, "class_names", None) or [str(k) for k in range(K)]
     K = len(classes)
+    subsets = _subset_indices(subsets or {}, classes)
     empty = np.zeros((0, K), np.float32)
     arrays = {
         "labels": torch.cat(labels).numpy() if labels else np.zeros(0, np.int64),
@@ -326,7 +326,7 @@ def evaluate(
         arrays["probs"],
         {name: arrays[name] for name in settings.perturbations},
         classes=list(classes),
-        subsets=dict(subsets or {}),
+        subsets=subsets,
         bad=bad,
         indices=arrays["indices"],
         pairs=dict(pairs or {}),
@@ -335,14 +335,33 @@ def evaluate(
     )
 
 
-def _check_clips(video: torch.Tensor) -> None:
-    """Clips as the models take them, or an error that says how to get there."""
-    if video.ndim not in (5, 6) or video.shape[-4] != 3 or not video.is_floating_point():
+def _check_labels(label: torch.Tensor, *, outputs: int) -> None:
+    """Labels a model of ``outputs`` classes can be scored on: 0-based class indices (scored
+    anyway, a label past the outputs would only count as a wrong answer, without a word)."""
+    if label.dtype.is_floating_point or label.ndim != 1:
         raise ValueError(
-            f"clips must be float [B, C=3, T, H, W] (or [B, V, 3, T, H, W]), normalised: got "
-            f"{video.dtype} {list(video.shape)}; frames [B, T, H, W, 3] uint8 become clips by "
-            "video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1 (mean = std = 0.5)"
+            f"labels must be [B] class indices (int), got {label.dtype} {list(label.shape)}"
         )
+    if len(label) and (label.min() < 0 or label.max() >= outputs):
+        wrong = label.max().item() if label.max() >= outputs else label.min().item()
+        raise ValueError(
+            f"label {wrong} but the model has {outputs} outputs: labels are 0-based class "
+            f"indices, 0 to {outputs - 1}"
+        )
+
+
+def _subset_indices(subsets: dict[str, list], classes: list[str]) -> dict[str, list[int]]:
+    """Each subset's class indices; class names (strings) are looked up in ``classes``."""
+    out = {}
+    for name, members in subsets.items():
+        unknown = [m for m in members if isinstance(m, str) and m not in classes]
+        if unknown:
+            raise ValueError(
+                f"subset {name!r}: {', '.join(map(repr, unknown[:5]))} not among the classes "
+                f"({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})"
+            )
+        out[name] = [classes.index(m) if isinstance(m, str) else int(m) for m in members]
+    return out
 
 
 def _clip_probs(
@@ -374,6 +393,11 @@ def as_loader(data: Any, batch_size: int = 32, num_workers: int = 0) -> Any:
         return DataLoader(
             data, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate_any
         )
+    one_batch = isinstance(data, dict) or (
+        isinstance(data, tuple) and bool(data) and isinstance(data[0], torch.Tensor)
+    )
+    if one_batch:  # iterating it would give its keys, or its videos one by one
+        raise TypeError("data is one batch: give a list of batches, [batch], or a DataLoader")
     return data
 
 

@@ -74,7 +74,7 @@ def _build(
             if not hasattr(model, "set_grad_checkpointing"):
                 raise NotImplementedError
             model.set_grad_checkpointing(True)
-        except NotImplementedError:  # not ours nor transformers', or a transformers model without
+        except NotImplementedError:  # neither ours nor a transformers model that supports it
             raise ConfigError(
                 f"model.grad_checkpointing: {model_cfg.name} cannot checkpoint its blocks (our "
                 "backbones and Hugging Face models can); set model.grad_checkpointing=false"
@@ -95,24 +95,34 @@ def model_patch_size(cfg: Config, *, architecture: dict[str, Any] | None = None)
 
 
 def load_model(
-    spec: str | Path, cfg: Config | None = None, *, num_classes: int | None = None
+    spec: str | Path,
+    cfg: Config | None = None,
+    *,
+    num_classes: int | None = None,
+    untrained_classes: int | None = None,
 ) -> nn.Module:
     """The model a spec names, in eval mode, with its ``class_names`` (None when unknown).
 
     A timematters checkpoint path rebuilds what was trained (architecture and, without ``cfg``,
     clip size from the checkpoint's own config); a foreign spec (``hf:...``, ``torchvision:...``,
-    ``pkg.module:factory``) loads that model for ``cfg``'s clips (frames, size, normalisation).
-    num_classes: the outputs of a model that has no trained classifier to keep (torchvision
-    without a weights file, a user's factory); a trained one keeps its own.
+    ``pkg.module:factory``) loads that model for ``cfg``'s clips (frames, size, normalisation),
+    or without ``cfg`` as it comes (its own clip size: a factory's defaults, torchvision's 16
+    frames of 112²).
+    num_classes: the classifier's outputs; a trained classifier of another number is replaced by
+        a new one (to fine-tune; a timematters checkpoint refuses: train ``--init-from`` it).
+    untrained_classes: the outputs of a model that has no trained classifier (torchvision
+        without weights, a user's factory) while a trained one keeps its own, as for scoring a
+        model on a dataset of that many classes.
     """
     spec = str(spec)
     if is_foreign_spec(spec) and not Path(spec).is_file():
-        cfg = cfg or Config()
-        untrained = spec.startswith("torchvision:") and spec.count(":") == 1
-        if not (untrained or not spec.startswith(("hf:", "torchvision:"))):
-            num_classes = None
-        model = _build(replace(cfg.model, name=spec), cfg, num_classes)
-        return model.eval()
+        trained = spec.startswith("hf:") or (
+            spec.startswith("torchvision:") and spec.count(":") > 1
+        )
+        outputs = num_classes or (None if trained else untrained_classes)
+        if cfg is None:
+            return load_foreign_model(spec, num_classes=outputs).eval()
+        return _build(replace(cfg.model, name=spec), cfg, outputs).eval()
     if not Path(spec).is_file():
         last = Path(spec) / "checkpoints" / "last.pth"
         hint = f"; a run folder's checkpoint is {last}" if last.is_file() else ""
@@ -122,10 +132,20 @@ def load_model(
         )
     if cfg is None:
         state = load_checkpoint(spec)
-        if "config" not in state:
+        cfg = Config()  # a state dict that is no checkpoint of ours is named as such below
+        if "model" in state and "config" not in state:
             raise ValueError(f"{spec} holds no config: give the config its clips come from")
-        cfg = merge(Config(), {k: state["config"][k] for k in ("model", "data")}, source=spec)
+        if "config" in state:
+            trained = {key: state["config"][key] for key in ("model", "data")}
+            cfg = merge(cfg, trained, source=spec)
     model, _ = load_model_from_checkpoint(cfg, spec)
+    outputs = getattr(model, "num_classes", None)
+    if num_classes is not None and outputs is not None and num_classes != outputs:
+        raise ValueError(
+            f"{spec} has a trained classifier of {outputs} classes, not {num_classes}; to "
+            "fine-tune it on other classes, start a run from it (train --init-from, or "
+            "train(cfg, init_from=...))"
+        )
     return model
 
 
@@ -279,7 +299,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path) -> EvalResult | Bac
     info = setup_distributed(cfg.train.device)
     try:
         test_set = build_dataset(cfg, cfg.eval.split, flow_labels=False, patch_size=1)
-        model = load_model(checkpoint, cfg, num_classes=len(test_set.classes))
+        model = load_model(checkpoint, cfg, untrained_classes=len(test_set.classes))
         test_set = in_model_classes(cfg, cfg.eval.split, model, test_set)
         check_classes(model, test_set.classes, checkpoint)
         loader = DataLoader(

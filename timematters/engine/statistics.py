@@ -48,9 +48,3 @@ def half_width(interval: tuple[float, float] | list[float] | np.ndarray) -> floa
     """``36.7 ± 4.1``: half the interval's width."""
     lo, hi = interval
     return float(hi - lo) / 2
-
-
-def excludes_zero(interval: tuple[float, float] | list[float] | np.ndarray) -> bool:
-    """Whether a difference's interval lies on one side of 0 (outside the noise)."""
-    lo, hi = interval
-    return bool(lo > 0 or hi < 0)

@@ -63,24 +63,10 @@ from timematters.engine.runs import (
 )
 from timematters.flow.farneback import configure_opencv_threads
 from timematters.flow.labeller import FlowLabeller
-from timematters.losses.objective import Objective, ObjectiveOutput, objective_for_model
+from timematters.losses.objective import TimeModel, objective_for_model
 from timematters.progress import progress_bar
 
 StepCallback = Callable[[int, dict[str, Any]], None]
-
-
-class TimeModel(nn.Module):
-    """Backbone + objective as one module, so DDP sees every parameter (TIME heads included)."""
-
-    def __init__(self, backbone: nn.Module, objective: Objective):
-        super().__init__()
-        self.backbone = backbone
-        self.objective = objective
-
-    def forward(
-        self, batch: dict[str, Any], generator: torch.Generator | None = None
-    ) -> ObjectiveOutput:
-        return self.objective(self.backbone, batch, generator)
 
 
 class NonFiniteLossError(RuntimeError):

@@ -8,6 +8,7 @@ from timematters.losses.inputs import LossInputs
 from timematters.losses.objective import (
     Objective,
     ObjectiveOutput,
+    TimeModel,
     build_objective,
     objective_for_model,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "OrderLoss",
     "PatchDebiasLoss",
     "SpatialOrderLoss",
+    "TimeModel",
     "build_objective",
     "objective_for_model",
     "sample_frame_permutations",

@@ -8,7 +8,8 @@ them; ``needs_flow_labels`` tells the training loop).
 
 ``objective_for_model(model, cfg)`` reads the sizes from a ``VideoBackbone`` and refuses a loss
 the model cannot give (a tubelet model has no frame-to-frame flow); ``build_objective`` takes the
-sizes by hand.
+sizes by hand. ``TimeModel(backbone, objective)`` is the two as one module: what to hand to
+DistributedDataParallel or ``torch.compile``, whose wrappers the objective cannot see through.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from timematters.backbones.protocol import VideoTokens
+from timematters.backbones.protocol import VideoTokens, check_clips
 from timematters.config import LossConfig
 from timematters.losses.ce import CrossEntropyLoss
 from timematters.losses.debias import DebiasLoss
@@ -52,6 +53,9 @@ class Objective(nn.Module):
         names = [loss.name for loss in losses]
         if len(set(names)) != len(names):
             raise ValueError(f"two losses share a name: {names}")
+        unknown = sorted(set(weights) - set(names))
+        if unknown:  # a misspelt λ would leave its loss at 1 without a word
+            raise ValueError(f"weights for no loss: {', '.join(unknown)}; the losses: {names}")
         self.weights = {name: float(weights.get(name, 1.0)) for name in names}
         self.losses = nn.ModuleDict(
             {loss.name: loss for loss in losses if self.weights[loss.name] != 0}
@@ -71,7 +75,17 @@ class Objective(nn.Module):
         batch: dict[str, Any],
         generator: torch.Generator | None = None,
     ) -> ObjectiveOutput:
+        _refuse_wrappers(model)
+        missing = [key for key in ("video", "label") if key not in batch]
+        if missing:
+            raise KeyError(
+                f"the batch has no {' or '.join(map(repr, missing))}: it is a dict with 'video' "
+                f"[B, 3, T, H, W] and 'label' [B] (got {', '.join(map(repr, batch)) or 'nothing'})"
+            )
         video = batch["video"]
+        check_clips(video)
+        if not isinstance(batch["label"], torch.Tensor):  # a list of class indices
+            batch = {**batch, "label": torch.as_tensor(batch["label"], device=video.device)}
         B = video.shape[0]
         if self.shuffler is not None:
             # Both views in one forward pass: every layer works per clip, so this equals two passes
@@ -90,6 +104,40 @@ class Objective(nn.Module):
             terms.update(loss(inputs))
         total = sum(self.weights[name] * terms[f"{name}_loss"] for name in self.losses)
         return ObjectiveOutput(total=total, terms=terms, logits=logits, tokens=tokens)
+
+
+class TimeModel(nn.Module):
+    """A backbone and its objective as one module, ``TimeModel(model, objective)(batch)``: the
+    module to wrap in DistributedDataParallel (it then sees every parameter, TIME heads included,
+    and all-reduces their gradients) or to ``torch.compile``."""
+
+    def __init__(self, backbone: nn.Module, objective: Objective):
+        super().__init__()
+        self.backbone = backbone
+        self.objective = objective
+
+    def forward(
+        self, batch: dict[str, Any], generator: torch.Generator | None = None
+    ) -> ObjectiveOutput:
+        return self.objective(self.backbone, batch, generator)
+
+
+# Wrappers whose forward the objective would bypass: it calls forward_features / forward_head.
+_WRAPPERS = {
+    "DistributedDataParallel": "its gradients would not be all-reduced",
+    "DataParallel": "it would run on one device",
+    "OptimizedModule": "it would run uncompiled",  # torch.compile's
+}
+
+
+def _refuse_wrappers(model: nn.Module) -> None:
+    reason = _WRAPPERS.get(type(model).__name__)
+    if reason is not None:
+        raise TypeError(
+            f"the objective calls the backbone's forward_features, not a {type(model).__name__}'s "
+            f"forward ({reason}): wrap the backbone and objective together, "
+            f"{type(model).__name__}(TimeModel(backbone, objective)), and call it on the batch"
+        )
 
 
 def build_objective(
@@ -123,7 +171,7 @@ def build_objective(
             losses.append(DebiasLoss(**options))
     if cfg.flow.weight != 0:
         losses.append(FlowLoss(embed_dim, cfg.flow.smoothing))
-    weights = {"order": cfg.order.weight, "debias": cfg.debias.weight, "flow": cfg.flow.weight}
+    weights = {loss.name: getattr(cfg, loss.name).weight for loss in losses[1:]}
     return Objective(losses, weights)
 
 
@@ -132,6 +180,7 @@ def objective_for_model(model: nn.Module, cfg: LossConfig | None = None) -> Obje
     patch size, and a ValueError naming the reason when a loss that is on needs what the model
     lacks (the order loss a frame axis in its tokens, the flow loss one token frame per frame)."""
     cfg = cfg or LossConfig()
+    _refuse_wrappers(model)
     unsupported = dict(getattr(model, "unsupported", {}))
     # One frame position to predict: a loss of 0 that teaches nothing (the image variant's order
     # loss, axis=space, predicts patch positions instead).

@@ -5,14 +5,14 @@ An adapter owns a foreign video classifier and presents it as a ``VideoBackbone`
 
 - **Input**: clips arrive as ours do, ``[B, C, T, H, W]`` normalised with ``input_mean`` /
   ``input_std`` (the dataset's, mean = std = 0.5 by default). They are renormalised once to the
-  model's own ``mean`` / ``std`` and laid out as the model wants (``to_model_input``).
+  model's own ``mean`` / ``std`` and laid out as the model wants (each adapter's ``features``).
 - **Tokens**: ``forward_features`` returns ``VideoTokens``; ``forward_head`` maps ``cls`` to
   logits, so ``forward(video) == forward_head(forward_features(video).cls)`` as for our backbones.
 - **Blocks**: ``block_modules()`` and ``block_grid(output)`` declare where the per-block tokens are
   and their layout; a forward hook reads them when ``return_blocks=True`` (the order probe's input).
 - **GradCAM**: ``gradcam_layer()`` names the module and the reshape that grad-cam's
   ``target_layers`` / ``reshape_transform`` need.
-- **Limits**: ``unsupported`` maps a capability ("order_probe", "gradcam", "flow") to the reason
+- **Limits**: ``unsupported`` maps a capability ("order_probe", "gradcam", "order", "flow") to the reason
   the model cannot provide it; reports print the reason instead of failing.
 """
 

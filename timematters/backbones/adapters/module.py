@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from timematters.backbones.adapters.base import DEFAULT_INPUT, Adapter
-from timematters.backbones.protocol import VideoBackbone, VideoTokens
+from timematters.backbones.protocol import PROTOCOL_MEMBERS, VideoBackbone, VideoTokens
 
 
 def load_module_model(spec: str, **sizes: Any) -> nn.Module:
@@ -135,10 +135,14 @@ class ModuleAdapter(Adapter):
             class_names=list(getattr(model, "classes", [])) or None,
             source=source,
         )
-        reason = (
-            f"{type(model).__name__} gives logits only (add forward_features / forward_head and "
-            "the VideoBackbone attributes for token diagnostics)"
+        # A module that tried to honour the protocol is told what it lacks.
+        lacking = [name for name in PROTOCOL_MEMBERS if not hasattr(model, name)]
+        needs = (
+            f"it lacks {', '.join(lacking)}"
+            if hasattr(model, "forward_features")
+            else "add forward_features / forward_head and the VideoBackbone attributes"
         )
+        reason = f"{type(model).__name__} gives logits only ({needs} for token diagnostics)"
         self.unsupported.update(order_probe=reason, gradcam=reason, flow=reason, order=reason)
 
     def check_input(self, video: torch.Tensor) -> None:

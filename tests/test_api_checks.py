@@ -1,0 +1,194 @@
+"""The Python API in a user's own loop: what the objective, ``evaluate`` and ``load_model`` take,
+and a one-line error naming the fix for what they cannot (a DDP-wrapped backbone, frames in the
+wrong layout, labels past the outputs), never a silently wrong number."""
+
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+import timematters
+from timematters.backbones import create_backbone
+from timematters.config import LossConfig
+from timematters.losses import TimeModel, objective_for_model
+
+T, IMG, K = 4, 16, 3
+
+
+def _model():
+    torch.manual_seed(0)
+    kwargs = dict(num_frames=T, img_size=IMG, embed_dim=16, depth=1, num_heads=2)
+    return create_backbone("timesformer_tiny_patch8_64", num_classes=K, **kwargs)
+
+
+def _objective(model):
+    cfg = LossConfig()
+    cfg.flow.weight = 0
+    return objective_for_model(model, cfg)
+
+
+def _batch(B=2):
+    return {"video": torch.randn(B, 3, T, IMG, IMG), "label": torch.arange(B) % K}
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_a_wrapped_backbone_is_refused_with_the_module_to_wrap(one_process_group):
+    # The objective calls forward_features: a DDP's forward, and so its gradient all-reduce,
+    # would be skipped without a word.
+    model = _model()
+    objective = _objective(model)
+    wrapped = DistributedDataParallel(model)
+    for call in (lambda: objective(wrapped, _batch()), lambda: objective_for_model(wrapped)):
+        with pytest.raises(TypeError) as caught:
+            call()
+        assert "DistributedDataParallel(TimeModel(backbone, objective))" in str(caught.value)
+    # What to do instead: the two as one module, its output the objective's.
+    ddp = DistributedDataParallel(TimeModel(model, objective))
+    batch = _batch()
+    out = ddp(batch, torch.Generator().manual_seed(0))
+    out.total.backward()
+    direct = objective(model, batch, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out.total, direct.total)
+    assert model.head.weight.grad is not None
+    with pytest.raises(TypeError, match=r"DataParallel\(TimeModel"):
+        objective(torch.nn.DataParallel(model), _batch())
+
+
+@pytest.mark.parametrize(
+    "video, words",
+    [
+        (torch.randn(2, T, IMG, IMG, 3), r"float \[B, C=3, T, H, W\].*\[2, 4, 16, 16, 3\]"),
+        (torch.randn(2, T, 3, IMG, IMG), r"\[2, 4, 3, 16, 16\]"),
+        (torch.zeros(2, 3, T, IMG, IMG, dtype=torch.uint8), r"torch.uint8.*permute"),
+        ([torch.randn(3, T, IMG, IMG)] * 2, r"one tensor .* got a list; torch.stack"),
+        (torch.randn(3, T, IMG, IMG), r"one clip \[3, 4, 16, 16\], not a batch: video\[None\]"),
+    ],
+)
+def test_clips_in_another_layout_are_named_with_the_conversion(video, words):
+    model = _model()
+    with pytest.raises(ValueError, match=words):
+        _objective(model)(model, {"video": video, "label": torch.zeros(2, dtype=torch.long)})
+
+
+def test_the_batch_names_what_it_lacks_and_takes_labels_as_a_list():
+    model = _model()
+    objective = _objective(model)
+    with pytest.raises(
+        KeyError, match=r"no 'video'.*'video' \[B, 3, T, H, W\] and 'label'.*'clip'"
+    ):
+        objective(model, {"clip": torch.randn(2, 3, T, IMG, IMG), "label": torch.zeros(2)})
+    batch = _batch()
+    as_list = objective(model, {**batch, "label": batch["label"].tolist()})
+    torch.testing.assert_close(as_list.terms["ce_loss"], objective(model, batch).terms["ce_loss"])
+
+
+def test_evaluate_refuses_labels_past_the_outputs_and_reads_subsets_by_name():
+    model = _model().eval()
+    batch = [(torch.randn(3, 3, T, IMG, IMG), torch.tensor([1, 2, 3]))]  # 1-based: 3 of 3
+    with pytest.raises(ValueError, match="label 3 but the model has 3 outputs: labels are 0-based"):
+        timematters.evaluate(model, batch)
+    data = [(batch[0][0], torch.tensor([0, 1, 2]))]
+    classes = ["a", "b", "c"]
+    by_name = timematters.evaluate(model, data, classes=classes, subsets={"ab": ["a", "b"]})
+    by_index = timematters.evaluate(model, data, classes=classes, subsets={"ab": [0, 1]})
+    assert by_name.metrics()["ab"]["num_clips"] == 2
+    assert by_name.metrics() == by_index.metrics()
+    with pytest.raises(ValueError, match=r"subset 'ab': 'z' not among the classes \(a, b, c\)"):
+        timematters.evaluate(model, data, classes=classes, subsets={"ab": ["a", "z"]})
+
+
+def test_evaluate_says_how_to_give_clips_that_are_not_batches():
+    model = _model().eval()
+    clips = [(torch.randn(3, T, IMG, IMG), 0), (torch.randn(3, T, IMG, IMG), 1)]
+    with pytest.raises(ValueError, match="one clip .* wrap in a DataLoader"):
+        timematters.evaluate(model, clips)
+    assert timematters.evaluate(model, torch.utils.data.DataLoader(clips, batch_size=2))
+    one = (torch.randn(2, 3, T, IMG, IMG), torch.tensor([0, 1]))
+    for data in (one, {"video": one[0], "label": one[1]}):
+        with pytest.raises(
+            TypeError, match=r"data is one batch: give a list of batches, \[batch\]"
+        ):
+            timematters.evaluate(model, data)
+
+
+FACTORY = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    class Pool(nn.Module):
+        def __init__(self, num_classes):
+            super().__init__()
+            self.fc = nn.Linear(3, num_classes)
+
+        def forward(self, video):
+            return self.fc(video.mean(dim=(2, 3, 4)))
+
+    def sixteen_frames(num_classes=5, num_frames=16, img_size=112):
+        model = Pool(num_classes)
+        model.built_for = (num_frames, img_size)
+        return model
+    """
+)
+
+
+def test_load_model_without_a_config_keeps_a_models_own_clip_size(tmp_path, monkeypatch):
+    # Without a config there are no clips to build for: the factory's defaults and torchvision's
+    # 16 x 112 apply, not a hidden default config's 8 x 224.
+    (tmp_path / "api_factories.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = timematters.load_model("api_factories:sixteen_frames")
+    assert model.model.built_for == (16, 112)
+    r3d = timematters.load_model("torchvision:r3d_18", num_classes=3)
+    assert (r3d.num_frames, r3d.describe()["frame_size"]) == (16, 112)
+    sys.modules.pop("api_factories", None)
+
+
+def test_load_model_gives_a_trained_model_the_classes_asked_for(tmp_path):
+    from torchvision.models.video import r3d_18
+
+    path = tmp_path / "r3d.pth"
+    torch.save(r3d_18(weights=None, num_classes=3).state_dict(), path)
+    assert timematters.load_model(f"torchvision:r3d_18:{path}").num_classes == 3
+    # To fine-tune on 7 classes: a new classifier (the number used to be ignored without a word).
+    assert timematters.load_model(f"torchvision:r3d_18:{path}", num_classes=7).num_classes == 7
+    # Scoring it on a dataset of 7 classes keeps the trained one (then refused as other classes).
+    kept = timematters.load_model(f"torchvision:r3d_18:{path}", untrained_classes=7)
+    assert kept.num_classes == 3
+
+
+def test_a_weight_for_no_loss_is_refused():
+    from timematters.losses import CrossEntropyLoss, Objective, OrderLoss
+
+    with pytest.raises(
+        ValueError, match=r"weights for no loss: orderr; the losses: \['ce', 'order'\]"
+    ):
+        Objective([CrossEntropyLoss(), OrderLoss(16, num_frames=T)], {"orderr": 0.0})
+
+
+def test_a_module_that_half_honours_the_protocol_is_told_what_it_lacks():
+    from torch import nn
+
+    from timematters.backbones.adapters.module import as_video_backbone
+
+    class Half(nn.Module):  # tokens, but no classifier_name / convert_state_dict
+        embed_dim, num_frames, patch_size, grid, token_frames = 8, T, 8, (2, 2), T
+
+        def forward_features(self, video, return_blocks=False): ...
+
+        def forward_head(self, cls): ...
+
+    reason = as_video_backbone(Half(), source="mine").unsupported["order_probe"]
+    assert reason == (
+        "Half gives logits only (it lacks classifier_name, convert_state_dict for token diagnostics)"
+    )

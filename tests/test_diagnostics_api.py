@@ -1,0 +1,216 @@
+"""`diagnose`, `order_probe`, `video_gradcam` and `predict` called from Python on a user's own
+models and data: what they are told, what they refuse, and what they leave as they found it."""
+
+import numpy as np
+import pytest
+import torch
+from einops import rearrange
+from torch import nn
+from torch.utils.data import DataLoader
+
+import timematters
+from timematters.backbones import VideoBackbone, VideoTokens
+from timematters.backbones.adapters import load_foreign_model
+from timematters.diagnostics.gradcam import video_gradcam
+from timematters.diagnostics.order_probe import order_probe
+from timematters.diagnostics.predict import clip_of, explain_prediction, predict
+from timematters.losses.shuffle import freeze_frames
+
+T, IMG, K = 4, 16, 3
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+class ProtocolModel(nn.Module):
+    """Honours ``VideoBackbone`` and nothing more: no ``.blocks``, only the tokens' ``blocks``.
+
+    Patch tokens with a random time embedding (so each block knows the frame order), then
+    ``depth`` residual layers; ``blocks[i]`` is the tensor layer i + 1 reads.
+    """
+
+    embed_dim = 8
+    patch_size = 8
+    classifier_name = "head"
+
+    def __init__(self, depth: int = 2, detached: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.num_frames, self.grid, self.detached = T, (IMG // 8, IMG // 8), detached
+        self.embed = nn.Conv3d(3, 8, kernel_size=(1, 8, 8), stride=(1, 8, 8))
+        self.time_embed = nn.Parameter(torch.randn(1, T, 1, 8))
+        self.layers = nn.ModuleList(nn.Linear(8, 8) for _ in range(depth))
+        self.head = nn.Linear(8, K)
+
+    @property
+    def token_frames(self) -> int:
+        return self.num_frames
+
+    def forward_features(self, video: torch.Tensor, return_blocks: bool = False) -> VideoTokens:
+        x = rearrange(self.embed(video), "b d t h w -> b t (h w) d") + self.time_embed
+        blocks = []
+        for layer in self.layers:
+            x = x + torch.tanh(layer(x))
+            blocks.append(x.clone() if self.detached else x)
+        return VideoTokens(x.mean(dim=(1, 2)), x, tuple(blocks) if return_blocks else None)
+
+    def forward_head(self, cls: torch.Tensor) -> torch.Tensor:
+        return self.head(cls)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(video).cls)
+
+    def convert_state_dict(self, state_dict: dict, source: str) -> tuple[dict, set[str]]:
+        return state_dict, set()
+
+
+def _seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _batches(num_clips: int = 8, batch_size: int = 4, seed: int = 0) -> list[tuple]:
+    """(video, label) batches of clips normalised with mean = std = 0.5."""
+    videos = torch.rand(num_clips, 3, T, IMG, IMG, generator=_seeded(seed)) * 2 - 1
+    labels = torch.arange(num_clips) % K
+    return [
+        (videos[i : i + batch_size], labels[i : i + batch_size])
+        for i in range(0, num_clips, batch_size)
+    ]
+
+
+def test_diagnose_tells_adapted_models_how_the_clips_are_normalised(tmp_path):
+    torch.manual_seed(0)
+    r3d = load_foreign_model("torchvision:r3d_18", num_classes=K, num_frames=T, img_size=IMG)
+    r3d.eval()
+    ((half, labels),) = _batches(num_clips=2, batch_size=2)
+    mean, std = (torch.tensor(v).view(3, 1, 1, 1) for v in IMAGENET)
+    imagenet = ((half * 0.5 + 0.5) - mean) / std  # the same pixels, normalised as ImageNet's
+    options = dict(probe_clips=None, gradcam_clips=1)
+    as_given = timematters.diagnose({"r3d": r3d}, [(half, labels)], tmp_path / "a", **options)
+    renormalised = timematters.diagnose(
+        {"r3d": r3d},
+        [(imagenet, labels)],
+        tmp_path / "b",
+        mean=IMAGENET[0],
+        std=IMAGENET[1],
+        **options,
+    )
+    (first,), (second,) = as_given["gradcam"]["clips"], renormalised["gradcam"]["clips"]
+    assert second["confidence"]["r3d"] == pytest.approx(first["confidence"]["r3d"], rel=1e-4)
+    assert r3d.input_mean == IMAGENET[0]  # told once, kept: a later evaluate reads it the same
+
+
+def test_diagnose_refuses_a_one_shot_iterator_before_any_work(tmp_path):
+    generator = (batch for batch in _batches())
+    with pytest.raises(ValueError, match="one-shot iterator .*pass a list of batches"):
+        timematters.diagnose({"m": ProtocolModel()}, generator, tmp_path / "report")
+    assert not (tmp_path / "report").exists()
+
+
+def test_order_probe_with_no_clips_to_fit_skips_every_block():
+    (result,) = order_probe(
+        [ProtocolModel()], _batches(), fit_clips=0, held_out_clips=4, device=torch.device("cpu")
+    )
+    assert result["accuracy"] == {}  # not chance in every block, which reads as "order lost"
+    assert set(result["skipped"].values()) == {"no clips to fit the probe on"}
+
+
+def test_diagnose_on_one_clip_says_why_the_order_probe_has_no_figures(tmp_path):
+    report = timematters.diagnose(
+        {"m": ProtocolModel()}, _batches(num_clips=1), tmp_path / "report", gradcam_clips=0
+    )
+    probe = report["order_probe"]
+    assert probe["fit_clips"] == 0 and probe["accuracy"] == {"m": {}}
+    assert set(probe["skipped"]["m"]) == {"block1", "block2", "final"}
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "- m, block1, block2, final: no clips to fit the probe on." in text
+
+
+def test_diagnose_gives_gradcam_for_a_protocol_model_and_names_why_another_has_none(tmp_path):
+    models = {"two": ProtocolModel(depth=2), "one": ProtocolModel(depth=1)}
+    assert isinstance(models["two"], VideoBackbone) and not hasattr(models["two"], "blocks")
+    report = timematters.diagnose(models, _batches(), tmp_path / "report", probe_clips=(4, 4))
+    gradcam = report["gradcam"]
+    assert gradcam["clips"] and set(gradcam["clips"][0]["confidence"]) == {"two", "one"}
+    maps = np.load(tmp_path / "report" / "gradcam.npz")
+    assert maps["maps_two"].shape == (len(gradcam["clips"]), T, IMG, IMG)
+    assert "maps_one" not in maps  # one block: nothing enters a last block after another
+    assert "needs two blocks" in gradcam["skipped"]["one"]
+    assert "No GradCAM for one: GradCAM reads" in (tmp_path / "report" / "report.md").read_text()
+    assert report["order_probe"]["accuracy"]["one"]  # the rest of the report is kept
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(depth=1), ValueError, "needs two blocks; .* gives 1"),
+        (dict(detached=True), RuntimeError, "no gradient"),
+    ],
+)
+def test_gradcam_that_fails_leaves_the_model_in_its_mode(kwargs, error, match):
+    model = ProtocolModel(**kwargs).train()
+    model.blocks = model.layers  # as our backbones have, so the failure is the one asked for
+    with pytest.raises(error, match=match):
+        video_gradcam(model, torch.randn(1, 3, T, IMG, IMG), targets=[0])
+    assert model.training and all(p.grad is None for p in model.parameters())
+
+
+def test_diagnose_says_why_models_that_saw_shuffled_clips_are_not_compared(tmp_path):
+    ((videos, labels),) = _batches(num_clips=12, batch_size=12)
+    pairs = list(zip(videos, labels, strict=True))
+    shuffled = DataLoader(pairs, batch_size=4, shuffle=True, generator=_seeded(0))
+    models = {"a": ProtocolModel(), "b": ProtocolModel(depth=1)}
+    options = dict(probe_clips=None, gradcam_clips=0)
+    report = timematters.diagnose(models, shuffled, tmp_path / "shuffled", **options)
+    assert report["compared"] == {}
+    assert "different orders (a shuffling DataLoader?)" in report["not_compared"]["b"]
+    text = (tmp_path / "shuffled" / "report.md").read_text()
+    assert "- b vs a: the models saw their clips in different orders" in text
+    in_order = DataLoader(pairs, batch_size=4)
+    report = timematters.diagnose(models, in_order, tmp_path / "in_order", **options)
+    assert set(report["compared"]) == {"b"} and report["not_compared"] == {}
+
+
+def _frames(seed: int = 0) -> np.ndarray:
+    generator = np.random.default_rng(seed)
+    return generator.integers(0, 256, size=(6, 20, 24, 3), dtype=np.uint8)  # [T, H, W, 3]
+
+
+def test_predict_takes_a_uint8_tensor_as_its_array_and_names_anything_else_briefly():
+    model, frames = ProtocolModel().eval(), _frames()
+    from_tensor = predict(model, torch.from_numpy(frames))
+    assert from_tensor == predict(model, frames) and from_tensor.source == "<array>"
+    floats = torch.from_numpy(frames).float()
+    with pytest.raises(ValueError, match=r"uint8 \[T, H, W, 3\] array; got Tensor of shape") as e:
+        predict(model, floats)
+    assert len(str(e.value)) < 150  # the shape and dtype, not the tensor's values
+    with pytest.raises(TypeError, match="got a list of 6 items") as e:
+        predict(model, list(frames))
+    assert len(str(e.value)) < 150
+
+
+def test_predict_and_explain_hand_the_model_back_in_training_mode(tmp_path):
+    model = ProtocolModel().train()
+    predict(model, _frames())
+    assert model.training
+    explain_prediction(model, _frames(), tmp_path)
+    assert model.training and all(p.grad is None for p in model.parameters())
+
+
+def test_predict_wraps_a_plain_module_as_diagnose_does():
+    plain = nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(3, K))
+    with pytest.raises(ValueError, match="Sequential takes clips of any size: give num_frames"):
+        predict(plain, _frames())
+    result = predict(plain, _frames(), num_frames=T, frame_size=IMG)
+    assert len(result.top) == K
+    with pytest.raises(NotImplementedError, match="no GradCAM for Sequential: .*logits only"):
+        explain_prediction(plain, _frames(), "unused")
+
+
+def test_predict_takes_freeze_each_the_frames_in_turn_averaged():
+    model, frames = ProtocolModel().eval(), _frames()
+    result = predict(model, frames, perturbations=("freeze_each",))
+    clip, _ = clip_of(model, frames)
+    best = int(model(clip).argmax())
+    with torch.no_grad():
+        frozen = torch.cat([freeze_frames(clip, t) for t in range(T)])
+        expected = model(frozen).softmax(dim=-1).mean(dim=0)[best]
+    assert result.top1_probability["freeze_each"] == pytest.approx(float(expected), rel=1e-5)
