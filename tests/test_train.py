@@ -217,6 +217,13 @@ def test_two_processes_count_every_bad_video(tmp_path):
     lines = (tmp_path / "run" / "eval_bad_videos.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["path"].rsplit("/", 1)[1] for line in lines) == names[13:]
     assert "eval_bad_videos.jsonl" in proc.stdout + proc.stderr
+    # The same command again: the folder holds a finished run. Rank 0 refuses it, and rank 1
+    # leaves with it (it used to die in the barrier with a transport error), one line said once.
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode != 0
+    said = [line for line in again.stderr.splitlines() if "timematters: error:" in line]
+    assert len(said) == 1 and "already holds a run" in said[0], again.stderr[-3000:]
+    assert "Connection closed" not in again.stderr
 
 
 def test_init_from_says_in_the_log_what_the_load_changed(tmp_path):

@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         code = _exit_code(error)
         if code is None:
             raise
-        print(f"timematters: error: {error}", file=sys.stderr)
+        if _said_by_this_process(error):
+            print(f"timematters: error: {error}", file=sys.stderr)
         return code
     except KeyboardInterrupt:
         print("timematters: interrupted", file=sys.stderr)
@@ -217,18 +218,30 @@ def _version() -> str:
     return __version__
 
 
+def _said_by_this_process(error: Exception) -> bool:
+    """Under torchrun, an error every rank meets (a config's, one rank 0 shared) is printed by
+    rank 0 alone: one line, not one per process. Any other is printed where it happened."""
+    from timematters.engine.distributed import is_main_process
+
+    shared = getattr(error, "shared_from_main", False) or isinstance(error, ConfigError)
+    return is_main_process() or not shared
+
+
 def _exit_code(error: Exception) -> int | None:
     """2 for a user's mistake, 1 for a run stopped by its data, None for a bug (traceback)."""
     from timematters.backbones.pretrained import PretrainedKeyError
     from timematters.data.collate import TooManyBadVideos
     from timematters.data.video import DecoderUnavailable
+    from timematters.engine.checkpoint import CheckpointWriteError
     from timematters.engine.runs import Interrupted
     from timematters.engine.train import NonFiniteLossError
 
     if isinstance(error, Interrupted):
         return error.exit_code
-    if isinstance(error, TooManyBadVideos | NonFiniteLossError):
+    if isinstance(error, TooManyBadVideos | NonFiniteLossError | CheckpointWriteError):
         return 1
+    if isinstance(error, PermissionError):  # a folder that cannot be written: choose another
+        return 2
     if isinstance(error, ConfigError | FileNotFoundError | ValueError | PretrainedKeyError):
         return 2
     if isinstance(error, DecoderUnavailable | IsADirectoryError | NotADirectoryError):
@@ -290,13 +303,13 @@ def _train(args) -> int:
     from timematters.engine.train import train
 
     cfg = load_config(args.config, args.overrides)
-    resume, overwrite = args.resume, args.overwrite
+    resume, overwrite, replace_partial = args.resume, args.overwrite, False
     if resume == "auto":
         resume = Path(cfg.train.out) / "checkpoints" / "last.pth"
         if not resume.is_file():  # nothing to continue: a new run (over a partial one's logs)
             if is_main_process():
                 print(f"[train] no checkpoint in {cfg.train.out}: starting a new run", flush=True)
-            resume, overwrite = None, True
+            resume, replace_partial = None, True
     elif resume == "last":
         resume = Path(cfg.train.out) / "checkpoints" / "last.pth"
         if not resume.is_file():
@@ -306,7 +319,13 @@ def _train(args) -> int:
             )
     if resume and args.init_from:
         raise ConfigError("--resume continues a run, --init-from starts a new one: give one")
-    result = train(cfg, resume=resume, init_from=args.init_from, overwrite=overwrite)
+    result = train(
+        cfg,
+        resume=resume,
+        init_from=args.init_from,
+        overwrite=overwrite,
+        replace_partial=replace_partial,
+    )
     if is_main_process():  # under torchrun every rank has the result; one prints it
         print(format_table({cfg.model.name: result["metrics"]}))
         print(result["summary"])

@@ -92,10 +92,17 @@ class BadVideoLog:
         Judged against the whole dataset, not the videos seen so far: one bad video in the first
         batch of a large dataset is under any sensible limit, and stays under it.
         """
-        if self.bad <= limit * total:
-            return
-        where = f"; their paths and reasons are in {self.write()}" if self.path else ""
-        raise TooManyBadVideos(
-            f"{self.bad} of {total} videos ({self.bad / total:.2%}) could not be decoded or were "
-            f"too short, above the limit of {limit:.2%} (data.max_bad_fraction){where}"
-        )
+        if self.bad > limit * total:
+            check_bad_share(self.bad, total, limit, listed=self.write() if self.path else None)
+
+
+def check_bad_share(bad: int, total: int, limit: float, *, listed: Path | None = None) -> None:
+    """Raise ``TooManyBadVideos`` when more than ``limit`` of ``total`` videos are bad;
+    ``listed``: the file that names them."""
+    if bad <= limit * total:
+        return
+    where = f"; their paths and reasons are in {listed}" if listed else ""
+    raise TooManyBadVideos(
+        f"{bad} of {total} videos ({bad / total:.2%}) could not be decoded or were too short, "
+        f"above the limit of {limit:.2%} (data.max_bad_fraction){where}"
+    )

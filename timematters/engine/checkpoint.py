@@ -1,7 +1,8 @@
 """Checkpoints: one dict, written atomically, read with ``weights_only=True``.
 
 Contents: model (backbone) and objective (TIME heads) weights, optimizer, scaler, epoch / step,
-the resolved config and the RNG states needed to continue a run exactly.
+the resolved config, the classes and what a resume must match. No RNG states: every random draw
+of a step is a function of (seed, rank, step), and the lr schedule one of the step.
 """
 
 from __future__ import annotations
@@ -16,10 +17,16 @@ import torch
 from timematters.backbones.pretrained import load_torch_file
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a quota); the previous one is intact."""
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write to a temporary file in the same folder, then rename: a kill never leaves half a file.
 
     Temporary files a killed write left behind are removed first (one writer per run folder).
+    A failed write (torch reports a full disk as a RuntimeError) is a ``CheckpointWriteError``
+    naming the file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,12 +34,25 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
         orphan.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide it from the group
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:
+        kept = "the previous one is intact" if path.exists() else "there is no earlier one"
+        raise CheckpointWriteError(
+            f"cannot write {path} ({str(error).strip().splitlines()[0]}); {kept}: free space "
+            "or fix the folder, then resume with --resume"
+        ) from error
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -8,6 +8,7 @@ in one process. NCCL on GPUs, gloo on the CPU. Multi-node is torchrun's rendezvo
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -99,3 +100,23 @@ def all_gather_objects(obj: object) -> list[object]:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def on_main_for_all(work: Callable[[], None]) -> None:
+    """``work()`` on rank 0 (a check of the run folder, say), its error raised on every rank:
+    the others would otherwise wait for rank 0 at the next barrier and die there with a transport
+    error. The error is marked ``shared_from_main``, so that only rank 0 prints it."""
+    error = None
+    if is_main_process():
+        try:
+            work()
+        except Exception as raised:
+            error = raised
+    if dist.is_initialized():
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None and not is_main_process():
+            error = box[0]
+            error.shared_from_main = True
+    if error is not None:
+        raise error

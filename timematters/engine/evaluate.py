@@ -252,7 +252,7 @@ def evaluate(
         device = next(model.parameters(), torch.empty(0)).device
     was_training = model.training
     model.eval()
-    generator = torch.Generator().manual_seed(settings.seed)
+    shuffles = _ClipPermutations(settings.shuffle, settings.seed)
     labels, probs, bad, indices = [], [], [], []
     perturbed: dict[str, list[torch.Tensor]] = {name: [] for name in settings.perturbations}
     seen = 0
@@ -270,7 +270,8 @@ def evaluate(
         check_clips(video, views=True)
         count = len(video)
         index = batch.get("index")
-        indices.append(torch.as_tensor(index) if index is not None else torch.arange(count) + seen)
+        index = torch.as_tensor(index) if index is not None else torch.arange(count) + seen
+        indices.append(index)
         seen += count
         if video.ndim == 5:
             video = video[:, None]  # one view
@@ -287,7 +288,7 @@ def evaluate(
             )
         for name in settings.perturbations:
             if name == "shuffle":  # one permutation per clip, shared by its views
-                perms = sample_frame_permutations(B, T, settings.shuffle, generator)
+                perms = shuffles.of(index, num_frames=T)
                 perms = repeat(perms, "b t -> (b v) t", v=V)
                 shuffled = shuffle_frames(views, perms=perms)[0]
                 perturbed[name].append(_clip_probs(model, shuffled, **options))
@@ -321,6 +322,10 @@ def evaluate(
         dist.all_gather_object(gathered, (arrays, bad))
         arrays = {key: np.concatenate([g[0][key] for g in gathered]) for key in arrays}
         bad = [video for g in gathered for video in g[1]]
+    # In dataset order, however the clips were split across processes: the bootstrap resamples
+    # the same clips in the same order for any number of them.
+    order = np.argsort(arrays["indices"], kind="stable")
+    arrays = {key: value[order] for key, value in arrays.items()}
     return EvalResult(
         arrays["labels"],
         arrays["probs"],
@@ -333,6 +338,29 @@ def evaluate(
         bootstrap_samples=settings.bootstrap_samples,
         seed=settings.seed,
     )
+
+
+class _ClipPermutations:
+    """The shuffle test's frame orders: with ``per_sample`` (the default), clip ``i`` of the
+    dataset gets the ``i``-th permutation of one seeded stream, so its shuffle is the same however
+    the clips are batched or split across processes (the stream is drawn sequentially, as far
+    as the largest index seen). ``per_batch`` draws one per batch, in the order batches come."""
+
+    def __init__(self, mode: str, seed: int):
+        self.mode = mode
+        self.generator = torch.Generator().manual_seed(seed)
+        self.drawn: list[torch.Tensor] = []
+
+    def of(self, index: torch.Tensor, *, num_frames: int) -> torch.Tensor:
+        if self.mode != "per_sample":
+            return sample_frame_permutations(len(index), num_frames, self.mode, self.generator)
+        needed = int(index.max()) + 1 if len(index) else 0
+        if needed > len(self.drawn):
+            more = sample_frame_permutations(
+                needed - len(self.drawn), num_frames, self.mode, self.generator
+            )
+            self.drawn.extend(more)
+        return torch.stack([self.drawn[i] for i in index.tolist()])
 
 
 def _check_labels(label: torch.Tensor, *, outputs: int) -> None:

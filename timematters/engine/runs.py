@@ -2,6 +2,9 @@
 
 - ``claim_run_folder``: a new run refuses a folder that already holds one (its config, metrics or
   checkpoints), unless told to overwrite it, so two runs never mix their logs or checkpoints.
+- ``hold_run_folder``: while a run lives it holds a lock on its folder; a second command for that
+  folder (a requeued job's ``--resume auto``, a ``--resume`` of a run still training) is refused
+  instead of training beside it. The lock goes with the process, even a killed one.
 - ``resume_mismatches``: a resumed run must have the config the checkpoint was written with,
   except keys that do not change what is computed (where data lives, workers, logging, the device,
   where to stop); ``RunShape`` adds what the config alone does not fix (dataset size, processes).
@@ -12,9 +15,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import shutil
 import signal
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -107,17 +114,67 @@ OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 REPLACED = {"a diagnose report", "an evaluation"}
 
 
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def hold_run_folder(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` (made if needed) while a run trains in it, or
+    ``RunFolderInUse`` naming the process that holds it."""
+    folder = Path(folder)
+    check_writable(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    with path.open("a+") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "another process"
+            raise RunFolderInUse(
+                f"{folder} is in use by a run still going ({holder}): wait for it to end or "
+                "stop it, or choose another train.out"
+            ) from None
+        file.seek(0)
+        file.truncate()
+        file.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        file.flush()
+        try:
+            yield
+        finally:  # removed while still held: a folder the run made can then go when empty
+            path.unlink(missing_ok=True)
+
+
+def check_writable(folder: Path, *, kind: str = "a run") -> None:
+    """Refuse, before any work rather than after it, an output ``folder`` that is a file, or
+    that (or the nearest folder above it that exists) cannot be written to."""
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderInUse(f"{folder} is a file: give a folder for {kind}'s output")
+    existing = Path(folder).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == Path(folder).absolute() else f" (in {existing})"
+        raise PermissionError(f"{folder}: cannot write there{where}; choose a writable folder")
+
+
 def claim_folder(
-    folder: Path, *, kind: str, overwrite: bool, fix: str, remove: bool = True
+    folder: Path,
+    *,
+    kind: str,
+    overwrite: bool,
+    fix: str,
+    remove: bool = True,
+    partial_only: bool = False,
 ) -> None:
     """Make ``folder`` ready for ``kind``'s output (a key of ``OUTPUTS``): refuse a folder that
     holds a run, a demo, ... (``fix`` says what to do), or remove their files (``overwrite``, and
     a diagnose report's or an evaluation's own earlier output); anything else is left alone.
     ``remove=False`` only refuses: a command that can still fail checks early and removes the
-    earlier output once its own is about to be written."""
+    earlier output once its own is about to be written. ``partial_only``: ``overwrite`` replaces
+    a run that left no checkpoint (``--resume auto``), and refuses anything else."""
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise RunFolderInUse(f"{folder} is a file: give a folder for {kind}'s output")
+    check_writable(folder, kind=kind)
     held = [
         other
         for other, (_, markers) in OUTPUTS.items()
@@ -126,6 +183,8 @@ def claim_folder(
     if "a run" in held and "an evaluation" in held:
         held.remove("an evaluation")  # a run's own final evaluation
     blocking = [other for other in held if not (other == kind and kind in REPLACED)]
+    if partial_only:  # only what a run killed before its first checkpoint left
+        overwrite = overwrite and set(blocking) <= {"a run"}
     if blocking and not overwrite:
         files, _ = OUTPUTS[blocking[0]]
         found = sorted({p.name for pattern in files for p in folder.glob(pattern)})
@@ -135,9 +194,9 @@ def claim_folder(
         _remove_matching(folder, OUTPUTS[other][0])
 
 
-def claim_run_folder(folder: Path, *, overwrite: bool) -> None:
+def claim_run_folder(folder: Path, *, overwrite: bool, partial_only: bool = False) -> None:
     """A new run's folder: refused while it holds a run or another command's output, unless
-    ``overwrite``."""
+    ``overwrite`` (with ``partial_only``: only a run that left no checkpoint is replaced)."""
     has_checkpoint = (folder / "checkpoints" / "last.pth").is_file()
     resume = "continue it with --resume, " if has_checkpoint else ""
     claim_folder(
@@ -145,6 +204,7 @@ def claim_run_folder(folder: Path, *, overwrite: bool) -> None:
         kind="a run",
         overwrite=overwrite,
         fix=f"{resume}replace it with --overwrite, or choose another train.out",
+        partial_only=partial_only,
     )
 
 

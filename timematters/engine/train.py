@@ -34,7 +34,13 @@ from timematters.backbones.adapters import is_foreign_spec
 from timematters.backbones.pretrained import load_pretrained
 from timematters.config import Config, ConfigError, config_to_dict, save_config, validate
 from timematters.data.build import build_dataset, build_flow_labeller
-from timematters.data.collate import BadVideo, BadVideoLog, batch_size, collate_videos
+from timematters.data.collate import (
+    BadVideo,
+    BadVideoLog,
+    batch_size,
+    check_bad_share,
+    collate_videos,
+)
 from timematters.data.samplers import SeededSamples, Shard, SkipFirst
 from timematters.engine.checkpoint import load_checkpoint, save_checkpoint
 from timematters.engine.distributed import (
@@ -45,6 +51,7 @@ from timematters.engine.distributed import (
     autocast_dtype,
     barrier,
     cleanup_distributed,
+    on_main_for_all,
     setup_distributed,
 )
 from timematters.engine.evaluate import EvalResult, evaluate, format_table
@@ -59,6 +66,7 @@ from timematters.engine.runs import (
     check_resume,
     claim_run_folder,
     first_new_folder,
+    hold_run_folder,
     remove_run_files,
 )
 from timematters.flow.farneback import configure_opencv_threads
@@ -124,6 +132,7 @@ def train(
     init_from: str | Path | None = None,
     step_callback: StepCallback | None = None,
     overwrite: bool = False,
+    replace_partial: bool = False,
 ) -> dict[str, Any]:
     """Train (and evaluate) as ``cfg`` says; returns the final metrics and the run folder.
 
@@ -132,6 +141,9 @@ def train(
     init_from: a checkpoint or weights file to start from (weights only, embeddings resized).
     step_callback(step, record): called after every optimizer step (tests, the demo's progress).
     overwrite: replace a run already in ``train.out`` (refused otherwise).
+    replace_partial: replace only a run that left no checkpoint (``--resume auto``); another
+        command's output is refused as without ``overwrite``.
+    While the run lives its folder is locked: a second command for it is refused.
     SIGINT / SIGTERM stop the run after the current step with a checkpoint (``Interrupted``).
     """
     validate(cfg)
@@ -141,11 +153,21 @@ def train(
     out, fresh = Path(cfg.train.out), resume is None
     created = first_new_folder(out)
     try:
-        with StopSignals() as stop, contextlib.ExitStack() as log_copy:
-            if fresh:  # refused before anything is touched, then logged from the first line on
-                if info.is_main:
-                    claim_run_folder(out, overwrite=overwrite)
-                barrier()
+        with (
+            StopSignals() as stop,
+            contextlib.ExitStack() as lock,
+            contextlib.ExitStack() as log_copy,
+        ):
+
+            def claim() -> None:  # locked, then refused before anything in it is touched
+                lock.enter_context(hold_run_folder(out))
+                if fresh:
+                    claim_run_folder(
+                        out, overwrite=overwrite or replace_partial, partial_only=replace_partial
+                    )
+
+            on_main_for_all(claim)
+            if fresh:  # logged from the first line on
                 log_copy.enter_context(copy_output(out / "train.log", enabled=info.is_main))
             try:
                 run = setup_run(
@@ -156,6 +178,7 @@ def train(
                 # not fit) trained nothing: its files go, so the corrected command is not refused.
                 log_copy.close()
                 if fresh and info.is_main:
+                    lock.close()
                     remove_run_files(out, created=created)
                 raise
             if not fresh:  # a refused resume must not touch the run's log: only now
@@ -335,8 +358,15 @@ def fit(run: Run) -> dict[str, Any]:
     """
     cfg, progress = run.cfg, run.progress
     if progress.final_eval_lines is not None:
-        print(f"[train] {run.run_dir} finished at step {progress.step}: nothing left to do")
+        if run.info.is_main:
+            print(f"[train] {run.run_dir} finished at step {progress.step}: nothing left to do")
         metrics = json.loads((run.run_dir / "eval.json").read_text())
+        # A run its final evaluation stopped (too many undecodable test videos) stays stopped.
+        scored, bad = metrics["all"]["num_clips"], metrics["all"].get("num_bad", 0)
+        listed = run.run_dir / "eval_bad_videos.jsonl"
+        check_bad_share(
+            bad, scored + bad, cfg.data.max_bad_fraction, listed=listed if bad else None
+        )
         return {"run_dir": run.run_dir, "metrics": metrics, "result": None, "steps": progress.step}
     while _steps_left(cfg, progress):
         epoch = progress.epoch
@@ -347,10 +377,12 @@ def fit(run: Run) -> dict[str, Any]:
         every = cfg.train.eval_every_epochs
         best = False
         if every and progress.epoch % every == 0 and progress.epoch < cfg.train.epochs:
-            best = _record_if_best(run, evaluate_run(run))
-        save_run_checkpoint(run, "last.pth")
-        if best:
-            _copy_to_best(run)
+            result = evaluate_run(run)
+            # Too many undecodable test videos stop the run at its first evaluation, not after
+            # all the training (before the checkpoint: a resume stops here again).
+            result.check_bad(cfg.data.max_bad_fraction, _eval_bad_path(run))
+            best = _record_if_best(run, result)
+        _save_epoch_checkpoints(run, best=best)
         _stop_if_asked(run)
 
     if progress.saved_step != progress.step:
@@ -365,13 +397,15 @@ def fit(run: Run) -> dict[str, Any]:
             run.bad_log.write()
     progress.final_eval_lines = lines_before
     best = _record_if_best(run, result)
-    save_run_checkpoint(run, "last.pth")
-    if best:
-        _copy_to_best(run)
+    _save_epoch_checkpoints(run, best=best)
     run.log.close()
-    bad_path = run.run_dir / "eval_bad_videos.jsonl" if run.info.is_main else None
-    result.check_bad(cfg.data.max_bad_fraction, bad_path)
+    result.check_bad(cfg.data.max_bad_fraction, _eval_bad_path(run))
     return {"run_dir": run.run_dir, "metrics": metrics, "result": result, "steps": progress.step}
+
+
+def _eval_bad_path(run: Run) -> Path | None:
+    """Where the test videos that could not be decoded are listed (rank 0 writes it)."""
+    return run.run_dir / "eval_bad_videos.jsonl" if run.info.is_main else None
 
 
 def _record_if_best(run: Run, result: EvalResult) -> bool:
@@ -385,13 +419,21 @@ def _record_if_best(run: Run, result: EvalResult) -> bool:
     return True
 
 
-def _copy_to_best(run: Run) -> None:
-    """``best.pth``: a copy of the ``last.pth`` just written (atomically, as every checkpoint)."""
+def _save_epoch_checkpoints(run: Run, *, best: bool) -> None:
+    """``last.pth``, and ``best.pth`` (the same) when this evaluation is the best so far.
+
+    ``best.pth`` is written first: a kill between the two leaves the previous ``last.pth``, whose
+    resume redoes this epoch and its evaluation (exactly) and writes both again. The other order
+    could leave a ``last.pth`` that records a best which ``best.pth`` does not hold, for good."""
+    if not best:
+        save_run_checkpoint(run, "last.pth")
+        return
+    save_run_checkpoint(run, "best.pth")
     if run.info.is_main:
         folder = run.run_dir / "checkpoints"
-        tmp = folder / ".best.pth.copy.tmp"
-        shutil.copyfile(folder / "last.pth", tmp)
-        os.replace(tmp, folder / "best.pth")
+        tmp = folder / ".last.pth.copy.tmp"
+        shutil.copy2(folder / "best.pth", tmp)
+        os.replace(tmp, folder / "last.pth")
     barrier()
 
 

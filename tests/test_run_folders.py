@@ -1,0 +1,159 @@
+"""A run folder under real jobs: a live run's folder is locked against a second command, ``--resume
+auto`` replaces only a partial run, a kill between the two epoch checkpoints leaves them
+consistent, unwritable folders and undecodable test videos stop a run early and stay stopped,
+and a shuffle test's draws do not depend on how the clips were split across processes."""
+
+import json
+
+import pytest
+import torch
+from test_errors import _bad_training_clips, _one_clear_line
+from test_train import TINY, _Killed, tiny_config
+
+import timematters.engine.train as engine_train
+from timematters.backbones import create_backbone
+from timematters.cli import main
+from timematters.config import EvalConfig
+from timematters.data.collate import TooManyBadVideos
+from timematters.engine import runs
+from timematters.engine.checkpoint import load_checkpoint
+from timematters.engine.evaluate import evaluate
+from timematters.engine.runs import hold_run_folder
+from timematters.engine.train import train
+
+
+def _cli(capsys, *argv):
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_a_folder_a_run_is_training_in_refuses_a_second_command(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("the live run's\n")
+    (out / "train.log").write_text("the live run's\n")
+    with hold_run_folder(out):  # as a run still going holds it (another job, say)
+        assert "pid " in (out / runs.LOCK_FILE).read_text()
+        for extra in (["--resume", "auto"], ["--overwrite"], []):
+            code, err = _cli(capsys, "train", "synthetic/time", *TINY, f"train.out={out}", *extra)
+            assert code == 2
+            _one_clear_line(err, f"{out} is in use by a run still going (pid ", "wait for it")
+        assert (out / "config.yaml").read_text() == "the live run's\n"  # nothing touched
+        assert (out / "train.log").read_text() == "the live run's\n"
+    assert not (out / runs.LOCK_FILE).exists()  # released with the run
+    assert main(["train", "synthetic/time", *TINY, "train.epochs=1", f"train.out={out}",
+                 "--resume", "auto"]) == 0  # fmt: skip
+
+
+def test_resume_auto_replaces_a_partial_run_but_never_another_commands_output(tmp_path, capsys):
+    out = tmp_path / "demo"
+    (out / "seed0" / "baseline" / "checkpoints").mkdir(parents=True)
+    (out / "metrics.json").write_text("{}")
+    (out / "report.md").write_text("a demo's report\n")
+    code, err = _cli(
+        capsys, "train", "synthetic/time", *TINY, f"train.out={out}", "--resume", "auto"
+    )
+    assert code == 2
+    _one_clear_line(err, f"{out} already holds a demo (metrics.json, report.md, seed0)")
+    assert (out / "report.md").is_file() and (out / "seed0" / "baseline").is_dir()
+
+
+def test_a_kill_between_the_best_and_last_checkpoints_leaves_them_consistent(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    # A checkpoint every step: the kill comes after the epoch's last step was saved.
+    cfg = tiny_config(
+        out, "train.epochs=3", "train.eval_every_epochs=1", "train.save_every_steps=1"
+    )
+    copy = engine_train.shutil.copyfile
+
+    def killed_copy(*args, **kwargs):  # the first epoch's evaluation is the best so far
+        raise _Killed
+
+    monkeypatch.setattr(engine_train.shutil, "copyfile", killed_copy)
+    with pytest.raises(_Killed):
+        train(cfg)
+    monkeypatch.setattr(engine_train.shutil, "copyfile", copy)
+    train(cfg, resume=out / "checkpoints" / "last.pth")
+    last = load_checkpoint(out / "checkpoints" / "last.pth")
+    best = load_checkpoint(out / "checkpoints" / "best.pth")
+    assert best["epoch"] == last["best_epoch"] and best["best_top1"] == last["best_top1"]
+
+
+def test_an_unwritable_output_folder_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    # As root every folder is writable, so the permission is what os.access answers.
+    monkeypatch.setattr(runs.os, "access", lambda path, mode: False)
+    code, err = _cli(
+        capsys, "train", "synthetic/time", *TINY, f"train.out={tmp_path / 'ro' / 'run'}"
+    )
+    assert code == 2
+    _one_clear_line(err, f"{tmp_path / 'ro' / 'run'}: cannot write there (in {tmp_path})")
+    assert not (tmp_path / "ro").exists()
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, capsys):
+    def full_disk(state, path):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2101888")
+
+    monkeypatch.setattr("timematters.engine.checkpoint.torch.save", full_disk)
+    code, err = _cli(capsys, "train", "synthetic/time", *TINY, f"train.out={tmp_path / 'run'}")
+    assert code == 1
+    _one_clear_line(err, "cannot write ", "last.pth ([enforce fail at", "then resume with --resume")
+
+
+def test_undecodable_test_videos_stop_a_run_at_its_first_evaluation_and_on_resume(
+    tmp_path, monkeypatch
+):
+    _bad_training_clips(monkeypatch, test_bad=[1, 5])  # 2 of 8, above 1%
+    out = tmp_path / "run"
+    cfg = tiny_config(out, "train.epochs=3", "train.eval_every_epochs=1")
+    with pytest.raises(TooManyBadVideos, match=r"2 of 8 videos .*/eval_bad_videos.jsonl"):
+        train(cfg)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["epoch"] for r in records if r["kind"] == "eval") == 1  # not after all epochs
+    # A run its final evaluation stopped stays stopped when resumed ("nothing left to do").
+    cfg = tiny_config(tmp_path / "once", "train.epochs=1")
+    with pytest.raises(TooManyBadVideos):
+        train(cfg)
+    with pytest.raises(TooManyBadVideos, match="2 of 8 videos"):
+        train(cfg, resume=tmp_path / "once" / "checkpoints" / "last.pth")
+
+
+class _Indexed(torch.utils.data.Dataset):
+    def __init__(self, count, indices=None):
+        torch.manual_seed(1)
+        self.videos = torch.randn(count, 3, 4, 16, 16)
+        self.indices = list(range(count)) if indices is None else indices
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        index = self.indices[i]
+        return {"video": self.videos[index], "label": index % 3, "index": index}
+
+
+def test_a_clips_shuffle_is_the_same_however_the_clips_are_split(tmp_path):
+    # Two processes see every other clip; each clip must get the frame order it gets in one.
+    torch.manual_seed(0)
+    kwargs = dict(num_frames=4, img_size=16, embed_dim=16, depth=1, num_heads=2)
+    model = create_backbone("timesformer_tiny_patch8_64", num_classes=3, **kwargs).eval()
+    model.time_embed.data.normal_(0, 1)  # it reads the order: a shuffle changes its outputs
+    settings = EvalConfig(bootstrap_samples=20)
+
+    def run(indices, batch_size):
+        data = _Indexed(10, indices)
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size)
+        return evaluate(model, loader, classes=["a", "b", "c"], settings=settings)
+
+    whole = run(None, 4)
+    shards = [run(list(range(rank, 10, 2)), 3) for rank in (0, 1)]
+    for shard in shards:
+        rows = shard.indices
+        torch.testing.assert_close(shard.perturbed["shuffle"], whole.perturbed["shuffle"][rows])
+    assert not torch.allclose(
+        torch.as_tensor(whole.perturbed["shuffle"]), torch.as_tensor(whole.probs)
+    )
+    # Clips in another order (two processes' shards gathered) are scored in dataset order.
+    reordered = run([1, 3, 5, 7, 9, 0, 2, 4, 6, 8], 5)
+    assert list(reordered.indices) == list(range(10))
+    assert reordered.metrics() == whole.metrics()
