@@ -77,6 +77,10 @@ def test_a_kill_between_the_best_and_last_checkpoints_leaves_them_consistent(tmp
     last = load_checkpoint(out / "checkpoints" / "last.pth")
     best = load_checkpoint(out / "checkpoints" / "best.pth")
     assert best["epoch"] == last["best_epoch"] and best["best_top1"] == last["best_top1"]
+    assert (
+        f"[train] resumed {out / 'checkpoints' / 'last.pth'}: step 4, epoch 0"
+        in (out / "train.log").read_text()
+    )
 
 
 def test_an_unwritable_output_folder_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
@@ -157,3 +161,46 @@ def test_a_clips_shuffle_is_the_same_however_the_clips_are_split(tmp_path):
     reordered = run([1, 3, 5, 7, 9, 0, 2, 4, 6, 8], 5)
     assert list(reordered.indices) == list(range(10))
     assert reordered.metrics() == whole.metrics()
+
+
+def test_bad_videos_are_listed_in_the_folder_as_they_are_found(tmp_path, monkeypatch):
+    _bad_training_clips(monkeypatch, train_bad=range(12))  # 12 of 16: some in the first steps
+    out = tmp_path / "run"
+
+    def kill_at_2(step, record):
+        if step == 2:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        train(tiny_config(out, "data.max_bad_fraction=0.9"), step_callback=kill_at_2)
+    lines = (out / "bad_videos.jsonl").read_text().splitlines()
+    assert lines and {json.loads(line)["path"] for line in lines} <= {
+        f"clip{i}.mp4" for i in range(12)
+    }
+
+
+def test_resume_messages_name_the_command_that_works(tmp_path, capsys):
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.yaml").write_text("a run killed before its first checkpoint\n")
+    code, err = _cli(capsys, "train", "synthetic/time", *TINY, f"train.out={partial}", "--resume")
+    assert code == 2
+    _one_clear_line(err, "the run there left none: start it afresh with --resume auto")
+    code, err = _cli(
+        capsys, "train", "synthetic/time", *TINY, f"train.out={partial}", f"--resume={partial}"
+    )
+    assert code == 2
+    _one_clear_line(err, f"{partial} is a folder, not a checkpoint file")
+
+
+def test_a_resume_on_another_number_of_processes_names_the_torchrun_command():
+    from timematters.config import Config
+    from timematters.config import config_to_dict as to_dict
+    from timematters.engine.runs import ResumeMismatch, RunShape, check_resume
+
+    cfg = Config()
+    state = {"config": to_dict(cfg), "run_shape": {"train_clips": 16, "world_size": 2}}
+    with pytest.raises(
+        ResumeMismatch, match=r"world_size: 2 when saved, 1 now.*--nproc_per_node=2"
+    ):
+        check_resume(state, cfg, RunShape(train_clips=16, world_size=1), "last.pth")

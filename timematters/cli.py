@@ -205,7 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         if code is None:
             raise
         if _said_by_this_process(error):
-            print(f"timematters: error: {error}", file=sys.stderr)
+            from timematters.engine.runs import Interrupted
+
+            # A stop that was asked for (Ctrl-C, a preemption) is no error.
+            label = "" if isinstance(error, Interrupted) else "error: "
+            print(f"timematters: {label}{error}", file=sys.stderr)
         return code
     except KeyboardInterrupt:
         print("timematters: interrupted", file=sys.stderr)
@@ -313,9 +317,15 @@ def _train(args) -> int:
     elif resume == "last":
         resume = Path(cfg.train.out) / "checkpoints" / "last.pth"
         if not resume.is_file():
+            partial = (Path(cfg.train.out) / "config.yaml").is_file()
+            start = (
+                "the run there left none: start it afresh with --resume auto (or --overwrite)"
+                if partial
+                else "start the run without --resume"
+            )
             raise FileNotFoundError(
-                f"--resume: no checkpoint at {resume} (train.out={cfg.train.out}); start the run "
-                "without --resume, or name a checkpoint with --resume PATH"
+                f"--resume: no checkpoint at {resume} (train.out={cfg.train.out}); {start}, or "
+                "name a checkpoint with --resume PATH"
             )
     if resume and args.init_from:
         raise ConfigError("--resume continues a run, --init-from starts a new one: give one")

@@ -58,6 +58,10 @@ def _umask() -> int:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint; pickled Python objects are refused (``weights_only=True``)."""
     path = Path(path)
+    if path.is_dir():
+        last = path / "checkpoints" / "last.pth"
+        hint = f"; a run folder's checkpoint is {last}" if last.is_file() else ""
+        raise IsADirectoryError(f"{path} is a folder, not a checkpoint file{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     state = load_torch_file(path, what="checkpoint")

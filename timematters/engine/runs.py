@@ -273,10 +273,16 @@ def check_resume(state: dict[str, Any], cfg: Config, shape: RunShape, path: Path
         )
     differences = resume_mismatches(state["config"], cfg) + shape.differences(state["run_shape"])
     if differences:
+        saved_world = state["run_shape"].get("world_size")
+        processes = (
+            f" (torchrun --nproc_per_node={saved_world}, or as many processes over nodes)"
+            if saved_world != shape.world_size
+            else ""
+        )
         raise ResumeMismatch(
             f"cannot resume {path}: the run differs from the one it was written by "
-            f"({'; '.join(differences)}). Resume with the same settings, or start a new run "
-            "from its weights with --init-from"
+            f"({'; '.join(differences)}). Resume with the same settings{processes}, or start a "
+            "new run from its weights with --init-from"
         )
 
 
@@ -320,8 +326,9 @@ class StopSignals(contextlib.AbstractContextManager):
             signal.raise_signal(signum)
             return
         self.requested = signal.Signals(signum)
-        print(
-            f"\ntimematters: {self.requested.name} received; stopping after this step with a "
-            "checkpoint (send it again to stop at once)",
-            flush=True,
-        )
+        if int(os.environ.get("RANK", "0")) == 0:  # torchrun signals every rank: one says it
+            print(
+                f"\ntimematters: {self.requested.name} received; stopping after this step with a "
+                "checkpoint (send it again to stop at once)",
+                flush=True,
+            )

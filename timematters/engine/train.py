@@ -183,6 +183,9 @@ def train(
                 raise
             if not fresh:  # a refused resume must not touch the run's log: only now
                 log_copy.enter_context(copy_output(out / "train.log", enabled=info.is_main))
+                if info.is_main:
+                    progress = run.progress
+                    print(f"[train] resumed {resume}: step {progress.step}, epoch {progress.epoch}")
             run.stop = stop
             result = fit(run)
             log_copy.close()
@@ -204,7 +207,8 @@ def _check_resume_folder(checkpoint: Path, out: Path) -> None:
     if run_folder.resolve() != out.resolve():
         raise ConfigError(
             f"--resume {checkpoint} continues the run in {run_folder}, but train.out={out}: set "
-            f"train.out={run_folder} (or copy the run folder to {out} and resume its checkpoint)"
+            f"train.out={run_folder} (or copy the run folder to {out} and resume the copy's "
+            f"checkpoint, {out / 'checkpoints' / checkpoint.name}, with train.out={out})"
         )
 
 
@@ -584,6 +588,8 @@ def _account_for_batch(run: Run, batch: dict[str, Any]) -> tuple[bool, bool]:
     if any_new and run.info.enabled:
         for videos in all_gather_objects(new_bad):
             run.bad_log.merge(videos)
+    if any_new and run.info.is_main:  # in the folder as they are found, not at the run's end
+        run.bad_log.write()
     run.bad_log.check(run.cfg.data.max_bad_fraction, total=run.shape.train_clips)
     return any_empty > 0, any_stop > 0
 
