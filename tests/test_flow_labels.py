@@ -119,6 +119,11 @@ def test_uint8_clip_and_normalised_tensor_give_the_same_grey_and_labels():
     )
     assert torch.equal(clip_flow_labels(frames, PATCH), clip_flow_labels(normalised, PATCH))
     assert clip_flow_labels(frames, PATCH).shape == (2, 16)
+    # A bf16 clip (from an autocast loop) is labelled as its float values; one frame is refused.
+    bf16 = normalised.bfloat16()
+    assert torch.equal(clip_flow_labels(bf16, PATCH), clip_flow_labels(bf16.float(), PATCH))
+    with pytest.raises(ValueError, match=r"two frames or more, got one: \[3, 1, 64, 64\]"):
+        clip_flow_labels(normalised[:, :1], PATCH)
 
 
 def test_frame_pairs_without_motion_are_still_in_both_backends():

@@ -261,49 +261,50 @@ def evaluate(
         if autocast_dtype is not None
         else contextlib.nullcontext()
     )
-    for batch in progress_bar(loader, desc="eval", leave=False, disable=not progress):
-        batch = as_batch(batch)
-        bad += batch.get("dropped", [])
-        if "video" not in batch:  # every clip of the batch failed to decode
-            continue
-        video = batch["video"].to(device, non_blocking=True)
-        check_clips(video, views=True)
-        count = len(video)
-        index = batch.get("index")
-        index = torch.as_tensor(index) if index is not None else torch.arange(count) + seen
-        indices.append(index)
-        seen += count
-        if video.ndim == 5:
-            video = video[:, None]  # one view
-        B, V, _, T = video.shape[:4]
-        views = rearrange(video, "b v c t h w -> (b v) c t h w")
-        options = dict(clips_in_batch=B, aggregation=settings.aggregation, autocast=autocast)
-        probs.append(_clip_probs(model, views, **options))
-        if classes and len(probs) == 1 and probs[0].shape[1] != len(classes):
-            # Scored anyway, the extra outputs would only count as wrong answers, without a word.
-            raise ValueError(
-                f"{getattr(model, 'source', '') or type(model).__name__} gives "
-                f"{probs[0].shape[1]} outputs but the data has {len(classes)} classes: give a "
-                "model trained on these classes, or data labelled in the model's"
-            )
-        for name in settings.perturbations:
-            if name == "shuffle":  # one permutation per clip, shared by its views
-                perms = shuffles.of(index, num_frames=T)
-                perms = repeat(perms, "b t -> (b v) t", v=V)
-                shuffled = shuffle_frames(views, perms=perms)[0]
-                perturbed[name].append(_clip_probs(model, shuffled, **options))
-            elif name == "freeze":
-                frozen = freeze_frames(views, settings.freeze_frame)
-                perturbed[name].append(_clip_probs(model, frozen, **options))
-            elif name == "freeze_each":
-                frozen = [_clip_probs(model, freeze_frames(views, t), **options) for t in range(T)]
-                perturbed[name].append(torch.stack(frozen).mean(dim=0))
-            else:
-                perturbed[name].append(_clip_probs(model, perturb_frames(views, name), **options))
-        label = torch.as_tensor(batch["label"]).cpu()
-        _check_labels(label, outputs=probs[-1].shape[1])
-        labels.append(label)
-    model.train(was_training)
+    try:  # an error (a batch in another layout, say) hands the model back in its mode too
+        for batch in progress_bar(loader, desc="eval", leave=False, disable=not progress):
+            batch = as_batch(batch)
+            bad += batch.get("dropped", [])
+            if "video" not in batch:  # every clip of the batch failed to decode
+                continue
+            video = batch["video"].to(device, non_blocking=True)
+            check_clips(video, views=True)
+            count = len(video)
+            index = batch.get("index")
+            index = torch.as_tensor(index) if index is not None else torch.arange(count) + seen
+            indices.append(index)
+            seen += count
+            if video.ndim == 5:
+                video = video[:, None]  # one view
+            B, V, _, T = video.shape[:4]
+            views = rearrange(video, "b v c t h w -> (b v) c t h w")
+            options = dict(clips_in_batch=B, aggregation=settings.aggregation, autocast=autocast)
+            probs.append(_clip_probs(model, views, **options))
+            if classes and len(probs) == 1 and probs[0].shape[1] != len(classes):
+                # Scored anyway, the extra outputs would only count as wrong answers, without a word.
+                raise ValueError(
+                    f"{getattr(model, 'source', '') or type(model).__name__} gives "
+                    f"{probs[0].shape[1]} outputs but the data has {len(classes)} classes: give a "
+                    "model trained on these classes, or data labelled in the model's"
+                )
+            for name in settings.perturbations:
+                perms = shuffles.of(index, num_frames=T) if name == "shuffle" else None
+                perturbed[name].append(
+                    _perturbed_probs(
+                        model,
+                        views,
+                        name,
+                        perms=perms,
+                        views_per_clip=V,
+                        freeze_frame=settings.freeze_frame,
+                        **options,
+                    )
+                )
+            label = torch.as_tensor(batch["label"]).cpu()
+            _check_labels(label, outputs=probs[-1].shape[1])
+            labels.append(label)
+    finally:
+        model.train(was_training)
 
     if not classes:
         K = probs[0].shape[1] if probs else getattr(model, "num_classes", 0)
@@ -361,6 +362,31 @@ class _ClipPermutations:
             )
             self.drawn.extend(more)
         return torch.stack([self.drawn[i] for i in index.tolist()])
+
+
+def _perturbed_probs(
+    model: nn.Module,
+    views: torch.Tensor,
+    name: str,
+    *,
+    perms: torch.Tensor | None,
+    views_per_clip: int,
+    freeze_frame: int | None,
+    **options,
+) -> torch.Tensor:
+    """The model's probabilities per clip on perturbation ``name`` of its ``views``; ``perms``:
+    the shuffle's frame order per clip, shared by its views."""
+    if name == "shuffle":
+        perms = repeat(perms, "b t -> (b v) t", v=views_per_clip)
+        return _clip_probs(model, shuffle_frames(views, perms=perms)[0], **options)
+    if name == "freeze":
+        return _clip_probs(model, freeze_frames(views, freeze_frame), **options)
+    if name == "freeze_each":  # each frame in turn, the probabilities averaged
+        frozen = [
+            _clip_probs(model, freeze_frames(views, t), **options) for t in range(views.shape[2])
+        ]
+        return torch.stack(frozen).mean(dim=0)
+    return _clip_probs(model, perturb_frames(views, name), **options)
 
 
 def _check_labels(label: torch.Tensor, *, outputs: int) -> None:

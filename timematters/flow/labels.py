@@ -34,8 +34,12 @@ def clip_to_grey(
       - float [C, T, H, W] (a normalised clip tensor), un-normalised with ``mean``/``std`` and
         mapped to [-1, 1] (with mean = std = 0.5 this is the identity).
     """
-    if isinstance(clip, torch.Tensor):
-        clip = clip.detach().cpu().numpy()
+    if isinstance(clip, torch.Tensor):  # numpy has no bfloat16: float32 holds every dtype
+        clip = clip.detach().cpu()
+        clip = (clip if clip.dtype == torch.uint8 else clip.float()).numpy()
+    frames = clip.shape[0 if clip.dtype == np.uint8 else 1] if clip.ndim == 4 else 2
+    if frames < 2:  # no frame pair: nothing to label
+        raise ValueError(f"flow needs two frames or more, got one: {list(clip.shape)}")
     if clip.dtype == np.uint8:
         if clip.ndim != 4 or clip.shape[-1] != 3:
             raise ValueError(f"expected a uint8 clip [T, H, W, 3], got shape {clip.shape}")
