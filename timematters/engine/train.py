@@ -188,6 +188,8 @@ def train(
                     print(f"[train] resumed {resume}: step {progress.step}, epoch {progress.epoch}")
             run.stop = stop
             result = fit(run)
+            if stop.requested is not None and info.is_main:  # no step was left to stop after
+                print(f"[train] {stop.requested.name} came after the last step: the run finished")
             log_copy.close()
             result["summary"] = run_summary(run)
             if info.is_main:  # the closing screen in the log too, though the caller prints it
