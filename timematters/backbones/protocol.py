@@ -22,8 +22,10 @@ class VideoTokens:
     patches: [B, T, S, D]  one token per token frame t and patch s (S = h*w, row-major,
                            patch-embed order); T is ``token_frames`` (input frames / tubelet).
     blocks:  per-block patch tokens [B, T, S, D] (block outputs before the final norm), only when
-             asked for with ``forward_features(video, return_blocks=True)``. ``blocks[i]`` is the
-             tensor block i + 1 reads, so gradients taken with respect to it are real.
+             asked for with ``forward_features(video, return_blocks=True)``. In our backbones
+             ``blocks[i]`` is the tensor block i + 1 reads, so gradients taken with respect to it
+             are real (GradCAM's tap). Adapters read theirs with forward hooks and a rearrange:
+             copies, for the order probe only; they name a ``gradcam_layer()`` instead.
     """
 
     cls: torch.Tensor
@@ -42,6 +44,22 @@ class VideoBackbone(Protocol):
 
     Input: a normalised video [B, C, T, H, W] with T = ``num_frames`` and H = W =
     ``grid[0] * patch_size``. ``forward(video) == forward_head(forward_features(video).cls)``.
+
+    Optional members, read with a default where a model lacks them (the adapters have them all;
+    they stay out of the Protocol, as ``isinstance`` would then refuse a user's module that
+    honours the members above):
+
+    - ``unsupported``: capability (``CAPABILITIES``) -> the reason the model cannot give it;
+      default {}, everything applies.
+    - ``class_names`` (default None: "0".."K-1"), ``num_classes``, ``source`` (its spec or
+      checkpoint path, for messages and reports).
+    - ``mean`` / ``std``: the normalisation it takes clips in (default 0.5 / 0.5).
+    - ``set_input_normalisation(mean, std)``, with ``input_mean`` / ``input_std``: the clips'
+      normalisation, which an adapter converts to its ``mean`` / ``std``.
+    - ``describe()``: what reports say about it (default: built from the members above).
+    - ``gradcam_layer()``: (module, reshape to [B, C, T', h, w]) for GradCAM, for a model whose
+      ``blocks`` are not graph tensors (default: a tap on ``blocks[-2]``).
+    - ``set_grad_checkpointing(enable)``: for ``model.grad_checkpointing``.
     """
 
     embed_dim: int  # D, the width of cls and patch tokens
@@ -78,6 +96,12 @@ PROTOCOL_MEMBERS = (
     "forward_head",
     "convert_state_dict",
 )
+
+
+# What a model may be unable to do, the keys of an adapter's ``unsupported`` (capability ->
+# reason): the per-block order probe, GradCAM maps, and the order and flow losses. Listed in the
+# order reports show them.
+CAPABILITIES = ("order_probe", "gradcam", "flow", "order")
 
 
 def check_clips(video: object, *, views: bool = False) -> None:

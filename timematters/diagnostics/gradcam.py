@@ -52,6 +52,12 @@ class _TappedBackbone(nn.Module):
         return self.backbone.forward_head(tokens.cls)
 
 
+def gradcam_unsupported(model: nn.Module) -> str:
+    """The reason ``model`` states for having no GradCAM maps ("" when it states none), so that
+    callers skip it before making its clips."""
+    return getattr(model, "unsupported", {}).get("gradcam", "")
+
+
 def video_gradcam(model: nn.Module, video: torch.Tensor, targets: Sequence[int]) -> np.ndarray:
     """GradCAM maps in [0, 1] of shape [N, T, H, W] for clips ``video`` [N, C, T, H, W].
 

@@ -169,6 +169,14 @@ def plot_gradcam_grid(
     return _save(fig, out, dpi=80)  # smooth heatmaps compress poorly: keep the files small
 
 
+def denormalise(clips: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """Normalised clips [..., C, T, H, W] -> frames [..., T, H, W, C] in [0, 1], to draw."""
+    shape = (3, 1, 1, 1)
+    pixels = clips * np.asarray(std, np.float32).reshape(shape)
+    pixels = pixels + np.asarray(mean, np.float32).reshape(shape)
+    return np.moveaxis(pixels.clip(0, 1), -4, -1)
+
+
 def _save(fig, out: str | Path, dpi: int = 110) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

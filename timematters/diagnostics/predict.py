@@ -26,7 +26,7 @@ from timematters.data.sampling import sample_segment_indices
 from timematters.data.transforms import EvalTransform
 from timematters.data.video import VideoDecodeError, open_video
 from timematters.engine.evaluate import PERTURBATION_NAMES
-from timematters.engine.model import describe_model
+from timematters.engine.model import class_names_of, describe_model
 from timematters.losses.shuffle import freeze_frames, perturb_frames
 
 Video = str | os.PathLike | np.ndarray | torch.Tensor
@@ -189,9 +189,7 @@ def predict(
         rows = backbone(torch.cat(views)).float().softmax(dim=-1).cpu()
     # One row per view: freeze_each's T clips averaged into one.
     probs = torch.stack([p.mean(dim=0) for p in rows.split([len(v) for v in views])])
-    names = list(classes or getattr(backbone, "class_names", None) or [])
-    if not names:
-        names = [str(k) for k in range(probs.shape[1])]
+    names = list(classes or class_names_of(backbone, num_classes=probs.shape[1]))
     if len(names) != probs.shape[1]:
         raise ValueError(
             f"{len(names)} class names for a model of {probs.shape[1]} outputs: give one name "
@@ -240,10 +238,10 @@ def explain_prediction(
     """GradCAM of the clip for ``label`` (default: the predicted class): ``out/<name>_gradcam.gif``
     (the clip with the map over it) and ``out/<name>_gradcam.png`` (a strip of its frames)."""
     from timematters.diagnostics import plots
-    from timematters.diagnostics.gradcam import video_gradcam
+    from timematters.diagnostics.gradcam import gradcam_unsupported, video_gradcam
 
     with _in_eval_mode(model) as backbone:
-        reason = getattr(backbone, "unsupported", {}).get("gradcam")
+        reason = gradcam_unsupported(backbone)
         if reason:
             source = getattr(backbone, "source", "") or "this model"
             raise NotImplementedError(f"no GradCAM for {source}: {reason}")
@@ -253,9 +251,7 @@ def explain_prediction(
             label = int(backbone(clip).argmax()) if label is None else label
         heatmap = video_gradcam(backbone, clip, [label])[0]  # [T, H, W]
     mean, std = _input_normalisation(backbone)
-    shape = (3, 1, 1, 1)
-    pixels = clip[0].cpu() * torch.tensor(std).view(shape) + torch.tensor(mean).view(shape)
-    frames = pixels.clamp(0, 1).permute(1, 2, 3, 0).numpy()  # [T, H, W, 3]
+    frames = plots.denormalise(clip[0].cpu().numpy(), mean, std)  # [T, H, W, 3]
     stem = "array" if _is_array(video) else Path(video).stem
     out = Path(out)
     names = getattr(backbone, "class_names", None)

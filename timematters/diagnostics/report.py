@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from einops import rearrange
 from torch import nn
 
 from timematters.backbones.adapters.base import DEFAULT_INPUT
@@ -28,7 +27,7 @@ from timematters.backbones.adapters.module import as_video_backbone
 from timematters.config import Config, EvalConfig, validate
 from timematters.data.build import build_dataset
 from timematters.diagnostics.confidence import confidence_gaps
-from timematters.diagnostics.gradcam import video_gradcam
+from timematters.diagnostics.gradcam import gradcam_unsupported, video_gradcam
 from timematters.diagnostics.order_probe import order_probe
 from timematters.diagnostics.reliance import (
     propose_subsets,
@@ -48,7 +47,13 @@ from timematters.engine.evaluate import (
     gap_key,
 )
 from timematters.engine.metrics import to_json
-from timematters.engine.model import check_classes, describe_model, in_model_classes, load_model
+from timematters.engine.model import (
+    check_classes,
+    class_names_of,
+    describe_model,
+    in_model_classes,
+    load_model,
+)
 from timematters.engine.runs import claim_folder
 from timematters.engine.statistics import half_width
 
@@ -100,6 +105,60 @@ def diagnose(
     claim = dict(kind="a diagnose report", overwrite=False, fix="choose another --out")
     claim_folder(out, **claim, remove=False)
     settings = settings or EvalConfig()
+    _check_arguments(models, data, mean=mean, std=std)
+    # A plain module (clips -> logits) gets the logits-only adapter: the report names its limits.
+    models = {name: as_video_backbone(model, source=name) for name, model in models.items()}
+    if mean is not None:
+        _tell_input_normalisation(models, mean, std)
+    else:
+        mean, std = DEFAULT_INPUT  # for the GradCAM pictures; the models keep what they were told
+    if device is None:
+        device = next(next(iter(models.values())).parameters()).device
+    source = getattr(data, "dataset", data)  # a DataLoader's dataset names the classes
+    # Class names for data that has none: the first model's, or "0".."K-1".
+    first_model = next(iter(models.values()))
+    classes = list(classes or getattr(source, "classes", []) or class_names_of(first_model))
+    subsets = dict(subsets if subsets is not None else getattr(source, "subsets", {}))
+    loader = as_loader(data, settings.batch_size)
+    about = about or {}
+    running = dict(device=device, autocast_dtype=autocast_dtype, progress=progress)
+
+    # 1. Shuffle test (Table 1, Fig. 1a) and 2. confidence gap (Fig. 1c): the one evaluation.
+    if evaluations is None:
+        evaluations = _shuffle_test(
+            models, loader, classes=classes, subsets=subsets, settings=settings, **running
+        )
+    evaluations = dict(zip(models, evaluations, strict=True))
+    first = next(iter(evaluations.values()))
+    if gradcam_indices is None:
+        gradcam_indices = _pick_clips(first.labels, gradcam_clips, subsets.get("temporal", []))
+    _check_positions(gradcam_indices, len(first.labels))
+    claim_folder(out, **claim)
+    out.mkdir(parents=True, exist_ok=True)
+    first.check_bad(max_bad_fraction, out / "bad_videos.jsonl")
+    report = _shuffle_section(models, evaluations, source=source, about=about, settings=settings)
+    report.update(_reliance_section(evaluations, out, num_classes=len(classes)))
+
+    # 3. Per-block temporal-order probe (Fig. 1b), every model reading each batch once.
+    if probe_clips is not None:
+        print("[diagnose] order probe ...", flush=True)
+        scored = len(first.labels)
+        report["order_probe"] = _probe_section(models, loader, probe_clips, scored, **running)
+
+    # 4. GradCAM (Fig. 4): the same clips and target classes for every model.
+    if gradcam_indices:
+        print("[diagnose] GradCAM ...", flush=True)
+        report["gradcam"] = _gradcam(models, loader, gradcam_indices, classes, out, mean, std)
+
+    report["seconds"] = time.perf_counter() - started
+    (out / "diagnose.json").write_text(to_json(report))
+    _plot(report, out)
+    (out / "report.md").write_text(_report(report))
+    print(f"[diagnose] report: {out / 'report.md'}", flush=True)
+    return report
+
+
+def _check_arguments(models: dict[str, nn.Module], data: Any, *, mean, std) -> None:
     if not models:
         raise ValueError("diagnose needs at least one model")
     if isinstance(data, Iterator):  # the 2nd model, the probe and GradCAM would get no clips
@@ -110,49 +169,34 @@ def diagnose(
         )
     if (mean is None) != (std is None):
         raise ValueError("diagnose: give the clips' mean and std together, or neither (0.5)")
-    # A plain module (clips -> logits) gets the logits-only adapter: the report names its limits.
-    models = {name: as_video_backbone(model, source=name) for name, model in models.items()}
-    if mean is not None:
-        _tell_input_normalisation(models, mean, std)
-    else:
-        mean, std = DEFAULT_INPUT  # for the GradCAM pictures; the models keep what they were told
-    if device is None:
-        device = next(next(iter(models.values())).parameters()).device
-    source = getattr(data, "dataset", data)  # a DataLoader's dataset names the classes
-    classes = list(classes or getattr(source, "classes", []) or _model_classes(models))
-    subsets = dict(subsets if subsets is not None else getattr(source, "subsets", {}))
-    loader = as_loader(data, settings.batch_size)
-    about = about or {}
 
-    # 1. Shuffle test (Table 1, Fig. 1a) and 2. confidence gap (Fig. 1c): the one evaluation.
-    if evaluations is None:
-        evaluations = []
-        for name, model in models.items():
-            print(f"[diagnose] shuffle test: {name} ...", flush=True)
-            evaluations.append(
-                evaluate(
-                    model,
-                    loader,
-                    classes=classes,
-                    subsets=subsets,
-                    settings=settings,
-                    device=device,
-                    autocast_dtype=autocast_dtype,
-                    progress=progress,
-                )
-            )
-    evaluations = dict(zip(models, evaluations, strict=True))
+
+def _check_positions(positions: Sequence[int], scored: int) -> None:
+    """Refuse GradCAM positions past the scored clips: no map would explain them, silently."""
+    outside = [i for i in positions if not 0 <= i < scored]
+    if outside:
+        raise ValueError(f"--gradcam-index {outside[0]}: the clips are numbered 0 to {scored - 1}")
+
+
+def _shuffle_test(models: dict[str, nn.Module], loader: Any, **evaluation: Any) -> list[EvalResult]:
+    """The one evaluation of each model: original and perturbed clips."""
+    evaluations = []
+    for name, model in models.items():
+        print(f"[diagnose] shuffle test: {name} ...", flush=True)
+        evaluations.append(evaluate(model, loader, **evaluation))
+    return evaluations
+
+
+def _shuffle_section(
+    models: dict[str, nn.Module],
+    evaluations: dict[str, EvalResult],
+    *,
+    source: Any,
+    about: dict[str, Any],
+    settings: EvalConfig,
+) -> dict[str, Any]:
+    """The report's head: the models, the data, the shuffle test and the confidence gap."""
     first = next(iter(evaluations.values()))
-    if gradcam_indices is None:
-        gradcam_indices = _pick_clips(first.labels, gradcam_clips, subsets.get("temporal", []))
-    outside = [i for i in gradcam_indices if not 0 <= i < len(first.labels)]
-    if outside:  # would be explained by no map, silently
-        raise ValueError(
-            f"--gradcam-index {outside[0]}: the clips are numbered 0 to {len(first.labels) - 1}"
-        )
-    claim_folder(out, **claim)
-    out.mkdir(parents=True, exist_ok=True)
-    first.check_bad(max_bad_fraction, out / "bad_videos.jsonl")
     data_info = {
         "name": about.get("dataset", type(source).__name__),
         "split": about.get("split", ""),
@@ -168,56 +212,57 @@ def diagnose(
     for name, where in about.get("sources", {}).items():
         report["models"][name]["source"] = where
     report["perturbations"] = list(settings.perturbations)
+    return report
 
-    # Per-class reliance on time, a proposed Temporal / Static split, and the models compared.
-    rows = reliance_rows(evaluations)
-    write_reliance_csv(rows, out / "class_reliance.csv")
-    first_name = next(iter(evaluations))
+
+def _reliance_section(
+    evaluations: dict[str, EvalResult], out: Path, *, num_classes: int
+) -> dict[str, Any]:
+    """Per-class reliance on time, a proposed Temporal / Static split (both written to ``out``),
+    and each model's gaps compared with the first's."""
+    first_name, first = next(iter(evaluations.items()))
+    write_reliance_csv(reliance_rows(evaluations), out / "class_reliance.csv")
     proposal = propose_subsets(first)
     write_subsets_file(proposal, out / "proposed_subsets.yaml", model=first_name)
-    report["class_reliance"] = {"file": "class_reliance.csv", "classes": len(classes)}
-    report["proposed_subsets"] = {"file": "proposed_subsets.yaml", "model": first_name, **proposal}
-    report["compared"], report["not_compared"] = {}, {}
+    section: dict[str, Any] = {
+        "class_reliance": {"file": "class_reliance.csv", "classes": num_classes},
+        "proposed_subsets": {"file": "proposed_subsets.yaml", "model": first_name, **proposal},
+        "compared": {},
+        "not_compared": {},
+    }
     for name, result in list(evaluations.items())[1:]:
         reason = _unpaired_reason(first, result)
         if reason:
-            report["not_compared"][name] = reason
+            section["not_compared"][name] = reason
         else:
-            report["compared"][name] = compare_gaps(first, result)
+            section["compared"][name] = compare_gaps(first, result)
+    return section
 
-    # 3. Per-block temporal-order probe (Fig. 1b), every model reading each batch once.
-    if probe_clips is not None:
-        print("[diagnose] order probe ...", flush=True)
-        scored = len(first.labels)
-        fit_count = min(probe_clips[0], scored // 2)
-        held_out_count = min(probe_clips[1], scored - fit_count)
-        results = order_probe(
-            list(models.values()),
-            loader,
-            fit_clips=fit_count,
-            held_out_clips=held_out_count,
-            device=device,
-            autocast_dtype=autocast_dtype,
-            progress=progress,
-        )
-        report["order_probe"] = {
-            "fit_clips": fit_count,
-            "held_out_clips": held_out_count,
-            "chance": {name: 100.0 / max(model.token_frames, 1) for name, model in models.items()},
-            **_split_probe_results(dict(zip(models, results, strict=True))),
-        }
 
-    # 4. GradCAM (Fig. 4): the same clips and target classes for every model.
-    if gradcam_indices:
-        print("[diagnose] GradCAM ...", flush=True)
-        report["gradcam"] = _gradcam(models, loader, gradcam_indices, classes, out, mean, std)
-
-    report["seconds"] = time.perf_counter() - started
-    (out / "diagnose.json").write_text(to_json(report))
-    _plot(report, out)
-    (out / "report.md").write_text(_report(report))
-    print(f"[diagnose] report: {out / 'report.md'}", flush=True)
-    return report
+def _probe_section(
+    models: dict[str, nn.Module],
+    loader: Any,
+    probe_clips: tuple[int, int],
+    scored: int,
+    **running: Any,
+) -> dict[str, Any]:
+    """The order probe of every model, fit on the first of the ``scored`` clips and scored on
+    the next ones (half of them each at most)."""
+    fit_count = min(probe_clips[0], scored // 2)
+    held_out_count = min(probe_clips[1], scored - fit_count)
+    results = order_probe(
+        list(models.values()),
+        loader,
+        fit_clips=fit_count,
+        held_out_clips=held_out_count,
+        **running,
+    )
+    return {
+        "fit_clips": fit_count,
+        "held_out_clips": held_out_count,
+        "chance": {name: 100.0 / max(model.token_frames, 1) for name, model in models.items()},
+        **_split_probe_results(dict(zip(models, results, strict=True))),
+    }
 
 
 def run_diagnose(
@@ -301,15 +346,6 @@ def _unpaired_reason(first: EvalResult, other: EvalResult) -> str:
     return ""
 
 
-def _model_classes(models: dict[str, nn.Module]) -> list[str]:
-    """Class names for data that has none: the first model's, or "0".."K-1"."""
-    model = next(iter(models.values()))
-    names = getattr(model, "class_names", None)
-    if names:
-        return list(names)
-    return [str(k) for k in range(getattr(model, "num_classes", 0))]
-
-
 def _split_probe_results(results: dict[str, dict]) -> dict[str, dict]:
     """Per-model probe results -> the report's tables: accuracy, frames, skipped, unsupported."""
     tables: dict[str, dict] = {"accuracy": {}, "frames": {}, "skipped": {}, "unsupported": {}}
@@ -348,8 +384,11 @@ def _pick_clips(labels: np.ndarray, count: int, preferred: Sequence[int]) -> lis
     return picked
 
 
-def _gradcam(models, loader, positions, classes, out: Path, mean, std) -> dict:
-    """GradCAM of the clips at ``positions`` (in the evaluation's order of scored clips)."""
+def _clips_at(
+    loader: Any, positions: Sequence[int], classes: Sequence[str]
+) -> tuple[dict[int, torch.Tensor], dict[int, dict]]:
+    """The clips at ``positions`` (their first view) and what the report says of each, read in
+    one pass that stops after the last one."""
     wanted = sorted(set(int(p) for p in positions))
     clips, infos, seen = {}, {}, 0
     for batch in loader:
@@ -371,6 +410,12 @@ def _gradcam(models, loader, positions, classes, out: Path, mean, std) -> dict:
             seen += 1
         if seen > wanted[-1]:
             break
+    return clips, infos
+
+
+def _gradcam(models, loader, positions, classes, out: Path, mean, std) -> dict:
+    """GradCAM of the clips at ``positions`` (in the evaluation's order of scored clips)."""
+    clips, infos = _clips_at(loader, positions, classes)
     order = [p for p in positions if p in clips]
     if not order:
         return {"clips": []}
@@ -384,7 +429,7 @@ def _gradcam(models, loader, positions, classes, out: Path, mean, std) -> dict:
             probs = model(on_device).float().softmax(dim=-1).cpu()
         for info, p in zip(infos, probs[torch.arange(len(targets)), targets], strict=True):
             info["confidence"][name] = float(p)
-        reason = getattr(model, "unsupported", {}).get("gradcam")
+        reason = gradcam_unsupported(model)
         if reason:
             skipped[name] = reason
             continue
@@ -404,9 +449,7 @@ def _gradcam(models, loader, positions, classes, out: Path, mean, std) -> dict:
     )
     from timematters.diagnostics import plots
 
-    mean_t = torch.tensor(mean).view(3, 1, 1, 1)
-    std_t = torch.tensor(std).view(3, 1, 1, 1)
-    frames = rearrange((video * std_t + mean_t).clamp(0, 1), "n c t h w -> n t h w c").numpy()
+    frames = plots.denormalise(video.numpy(), mean, std)  # [N, T, H, W, C]
     for i, info in enumerate(infos):
         info["image"] = f"gradcam_{info['index']}.png"
         plots.plot_gradcam_grid(

@@ -8,6 +8,7 @@ so its shuffled pass is the identity and only the original top-1 is kept.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,6 +25,19 @@ from timematters.engine.evaluate import evaluate
 def bg_gap(accuracy: dict[str, float]) -> float:
     """BG-Gap (Table 4): top-1 on mixed_same minus top-1 on mixed_rand, in points."""
     return accuracy["mixed_same"] - accuracy["mixed_rand"]
+
+
+@dataclass
+class BackgroundsResult:
+    """Top-1 per ImageNet-9 variation and BG-Gap (Table 4), shaped like an ``EvalResult``."""
+
+    accuracy: dict[str, float]
+
+    def metrics(self) -> dict[str, float]:
+        return dict(self.accuracy)
+
+    def table(self, name: str) -> str:
+        return format_backgrounds_table({name: self.accuracy})
 
 
 def evaluate_backgrounds(

@@ -10,7 +10,7 @@ rebuilds exactly what was trained; ``evaluate_checkpoint`` runs the one evaluati
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from timematters.config import Config, ConfigError, ModelConfig, backbone_kwargs
 from timematters.data.build import build_dataset
 from timematters.data.collate import collate_videos
 from timematters.data.samplers import Shard
+from timematters.engine.backgrounds import BackgroundsResult, evaluate_backgrounds_checkpoint
 from timematters.engine.checkpoint import load_checkpoint
 from timematters.engine.distributed import (
     autocast_dtype,
@@ -165,6 +166,16 @@ def describe_model(model: nn.Module) -> dict[str, Any]:
     }
 
 
+def class_names_of(model: nn.Module, num_classes: int | None = None) -> list[str]:
+    """The model's ``class_names``, or "0".."K-1" when it names none (K: ``num_classes``, else
+    the model's own ``num_classes``)."""
+    names = getattr(model, "class_names", None)
+    if names:
+        return list(names)
+    count = getattr(model, "num_classes", 0) if num_classes is None else num_classes
+    return [str(k) for k in range(count)]
+
+
 def load_model_from_checkpoint(cfg: Config, path: str | Path) -> tuple[nn.Module, list[str]]:
     """The backbone saved in a timematters checkpoint, in eval mode, and its class names (empty
     when the checkpoint does not name them).
@@ -273,28 +284,11 @@ def check_classes(model: nn.Module, dataset: list[str], where: str | Path) -> No
     )
 
 
-@dataclass
-class BackgroundsResult:
-    """Top-1 per ImageNet-9 variation and BG-Gap (Table 4), shaped like an ``EvalResult``."""
-
-    accuracy: dict[str, float]
-
-    def metrics(self) -> dict[str, float]:
-        return dict(self.accuracy)
-
-    def table(self, name: str) -> str:
-        from timematters.engine.backgrounds import format_backgrounds_table
-
-        return format_backgrounds_table({name: self.accuracy})
-
-
 def evaluate_checkpoint(cfg: Config, checkpoint: str | Path) -> EvalResult | BackgroundsResult:
     """The evaluation of a model (a checkpoint or any spec) on the config's evaluation split:
     original / shuffled per subset, or on ImageNet-9 the Backgrounds Challenge (Table 4)."""
     validate(cfg)
     if cfg.data.dataset == "imagenet9":
-        from timematters.engine.backgrounds import evaluate_backgrounds_checkpoint
-
         return BackgroundsResult(evaluate_backgrounds_checkpoint(cfg, checkpoint))
     info = setup_distributed(cfg.train.device)
     try:

@@ -12,8 +12,9 @@ An adapter owns a foreign video classifier and presents it as a ``VideoBackbone`
   and their layout; a forward hook reads them when ``return_blocks=True`` (the order probe's input).
 - **GradCAM**: ``gradcam_layer()`` names the module and the reshape that grad-cam's
   ``target_layers`` / ``reshape_transform`` need.
-- **Limits**: ``unsupported`` maps a capability ("order_probe", "gradcam", "order", "flow") to the reason
-  the model cannot provide it; reports print the reason instead of failing.
+- **Limits**: ``unsupported`` maps a capability (``protocol.CAPABILITIES``: "order_probe",
+  "gradcam", "flow", "order") to the reason the model cannot provide it; reports print the reason
+  instead of failing.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from timematters.backbones.protocol import VideoTokens
+from timematters.backbones.protocol import CAPABILITIES, VideoTokens
 
 DEFAULT_INPUT = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
@@ -36,6 +37,7 @@ class Adapter(nn.Module):
     # taken for a classifier of another class count and left out of a load.
     classifier_name = ""
     family = "adapter"
+    flexible_size = False  # True for models that take any frame size (3-D CNNs, Swin3D)
 
     def __init__(
         self,
@@ -117,8 +119,6 @@ class Adapter(nn.Module):
                 f"(set data.crop_size={self.img_size})"
             )
 
-    flexible_size = False  # True for models that take any frame size (3-D CNNs, Swin3D)
-
     # -- what subclasses implement -------------------------------------------------------------
 
     def features(self, video: torch.Tensor) -> VideoTokens:
@@ -132,7 +132,7 @@ class Adapter(nn.Module):
         """The modules whose outputs are the per-block tokens, in order (empty: none)."""
         return []
 
-    def block_grid(self, output: Any, video: torch.Tensor) -> torch.Tensor:
+    def block_grid(self, output: Any) -> torch.Tensor:
         """A block module's output -> patch tokens [B, T', S', D] (T', S', D may vary by block)."""
         raise NotImplementedError
 
@@ -159,7 +159,7 @@ class Adapter(nn.Module):
         finally:
             for handle in handles:
                 handle.remove()
-        blocks = tuple(self.block_grid(output, video) for output in outputs)
+        blocks = tuple(self.block_grid(output) for output in outputs)
         return VideoTokens(cls=tokens.cls, patches=tokens.patches, blocks=blocks)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
@@ -182,6 +182,37 @@ class Adapter(nn.Module):
                 break
             state_dict = {f"model.{k}": v for k, v in state_dict.items()}
         return state_dict, set()
+
+
+class LogitsOnlyAdapter(Adapter):
+    """Base of the adapters of models that give logits only: the logits stand in for the clip
+    token and for one patch (tokens [B, 1, 1, K]), so the shuffle test, the confidence gap and
+    the debias loss apply, and every token-based capability is refused with one reason."""
+
+    flexible_size = True  # any frame size the wrapped model takes
+
+    def __init__(self, model: nn.Module, *, reason: str, **sizes: Any):
+        # patch_size stays 1, not the frame size: that may be 0 (any), and the image debias loss
+        # (axis=space) shuffles patches of that size.
+        super().__init__(model, patch_size=1, token_frames=1, **sizes)
+        self.grid = (1, 1)  # the one "patch" the logits make
+        self.unsupported.update(dict.fromkeys(CAPABILITIES, reason))
+
+    def logits(self, video: torch.Tensor) -> torch.Tensor:
+        """The wrapped model's logits [B, K] for renormalised clips."""
+        raise NotImplementedError
+
+    def check_input(self, video: torch.Tensor) -> None:
+        # Only a model built for (or declaring) a clip length refuses others: 0 frames is any.
+        if self.num_frames and video.shape[2] != self.num_frames:
+            super().check_input(video)
+
+    def features(self, video: torch.Tensor) -> VideoTokens:
+        logits = self.logits(video)
+        return VideoTokens(cls=logits, patches=logits[:, None, None])
+
+    def forward_head(self, cls: torch.Tensor) -> torch.Tensor:
+        return cls
 
 
 def unwrap_output(output: Any) -> torch.Tensor:

@@ -30,11 +30,13 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from timematters.backbones.adapters.base import Adapter, unwrap_output
+from timematters.backbones.adapters.base import (
+    DEFAULT_INPUT,
+    Adapter,
+    LogitsOnlyAdapter,
+    unwrap_output,
+)
 from timematters.backbones.protocol import VideoTokens
-
-# transformers' processor defaults for these models: IMAGENET_STANDARD_MEAN / STD.
-_PROCESSOR_DEFAULT = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
 def require_transformers():
@@ -101,14 +103,16 @@ def _normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
         found = cached_file(name, file, _raise_exceptions_for_missing_entries=False)
         if found:
             config = json.loads(Path(found).read_text())
-            mean = config.get("image_mean", _PROCESSOR_DEFAULT[0])
-            std = config.get("image_std", _PROCESSOR_DEFAULT[1])
+            mean = config.get("image_mean", DEFAULT_INPUT[0])
+            std = config.get("image_std", DEFAULT_INPUT[1])
             mean = [mean] * 3 if isinstance(mean, int | float) else list(mean)
             std = [std] * 3 if isinstance(std, int | float) else list(std)
             if config.get("offset"):  # (2u - 1 - m) / s == (u - (1 + m) / 2) / (s / 2)
                 mean, std = [(1 + m) / 2 for m in mean], [s / 2 for s in std]
             return tuple(mean), tuple(std)
-    return _PROCESSOR_DEFAULT  # the model has no preprocessor config: the processor's defaults
+    # No preprocessor config: transformers' processor defaults for these models,
+    # IMAGENET_STANDARD_MEAN / STD, which are our 0.5 / 0.5.
+    return DEFAULT_INPUT
 
 
 def _class_names(model: nn.Module) -> list[str] | None:
@@ -161,6 +165,7 @@ class _HFTokens(_HFShared, Adapter):
 
     family = "hf"
     classifier_name = "model.classifier"
+    has_cls = True  # a CLS token before the patch tokens (VideoMAE has none)
 
     def __init__(self, model: nn.Module, *, mean, std, source: str, tubelet: int):
         config = model.config
@@ -216,8 +221,6 @@ class _HFTokens(_HFShared, Adapter):
 
         return self.encoder_layers[-1].layernorm_before, reshape
 
-    has_cls = True
-
 
 class HFTimesformer(_HFTokens):
     def __init__(self, model: nn.Module, *, mean, std, source: str):
@@ -228,7 +231,7 @@ class HFTimesformer(_HFTokens):
     def _grid(self, tokens: torch.Tensor) -> torch.Tensor:
         return rearrange(tokens, "b (s t) d -> b t s d", t=self.token_frames)
 
-    def block_grid(self, output: Any, video: torch.Tensor) -> torch.Tensor:
+    def block_grid(self, output: Any) -> torch.Tensor:
         return self._grid(unwrap_output(output)[:, 1:])
 
     def gradcam_layer(self) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
@@ -257,7 +260,7 @@ class HFVideoMAE(_HFTokens):
             model, mean=mean, std=std, source=source, tubelet=model.config.tubelet_size
         )
 
-    def block_grid(self, output: Any, video: torch.Tensor) -> torch.Tensor:
+    def block_grid(self, output: Any) -> torch.Tensor:
         return self._grid(unwrap_output(output))
 
     def features(self, video: torch.Tensor) -> VideoTokens:
@@ -277,7 +280,7 @@ class HFVivit(_HFTokens):
         tubelet = model.config.tubelet_size[0]
         super().__init__(model, mean=mean, std=std, source=source, tubelet=tubelet)
 
-    def block_grid(self, output: Any, video: torch.Tensor) -> torch.Tensor:
+    def block_grid(self, output: Any) -> torch.Tensor:
         return self._grid(unwrap_output(output)[:, 1:])
 
     def features(self, video: torch.Tensor) -> VideoTokens:
@@ -288,7 +291,7 @@ class HFVivit(_HFTokens):
         return self.model.classifier(cls)
 
 
-class HFClassifier(_HFShared, Adapter):
+class HFClassifier(_HFShared, LogitsOnlyAdapter):
     """Any other transformers video classifier: logits only."""
 
     family = "hf"
@@ -299,29 +302,16 @@ class HFClassifier(_HFShared, Adapter):
         size = getattr(config, "image_size", 224)
         super().__init__(
             model,
+            reason=f"timematters has no token layout for the {config.model_type} architecture",
             num_frames=getattr(config, "num_frames", 0),
             img_size=size if isinstance(size, int) else size[-1],
-            patch_size=1,
             embed_dim=config.num_labels,
             num_classes=config.num_labels,
-            token_frames=1,
             mean=mean,
             std=std,
             class_names=_class_names(model),
             source=source,
         )
-        reason = f"timematters has no token layout for the {config.model_type} architecture"
-        self.unsupported.update(order_probe=reason, gradcam=reason, flow=reason, order=reason)
-        self.flexible_size = True
 
-    def check_input(self, video: torch.Tensor) -> None:
-        if self.num_frames and video.shape[2] != self.num_frames:
-            super().check_input(video)
-
-    def features(self, video: torch.Tensor) -> VideoTokens:
-        logits = self.model(pixel_values=_pixel_values(video)).logits
-        # The logits stand in for the clip token; there are no patch tokens to speak of.
-        return VideoTokens(cls=logits, patches=logits[:, None, None])
-
-    def forward_head(self, cls: torch.Tensor) -> torch.Tensor:
-        return cls
+    def logits(self, video: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=_pixel_values(video)).logits

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from timematters.backbones.adapters.base import DEFAULT_INPUT, Adapter
-from timematters.backbones.protocol import PROTOCOL_MEMBERS, VideoBackbone, VideoTokens
+from timematters.backbones.adapters.base import DEFAULT_INPUT, LogitsOnlyAdapter
+from timematters.backbones.protocol import PROTOCOL_MEMBERS, VideoBackbone
 
 
 def load_module_model(spec: str, **sizes: Any) -> nn.Module:
@@ -113,28 +113,15 @@ def as_video_backbone(model: nn.Module, *, source: str, num_frames: int = 0) -> 
     return ModuleAdapter(model, source=source, num_frames=num_frames)
 
 
-class ModuleAdapter(Adapter):
+class ModuleAdapter(LogitsOnlyAdapter):
     """Logits only: ``forward_features`` carries the logits as the clip token."""
 
     family = "module"
-    flexible_size = True
 
     def __init__(self, model: nn.Module, *, source: str, num_frames: int):
         mean = tuple(getattr(model, "mean", DEFAULT_INPUT[0]))
         std = tuple(getattr(model, "std", DEFAULT_INPUT[1]))
-        super().__init__(
-            model,
-            num_frames=getattr(model, "num_frames", num_frames),
-            img_size=getattr(model, "img_size", 0),
-            patch_size=1,
-            embed_dim=0,
-            num_classes=getattr(model, "num_classes", 0),
-            token_frames=1,
-            mean=mean,
-            std=std,
-            class_names=list(getattr(model, "classes", [])) or None,
-            source=source,
-        )
+        num_classes = getattr(model, "num_classes", 0)
         # A module that tried to honour the protocol is told what it lacks.
         lacking = [name for name in PROTOCOL_MEMBERS if not hasattr(model, name)]
         needs = (
@@ -142,18 +129,24 @@ class ModuleAdapter(Adapter):
             if hasattr(model, "forward_features")
             else "add forward_features / forward_head and the VideoBackbone attributes"
         )
-        reason = f"{type(model).__name__} gives logits only ({needs} for token diagnostics)"
-        self.unsupported.update(order_probe=reason, gradcam=reason, flow=reason, order=reason)
+        super().__init__(
+            model,
+            reason=f"{type(model).__name__} gives logits only ({needs} for token diagnostics)",
+            num_frames=getattr(model, "num_frames", num_frames),
+            img_size=getattr(model, "img_size", 0),
+            embed_dim=num_classes,
+            num_classes=num_classes,
+            mean=mean,
+            std=std,
+            class_names=list(getattr(model, "classes", [])) or None,
+            source=source,
+        )
 
-    def check_input(self, video: torch.Tensor) -> None:
-        if self.num_frames and video.shape[2] != self.num_frames:
-            super().check_input(video)
-
-    def features(self, video: torch.Tensor) -> VideoTokens:
+    def logits(self, video: torch.Tensor) -> torch.Tensor:
         out = self.model(video)
         logits = out if isinstance(out, torch.Tensor) else getattr(out, "logits", out)
         self._check_logits(logits, video)
-        return VideoTokens(cls=logits, patches=logits[:, None, None])
+        return logits
 
     def _check_logits(self, logits: Any, video: torch.Tensor) -> None:
         """Refuse what is not logits ``[batch, classes]`` where the module returned it, rather
@@ -168,6 +161,3 @@ class ModuleAdapter(Adapter):
                 f"{self.source} returned {list(logits.shape)} for a {list(video.shape)} clip "
                 f"batch; {expected}"
             )
-
-    def forward_head(self, cls: torch.Tensor) -> torch.Tensor:
-        return cls

@@ -197,13 +197,15 @@ class _TorchvisionAdapter(Adapter):
             parameter = next(self.model.parameters())
             blank = torch.zeros(1, 3, self.num_frames, self.img_size, self.img_size)
             was_training = self.model.training
+            self.model.eval()  # a blank clip must not move batch-norm statistics
             with torch.no_grad():
-                grid = self.final_grid(self.model.eval(), blank.to(parameter))
+                grid = self.final_grid(blank.to(parameter))
             self.model.train(was_training)
             self._final_grid = tuple(int(n) for n in grid)
         return self._final_grid
 
-    def final_grid(self, model: nn.Module, video: torch.Tensor) -> tuple[int, int, int]:
+    def final_grid(self, video: torch.Tensor) -> tuple[int, int, int]:
+        """(T', h', w') of the final tokens of ``video`` (the model in eval mode)."""
         raise NotImplementedError
 
     @property
@@ -247,19 +249,23 @@ class VideoResNetAdapter(_TorchvisionAdapter):
             model, meta, source, num_frames=num_frames, img_size=img_size, embed_dim=512
         )
 
-    def final_grid(self, model: nn.Module, video: torch.Tensor) -> tuple[int, int, int]:
-        return model.layer4(model.layer3(model.layer2(model.layer1(model.stem(video))))).shape[2:]
+    def _final_map(self, video: torch.Tensor) -> torch.Tensor:
+        """The last stage's map [B, C, T', h', w']."""
+        m = self.model
+        return m.layer4(m.layer3(m.layer2(m.layer1(m.stem(video)))))
+
+    def final_grid(self, video: torch.Tensor) -> tuple[int, int, int]:
+        return self._final_map(video).shape[2:]
 
     def block_modules(self) -> list[nn.Module]:
         return [self.model.layer1, self.model.layer2, self.model.layer3, self.model.layer4]
 
-    def block_grid(self, output: Any, video: torch.Tensor) -> torch.Tensor:
+    def block_grid(self, output: Any) -> torch.Tensor:
         return rearrange(output, "b c t h w -> b t (h w) c")
 
     def features(self, video: torch.Tensor) -> VideoTokens:
-        m = self.model
-        x = m.layer4(m.layer3(m.layer2(m.layer1(m.stem(video)))))
-        return VideoTokens(cls=m.avgpool(x).flatten(1), patches=self.block_grid(x, video))
+        x = self._final_map(video)
+        return VideoTokens(cls=self.model.avgpool(x).flatten(1), patches=self.block_grid(x))
 
     def forward_head(self, cls: torch.Tensor) -> torch.Tensor:
         return self.model.fc(cls)
@@ -278,19 +284,23 @@ class S3DAdapter(_TorchvisionAdapter):
             model, meta, source, num_frames=num_frames, img_size=img_size, embed_dim=1024
         )
 
-    def final_grid(self, model: nn.Module, video: torch.Tensor) -> tuple[int, int, int]:
-        return model.features(video).shape[2:]
+    def _final_map(self, video: torch.Tensor) -> torch.Tensor:
+        """The last inception block's map [B, C, T', h', w']."""
+        return self.model.features(video)
+
+    def final_grid(self, video: torch.Tensor) -> tuple[int, int, int]:
+        return self._final_map(video).shape[2:]
 
     def block_modules(self) -> list[nn.Module]:
         return [m for m in self.model.features if type(m).__name__.endswith("InceptionBlock3D")]
 
-    def block_grid(self, output: Any, video: torch.Tensor) -> torch.Tensor:
+    def block_grid(self, output: Any) -> torch.Tensor:
         return rearrange(output, "b c t h w -> b t (h w) c")
 
     def features(self, video: torch.Tensor) -> VideoTokens:
-        x = self.model.features(video)
+        x = self._final_map(video)
         pooled = self.model.avgpool(x)
-        return VideoTokens(cls=pooled.mean(dim=(2, 3, 4)), patches=self.block_grid(x, video))
+        return VideoTokens(cls=pooled.mean(dim=(2, 3, 4)), patches=self.block_grid(x))
 
     def forward_head(self, cls: torch.Tensor) -> torch.Tensor:
         return self.model.classifier(cls[:, :, None, None, None]).flatten(1)
@@ -314,20 +324,24 @@ class Swin3DAdapter(_TorchvisionAdapter):
             embed_dim=model.num_features,
         )
 
-    def final_grid(self, model: nn.Module, video: torch.Tensor) -> tuple[int, int, int]:
-        return model.features(model.patch_embed(video)).shape[1:4]
+    def _final_map(self, video: torch.Tensor) -> torch.Tensor:
+        """The last stage's tokens after the final norm [B, T', h', w', C]."""
+        m = self.model
+        return m.norm(m.features(m.pos_drop(m.patch_embed(video))))
+
+    def final_grid(self, video: torch.Tensor) -> tuple[int, int, int]:
+        return self._final_map(video).shape[1:4]
 
     def block_modules(self) -> list[nn.Module]:
         return [m for m in self.model.features if isinstance(m, nn.Sequential)]
 
-    def block_grid(self, output: Any, video: torch.Tensor) -> torch.Tensor:
+    def block_grid(self, output: Any) -> torch.Tensor:
         return rearrange(output, "b t h w c -> b t (h w) c")
 
     def features(self, video: torch.Tensor) -> VideoTokens:
-        m = self.model
-        x = m.norm(m.features(m.pos_drop(m.patch_embed(video))))  # [B, T', H', W', C]
-        cls = m.avgpool(rearrange(x, "b t h w c -> b c t h w")).flatten(1)
-        return VideoTokens(cls=cls, patches=self.block_grid(x, video))
+        x = self._final_map(video)  # [B, T', H', W', C]
+        cls = self.model.avgpool(rearrange(x, "b t h w c -> b c t h w")).flatten(1)
+        return VideoTokens(cls=cls, patches=self.block_grid(x))
 
     def forward_head(self, cls: torch.Tensor) -> torch.Tensor:
         return self.model.head(cls)
@@ -355,27 +369,28 @@ class MViTAdapter(_TorchvisionAdapter):
         self.start_grid = (encoding.temporal_size, *encoding.spatial_size)
         self.unsupported["gradcam"] = "MViT's blocks hand their token grid on as a tuple"
 
-    def final_grid(self, model: nn.Module, video: torch.Tensor) -> tuple[int, int, int]:
-        thw = self.start_grid
-        x = model.pos_encoding(model.conv_proj(video).flatten(2).transpose(1, 2))
-        for block in model.blocks:
-            x, thw = block(x, thw)
-        return thw
-
-    def block_modules(self) -> list[nn.Module]:
-        return list(self.model.blocks)
-
-    def block_grid(self, output: Any, video: torch.Tensor) -> torch.Tensor:
-        x, (t, h, w) = output
-        return rearrange(x[:, 1:], "b (t h w) c -> b t (h w) c", t=t, h=h, w=w)
-
-    def features(self, video: torch.Tensor) -> VideoTokens:
+    def _final_map(self, video: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """The last block's tokens (CLS first, before the final norm) and their (T', h', w')."""
         m = self.model
         x = m.pos_encoding(m.conv_proj(video).flatten(2).transpose(1, 2))
         thw = self.start_grid
         for block in m.blocks:
             x, thw = block(x, thw)
-        x = m.norm(x)
+        return x, thw
+
+    def final_grid(self, video: torch.Tensor) -> tuple[int, int, int]:
+        return self._final_map(video)[1]
+
+    def block_modules(self) -> list[nn.Module]:
+        return list(self.model.blocks)
+
+    def block_grid(self, output: Any) -> torch.Tensor:
+        x, (t, h, w) = output
+        return rearrange(x[:, 1:], "b (t h w) c -> b t (h w) c", t=t, h=h, w=w)
+
+    def features(self, video: torch.Tensor) -> VideoTokens:
+        x, thw = self._final_map(video)
+        x = self.model.norm(x)
         patches = rearrange(x[:, 1:], "b (t h w) c -> b t (h w) c", t=thw[0], h=thw[1], w=thw[2])
         return VideoTokens(cls=x[:, 0], patches=patches)
 
