@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import timematters
-from timematters.backbones import VideoBackbone, VideoTokens
+from timematters.backbones import VideoBackbone, VideoTokens, create_backbone
 from timematters.backbones.adapters import load_foreign_model
 from timematters.diagnostics.gradcam import video_gradcam
 from timematters.diagnostics.order_probe import order_probe
@@ -214,3 +214,16 @@ def test_predict_takes_freeze_each_the_frames_in_turn_averaged():
         frozen = torch.cat([freeze_frames(clip, t) for t in range(T)])
         expected = model(frozen).softmax(dim=-1).mean(dim=0)[best]
     assert result.top1_probability["freeze_each"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_gradcam_of_one_clip_without_its_batch_axis_says_so():
+    model = create_backbone("timesformer_tiny_patch8_64", num_classes=3, num_frames=4, img_size=16)
+    with pytest.raises(ValueError, match=r"one clip \[3, 4, 16, 16\], not a batch: video\[None\]"):
+        video_gradcam(model, torch.randn(3, 4, 16, 16), [0])
+
+
+def test_the_order_probe_runs_where_the_model_is_by_default():
+    model = create_backbone("timesformer_tiny_patch8_64", num_classes=3, num_frames=4, img_size=16)
+    batches = [{"video": torch.randn(4, 3, 4, 16, 16), "label": torch.zeros(4, dtype=torch.long)}]
+    (result,) = order_probe([model.eval()], batches, fit_clips=2, held_out_clips=2)
+    assert "final" in result["accuracy"]

@@ -29,6 +29,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from timematters.backbones.protocol import check_clips
+
 
 class _TappedBackbone(nn.Module):
     """The backbone, with the patch tokens that enter its last block routed through ``tap``."""
@@ -69,6 +71,7 @@ def video_gradcam(model: nn.Module, video: torch.Tensor, targets: Sequence[int])
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    check_clips(video)  # one clip [C, T, H, W] would be read as C clips
     if len(targets) != len(video):
         raise ValueError(f"{len(video)} clips but {len(targets)} targets")
     was_training = model.training

@@ -112,7 +112,7 @@ def order_probe(
     *,
     fit_clips: int,
     held_out_clips: int,
-    device: torch.device,
+    device: torch.device | None = None,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
@@ -122,8 +122,11 @@ def order_probe(
     Each result holds ``accuracy`` (top-1 %, per block and ``final``), ``frames`` (token frames
     of each block, for its chance level 100 / frames) and ``skipped`` (block -> why it was not
     probed: one token frame has no order to find, no clips to fit or none held out). A model that
-    cannot give per-block tokens has only ``unsupported``, its reason.
+    cannot give per-block tokens has only ``unsupported``, its reason. ``device``: where the
+    models run (default: where the first one's parameters are).
     """
+    if device is None:
+        device = next(next(iter(models)).parameters(), torch.empty(0)).device
     results: list[dict[str, Any] | None] = []
     probed = []
     for model in models:
