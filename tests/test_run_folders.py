@@ -204,3 +204,12 @@ def test_a_resume_on_another_number_of_processes_names_the_torchrun_command():
         ResumeMismatch, match=r"world_size: 2 when saved, 1 now.*--nproc_per_node=2"
     ):
         check_resume(state, cfg, RunShape(train_clips=16, world_size=1), "last.pth")
+
+
+def test_a_file_system_without_locks_trains_with_a_warning(tmp_path, monkeypatch, caplog):
+    def no_locks(file, operation):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(runs.fcntl, "flock", no_locks)
+    with hold_run_folder(tmp_path / "run"):
+        assert "cannot be locked (Function not implemented)" in caplog.text

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import logging
 import os
 import shutil
 import signal
@@ -27,6 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from timematters.config import Config, ConfigError, config_to_dict
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory file locks, so run folders go unlocked there
+    fcntl = None
 
 # What a run writes into its folder; only these are removed by ``overwrite``.
 RUN_FILES = (
@@ -127,7 +132,8 @@ def hold_run_folder(folder: Path) -> Iterator[None]:
     path = folder / LOCK_FILE
     with path.open("a+") as file:
         try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fcntl is not None:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             file.seek(0)
             holder = file.read().strip() or "another process"
@@ -135,6 +141,13 @@ def hold_run_folder(folder: Path) -> Iterator[None]:
                 f"{folder} is in use by a run still going ({holder}): wait for it to end or "
                 "stop it, or choose another train.out"
             ) from None
+        except OSError as error:  # a file system without locks (Lustre mounted without flock)
+            logging.getLogger(__name__).warning(
+                "%s cannot be locked (%s): nothing stops a second command from using it while "
+                "this run trains",
+                folder,
+                error.strerror or error,
+            )
         file.seek(0)
         file.truncate()
         file.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
