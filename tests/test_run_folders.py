@@ -4,6 +4,7 @@ consistent, unwritable folders and undecodable test videos stop a run early and 
 and a shuffle test's draws do not depend on how the clips were split across processes."""
 
 import json
+import signal
 
 import pytest
 import torch
@@ -213,3 +214,53 @@ def test_a_file_system_without_locks_trains_with_a_warning(tmp_path, monkeypatch
     monkeypatch.setattr(runs.fcntl, "flock", no_locks)
     with hold_run_folder(tmp_path / "run"):
         assert "cannot be locked (Function not implemented)" in caplog.text
+
+
+def test_a_classifier_of_other_size_than_the_data_is_refused_before_training(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, err = _cli(
+        capsys, "train", "synthetic/time", *TINY, "model.num_classes=4", f"train.out={out}"
+    )
+    assert code == 2
+    _one_clear_line(
+        err, "model.num_classes=4 but the data has 10 classes: set model.num_classes=10"
+    )
+    assert not out.exists()  # nothing left to refuse the corrected command
+
+
+def test_init_from_a_model_spec_names_model_name(tmp_path, capsys):
+    spec = "torchvision:r3d_18:weights.pth"
+    code, err = _cli(
+        capsys,
+        "train",
+        "synthetic/time",
+        *TINY,
+        f"train.out={tmp_path / 'run'}",
+        "--init-from",
+        spec,
+    )
+    assert code == 2
+    _one_clear_line(
+        err, f"--init-from {spec}: give a checkpoint or weights file", f"model.name={spec}"
+    )
+
+
+def test_an_output_below_a_file_names_the_file(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("a file\n")
+    out = tmp_path / "notes.txt" / "run"
+    code, err = _cli(capsys, "train", "synthetic/time", *TINY, f"train.out={out}")
+    assert code == 2
+    _one_clear_line(err, f"{tmp_path / 'notes.txt'} is a file: give a folder")
+
+
+def test_a_stop_is_in_the_log_too(tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_config(out)
+
+    def stop_at_2(step, record):
+        if step == 2:
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(runs.Interrupted):
+        train(cfg, step_callback=stop_at_2)
+    assert "timematters: stopped by SIGINT after step 2;" in (out / "train.log").read_text()

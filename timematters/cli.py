@@ -223,12 +223,15 @@ def _version() -> str:
 
 
 def _said_by_this_process(error: Exception) -> bool:
-    """Under torchrun, an error every rank meets (a config's, one rank 0 shared) is printed by
-    rank 0 alone: one line, not one per process. Any other is printed where it happened."""
+    """Under torchrun, an error every rank meets (a config's, a stop, one rank 0 shared) is
+    printed by rank 0 alone: one line, not one per process. Any other is printed where it
+    happened."""
     from timematters.engine.distributed import is_main_process
+    from timematters.engine.runs import Interrupted
 
-    shared = getattr(error, "shared_from_main", False) or isinstance(error, ConfigError)
-    return is_main_process() or not shared
+    # A stop is all-reduced: every rank stops at the same step, with the same checkpoint.
+    every_rank = isinstance(error, ConfigError | Interrupted)
+    return is_main_process() or not (getattr(error, "shared_from_main", False) or every_rank)
 
 
 def _exit_code(error: Exception) -> int | None:
@@ -329,6 +332,11 @@ def _train(args) -> int:
             )
     if resume and args.init_from:
         raise ConfigError("--resume continues a run, --init-from starts a new one: give one")
+    if args.init_from and ":" in str(args.init_from) and not Path(args.init_from).exists():
+        raise ConfigError(
+            f"--init-from {args.init_from}: give a checkpoint or weights file; a foreign model "
+            f"comes with its own weights as model.name={args.init_from}"
+        )
     result = train(
         cfg,
         resume=resume,

@@ -166,6 +166,8 @@ def check_writable(folder: Path, *, kind: str = "a run") -> None:
     existing = Path(folder).absolute()
     while not existing.exists():
         existing = existing.parent
+    if not existing.is_dir():  # a path below a file
+        raise RunFolderInUse(f"{existing} is a file: give a folder for {kind}'s output")
     if not os.access(existing, os.W_OK | os.X_OK):
         where = "" if existing == Path(folder).absolute() else f" (in {existing})"
         raise PermissionError(f"{folder}: cannot write there{where}; choose a writable folder")

@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -187,7 +188,14 @@ def train(
                     progress = run.progress
                     print(f"[train] resumed {resume}: step {progress.step}, epoch {progress.epoch}")
             run.stop = stop
-            result = fit(run)
+            try:
+                result = fit(run)
+            except Interrupted as error:  # the CLI says it once the copy is closed: log it here
+                if info.is_main:
+                    sys.stdout.flush()
+                    with (out / "train.log").open("a") as log_file:
+                        log_file.write(f"timematters: {error}\n")
+                raise
             if stop.requested is not None and info.is_main:  # no step was left to stop after
                 print(f"[train] {stop.requested.name} came after the last step: the run finished")
             log_copy.close()
@@ -240,6 +248,11 @@ def setup_run(
     train_set = build_dataset(cfg, "train", flow_labels=flow_in_loader, patch_size=patch_size)
     test_set = build_dataset(cfg, cfg.eval.split, flow_labels=False, patch_size=patch_size)
     num_classes = cfg.model.num_classes or len(train_set.classes)
+    if num_classes != len(train_set.classes):  # labels past the outputs fail in the loss
+        raise ConfigError(
+            f"model.num_classes={num_classes} but the data has {len(train_set.classes)} classes: "
+            f"set model.num_classes={len(train_set.classes)} (or 0, the data's)"
+        )
 
     backbone = build_model(cfg, num_classes, architecture=architecture)
     try:
