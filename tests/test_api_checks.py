@@ -192,3 +192,10 @@ def test_a_module_that_half_honours_the_protocol_is_told_what_it_lacks():
     assert reason == (
         "Half gives logits only (it lacks classifier_name, convert_state_dict for token diagnostics)"
     )
+
+
+def test_a_compiled_backbone_is_told_to_compile_the_pair():
+    model = _model()
+    compiled = torch.compile(model)  # wrapping only: nothing is compiled before a call
+    with pytest.raises(TypeError, match=r"torch.compile\(TimeModel\(backbone, objective\)\)"):
+        _objective(model)(compiled, _batch())

@@ -381,7 +381,8 @@ def fit(run: Run) -> dict[str, Any]:
             print(f"[train] {run.run_dir} finished at step {progress.step}: nothing left to do")
         metrics = json.loads((run.run_dir / "eval.json").read_text())
         # A run its final evaluation stopped (too many undecodable test videos) stays stopped.
-        scored, bad = metrics["all"]["num_clips"], metrics["all"].get("num_bad", 0)
+        row = metrics.get("all", {})
+        scored, bad = row.get("num_clips", 0), row.get("num_bad", 0)
         listed = run.run_dir / "eval_bad_videos.jsonl"
         check_bad_share(
             bad, scored + bad, cfg.data.max_bad_fraction, listed=listed if bad else None

@@ -122,21 +122,26 @@ class TimeModel(nn.Module):
         return self.objective(self.backbone, batch, generator)
 
 
-# Wrappers whose forward the objective would bypass: it calls forward_features / forward_head.
+# Wrappers whose forward the objective would bypass (it calls forward_features / forward_head):
+# what would go wrong, and the wrapper to build instead.
 _WRAPPERS = {
-    "DistributedDataParallel": "its gradients would not be all-reduced",
-    "DataParallel": "it would run on one device",
-    "OptimizedModule": "it would run uncompiled",  # torch.compile's
+    "DistributedDataParallel": (
+        "its gradients would not be all-reduced",
+        "DistributedDataParallel",
+    ),
+    "DataParallel": ("it would run on one device", "DataParallel"),
+    "OptimizedModule": ("it would run uncompiled", "torch.compile"),  # torch.compile's
 }
 
 
 def _refuse_wrappers(model: nn.Module) -> None:
-    reason = _WRAPPERS.get(type(model).__name__)
-    if reason is not None:
+    wrapper = type(model).__name__
+    if wrapper in _WRAPPERS:
+        reason, build = _WRAPPERS[wrapper]
         raise TypeError(
-            f"the objective calls the backbone's forward_features, not a {type(model).__name__}'s "
-            f"forward ({reason}): wrap the backbone and objective together, "
-            f"{type(model).__name__}(TimeModel(backbone, objective)), and call it on the batch"
+            f"the objective calls the backbone's forward_features, not a {wrapper}'s forward "
+            f"({reason}): wrap the backbone and objective together, "
+            f"{build}(TimeModel(backbone, objective)), and call it on the batch"
         )
 
 
