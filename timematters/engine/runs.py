@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from timematters.config import Config, ConfigError, config_to_dict
+from timematters.engine.distributed import is_main_process
 
 try:
     import fcntl
@@ -341,7 +342,7 @@ class StopSignals(contextlib.AbstractContextManager):
             signal.raise_signal(signum)
             return
         self.requested = signal.Signals(signum)
-        if int(os.environ.get("RANK", "0")) == 0:  # torchrun signals every rank: one says it
+        if is_main_process():  # torchrun signals every rank: one says it
             print(
                 f"\ntimematters: {self.requested.name} received; stopping after this step with a "
                 "checkpoint (send it again to stop at once)",
