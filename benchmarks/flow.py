@@ -7,7 +7,7 @@ under both thresholds, and reports how many tokens agree with OpenCV's one-core 
 mean end-point difference of its flow from OpenCV's. The pairs are consecutive frames of generated
 photo-like clips (1/f texture, camera pan/rotation/zoom, an independently moving object).
 
-    python benchmarks/flow.py [--pairs 8 64 448] [--threads 1,2] [--device auto|cpu|cuda]
+    python benchmarks/flow.py [--pairs 8 64 448] [--threads 1,2|none] [--device auto|cpu|cuda]
                               [--out benchmarks/results/flow.json]
 
 Timings are the best of ``--repeats`` runs; on a shared machine the load average is recorded.
@@ -136,7 +136,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, nargs="+", default=[8, 64, 448])
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--threads", default="1,2", help="torch CPU thread counts, comma-separated")
+    parser.add_argument(
+        "--threads",
+        default="1,2",
+        help="torch CPU thread counts, comma-separated; none: no CPU rows",
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="OpenCV pool size")
     parser.add_argument("--repeats", type=int, default=3)
@@ -146,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--device cuda but CUDA is not available")
     if args.size % 16:
         parser.error("--size must be a multiple of the patch size, 16")
-    threads = [int(t) for t in args.threads.split(",")]
+    threads = [] if args.threads == "none" else [int(t) for t in args.threads.split(",")]
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     load_before = os.getloadavg()
 

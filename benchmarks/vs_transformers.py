@@ -7,7 +7,7 @@ under the same load. Memory: each model measures its own peak in a fresh process
 ``max_memory_allocated``; CPU: the growth of the resident set over the steps).
 
     python benchmarks/vs_transformers.py                 # three CPU sizes, fp32
-    python benchmarks/vs_transformers.py --device cuda   # ViT-B/16, 8 x 224², bf16
+    python benchmarks/vs_transformers.py --device cuda   # ViT-B/16, 8 x 224², bf16, batch 8 and 32
 """
 
 from __future__ import annotations
@@ -16,13 +16,11 @@ import argparse
 import multiprocessing as mp
 import resource
 import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import write_results
-from torch.utils.flop_counter import FlopCounterMode
+from _common import count_flops, matmul_peak_tflops, timed, write_results
 
 # (name, image size, patch, width, depth, heads, batch); 8 frames, 174 classes throughout.
 CPU_SIZES = [
@@ -30,7 +28,10 @@ CPU_SIZES = [
     ("64², patch 16, D 192, depth 6", 64, 16, 192, 6, 3, 16),
     ("112², patch 16, D 192, depth 4", 112, 16, 192, 4, 3, 8),
 ]
-GPU_SIZES = [("224², patch 16, ViT-B", 224, 16, 768, 12, 12, 8)]
+GPU_SIZES = [
+    ("224², patch 16, ViT-B", 224, 16, 768, 12, 12, 8),
+    ("224², patch 16, ViT-B", 224, 16, 768, 12, 12, 32),
+]
 FRAMES, CLASSES = 8, 174
 
 
@@ -96,16 +97,6 @@ def _steps(model, kind: str, video, labels, amp):
     return train, infer
 
 
-def _timed(fn, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    tic = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - tic
-
-
 def _speed(size: tuple, device_name: str, rounds: int, per_round: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     device = torch.device(device_name)
@@ -132,33 +123,20 @@ def _speed(size: tuple, device_name: str, rounds: int, per_round: int, threads: 
     for _ in range(rounds):
         for k, (train, infer) in fns.items():
             for _ in range(per_round):
-                times[(k, "train")].append(_timed(train, device))
-                times[(k, "infer")].append(_timed(infer, device))
+                times[(k, "train")].append(timed(train, device))
+                times[(k, "infer")].append(timed(infer, device))
     medians = {f"{k}_{m}_s": statistics.median(v) for (k, m), v in times.items()}
-    with FlopCounterMode(display=False) as counter:
-        fns["ours"][0]()
+    _, by_op = count_flops(fns["ours"][0])
     # The products of the linear layers and the patch embedding, which both models compute alike
-    # (the counter does not see inside the fused attention kernels).
-    flops = sum(
-        count
-        for op, count in counter.get_flop_counts()["Global"].items()
-        if str(op).rsplit(".", 1)[-1] in ("mm", "addmm", "convolution", "convolution_backward")
-    )
+    # and which take most of the step: the ceiling for any implementation with equal outputs.
+    linear = ("mm", "addmm", "convolution", "convolution_backward")
     return {
         "max_abs_logit_difference": difference,
         **medians,
-        "linear_gflop_per_step": flops / 1e9,
-        "matmul_peak_gflop_per_s": _matmul_peak(device, amp),
+        "gflop_per_step": sum(by_op.values()) / 1e9,
+        "linear_gflop_per_step": sum(by_op.get(op, 0.0) for op in linear) / 1e9,
+        "matmul_peak_gflop_per_s": 1000 * matmul_peak_tflops(device, amp or torch.float),
     }
-
-
-def _matmul_peak(device: torch.device, dtype) -> float:
-    """This device's throughput on one large square product: the ceiling for the linear layers."""
-    a, b = (torch.randn(2048, 2048, device=device, dtype=dtype or torch.float32) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    seconds = statistics.median(_timed(lambda: a @ b, device) for _ in range(10))
-    return 2 * 2048**3 / seconds / 1e9
 
 
 def _memory(size: tuple, device_name: str, kind: str, threads: int) -> float:
@@ -200,11 +178,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds")
     parser.add_argument("--per-round", type=int, default=3, help="steps per model and round")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--sizes", choices=("cpu", "gpu"), default=None, help="default: the device's"
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    import transformers
+
     on_gpu = args.device.startswith("cuda")
+    sizes = GPU_SIZES if (args.sizes or ("gpu" if on_gpu else "cpu")) == "gpu" else CPU_SIZES
+    out = Path(args.out or f"benchmarks/results/vs_transformers_{'cuda' if on_gpu else 'cpu'}.json")
+    setting = {
+        "threads": args.threads,
+        "transformers": transformers.__version__,
+        "precision": "bf16" if on_gpu else "fp32",
+    }
     rows = []
-    for size in GPU_SIZES if on_gpu else CPU_SIZES:
+    for size in sizes:
         speed = _in_fresh_process(
             _speed, size, args.device, args.rounds, args.per_round, args.threads
         )
@@ -225,30 +215,23 @@ def main() -> None:
             # The step's time if its linear layers ran at the peak and nothing else took time.
             "linear_at_peak_s": speed["linear_gflop_per_step"] / speed["matmul_peak_gflop_per_s"],
             "infer_speedup": speed["theirs_infer_s"] / speed["ours_infer_s"],
+            "ours_train_tflop_per_s": speed["gflop_per_step"] / speed["ours_train_s"] / 1000,
             "ours_peak_mib": memory["ours"],
             "theirs_peak_mib": memory["theirs"],
         }
         rows.append(row)
+        write_results(out, on_gpu=on_gpu, quiet=True, **setting, rows=rows)
         print(
             f"{row['config']:32s} batch {batch:2d}: train {row['ours_train_clips_per_s']:6.1f} vs "
             f"{row['theirs_train_clips_per_s']:6.1f} clips/s (x{row['train_speedup']:.2f}), "
             f"inference x{row['infer_speedup']:.2f}, peak {row['ours_peak_mib']:.0f} vs "
             f"{row['theirs_peak_mib']:.0f} MiB, |logit diff| {row['max_abs_logit_difference']:.1e}; "
             f"linear layers at the matmul peak: {1000 * row['linear_at_peak_s']:.0f} ms of ours "
-            f"{1000 * row['ours_train_s']:.0f}, theirs {1000 * row['theirs_train_s']:.0f} ms",
+            f"{1000 * row['ours_train_s']:.0f}, theirs {1000 * row['theirs_train_s']:.0f} ms; ours "
+            f"{row['ours_train_tflop_per_s']:.2f} TFLOP/s of {row['gflop_per_step']:.0f} GFLOP",
             flush=True,
         )
-    import transformers
-
-    out = Path(args.out or f"benchmarks/results/vs_transformers_{'cuda' if on_gpu else 'cpu'}.json")
-    write_results(
-        out,
-        on_gpu=on_gpu,
-        threads=args.threads,
-        transformers=transformers.__version__,
-        precision="bf16" if on_gpu else "fp32",
-        rows=rows,
-    )
+    write_results(out, on_gpu=on_gpu, **setting, rows=rows)
 
 
 if __name__ == "__main__":
