@@ -64,10 +64,12 @@ def _measure(job: dict) -> dict:
     from timematters.flow.labeller import FlowLabeller
     from timematters.losses import TimeModel, build_objective
 
-    gc.collect()  # the last row's, where rows share the process
     torch.manual_seed(0)
     torch.set_num_threads(job["threads"])
     device = torch.device(job["device"])
+    gc.collect()  # the last row's memory, where rows share the process
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     model = create_backbone(job["backbone"], num_classes=174, **job["kwargs"])
     if job.get("naive"):
         for module in model.modules():

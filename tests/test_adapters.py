@@ -44,10 +44,39 @@ DATA = [
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 
 
+HF_KINDS = ("timesformer", "videomae", "vivit", "vjepa2", "videoprism")
+# Token frames per model: V-JEPA 2, VideoMAE and ViViT embed 2-frame tubelets.
+HF_TOKEN_FRAMES = {"timesformer": T, "videomae": T // 2, "vivit": T // 2, "vjepa2": T // 2}
+HF_TOKEN_FRAMES["videoprism"] = T
+
+
 def _save_hf(folder: Path, kind: str, **extra) -> Path:
     torch.manual_seed(0)
     sizes = dict(image_size=IMG, num_frames=T, num_labels=K, **TINY, **extra)
-    if kind == "timesformer":
+    if kind == "vjepa2":  # its own names for the clip size, and a predictor and a pooler
+        config = transformers.VJEPA2Config(
+            crop_size=IMG,
+            frames_per_clip=T,
+            patch_size=16,
+            tubelet_size=2,
+            mlp_ratio=2.0,
+            pred_hidden_size=32,
+            pred_num_hidden_layers=1,
+            pred_num_attention_heads=2,
+            num_pooler_layers=1,
+            num_labels=K,
+            **{k: v for k, v in TINY.items() if k != "intermediate_size"},
+        )
+        model = transformers.VJEPA2ForVideoClassification(config)
+    elif kind == "videoprism":  # one spatial and one temporal layer
+        config = transformers.VideoPrismVisionConfig(
+            tubelet_size=[1, 16, 16],
+            num_spatial_layers=1,
+            num_temporal_layers=1,
+            **{k: v for k, v in sizes.items() if k != "num_hidden_layers"},
+        )
+        model = transformers.VideoPrismForVideoClassification(config)
+    elif kind == "timesformer":
         model = transformers.TimesformerForVideoClassification(
             transformers.TimesformerConfig(patch_size=16, **sizes)
         )
@@ -66,7 +95,7 @@ def _save_hf(folder: Path, kind: str, **extra) -> Path:
 @pytest.fixture(scope="module")
 def hf_models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("hf")
-    return {kind: _save_hf(folder, kind) for kind in ("timesformer", "videomae", "vivit")}
+    return {kind: _save_hf(folder, kind) for kind in HF_KINDS}
 
 
 USER_MODULE = textwrap.dedent(
@@ -115,6 +144,8 @@ def _specs(hf_models, user_module, r3d_weights) -> dict[str, str]:
         "hf_timesformer": f"hf:{hf_models['timesformer']}",
         "hf_videomae": f"hf:{hf_models['videomae']}",
         "hf_vivit": f"hf:{hf_models['vivit']}",
+        "hf_vjepa2": f"hf:{hf_models['vjepa2']}",
+        "hf_videoprism": f"hf:{hf_models['videoprism']}",
         "r3d_18": f"torchvision:r3d_18:{r3d_weights}",
         "swin3d_t": "torchvision:swin3d_t",  # no weights: sized to the benchmark's 10 classes
         "user": user_module,
@@ -122,7 +153,8 @@ def _specs(hf_models, user_module, r3d_weights) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    "name", ["hf_timesformer", "hf_videomae", "hf_vivit", "r3d_18", "swin3d_t", "user"]
+    "name",
+    [*(f"hf_{kind}" for kind in HF_KINDS), "r3d_18", "swin3d_t", "user"],
 )
 def test_diagnose_any_model_from_the_command_line(
     tmp_path, hf_models, user_module, r3d_weights, name
@@ -157,7 +189,7 @@ def _renormalised(video: torch.Tensor, mean, std) -> torch.Tensor:
     return (pixels - torch.tensor(mean).view(1, 3, 1, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1, 1)
 
 
-@pytest.mark.parametrize("kind", ["timesformer", "videomae", "vivit"])
+@pytest.mark.parametrize("kind", HF_KINDS)
 def test_adapted_hf_models_give_the_hf_models_logits(tmp_path, kind):
     folder = _save_hf(tmp_path, kind)
     imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
@@ -165,19 +197,63 @@ def test_adapted_hf_models_give_the_hf_models_logits(tmp_path, kind):
         json.dumps({"image_mean": imagenet[0], "image_std": imagenet[1]})
     )
     adapted = load_foreign_model(f"hf:{folder}").eval()
-    assert isinstance(adapted, VideoBackbone) and adapted.mean == tuple(imagenet[0])
+    # VideoPrism's processor never normalises, whatever its files say: pixels in [0, 1].
+    normalisation = ([0.0] * 3, [1.0] * 3) if kind == "videoprism" else imagenet
+    assert isinstance(adapted, VideoBackbone) and adapted.mean == tuple(normalisation[0])
     reference = getattr(transformers, type(adapted.model).__name__).from_pretrained(folder).eval()
     video = torch.randn(2, 3, T, IMG, IMG).clamp(-1, 1)  # ours: mean = std = 0.5
+    frames = _renormalised(video, *normalisation).permute(0, 2, 1, 3, 4)
     with torch.no_grad():
-        theirs = reference(pixel_values=_renormalised(video, *imagenet).permute(0, 2, 1, 3, 4))
+        theirs = reference(**{reference.main_input_name: frames}).logits.reshape(2, K)
         ours = adapted(video)
         tokens = adapted.forward_features(video, return_blocks=True)
-    torch.testing.assert_close(ours, theirs.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
     torch.testing.assert_close(adapted.forward_head(tokens.cls), ours)
-    frames = T if kind == "timesformer" else T // 2
-    assert tokens.patches.shape == (2, frames, (IMG // 16) ** 2, 32)
+    assert tokens.patches.shape == (2, HF_TOKEN_FRAMES[kind], (IMG // 16) ** 2, 32)
     assert len(tokens.blocks) == 2 and tokens.blocks[0].shape == tokens.patches.shape
-    assert adapted.token_frames == frames
+    assert adapted.token_frames == HF_TOKEN_FRAMES[kind]
+
+
+def test_block_taps_keep_each_layouts_frames_and_patches_apart(hf_models):
+    # VideoPrism's spatial layer sees [(B T), S, D] and its temporal layer [(B S), T, D]; both
+    # taps must give token (t, s) of clip b where the final tokens have it. With the last layer
+    # an identity map (its two residual branches zeroed), its tap equals the final tokens before
+    # the final norm, which the norm of the patches shows.
+    model = load_foreign_model(f"hf:{hf_models['videoprism']}").eval()
+    last = model.model.vision_model.temporal_layers[-1]
+    (
+        torch.nn.init.zeros_(last.attention.o_proj.weight),
+        torch.nn.init.zeros_(last.attention.o_proj.bias),
+    )
+    torch.nn.init.zeros_(last.mlp.fc2.weight), torch.nn.init.zeros_(last.mlp.fc2.bias)
+    video = torch.randn(3, 3, T, IMG, IMG).clamp(-1, 1)
+    with torch.no_grad():
+        tokens = model.forward_features(video, return_blocks=True)
+        norm = model.model.vision_model.layernorm2
+        torch.testing.assert_close(norm(tokens.blocks[-1]), tokens.patches, atol=1e-5, rtol=0)
+        # The spatial tap of clip 1's frame 2 is that frame alone through the spatial layer.
+        alone = model.forward_features(video[1:2, :, [2] * T], return_blocks=True).blocks[0]
+        torch.testing.assert_close(tokens.blocks[0][1, 2], alone[0, 0], atol=1e-5, rtol=0)
+
+
+def test_models_without_a_token_layout_get_their_logits_under_their_own_input_name(
+    hf_models, monkeypatch
+):
+    # V-JEPA 2 and VideoPrism take pixel_values_videos, and VideoPrism's logits keep an axis
+    # ([B, 1, K]): a classifier of a type with no token layout still gives [B, K] logits.
+    from timematters.backbones.adapters import hf
+
+    monkeypatch.setattr(hf, "_TOKEN_ADAPTERS", {})
+    video = torch.randn(2, 3, T, IMG, IMG).clamp(-1, 1)
+    for kind in ("vjepa2", "videoprism"):
+        logits_only = load_foreign_model(f"hf:{hf_models[kind]}").eval()
+        assert type(logits_only).__name__ == "HFClassifier"
+        assert (logits_only.num_frames, logits_only.img_size) == (T, IMG)
+        monkeypatch.undo()
+        with_tokens = load_foreign_model(f"hf:{hf_models[kind]}").eval()
+        monkeypatch.setattr(hf, "_TOKEN_ADAPTERS", {})
+        with torch.no_grad():
+            torch.testing.assert_close(logits_only(video), with_tokens(video), atol=1e-6, rtol=0)
 
 
 def test_a_hub_id_gets_the_normalisation_of_its_repository(tmp_path, monkeypatch):
@@ -202,7 +278,7 @@ def test_a_hub_id_gets_the_normalisation_of_its_repository(tmp_path, monkeypatch
     assert (model.mean, model.std) == (tuple(imagenet[0]), tuple(imagenet[1]))
 
 
-@pytest.mark.parametrize("kind", ["timesformer", "videomae"])
+@pytest.mark.parametrize("kind", ["timesformer", "videomae", "vjepa2", "videoprism"])
 def test_hf_models_checkpoint_their_layers_with_the_same_gradients(hf_models, kind):
     adapted = load_foreign_model(f"hf:{hf_models[kind]}").train()
     video = torch.randn(2, 3, T, IMG, IMG).clamp(-1, 1)
@@ -210,10 +286,15 @@ def test_hf_models_checkpoint_their_layers_with_the_same_gradients(hf_models, ki
     for checkpointed in (False, True):
         adapted.set_grad_checkpointing(checkpointed)
         adapted(video).logsumexp(-1).mean().backward()
-        grads.append({n: p.grad.clone() for n, p in adapted.named_parameters()})
+        grads.append({n: p.grad for n, p in adapted.named_parameters() if p.requires_grad})
         adapted.zero_grad(set_to_none=True)
     layers = [m for m in adapted.model.modules() if hasattr(m, "gradient_checkpointing")]
     assert layers and all(m.gradient_checkpointing for m in layers)
+    # Every trainable parameter is on the classifier's path (DDP waits for each one's gradient);
+    # V-JEPA 2's predictor, which the classifier never runs, is frozen.
+    assert [n for n, grad in grads[0].items() if grad is None] == []
+    frozen = {n for n, p in adapted.named_parameters() if not p.requires_grad}
+    assert all(".predictor." in n for n in frozen) and bool(frozen) == (kind == "vjepa2")
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6, msg=name)
 
@@ -233,9 +314,34 @@ def test_torchvision_models_keep_their_normalisation_and_say_what_they_need():
         load_foreign_model("torchvision:resnet50")
 
 
+def test_vjepa2_trains_under_ddp_with_its_unused_predictor_frozen(tmp_path, hf_models):
+    # DDP waits for a gradient of every trainable parameter; V-JEPA 2's predictor gets none
+    # (the classifier never runs it), so its second step would fail unless it is frozen.
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from timematters.losses import TimeModel, objective_for_model
+
+    model = load_foreign_model(f"hf:{hf_models['vjepa2']}")
+    cfg = LossConfig()
+    cfg.flow.weight = 0  # tubelets
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        ddp = DistributedDataParallel(TimeModel(model, objective_for_model(model, cfg)))
+        batch = {
+            "video": torch.randn(2, 3, T, IMG, IMG).clamp(-1, 1),
+            "label": torch.tensor([1, 2]),
+        }
+        for step in range(2):
+            ddp(batch, torch.Generator().manual_seed(step)).total.backward()
+    finally:
+        dist.destroy_process_group()
+    assert model.model.vjepa2.encoder.layer[0].norm1.weight.grad is not None
+
+
 def test_foreign_models_rebuild_from_the_architecture_they_record(hf_models, r3d_weights):
     video = torch.randn(2, 3, T, IMG, IMG).clamp(-1, 1)
-    specs = [f"hf:{hf_models[kind]}" for kind in ("timesformer", "videomae", "vivit")]
+    specs = [f"hf:{hf_models[kind]}" for kind in HF_KINDS]
     for spec in [*specs, f"torchvision:r3d_18:{r3d_weights}"]:
         model = load_foreign_model(spec, num_frames=T, img_size=IMG).eval()
         architecture = model.architecture()
@@ -348,10 +454,10 @@ def test_python_api_loads_evaluates_and_diagnoses_models(tmp_path, hf_models, us
     assert (tmp_path / "report" / "report.md").is_file()
 
 
-@pytest.mark.parametrize("kind", ["timesformer", "videomae"])
+@pytest.mark.parametrize("kind", ["timesformer", "videomae", "vjepa2", "videoprism"])
 def test_time_trains_hf_models_end_to_end_and_resumes(tmp_path, kind):
     folder = _save_hf(tmp_path, kind)
-    flow = "1" if kind == "timesformer" else "0"  # VideoMAE's tokens span two frames
+    flow = "1" if HF_TOKEN_FRAMES[kind] == T else "0"  # VideoMAE's tokens span two frames
     overrides = [
         *DATA,
         f"model.name=hf:{folder}",
@@ -371,7 +477,9 @@ def test_time_trains_hf_models_end_to_end_and_resumes(tmp_path, kind):
     assert terms <= set(records[0]) and all(np.isfinite(r[t]) for r in records for t in terms)
     state = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pth")
     changed = [
-        k for k, v in state["model"].items() if "encoder" in k and not torch.equal(v, initial[k])
+        k
+        for k, v in state["model"].items()
+        if ("encoder." in k or "vision_model." in k) and not torch.equal(v, initial[k])
     ]
     assert changed, "the TIME losses did not reach the HF backbone"
 

@@ -9,7 +9,8 @@ An adapter owns a foreign video classifier and presents it as a ``VideoBackbone`
 - **Tokens**: ``forward_features`` returns ``VideoTokens``; ``forward_head`` maps ``cls`` to
   logits, so ``forward(video) == forward_head(forward_features(video).cls)`` as for our backbones.
 - **Blocks**: ``block_modules()`` and ``block_grid(output)`` declare where the per-block tokens are
-  and their layout; a forward hook reads them when ``return_blocks=True`` (the order probe's input).
+  and their layout (``block_grids(outputs)`` where the layout changes from block to block); a
+  forward hook reads them when ``return_blocks=True`` (the order probe's input).
 - **GradCAM**: ``gradcam_layer()`` names the module and the reshape that grad-cam's
   ``target_layers`` / ``reshape_transform`` need.
 - **Limits**: ``unsupported`` maps a capability (``protocol.CAPABILITIES``: "order_probe",
@@ -136,6 +137,10 @@ class Adapter(nn.Module):
         """A block module's output -> patch tokens [B, T', S', D] (T', S', D may vary by block)."""
         raise NotImplementedError
 
+    def block_grids(self, outputs: list[Any]) -> tuple[torch.Tensor, ...]:
+        """Every block module's output, in order -> their patch tokens."""
+        return tuple(self.block_grid(output) for output in outputs)
+
     def gradcam_layer(self) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
         """(module, reshape to [B, C, T', h, w]) for grad-cam; raise if unsupported."""
         raise NotImplementedError(self.unsupported.get("gradcam", "no GradCAM layer declared"))
@@ -159,7 +164,7 @@ class Adapter(nn.Module):
         finally:
             for handle in handles:
                 handle.remove()
-        blocks = tuple(self.block_grid(output) for output in outputs)
+        blocks = self.block_grids(outputs)
         return VideoTokens(cls=tokens.cls, patches=tokens.patches, blocks=blocks)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:

@@ -11,10 +11,19 @@ id (when online) and returns an adapter:
   mean pooling). T/2 token frames: order and debias apply, flow does not (a token spans 2 frames).
 - **ViViT** (``VivitForVideoClassification``): 2-frame tubelets, ``b (t s) d`` behind one CLS,
   final LayerNorm; as VideoMAE for the losses.
+- **V-JEPA 2** (``VJEPA2ForVideoClassification``): 2-frame tubelets, ``b (t s) d`` without a CLS,
+  final LayerNorm; the clip representation is the attentive pooler's output. As VideoMAE for the
+  losses. Its predictor, a pretraining head the classifier never runs, is frozen.
+- **VideoPrism** (``VideoPrismForVideoClassification``): a factorised encoder, a spatial
+  transformer over each frame's patches and then a temporal one over each patch's frames; one
+  token per frame and patch, ``b (t s) d`` without a CLS after the final norm; the clip
+  representation is the attention-pooling head's normalised output. One token frame per frame:
+  all three TIME losses apply.
 - Any other ``AutoModelForVideoClassification``: logits only (shuffle test, confidence gap,
   debias); the report states why the token-based diagnostics do not apply.
 
-Frames go in as ``pixel_values [B, T, C, H, W]`` normalised with the model's own mean and std,
+Frames go in as ``[B, T, C, H, W]`` under the model's own input name (``pixel_values``, or
+``pixel_values_videos`` for V-JEPA 2 and VideoPrism) normalised with the model's own mean and std,
 read from the preprocessor config of its folder or hub repository when there is one (the
 processor's defaults otherwise).
 """
@@ -70,7 +79,7 @@ def load_hf_model(name: str, num_classes: int | None = None) -> Adapter:
             "save_pretrained, or a hub id while online (offline, HF_HUB_OFFLINE=1 reads the hub "
             "cache without retrying the connection)"
         ) from None
-    mean, std = _normalisation(name)
+    mean, std = _normalisation(name, model.config.model_type)
     return _adapt(model, mean=mean, std=std, source=f"hf:{name}")
 
 
@@ -85,34 +94,55 @@ def rebuild_hf_model(architecture: dict[str, Any], source: str) -> Adapter:
 
 
 def _adapt(model: nn.Module, *, mean, std, source: str) -> Adapter:
-    adapter_class = {"timesformer": HFTimesformer, "videomae": HFVideoMAE, "vivit": HFVivit}
-    adapter = adapter_class.get(model.config.model_type, HFClassifier)
+    adapter = _TOKEN_ADAPTERS.get(model.config.model_type, HFClassifier)
     return adapter(model, mean=tuple(mean), std=tuple(std), source=source)
 
 
-def _normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+PIXELS = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # [0, 1] pixels as they are
+# Model types whose processor fixes the normalisation whatever its files say: VideoPrism's
+# processor turns the normalisation of its video processor off.
+_FIXED_NORMALISATION = {"videoprism_vision_model": PIXELS}
+# Without a preprocessor config, the defaults of the model type's processor in transformers;
+# IMAGENET_STANDARD_MEAN / STD (our 0.5 / 0.5) for the types not listed (TimeSformer, VideoMAE,
+# ViViT's [-1, 1] mapping aside).
+_DEFAULT_NORMALISATION = {"vjepa2": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+
+
+def _normalisation(name: str, model_type: str = "") -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) on [0, 1] pixels, from the preprocessor config in the model's folder or hub
     repository (transformers' ``cached_file`` resolves both, and the hub cache offline).
 
     A processor that first maps pixels to [-1, 1] (``offset``, ViViT's) and then normalises is
-    folded into one mean and std on [0, 1] pixels.
+    folded into one mean and std on [0, 1] pixels; one that does not normalise
+    (``do_normalize: false``) takes the pixels as they are.
     """
     from transformers.utils import cached_file
 
+    if model_type in _FIXED_NORMALISATION:
+        return _FIXED_NORMALISATION[model_type]
     for file in ("video_preprocessor_config.json", "preprocessor_config.json"):
         found = cached_file(name, file, _raise_exceptions_for_missing_entries=False)
         if found:
             config = json.loads(Path(found).read_text())
-            mean = config.get("image_mean", DEFAULT_INPUT[0])
-            std = config.get("image_std", DEFAULT_INPUT[1])
+            if config.get("do_normalize") is False:
+                return PIXELS
+            default = _DEFAULT_NORMALISATION.get(model_type, DEFAULT_INPUT)
+            mean = config.get("image_mean", default[0])
+            std = config.get("image_std", default[1])
             mean = [mean] * 3 if isinstance(mean, int | float) else list(mean)
             std = [std] * 3 if isinstance(std, int | float) else list(std)
             if config.get("offset"):  # (2u - 1 - m) / s == (u - (1 + m) / 2) / (s / 2)
                 mean, std = [(1 + m) / 2 for m in mean], [s / 2 for s in std]
             return tuple(mean), tuple(std)
-    # No preprocessor config: transformers' processor defaults for these models,
-    # IMAGENET_STANDARD_MEAN / STD, which are our 0.5 / 0.5.
-    return DEFAULT_INPUT
+    return _DEFAULT_NORMALISATION.get(model_type, DEFAULT_INPUT)
+
+
+def _clip_size(config: Any) -> tuple[int, int]:
+    """(frames, frame side) a transformers video config declares (0 frames: it does not say).
+    V-JEPA 2 names them ``frames_per_clip`` and ``crop_size``."""
+    frames = getattr(config, "num_frames", None) or getattr(config, "frames_per_clip", None) or 0
+    size = getattr(config, "image_size", None) or getattr(config, "crop_size", None) or 224
+    return frames, size if isinstance(size, int) else size[-1]
 
 
 def _class_names(model: nn.Module) -> list[str] | None:
@@ -126,6 +156,14 @@ def _class_names(model: nn.Module) -> list[str] | None:
 
 def _pixel_values(video: torch.Tensor) -> torch.Tensor:
     return rearrange(video, "b c t h w -> b t c h w")
+
+
+def _logits(model: nn.Module, video: torch.Tensor) -> torch.Tensor:
+    """A transformers classifier's logits [B, K], its frames under its own input name."""
+    name = getattr(model, "main_input_name", "pixel_values")  # every PreTrainedModel has one
+    logits = model(**{name: _pixel_values(video)}).logits
+    # VideoPrism's classifier keeps its pooling query's axis: [B, 1, K].
+    return logits[:, 0] if logits.ndim == 3 and logits.shape[1] == 1 else logits
 
 
 class _HFShared:
@@ -166,20 +204,22 @@ class _HFTokens(_HFShared, Adapter):
     family = "hf"
     classifier_name = "model.classifier"
     has_cls = True  # a CLS token before the patch tokens (VideoMAE has none)
+    norm_before = "layernorm_before"  # the name of a layer's first LayerNorm
 
     def __init__(self, model: nn.Module, *, mean, std, source: str, tubelet: int):
         config = model.config
-        patch = getattr(config, "patch_size", None) or config.tubelet_size  # ViViT: tubelet only
+        # ViViT and VideoPrism give the patch as the tubelet's last side only.
+        patch = getattr(config, "patch_size", None) or config.tubelet_size
         patch = patch if isinstance(patch, int) else patch[-1]
-        size = config.image_size if isinstance(config.image_size, int) else config.image_size[-1]
+        frames, size = _clip_size(config)
         super().__init__(
             model,
-            num_frames=config.num_frames,
+            num_frames=frames,
             img_size=size,
             patch_size=patch,
             embed_dim=config.hidden_size,
             num_classes=config.num_labels,
-            token_frames=config.num_frames // tubelet,
+            token_frames=frames // tubelet,
             mean=mean,
             std=std,
             class_names=_class_names(model),
@@ -219,7 +259,7 @@ class _HFTokens(_HFShared, Adapter):
             grid = self._grid(x[:, prefix:].float())
             return rearrange(grid, "b t (h w) d -> b d t h w", h=h, w=w)
 
-        return self.encoder_layers[-1].layernorm_before, reshape
+        return getattr(self.encoder_layers[-1], self.norm_before), reshape
 
 
 class HFTimesformer(_HFTokens):
@@ -291,6 +331,88 @@ class HFVivit(_HFTokens):
         return self.model.classifier(cls)
 
 
+class HFVJEPA2(_HFTokens):
+    has_cls = False
+    norm_before = "norm1"
+
+    def __init__(self, model: nn.Module, *, mean, std, source: str):
+        super().__init__(
+            model, mean=mean, std=std, source=source, tubelet=model.config.tubelet_size
+        )
+        # The predictor fills in masked tokens in pretraining; the classifier never runs it, so it
+        # would get no gradient, which DistributedDataParallel waits for.
+        model.vjepa2.predictor.requires_grad_(False)
+
+    @property
+    def encoder_layers(self) -> nn.ModuleList:
+        return self.model.vjepa2.encoder.layer  # not the predictor's, nor the pooler's
+
+    def block_grid(self, output: Any) -> torch.Tensor:
+        return self._grid(unwrap_output(output))
+
+    def features(self, video: torch.Tensor) -> VideoTokens:
+        pixels = _pixel_values(video)
+        sequence = self.model.vjepa2(pixel_values_videos=pixels, skip_predictor=True)
+        sequence = sequence.last_hidden_state  # after the encoder's final norm
+        return VideoTokens(cls=self.model.pooler(sequence), patches=self._grid(sequence))
+
+    def forward_head(self, cls: torch.Tensor) -> torch.Tensor:
+        return self.model.classifier(cls)
+
+
+class HFVideoPrism(_HFTokens):
+    has_cls = False
+
+    def __init__(self, model: nn.Module, *, mean, std, source: str):
+        tubelet = model.config.tubelet_size[0]
+        super().__init__(model, mean=mean, std=std, source=source, tubelet=tubelet)
+
+    @property
+    def encoder_layers(self) -> nn.ModuleList:
+        """The spatial layers, then the temporal ones."""
+        vision = self.model.vision_model
+        return nn.ModuleList([*vision.spatial_layers, *vision.temporal_layers])
+
+    def block_grids(self, outputs: list[Any]) -> tuple[torch.Tensor, ...]:
+        # The spatial layers see each frame's patches, [(B T), S, D]; the temporal layers each
+        # patch's frames, [(B S), T, D].
+        spatial = len(self.model.vision_model.spatial_layers)
+        T, S = self.token_frames, self.grid[0] * self.grid[1]
+        return tuple(
+            rearrange(unwrap_output(output), "(b t) s d -> b t s d", t=T)
+            if i < spatial
+            else rearrange(unwrap_output(output), "(b s) t d -> b t s d", s=S)
+            for i, output in enumerate(outputs)
+        )
+
+    def gradcam_layer(self) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+        # The last temporal layer's LayerNorm sees each patch's frames, [(B S), T, D].
+        h, w = self.grid
+
+        def reshape(x: torch.Tensor) -> torch.Tensor:
+            return rearrange(x.float(), "(b h w) t d -> b d t h w", h=h, w=w)
+
+        return self.model.vision_model.temporal_layers[-1].layernorm_before, reshape
+
+    def features(self, video: torch.Tensor) -> VideoTokens:
+        vision = self.model.vision_model(pixel_values_videos=_pixel_values(video))
+        sequence = vision.last_hidden_state  # [B, (T S), D] after the temporal encoder's norm
+        pooled = self.model.head_layernorm(self.model.head(sequence)[0])  # [B, 1, D]
+        return VideoTokens(cls=pooled[:, 0], patches=self._grid(sequence))
+
+    def forward_head(self, cls: torch.Tensor) -> torch.Tensor:
+        return self.model.classifier(cls)
+
+
+_TOKEN_ADAPTERS = {
+    "timesformer": HFTimesformer,
+    "videomae": HFVideoMAE,
+    "vivit": HFVivit,
+    "vjepa2": HFVJEPA2,
+    "videoprism_vision_model": HFVideoPrism,
+}
+
+
 class HFClassifier(_HFShared, LogitsOnlyAdapter):
     """Any other transformers video classifier: logits only."""
 
@@ -299,12 +421,12 @@ class HFClassifier(_HFShared, LogitsOnlyAdapter):
 
     def __init__(self, model: nn.Module, *, mean, std, source: str):
         config = model.config
-        size = getattr(config, "image_size", 224)
+        frames, size = _clip_size(config)
         super().__init__(
             model,
             reason=f"timematters has no token layout for the {config.model_type} architecture",
-            num_frames=getattr(config, "num_frames", 0),
-            img_size=size if isinstance(size, int) else size[-1],
+            num_frames=frames,
+            img_size=size,
             embed_dim=config.num_labels,
             num_classes=config.num_labels,
             mean=mean,
@@ -314,4 +436,4 @@ class HFClassifier(_HFShared, LogitsOnlyAdapter):
         )
 
     def logits(self, video: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=_pixel_values(video)).logits
+        return _logits(self.model, video)
