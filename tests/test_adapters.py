@@ -278,6 +278,31 @@ def test_a_hub_id_gets_the_normalisation_of_its_repository(tmp_path, monkeypatch
     assert (model.mean, model.std) == (tuple(imagenet[0]), tuple(imagenet[1]))
 
 
+def test_each_model_type_gets_its_processors_normalisation(hf_models, tmp_path):
+    imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    pixels = ((0.0,) * 3, (1.0,) * 3)
+    # No preprocessor config: the defaults of the type's processor in transformers.
+    assert _normalisation_of(hf_models["vjepa2"]) == imagenet
+    assert _normalisation_of(hf_models["videomae"]) == ((0.5,) * 3, (0.5,) * 3)
+    # A processor that does not normalise takes [0, 1] pixels, whatever mean it lists.
+    folder = _save_hf(tmp_path, "videomae")
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps({"do_normalize": False, "image_mean": imagenet[0], "image_std": imagenet[1]})
+    )
+    assert _normalisation_of(folder) == pixels
+    # VideoPrism's processor switches its video processor's normalisation off.
+    folder = _save_hf(tmp_path, "videoprism")
+    (folder / "video_preprocessor_config.json").write_text(
+        json.dumps({"do_normalize": True, "image_mean": imagenet[0], "image_std": imagenet[1]})
+    )
+    assert _normalisation_of(folder) == pixels
+
+
+def _normalisation_of(folder: Path) -> tuple:
+    model = load_foreign_model(f"hf:{folder}")
+    return model.mean, model.std
+
+
 @pytest.mark.parametrize("kind", ["timesformer", "videomae", "vjepa2", "videoprism"])
 def test_hf_models_checkpoint_their_layers_with_the_same_gradients(hf_models, kind):
     adapted = load_foreign_model(f"hf:{hf_models[kind]}").train()

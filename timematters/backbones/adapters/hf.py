@@ -98,10 +98,10 @@ def _adapt(model: nn.Module, *, mean, std, source: str) -> Adapter:
     return adapter(model, mean=tuple(mean), std=tuple(std), source=source)
 
 
-PIXELS = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # [0, 1] pixels as they are
+_PIXELS = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # [0, 1] pixels as they are
 # Model types whose processor fixes the normalisation whatever its files say: VideoPrism's
 # processor turns the normalisation of its video processor off.
-_FIXED_NORMALISATION = {"videoprism_vision_model": PIXELS}
+_FIXED_NORMALISATION = {"videoprism_vision_model": _PIXELS}
 # Without a preprocessor config, the defaults of the model type's processor in transformers;
 # IMAGENET_STANDARD_MEAN / STD (our 0.5 / 0.5) for the types not listed (TimeSformer, VideoMAE,
 # ViViT's [-1, 1] mapping aside).
@@ -125,7 +125,7 @@ def _normalisation(name: str, model_type: str = "") -> tuple[tuple[float, ...], 
         if found:
             config = json.loads(Path(found).read_text())
             if config.get("do_normalize") is False:
-                return PIXELS
+                return _PIXELS
             default = _DEFAULT_NORMALISATION.get(model_type, DEFAULT_INPUT)
             mean = config.get("image_mean", default[0])
             std = config.get("image_std", default[1])
@@ -351,9 +351,8 @@ class HFVJEPA2(_HFTokens):
         return self._grid(unwrap_output(output))
 
     def features(self, video: torch.Tensor) -> VideoTokens:
-        pixels = _pixel_values(video)
-        sequence = self.model.vjepa2(pixel_values_videos=pixels, skip_predictor=True)
-        sequence = sequence.last_hidden_state  # after the encoder's final norm
+        encoded = self.model.vjepa2(pixel_values_videos=_pixel_values(video), skip_predictor=True)
+        sequence = encoded.last_hidden_state  # [B, (T' S), D] after the encoder's final norm
         return VideoTokens(cls=self.model.pooler(sequence), patches=self._grid(sequence))
 
     def forward_head(self, cls: torch.Tensor) -> torch.Tensor:
