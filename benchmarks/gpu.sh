@@ -4,8 +4,9 @@
 # tests, the torch Farnebäck against OpenCV, the train step at batch 32 (baseline, +TIME with given
 # and with device-made flow labels, an operator profile), ours against transformers in bf16,
 # compile at batch 32, the batch-8 table (every loss and backbone, checkpointing, device labels)
-# and compile at batch 8. A check that would overrun the budget is cut short; each benchmark
-# rewrites its JSON after every row, so what it measured stays.
+# and compile at batch 8, then the figures against the speed goals (gpu_summary.py). A check that
+# would overrun the budget is cut short; each benchmark rewrites its JSON after every row, so what
+# it measured stays.
 #
 # It runs from a plain copy of the repository, installed or not (the checkout goes on PYTHONPATH),
 # with the machine's python3 (PYTHON to choose another); the GPU checks need torch, transformers,
@@ -56,4 +57,5 @@ print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
         --only losses,checkpointing,device-labels --out "$out/train_step_cuda.json"
     check "compile, batch 8" 150 "$py" benchmarks/train_step.py --device "$device" --batch 8 \
         --backbones timesformer --only compile --out "$out/train_step_cuda_compile.json"
+    "$py" benchmarks/gpu_summary.py "$out"
 } 2>&1 | tee "$out/gpu.log"
