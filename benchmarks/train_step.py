@@ -31,6 +31,8 @@ import json
 import multiprocessing as mp
 import resource
 import statistics
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -169,28 +171,35 @@ def _rss_kib() -> int:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
 
 
+def _process() -> ProcessPoolExecutor:
+    # Spawned, not forked (CUDA); an executor's worker is no daemon, so torch.compile may start
+    # its compile workers there, and a worker that dies fails its row instead of hanging.
+    return ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
+
+
 @contextmanager
 def _runner(shared: bool):
     """Runs a row in a spawned process: a fresh one per row on the CPU, where the peak is the
     resident set's growth and must be the row's own; one for every row on a GPU, where the peak
     is counted per row and a process start would cost seconds of a rented machine each time."""
-    pool = mp.get_context("spawn").Pool(1) if shared else None
+    pools = [_process()] if shared else []
 
     def run(job: dict) -> dict:
         try:
-            if pool is not None:
-                return pool.apply(_measure, (job,))
-            with mp.get_context("spawn").Pool(1) as fresh:
-                return fresh.apply(_measure, (job,))
+            if pools:
+                return pools[0].submit(_measure, job).result()
+            with _process() as fresh:
+                return fresh.submit(_measure, job).result()
         except Exception as error:  # one row out of memory, say, loses no other row
+            if isinstance(error, BrokenProcessPool) and pools:  # the process died: a new one
+                pools[0] = _process()
             return {**job, "error": f"{type(error).__name__}: {error}"}
 
     try:
         yield run
     finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
+        for pool in pools:
+            pool.shutdown()
 
 
 def _jobs(groups: set[str], backbones: list[str], size: str) -> list[tuple[dict, dict]]:

@@ -16,6 +16,7 @@ import argparse
 import multiprocessing as mp
 import resource
 import statistics
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -168,8 +169,8 @@ def _rss_kib() -> int:
 
 
 def _in_fresh_process(fn, *args):
-    with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(fn, args)
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def main() -> None:
