@@ -44,7 +44,12 @@ def main() -> None:
 
     flow = _rows(folder, "flow_cuda.json")
     torch_448 = next(
-        (r for r in flow or [] if r["pairs"] == 448 and r["method"].startswith("torch ")), None
+        (
+            r
+            for r in flow or []
+            if r["pairs"] == 448 and r["method"].startswith("torch ") and "cpu" not in r["method"]
+        ),
+        None,
     )
     say(
         "flow labels, 448 pairs: >= 50x OpenCV's one core, 100% labels",

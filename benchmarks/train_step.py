@@ -105,9 +105,9 @@ def _measure(job: dict) -> dict:
         batches = iter([batch] * steps)
     amp = torch.bfloat16 if device.type == "cuda" else None
 
-    def step(batch: dict, model=step_model) -> None:
+    def step(batch: dict, module: torch.nn.Module = step_model) -> None:
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            out = model(batch)
+            out = module(batch)
         out.total.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -131,13 +131,13 @@ def _measure(job: dict) -> dict:
     else:
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before) / 2**20
     step_time = statistics.median(times)
+    if job.get("profile"):
+        _profile(lambda: step(batch), device, job["profile"])
     # The arithmetic of one eager step on the given-labels batch, without checkpointing's second
     # forward pass: compile, checkpointing and where the labels come from change how the step
     # runs, not the work it does for the model.
     model.set_grad_checkpointing(False)
     flops, _ = count_flops(lambda: step(batch, time_model))
-    if job.get("profile"):
-        _profile(lambda: step(batch), device, job["profile"])
     return {
         **{k: v for k, v in job.items() if k != "profile"},
         "step_ms": 1000 * step_time,
