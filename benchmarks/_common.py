@@ -5,11 +5,14 @@ peak), for the utilisation figures."""
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -92,6 +95,35 @@ def timed(fn, device: torch.device) -> float:
     fn()
     sync(device)
     return time.perf_counter() - tic
+
+
+def peak_memory_mib(fn, device: torch.device) -> float:
+    """The peak memory (MiB) that a call of ``fn`` adds: on CUDA, allocated memory over the call;
+    on the CPU, the resident set's high-water mark above its size before the call (freed CPU
+    memory stays in the process, so only a fresh process's first measurement is its own)."""
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    else:
+        before = _rss_kib() * 1024
+    fn()
+    sync(device)
+    if device.type == "cuda":
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before) / 2**20
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
+
+
+def spawned_process() -> ProcessPoolExecutor:
+    """One worker process, spawned (not forked: CUDA), for a measurement of its own. An
+    executor's worker is no daemon, so torch.compile may start its compile workers there, and a
+    worker that dies fails its task instead of hanging it."""
+    return ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
 
 
 def matmul_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:

@@ -28,10 +28,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import multiprocessing as mp
-import resource
 import statistics
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +37,8 @@ import torch
 from _common import (
     count_flops,
     matmul_peak_tflops,
+    peak_memory_mib,
+    spawned_process,
     spec_peak_tflops,
     sync,
     timed,
@@ -112,24 +111,16 @@ def _measure(job: dict) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    # Peak memory over all steps from here: freed CPU memory stays in the process, so the
-    # resident set's growth must be measured from before the first step. (With compile this
-    # includes the compiler's own memory.)
-    sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    else:
-        before = _rss_kib() * 1024
     times = []
-    for i in range(steps):
-        seconds = timed(lambda: step(next(batches)), device)
-        if i >= job["warmup"]:
-            times.append(seconds)
-    if device.type == "cuda":
-        peak = (torch.cuda.max_memory_allocated() - before) / 2**20
-    else:
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before) / 2**20
+
+    def steps_timed() -> None:
+        for i in range(steps):
+            seconds = timed(lambda: step(next(batches)), device)
+            if i >= job["warmup"]:
+                times.append(seconds)
+
+    # Peak memory over all steps, warm-up included (with compile: the compiler's memory too).
+    peak = peak_memory_mib(steps_timed, device)
     step_time = statistics.median(times)
     if job.get("profile"):
         _profile(lambda: step(batch), device, job["profile"])
@@ -166,33 +157,22 @@ def _profile(step, device: torch.device, out: str) -> None:
     print(f"wrote {out}")
 
 
-def _rss_kib() -> int:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
-
-
-def _process() -> ProcessPoolExecutor:
-    # Spawned, not forked (CUDA); an executor's worker is no daemon, so torch.compile may start
-    # its compile workers there, and a worker that dies fails its row instead of hanging.
-    return ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
-
-
 @contextmanager
 def _runner(shared: bool):
     """Runs a row in a spawned process: a fresh one per row on the CPU, where the peak is the
     resident set's growth and must be the row's own; one for every row on a GPU, where the peak
     is counted per row and a process start would cost seconds of a rented machine each time."""
-    pools = [_process()] if shared else []
+    pools = [spawned_process()] if shared else []
 
     def run(job: dict) -> dict:
         try:
             if pools:
                 return pools[0].submit(_measure, job).result()
-            with _process() as fresh:
+            with spawned_process() as fresh:
                 return fresh.submit(_measure, job).result()
         except Exception as error:  # one row out of memory, say, loses no other row
             if isinstance(error, BrokenProcessPool) and pools:  # the process died: a new one
-                pools[0] = _process()
+                pools[0] = spawned_process()
             return {**job, "error": f"{type(error).__name__}: {error}"}
 
     try:

@@ -13,15 +13,19 @@ under the same load. Memory: each model measures its own peak in a fresh process
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import resource
 import statistics
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import count_flops, matmul_peak_tflops, timed, write_results
+from _common import (
+    count_flops,
+    matmul_peak_tflops,
+    peak_memory_mib,
+    spawned_process,
+    timed,
+    write_results,
+)
 
 # (name, image size, patch, width, depth, heads, batch); 8 frames, 174 classes throughout.
 CPU_SIZES = [
@@ -150,26 +154,11 @@ def _memory(size: tuple, device_name: str, kind: str, threads: int) -> float:
     video = torch.randn(batch, 3, FRAMES, size[1], size[1], device=device)
     labels = torch.randint(0, CLASSES, (batch,), device=device)
     train, _ = _steps(model, kind, video, labels, amp)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    else:
-        before = _rss_kib() * 1024
-    for _ in range(3):
-        train()
-    if device.type == "cuda":
-        return (torch.cuda.max_memory_allocated() - before) / 2**20
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before) / 2**20
-
-
-def _rss_kib() -> int:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
+    return peak_memory_mib(lambda: [train() for _ in range(3)], device)
 
 
 def _in_fresh_process(fn, *args):
-    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+    with spawned_process() as pool:
         return pool.submit(fn, *args).result()
 
 
