@@ -157,7 +157,7 @@ def _specs(hf_models, user_module, r3d_weights) -> dict[str, str]:
     [*(f"hf_{kind}" for kind in HF_KINDS), "r3d_18", "swin3d_t", "user"],
 )
 def test_diagnose_any_model_from_the_command_line(
-    tmp_path, hf_models, user_module, r3d_weights, name
+    tmp_path, capsys, hf_models, user_module, r3d_weights, name
 ):
     spec = _specs(hf_models, user_module, r3d_weights)[name]
     out = tmp_path / "out"
@@ -181,6 +181,17 @@ def test_diagnose_any_model_from_the_command_line(
     assert "## Temporal-order probe" in report and "## GradCAM" in report
     if name == "r3d_18":  # layer4 pools 8 frames into 1: the report says so
         assert data["order_probe"]["skipped"][name]["block4"].startswith("one token frame")
+        # Its blocks halve the frames: chance is per block, each cell names its frames.
+        assert data["order_probe"]["chance"][name] == {
+            "block1": 12.5,
+            "block2": 25.0,
+            "block3": 50.0,
+        }
+        assert f"| {name} | 100 / fr. | " in report and " (4 fr.) |" in report
+        assert data["models"][name]["trained_with"] == str(r3d_weights)
+    random_weights = name == "swin3d_t"  # a torchvision spec without WEIGHTS: said, twice
+    assert ("**Random weights**" in report) is random_weights
+    assert ("has random weights" in capsys.readouterr().err) is random_weights
 
 
 def _renormalised(video: torch.Tensor, mean, std) -> torch.Tensor:

@@ -17,6 +17,7 @@ from videos import (
 
 from timematters.config import Config, DataConfig, ModelConfig
 from timematters.data import build_dataset
+from timematters.data.build import loader_workers
 from timematters.data.collate import collate_videos
 from timematters.data.kinetics import KineticsDataset
 from timematters.data.ssv2 import SSv2Dataset
@@ -287,3 +288,14 @@ def test_ssv2_test_split_from_answers(tmp_path):
     (annotations / "test-answers.csv").write_text(answers)
     dataset = SSv2Dataset(root, annotations, "test", **_options(train=False))
     assert [s.video_id for s in dataset.samples] == ["1002", "1003"] and dataset.labels == [1, 0]
+
+
+def test_loader_workers_are_capped_at_the_cpus_each_process_may_use(monkeypatch):
+    # A preset's 8 workers per GPU on a 2-core laptop: 2; under torchrun, the node's CPUs shared.
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert [loader_workers(n) for n in (0, 2, 8)] == [0, 2, 4]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert loader_workers(8) == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert loader_workers(8) == 1  # never 0 workers where some were asked for: one each

@@ -50,7 +50,10 @@ def _one_clear_line(err: str, *words: str) -> None:
         ("model.kwargs={depth:2}", ["depth:2", "space after ':'"]),
         ("model.name=resnet", ["model.name='resnet'", "timesformer_tiny_patch8_64"]),
         ("train.accumulation=3", ["divisible"]),
-        ("data.synthetic.num_train=2", ["smaller than one global batch"]),
+        (
+            "data.synthetic.num_train=2",
+            ["smaller than one global batch", "train.batch_size=2 or lower"],
+        ),
         ("eval.freeze_frame=4", ["eval.freeze_frame=4", "4-frame", "-4 to 3"]),
         ("loss.debias.weight=-1", ["loss.debias.weight", "at least 0", "-1"]),
         ("optim.weight_decay=-0.1", ["optim.weight_decay", "at least 0"]),

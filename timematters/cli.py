@@ -401,8 +401,7 @@ def _diagnose(args) -> int:
         probe_held_out_clips=args.probe_clips,
         gradcam_clips=args.gradcam_clips,
         gradcam_indices=args.gradcam_index,
-    )
-    print(f"report: {out / 'report.md'}")
+    )  # its last line names the report
     return 0
 
 

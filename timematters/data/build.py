@@ -8,6 +8,7 @@ uses them is built, so importing this module (as every command does) stays cheap
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -22,6 +23,20 @@ from timematters.data.videolist import VideoListDataset, read_video_list, resolv
 from timematters.flow.labeller import FlowLabeller
 
 SPLITS = ("train", "val", "test")
+
+
+def loader_workers(requested: int) -> int:
+    """``data.num_workers``, at most the CPUs this process may use, shared by the processes of
+    this node (torchrun's ``LOCAL_WORLD_SIZE``): the presets' 8 per GPU would otherwise start
+    more decoders than a laptop has cores, which slows loading down and makes torch warn. The
+    batches do not depend on the count (their random draws are the step's), so it is free to cap.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    per_process = max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    return min(requested, per_process)
 
 
 def build_transform(data: DataConfig, train: bool) -> Callable:

@@ -15,7 +15,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader, Dataset
 
 from timematters.config import Config, validate
-from timematters.data.build import build_dataset
+from timematters.data.build import build_dataset, loader_workers
 from timematters.data.dataset import VideoDataset
 from timematters.data.video import DecoderUnavailable
 from timematters.data.videolist import list_duplicates, similar_class_names
@@ -80,7 +80,9 @@ def check_dataset(
 
     for split, dataset in datasets.items():
         count = min(len(dataset), limit) if limit > 0 else len(dataset)
-        bad = _undecodable(dataset, count, data.num_workers, split) if decode else []
+        bad = (
+            _undecodable(dataset, count, loader_workers(data.num_workers), split) if decode else []
+        )
         listed = len(dataset) + len(dataset.missing)
         line = (
             f"{split}: {listed} videos listed, {len(dataset)} found, {len(dataset.missing)} missing"

@@ -257,12 +257,13 @@ def _probe_section(
         held_out_clips=held_out_count,
         **running,
     )
-    return {
-        "fit_clips": fit_count,
-        "held_out_clips": held_out_count,
-        "chance": {name: 100.0 / max(model.token_frames, 1) for name, model in models.items()},
-        **_split_probe_results(dict(zip(models, results, strict=True))),
+    tables = _split_probe_results(dict(zip(models, results, strict=True)))
+    # Chance is 100 / frames per block: a 3-D network's blocks halve the frames as they go.
+    chance = {
+        name: {block: 100.0 / by_block[block] for block in tables["accuracy"][name]}
+        for name, by_block in tables["frames"].items()
     }
+    return {"fit_clips": fit_count, "held_out_clips": held_out_count, "chance": chance, **tables}
 
 
 def run_diagnose(
@@ -472,11 +473,11 @@ def _plot(data: dict, out: Path) -> None:
         plots.plot_class_gaps(rows, gap_key(first), out / "class_gaps.png")
     probe = data.get("order_probe")
     if probe and any(probe["accuracy"].values()):
-        chances = set(probe["chance"].values())
+        chances = {chance for by_block in probe["chance"].values() for chance in by_block.values()}
         plots.plot_order_probe(
             {name: acc for name, acc in probe["accuracy"].items() if acc},
             out / "order_probe.png",
-            chance=chances.pop() if len(chances) == 1 else None,
+            chance=chances.pop() if len(chances) == 1 else None,  # no one line for them all
         )
 
 
@@ -584,17 +585,33 @@ def _model_line(name: str, info: dict) -> str:
     std = ", ".join(f"{v:g}" for v in info["std"])
     frames = f"{info['num_frames'] or 'any number of'} frames"
     size = f" of {info['frame_size']}²" if info["frame_size"] else ""  # 0: any size
-    return (
+    token_frames = f"{info['token_frames']} token frame{'s' if info['token_frames'] != 1 else ''}"
+    line = (
         f"- **{name}**: `{info['source']}` ({info['family']}; {frames}{size}, "
-        f"{info['token_frames']} token frames; normalised with mean ({mean}), std ({std}))"
+        f"{token_frames}; normalised with mean ({mean}), std ({std}))"
     )
+    if "trained_with" in info and info["trained_with"] is None:  # torchvision without WEIGHTS
+        line += (
+            f". **Random weights** (torchvision's default when the spec names none): its scores "
+            f"say nothing of a trained network; `{info['source']}:DEFAULT` loads torchvision's own"
+        )
+    return line
+
+
+def _probe_chance(probe: dict, name: str) -> str:
+    """A model's chance column: one figure, or "by block" when its blocks have fewer and fewer
+    frames (then each cell names its frames)."""
+    chances = set(probe["chance"][name].values())
+    if len(chances) > 1:
+        return "100 / fr."
+    return f"{chances.pop():.1f}" if chances else "–"
 
 
 def _probe_cell(probe: dict, name: str, block: str) -> str:
     accuracy = probe["accuracy"][name]
     if block in accuracy:
-        frames = probe["frames"][name][block]
-        extra = f" ({frames} fr.)" if frames != round(100 / probe["chance"][name]) else ""
+        uniform = len(set(probe["chance"][name].values())) == 1
+        extra = "" if uniform else f" ({probe['frames'][name][block]} fr.)"
         return f"{accuracy[block]:.1f}{extra}"
     return "–"
 
@@ -701,7 +718,7 @@ def _report(data: dict) -> str:
             _table(
                 ["model", "chance", *blocks],
                 [
-                    [name, f"{probe['chance'][name]:.1f}"]
+                    [name, _probe_chance(probe, name)]
                     + [_probe_cell(probe, name, b) for b in blocks]
                     for name in probe["accuracy"]
                     if name not in probe["unsupported"]

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from timematters.config import Config
-from timematters.data.build import build_variation_dataset
+from timematters.data.build import build_variation_dataset, loader_workers
 from timematters.data.collate import collate_videos
 from timematters.data.imagenet9 import read_class_folders
 from timematters.engine.evaluate import evaluate
@@ -55,7 +55,7 @@ def evaluate_backgrounds(
         loader = DataLoader(
             build_variation_dataset(cfg.data, variation, classes),
             batch_size=cfg.eval.batch_size,
-            num_workers=cfg.data.num_workers,
+            num_workers=loader_workers(cfg.data.num_workers),
             collate_fn=collate_videos,
         )
         result = evaluate(model, loader, classes=classes, settings=cfg.eval, device=device)

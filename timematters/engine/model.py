@@ -10,6 +10,7 @@ rebuilds exactly what was trained; ``evaluate_checkpoint`` runs the one evaluati
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from timematters.backbones.adapters import (
     rebuild_foreign_model,
 )
 from timematters.config import Config, ConfigError, ModelConfig, backbone_kwargs, merge, validate
-from timematters.data.build import build_dataset
+from timematters.data.build import build_dataset, loader_workers
 from timematters.data.collate import collate_videos
 from timematters.data.samplers import Shard
 from timematters.engine.backgrounds import BackgroundsResult, evaluate_backgrounds_checkpoint
@@ -122,8 +123,16 @@ def load_model(
         )
         outputs = num_classes or (None if trained else untrained_classes)
         if cfg is None:
-            return load_foreign_model(spec, num_classes=outputs).eval()
-        return _build(replace(cfg.model, name=spec), cfg, outputs).eval()
+            model = load_foreign_model(spec, num_classes=outputs)
+        else:
+            model = _build(replace(cfg.model, name=spec), cfg, outputs)
+        if describe_model(model).get("trained_with", "") is None:  # torchvision without WEIGHTS
+            print(
+                f"timematters: note: {spec} has random weights (torchvision's default when the "
+                f"spec names none); {spec}:DEFAULT loads torchvision's own Kinetics-400 weights",
+                file=sys.stderr,
+            )
+        return model.eval()
     if not Path(spec).is_file():
         last = Path(spec) / "checkpoints" / "last.pth"
         hint = f"; a run folder's checkpoint is {last}" if last.is_file() else ""
@@ -300,7 +309,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path) -> EvalResult | Bac
             test_set,
             batch_size=cfg.eval.batch_size,
             sampler=Shard(len(test_set), info.rank, info.world_size),
-            num_workers=cfg.data.num_workers,
+            num_workers=loader_workers(cfg.data.num_workers),
             collate_fn=collate_videos,
         )
         return evaluate(

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from timematters.backbones.adapters import is_foreign_spec
 from timematters.backbones.pretrained import load_pretrained
 from timematters.config import Config, ConfigError, config_to_dict, save_config, validate
-from timematters.data.build import build_dataset, build_flow_labeller
+from timematters.data.build import build_dataset, build_flow_labeller, loader_workers
 from timematters.data.collate import (
     BadVideo,
     BadVideoLog,
@@ -295,9 +295,11 @@ def setup_run(
     )
     steps_per_epoch = len(sampler) // local_batch // accumulation
     if steps_per_epoch == 0:
+        largest = len(sampler) // accumulation * world * accumulation  # a whole step per rank
+        fix = f"set train.batch_size={largest} or lower" if largest else "give it more clips"
         raise ValueError(
             f"the training set ({len(train_set)} clips) is smaller than one global batch "
-            f"({cfg.train.batch_size})"
+            f"(train.batch_size={cfg.train.batch_size}): {fix}"
         )
 
     shape = RunShape(train_clips=len(train_set), world_size=world)
@@ -331,7 +333,7 @@ def setup_run(
         test_set,
         batch_size=cfg.eval.batch_size,
         sampler=Shard(len(test_set), info.rank, world),
-        num_workers=cfg.data.num_workers,
+        num_workers=loader_workers(cfg.data.num_workers),
         collate_fn=collate_videos,
     )
     flow_on_device = None
@@ -524,7 +526,7 @@ def epoch_loader(run: Run) -> DataLoader:
         run.train_set,
         batch_size=run.local_batch,
         sampler=SkipFirst(run.sampler, skip),
-        num_workers=run.cfg.data.num_workers,
+        num_workers=loader_workers(run.cfg.data.num_workers),
         collate_fn=collate_videos,
         drop_last=True,
         pin_memory=run.info.device.type == "cuda",

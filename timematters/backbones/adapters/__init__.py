@@ -88,6 +88,7 @@ def rebuild_foreign_model(
             img_size=img_size or 112,
         )
         model.source = source
+        model.meta["weights"] = source  # the caller loads them from there
         return model
     raise ValueError(f"{source}: unknown architecture kind {architecture['kind']!r}")
 

@@ -158,7 +158,9 @@ def _weights_meta(name: str, weights: str | Path | None) -> dict[str, Any]:
         "std": tuple(transforms.std),
         "min_frames": entry.meta.get("min_temporal_size", 1),
         "min_size": entry.meta.get("min_size", (1, 1))[0],
-        "weights": str(entry),
+        # what the network was trained with: the named weights, a file, or None (random weights,
+        # torchvision's default, said in every report)
+        "weights": str(entry) if str(weights) in members else (str(weights) if weights else None),
         "categories": list(entry.meta["categories"]) if str(weights) in members else None,
     }
 
@@ -231,6 +233,8 @@ class _TorchvisionAdapter(Adapter):
             )
 
     def describe(self) -> dict[str, Any]:
+        """``trained_with`` names the weights (torchvision's by name, a file, a checkpoint), or
+        is None for a network with random weights."""
         return {**super().describe(), "trained_with": self.meta["weights"]}
 
     def architecture(self) -> dict[str, Any]:
