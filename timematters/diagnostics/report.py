@@ -21,11 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from timematters.backbones.adapters.base import DEFAULT_INPUT
 from timematters.backbones.adapters.module import as_video_backbone
 from timematters.config import Config, EvalConfig, validate
-from timematters.data.build import build_dataset
+from timematters.data.build import build_dataset, loader_workers
+from timematters.data.collate import collate_videos
 from timematters.diagnostics.confidence import confidence_gaps
 from timematters.diagnostics.gradcam import gradcam_unsupported, video_gradcam
 from timematters.diagnostics.order_probe import order_probe
@@ -297,9 +299,16 @@ def run_diagnose(
         test_set = in_model_classes(cfg, cfg.eval.split, model, test_set)
         check_classes(model, test_set.classes, spec)
         models[name] = model.to(device)
+    # Decoded in the loader's workers: every model and the probe read the clips again.
+    loader = DataLoader(
+        test_set,
+        batch_size=cfg.eval.batch_size,
+        num_workers=loader_workers(cfg.data.num_workers),
+        collate_fn=collate_videos,
+    )
     return diagnose(
         models,
-        test_set,
+        loader,
         out,
         classes=test_set.classes,
         subsets=getattr(test_set, "subsets", {}),
