@@ -90,6 +90,17 @@ def test_broken_config_files_exit_2_naming_the_file(tmp_path, capsys):
     _one_clear_line(err, "not a YAML value")
 
 
+def test_diagnose_names_must_match_the_models(tmp_path, capsys):
+    models = ["--model", "a.pth", "--model", "b.pth"]
+    argv = ["diagnose", "--config", "synthetic/time", *models, "--out", str(tmp_path)]
+    code, err = _cli(capsys, *argv, "--name", "x")
+    assert code == 2
+    _one_clear_line(err, "2 models but 1 names (x)", "--name once per --model")
+    code, err = _cli(capsys, *argv, "--name", "x", "--name", "x")
+    assert code == 2
+    _one_clear_line(err, "must differ", "x is given to several models")
+
+
 def test_demo_seeds_must_be_positive(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["demo", "--seeds", "0"])

@@ -289,8 +289,16 @@ def run_diagnose(
     """
     validate(cfg)
     names = list(names) if names is not None else _default_names(specs)
-    if len(names) != len(specs) or len(set(names)) != len(names):
-        raise ValueError(f"need one distinct name per model, got {names}")
+    if len(names) != len(specs):
+        raise ValueError(
+            f"{len(specs)} models but {len(names)} names ({', '.join(names)}): give one name per "
+            "model, in order (--name once per --model), or none for the default names"
+        )
+    if len(set(names)) != len(names):
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        raise ValueError(
+            f"the models' names must differ: {', '.join(repeated)} is given to several models"
+        )
     device = resolve_device(cfg.train.device)
     test_set = build_dataset(cfg, cfg.eval.split, flow_labels=False, patch_size=1)
     models = {}
