@@ -129,6 +129,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     diagnose.add_argument("--gradcam-index", type=int, action="append", help="clip indices")
 
+    flow = commands.add_parser(
+        "flow", help="draw the flow labels a config makes for some clips or videos"
+    )
+    flow.add_argument("config", help="a YAML file or a packaged preset")
+    flow.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    flow.add_argument(
+        "--video",
+        action="append",
+        dest="videos",
+        default=[],
+        help="a video file, folder or list file, taken as at test time (repeatable); default: "
+        "clips of the config's --split",
+    )
+    flow.add_argument(
+        "--split", default="train", help="train (as training sees its clips), val or test"
+    )
+    flow.add_argument("--clips", type=_positive, default=4, help="the split's first N clips")
+    flow.add_argument("--index", type=int, action="append", help="clip indices instead")
+    flow.add_argument("--out", default="runs/flow", help="the pictures' folder")
+
     predict = commands.add_parser(
         "predict", help="a model's classes for videos, and how shuffling or reversing changes them"
     )
@@ -509,6 +529,16 @@ def _data(args) -> int:
     return check_dataset(cfg, decode=not args.no_decode, limit=args.limit)
 
 
+def _flow(args) -> int:
+    from timematters.diagnostics.flow_view import view_flow_labels
+
+    cfg = load_config(args.config, args.overrides)
+    result = view_flow_labels(
+        cfg, args.out, videos=args.videos, split=args.split, clips=args.clips, indices=args.index
+    )
+    return 1 if result["skipped"] else 0  # a video that could not be decoded, as predict
+
+
 def _backbones(args) -> int:
     from timematters.backbones import list_backbones
 
@@ -522,6 +552,7 @@ _COMMANDS = {
     "eval": _eval,
     "diagnose": _diagnose,
     "predict": _predict,
+    "flow": _flow,
     "configs": _configs,
     "data": _data,
     "backbones": _backbones,

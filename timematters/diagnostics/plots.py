@@ -242,3 +242,61 @@ def plot_class_gaps(rows: list[dict], key: str, out: str | Path, max_classes: in
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, out)
+
+
+# Flow classes 1..8 are 45° bins of the angle from +x with y down (class 1: [0°, 45°)); an arrow
+# points at its bin's centre, coloured by that angle on a cyclic map.
+FLOW_BIN_CENTRES = np.deg2rad(22.5 + 45.0 * np.arange(8))
+
+
+def plot_flow_labels(
+    frames: np.ndarray, labels: np.ndarray, patch_size: int, out: str | Path, title: str = ""
+) -> Path:
+    """A clip's frames in the top row; below each frame after the first, the direction label of
+    every patch for the pair (previous frame -> this one): an arrow per moving patch, none for
+    "still" (class 0).
+
+    frames: [T, H, W, 3] RGB in [0, 1]; labels: [T-1, S] in {0..8}, S row-major patches.
+    """
+    T, H, W, _ = frames.shape
+    columns = W // patch_size
+    rows, cols = np.divmod(np.arange(labels.shape[1]), columns)
+    x, y = (cols + 0.5) * patch_size, (rows + 0.5) * patch_size
+    colours = plt.get_cmap("hsv")(np.arange(8) / 8)
+    fig, axes = plt.subplots(2, T, figsize=(1.4 * T + 0.4, 3.5), squeeze=False)
+    for t in range(T):
+        axes[0][t].imshow(frames[t])
+        axes[0][t].set_title(f"t={t}", fontsize=8)
+        if t == 0:  # no pair ends here: a key to the eight directions instead
+            for k, angle in enumerate(FLOW_BIN_CENTRES, start=1):
+                dx, dy = np.cos(angle), np.sin(angle)
+                axes[1][0].arrow(0, 0, 0.7 * dx, 0.7 * dy, color=colours[k - 1], width=0.04)
+                axes[1][0].text(0.95 * dx, 0.95 * dy, str(k), fontsize=6, ha="center", va="center")
+            axes[1][0].set(xlim=(-1.1, 1.1), ylim=(1.1, -1.1), aspect="equal")
+            axes[1][0].set_title("class", fontsize=8)
+            continue
+        pair = labels[t - 1]
+        moving = pair > 0
+        angle = FLOW_BIN_CENTRES[np.maximum(pair, 1) - 1]
+        axes[1][t].imshow(frames[t], alpha=0.45)
+        axes[1][t].quiver(
+            x[moving],
+            y[moving],
+            np.cos(angle[moving]),
+            np.sin(angle[moving]),
+            color=colours[pair[moving] - 1],
+            angles="xy",  # in image coordinates: +y is down, as the labels' angles are
+            scale_units="xy",
+            scale=1 / (0.7 * patch_size),
+            pivot="middle",  # centred on its patch
+            width=0.018,
+        )
+        axes[1][t].set_title(f"{100 * (~moving).mean():.0f}% still", fontsize=7)
+    axes[0][0].set_ylabel("clip", fontsize=8)
+    axes[1][0].set_ylabel("flow labels", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, out, dpi=90)

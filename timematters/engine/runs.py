@@ -113,11 +113,12 @@ OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("diagnose.json",),
     ),
     "an evaluation": (("eval.json", "eval.md", "bad_videos.jsonl"), ("eval.json",)),
+    "flow labels": (("flow_labels.json", "flow_*.png"), ("flow_labels.json",)),
 }
 # Kinds whose own earlier output is replaced without --overwrite: their commands are re-run on
-# the same folder (`eval` writes next to its checkpoint, `diagnose` to runs/diagnose) and they
-# replace it whole; a run or a demo is hours of work and is never replaced unasked.
-REPLACED = {"a diagnose report", "an evaluation"}
+# the same folder (`eval` writes next to its checkpoint, `diagnose` to runs/diagnose, `flow` to
+# runs/flow) and they replace it whole; a run or a demo is hours of work and is never replaced unasked.
+REPLACED = {"a diagnose report", "an evaluation", "flow labels"}
 
 
 LOCK_FILE = ".lock"

@@ -1,0 +1,81 @@
+"""`timematters flow`: the flow labels a config makes, drawn; they are the labels training gets."""
+
+import json
+
+import numpy as np
+import pytest
+from videos import moving_square_frames, write_video
+
+from timematters.cli import main
+from timematters.config import load_config
+from timematters.data import build_dataset
+from timematters.data.samplers import SeededSamples
+
+SMALL = ["data.synthetic.num_train=6", "data.synthetic.num_test=4", "data.num_workers=0"]
+
+
+def _shares(labels) -> list[float]:
+    return (np.bincount(np.asarray(labels).ravel(), minlength=9) / labels.numel()).tolist()
+
+
+def test_the_pictures_show_the_labels_training_gets(tmp_path, capsys):
+    out = tmp_path / "flow"
+    assert (
+        main(["flow", "synthetic/time", *SMALL, "--index", "1", "--index", "4", "--out", str(out)])
+        == 0
+    )
+    result = json.loads((out / "flow_labels.json").read_text())
+    assert [clip["picture"] for clip in result["clips"]] == ["flow_0.png", "flow_1.png"]
+    assert all((out / f"flow_{k}.png").stat().st_size > 5000 for k in range(2))
+    assert result["settings"]["patch_size"] == 16 and result["settings"]["threshold"] == "relative"
+    # The training loader's own labels for these clips (OpenCV, on the augmented crop, the first
+    # epoch's draw): the same class shares.
+    cfg = load_config("synthetic/time", SMALL)
+    train_set = SeededSamples(build_dataset(cfg, "train", flow_labels=True, patch_size=16), 0)
+    for clip, index in zip(result["clips"], (1, 4), strict=True):
+        assert clip["share"] == pytest.approx(_shares(train_set[index]["flow_labels"]))
+    printed = capsys.readouterr().out
+    assert "synthetic-train-00001" in printed and "all 2 clips: still" in printed
+
+
+def test_a_video_file_moving_right_is_labelled_right(tmp_path, capsys):
+    # A textured square moving 2 px right per frame (4 between the sampled frames): its patches fall in classes 1 and 8, the two
+    # 45° bins either side of the +x axis; the background is still under an absolute threshold.
+    video = write_video(tmp_path / "right.mp4", moving_square_frames(16, 64, 64, step=(2, 0)))
+    out = tmp_path / "flow"
+    argv = ["flow", "synthetic/time", "model.num_frames=8", "data.crop_size=64"]
+    argv += ["data.eval_short_side=64", "flow.threshold=absolute", "--video", str(video)]
+    assert main([*argv, "--out", str(out)]) == 0
+    share = json.loads((out / "flow_labels.json").read_text())["clips"][0]["share"]
+    moving = np.array(share[1:])
+    assert share[0] > 0.5 and moving[[0, 7]].sum() > 0.9 * moving.sum() > 0
+    assert str(video) in capsys.readouterr().out
+
+
+def test_an_undecodable_video_is_skipped_said_and_fails_the_command(tmp_path, capsys):
+    good = write_video(tmp_path / "good.mp4", moving_square_frames(8, 64, 64))
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    out = tmp_path / "flow"
+    code = main(
+        ["flow", "synthetic/time", "--video", str(bad), "--video", str(good), "--out", str(out)]
+    )
+    assert code == 1
+    result = json.loads((out / "flow_labels.json").read_text())
+    assert [clip["clip"] for clip in result["clips"]] == [str(good)]
+    assert result["skipped"][0]["clip"] == str(bad)
+    assert f"skipped {bad}" in capsys.readouterr().out
+
+
+def test_its_folder_holds_its_own_pictures_only(tmp_path, capsys):
+    out = tmp_path / "flow"
+    assert main(["flow", "synthetic/time", *SMALL, "--clips", "3", "--out", str(out)]) == 0
+    assert main(["flow", "synthetic/time", *SMALL, "--clips", "1", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["flow_0.png", "flow_labels.json"]  # replaced
+    (tmp_path / "report" / "diagnose.json").parent.mkdir()
+    (tmp_path / "report" / "diagnose.json").write_text("{}")
+    capsys.readouterr()
+    assert main(["flow", "synthetic/time", *SMALL, "--out", str(tmp_path / "report")]) == 2
+    assert "already holds a diagnose report" in capsys.readouterr().err
+    assert main(["flow", "synthetic/time", *SMALL, "--index", "6", "--out", str(out)]) == 2
+    assert "--index 6: the train split has clips 0 to 5" in capsys.readouterr().err

@@ -1,0 +1,166 @@
+"""`timematters flow`: the flow labels a config makes (paper Eq. 9-10), drawn over the clips.
+
+What the flow loss will be asked to predict, before any training: for a few clips of the config's
+dataset, as training sees them (the same sampling, augmentation and final crop; the first epoch's
+draw), or for video files taken as at test time, each patch's direction class for every pair of
+consecutive frames, with how much of each clip is "still" under the config's threshold
+(``flow.threshold``, ``flow.relative_fraction``, ``flow.absolute_tau``) and Farnebäck parameters.
+The labels are OpenCV's, the reference; ``flow.backend=torch`` gives the same classes to within
+its parity tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from timematters.config import Config, ConfigError, validate
+from timematters.data.build import build_dataset, build_flow_labeller
+from timematters.data.collate import BadVideo
+from timematters.data.samplers import SeededSamples
+from timematters.data.sampling import sample_segment_indices
+from timematters.data.transforms import EvalTransform
+from timematters.data.video import VideoDecodeError, open_video
+from timematters.diagnostics.predict import list_videos
+from timematters.engine.metrics import to_json
+from timematters.engine.model import model_patch_size
+from timematters.engine.runs import claim_folder
+from timematters.flow.labels import NUM_FLOW_CLASSES
+
+
+def view_flow_labels(
+    cfg: Config,
+    out: str | Path,
+    *,
+    videos: Sequence[str | Path] = (),
+    split: str = "train",
+    clips: int = 4,
+    indices: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """Draw the flow labels of ``videos`` (files, folders or list files), or else of clips of
+    ``cfg``'s ``split`` (``indices``, or the first ``clips``), to ``out``: a PNG per clip and
+    ``flow_labels.json`` (the settings, and the share of each class per clip and over all).
+    Returns what the JSON holds."""
+    if cfg.data.dataset == "imagenet9":
+        raise ConfigError("data.dataset=imagenet9 holds images: flow labels are for videos")
+    validate(cfg)
+    out = Path(out)
+    claim_folder(out, kind="flow labels", overwrite=False, fix="choose another --out")
+    # A foreign model's patch size is read only when the flow loss is on: ask as if it were.
+    with_flow = replace(cfg, loss=replace(cfg.loss, flow=replace(cfg.loss.flow, weight=1.0)))
+    patch_size = model_patch_size(with_flow)
+    labeller = build_flow_labeller(cfg, patch_size)
+    skipped: list[dict[str, str]] = []  # videos that could not be decoded: said, not drawn
+    if videos:
+        named = _files(cfg, videos, skipped)
+    else:
+        named = _dataset_clips(cfg, split, clips, indices, skipped)
+
+    from timematters.diagnostics import plots  # matplotlib, only when drawing
+
+    out.mkdir(parents=True, exist_ok=True)
+    views = []
+    for k, (name, clip) in enumerate(named):
+        labels = labeller(clip).numpy()
+        share = np.bincount(labels.ravel(), minlength=NUM_FLOW_CLASSES) / labels.size
+        frames = plots.denormalise(clip.numpy(), cfg.data.mean, cfg.data.std)
+        title = f"{name}: {100 * share[0]:.0f}% of patches still"
+        plots.plot_flow_labels(frames, labels, patch_size, out / f"flow_{k}.png", title=title)
+        views.append({"clip": name, "picture": f"flow_{k}.png", "share": share.tolist()})
+        print(f"{name}: {_shares(share)}", flush=True)
+    for video in skipped:
+        print(f"skipped {video['clip']}: {video['reason']}", flush=True)
+    if not views:
+        raise ValueError(
+            "no clip to label: " + ("none could be decoded" if skipped else "none given")
+        )
+    total = np.mean([view["share"] for view in views], axis=0)
+    clips_said = f"{len(views)} clip{'s' if len(views) > 1 else ''}"
+    print(f"all {clips_said}: {_shares(total)}")
+    result = {
+        "settings": {
+            "patch_size": patch_size,
+            "num_frames": cfg.model.num_frames,
+            "crop_size": cfg.data.crop_size,
+            "threshold": cfg.flow.threshold,
+            "relative_fraction": cfg.flow.relative_fraction,
+            "absolute_tau": cfg.flow.absolute_tau,
+            "farneback": asdict(cfg.flow.farneback),
+        },
+        "share": total.tolist(),
+        "clips": views,
+        "skipped": skipped,
+    }
+    (out / "flow_labels.json").write_text(to_json(result))
+    print(f"wrote a picture per clip (flow_0.png ...) and flow_labels.json to {out}")
+    return result
+
+
+def _shares(share: np.ndarray) -> str:
+    """ "still 61%, moving 39% (1: 5%, 2: 3%, ...)": the class shares of some patches."""
+    moving = ", ".join(f"{k}: {100 * s:.0f}%" for k, s in enumerate(share) if k and s)
+    return f"still {100 * share[0]:.0f}%, moving {100 * (1 - share[0]):.0f}%" + (
+        f" ({moving})" if moving else ""
+    )
+
+
+def _dataset_clips(
+    cfg: Config, split: str, clips: int, indices: Sequence[int] | None, skipped: list[dict]
+) -> list[tuple[str, torch.Tensor]]:
+    """Clips of the config's split, [C, T, H, W]: a training clip as the first epoch draws its
+    augmentation, a test clip's first view."""
+    dataset = build_dataset(cfg, split, flow_labels=False, patch_size=1)
+    if split == "train":
+        dataset = SeededSamples(dataset, cfg.train.seed)
+    indices = list(indices) if indices else list(range(min(clips, len(dataset))))
+    bad = [i for i in indices if not 0 <= i < len(dataset)]
+    if bad:
+        raise ConfigError(f"--index {bad[0]}: the {split} split has clips 0 to {len(dataset) - 1}")
+    named = []
+    source = getattr(dataset, "dataset", dataset)
+    for index in indices:
+        item = dataset[index]
+        if isinstance(item, BadVideo):
+            skipped.append({"clip": item.path, "reason": item.reason})
+            continue
+        video = item["video"]
+        clip = video[0] if video.ndim == 5 else video  # a test clip's views: the first
+        label = source.classes[item["label"]] if "label" in item else ""
+        named.append((f"{item.get('video_id', index)} ({label})", clip))
+    return named
+
+
+def _files(
+    cfg: Config, videos: Sequence[str | Path], skipped: list[dict]
+) -> list[tuple[str, torch.Tensor]]:
+    """Video files as the config's test clips: its frames at the segment centres, the short
+    side resized to ``data.eval_short_side`` and the centre crop of ``data.crop_size``."""
+    transform = EvalTransform(
+        crop_size=cfg.data.crop_size,
+        short_side=cfg.data.eval_short_side,
+        num_crops=1,
+        mean=cfg.data.mean,
+        std=cfg.data.std,
+    )
+    named = []
+    for path in list_videos(videos):
+        try:
+            reader = open_video(path, cfg.data.decoder)
+            count = cfg.model.num_frames
+            frames = reader.get_frames(
+                sample_segment_indices(reader.num_frames, count, train=False)
+            )
+        except VideoDecodeError as error:
+            skipped.append({"clip": str(path), "reason": error.reason})
+            continue
+        clip = transform(frames)
+        named.append((str(path), clip[0] if clip.ndim == 5 else clip))
+    return named
+
+
+__all__ = ["view_flow_labels"]
