@@ -616,7 +616,7 @@ def _model_line(name: str, info: dict) -> str:
 
 
 def _probe_chance(probe: dict, name: str) -> str:
-    """A model's chance column: one figure, or "by block" when its blocks have fewer and fewer
+    """A model's chance column: one figure, or "100 / fr." when its blocks have fewer and fewer
     frames (then each cell names its frames)."""
     chances = set(probe["chance"][name].values())
     if len(chances) > 1:

@@ -34,6 +34,7 @@ from timematters.engine.checkpoint import load_checkpoint
 from timematters.engine.distributed import (
     autocast_dtype,
     cleanup_distributed,
+    is_main_process,
     setup_distributed,
 )
 from timematters.engine.evaluate import EvalResult, evaluate
@@ -126,7 +127,8 @@ def load_model(
             model = load_foreign_model(spec, num_classes=outputs)
         else:
             model = _build(replace(cfg.model, name=spec), cfg, outputs)
-        if describe_model(model).get("trained_with", "") is None:  # torchvision without WEIGHTS
+        random_weights = describe_model(model).get("trained_with", "") is None
+        if random_weights and is_main_process():  # torchvision without WEIGHTS; said once
             print(
                 f"timematters: note: {spec} has random weights (torchvision's default when the "
                 f"spec names none); {spec}:DEFAULT loads torchvision's own Kinetics-400 weights",
