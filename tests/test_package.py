@@ -217,6 +217,18 @@ def test_predict_takes_folders_and_lists(trained, videos, capsys, tmp_path):
     assert main(["predict", str(videos[".mp4"].parent), "--checkpoint", checkpoint]) == 0
     out = capsys.readouterr().out
     assert out.count("original:") == 2 and "over 2 videos (no labels needed):" in out
+    # A training list elsewhere, its paths relative to the data's root: as in training, the
+    # config's data.root; without it they are read relative to the list's folder, and said so.
+    elsewhere = tmp_path / "lists" / "val.txt"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text("clip.mp4 3\nclip.webm 1\n")
+    root = f"data.root={videos['.mp4'].parent}"
+    config = ["--config", str(run / "config.yaml"), "-o", root]
+    assert main(["predict", str(elsewhere), "--checkpoint", checkpoint, *config, "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+    assert main(["predict", str(elsewhere), "--checkpoint", checkpoint]) == 2
+    err = capsys.readouterr().err
+    assert "2 of 2 listed videos are not there" in err and "relative to its folder" in err
 
 
 def test_a_summary_over_videos_counts_changed_classes_without_labels():

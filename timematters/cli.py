@@ -455,7 +455,7 @@ def _predict(args) -> int:
         classes = read_class_list(args.classes)
     perturbations = [p.strip() for p in args.perturb.split(",") if p.strip()]
     results, undecodable = [], []
-    videos = list_videos(args.inputs)
+    videos = list_videos(args.inputs, root=cfg.data.root if cfg else None)
     for video in videos:
         try:
             result = predict(

@@ -148,7 +148,7 @@ def _files(
         std=cfg.data.std,
     )
     named = []
-    for path in list_videos(videos):
+    for path in list_videos(videos, root=cfg.data.root):
         try:
             reader = open_video(path, cfg.data.decoder)
             count = cfg.model.num_frames

@@ -262,9 +262,10 @@ def explain_prediction(
     ]
 
 
-def list_videos(inputs: Sequence[str | Path]) -> list[Path]:
+def list_videos(inputs: Sequence[str | Path], root: str | Path | None = None) -> list[Path]:
     """The videos ``inputs`` name: files, every video of a folder (sorted), or the paths a list
-    file holds (one per line, its first field; relative to the list's folder)."""
+    file holds (one per line, its first field; relative to ``root``, a config's ``data.root``
+    as in training, else to the list's folder)."""
     videos: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -277,7 +278,17 @@ def list_videos(inputs: Sequence[str | Path]) -> list[Path]:
             lines = item.read_text(encoding="utf-8-sig").splitlines()
             if lines and lines[0].replace(" ", "") == "path,label":
                 lines = [line.split(",")[0] for line in lines[1:]]
-            videos += [_listed_path(line, item.parent) for line in lines if line.strip()]
+            base = Path(root) if root else item.parent
+            listed = [_listed_path(line, base) for line in lines if line.strip()]
+            missing = [path for path in listed if not path.is_file()]
+            if missing:  # as in training: relative to data.root, else to the list's folder
+                relative = f"data.root={root}" if root else f"its folder, {base}"
+                raise FileNotFoundError(
+                    f"{item}: {len(missing)} of {len(listed)} listed videos are not there, the "
+                    f"first {missing[0]}; its paths are read relative to {relative}"
+                    + ("" if root else " (a config's data.root names another folder)")
+                )
+            videos += listed
         else:
             raise FileNotFoundError(f"{item} is neither a video, a folder nor a list of videos")
     if not videos:
