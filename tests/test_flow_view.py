@@ -79,3 +79,4 @@ def test_its_folder_holds_its_own_pictures_only(tmp_path, capsys):
     assert "already holds a diagnose report" in capsys.readouterr().err
     assert main(["flow", "synthetic/time", *SMALL, "--index", "6", "--out", str(out)]) == 2
     assert "--index 6: the train split has clips 0 to 5" in capsys.readouterr().err
+    assert (out / "flow_0.png").is_file()  # a refused command removes nothing

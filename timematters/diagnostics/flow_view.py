@@ -50,7 +50,10 @@ def view_flow_labels(
         raise ConfigError("data.dataset=imagenet9 holds images: flow labels are for videos")
     validate(cfg)
     out = Path(out)
-    claim_folder(out, kind="flow labels", overwrite=False, fix="choose another --out")
+    # Another command's output is refused now; this command's earlier pictures go only once the
+    # new ones are sure to be drawn (a bad --index must not cost them).
+    claim = dict(kind="flow labels", overwrite=False, fix="choose another --out")
+    claim_folder(out, **claim, remove=False)
     # A foreign model's patch size is read only when the flow loss is on: ask as if it were.
     with_flow = replace(cfg, loss=replace(cfg.loss, flow=replace(cfg.loss.flow, weight=1.0)))
     patch_size = model_patch_size(with_flow)
@@ -63,6 +66,7 @@ def view_flow_labels(
 
     from timematters.diagnostics import plots  # matplotlib, only when drawing
 
+    claim_folder(out, **claim)
     out.mkdir(parents=True, exist_ok=True)
     views = []
     for k, (name, clip) in enumerate(named):
@@ -102,7 +106,7 @@ def view_flow_labels(
 
 
 def _shares(share: np.ndarray) -> str:
-    """ "still 61%, moving 39% (1: 5%, 2: 3%, ...)": the class shares of some patches."""
+    """The class shares of some patches in words: still 61%, moving 39% (1: 5%, 2: 3%, ...)."""
     moving = ", ".join(f"{k}: {100 * s:.0f}%" for k, s in enumerate(share) if k and s)
     return f"still {100 * share[0]:.0f}%, moving {100 * (1 - share[0]):.0f}%" + (
         f" ({moving})" if moving else ""
