@@ -159,13 +159,17 @@ def test_diagnose_says_why_models_that_saw_shuffled_clips_are_not_compared(tmp_p
     shuffled = DataLoader(pairs, batch_size=4, shuffle=True, generator=_seeded(0))
     models = {"a": ProtocolModel(), "b": ProtocolModel(depth=1)}
     options = dict(probe_clips=None, gradcam_clips=0)
-    report = timematters.diagnose(models, shuffled, tmp_path / "shuffled", **options)
+    # Evaluated one by one, each pass over a shuffling loader has its own order: not comparable.
+    apart = [timematters.evaluate(model, shuffled) for model in models.values()]
+    report = timematters.diagnose(
+        models, shuffled, tmp_path / "apart", evaluations=apart, **options
+    )
     assert report["compared"] == {}
     assert "different orders (a shuffling DataLoader?)" in report["not_compared"]["b"]
-    text = (tmp_path / "shuffled" / "report.md").read_text()
+    text = (tmp_path / "apart" / "report.md").read_text()
     assert "- b vs a: the models saw their clips in different orders" in text
-    in_order = DataLoader(pairs, batch_size=4)
-    report = timematters.diagnose(models, in_order, tmp_path / "in_order", **options)
+    # diagnose's own shuffle test scores every model on each batch: one order, compared.
+    report = timematters.diagnose(models, shuffled, tmp_path / "together", **options)
     assert set(report["compared"]) == {"b"} and report["not_compared"] == {}
 
 
@@ -227,3 +231,21 @@ def test_the_order_probe_runs_where_the_model_is_by_default():
     batches = [{"video": torch.randn(4, 3, 4, 16, 16), "label": torch.zeros(4, dtype=torch.long)}]
     (result,) = order_probe([model.eval()], batches, fit_clips=2, held_out_clips=2)
     assert "final" in result["accuracy"]
+
+
+def test_models_evaluated_in_one_pass_score_as_they_do_one_by_one():
+    from timematters.config import EvalConfig
+    from timematters.engine.evaluate import evaluate_models
+
+    ((videos, labels),) = _batches(num_clips=10, batch_size=10)
+    loader = DataLoader(list(zip(videos, labels, strict=True)), batch_size=4)
+    models = [ProtocolModel().eval(), ProtocolModel(depth=1).train()]
+    settings = EvalConfig(perturbations=["shuffle", "reverse", "freeze_each"])
+    together = evaluate_models(models, loader, settings=settings)
+    for model, result in zip(models, together, strict=True):
+        alone = timematters.evaluate(model, loader, settings=settings)
+        np.testing.assert_array_equal(result.probs, alone.probs)
+        for name in settings.perturbations:  # the same frame orders for every model
+            np.testing.assert_array_equal(result.perturbed[name], alone.perturbed[name])
+        assert result.metrics() == alone.metrics()
+    assert models[1].training and not models[0].training  # each handed back in its own mode

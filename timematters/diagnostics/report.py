@@ -44,7 +44,7 @@ from timematters.engine.evaluate import (
     as_batch,
     as_loader,
     compare_gaps,
-    evaluate,
+    evaluate_models,
     format_table,
     gap_key,
 )
@@ -163,10 +163,10 @@ def diagnose(
 def _check_arguments(models: dict[str, nn.Module], data: Any, *, mean, std) -> None:
     if not models:
         raise ValueError("diagnose needs at least one model")
-    if isinstance(data, Iterator):  # the 2nd model, the probe and GradCAM would get no clips
+    if isinstance(data, Iterator):  # the probe and GradCAM would get no clips
         raise ValueError(
             f"data is a one-shot iterator ({type(data).__name__}) but diagnose reads the clips "
-            "once per model and again for the probe and GradCAM; pass a list of batches, a "
+            "for the shuffle test and again for the probe and GradCAM; pass a list of batches, a "
             "Dataset or a DataLoader"
         )
     if (mean is None) != (std is None):
@@ -181,12 +181,10 @@ def _check_positions(positions: Sequence[int], scored: int) -> None:
 
 
 def _shuffle_test(models: dict[str, nn.Module], loader: Any, **evaluation: Any) -> list[EvalResult]:
-    """The one evaluation of each model: original and perturbed clips."""
-    evaluations = []
-    for name, model in models.items():
-        print(f"[diagnose] shuffle test: {name} ...", flush=True)
-        evaluations.append(evaluate(model, loader, **evaluation))
-    return evaluations
+    """The one evaluation of each model, original and perturbed clips: all models in one pass
+    over the clips, each batch read once."""
+    print(f"[diagnose] shuffle test: {', '.join(models)} ...", flush=True)
+    return evaluate_models(list(models.values()), loader, **evaluation)
 
 
 def _shuffle_section(
@@ -307,7 +305,7 @@ def run_diagnose(
         test_set = in_model_classes(cfg, cfg.eval.split, model, test_set)
         check_classes(model, test_set.classes, spec)
         models[name] = model.to(device)
-    # Decoded in the loader's workers: every model and the probe read the clips again.
+    # Decoded in the loader's workers: the shuffle test, the probe and GradCAM each read the clips.
     loader = DataLoader(
         test_set,
         batch_size=cfg.eval.batch_size,

@@ -211,7 +211,6 @@ def _aggregate(logits: torch.Tensor, mode: str) -> torch.Tensor:
     raise ValueError(f"aggregation must be 'logits' or 'softmax', got {mode!r}")
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module,
     loader,
@@ -236,6 +235,28 @@ def evaluate(
         (``shuffle``, ``seed``), how views are aggregated, the bootstrap's resamples.
     device: where the model runs (default: where its parameters are).
     """
+    options = dict(classes=classes, subsets=subsets, settings=settings, device=device)
+    return evaluate_models(
+        [model], loader, autocast_dtype=autocast_dtype, progress=progress, **options
+    )[0]
+
+
+@torch.no_grad()
+def evaluate_models(
+    models: list[nn.Module],
+    loader,
+    *,
+    classes: list[str] | None = None,
+    subsets: dict[str, list[int]] | None = None,
+    settings: EvalConfig | None = None,
+    device: torch.device | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> list[EvalResult]:
+    """``evaluate`` of each of ``models`` in one pass over the clips: every batch is read (decoded,
+    on a video dataset) once and scored by all of them, under the same perturbations. On a GPU,
+    decoding is most of a video evaluation's time; comparing N models then costs one pass, not N.
+    """
     settings = settings or EvalConfig()
     unknown = [p for p in settings.perturbations if p not in PERTURBATION_NAMES]
     if unknown:
@@ -247,27 +268,22 @@ def evaluate(
     dataset = getattr(loader, "dataset", None)
     classes = classes or getattr(dataset, "classes", None)
     subsets = getattr(dataset, "subsets", {}) if subsets is None else subsets
-    pairs = getattr(dataset, "pairs", {})
-    if device is None:
-        device = next(model.parameters(), torch.empty(0)).device
-    was_training = model.training
-    model.eval()
+    scores = [_Scores(model, device, settings.perturbations) for model in models]
     shuffles = _ClipPermutations(settings.shuffle, settings.seed)
-    labels, probs, bad, indices = [], [], [], []
-    perturbed: dict[str, list[torch.Tensor]] = {name: [] for name in settings.perturbations}
+    labels, bad, indices = [], [], []
     seen = 0
     autocast = (
-        torch.autocast(device.type, dtype=autocast_dtype)
+        torch.autocast(scores[0].device.type, dtype=autocast_dtype)
         if autocast_dtype is not None
         else contextlib.nullcontext()
     )
-    try:  # an error (a batch in another layout, say) hands the model back in its mode too
+    try:  # an error (a batch in another layout, say) hands the models back in their mode too
         for batch in progress_bar(loader, desc="eval", leave=False, disable=not progress):
             batch = as_batch(batch)
             bad += batch.get("dropped", [])
             if "video" not in batch:  # every clip of the batch failed to decode
                 continue
-            video = batch["video"].to(device, non_blocking=True)
+            video = batch["video"]
             check_clips(video, views=True)
             count = len(video)
             index = batch.get("index")
@@ -278,67 +294,134 @@ def evaluate(
                 video = video[:, None]  # one view
             B, V, _, T = video.shape[:4]
             views = rearrange(video, "b v c t h w -> (b v) c t h w")
-            options = dict(clips_in_batch=B, aggregation=settings.aggregation, autocast=autocast)
-            probs.append(_clip_probs(model, views, **options))
-            if classes and len(probs) == 1 and probs[0].shape[1] != len(classes):
-                # Scored anyway, the extra outputs would only count as wrong answers, without a word.
-                raise ValueError(
-                    f"{getattr(model, 'source', '') or type(model).__name__} gives "
-                    f"{probs[0].shape[1]} outputs but the data has {len(classes)} classes: give a "
-                    "model trained on these classes, or data labelled in the model's"
-                )
-            for name in settings.perturbations:
-                perms = shuffles.of(index, num_frames=T) if name == "shuffle" else None
-                perturbed[name].append(
-                    _perturbed_probs(
-                        model,
-                        views,
-                        name,
-                        perms=perms,
-                        views_per_clip=V,
-                        freeze_frame=settings.freeze_frame,
-                        **options,
-                    )
-                )
+            # One frame order per clip, drawn by its index: every model sees the same shuffle.
+            perms = (
+                shuffles.of(index, num_frames=T) if "shuffle" in settings.perturbations else None
+            )
             label = torch.as_tensor(batch["label"]).cpu()
-            _check_labels(label, outputs=probs[-1].shape[1])
+            for score in scores:
+                score.add(
+                    views,
+                    label,
+                    perms=perms,
+                    classes=classes,
+                    settings=settings,
+                    clips_in_batch=B,
+                    views_per_clip=V,
+                    autocast=autocast,
+                )
             labels.append(label)
     finally:
-        model.train(was_training)
+        for score in scores:
+            score.model.train(score.was_training)
+    return [
+        score.result(
+            labels,
+            indices,
+            bad,
+            classes=classes,
+            subsets=subsets,
+            pairs=getattr(dataset, "pairs", {}),
+            settings=settings,
+        )
+        for score in scores
+    ]
 
-    if not classes:
-        K = probs[0].shape[1] if probs else getattr(model, "num_classes", 0)
-        classes = getattr(model, "class_names", None) or [str(k) for k in range(K)]
-    K = len(classes)
-    subsets = _subset_indices(subsets or {}, classes)
-    empty = np.zeros((0, K), np.float32)
-    arrays = {
-        "labels": torch.cat(labels).numpy() if labels else np.zeros(0, np.int64),
-        "indices": torch.cat(indices).numpy() if indices else np.zeros(0, np.int64),
-        "probs": torch.cat(probs).numpy() if probs else empty,
-        **{name: torch.cat(p).numpy() if p else empty for name, p in perturbed.items()},
-    }
-    if dist.is_initialized():  # each rank saw its own shard: gather them all
-        gathered = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, (arrays, bad))
-        arrays = {key: np.concatenate([g[0][key] for g in gathered]) for key in arrays}
-        bad = [video for g in gathered for video in g[1]]
-    # In dataset order, however the clips were split across processes: the bootstrap resamples
-    # the same clips in the same order for any number of them.
-    order = np.argsort(arrays["indices"], kind="stable")
-    arrays = {key: value[order] for key, value in arrays.items()}
-    return EvalResult(
-        arrays["labels"],
-        arrays["probs"],
-        {name: arrays[name] for name in settings.perturbations},
-        classes=list(classes),
-        subsets=subsets,
-        bad=bad,
-        indices=arrays["indices"],
-        pairs=dict(pairs or {}),
-        bootstrap_samples=settings.bootstrap_samples,
-        seed=settings.seed,
-    )
+
+class _Scores:
+    """One model's probabilities on the clips of an evaluation, batch by batch."""
+
+    def __init__(self, model: nn.Module, device: torch.device | None, perturbations) -> None:
+        self.model = model
+        self.device = device or next(model.parameters(), torch.empty(0)).device
+        self.was_training = model.training
+        model.eval()
+        self.probs: list[torch.Tensor] = []
+        self.perturbed: dict[str, list[torch.Tensor]] = {name: [] for name in perturbations}
+
+    def add(
+        self,
+        views: torch.Tensor,
+        label: torch.Tensor,
+        *,
+        perms: torch.Tensor | None,
+        classes: list[str] | None,
+        settings: EvalConfig,
+        clips_in_batch: int,
+        views_per_clip: int,
+        autocast,
+    ) -> None:
+        model = self.model
+        views = views.to(self.device, non_blocking=True)
+        options = dict(
+            clips_in_batch=clips_in_batch, aggregation=settings.aggregation, autocast=autocast
+        )
+        self.probs.append(_clip_probs(model, views, **options))
+        if classes and len(self.probs) == 1 and self.probs[0].shape[1] != len(classes):
+            # Scored anyway, the extra outputs would only count as wrong answers, without a word.
+            raise ValueError(
+                f"{getattr(model, 'source', '') or type(model).__name__} gives "
+                f"{self.probs[0].shape[1]} outputs but the data has {len(classes)} classes: give "
+                "a model trained on these classes, or data labelled in the model's"
+            )
+        for name, outputs in self.perturbed.items():
+            outputs.append(
+                _perturbed_probs(
+                    model,
+                    views,
+                    name,
+                    perms=perms if name == "shuffle" else None,
+                    views_per_clip=views_per_clip,
+                    freeze_frame=settings.freeze_frame,
+                    **options,
+                )
+            )
+        _check_labels(label, outputs=self.probs[-1].shape[1])
+
+    def result(
+        self,
+        labels: list[torch.Tensor],
+        indices: list[torch.Tensor],
+        bad: list[BadVideo],
+        *,
+        classes: list[str] | None,
+        subsets: dict[str, list],
+        pairs: dict[int, int],
+        settings: EvalConfig,
+    ) -> EvalResult:
+        """The evaluation's result: every process's clips, in dataset order."""
+        if not classes:
+            K = self.probs[0].shape[1] if self.probs else getattr(self.model, "num_classes", 0)
+            classes = getattr(self.model, "class_names", None) or [str(k) for k in range(K)]
+        K = len(classes)
+        empty = np.zeros((0, K), np.float32)
+        arrays = {
+            "labels": torch.cat(labels).numpy() if labels else np.zeros(0, np.int64),
+            "indices": torch.cat(indices).numpy() if indices else np.zeros(0, np.int64),
+            "probs": torch.cat(self.probs).numpy() if self.probs else empty,
+            **{name: torch.cat(p).numpy() if p else empty for name, p in self.perturbed.items()},
+        }
+        if dist.is_initialized():  # each rank saw its own shard: gather them all
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, (arrays, bad))
+            arrays = {key: np.concatenate([g[0][key] for g in gathered]) for key in arrays}
+            bad = [video for g in gathered for video in g[1]]
+        # In dataset order, however the clips were split across processes: the bootstrap
+        # resamples the same clips in the same order for any number of them.
+        order = np.argsort(arrays["indices"], kind="stable")
+        arrays = {key: value[order] for key, value in arrays.items()}
+        return EvalResult(
+            arrays["labels"],
+            arrays["probs"],
+            {name: arrays[name] for name in settings.perturbations},
+            classes=list(classes),
+            subsets=_subset_indices(subsets or {}, classes),
+            bad=list(bad),
+            indices=arrays["indices"],
+            pairs=dict(pairs or {}),
+            bootstrap_samples=settings.bootstrap_samples,
+            seed=settings.seed,
+        )
 
 
 class _ClipPermutations:
