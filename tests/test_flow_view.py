@@ -80,3 +80,14 @@ def test_its_folder_holds_its_own_pictures_only(tmp_path, capsys):
     assert main(["flow", "synthetic/time", *SMALL, "--index", "6", "--out", str(out)]) == 2
     assert "--index 6: the train split has clips 0 to 5" in capsys.readouterr().err
     assert (out / "flow_0.png").is_file()  # a refused command removes nothing
+
+
+def test_the_torch_backend_is_drawn_and_said_against_opencv(tmp_path, capsys):
+    out = tmp_path / "flow"
+    argv = ["flow", "synthetic/time", *SMALL, "flow.backend=torch", "--clips", "2"]
+    assert main([*argv, "--out", str(out)]) == 0
+    result = json.loads((out / "flow_labels.json").read_text())
+    assert result["settings"]["backend"] == "torch" and result["settings"]["device"] == "cpu"
+    # The batched torch Farnebäck against OpenCV's on the same crops (its parity tests ask 99.5%).
+    assert all(clip["agreement_with_opencv"] >= 0.99 for clip in result["clips"])
+    assert "OpenCV's class for" in capsys.readouterr().out

@@ -5,8 +5,9 @@ dataset, as training sees them (the same sampling, augmentation and final crop; 
 draw), or for video files taken as at test time, each patch's direction class for every pair of
 consecutive frames, with how much of each clip is "still" under the config's threshold
 (``flow.threshold``, ``flow.relative_fraction``, ``flow.absolute_tau``) and Farnebäck parameters.
-The labels are OpenCV's, the reference; ``flow.backend=torch`` gives the same classes to within
-its parity tests.
+The labels drawn are the config's backend's: OpenCV's (the reference), or with
+``flow.backend=torch`` the batched torch Farnebäck's on the training device, with the share of
+patches where it gives OpenCV's class.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from timematters.data.sampling import sample_segment_indices
 from timematters.data.transforms import EvalTransform
 from timematters.data.video import VideoDecodeError, open_video
 from timematters.diagnostics.predict import list_videos
+from timematters.engine.distributed import resolve_device
 from timematters.engine.metrics import to_json
 from timematters.engine.model import model_patch_size
 from timematters.engine.runs import claim_folder
@@ -68,15 +70,26 @@ def view_flow_labels(
 
     claim_folder(out, **claim)
     out.mkdir(parents=True, exist_ok=True)
+    # The labels training gets: OpenCV's in the loader, or the batched torch Farnebäck on the
+    # training device, then said against OpenCV's (the reference) patch by patch.
+    on_device = resolve_device(cfg.train.device) if cfg.flow.backend == "torch" else None
     views = []
     for k, (name, clip) in enumerate(named):
-        labels = labeller(clip).numpy()
+        reference = labeller(clip).numpy()
+        labels, view = reference, {"clip": name, "picture": f"flow_{k}.png"}
+        if on_device is not None:
+            labels = labeller.batch(clip[None].to(on_device))[0].cpu().numpy()
+            view["agreement_with_opencv"] = float((labels == reference).mean())
         share = np.bincount(labels.ravel(), minlength=NUM_FLOW_CLASSES) / labels.size
         frames = plots.denormalise(clip.numpy(), cfg.data.mean, cfg.data.std)
         title = f"{name}: {100 * share[0]:.0f}% of patches still"
         plots.plot_flow_labels(frames, labels, patch_size, out / f"flow_{k}.png", title=title)
-        views.append({"clip": name, "picture": f"flow_{k}.png", "share": share.tolist()})
-        print(f"{name}: {_shares(share)}", flush=True)
+        views.append({**view, "share": share.tolist()})
+        agreement = view.get("agreement_with_opencv")
+        said = (
+            "" if agreement is None else f"; the same class as OpenCV's for {100 * agreement:.1f}%"
+        )
+        print(f"{name}: {_shares(share)}{said}", flush=True)
     for video in skipped:
         print(f"skipped {video['clip']}: {video['reason']}", flush=True)
     if not views:
@@ -85,9 +98,15 @@ def view_flow_labels(
         )
     total = np.mean([view["share"] for view in views], axis=0)
     clips_said = f"{len(views)} clip{'s' if len(views) > 1 else ''}"
-    print(f"all {clips_said}: {_shares(total)}")
+    agreements = [
+        view["agreement_with_opencv"] for view in views if "agreement_with_opencv" in view
+    ]
+    said = f"; OpenCV's class for {100 * np.mean(agreements):.1f}%" if agreements else ""
+    print(f"all {clips_said}: {_shares(total)}{said}")
     result = {
         "settings": {
+            "backend": cfg.flow.backend,
+            "device": str(on_device or "cpu"),
             "patch_size": patch_size,
             "num_frames": cfg.model.num_frames,
             "crop_size": cfg.data.crop_size,
