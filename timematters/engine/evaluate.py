@@ -257,6 +257,8 @@ def evaluate_models(
     on a video dataset) once and scored by all of them, under the same perturbations. On a GPU,
     decoding is most of a video evaluation's time; comparing N models then costs one pass, not N.
     """
+    if not models:
+        raise ValueError("evaluate_models needs at least one model")
     settings = settings or EvalConfig()
     unknown = [p for p in settings.perturbations if p not in PERTURBATION_NAMES]
     if unknown:
