@@ -80,6 +80,8 @@ def test_its_folder_holds_its_own_pictures_only(tmp_path, capsys):
     assert main(["flow", "synthetic/time", *SMALL, "--index", "6", "--out", str(out)]) == 2
     assert "--index 6: the train split has clips 0 to 5" in capsys.readouterr().err
     assert (out / "flow_0.png").is_file()  # a refused command removes nothing
+    assert main(["flow", "synthetic/time", "--video", "clip.mp4", "--index", "1"]) == 2
+    assert "with --video every video is drawn" in capsys.readouterr().err
 
 
 def test_the_torch_backend_is_drawn_and_said_against_opencv(tmp_path, capsys):

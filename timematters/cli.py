@@ -139,14 +139,20 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         dest="videos",
         default=[],
+        metavar="PATH",
         help="a video file, folder or list file, taken as at test time (repeatable); default: "
         "clips of the config's --split",
     )
     flow.add_argument(
-        "--split", default="train", help="train (as training sees its clips), val or test"
+        "--split",
+        default="train",
+        choices=("train", "val", "test"),
+        help="train (as training sees its clips), val or test",
     )
     flow.add_argument("--clips", type=_positive, default=4, help="the split's first N clips")
-    flow.add_argument("--index", type=int, action="append", help="clip indices instead")
+    flow.add_argument(
+        "--index", type=int, action="append", metavar="I", help="a clip index (repeatable)"
+    )
     flow.add_argument("--out", default="runs/flow", help="the pictures' folder")
 
     predict = commands.add_parser(
@@ -532,6 +538,8 @@ def _data(args) -> int:
 def _flow(args) -> int:
     from timematters.diagnostics.flow_view import view_flow_labels
 
+    if args.videos and args.index:
+        raise ConfigError("--index picks clips of --split; with --video every video is drawn")
     cfg = load_config(args.config, args.overrides)
     result = view_flow_labels(
         cfg, args.out, videos=args.videos, split=args.split, clips=args.clips, indices=args.index
