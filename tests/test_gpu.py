@@ -69,3 +69,14 @@ def test_flow_labels_prefetched_on_a_side_stream_equal_the_in_step_ones():
         assert got["video"].is_cuda and got["flow_labels"].is_cuda
         expected = labeller.batch(given["video"].to(device))
         assert torch.equal(got["flow_labels"], expected)
+
+
+def test_flow_view_draws_the_cuda_labels_and_says_their_agreement_with_opencv(tmp_path):
+    from timematters.config import load_config
+    from timematters.diagnostics.flow_view import view_flow_labels
+
+    small = ["data.synthetic.num_train=4", "data.num_workers=0"]
+    cfg = load_config("synthetic/time", [*small, "flow.backend=torch", "train.device=cuda"])
+    result = view_flow_labels(cfg, tmp_path / "flow", clips=2)
+    assert result["settings"]["device"].startswith("cuda")
+    assert all(clip["agreement_with_opencv"] >= 0.99 for clip in result["clips"])
