@@ -65,6 +65,12 @@ def test_an_undecodable_video_is_skipped_said_and_fails_the_command(tmp_path, ca
     assert [clip["clip"] for clip in result["clips"]] == [str(good)]
     assert result["skipped"][0]["clip"] == str(bad)
     assert f"skipped {bad}" in capsys.readouterr().out
+    # A folder of videos: the first --clips of them, and said so.
+    (tmp_path / "more.mp4").write_bytes(good.read_bytes())
+    bad.unlink()
+    argv = ["flow", "synthetic/time", "--video", str(tmp_path), "--clips", "1"]
+    assert main([*argv, "--out", str(tmp_path / "folder")]) == 0
+    assert "drawing the first 1 of 2 videos" in capsys.readouterr().out
 
 
 def test_its_folder_holds_its_own_pictures_only(tmp_path, capsys):

@@ -149,7 +149,9 @@ def _parser() -> argparse.ArgumentParser:
         choices=("train", "val", "test"),
         help="train (as training sees its clips), val or test",
     )
-    flow.add_argument("--clips", type=_positive, default=4, help="the split's first N clips")
+    flow.add_argument(
+        "--clips", type=_positive, default=4, help="draw the first N clips (of --split or --video)"
+    )
     flow.add_argument(
         "--index", type=int, action="append", metavar="I", help="a clip index (repeatable)"
     )

@@ -44,10 +44,10 @@ def view_flow_labels(
     clips: int = 4,
     indices: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Draw the flow labels of ``videos`` (files, folders or list files), or else of clips of
-    ``cfg``'s ``split`` (``indices``, or the first ``clips``), to ``out``: a PNG per clip and
-    ``flow_labels.json`` (the settings, and the share of each class per clip and over all).
-    Returns what the JSON holds."""
+    """Draw the flow labels of the first ``clips`` of ``videos`` (files, folders or list files),
+    or else of clips of ``cfg``'s ``split`` (``indices``, or the first ``clips``), to ``out``: a
+    PNG per clip and ``flow_labels.json`` (the settings, and the share of each class per clip
+    and over all). Returns what the JSON holds."""
     if cfg.data.dataset == "imagenet9":
         raise ConfigError("data.dataset=imagenet9 holds images: flow labels are for videos")
     validate(cfg)
@@ -62,7 +62,7 @@ def view_flow_labels(
     labeller = build_flow_labeller(cfg, patch_size)
     skipped: list[dict[str, str]] = []  # videos that could not be decoded: said, not drawn
     if videos:
-        named = _files(cfg, videos, skipped)
+        named = _files(cfg, videos, clips, skipped)
     else:
         named = _dataset_clips(cfg, split, clips, indices, skipped)
 
@@ -159,10 +159,11 @@ def _dataset_clips(
 
 
 def _files(
-    cfg: Config, videos: Sequence[str | Path], skipped: list[dict]
+    cfg: Config, videos: Sequence[str | Path], clips: int, skipped: list[dict]
 ) -> list[tuple[str, torch.Tensor]]:
-    """Video files as the config's test clips: its frames at the segment centres, the short
-    side resized to ``data.eval_short_side`` and the centre crop of ``data.crop_size``."""
+    """The first ``clips`` of the videos as the config's test clips: its frames at the segment
+    centres, the short side resized to ``data.eval_short_side`` and the centre crop of
+    ``data.crop_size``."""
     transform = EvalTransform(
         crop_size=cfg.data.crop_size,
         short_side=cfg.data.eval_short_side,
@@ -170,8 +171,11 @@ def _files(
         mean=cfg.data.mean,
         std=cfg.data.std,
     )
+    paths = list_videos(videos, root=cfg.data.root)
+    if len(paths) > clips:  # a folder of thousands: a picture each would be hundreds of MB
+        print(f"drawing the first {clips} of {len(paths)} videos (--clips N for more)", flush=True)
     named = []
-    for path in list_videos(videos, root=cfg.data.root):
+    for path in paths[:clips]:
         try:
             reader = open_video(path, cfg.data.decoder)
             count = cfg.model.num_frames
