@@ -46,7 +46,8 @@ def test_every_preset_validates_builds_its_backbone_and_opens_with_its_command(n
     first = find_config(name).read_text().splitlines()[0]
     assert first.startswith(f"# timematters train {name}.yaml"), first
     if is_foreign_spec(cfg.model.name):  # a hub model: its weights cannot be fetched here
-        assert cfg.model.name.startswith("hf:") and cfg.loss.flow.weight == 0
+        losses = (cfg.loss.order, cfg.loss.debias, cfg.loss.flow)
+        assert cfg.model.name.startswith("hf:") and all(loss.weight == 1 for loss in losses)
         return
     with torch.device("meta"):
         model = create_backbone(cfg.model.name, **backbone_kwargs(cfg, num_classes=174))

@@ -143,3 +143,22 @@ def test_frame_pairs_without_motion_are_still_in_both_backends():
     video = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # mean = std = 0.5
     on_torch = batch_flow_labels(video[None], PATCH)[0]
     assert torch.equal(on_torch, opencv), (on_torch != opencv).float().mean()
+
+
+def test_tubelets_are_labelled_between_their_first_frames():
+    # 2-frame tubelets: the labels of frames 0, 2, 4, ... (one map per pair of token frames),
+    # from either backend, the same as labelling those frames alone.
+    from timematters.flow import FlowLabeller
+
+    base = photo_like(64)
+    clip = np.stack([shifted(base, 1.5 * t, 0) for t in range(8)])  # [T, H, W, 3] uint8
+    video = torch.from_numpy(clip).permute(3, 0, 1, 2).float() / 127.5 - 1  # [C, T, H, W]
+    tubelets = FlowLabeller(patch_size=PATCH, frame_step=2)
+    every_other = FlowLabeller(patch_size=PATCH)
+    labels = tubelets(clip)
+    assert labels.shape == (3, (64 // PATCH) ** 2)
+    torch.testing.assert_close(labels, every_other(clip[::2]))
+    torch.testing.assert_close(
+        tubelets.batch(video[None])[0], every_other.batch(video[None, :, ::2])[0]
+    )
+    assert set(labels[labels > 0].tolist()) <= {1, 8}  # 3 px to the right between them

@@ -99,3 +99,18 @@ def test_the_torch_backend_is_drawn_and_said_against_opencv(tmp_path, capsys):
     # The batched torch Farnebäck against OpenCV's on the same crops (its parity tests ask 99.5%).
     assert all(clip["agreement_with_opencv"] >= 0.99 for clip in result["clips"])
     assert "OpenCV's class for" in capsys.readouterr().out
+
+
+def test_a_tubelet_model_is_shown_the_labels_between_its_tubelets(tmp_path):
+    out = tmp_path / "flow"
+    model = ["model.name=motionformer_tiny_patch8_64", "model.kwargs={tubelet_size: 2}"]
+    assert main(["flow", "synthetic/time", *SMALL, *model, "--clips", "1", "--out", str(out)]) == 0
+    result = json.loads((out / "flow_labels.json").read_text())
+    assert result["settings"]["frame_step"] == 2 and result["settings"]["patch_size"] == 8
+    cfg = load_config("synthetic/time", [*SMALL, *model])
+    train_set = SeededSamples(
+        build_dataset(cfg, "train", flow_labels=True, patch_size=8, frame_step=2), 0
+    )
+    labels = train_set[0]["flow_labels"]
+    assert labels.shape == (3, 64)  # 8 frames, 4 token frames, 3 pairs of them; 8 x 8 patches
+    assert result["clips"][0]["share"] == pytest.approx(_shares(labels))

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from timematters.backbones import create_backbone
 from timematters.backbones.protocol import VideoTokens
 from timematters.config import LossConfig
+from timematters.flow import FlowLabeller
 from timematters.losses import (
     CrossEntropyLoss,
     DebiasLoss,
@@ -184,7 +185,7 @@ def test_objective_sums_weighted_terms_and_runs_one_backbone_pass():
     assert again.terms["debias_loss"].item() == pytest.approx(-log_p.mean().item(), rel=1e-5)
 
 
-def test_objective_for_a_model_reads_its_sizes_and_refuses_flow_over_tubelets():
+def test_objective_for_a_model_reads_its_sizes_and_labels_flow_between_tubelets():
     kwargs = dict(num_classes=K, num_frames=4, img_size=16, depth=1, embed_dim=16, num_heads=2)
     plain = create_backbone("motionformer_tiny_patch8_64", **kwargs)
     objective = objective_for_model(plain)
@@ -192,17 +193,20 @@ def test_objective_for_a_model_reads_its_sizes_and_refuses_flow_over_tubelets():
     assert objective.losses["order"].temp_head.out_features == 4
     assert objective.losses["flow"].mlp_q.in_features == 16
 
+    # 2-frame tubelets: 2 token frames; the flow labels are those between the tubelets' first
+    # frames (frame_step 2), one map per pair of consecutive token frames.
     tubelets = create_backbone("motionformer_tiny_patch8_64", tubelet_size=2, **kwargs)
-    with pytest.raises(ValueError, match=r"flow loss .* 4 frames become 2 token frames.*weight=0"):
-        objective_for_model(tubelets)
-    cfg = LossConfig()
-    cfg.flow.weight = 0
-    objective = objective_for_model(tubelets, cfg)
+    objective = objective_for_model(tubelets)
     assert objective.losses["order"].temp_head.out_features == 2  # token frames, not input frames
-    out = objective(
-        tubelets, {"video": torch.randn(2, 3, 4, 16, 16), "label": torch.tensor([0, 1])}
-    )
-    assert set(out.terms) == {"ce_loss", "order_loss", "debias_loss"}
+    video = torch.rand(2, 3, 4, 16, 16) * 2 - 1
+    labels = FlowLabeller(patch_size=8, frame_step=2).batch(video)
+    assert labels.shape == (2, 1, 4)
+    batch = {"video": video, "label": torch.tensor([0, 1]), "flow_labels": labels}
+    out = objective(tubelets, batch)
+    assert set(out.terms) == {"ce_loss", "order_loss", "debias_loss", "flow_loss"}
+    out.total.backward()
+    assert objective.losses["flow"].flow_head.weight.grad.abs().sum() > 0
+    cfg = LossConfig()
 
     one_frame = create_backbone("motionformer_tiny_patch8_64", **{**kwargs, "num_frames": 1})
     cfg.flow.weight = 0  # a single position would give an order loss of 0 that teaches nothing

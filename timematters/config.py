@@ -478,10 +478,11 @@ def validate(cfg: Config) -> Config:
             backbone = create_backbone(model.name, **backbone_kwargs(cfg, num_classes=1))
     except (ValueError, TypeError) as error:
         raise ConfigError(f"model {model.name} cannot be built from this config: {error}") from None
-    if loss.flow.weight != 0 and backbone.token_frames != backbone.num_frames:
+    if loss.flow.weight != 0 and backbone.token_frames < 2:
         raise ConfigError(
-            "the flow loss needs one token frame per video frame (model.kwargs.tubelet_size=1), "
-            "or set loss.flow.weight=0"
+            f"the flow loss needs two token frames or more; {model.name} makes "
+            f"{backbone.token_frames} of {backbone.num_frames} frames: use smaller tubelets "
+            "(model.kwargs.tubelet_size) or set loss.flow.weight=0"
         )
     return cfg
 

@@ -81,12 +81,13 @@ def _check_sizes(data: DataConfig, train: bool) -> None:
         )
 
 
-def build_flow_labeller(cfg: Config, patch_size: int) -> FlowLabeller:
-    """The config's flow labeller: clip -> flow labels [T-1, S] (and ``.batch`` on a device)."""
+def build_flow_labeller(cfg: Config, patch_size: int, frame_step: int = 1) -> FlowLabeller:
+    """The config's flow labeller: clip -> flow labels [T-1, S] (and ``.batch`` on a device);
+    ``frame_step``: the model's frames per token frame (its tubelet)."""
     if cfg.data.crop_size % patch_size:
         raise ValueError(f"data.crop_size {cfg.data.crop_size} is not a multiple of {patch_size}")
     return FlowLabeller.from_config(
-        cfg.flow, patch_size=patch_size, mean=cfg.data.mean, std=cfg.data.std
+        cfg.flow, patch_size=patch_size, mean=cfg.data.mean, std=cfg.data.std, frame_step=frame_step
     )
 
 
@@ -96,16 +97,21 @@ def build_dataset(
     flow_labels: bool,
     patch_size: int,
     classes: list[str] | None = None,
+    frame_step: int = 1,
 ) -> Dataset:
     """The dataset of ``split`` (train / val / test) described by ``cfg.data``.
 
     ``flow_labels``: the flow loss is on. Labels are then made in the DataLoader workers when
-    ``flow.backend`` is opencv (for the torch backend the trainer computes them on the device).
+    ``flow.backend`` is opencv (for the torch backend the trainer computes them on the device),
+    per ``patch_size`` patch and every ``frame_step``-th frame (the model's token grid).
     ``classes``: a video list's class names in order (a trained model's), when no
     ``data.class_list`` names them. With ``data.subsets``, its subsets (and pairs) replace the
     dataset's own.
     """
-    dataset = _build(cfg, split, flow_labels, patch_size, classes)
+    labeller = None
+    if flow_labels and cfg.flow.backend == "opencv":
+        labeller = build_flow_labeller(cfg, patch_size, frame_step)
+    dataset = _build(cfg, split, flow_labels, labeller, classes)
     if cfg.data.subsets:
         groups = load_groups(cfg.data.subsets, dataset.classes)
         dataset.subsets = groups.subsets
@@ -115,7 +121,11 @@ def build_dataset(
 
 
 def _build(
-    cfg: Config, split: str, flow_labels: bool, patch_size: int, classes: list[str] | None
+    cfg: Config,
+    split: str,
+    flow_labels: bool,
+    labeller: FlowLabeller | None,
+    classes: list[str] | None,
 ) -> Dataset:
     data = cfg.data
     if split not in SPLITS:
@@ -123,11 +133,6 @@ def _build(
     train = split == "train"
     if flow_labels and not train:
         raise ValueError("flow labels are made for the training split only")
-    labeller = (
-        build_flow_labeller(cfg, patch_size)
-        if flow_labels and cfg.flow.backend == "opencv"
-        else None
-    )
     if data.dataset == "synthetic":
         from timematters.data.synthetic import SyntheticVideoDataset
 

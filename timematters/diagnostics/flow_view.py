@@ -30,7 +30,7 @@ from timematters.data.video import VideoDecodeError, open_video
 from timematters.diagnostics.predict import list_videos
 from timematters.engine.distributed import resolve_device
 from timematters.engine.metrics import to_json
-from timematters.engine.model import model_patch_size
+from timematters.engine.model import model_flow_grid
 from timematters.engine.runs import claim_folder
 from timematters.flow.labels import NUM_FLOW_CLASSES
 
@@ -58,8 +58,8 @@ def view_flow_labels(
     claim_folder(out, **claim, remove=False)
     # A foreign model's patch size is read only when the flow loss is on: ask as if it were.
     with_flow = replace(cfg, loss=replace(cfg.loss, flow=replace(cfg.loss.flow, weight=1.0)))
-    patch_size = model_patch_size(with_flow)
-    labeller = build_flow_labeller(cfg, patch_size)
+    patch_size, frame_step = model_flow_grid(with_flow)
+    labeller = build_flow_labeller(cfg, patch_size, frame_step)
     skipped: list[dict[str, str]] = []  # videos that could not be decoded: said, not drawn
     if videos:
         named = _files(cfg, videos, clips, skipped)
@@ -81,9 +81,11 @@ def view_flow_labels(
             labels = labeller.batch(clip[None].to(on_device))[0].cpu().numpy()
             view["agreement_with_opencv"] = float((labels == reference).mean())
         share = np.bincount(labels.ravel(), minlength=NUM_FLOW_CLASSES) / labels.size
-        frames = plots.denormalise(clip.numpy(), cfg.data.mean, cfg.data.std)
+        # The frames the labels are between: each token frame's first (every frame, for TIME's).
+        frames = plots.denormalise(clip.numpy(), cfg.data.mean, cfg.data.std)[::frame_step]
         title = f"{name}: {100 * share[0]:.0f}% of patches still"
-        plots.plot_flow_labels(frames, labels, patch_size, out / f"flow_{k}.png", title=title)
+        picture = out / f"flow_{k}.png"
+        plots.plot_flow_labels(frames, labels, patch_size, picture, title, frame_step=frame_step)
         views.append({**view, "share": share.tolist()})
         agreement = view.get("agreement_with_opencv")
         said = (
@@ -108,6 +110,7 @@ def view_flow_labels(
             "backend": cfg.flow.backend,
             "device": str(on_device or "cpu"),
             "patch_size": patch_size,
+            "frame_step": frame_step,
             "num_frames": cfg.model.num_frames,
             "crop_size": cfg.data.crop_size,
             "threshold": cfg.flow.threshold,

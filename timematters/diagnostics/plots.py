@@ -250,13 +250,19 @@ FLOW_BIN_CENTRES = np.deg2rad(22.5 + 45.0 * np.arange(8))
 
 
 def plot_flow_labels(
-    frames: np.ndarray, labels: np.ndarray, patch_size: int, out: str | Path, title: str = ""
+    frames: np.ndarray,
+    labels: np.ndarray,
+    patch_size: int,
+    out: str | Path,
+    title: str = "",
+    frame_step: int = 1,
 ) -> Path:
     """A clip's frames in the top row; below each frame after the first, the direction label of
     every patch for the pair (previous frame -> this one): an arrow per moving patch, none for
     "still" (class 0).
 
-    frames: [T, H, W, 3] RGB in [0, 1]; labels: [T-1, S] in {0..8}, S row-major patches.
+    frames: [T, H, W, 3] RGB in [0, 1]; labels: [T-1, S] in {0..8}, S row-major patches;
+    frame_step: the clip's frames between two of these (a tubelet model's), for the titles.
     """
     T, H, W, _ = frames.shape
     columns = W // patch_size
@@ -266,7 +272,7 @@ def plot_flow_labels(
     fig, axes = plt.subplots(2, T, figsize=(1.4 * T + 0.4, 3.5), squeeze=False)
     for t in range(T):
         axes[0][t].imshow(frames[t])
-        axes[0][t].set_title(f"t={t}", fontsize=8)
+        axes[0][t].set_title(f"t={t * frame_step}", fontsize=8)
         if t == 0:  # no pair ends here: a key to the eight directions instead
             for k, angle in enumerate(FLOW_BIN_CENTRES, start=1):
                 dx, dy = np.cos(angle), np.sin(angle)

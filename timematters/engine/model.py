@@ -85,16 +85,19 @@ def _build(
     return model
 
 
-def model_patch_size(cfg: Config, *, architecture: dict[str, Any] | None = None) -> int:
-    """The backbone's patch size (flow labels are per patch), from a parameter-free build on the
-    meta device; a foreign model is loaded for it (or rebuilt from a checkpoint's
-    ``architecture``) only when the flow loss needs it."""
+def model_flow_grid(cfg: Config, *, architecture: dict[str, Any] | None = None) -> tuple[int, int]:
+    """(patch size, frames per token frame) of the backbone: flow labels are per patch and per
+    pair of consecutive token frames. From a parameter-free build on the meta device; a foreign
+    model is loaded for it (or rebuilt from a checkpoint's ``architecture``) only when the flow
+    loss needs it."""
     if is_foreign_spec(cfg.model.name):
         if not cfg.loss.flow.weight:
-            return 1
-        return _build(cfg.model, cfg, None, architecture=architecture).patch_size
-    with torch.device("meta"):
-        return create_backbone(cfg.model.name, **backbone_kwargs(cfg, num_classes=1)).patch_size
+            return 1, 1
+        model = _build(cfg.model, cfg, None, architecture=architecture)
+    else:
+        with torch.device("meta"):
+            model = create_backbone(cfg.model.name, **backbone_kwargs(cfg, num_classes=1))
+    return model.patch_size, max(1, model.num_frames // max(1, model.token_frames))
 
 
 def load_model(

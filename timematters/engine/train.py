@@ -57,7 +57,7 @@ from timematters.engine.distributed import (
 )
 from timematters.engine.evaluate import EvalResult, evaluate, format_table
 from timematters.engine.metrics import RunLog, copy_output, flatten_metrics, to_json
-from timematters.engine.model import build_model, model_patch_size
+from timematters.engine.model import build_model, model_flow_grid
 from timematters.engine.optim import build_optimizer, lr_at, set_lr
 from timematters.engine.prefetch import FlowLabelPrefetcher
 from timematters.engine.runs import (
@@ -240,12 +240,14 @@ def setup_run(
     # Data. Flow labels come from the loader (OpenCV) or from the training step (torch).
     # A resumed foreign model is rebuilt from what its checkpoint recorded, not from its source.
     architecture = state and state.get("architecture")
-    patch_size = model_patch_size(cfg, architecture=architecture)
+    patch_size, frame_step = model_flow_grid(cfg, architecture=architecture)
     needs_flow = cfg.loss.flow.weight != 0
     flow_in_loader = needs_flow and cfg.flow.backend == "opencv"
     if flow_in_loader:
         configure_opencv_threads(1)  # once, in the parent: forked workers would deadlock
-    train_set = build_dataset(cfg, "train", flow_labels=flow_in_loader, patch_size=patch_size)
+    train_set = build_dataset(
+        cfg, "train", flow_labels=flow_in_loader, patch_size=patch_size, frame_step=frame_step
+    )
     test_set = build_dataset(cfg, cfg.eval.split, flow_labels=False, patch_size=patch_size)
     num_classes = cfg.model.num_classes or len(train_set.classes)
     if num_classes != len(train_set.classes):  # labels past the outputs fail in the loss
@@ -338,7 +340,7 @@ def setup_run(
     )
     flow_on_device = None
     if objective.needs_flow_labels and cfg.flow.backend == "torch":
-        flow_on_device = build_flow_labeller(cfg, backbone.patch_size)
+        flow_on_device = build_flow_labeller(cfg, patch_size, frame_step)
     return Run(
         cfg=cfg,
         info=info,

@@ -30,6 +30,10 @@ class FlowLabeller:
     """Flow labels [T-1, S] per clip, with the released conventions by default.
 
     patch_size: the model's patch side; labels are per token (S = (H / p) * (W / p)).
+    frame_step: input frames per token frame (a model's temporal tubelet; 1 for TIME's models).
+        The labels are those of frames 0, step, 2 * step, ...: the flow from the first frame of
+        one tubelet to the first frame of the next, one label map per pair of consecutive token
+        frames (not in the paper, whose models embed every frame alone).
     farneback: the Farnebäck parameters (the released ones by default).
     threshold: "relative" (released): a patch moves iff r >= r_min + relative_fraction *
         (r_max - r_min) over its frame pair's patches; "absolute": iff r >= absolute_tau pixels.
@@ -38,6 +42,7 @@ class FlowLabeller:
     """
 
     patch_size: int
+    frame_step: int = 1
     farneback: FarnebackParams = field(default_factory=FarnebackParams)
     threshold: Literal["relative", "absolute"] = "relative"
     relative_fraction: float = 0.01
@@ -53,9 +58,11 @@ class FlowLabeller:
         patch_size: int,
         mean: tuple[float, ...],
         std: tuple[float, ...],
+        frame_step: int = 1,
     ) -> FlowLabeller:
         return cls(
             patch_size=patch_size,
+            frame_step=frame_step,
             farneback=flow.farneback,
             threshold=flow.threshold,
             relative_fraction=flow.relative_fraction,
@@ -76,8 +83,8 @@ class FlowLabeller:
 
     def __call__(self, clip: torch.Tensor | np.ndarray) -> torch.Tensor:
         """One clip, OpenCV's Farnebäck (the reference): uint8 [T, H, W, 3] or a normalised float
-        [C, T, H, W] -> labels [T-1, S] int64."""
-        grey = clip_to_grey(clip, self.mean, self.std)
+        [C, T, H, W] -> labels [T' - 1, S] int64, T' = T / frame_step."""
+        grey = clip_to_grey(clip, self.mean, self.std)[:: self.frame_step]
         flows = [
             farneback_opencv(grey[j], grey[j + 1], self.farneback) for j in range(len(grey) - 1)
         ]
@@ -85,8 +92,9 @@ class FlowLabeller:
 
     def batch(self, video: torch.Tensor) -> torch.Tensor:
         """A normalised batch [B, C, T, H, W], the torch Farnebäck on the batch's own device ->
-        labels [B, T-1, S] int64."""
-        flow = consecutive_flows(video_to_grey(video, self.mean, self.std), self.farneback)
+        labels [B, T' - 1, S] int64, T' = T / frame_step."""
+        grey = video_to_grey(video, self.mean, self.std)[:, :: self.frame_step].contiguous()
+        flow = consecutive_flows(grey, self.farneback)
         labels = self.directions(rearrange(flow, "b t h w c -> (b t) h w c"))
         return rearrange(labels, "(b t) s -> b t s", b=video.shape[0])
 

@@ -46,8 +46,9 @@ class FlowLoss(nn.Module):
         if labels.shape != logits.shape[:3]:
             raise ValueError(
                 f"flow_labels are {tuple(labels.shape)} but the tokens give "
-                f"{tuple(logits.shape[:3])} [B, frame pairs, patches]: label the clips the model "
-                "sees, at its patch size, with one token frame per frame"
+                f"{tuple(logits.shape[:3])} [B, token frame pairs, patches]: label the clips the "
+                "model sees at its patch size, every frame_step-th frame for tubelets "
+                "(FlowLabeller(patch_size, frame_step=frames // token frames))"
             )
         loss = F.cross_entropy(
             logits.flatten(0, 2).float(), labels.flatten(), label_smoothing=self.smoothing

@@ -183,7 +183,8 @@ def build_objective(
 def objective_for_model(model: nn.Module, cfg: LossConfig | None = None) -> Objective:
     """The objective for a ``VideoBackbone`` (ours or adapted): its width, token frames, grid and
     patch size, and a ValueError naming the reason when a loss that is on needs what the model
-    lacks (the order loss a frame axis in its tokens, the flow loss one token frame per frame)."""
+    lacks (the order loss a frame axis in its tokens, the flow loss two token frames or more,
+    each of the same number of frames)."""
     cfg = cfg or LossConfig()
     _refuse_wrappers(model)
     unsupported = dict(getattr(model, "unsupported", {}))
@@ -191,7 +192,9 @@ def objective_for_model(model: nn.Module, cfg: LossConfig | None = None) -> Obje
     # loss, axis=space, predicts patch positions instead).
     if cfg.order.axis == "time" and model.token_frames < 2:
         unsupported.setdefault("order", f"its tokens have {model.token_frames} frame, no order")
-    if model.token_frames != model.num_frames:
+    # Tubelets (several frames per token frame) are labelled with the flow between their first
+    # frames (FlowLabeller.frame_step); frames that do not split into them evenly cannot be.
+    if model.token_frames < 2 or model.num_frames % model.token_frames:
         unsupported.setdefault(
             "flow", f"its {model.num_frames} frames become {model.token_frames} token frames"
         )

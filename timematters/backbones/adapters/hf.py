@@ -8,7 +8,8 @@ id (when online) and returns an adapter:
   token frame per frame, so all three TIME losses apply.
 - **VideoMAE** (``VideoMAEForVideoClassification``): 2-frame tubelets, tokens ``b (t s) d`` without
   a CLS; the clip representation is ``fc_norm`` of the mean token (or the first token without
-  mean pooling). T/2 token frames: order and debias apply, flow does not (a token spans 2 frames).
+  mean pooling). T/2 token frames: all three losses apply, the flow labelled between the
+  tubelets' first frames (``FlowLabeller.frame_step`` 2).
 - **ViViT** (``VivitForVideoClassification``): 2-frame tubelets, ``b (t s) d`` behind one CLS,
   final LayerNorm; as VideoMAE for the losses.
 - **V-JEPA 2** (``VJEPA2ForVideoClassification``): 2-frame tubelets, ``b (t s) d`` without a CLS,
@@ -226,11 +227,6 @@ class _HFTokens(_HFShared, Adapter):
             source=source,
         )
         self.tubelet = tubelet
-        if tubelet > 1:
-            self.unsupported["flow"] = (
-                f"a token spans {tubelet} frames (tubelets), so there is no flow between "
-                "consecutive token frames to label"
-            )
 
     @property
     def encoder_layers(self) -> nn.ModuleList:
