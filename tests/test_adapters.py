@@ -736,3 +736,17 @@ def test_in_memory_state_dicts_distilled_deit_and_clip_vits(tmp_path):
     }
     with pytest.raises(ValueError, match="CLIP-style ViT .norm_pre"):
         load_pretrained(target, clip)
+
+
+def test_the_flow_grid_of_a_hub_model_is_read_from_its_config_alone(tmp_path):
+    # The run loads the weights once it knows the data's classes; the loader's flow labels need
+    # only the patch and tubelet sizes before that, read without the weights (a 1 GB V-JEPA 2's).
+    from timematters.config import load_config
+    from timematters.engine.model import model_flow_grid
+
+    folder = _save_hf(tmp_path, "videomae")
+    architecture = load_foreign_model(f"hf:{folder}").architecture()
+    (folder / "model.safetensors").unlink()
+    cfg = load_config("synthetic/time", [*DATA, f"model.name=hf:{folder}"])
+    assert model_flow_grid(cfg) == (16, 2)  # 16² patches, 2-frame tubelets
+    assert model_flow_grid(cfg, architecture=architecture) == (16, 2)  # a resumed run's

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from timematters.backbones import create_backbone
 from timematters.backbones.adapters import (
+    foreign_model_skeleton,
     is_foreign_spec,
     load_foreign_model,
     rebuild_foreign_model,
@@ -93,7 +94,8 @@ def model_flow_grid(cfg: Config, *, architecture: dict[str, Any] | None = None) 
     if is_foreign_spec(cfg.model.name):
         if not cfg.loss.flow.weight:
             return 1, 1
-        model = _build(cfg.model, cfg, None, architecture=architecture)
+        sizes = dict(num_frames=cfg.model.num_frames, img_size=cfg.data.crop_size)
+        model = foreign_model_skeleton(cfg.model.name, architecture=architecture, **sizes)
     else:
         with torch.device("meta"):
             model = create_backbone(cfg.model.name, **backbone_kwargs(cfg, num_classes=1))

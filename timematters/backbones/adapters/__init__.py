@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from timematters.backbones.adapters.base import Adapter
@@ -65,6 +66,30 @@ def load_foreign_model(
     )
 
 
+def foreign_model_skeleton(
+    spec: str,
+    *,
+    architecture: dict[str, Any] | None = None,
+    num_frames: int | None = None,
+    img_size: int | None = None,
+) -> nn.Module:
+    """The model a foreign spec names, for its sizes only (patch, frames, token frames): a Hugging
+    Face model is built from its config on the meta device, so its weights are neither read nor
+    downloaded twice; any other is loaded (or rebuilt from a checkpoint's ``architecture``)."""
+    if spec.startswith("hf:"):
+        from timematters.backbones.adapters.hf import load_hf_model, rebuild_hf_model
+
+        with torch.device("meta"):
+            if architecture:
+                return rebuild_hf_model(architecture, spec)
+            return load_hf_model(spec.removeprefix("hf:"), weights=False)
+    if architecture:
+        return rebuild_foreign_model(
+            architecture, source=spec, num_frames=num_frames, img_size=img_size
+        )
+    return load_foreign_model(spec, num_frames=num_frames, img_size=img_size)
+
+
 def rebuild_foreign_model(
     architecture: dict[str, Any],
     *,
@@ -93,4 +118,10 @@ def rebuild_foreign_model(
     raise ValueError(f"{source}: unknown architecture kind {architecture['kind']!r}")
 
 
-__all__ = ["Adapter", "is_foreign_spec", "load_foreign_model", "rebuild_foreign_model"]
+__all__ = [
+    "Adapter",
+    "foreign_model_skeleton",
+    "is_foreign_spec",
+    "load_foreign_model",
+    "rebuild_foreign_model",
+]

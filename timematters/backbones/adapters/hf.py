@@ -59,11 +59,13 @@ def require_transformers():
     return transformers
 
 
-def load_hf_model(name: str, num_classes: int | None = None) -> Adapter:
+def load_hf_model(name: str, num_classes: int | None = None, *, weights: bool = True) -> Adapter:
     """``hf:NAME``: a transformers video classifier from a folder or the hub, adapted.
 
     num_classes: give the classifier this many outputs (a new head when it differs, as for
     fine-tuning); None keeps the checkpoint's.
+    weights: False builds it from its config alone on the meta device, for its sizes (patch,
+        frames, token frames) without reading, or downloading, its weights.
     """
     transformers = require_transformers()
     folder = Path(name)
@@ -73,7 +75,12 @@ def load_hf_model(name: str, num_classes: int | None = None) -> Adapter:
     if num_classes is not None:
         options = {"num_labels": num_classes, "ignore_mismatched_sizes": True}
     try:
-        model = transformers.AutoModelForVideoClassification.from_pretrained(name, **options)
+        if weights:
+            model = transformers.AutoModelForVideoClassification.from_pretrained(name, **options)
+        else:
+            config = transformers.AutoConfig.from_pretrained(name)
+            with torch.device("meta"):
+                model = transformers.AutoModelForVideoClassification.from_config(config)
     except OSError as error:
         raise FileNotFoundError(
             f"hf:{name}: cannot load it ({str(error).splitlines()[0]}); give a folder written by "
@@ -87,7 +94,8 @@ def load_hf_model(name: str, num_classes: int | None = None) -> Adapter:
 def rebuild_hf_model(architecture: dict[str, Any], source: str) -> Adapter:
     """The model a timematters checkpoint recorded (``architecture()``: its transformers config and
     normalisation), with untrained weights for the checkpoint's to replace: a fine-tuned model
-    reloads without its original folder and without downloading weights it would throw away."""
+    reloads without its original folder and without downloading weights it would throw away. (On
+    the meta device when built under ``torch.device("meta")``, for its sizes.)"""
     transformers = require_transformers()
     config = transformers.AutoConfig.for_model(**json.loads(architecture["config"]))
     model = transformers.AutoModelForVideoClassification.from_config(config)
