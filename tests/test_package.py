@@ -228,7 +228,12 @@ def test_predict_takes_folders_and_lists(trained, videos, capsys, tmp_path):
     assert len(json.loads(capsys.readouterr().out)) == 2
     assert main(["predict", str(elsewhere), "--checkpoint", checkpoint]) == 2
     err = capsys.readouterr().err
-    assert "2 of 2 listed videos are not there" in err and "relative to its folder" in err
+    assert "none of its 2 videos is there" in err and "relative to its folder" in err
+    # One of them gone: the other is predicted, the missing one skipped and counted (exit 1).
+    elsewhere.write_text("clip.mp4 3\ngone.mp4 1\n")
+    assert main(["predict", str(elsewhere), "--checkpoint", checkpoint, *config]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.count("original:") == 1 and "gone.mp4" in captured.err
 
 
 def test_a_summary_over_videos_counts_changed_classes_without_labels():

@@ -281,11 +281,13 @@ def list_videos(inputs: Sequence[str | Path], root: str | Path | None = None) ->
             base = Path(root) if root else item.parent
             listed = [_listed_path(line, base) for line in lines if line.strip()]
             missing = [path for path in listed if not path.is_file()]
-            if missing:  # as in training: relative to data.root, else to the list's folder
+            # None there: the paths are read against the wrong folder. (Some missing: they are
+            # skipped and counted as videos that cannot be read, as a dataset counts them.)
+            if missing and len(missing) == len(listed):
                 relative = f"data.root={root}" if root else f"its folder, {base}"
                 raise FileNotFoundError(
-                    f"{item}: {len(missing)} of {len(listed)} listed videos are not there, the "
-                    f"first {missing[0]}; its paths are read relative to {relative}"
+                    f"{item}: none of its {len(listed)} videos is there, the first "
+                    f"{missing[0]}; its paths are read relative to {relative}"
                     + ("" if root else " (a config's data.root names another folder)")
                 )
             videos += listed
