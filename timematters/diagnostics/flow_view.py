@@ -13,7 +13,7 @@ patches where it gives OpenCV's class.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +56,7 @@ def view_flow_labels(
     # new ones are sure to be drawn (a bad --index must not cost them).
     claim = dict(kind="flow labels", overwrite=False, fix="choose another --out")
     claim_folder(out, **claim, remove=False)
-    # A foreign model's patch size is read only when the flow loss is on: ask as if it were.
-    with_flow = replace(cfg, loss=replace(cfg.loss, flow=replace(cfg.loss.flow, weight=1.0)))
-    patch_size, frame_step = model_flow_grid(with_flow)
+    patch_size, frame_step = model_flow_grid(cfg)
     labeller = build_flow_labeller(cfg, patch_size, frame_step)
     skipped: list[dict[str, str]] = []  # videos that could not be decoded: said, not drawn
     if videos:

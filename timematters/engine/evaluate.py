@@ -235,9 +235,15 @@ def evaluate(
         (``shuffle``, ``seed``), how views are aggregated, the bootstrap's resamples.
     device: where the model runs (default: where its parameters are).
     """
-    options = dict(classes=classes, subsets=subsets, settings=settings, device=device)
     return evaluate_models(
-        [model], loader, autocast_dtype=autocast_dtype, progress=progress, **options
+        [model],
+        loader,
+        classes=classes,
+        subsets=subsets,
+        settings=settings,
+        device=device,
+        autocast_dtype=autocast_dtype,
+        progress=progress,
     )[0]
 
 

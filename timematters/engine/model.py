@@ -88,12 +88,10 @@ def _build(
 
 def model_flow_grid(cfg: Config, *, architecture: dict[str, Any] | None = None) -> tuple[int, int]:
     """(patch size, frames per token frame) of the backbone: flow labels are per patch and per
-    pair of consecutive token frames. From a parameter-free build on the meta device; a foreign
-    model is loaded for it (or rebuilt from a checkpoint's ``architecture``) only when the flow
-    loss needs it."""
+    pair of consecutive token frames. From a parameter-free build on the meta device (a Hugging
+    Face model's from its config); another foreign model is loaded for it (or rebuilt from a
+    checkpoint's ``architecture``), so ask only when flow labels are to be made."""
     if is_foreign_spec(cfg.model.name):
-        if not cfg.loss.flow.weight:
-            return 1, 1
         sizes = dict(num_frames=cfg.model.num_frames, img_size=cfg.data.crop_size)
         model = foreign_model_skeleton(cfg.model.name, architecture=architecture, **sizes)
     else:

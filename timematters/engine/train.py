@@ -240,8 +240,10 @@ def setup_run(
     # Data. Flow labels come from the loader (OpenCV) or from the training step (torch).
     # A resumed foreign model is rebuilt from what its checkpoint recorded, not from its source.
     architecture = state and state.get("architecture")
-    patch_size, frame_step = model_flow_grid(cfg, architecture=architecture)
     needs_flow = cfg.loss.flow.weight != 0
+    patch_size, frame_step = (
+        model_flow_grid(cfg, architecture=architecture) if needs_flow else (1, 1)
+    )
     flow_in_loader = needs_flow and cfg.flow.backend == "opencv"
     if flow_in_loader:
         configure_opencv_threads(1)  # once, in the parent: forked workers would deadlock
