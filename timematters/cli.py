@@ -187,6 +187,23 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     predict.add_argument("--seed", type=int, default=0, help="seed of the shuffled frame order")
 
+    export = commands.add_parser(
+        "export",
+        help="a trained model as a Hugging Face transformers folder or a safetensors file",
+    )
+    export.add_argument("checkpoint", help="a timematters checkpoint (runs/NAME/checkpoints/...)")
+    export.add_argument(
+        "--format",
+        default="auto",
+        choices=("auto", "hf", "safetensors"),
+        help="hf: a transformers folder (our TimeSformer, hf: models); safetensors: the "
+        "network's weights and how to build it (any model); auto: hf where it can",
+    )
+    export.add_argument("--out", default=None, help="the folder (default: <checkpoint>_export/)")
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace files of an export's names in --out"
+    )
+
     configs = commands.add_parser("configs", help="the presets that ship with timematters")
     config_commands = configs.add_subparsers(dest="configs_command", required=True)
     config_commands.add_parser("list", help="name every preset")
@@ -549,6 +566,34 @@ def _flow(args) -> int:
     return 1 if result["skipped"] else 0  # a video that could not be decoded, as predict
 
 
+def _export(args) -> int:
+    from timematters.engine.export import export_checkpoint
+
+    checkpoint = Path(args.checkpoint)
+    out = Path(args.out) if args.out else checkpoint.with_name(f"{checkpoint.stem}_export")
+    info = export_checkpoint(checkpoint, out, format=args.format, overwrite=args.overwrite)
+    classes = info["classes"]
+    shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
+    clips = info["clips"]
+    print(f"exported {info['model']} ({info['format']}) to {out}: {', '.join(info['files'])}")
+    print(f"  classes: {len(classes)} ({shown})")
+    print(
+        f"  clips: {clips['num_frames']} frames of {clips['frame_size']}², {info['layout']}, "
+        f"mean {_numbers(clips['mean'])}, std {_numbers(clips['std'])} on [0, 1] pixels"
+    )
+    if "build" in info:
+        print(f"  build: {info['build']} (network: export.json)")
+    print(f"  load: {info['load']}")
+    if "spec" in info:
+        print(f"  in timematters: --model {info['spec']}")
+    print(f"  left out: {', '.join(info['left_out'])}")
+    return 0
+
+
+def _numbers(values) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
 def _backbones(args) -> int:
     from timematters.backbones import list_backbones
 
@@ -563,6 +608,7 @@ _COMMANDS = {
     "diagnose": _diagnose,
     "predict": _predict,
     "flow": _flow,
+    "export": _export,
     "configs": _configs,
     "data": _data,
     "backbones": _backbones,

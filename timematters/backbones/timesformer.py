@@ -245,6 +245,29 @@ def _rename_hf_timesformer(state_dict: dict) -> dict:
     return out
 
 
+def to_hf_timesformer(state_dict: dict) -> dict:
+    """Our (official) TimeSformer key names -> Hugging Face ``transformers``' names: the inverse of
+    the loading rename, for ``timematters export``."""
+    blocks = {ours: hf for hf, ours in _HF_BLOCK_NAMES.items()}
+    top = {ours: hf for hf, ours in _HF_TOP_NAMES.items()}
+    out = {}
+    for key, value in state_dict.items():
+        name = key
+        if key.startswith("blocks."):
+            _, index, rest = key.split(".", 2)
+            for ours, hf in blocks.items():
+                if rest.startswith(ours + "."):
+                    name = f"encoder.layer.{index}.{hf}{rest[len(ours) :]}"
+                    break
+        else:
+            for ours, hf in top.items():
+                if key == ours or key.startswith(ours + "."):
+                    name = hf + key[len(ours) :]
+                    break
+        out[name if name.startswith("classifier") else f"timesformer.{name}"] = value
+    return out
+
+
 # -- size variants --------------------------------------------------------------------------------
 
 

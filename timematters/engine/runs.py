@@ -114,11 +114,16 @@ OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "an evaluation": (("eval.json", "eval.md", "bad_videos.jsonl"), ("eval.json",)),
     "flow labels": (("flow_labels.json", "flow_*.png"), ("flow_labels.json",)),
+    "an export": (
+        ("export.json", "config.json", "model.safetensors", "video_preprocessor_config.json"),
+        ("export.json",),
+    ),
 }
 # Kinds whose own earlier output is replaced without --overwrite: their commands are re-run on
-# the same folder (`eval` writes next to its checkpoint, `diagnose` to runs/diagnose, `flow` to
-# runs/flow) and they replace it whole; a run or a demo is hours of work and is never replaced unasked.
-REPLACED = {"a diagnose report", "an evaluation", "flow labels"}
+# the same folder (`eval` and `export` write next to their checkpoint, `diagnose` to
+# runs/diagnose, `flow` to runs/flow) and they replace it whole; a run or a demo is hours of work
+# and is never replaced unasked.
+REPLACED = {"a diagnose report", "an evaluation", "flow labels", "an export"}
 
 
 LOCK_FILE = ".lock"

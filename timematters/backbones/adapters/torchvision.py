@@ -154,6 +154,7 @@ def _weights_meta(name: str, weights: str | Path | None) -> dict[str, Any]:
     entry = members.get(str(weights), members["DEFAULT"])
     transforms = entry.transforms()
     return {
+        "name": name,
         "mean": tuple(transforms.mean),
         "std": tuple(transforms.std),
         "min_frames": entry.meta.get("min_temporal_size", 1),
@@ -239,8 +240,8 @@ class _TorchvisionAdapter(Adapter):
 
     def architecture(self) -> dict[str, Any]:
         """The network and its classes: a checkpoint rebuilds it without the weights file."""
-        name = self.source.split(":")[1]  # torchvision:NAME[:WEIGHTS]
-        return {"kind": "torchvision", "name": name, "num_classes": self.num_classes}
+        # Not parsed from the source, which is the checkpoint's path once reloaded from one.
+        return {"kind": "torchvision", "name": self.meta["name"], "num_classes": self.num_classes}
 
 
 class VideoResNetAdapter(_TorchvisionAdapter):

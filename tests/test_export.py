@@ -1,0 +1,195 @@
+"""`timematters export`: a trained model leaves as a transformers folder or a safetensors file that
+gives the checkpoint's outputs, names its classes and says how its clips are made."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from einops import rearrange
+from test_adapters import _save_hf
+from test_train import tiny_config
+
+import timematters
+from timematters.backbones import create_backbone
+from timematters.cli import main
+from timematters.data.synthetic import SyntheticVideoDataset
+from timematters.data.transforms import EvalTransform
+from timematters.engine.train import train
+
+transformers = pytest.importorskip("transformers")
+transformers.logging.set_verbosity_error()
+from safetensors.torch import load_model  # noqa: E402
+
+SHORT = ["data.synthetic.num_train=8", "train.epochs=1", "train.progress=false"]
+CLASSES = list(SyntheticVideoDataset("test", 1).classes)
+
+
+def _trained(tmp_path, name: str, *extra: str):
+    """The last checkpoint of a two-step run of ``name`` on 4 frames of 32²."""
+    run = tmp_path / name.replace(":", "_").replace("/", "_")
+    train(tiny_config(run, *SHORT, *extra))
+    return run / "checkpoints" / "last.pth"
+
+
+def _clip(frames: int, size: int) -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randn(2, 3, frames, size, size).clamp(-1, 1)
+
+
+def test_timesformer_exports_to_transformers_with_the_checkpoints_outputs(tmp_path, capsys):
+    normalisation = ["data.mean=[0.45,0.4,0.35]", "data.std=[0.225,0.2,0.25]"]
+    checkpoint = _trained(tmp_path, "timesformer", *normalisation)
+    assert main(["export", str(checkpoint)]) == 0
+    out = checkpoint.with_name("last_export")
+    printed = capsys.readouterr().out
+    assert f"to {out}" in printed and "left out: TIME head flow, TIME head order" in printed
+
+    ours = timematters.load_model(checkpoint)
+    theirs = transformers.AutoModelForVideoClassification.from_pretrained(out).eval()
+    again = timematters.load_model(f"hf:{out}")  # and back into every timematters command
+    again.set_input_normalisation(again.mean, again.std)  # clips made as ours were
+    video = _clip(4, 32)
+    with torch.no_grad():
+        logits = ours(video)
+        hf_logits = theirs(pixel_values=rearrange(video, "b c t h w -> b t c h w")).logits
+        torch.testing.assert_close(hf_logits, logits, rtol=0, atol=1e-5)
+        torch.testing.assert_close(again(video), logits, rtol=0, atol=1e-5)
+    assert logits.abs().max() > 0.1  # a non-trivial comparison
+    assert [theirs.config.id2label[i] for i in range(len(CLASSES))] == CLASSES
+    assert again.class_names == CLASSES
+    assert (again.mean, again.std) == ((0.45, 0.4, 0.35), (0.225, 0.2, 0.25))
+
+    # The video processor makes the clips the checkpoint was evaluated on: short side resized,
+    # centre crop, normalised (the benchmark's frames are made at the crop size: no resize).
+    processor = transformers.AutoVideoProcessor.from_pretrained(out)
+    frames = np.random.default_rng(0).integers(0, 256, (4, 32, 48, 3), dtype=np.uint8)
+    made = processor([torch.from_numpy(frames).permute(0, 3, 1, 2)], return_tensors="pt")
+    expected = EvalTransform(32, 32, num_crops=1, mean=again.mean, std=again.std)(frames)[0]
+    pixel_values = rearrange(made["pixel_values"][0], "t c h w -> c t h w")
+    torch.testing.assert_close(pixel_values, expected, rtol=0, atol=1e-5)
+
+    info = json.loads((out / "export.json").read_text())
+    assert info["format"] == "hf" and info["classes"] == CLASSES
+    assert info["clips"] == {
+        "num_frames": 4,
+        "frame_size": 32,
+        "resize_short_side": 32,
+        "mean": [0.45, 0.4, 0.35],
+        "std": [0.225, 0.2, 0.25],
+    }
+
+
+def test_a_run_of_a_hugging_face_model_exports_back_to_its_own_kind(tmp_path):
+    folder = _save_hf(tmp_path, "videomae")
+    overrides = ["model.num_frames=8", "data.crop_size=64", "loss.flow.weight=0"]
+    checkpoint = _trained(tmp_path, "hf", f"model.name=hf:{folder}", "model.kwargs={}", *overrides)
+    out = tmp_path / "exported"
+    assert main(["export", str(checkpoint), "--out", str(out)]) == 0
+
+    ours = timematters.load_model(checkpoint)
+    theirs = transformers.AutoModelForVideoClassification.from_pretrained(out).eval()
+    assert type(theirs).__name__ == "VideoMAEForVideoClassification"
+    video = _clip(8, 64)
+    with torch.no_grad():
+        # The adapter renormalises the dataset's clips to the model's own mean and std.
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in (ours.mean, ours.std))
+        pixels = ((video * 0.5 + 0.5) - mean) / std
+        hf_logits = theirs(pixel_values=rearrange(pixels, "b c t h w -> b t c h w")).logits
+        torch.testing.assert_close(hf_logits, ours(video), rtol=0, atol=1e-5)
+    assert [theirs.config.id2label[i] for i in range(len(CLASSES))] == CLASSES
+    assert timematters.load_model(f"hf:{out}").mean == ours.mean
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["timesformer_tiny_patch8_64", "motionformer_tiny_patch8_64", "xvit_tiny_patch8_64"],
+)
+def test_safetensors_export_builds_our_backbones_from_export_json(tmp_path, name):
+    checkpoint = _trained(tmp_path, name, f"model.name={name}")
+    out = tmp_path / "weights"
+    assert main(["export", str(checkpoint), "--format", "safetensors", "--out", str(out)]) == 0
+    info = json.loads((out / "export.json").read_text())
+    assert info["format"] == "safetensors" and info["network"]["name"] == name
+    network = create_backbone(name, **info["network"]["kwargs"])
+    load_model(network, str(out / "model.safetensors"))
+    video = _clip(4, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            network.eval()(video), timematters.load_model(checkpoint)(video), rtol=0, atol=0
+        )
+
+
+def test_a_torchvision_run_exports_the_networks_own_weights(tmp_path):
+    spec = ["model.name=torchvision:r3d_18", "model.kwargs={}"]
+    spec += ["loss.flow.weight=0", "loss.order.weight=0"]  # 1 token frame at 4 frames
+    checkpoint = _trained(tmp_path, "r3d", *spec)
+    out = tmp_path / "exported"
+    assert main(["export", str(checkpoint), "--out", str(out)]) == 0  # auto: safetensors
+    info = json.loads((out / "export.json").read_text())
+    assert info["format"] == "safetensors" and info["build"].endswith("r3d_18(num_classes=10)")
+    from torchvision.models.video import r3d_18
+
+    network = r3d_18(num_classes=10).eval()
+    load_model(network, str(out / "model.safetensors"))
+    trained = timematters.load_model(checkpoint)
+    video = _clip(4, 32)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in (trained.mean, trained.std))
+    assert info["clips"]["mean"] == list(trained.mean)  # Kinetics' statistics, the network's own
+    with torch.no_grad():
+        expected = trained(video)
+        torch.testing.assert_close(
+            network(((video * 0.5 + 0.5) - mean) / std), expected, rtol=0, atol=1e-5
+        )
+
+
+def test_what_cannot_be_exported_is_refused_with_the_fix(tmp_path, capsys):
+    motionformer = _trained(tmp_path, "mf", "model.name=motionformer_tiny_patch8_64")
+    assert main(["export", str(motionformer), "--format", "hf"]) == 2
+    error = capsys.readouterr().err
+    assert "no Hugging Face transformers form" in error and "--format safetensors" in error
+    assert not motionformer.with_name("last_export").exists()  # refused before writing
+
+    readd = "model.kwargs={embed_dim: 24, depth: 2, num_heads: 2, readd_time_embed: true}"
+    readded = _trained(tmp_path, "readd", readd)
+    assert main(["export", str(readded), "--format", "hf"]) == 2
+    assert "Appendix D" in capsys.readouterr().err
+
+    weights = tmp_path / "weights.pth"
+    torch.save(torch.load(motionformer, weights_only=True)["model"], weights)
+    assert main(["export", str(weights)]) == 2
+    assert "not a timematters checkpoint" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "none.pth")]) == 2
+
+
+def test_an_export_replaces_its_own_folder_only(tmp_path, capsys):
+    checkpoint = _trained(tmp_path, "timesformer")
+    someone = tmp_path / "someones_model"  # a save_pretrained folder of another model
+    someone.mkdir()
+    (someone / "config.json").write_text("{}")
+    assert main(["export", str(checkpoint), "--out", str(someone)]) == 2
+    assert "config.json" in capsys.readouterr().err
+    assert (someone / "config.json").read_text() == "{}" and len(list(someone.iterdir())) == 1
+
+    out = tmp_path / "export"
+    assert main(["export", str(checkpoint), "--out", str(out), "--format", "hf"]) == 0
+    assert main(["export", str(checkpoint), "--out", str(out), "--format", "safetensors"]) == 0
+    assert not (out / "config.json").exists()  # the earlier export went whole
+    assert main(["export", str(checkpoint), "--out", str(checkpoint.parents[1])]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("height, width", [(60, 90), (90, 60)])
+def test_the_video_processor_resizes_and_crops_as_the_evaluation_does(height, width):
+    from timematters.config import load_config
+    from timematters.engine.export import _video_processor
+
+    overrides = ["data.crop_size=32", "data.eval_short_side=40", "data.mean=[0.45,0.4,0.35]"]
+    cfg = load_config("videolist/time", [*overrides, "data.std=[0.225,0.2,0.25]"])
+    network = torch.nn.Identity()  # ours take the dataset's normalisation
+    processor = _video_processor("videomae", network, cfg, transformers)
+    frames = np.random.default_rng(0).integers(0, 256, (4, height, width, 3), dtype=np.uint8)
+    made = processor([torch.from_numpy(frames).permute(0, 3, 1, 2)], return_tensors="pt")
+    expected = EvalTransform(32, 40, num_crops=1, mean=cfg.data.mean, std=cfg.data.std)(frames)
+    pixel_values = rearrange(made["pixel_values"][0], "t c h w -> c t h w")
+    torch.testing.assert_close(pixel_values, expected[0], rtol=0, atol=1e-5)

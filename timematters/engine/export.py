@@ -1,0 +1,267 @@
+"""``timematters export``: a trained model out of its checkpoint, in a form other tools load.
+
+- **hf**: a Hugging Face ``transformers`` folder (``save_pretrained``): ``config.json`` naming the
+  run's classes, ``model.safetensors``, and ``video_preprocessor_config.json`` with the frame
+  size and normalisation the model was trained with. It loads with
+  ``AutoModelForVideoClassification.from_pretrained(DIR)`` (its clips made by
+  ``AutoVideoProcessor.from_pretrained(DIR)``) and in every timematters command as ``hf:DIR``. For our TimeSformer (transformers has
+  the same architecture; outputs equal to about 1e-6) and for a model trained from an ``hf:`` spec.
+- **safetensors**: the network's own weights in ``model.safetensors`` (our backbone's, with the
+  official / timm key names; the wrapped network's for a torchvision model or your module), and
+  in ``export.json`` how to build the network they fit. Every model.
+
+Both leave out what only training needs: the TIME heads (order, flow) and the optimizer state.
+``export.json`` (written in both) records the classes, the clips (frames, frame size, layout,
+normalisation on [0, 1] pixels) and the checkpoint it came from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from timematters.backbones.adapters.base import Adapter
+from timematters.backbones.timesformer import TimeSformer, to_hf_timesformer
+from timematters.config import Config, backbone_kwargs, merge
+from timematters.engine.checkpoint import load_checkpoint
+from timematters.engine.model import class_names_of, load_model_from_checkpoint
+from timematters.engine.runs import OUTPUTS, RunFolderInUse, claim_folder
+
+FORMATS = ("auto", "hf", "safetensors")
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    format: str = "auto",
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write the model of a timematters ``checkpoint`` to the folder ``out``; returns what
+    ``export.json`` says. ``format``: hf, safetensors, or auto (hf where the model has a
+    ``transformers`` form, safetensors otherwise)."""
+    if format not in FORMATS:
+        raise ValueError(f"--format {format}: choose one of {', '.join(FORMATS)}")
+    checkpoint, out = Path(checkpoint), Path(out)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint}: no such checkpoint file")
+    claim = dict(
+        kind="an export",
+        overwrite=overwrite,
+        fix="choose another --out, or replace it with --overwrite",
+    )
+    claim_folder(out, **claim, remove=False)
+    _refuse_foreign_files(out, overwrite=overwrite)
+    state = load_checkpoint(checkpoint)
+    if "model" not in state or "config" not in state:
+        raise ValueError(
+            f"{checkpoint} is not a timematters checkpoint (no 'model' and 'config' entries); "
+            "export takes the checkpoints that train writes"
+        )
+    saved = state["config"]
+    cfg = merge(Config(), {key: saved[key] for key in ("model", "data")}, source=str(checkpoint))
+    model, _ = load_model_from_checkpoint(cfg, checkpoint)
+    hf_reason = _no_hf_form(model)
+    if format == "hf" and hf_reason:
+        raise ValueError(f"--format hf: {hf_reason}; --format safetensors exports any model")
+    chosen = "safetensors" if format == "safetensors" or hf_reason else "hf"
+
+    claim_folder(out, **claim)  # the model is loaded: an earlier export can go
+    out.mkdir(parents=True, exist_ok=True)
+    info = {
+        "format": chosen,
+        "checkpoint": str(checkpoint),
+        "step": state.get("step"),
+        "model": cfg.model.name,
+        "classes": class_names_of(model),
+        "clips": _clips(model, cfg),
+        "left_out": _left_out(state),
+    }
+    if chosen == "hf":
+        info.update(_write_hf(model, cfg, out))
+    else:
+        info.update(_write_safetensors(model, cfg, out))
+    (out / "export.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def _refuse_foreign_files(out: Path, *, overwrite: bool) -> None:
+    """A folder without an earlier export's ``export.json`` may be someone's model folder (a
+    ``save_pretrained`` output): its files of an export's names are not replaced unasked."""
+    if overwrite or (out / "export.json").is_file():
+        return
+    files, _ = OUTPUTS["an export"]
+    clash = sorted({path.name for pattern in files for path in out.glob(pattern)})
+    if clash:
+        raise RunFolderInUse(
+            f"{out} holds {', '.join(clash)}, which an export would replace: choose another "
+            "--out, or replace them with --overwrite"
+        )
+
+
+def _no_hf_form(model: nn.Module) -> str:
+    """Why the model has no ``transformers`` form ("" when it has one)."""
+    if isinstance(model, TimeSformer):
+        if model.readd_time_embed:
+            return (
+                "this TimeSformer adds its time embedding before every block (Appendix D), "
+                "which transformers' TimeSformer does not"
+            )
+        return ""
+    if isinstance(model, Adapter) and model.architecture().get("kind") == "hf":
+        return ""
+    name = getattr(model, "source", "") or type(model).__name__
+    return f"{type(model).__name__} ({name}) has no Hugging Face transformers form"
+
+
+def _network(model: nn.Module) -> nn.Module:
+    """The network whose weights are exported: our backbone, or the one an adapter wraps."""
+    return model.model if isinstance(model, Adapter) else model
+
+
+def _normalisation(model: nn.Module, cfg: Config) -> tuple[list[float], list[float]]:
+    """The mean and std on [0, 1] pixels the exported network takes: an adapter renormalises to
+    its network's own; our backbones take the dataset's."""
+    if isinstance(model, Adapter):
+        return list(model.mean), list(model.std)
+    return list(cfg.data.mean), list(cfg.data.std)
+
+
+def _short_side(cfg: Config) -> int:
+    """The short side test frames are resized to before the centre crop; the built-in
+    benchmark makes its frames at the crop size."""
+    return cfg.data.crop_size if cfg.data.dataset == "synthetic" else cfg.data.eval_short_side
+
+
+def _clips(model: nn.Module, cfg: Config) -> dict[str, Any]:
+    mean, std = _normalisation(model, cfg)
+    return {
+        "num_frames": cfg.model.num_frames,
+        "frame_size": cfg.data.crop_size,
+        "resize_short_side": _short_side(cfg),
+        "mean": mean,
+        "std": std,
+    }
+
+
+def _left_out(state: dict) -> list[str]:
+    """The TIME heads in the checkpoint (training only), and its optimizer state."""
+    heads = sorted({key.split(".")[1] for key in state.get("objective", {})})  # losses.NAME.
+    return [*(f"TIME head {name}" for name in heads), "optimizer state"]
+
+
+def _write_hf(model: nn.Module, cfg: Config, out: Path) -> dict[str, Any]:
+    from timematters.backbones.adapters.hf import require_transformers
+
+    transformers = require_transformers()
+    if isinstance(model, TimeSformer):
+        network = _hf_timesformer(model, transformers)
+    else:
+        network = model.model
+    names = class_names_of(model)
+    network.config.id2label = dict(enumerate(names))
+    network.config.label2id = {name: index for index, name in enumerate(names)}
+    transformers.utils.logging.disable_progress_bar()  # one small folder: no bar
+    network.save_pretrained(out)
+    processor = _video_processor(network.config.model_type, model, cfg, transformers)
+    if processor is not None:
+        processor.save_pretrained(out)
+    return {
+        "files": sorted(path.name for path in out.iterdir()),
+        "layout": "pixel_values [B, T, C, H, W]",
+        "load": f"transformers.AutoModelForVideoClassification.from_pretrained({str(out)!r})",
+        "spec": f"hf:{out}",
+    }
+
+
+def _hf_timesformer(model: TimeSformer, transformers) -> nn.Module:
+    """transformers' TimesformerForVideoClassification holding our TimeSformer's weights."""
+    block = model.blocks[0]
+    config = transformers.TimesformerConfig(
+        image_size=model.grid[0] * model.patch_size,
+        patch_size=model.patch_size,
+        num_frames=model.num_frames,
+        hidden_size=model.embed_dim,
+        num_hidden_layers=len(model.blocks),
+        num_attention_heads=block.attn.num_heads,
+        intermediate_size=block.mlp.fc1.out_features,
+        qkv_bias=block.attn.qkv.bias is not None,
+        hidden_act="gelu",  # exact GELU, as ours
+        layer_norm_eps=1e-6,
+        attention_type="divided_space_time",
+        num_labels=model.num_classes,
+    )
+    network = transformers.TimesformerForVideoClassification(config)
+    network.load_state_dict(to_hf_timesformer(model.state_dict()), strict=True)
+    return network.eval()
+
+
+def _video_processor(model_type: str, model: nn.Module, cfg: Config, transformers):
+    """The video processor of the model type (None where transformers has none), set to the
+    clips the model was trained on: resize to the short side, centre crop, [0, 1], normalise."""
+    from transformers.models.auto.video_processing_auto import (
+        VIDEO_PROCESSOR_MAPPING_NAMES,
+        video_processor_class_from_name,
+    )
+
+    names = VIDEO_PROCESSOR_MAPPING_NAMES.get(model_type) or {}
+    name = names.get("torchvision") if isinstance(names, dict) else names
+    if not name:
+        return None
+    mean, std = _normalisation(model, cfg)
+    return video_processor_class_from_name(name)(
+        do_resize=True,
+        size={"shortest_edge": _short_side(cfg)},
+        do_center_crop=True,
+        crop_size={"height": cfg.data.crop_size, "width": cfg.data.crop_size},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=mean,
+        image_std=std,
+    )
+
+
+def _write_safetensors(model: nn.Module, cfg: Config, out: Path) -> dict[str, Any]:
+    from safetensors.torch import save_model
+
+    network = _network(model)
+    save_model(network, str(out / "model.safetensors"))  # drops the copies of tied tensors
+    load = "safetensors.torch.load_model(network, 'model.safetensors')"
+    if isinstance(model, Adapter):
+        architecture = model.architecture() if hasattr(model, "architecture") else {}
+        return {
+            "files": ["export.json", "model.safetensors"],
+            "layout": "video [B, C, T, H, W]"
+            if architecture.get("kind") != "hf"
+            else "pixel_values [B, T, C, H, W]",
+            "network": architecture or {"kind": "module", "spec": cfg.model.name},
+            "build": _build_hint(architecture, cfg),
+            "load": load,
+        }
+    kwargs = backbone_kwargs(cfg, model.num_classes)
+    return {
+        "files": ["export.json", "model.safetensors"],
+        "layout": "video [B, C, T, H, W]",
+        "network": {"kind": "timematters", "name": cfg.model.name, "kwargs": kwargs},
+        "build": f"timematters.backbones.create_backbone({cfg.model.name!r}, **network['kwargs'])",
+        "load": load,
+    }
+
+
+def _build_hint(architecture: dict[str, Any], cfg: Config) -> str:
+    kind = architecture.get("kind")
+    if kind == "torchvision":
+        return (
+            f"torchvision.models.video.{architecture['name']}"
+            f"(num_classes={architecture['num_classes']})"
+        )
+    if kind == "hf":
+        return (
+            "transformers.AutoModelForVideoClassification.from_config("
+            "transformers.AutoConfig.for_model(**json.loads(network['config'])))"
+        )
+    return f"the factory of {cfg.model.name}, called as the run called it"
