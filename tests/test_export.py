@@ -100,6 +100,16 @@ def test_a_run_of_a_hugging_face_model_exports_back_to_its_own_kind(tmp_path):
     assert [theirs.config.id2label[i] for i in range(len(CLASSES))] == CLASSES
     assert timematters.load_model(f"hf:{out}").mean == ours.mean
 
+    # As weights and a config, built as export.json says.
+    weights = tmp_path / "weights"
+    assert main(["export", str(checkpoint), "--format", "safetensors", "--out", str(weights)]) == 0
+    network = json.loads((weights / "export.json").read_text())["network"]
+    config = transformers.AutoConfig.for_model(**json.loads(network["config"]))
+    rebuilt = transformers.AutoModelForVideoClassification.from_config(config).eval()
+    load_model(rebuilt, str(weights / "model.safetensors"))
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(pixel_values=pixels.transpose(1, 2)).logits, hf_logits)
+
 
 @pytest.mark.parametrize(
     "name",

@@ -1,4 +1,5 @@
-"""The `timematters` command line: demo, train, eval, diagnose, data check, backbones.
+"""The `timematters` command line: demo, train, eval, diagnose, predict, flow, export, configs, data
+check, backbones.
 
 A user mistake (a bad key or value, a missing file, a run folder in use, a checkpoint that does not
 fit) exits with status 2 and one line naming it; a run stopped by bad data exits with 1; a run
