@@ -153,6 +153,31 @@ def test_a_torchvision_run_exports_the_networks_own_weights(tmp_path):
         )
 
 
+def test_a_run_of_your_own_module_exports_its_weights(tmp_path, monkeypatch):
+    (tmp_path / "my_models.py").write_text(
+        "from torch import nn\n"
+        "def pool(num_classes=10):\n"
+        "    return nn.Sequential(nn.Flatten(2), nn.Flatten(1), nn.LazyLinear(num_classes))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = ["model.name=my_models:pool", "model.kwargs={}", "loss.order.weight=0"]
+    checkpoint = _trained(tmp_path, "mine", *spec, "loss.flow.weight=0")
+    out = tmp_path / "exported"
+    assert main(["export", str(checkpoint), "--out", str(out)]) == 0
+    info = json.loads((out / "export.json").read_text())
+    assert info["network"] == {"kind": "module", "spec": "my_models:pool"}
+    assert info["build"].startswith("my_models:pool called with whichever of num_classes=K")
+    import my_models
+
+    network = my_models.pool(num_classes=10)
+    video = _clip(4, 32)
+    network(video)  # LazyLinear takes its size from a first clip
+    load_model(network, str(out / "model.safetensors"))
+    with torch.no_grad():
+        expected = timematters.load_model(checkpoint)(video)
+        torch.testing.assert_close(network(video), expected, rtol=0, atol=0)
+
+
 def test_what_cannot_be_exported_is_refused_with_the_fix(tmp_path, capsys):
     motionformer = _trained(tmp_path, "mf", "model.name=motionformer_tiny_patch8_64")
     assert main(["export", str(motionformer), "--format", "hf"]) == 2

@@ -111,10 +111,15 @@ def _no_hf_form(model: nn.Module) -> str:
                 "which transformers' TimeSformer does not"
             )
         return ""
-    if isinstance(model, Adapter) and model.architecture().get("kind") == "hf":
+    if _architecture(model).get("kind") == "hf":
         return ""
     name = getattr(model, "source", "") or type(model).__name__
     return f"{type(model).__name__} ({name}) has no Hugging Face transformers form"
+
+
+def _architecture(model: nn.Module) -> dict[str, Any]:
+    """An adapted model's record of its network ({} for ours and for a user's module)."""
+    return (model.architecture() or {}) if isinstance(model, Adapter) else {}
 
 
 def _network(model: nn.Module) -> nn.Module:
@@ -232,7 +237,7 @@ def _write_safetensors(model: nn.Module, cfg: Config, out: Path) -> dict[str, An
     save_model(network, str(out / "model.safetensors"))  # drops the copies of tied tensors
     load = "safetensors.torch.load_model(network, 'model.safetensors')"
     if isinstance(model, Adapter):
-        architecture = model.architecture() if hasattr(model, "architecture") else {}
+        architecture = _architecture(model)
         return {
             "files": ["export.json", "model.safetensors"],
             "layout": "video [B, C, T, H, W]"
@@ -264,4 +269,5 @@ def _build_hint(architecture: dict[str, Any], cfg: Config) -> str:
             "transformers.AutoModelForVideoClassification.from_config("
             "transformers.AutoConfig.for_model(**json.loads(network['config'])))"
         )
-    return f"the factory of {cfg.model.name}, called as the run called it"
+    sizes = f"num_classes=K, num_frames={cfg.model.num_frames}, img_size={cfg.data.crop_size}"
+    return f"{cfg.model.name} called with whichever of {sizes} it takes"
