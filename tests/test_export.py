@@ -195,6 +195,8 @@ def test_what_cannot_be_exported_is_refused_with_the_fix(tmp_path, capsys):
     assert main(["export", str(weights)]) == 2
     assert "not a timematters checkpoint" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "none.pth")]) == 2
+    assert main(["export", str(motionformer.parents[1])]) == 2  # the run folder
+    assert f"checkpoint is {motionformer}" in capsys.readouterr().err
 
 
 def test_an_export_replaces_its_own_folder_only(tmp_path, capsys):

@@ -46,6 +46,8 @@ def export_checkpoint(
     if format not in FORMATS:
         raise ValueError(f"--format {format}: choose one of {', '.join(FORMATS)}")
     checkpoint, out = Path(checkpoint), Path(out)
+    if checkpoint.is_dir():
+        load_checkpoint(checkpoint)  # refused, naming the run folder's checkpoint
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint file")
     claim = dict(
