@@ -130,6 +130,29 @@ def test_safetensors_export_builds_our_backbones_from_export_json(tmp_path, name
         )
 
 
+def test_an_image_vit_exports_weights_that_timm_builds(tmp_path, capsys):
+    timm = pytest.importorskip("timm")
+    from timematters.data.synthetic_images import write_backgrounds_tree
+    from timematters.image_demo import Budget, image_demo_config
+
+    budget = Budget(num_train=8, num_test=2, epochs=1, img_size=32)
+    root = write_backgrounds_tree(tmp_path / "in9", num_train=8, num_test=2, img_size=32)
+    cfg = image_demo_config(True, True, seed=0, data_root=root, out=tmp_path / "vit", budget=budget)
+    cfg.train.batch_size, cfg.train.progress = 4, False
+    train(cfg)
+    checkpoint = tmp_path / "vit" / "checkpoints" / "last.pth"
+    assert main(["export", str(checkpoint)]) == 0  # auto: transformers has no such ViT form
+    printed = capsys.readouterr().out
+    hint = json.loads(checkpoint.with_name("last_export").joinpath("export.json").read_text())
+    assert hint["timm"] in printed and "TIME head order" in printed
+    network = eval(hint["timm"], {"timm": timm})  # the line export.json gives, as it is
+    load_model(network, str(checkpoint.with_name("last_export") / "model.safetensors"))
+    images = _clip(1, 32)
+    with torch.no_grad():
+        expected = timematters.load_model(checkpoint)(images)
+        torch.testing.assert_close(network.eval()(images[:, :, 0]), expected, rtol=0, atol=1e-6)
+
+
 def test_a_torchvision_run_exports_the_networks_own_weights(tmp_path):
     spec = ["model.name=torchvision:r3d_18", "model.kwargs={}"]
     spec += ["loss.flow.weight=0", "loss.order.weight=0"]  # 1 token frame at 4 frames

@@ -584,6 +584,8 @@ def _export(args) -> int:
     )
     if "build" in info:
         print(f"  build: {info['build']} (network: export.json)")
+    if "timm" in info:
+        print(f"  or in timm (images [B, C, H, W]): {info['timm']}")
     print(f"  load: {info['load']}")
     if "spec" in info:
         print(f"  in timematters: --model {info['spec']}")

@@ -25,6 +25,7 @@ from torch import nn
 
 from timematters.backbones.adapters.base import Adapter
 from timematters.backbones.timesformer import TimeSformer, to_hf_timesformer
+from timematters.backbones.vit import VisionTransformer
 from timematters.config import Config, backbone_kwargs, merge
 from timematters.engine.checkpoint import load_checkpoint
 from timematters.engine.model import class_names_of, load_model_from_checkpoint
@@ -250,13 +251,34 @@ def _write_safetensors(model: nn.Module, cfg: Config, out: Path) -> dict[str, An
             "load": load,
         }
     kwargs = backbone_kwargs(cfg, model.num_classes)
-    return {
+    info = {
         "files": ["export.json", "model.safetensors"],
         "layout": "video [B, C, T, H, W]",
         "network": {"kind": "timematters", "name": cfg.model.name, "kwargs": kwargs},
         "build": f"timematters.backbones.create_backbone({cfg.model.name!r}, **network['kwargs'])",
         "load": load,
     }
+    if isinstance(model, VisionTransformer):  # its keys are timm's: timm builds it as well
+        info["timm"] = _timm_hint(model)
+    return info
+
+
+def _timm_hint(model: VisionTransformer) -> str:
+    """timm's VisionTransformer of the same sizes, which takes these weights as they are (and
+    images [B, C, H, W])."""
+    block = model.blocks[0]
+    sizes = {
+        "img_size": model.grid[0] * model.patch_size,
+        "patch_size": model.patch_size,
+        "embed_dim": model.embed_dim,
+        "depth": len(model.blocks),
+        "num_heads": block.attn.num_heads,
+        "mlp_ratio": block.mlp.fc1.out_features / model.embed_dim,
+        "qkv_bias": block.attn.qkv.bias is not None,
+        "num_classes": model.num_classes,
+    }
+    arguments = ", ".join(f"{key}={value!r}" for key, value in sizes.items())
+    return f"timm.create_model('vit_base_patch16_224', pretrained=False, {arguments})"
 
 
 def _build_hint(architecture: dict[str, Any], cfg: Config) -> str:
