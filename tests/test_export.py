@@ -69,6 +69,15 @@ def test_timesformer_exports_to_transformers_with_the_checkpoints_outputs(tmp_pa
     pixel_values = rearrange(made["pixel_values"][0], "t c h w -> c t h w")
     torch.testing.assert_close(pixel_values, expected, rtol=0, atol=1e-5)
 
+    # The model card's own lines load it and score a clip.
+    card = (out / "README.md").read_text()
+    assert "order (λ = 1), debias (λ = 1), flow (λ = 1)" in card
+    assert "| timesformer_tiny_patch8_64 |" in card  # the run's final evaluation of it
+    snippet = card.split("```python")[1].split("```")[0].replace('"."', repr(str(out)))
+    scope = {"frames": torch.from_numpy(frames).permute(0, 3, 1, 2)}
+    exec(snippet, scope)
+    torch.testing.assert_close(scope["logits"], theirs(**made).logits)
+
     info = json.loads((out / "export.json").read_text())
     assert info["format"] == "hf" and info["classes"] == CLASSES
     assert info["clips"] == {
@@ -230,6 +239,11 @@ def test_an_export_replaces_its_own_folder_only(tmp_path, capsys):
     assert main(["export", str(checkpoint), "--out", str(someone)]) == 2
     assert "config.json" in capsys.readouterr().err
     assert (someone / "config.json").read_text() == "{}" and len(list(someone.iterdir())) == 1
+
+    copy = tmp_path / "elsewhere.pth"  # not in its run's folder: no evaluation is claimed
+    copy.write_bytes(checkpoint.read_bytes())
+    assert main(["export", str(copy), "--out", str(tmp_path / "copy")]) == 0
+    assert "was not the one its run evaluated last" in (tmp_path / "copy/README.md").read_text()
 
     out = tmp_path / "export"
     assert main(["export", str(checkpoint), "--out", str(out), "--format", "hf"]) == 0

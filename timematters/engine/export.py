@@ -12,7 +12,8 @@
 
 Both leave out what only training needs: the TIME heads (order, flow) and the optimizer state.
 ``export.json`` (written in both) records the classes, the clips (frames, frame size, layout,
-normalisation on [0, 1] pixels) and the checkpoint it came from.
+normalisation on [0, 1] pixels) and the checkpoint it came from; ``README.md`` is a model card
+(training, clips, the run's evaluation of this checkpoint when it made one, how to load it).
 """
 
 from __future__ import annotations
@@ -87,8 +88,89 @@ def export_checkpoint(
         info.update(_write_hf(model, cfg, out))
     else:
         info.update(_write_safetensors(model, cfg, out))
+    info["files"] = sorted({*info["files"], "README.md", "export.json"})
     (out / "export.json").write_text(json.dumps(info, indent=2) + "\n")
+    (out / "README.md").write_text(model_card(info, saved, state, checkpoint))
     return info
+
+
+def model_card(info: dict[str, Any], saved: dict[str, Any], state: dict, checkpoint: Path) -> str:
+    """The export's README.md (a Hugging Face model card): how the model was trained, the clips
+    it takes, its evaluation when the checkpoint is the one its run evaluated last, how to load
+    it."""
+    from timematters import __version__
+
+    weights = {name: saved["loss"][name].get("weight", 1.0) for name in ("order", "debias", "flow")}
+    time_losses = [f"{name} (λ = {weight:g})" for name, weight in weights.items() if weight]
+    losses = "cross-entropy" + (
+        f" and TIME's {', '.join(time_losses)}" if time_losses else " only (no TIME loss)"
+    )
+    pretrained = saved["model"].get("pretrained") or ""
+    start = f", from {Path(pretrained).name}" if pretrained else ""
+    clips = info["clips"]
+    evaluation = _evaluation_of(state, checkpoint)
+    library = "library_name: transformers\n" if info["format"] == "hf" else ""
+    lines = [
+        "---",
+        f"{library}tags:\n- video-classification\n- timematters\n---",
+        "",
+        f"# {info['model']}, trained with timematters",
+        "",
+        f"Trained with timematters {__version__} on `{saved['data']['dataset']}` "
+        f"({len(info['classes'])} classes) with {losses}{start}: epoch {state.get('epoch')}, "
+        f"step {state.get('step')}. TIME (Time Is MattEr, ICML 2022) adds self-supervised "
+        "losses that make a video model use the order of its frames; its heads are training "
+        "only and are not in this export.",
+        "",
+        "## Clips",
+        "",
+        f"{clips['num_frames']} frames, the short side resized to {clips['resize_short_side']} "
+        f"and the centre {clips['frame_size']}² cropped, as {info['layout']}; pixels in [0, 1] "
+        f"normalised with mean {clips['mean']} and std {clips['std']}.",
+        "",
+        "## Evaluation",
+        "",
+        evaluation,
+        "",
+        "## Load",
+        "",
+        "```python",
+        *(_hf_lines() if info["format"] == "hf" else []),
+        *([f"network = {info['build']}", info["load"]] if "build" in info else []),
+        "```",
+        "",
+        "Class names, clip settings and the source checkpoint: `export.json`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _hf_lines() -> list[str]:
+    return [
+        "import transformers",
+        "",
+        'folder = "."  # this folder, or its hub id',
+        "model = transformers.AutoModelForVideoClassification.from_pretrained(folder)",
+        "processor = transformers.AutoVideoProcessor.from_pretrained(folder)",
+        "# frames: uint8 [T, C, H, W]",
+        'logits = model(**processor([frames], return_tensors="pt")).logits',
+    ]
+
+
+def _evaluation_of(state: dict, checkpoint: Path) -> str:
+    """The run's final evaluation table when it scored this checkpoint: a checkpoint written
+    after the final evaluation (``final_eval_lines`` set), in its run's ``checkpoints`` folder."""
+    table = checkpoint.parent.parent / "eval.md"
+    done = state.get("final_eval_lines") is not None and checkpoint.parent.name == "checkpoints"
+    if done and table.is_file():
+        return (
+            "Top-1 (%) on the original test clips and on the same clips with their frames "
+            "shuffled; the gap is what the model loses without the order of its frames (the "
+            "run's final evaluation, `eval.md`):\n\n" + table.read_text().strip()
+        )
+    return (
+        "This checkpoint was not the one its run evaluated last; `timematters eval CONFIG "
+        "--checkpoint CHECKPOINT` gives its top-1 on original and frame-shuffled clips."
+    )
 
 
 def _refuse_foreign_files(out: Path, *, overwrite: bool) -> None:

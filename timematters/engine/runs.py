@@ -115,7 +115,13 @@ OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "an evaluation": (("eval.json", "eval.md", "bad_videos.jsonl"), ("eval.json",)),
     "flow labels": (("flow_labels.json", "flow_*.png"), ("flow_labels.json",)),
     "an export": (
-        ("export.json", "config.json", "model.safetensors", "video_preprocessor_config.json"),
+        (
+            "export.json",
+            "README.md",
+            "config.json",
+            "model.safetensors",
+            "video_preprocessor_config.json",
+        ),
         ("export.json",),
     ),
 }
