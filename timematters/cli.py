@@ -479,6 +479,13 @@ def _predict(args) -> int:
         from timematters.data.videolist import read_class_list
 
         classes = read_class_list(args.classes)
+    if getattr(model, "zero_shot", False):  # a video-text model scores the classes it is given
+        if not classes:
+            raise ConfigError(
+                f"{args.model} is a zero-shot video-text model: give the classes to score, "
+                "--classes FILE (one name per line)"
+            )
+        model.set_class_names(classes, prompt=cfg.model.prompt if cfg else "{}")
     perturbations = [p.strip() for p in args.perturb.split(",") if p.strip()]
     results, undecodable = [], []
     videos = list_videos(args.inputs, root=cfg.data.root if cfg else None)

@@ -30,6 +30,9 @@ class ModelConfig:
     # Activation checkpointing per block: block activations recomputed in the backward pass,
     # trading a second forward of each block for memory (not in the release).
     grad_checkpointing: bool = False
+    # A zero-shot video-text model (hf: X-CLIP) scores each class by its name as text, put
+    # into this template ("a video of {}" say); "{}": the name alone.
+    prompt: str = "{}"
 
 
 @dataclass
@@ -419,6 +422,11 @@ def validate(cfg: Config) -> Config:
     validate_device(cfg.train.device, given=f"train.device={cfg.train.device!r}")
     from timematters.backbones.adapters import is_foreign_spec
 
+    if model.prompt.count("{}") != 1:
+        raise ConfigError(
+            f"model.prompt={model.prompt!r} must hold one {{}} for the class name, e.g. "
+            "model.prompt='a video of {}'"
+        )
     foreign = is_foreign_spec(model.name)
     if foreign and model.kwargs:
         raise ConfigError(

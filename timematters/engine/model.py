@@ -248,7 +248,11 @@ def in_model_classes(cfg: Config, split: str, model: nn.Module, dataset: Dataset
     """``dataset``, or the same video list read with the model's classes when the model names
     them, the list's labels are among those names (or are indices) and no ``data.class_list``
     fixes the classes: a Kinetics-400 model scored on a few Kinetics clips labelled by name.
-    Its logit k is then compared with class k, and the argmax stays over all its classes."""
+    Its logit k is then compared with class k, and the argmax stays over all its classes.
+    A zero-shot video-text model is given the dataset's classes (``model.prompt``)."""
+    if getattr(model, "zero_shot", False):  # a video-text model scores the data's own classes
+        model.set_class_names(list(dataset.classes), prompt=cfg.model.prompt)
+        return dataset
     names = list(getattr(model, "class_names", None) or [])
     labels = list(dataset.classes)
     if cfg.data.dataset != "videolist" or cfg.data.class_list or not names or labels == names:

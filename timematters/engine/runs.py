@@ -57,6 +57,7 @@ RESUME_FREE = {
     "data.max_bad_fraction",
     "model.pretrained",  # the weights come from the checkpoint
     "model.grad_checkpointing",  # the same gradients, recomputed
+    "model.prompt",  # only zero-shot models read it, and they are not trained
     "train.compile",
     "train.compile_backend",
     "train.device",

@@ -259,6 +259,11 @@ def setup_run(
         )
 
     backbone = build_model(cfg, num_classes, architecture=architecture)
+    if getattr(backbone, "zero_shot", False):
+        raise ConfigError(
+            f"{cfg.model.name} is a zero-shot video-text model: eval, diagnose and predict score "
+            "it on a dataset's classes; training it is not supported"
+        )
     try:
         objective = objective_for_model(backbone, cfg.loss)
     except ValueError as error:  # a loss the model cannot give: the message names the key

@@ -22,6 +22,9 @@ id (when online) and returns an adapter:
   all three TIME losses apply.
 - Any other ``AutoModelForVideoClassification``: logits only (shuffle test, confidence gap,
   debias); the report states why the token-based diagnostics do not apply.
+- **X-CLIP** (``XCLIPModel``), a video-text model: zero-shot, each class scored by the model's
+  clip-text similarity to its name (``model.prompt``), the classes those of the data
+  (``set_class_names``); logits only, and scored, not trained.
 
 Frames go in as ``[B, T, C, H, W]`` under the model's own input name (``pixel_values``, or
 ``pixel_values_videos`` for V-JEPA 2 and VideoPrism) normalised with the model's own mean and std,
@@ -75,10 +78,12 @@ def load_hf_model(name: str, num_classes: int | None = None, *, weights: bool = 
     if num_classes is not None:
         options = {"num_labels": num_classes, "ignore_mismatched_sizes": True}
     try:
+        config = transformers.AutoConfig.from_pretrained(name)
+        if config.model_type in _ZERO_SHOT:  # a video-text model: its text side is the classifier
+            return _load_zero_shot(transformers, name, config, weights=weights)
         if weights:
             model = transformers.AutoModelForVideoClassification.from_pretrained(name, **options)
         else:
-            config = transformers.AutoConfig.from_pretrained(name)
             with torch.device("meta"):
                 model = transformers.AutoModelForVideoClassification.from_config(config)
     except OSError as error:
@@ -89,6 +94,18 @@ def load_hf_model(name: str, num_classes: int | None = None, *, weights: bool = 
         ) from None
     mean, std = _normalisation(name, model.config.model_type)
     return _adapt(model, mean=mean, std=std, source=f"hf:{name}")
+
+
+def _load_zero_shot(transformers, name: str, config: Any, *, weights: bool) -> Adapter:
+    """A video-text model and its tokenizer, from the folder or hub repository."""
+    if weights:
+        model = transformers.AutoModel.from_pretrained(name)
+    else:
+        with torch.device("meta"):
+            model = transformers.AutoModel.from_config(config)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(name)
+    mean, std = _normalisation(name, config.model_type)
+    return HFZeroShot(model, tokenizer, mean=mean, std=std, source=f"hf:{name}")
 
 
 def rebuild_hf_model(architecture: dict[str, Any], source: str) -> Adapter:
@@ -114,7 +131,9 @@ _FIXED_NORMALISATION = {"videoprism_vision_model": _PIXELS}
 # Without a preprocessor config, the defaults of the model type's processor in transformers;
 # IMAGENET_STANDARD_MEAN / STD (our 0.5 / 0.5) for the types not listed (TimeSformer, VideoMAE,
 # ViViT's [-1, 1] mapping aside).
-_DEFAULT_NORMALISATION = {"vjepa2": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+_DEFAULT_NORMALISATION = {"vjepa2": _IMAGENET, "xclip": _OPENAI_CLIP}
 
 
 def _normalisation(name: str, model_type: str = "") -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -414,6 +433,64 @@ _TOKEN_ADAPTERS = {
     "vjepa2": HFVJEPA2,
     "videoprism_vision_model": HFVideoPrism,
 }
+
+
+# Video-text models whose classifier is their text side, by model type.
+_ZERO_SHOT = {"xclip"}
+
+
+class HFZeroShot(_HFShared, LogitsOnlyAdapter):
+    """A video-text model (X-CLIP) as a classifier of the data's classes, zero-shot: class k's
+    logit is the model's scaled similarity between the clip and the text of its name
+    (``logits_per_video``). ``set_class_names`` gives the classes; until then it has none."""
+
+    family = "hf"
+    zero_shot = True
+
+    def __init__(self, model: nn.Module, tokenizer: Any, *, mean, std, source: str):
+        vision = model.config.vision_config
+        super().__init__(
+            model,
+            reason="a zero-shot video-text model gives class scores only",
+            num_frames=vision.num_frames,
+            img_size=vision.image_size,
+            embed_dim=0,
+            num_classes=0,
+            mean=mean,
+            std=std,
+            source=source,
+        )
+        self.tokenizer = tokenizer
+        self.prompt = "{}"
+        # The classes' tokenised texts: made from the data, not saved with the weights.
+        self.register_buffer("input_ids", torch.zeros(0, 0, dtype=torch.long), persistent=False)
+        self.register_buffer("text_mask", torch.zeros(0, 0, dtype=torch.long), persistent=False)
+
+    def set_class_names(self, names: list[str], prompt: str = "{}") -> None:
+        """Score these classes, each by the text ``prompt.format(name)``."""
+        texts = [prompt.format(name) for name in names]
+        tokens = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        device = self.input_ids.device
+        self.input_ids = tokens["input_ids"].to(device)
+        self.text_mask = tokens["attention_mask"].to(device)
+        self.class_names, self.prompt = list(names), prompt
+        self.num_classes = self.embed_dim = len(names)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "zero_shot_prompt": self.prompt}
+
+    def logits(self, video: torch.Tensor) -> torch.Tensor:
+        if not self.num_classes:
+            raise ValueError(
+                f"{self.source} is a zero-shot video-text model: it scores the classes it is "
+                "given as text (a dataset's, or predict --classes FILE), and none were given"
+            )
+        # The whole model on every batch: X-CLIP conditions each class's text on the clip.
+        return self.model(
+            input_ids=self.input_ids,
+            attention_mask=self.text_mask,
+            pixel_values=_pixel_values(video),
+        ).logits_per_video
 
 
 class HFClassifier(_HFShared, LogitsOnlyAdapter):

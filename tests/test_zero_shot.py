@@ -1,0 +1,152 @@
+"""Zero-shot video-text models (Hugging Face X-CLIP): each class scored by the text of its name,
+the classes those of the data; evaluated, diagnosed and predicted like any classifier. A tiny
+random X-CLIP with a tiny tokenizer, written by the test."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from einops import rearrange
+
+transformers = pytest.importorskip("transformers")
+transformers.logging.set_verbosity_error()
+
+import timematters  # noqa: E402
+from timematters.cli import main  # noqa: E402
+from timematters.config import load_config  # noqa: E402
+from timematters.data.synthetic import SyntheticVideoDataset  # noqa: E402
+
+IMG, T = 64, 8
+DATA = [
+    "data.synthetic.num_train=16",
+    "data.synthetic.num_test=12",
+    "data.num_workers=0",
+    "eval.batch_size=6",
+    "train.progress=false",
+    "train.device=cpu",
+    "train.precision=fp32",
+]
+CLASSES = list(SyntheticVideoDataset("test", 1).classes)
+
+
+def _tokenizer(folder: Path):
+    """A CLIP tokenizer over single letters: enough to tell class names apart."""
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for letter in "abcdefghijklmnopqrstuvwxyz":
+        vocab[letter] = len(vocab)
+        vocab[f"{letter}</w>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+
+
+@pytest.fixture(scope="module")
+def xclip(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("xclip")
+    tokenizer = _tokenizer(folder)
+    sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    config = transformers.XCLIPConfig(
+        text_config=transformers.XCLIPTextConfig(
+            vocab_size=len(tokenizer), max_position_embeddings=77, **sizes
+        ).to_dict(),
+        vision_config=transformers.XCLIPVisionConfig(
+            image_size=IMG,
+            patch_size=16,
+            num_frames=T,
+            mit_hidden_size=32,
+            mit_intermediate_size=64,
+            mit_num_hidden_layers=1,
+            mit_num_attention_heads=2,
+            **sizes,
+        ).to_dict(),
+        projection_dim=32,
+        prompt_layers=1,
+        prompt_attention_heads=2,
+    )
+    torch.manual_seed(0)
+    transformers.XCLIPModel(config).save_pretrained(folder / "model")
+    tokenizer.save_pretrained(folder / "model")
+    return folder / "model"
+
+
+def test_a_zero_shot_model_scores_the_datas_classes_by_their_names(xclip):
+    model = timematters.load_model(f"hf:{xclip}")
+    assert model.zero_shot and model.num_classes == 0
+    # CLIP's statistics when the folder names none; 8 frames of 64² from its vision config.
+    assert model.mean == (0.48145466, 0.4578275, 0.40821073)
+    assert (model.num_frames, model.img_size) == (T, IMG)
+    with pytest.raises(ValueError, match="none were given"):
+        model(torch.zeros(1, 3, T, IMG, IMG))
+
+    model.set_class_names(CLASSES, prompt="a video of {}")
+    video = torch.randn(2, 3, T, IMG, IMG).clamp(-1, 1)
+    with torch.no_grad():
+        logits = model(video)
+        # The same as X-CLIP's own zero-shot classification of the renormalised frames.
+        xclip_model = transformers.XCLIPModel.from_pretrained(xclip).eval()
+        texts = [f"a video of {name}" for name in CLASSES]
+        tokens = model.tokenizer(texts, padding=True, return_tensors="pt")
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in (model.mean, model.std))
+        pixels = rearrange(((video * 0.5 + 0.5) - mean) / std, "b c t h w -> b t c h w")
+        expected = xclip_model(**tokens, pixel_values=pixels).logits_per_video
+    assert logits.shape == (2, len(CLASSES))
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)  # logit scale 100
+    assert logits.std(dim=1).min() > 0  # the class names give different scores
+
+
+def test_eval_and_diagnose_score_a_zero_shot_model_on_the_datas_classes(xclip, tmp_path):
+    spec = f"hf:{xclip}"
+    out = tmp_path / "eval"
+    assert main(["eval", "synthetic/time", *DATA, "--model", spec, "--out", str(out)]) == 0
+    metrics = json.loads((out / "eval.json").read_text())
+    assert metrics["all"]["num_clips"] == 12
+
+    report = tmp_path / "diagnose"
+    code = main(
+        [
+            "diagnose",
+            "--config",
+            "synthetic/time",
+            *DATA,
+            "model.prompt=a video of {}",
+            "--model",
+            spec,
+            "--out",
+            str(report),
+        ]
+    )
+    assert code == 0
+    data = json.loads((report / "diagnose.json").read_text())
+    (name,) = data["models"]
+    assert data["models"][name]["zero_shot_prompt"] == "a video of {}"
+    text = (report / "report.md").read_text()
+    assert "a zero-shot video-text model gives class scores only" in text  # why no probe
+    assert "Zero-shot: each class scored" in text and "`a video of {}`" in text
+
+
+def test_predict_needs_the_classes_and_train_refuses(xclip, tmp_path, capsys):
+    from videos import moving_square_frames, write_video
+
+    video = write_video(tmp_path / "clip.mp4", moving_square_frames(12, 64, 80))
+    spec = f"hf:{xclip}"
+    assert main(["predict", str(video), "--model", spec]) == 2
+    assert "--classes FILE" in capsys.readouterr().err
+    (tmp_path / "classes.txt").write_text("opening a door\nclosing a door\n")
+    assert (
+        main(["predict", str(video), "--model", spec, "--classes", str(tmp_path / "classes.txt")])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "opening a door" in printed and "closing a door" in printed
+
+    out = f"train.out={tmp_path / 'run'}"
+    assert main(["train", "synthetic/time", *DATA, f"model.name={spec}", out]) == 2
+    assert "training it is not supported" in capsys.readouterr().err
+
+
+def test_a_prompt_without_a_place_for_the_name_is_refused():
+    from timematters.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="must hold one"):
+        validate(load_config("synthetic/time", ["model.prompt=a video"]))
