@@ -120,8 +120,12 @@ def test_eval_and_diagnose_score_a_zero_shot_model_on_the_datas_classes(xclip, t
     data = json.loads((report / "diagnose.json").read_text())
     (name,) = data["models"]
     assert data["models"][name]["zero_shot_prompt"] == "a video of {}"
+    # The order probe reads its frame encoder's layers and the per-frame output of its
+    # multi-frame integration transformer (one layer here).
+    assert set(data["order_probe"]["accuracy"][name]) == {"block1", "final"}
+    assert data["order_probe"]["chance"][name] == {"block1": 100 / T, "final": 100 / T}
     text = (report / "report.md").read_text()
-    assert "a zero-shot video-text model gives class scores only" in text  # why no probe
+    assert "No GradCAM for model: a zero-shot video-text model gives class scores only" in text
     assert "Zero-shot: each class scored" in text and "`a video of {}`" in text
 
 

@@ -610,6 +610,8 @@ def _model_line(name: str, info: dict) -> str:
             f". **Random weights** (torchvision's default when the spec names none): its scores "
             f"say nothing of a trained network; `{info['source']}:DEFAULT` loads torchvision's own"
         )
+    if "blocks" in info:  # what its probe's blocks are, where they are not plain layers
+        line += f". Its blocks for the order probe: {info['blocks']}"
     if "zero_shot_prompt" in info:  # a video-text model
         line += (
             ". Zero-shot: each class scored by the model's similarity between the clip and the "

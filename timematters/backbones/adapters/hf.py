@@ -442,7 +442,11 @@ _ZERO_SHOT = {"xclip"}
 class HFZeroShot(_HFShared, LogitsOnlyAdapter):
     """A video-text model (X-CLIP) as a classifier of the data's classes, zero-shot: class k's
     logit is the model's scaled similarity between the clip and the text of its name
-    (``logits_per_video``). ``set_class_names`` gives the classes; until then it has none."""
+    (``logits_per_video``). ``set_class_names`` gives the classes; until then it has none.
+
+    For the order probe: its blocks are the frame encoder's layers (each frame's tokens, the
+    frames exchanging only message tokens), and its final per-frame tokens are the output of the
+    multi-frame integration transformer, one token per frame, before the clip's mean."""
 
     family = "hf"
     zero_shot = True
@@ -462,6 +466,7 @@ class HFZeroShot(_HFShared, LogitsOnlyAdapter):
         )
         self.tokenizer = tokenizer
         self.prompt = "{}"
+        del self.unsupported["order_probe"]  # tokens per frame and layer (see the class)
         # The classes' tokenised texts: made from the data, not saved with the weights.
         self.register_buffer("input_ids", torch.zeros(0, 0, dtype=torch.long), persistent=False)
         self.register_buffer("text_mask", torch.zeros(0, 0, dtype=torch.long), persistent=False)
@@ -477,7 +482,34 @@ class HFZeroShot(_HFShared, LogitsOnlyAdapter):
         self.num_classes = self.embed_dim = len(names)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "zero_shot_prompt": self.prompt}
+        return {
+            **super().describe(),
+            "zero_shot_prompt": self.prompt,
+            "blocks": "the frame encoder's layers (frames exchange message tokens only); final: "
+            "the multi-frame integration transformer's output per frame",
+        }
+
+    @property
+    def token_frames(self) -> int:
+        return self.num_frames
+
+    def block_modules(self) -> list[nn.Module]:
+        return list(self.model.vision_model.encoder.layers)
+
+    def block_grid(self, output: Any) -> torch.Tensor:
+        # [(B T), 1 + S, D] per frame, its class token first
+        return rearrange(unwrap_output(output)[:, 1:], "(b t) s d -> b t s d", t=self.num_frames)
+
+    def features(self, video: torch.Tensor) -> VideoTokens:
+        frames: list[torch.Tensor] = []
+        handle = self.model.mit.register_forward_hook(
+            lambda _m, _args, output: frames.append(unwrap_output(output))
+        )
+        try:
+            logits = self.logits(video)
+        finally:
+            handle.remove()
+        return VideoTokens(cls=logits, patches=frames[0][:, :, None])  # [B, T, 1, D]
 
     def logits(self, video: torch.Tensor) -> torch.Tensor:
         if not self.num_classes:
