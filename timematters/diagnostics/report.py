@@ -615,7 +615,7 @@ def _model_line(name: str, info: dict) -> str:
     if "zero_shot_prompt" in info:  # a video-text model
         line += (
             ". Zero-shot: each class scored by the model's similarity between the clip and the "
-            f"text `{info['zero_shot_prompt']}` with the class's name (model.prompt)"
+            f"text `{info['zero_shot_prompt']}`, the class's name in place of {{}} (model.prompt)"
         )
     return line
 
