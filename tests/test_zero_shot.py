@@ -5,6 +5,7 @@ random X-CLIP with a tiny tokenizer, written by the test."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from einops import rearrange
@@ -124,8 +125,11 @@ def test_eval_and_diagnose_score_a_zero_shot_model_on_the_datas_classes(xclip, t
     # multi-frame integration transformer (one layer here).
     assert set(data["order_probe"]["accuracy"][name]) == {"block1", "final"}
     assert data["order_probe"]["chance"][name] == {"block1": 100 / T, "final": 100 / T}
+    # GradCAM on its last frame-encoder layer: a map per frame for each explained clip.
+    assert data["gradcam"]["skipped"] == {} and len(data["gradcam"]["clips"]) == 4
+    maps = np.load(report / "gradcam.npz")
+    assert maps[f"maps_{name}"].shape == (4, T, IMG, IMG) and maps[f"maps_{name}"].max() > 0
     text = (report / "report.md").read_text()
-    assert "No GradCAM for model: a zero-shot video-text model gives class scores only" in text
     assert "Zero-shot: each class scored" in text and "`a video of {}`" in text
 
 

@@ -24,7 +24,7 @@ id (when online) and returns an adapter:
   debias); the report states why the token-based diagnostics do not apply.
 - **X-CLIP** (``XCLIPModel``), a video-text model: zero-shot, each class scored by the model's
   clip-text similarity to its name (``model.prompt``), the classes those of the data
-  (``set_class_names``); logits only, and scored, not trained.
+  (``set_class_names``); the order probe and GradCAM read its frame encoder; scored, not trained.
 
 Frames go in as ``[B, T, C, H, W]`` under the model's own input name (``pixel_values``, or
 ``pixel_values_videos`` for V-JEPA 2 and VideoPrism) normalised with the model's own mean and std,
@@ -466,7 +466,9 @@ class HFZeroShot(_HFShared, LogitsOnlyAdapter):
         )
         self.tokenizer = tokenizer
         self.prompt = "{}"
-        del self.unsupported["order_probe"]  # tokens per frame and layer (see the class)
+        # Tokens per frame and layer (see the class): the order probe and GradCAM apply.
+        for capability in ("order_probe", "gradcam"):
+            del self.unsupported[capability]
         # The classes' tokenised texts: made from the data, not saved with the weights.
         self.register_buffer("input_ids", torch.zeros(0, 0, dtype=torch.long), persistent=False)
         self.register_buffer("text_mask", torch.zeros(0, 0, dtype=torch.long), persistent=False)
@@ -499,6 +501,18 @@ class HFZeroShot(_HFShared, LogitsOnlyAdapter):
     def block_grid(self, output: Any) -> torch.Tensor:
         # [(B T), 1 + S, D] per frame, its class token first
         return rearrange(unwrap_output(output)[:, 1:], "(b t) s d -> b t s d", t=self.num_frames)
+
+    def gradcam_layer(self) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+        """The last frame-encoder layer's first LayerNorm: each frame's tokens its attention
+        reads, [(B T), 1 + S + 1, D] with the frame's class token first and the message token
+        last."""
+        h = w = self.img_size // self.model.config.vision_config.patch_size
+
+        def reshape(x: torch.Tensor) -> torch.Tensor:
+            patches = x[:, 1 : 1 + h * w].float()
+            return rearrange(patches, "(b t) (h w) d -> b d t h w", t=self.num_frames, h=h, w=w)
+
+        return self.model.vision_model.encoder.layers[-1].layer_norm1, reshape
 
     def features(self, video: torch.Tensor) -> VideoTokens:
         frames: list[torch.Tensor] = []
