@@ -66,6 +66,13 @@ def export_checkpoint(
             "export takes the checkpoints that train writes"
         )
     saved = state["config"]
+    facts = {
+        "step": state.get("step"),
+        "epoch": state.get("epoch"),
+        "final_eval_lines": state.get("final_eval_lines"),
+        "heads": sorted({key.split(".")[1] for key in state.get("objective", {})}),  # losses.NAME.
+    }
+    del state  # the weights are read again with the model: hold one copy at a time
     cfg = merge(Config(), {key: saved[key] for key in ("model", "data")}, source=str(checkpoint))
     model, _ = load_model_from_checkpoint(cfg, checkpoint)
     hf_reason = _no_hf_form(model)
@@ -78,11 +85,12 @@ def export_checkpoint(
     info = {
         "format": chosen,
         "checkpoint": str(checkpoint),
-        "step": state.get("step"),
+        "step": facts["step"],
         "model": cfg.model.name,
         "classes": class_names_of(model),
         "clips": _clips(model, cfg),
-        "left_out": _left_out(state),
+        # What only training needs: the TIME heads and the optimizer state.
+        "left_out": [*(f"TIME head {name}" for name in facts["heads"]), "optimizer state"],
     }
     if chosen == "hf":
         info.update(_write_hf(model, cfg, out))
@@ -90,11 +98,11 @@ def export_checkpoint(
         info.update(_write_safetensors(model, cfg, out))
     info["files"] = sorted({*info["files"], "README.md", "export.json"})
     (out / "export.json").write_text(json.dumps(info, indent=2) + "\n")
-    (out / "README.md").write_text(model_card(info, saved, state, checkpoint))
+    (out / "README.md").write_text(model_card(info, saved, facts, checkpoint))
     return info
 
 
-def model_card(info: dict[str, Any], saved: dict[str, Any], state: dict, checkpoint: Path) -> str:
+def model_card(info: dict[str, Any], saved: dict[str, Any], facts: dict, checkpoint: Path) -> str:
     """The export's README.md (a Hugging Face model card): how the model was trained, the clips
     it takes, its evaluation when the checkpoint is the one its run evaluated last, how to load
     it."""
@@ -108,7 +116,7 @@ def model_card(info: dict[str, Any], saved: dict[str, Any], state: dict, checkpo
     pretrained = saved["model"].get("pretrained") or ""
     start = f", from {Path(pretrained).name}" if pretrained else ""
     clips = info["clips"]
-    evaluation = _evaluation_of(state, checkpoint)
+    evaluation = _evaluation_of(facts, checkpoint)
     library = "library_name: transformers\n" if info["format"] == "hf" else ""
     lines = [
         "---",
@@ -117,8 +125,8 @@ def model_card(info: dict[str, Any], saved: dict[str, Any], state: dict, checkpo
         f"# {info['model']}, trained with timematters",
         "",
         f"Trained with timematters {__version__} on `{saved['data']['dataset']}` "
-        f"({len(info['classes'])} classes) with {losses}{start}: epoch {state.get('epoch')}, "
-        f"step {state.get('step')}. TIME (Time Is MattEr, ICML 2022) adds self-supervised "
+        f"({len(info['classes'])} classes) with {losses}{start}: epoch {facts['epoch']}, "
+        f"step {facts['step']}. TIME (Time Is MattEr, ICML 2022) adds self-supervised "
         "losses that make a video model use the order of its frames; its heads are training "
         "only and are not in this export.",
         "",
@@ -156,11 +164,11 @@ def _hf_lines() -> list[str]:
     ]
 
 
-def _evaluation_of(state: dict, checkpoint: Path) -> str:
+def _evaluation_of(facts: dict, checkpoint: Path) -> str:
     """The run's final evaluation table when it scored this checkpoint: a checkpoint written
     after the final evaluation (``final_eval_lines`` set), in its run's ``checkpoints`` folder."""
     table = checkpoint.parent.parent / "eval.md"
-    done = state.get("final_eval_lines") is not None and checkpoint.parent.name == "checkpoints"
+    done = facts["final_eval_lines"] is not None and checkpoint.parent.name == "checkpoints"
     if done and table.is_file():
         return (
             "Top-1 (%) on the original test clips and on the same clips with their frames "
@@ -235,12 +243,6 @@ def _clips(model: nn.Module, cfg: Config) -> dict[str, Any]:
         "mean": mean,
         "std": std,
     }
-
-
-def _left_out(state: dict) -> list[str]:
-    """The TIME heads in the checkpoint (training only), and its optimizer state."""
-    heads = sorted({key.split(".")[1] for key in state.get("objective", {})})  # losses.NAME.
-    return [*(f"TIME head {name}" for name in heads), "optimizer state"]
 
 
 def _write_hf(model: nn.Module, cfg: Config, out: Path) -> dict[str, Any]:
