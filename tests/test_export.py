@@ -94,7 +94,8 @@ def test_a_run_of_a_hugging_face_model_exports_back_to_its_own_kind(tmp_path):
     overrides = ["model.num_frames=8", "data.crop_size=64", "loss.flow.weight=0"]
     checkpoint = _trained(tmp_path, "hf", f"model.name=hf:{folder}", "model.kwargs={}", *overrides)
     out = tmp_path / "exported"
-    assert main(["export", str(checkpoint), "--out", str(out)]) == 0
+    info = timematters.export(checkpoint, out)  # the Python API
+    assert info["format"] == "hf" and info["spec"] == f"hf:{out}"
 
     ours = timematters.load_model(checkpoint)
     theirs = transformers.AutoModelForVideoClassification.from_pretrained(out).eval()

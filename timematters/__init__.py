@@ -9,7 +9,8 @@ The Python API, model-first:
 - ``evaluate(model, loader, classes=..., subsets=...)``: top-1 / top-5 on original and
   frame-shuffled clips and the gap, per subset;
 - ``diagnose(models, data, out)``: the whole report (shuffle test, confidence gap, per-block
-  order probe, GradCAM) for ``{name: model}``.
+  order probe, GradCAM) for ``{name: model}``;
+- ``export(checkpoint, out)``: a trained model as a transformers folder or safetensors weights.
 
 ``loader`` / ``data`` is a dataset, a DataLoader of dict batches, or one of ``(video, label)``
 pairs, clips ``[B, C, T, H, W]``. Heavy modules load on first use, so ``import timematters`` is quick.
@@ -23,6 +24,7 @@ _API = {
     "load_model": "timematters.engine.model",
     "evaluate": "timematters.engine.evaluate",
     "diagnose": "timematters.diagnostics.report",
+    "export": "timematters.engine.export",
 }
 
 
@@ -36,4 +38,4 @@ def __dir__() -> list[str]:  # the lazy API shows in dir() and tab completion
     return sorted(__all__)
 
 
-__all__ = ["__version__", "diagnose", "evaluate", "load_model"]
+__all__ = ["__version__", "diagnose", "evaluate", "export", "load_model"]

@@ -575,11 +575,11 @@ def _flow(args) -> int:
 
 
 def _export(args) -> int:
-    from timematters.engine.export import export_checkpoint
+    from timematters.engine.export import export
 
     checkpoint = Path(args.checkpoint)
     out = Path(args.out) if args.out else checkpoint.with_name(f"{checkpoint.stem}_export")
-    info = export_checkpoint(checkpoint, out, format=args.format, overwrite=args.overwrite)
+    info = export(checkpoint, out, format=args.format, overwrite=args.overwrite)
     classes = info["classes"]
     shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
     clips = info["clips"]

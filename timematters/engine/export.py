@@ -35,7 +35,7 @@ from timematters.engine.runs import OUTPUTS, RunFolderInUse, claim_folder
 FORMATS = ("auto", "hf", "safetensors")
 
 
-def export_checkpoint(
+def export(
     checkpoint: str | Path,
     out: str | Path,
     *,
