@@ -455,7 +455,7 @@ class HFZeroShot(_HFShared, LogitsOnlyAdapter):
         vision = model.config.vision_config
         super().__init__(
             model,
-            reason="a zero-shot video-text model gives class scores only",
+            reason="a zero-shot video-text model is scored, not trained",
             num_frames=vision.num_frames,
             img_size=vision.image_size,
             embed_dim=0,
