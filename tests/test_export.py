@@ -244,7 +244,7 @@ def test_an_export_replaces_its_own_folder_only(tmp_path, capsys):
     copy = tmp_path / "elsewhere.pth"  # not in its run's folder: no evaluation is claimed
     copy.write_bytes(checkpoint.read_bytes())
     assert main(["export", str(copy), "--out", str(tmp_path / "copy")]) == 0
-    assert "was not the one its run evaluated last" in (tmp_path / "copy/README.md").read_text()
+    assert "No evaluation of this checkpoint is known" in (tmp_path / "copy/README.md").read_text()
 
     out = tmp_path / "export"
     assert main(["export", str(checkpoint), "--out", str(out), "--format", "hf"]) == 0

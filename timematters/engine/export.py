@@ -176,8 +176,9 @@ def _evaluation_of(facts: dict, checkpoint: Path) -> str:
             "run's final evaluation, `eval.md`):\n\n" + table.read_text().strip()
         )
     return (
-        "This checkpoint was not the one its run evaluated last; `timematters eval CONFIG "
-        "--checkpoint CHECKPOINT` gives its top-1 on original and frame-shuffled clips."
+        "No evaluation of this checkpoint is known here (it is not the one its run evaluated "
+        "last, or it is no longer in its run's folder); `timematters eval CONFIG --checkpoint "
+        "CHECKPOINT` gives its top-1 on original and frame-shuffled clips."
     )
 
 
@@ -256,8 +257,14 @@ def _write_hf(model: nn.Module, cfg: Config, out: Path) -> dict[str, Any]:
     names = class_names_of(model)
     network.config.id2label = dict(enumerate(names))
     network.config.label2id = {name: index for index, name in enumerate(names)}
-    transformers.utils.logging.disable_progress_bar()  # one small folder: no bar
-    network.save_pretrained(out)
+    bars = transformers.utils.logging
+    shown = bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()  # one folder written in a moment: no bar
+    try:
+        network.save_pretrained(out)
+    finally:
+        if shown:
+            bars.enable_progress_bar()
     processor = _video_processor(network.config.model_type, model, cfg, transformers)
     if processor is not None:
         processor.save_pretrained(out)
