@@ -7,6 +7,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import torch
 
 CODECS = {".webm": "libvpx-vp9", ".mp4": "libx264"}
 # Fast settings; a short GOP on MP4 makes the reader seek past the first keyframe.
@@ -28,6 +29,22 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 12) -> Path:
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def write_frame_folder(
+    folder: str | Path, frames: np.ndarray, name: str = "img_{:05d}", ext: str = ".png"
+) -> Path:
+    """Write uint8 frames [T, H, W, 3] as images ``name.format(i + 1) + ext`` in ``folder``
+    (the layout of frame-extracted datasets)."""
+    from torchvision.io import encode_jpeg, encode_png
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    encode = encode_png if ext == ".png" else lambda image: encode_jpeg(image, quality=95)
+    for i, frame in enumerate(frames):
+        data = encode(torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1))
+        (folder / f"{name.format(i + 1)}{ext}").write_bytes(data.numpy().tobytes())
+    return folder
 
 
 def level_of(index: int) -> int:
@@ -61,9 +78,15 @@ def moving_square_frames(
 
 
 def write_ssv2_tree(
-    tmp: Path, classes: list[str], per_class: int = 2, old_names: bool = False, num_frames: int = 20
+    tmp: Path,
+    classes: list[str],
+    per_class: int = 2,
+    old_names: bool = False,
+    num_frames: int = 20,
+    as_frames: bool = False,
 ) -> tuple[Path, Path]:
-    """An SSv2-shaped dataset: webm videos in one folder, labels.json + train/validation lists.
+    """An SSv2-shaped dataset: webm videos in one folder (``as_frames``: ``<id>/`` folders of PNG
+    frames), labels.json + train/validation lists.
 
     Video ids are numbers; video ``i`` belongs to class ``i % len(classes)``. Returns (root, annotations).
     """
@@ -81,7 +104,10 @@ def write_ssv2_tree(
         splits[split].append(
             {"id": video_id, "label": "x", "template": template, "placeholders": []}
         )
-        write_video(root / f"{video_id}.webm", frames)
+        if as_frames:
+            write_frame_folder(root / video_id, frames)
+        else:
+            write_video(root / f"{video_id}.webm", frames)
     for split, entries in splits.items():
         (annotations / f"{prefix}{split}.json").write_text(json.dumps(entries))
     return root, annotations

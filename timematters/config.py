@@ -144,7 +144,8 @@ class DataConfig:
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     test_temporal_views: int = 1
     test_spatial_crops: int = 3
-    decoder: Literal["pyav", "torchcodec"] = "pyav"
+    # pyav / torchcodec: video files; frames: each video a folder of frame images.
+    decoder: Literal["pyav", "torchcodec", "frames"] = "pyav"
     num_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     max_bad_fraction: float = 0.01
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

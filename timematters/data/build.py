@@ -164,7 +164,10 @@ def _build(
     )
     if data.dataset == "ssv2":
         root = _existing_path(
-            "data.root", data.root, "folder", "the folder of the <id>.webm videos"
+            "data.root",
+            data.root,
+            "folder",
+            "the folder of the <id>.webm videos (or <id>/ frame folders, data.decoder=frames)",
         )
         annotations = _existing_path(
             "data.annotations",

@@ -21,7 +21,13 @@ from torch.utils.data import Dataset
 
 from timematters.data.collate import BadVideo
 from timematters.data.sampling import Sampling, sample_clip_indices
-from timematters.data.video import Backend, VideoDecodeError, open_video, require_backend
+from timematters.data.video import (
+    IMAGE_EXTENSIONS,
+    Backend,
+    VideoDecodeError,
+    open_video,
+    require_backend,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +137,13 @@ class VideoDataset(Dataset):
 
 
 def split_missing(
-    samples: Sequence[VideoSample], where: str, listed_in: str = ""
+    samples: Sequence[VideoSample], where: str, listed_in: str = "", folders: bool = False
 ) -> tuple[list[VideoSample], list[str]]:
-    """(present, missing paths); warns about missing files, fails when none is present."""
-    present = [s for s in samples if Path(s.path).is_file()]
-    missing = [s.path for s in samples if not Path(s.path).is_file()]
+    """(present, missing paths); warns about missing files (``folders``: frame folders), fails
+    when none is present."""
+    exists = Path.is_dir if folders else Path.is_file
+    present = [s for s in samples if exists(Path(s.path))]
+    missing = [s.path for s in samples if not exists(Path(s.path))]
     report_missing(missing, len(samples), where, listed_in)
     return present, missing
 
@@ -160,14 +168,18 @@ def report_missing(missing: Sequence[str], total: int, where: str, listed_in: st
         )
 
 
-def index_videos(root: str | Path, recursive: bool = False) -> dict[str, str]:
+def index_videos(root: str | Path, recursive: bool = False, frames: bool = False) -> dict[str, str]:
     """File stem -> path of the video files in ``root`` (and its subfolders if ``recursive``).
+    ``frames``: the videos are frame folders, so folder name -> folder: the folders in ``root``,
+    or with ``recursive`` every folder below it that holds frame images.
 
     One directory listing instead of a file-system query per listed video.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"video root not found: {root}")
+    if frames:
+        return _index_frame_folders(root, recursive)
     folders = (
         ((folder, names) for folder, _, names in os.walk(root))
         if recursive
@@ -179,4 +191,14 @@ def index_videos(root: str | Path, recursive: bool = False) -> dict[str, str]:
             stem, extension = os.path.splitext(name)
             if extension.lower() in VIDEO_EXTENSIONS:
                 index.setdefault(stem, os.path.join(folder, name))
+    return index
+
+
+def _index_frame_folders(root: Path, recursive: bool) -> dict[str, str]:
+    if not recursive:  # one listing: a folder's frames are read when its video is
+        return {entry.name: entry.path for entry in os.scandir(root) if entry.is_dir()}
+    index: dict[str, str] = {}
+    for folder, _, names in os.walk(root):
+        if any(os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS for name in names):
+            index.setdefault(os.path.basename(folder), folder)
     return index

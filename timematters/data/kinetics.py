@@ -2,7 +2,8 @@
 
 Each CSV row is ``label,youtube_id,time_start,time_end,split[,is_cc]``; the video of a row is the
 file ``<youtube_id>_<time_start:06d>_<time_end:06d>.mp4`` anywhere under the root (in class
-folders, split folders, or flat; other video extensions are accepted too). Classes are the sorted
+folders, split folders, or flat; other video extensions are accepted too), or with
+``decoder="frames"`` a folder of that name holding the frame images. Classes are the sorted
 label names of the training CSV, so every split numbers them alike. Videos that were never
 downloaded are left out with a warning (``missing``): on Kinetics some always are.
 """
@@ -81,9 +82,11 @@ class KineticsDataset(VideoDataset):
             raise ValueError(
                 f"{len(unknown)} {split} labels are not training classes: {unknown[:5]}"
             )
-        videos = index_videos(root, recursive=True)
+        frames = options.get("decoder") == "frames"  # <stem>/ frame folders, not <stem>.mp4
+        videos = index_videos(root, recursive=True, frames=frames)
         samples = [VideoSample(videos[s], index_of[label], s) for label, s in rows if s in videos]
-        missing = [f"{label}/{stem}.mp4" for label, stem in rows if stem not in videos]
+        name = "{}/{}/" if frames else "{}/{}.mp4"
+        missing = [name.format(label, stem) for label, stem in rows if stem not in videos]
         report_missing(missing, len(rows), str(root), listed_in=str(split_csv))
         options.setdefault("train", split == "train")
         super().__init__(samples, classes, missing=missing, **options)

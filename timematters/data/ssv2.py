@@ -1,6 +1,7 @@
 """Something-Something v2 from its official annotation files.
 
-Videos are ``<id>.webm`` (VP9, 240 px high, 12 fps) in one folder. ``labels.json`` maps each class
+Videos are ``<id>.webm`` (VP9, 240 px high, 12 fps) in one folder, or ``<id>/`` folders of frame
+images with ``decoder="frames"``. ``labels.json`` maps each class
 name to its index (as a string); the train/validation lists hold ``{id, label, template,
 placeholders}`` entries whose class is ``labels[template without "[" and "]"]``. Two file-name
 generations exist: ``something-something-v2-{labels,train,validation,test}.json``, and
@@ -150,9 +151,11 @@ class SSv2Dataset(VideoDataset):
             entries = [(vid, new_index[label]) for vid, label in entries if label in new_index]
             classes = [classes[i] for i in kept]
             subsets = {subset: list(range(len(kept)))}
-        videos = index_videos(root)
+        frames = options.get("decoder") == "frames"  # <id>/ frame folders, not <id>.webm
+        videos = index_videos(root, frames=frames)
         samples = [VideoSample(videos[vid], label, vid) for vid, label in entries if vid in videos]
-        missing = [str(Path(root) / f"{vid}.webm") for vid, _ in entries if vid not in videos]
+        name = "{}/" if frames else "{}.webm"
+        missing = [str(Path(root) / name.format(vid)) for vid, _ in entries if vid not in videos]
         split_file = find_ssv2_file(annotations, _SPLIT_FILES[split])
         report_missing(missing, len(entries), str(root), listed_in=str(split_file))
         options.setdefault("train", split == "train")

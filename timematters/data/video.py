@@ -2,6 +2,8 @@
 
 PyAV (FFmpeg bundled in its wheel) is the default backend. torchcodec is optional (extra
 ``[torchcodec]``); it needs system FFmpeg libraries and a build matching the installed torch.
+``frames`` reads videos stored as folders of frame images (the frame-extracted copies of SSv2
+and Kinetics that many training codes use), decoding only the wanted frames with torchvision.
 
 The PyAV reader first demuxes the video stream without decoding it, which gives the exact frame
 count (WebM/VP9 files declare none) and the keyframe positions. Decoding then seeks once to the
@@ -14,12 +16,17 @@ from __future__ import annotations
 import bisect
 import functools
 import io
+import os
+import re
 from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
 
-Backend = Literal["pyav", "torchcodec"]
+Backend = Literal["pyav", "torchcodec", "frames"]
+BACKENDS = ("pyav", "torchcodec", "frames")
+# The frame files a frame folder may hold (what torchvision's decode_image reads).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 class VideoDecodeError(Exception):
@@ -50,7 +57,9 @@ def open_video(path: str | Path, backend: Backend = "pyav") -> VideoReader:
         return PyAVReader(path)
     if backend == "torchcodec":
         return TorchCodecReader(path)
-    raise ValueError(f"unknown decoder backend {backend!r}; choose pyav or torchcodec")
+    if backend == "frames":
+        return FrameFolderReader(path)
+    raise ValueError(f"unknown decoder backend {backend!r}; choose {', '.join(BACKENDS)}")
 
 
 class PyAVReader:
@@ -203,8 +212,8 @@ def require_backend(backend: Backend) -> None:
     """Raise ``DecoderUnavailable``, saying what to do, when ``backend`` cannot be loaded."""
     if backend == "torchcodec":
         _torchcodec_decoder_class()
-    elif backend != "pyav":
-        raise ValueError(f"unknown decoder backend {backend!r}; choose pyav or torchcodec")
+    elif backend not in BACKENDS:
+        raise ValueError(f"unknown decoder backend {backend!r}; choose {', '.join(BACKENDS)}")
 
 
 def torchcodec_available() -> bool:
@@ -239,3 +248,52 @@ class TorchCodecReader:
             return self._decoder.get_frames_at(indices).data.numpy()
         except (RuntimeError, ValueError) as error:
             raise VideoDecodeError(self.path, f"decoding failed: {error}") from error
+
+
+def _natural_key(name: str) -> list:
+    """``frame_2`` before ``frame_10``: runs of digits compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def frame_files(folder: str | Path) -> list[str]:
+    """The frame images of a frame folder, in natural file-name order."""
+    files = [
+        entry.path
+        for entry in os.scandir(folder)
+        if entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+    ]
+    return sorted(files, key=lambda path: _natural_key(os.path.basename(path)))
+
+
+class FrameFolderReader:
+    """A video stored as a folder of frame images (``img_00001.jpg``, ...), one per frame in
+    natural file-name order; only the frames asked for are read and decoded."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        if not Path(path).is_dir():
+            raise VideoDecodeError(path, "not a folder of frame images (data.decoder=frames)")
+        self.files = frame_files(path)
+        if not self.files:
+            names = ", ".join(IMAGE_EXTENSIONS)
+            raise VideoDecodeError(path, f"no frame images ({names}) in the folder")
+        self.num_frames = len(self.files)
+
+    def get_frames(self, indices: np.ndarray | list[int]) -> np.ndarray:
+        from torchvision.io import ImageReadMode, decode_image
+
+        decoded: dict[int, np.ndarray] = {}
+        for index in sorted(set(int(i) for i in indices)):
+            file = self.files[index]
+            try:
+                image = decode_image(file, mode=ImageReadMode.RGB)  # [3, H, W] uint8
+            except (RuntimeError, ValueError) as error:
+                raise VideoDecodeError(
+                    self.path, f"frame {os.path.basename(file)}: {str(error).splitlines()[0]}"
+                ) from None
+            decoded[index] = image.permute(1, 2, 0).numpy()
+        sizes = {frame.shape for frame in decoded.values()}
+        if len(sizes) > 1:
+            shown = ", ".join(f"{h}x{w}" for h, w, _ in sorted(sizes))
+            raise VideoDecodeError(self.path, f"frames of different sizes ({shown})")
+        return np.stack([decoded[int(i)] for i in indices])

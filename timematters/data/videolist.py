@@ -197,7 +197,10 @@ class VideoListDataset(VideoDataset):
             VideoSample(str(base / path), label, path)
             for (_, path, _), label in zip(entries, labels, strict=True)
         ]
-        present, missing = split_missing(samples, str(base), listed_in=str(list_file))
+        folders = options.get("decoder") == "frames"  # listed paths are frame folders
+        present, missing = split_missing(
+            samples, str(base), listed_in=str(list_file), folders=folders
+        )
         super().__init__(present, classes, missing=missing, **options)
 
 

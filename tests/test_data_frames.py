@@ -1,0 +1,119 @@
+"""Videos stored as folders of frame images (``data.decoder=frames``): the frame-extracted copies
+of SSv2 and Kinetics, and video lists of frame folders, read as their video files are."""
+
+import numpy as np
+import pytest
+from videos import (
+    frame_numbers,
+    moving_square_frames,
+    numbered_frames,
+    write_frame_folder,
+    write_ssv2_tree,
+    write_video,
+)
+
+from timematters.cli import main
+from timematters.config import load_config
+from timematters.data import build_dataset
+from timematters.data.video import VideoDecodeError, open_video
+
+CLASSES = ["Approaching something with your camera", "Folding something"]
+SMALL = ["data.crop_size=32", "data.train_short_side=[36,40]", "data.eval_short_side=32"]
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+def test_the_frames_asked_for_come_in_natural_file_name_order(tmp_path, ext):
+    # frame_1 ... frame_12: a plain sort would put frame_10 before frame_2.
+    folder = write_frame_folder(tmp_path / "clip", numbered_frames(12), name="frame_{}", ext=ext)
+    (folder / "notes.txt").write_text("not a frame")
+    reader = open_video(folder, "frames")
+    assert reader.num_frames == 12
+    frames = reader.get_frames([3, 0, 10, 3, 11])
+    assert frames.shape == (5, 48, 64, 3) and frames.dtype == np.uint8
+    assert frame_numbers(frames) == [3, 0, 10, 3, 11]
+
+
+def test_the_same_clips_as_from_the_video_file(tmp_path):
+    frames = moving_square_frames(10)
+    video = open_video(write_video(tmp_path / "clip.webm", frames), "pyav")
+    folder = open_video(write_frame_folder(tmp_path / "clip", frames), "frames")
+    assert folder.num_frames == video.num_frames == 10
+    np.testing.assert_array_equal(folder.get_frames([0, 4, 9]), frames[[0, 4, 9]])  # PNG: exact
+
+
+def test_a_bad_frame_folder_is_a_bad_video_that_names_the_problem(tmp_path):
+    good = write_frame_folder(tmp_path / "good", numbered_frames(4))
+    (good / "img_00003.png").write_bytes(b"not an image")
+    with pytest.raises(VideoDecodeError, match="frame img_00003.png"):
+        open_video(good, "frames").get_frames([0, 2])
+    assert open_video(good, "frames").get_frames([0, 1]).shape[0] == 2  # only what is asked
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VideoDecodeError, match="no frame images"):
+        open_video(tmp_path / "empty", "frames")
+    with pytest.raises(VideoDecodeError, match="not a folder of frame images"):
+        open_video(tmp_path / "good" / "img_00001.png", "frames")
+    mixed = write_frame_folder(tmp_path / "mixed", numbered_frames(2))
+    write_frame_folder(mixed, numbered_frames(1, height=32), name="img_{:05d}_b")
+    with pytest.raises(VideoDecodeError, match="different sizes"):
+        open_video(mixed, "frames").get_frames([0, 1, 2])
+
+
+def test_ssv2_as_frame_folders(tmp_path, capsys):
+    root, annotations = write_ssv2_tree(tmp_path, CLASSES, per_class=2, as_frames=True)
+    (root / "1001").rename(root / "elsewhere")  # a training video whose frames are missing
+    data = [
+        "data.dataset=ssv2",
+        f"data.root={root}",
+        f"data.annotations={annotations}",
+        "data.decoder=frames",
+        "model.num_frames=4",
+        "data.num_workers=0",
+        *SMALL,
+    ]
+    cfg = load_config(None, data)
+    train = build_dataset(cfg, "train", flow_labels=False, patch_size=16)
+    assert len(train) == 3 and train.missing == [str(root / "1001")]
+    test = build_dataset(cfg, "val", flow_labels=False, patch_size=16)
+    item = test[0]
+    assert item["video"].shape == (3, 3, 4, 32, 32)  # 3 crops of 4 frames
+    # Segment sampling of 20 numbered frames (the middle of each of 4 segments at test time).
+    means = item["video"][0].mean(dim=(0, 2, 3)) * 0.5 + 0.5
+    assert frame_numbers(means.numpy()[:, None] * 255) == [2, 7, 12, 17]
+    assert main(["data", "check", "synthetic/time", *data, "--limit", "8"]) == 1  # 1 missing
+    printed = capsys.readouterr().out
+    assert "train: 4 videos listed, 3 found, 1 missing, 0 of 3 checked undecodable" in printed
+    assert "val: 4 videos listed, 4 found, 0 missing, 0 of 4 checked undecodable" in printed
+
+
+def test_kinetics_and_video_lists_of_frame_folders(tmp_path):
+    header = "label,youtube_id,time_start,time_end,split,is_cc\n"
+    lines, listed = [], []
+    for i, label in enumerate(["abseiling", "air drumming"] * 2):
+        stem = f"vid{i:08d}_{10 * i:06d}_{10 * i + 10:06d}"
+        write_frame_folder(tmp_path / "k400" / label / stem, numbered_frames(8))
+        lines.append(f"{label},vid{i:08d},{10 * i},{10 * i + 10},train,0\n")
+        listed.append(f"k400/{label}/{stem},{label}\n")
+    (tmp_path / "train.csv").write_text(header + "".join(lines))
+    options = ["data.decoder=frames", "model.num_frames=4", *SMALL]
+    kinetics = load_config(
+        None,
+        [
+            "data.dataset=kinetics",
+            f"data.root={tmp_path / 'k400'}",
+            f"data.annotations={tmp_path / 'train.csv'}",
+            *options,
+        ],
+    )
+    dataset = build_dataset(kinetics, "train", flow_labels=False, patch_size=16)
+    assert dataset.classes == ["abseiling", "air drumming"] and len(dataset) == 4
+    assert dataset[0]["video"].shape == (3, 4, 32, 32)
+
+    gone = "k400/abseiling/gone,abseiling\n"  # a CSV: the folder names hold spaces
+    (tmp_path / "list.csv").write_text("path,label\n" + "".join(listed) + gone)
+    videolist = load_config(
+        None,
+        ["data.dataset=videolist", f"data.annotations={tmp_path / 'list.csv'}", *options],
+    )
+    dataset = build_dataset(videolist, "train", flow_labels=False, patch_size=16)
+    assert len(dataset) == 4 and dataset.missing == [str(tmp_path / "k400/abseiling/gone")]
