@@ -73,7 +73,7 @@ def test_garbage_and_missing_files_are_bad(tmp_path):
 
 
 def test_unknown_backend(videos):
-    with pytest.raises(ValueError, match="pyav or torchcodec"):
+    with pytest.raises(ValueError, match="pyav, torchcodec, frames"):
         open_video(videos[".mp4"], "decord")
 
 
