@@ -117,3 +117,25 @@ def test_kinetics_and_video_lists_of_frame_folders(tmp_path):
     )
     dataset = build_dataset(videolist, "train", flow_labels=False, patch_size=16)
     assert len(dataset) == 4 and dataset.missing == [str(tmp_path / "k400/abseiling/gone")]
+
+
+def test_predict_takes_frame_folders_as_videos(tmp_path, monkeypatch, capsys):
+    from timematters.diagnostics.predict import list_videos
+
+    clips = tmp_path / "clips"
+    write_frame_folder(clips / "a", numbered_frames(8))
+    write_frame_folder(clips / "b", numbered_frames(8), ext=".jpg")
+    write_video(clips / "c.mp4", numbered_frames(8))
+    assert list_videos([clips]) == [clips / "a", clips / "b", clips / "c.mp4"]
+    assert list_videos([clips / "a"]) == [clips / "a"]  # a folder of frames is one video
+
+    (tmp_path / "frame_pool.py").write_text(
+        "from torch import nn\n"
+        "def pool(num_classes=3):\n"
+        "    return nn.Sequential(nn.Flatten(2), nn.Flatten(1), nn.LazyLinear(num_classes))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    options = ["--config", "videolist/time", "-o", "model.num_frames=4", "-o", "data.crop_size=32"]
+    assert main(["predict", str(clips), "--model", "frame_pool:pool", *options]) == 0
+    printed = capsys.readouterr().out
+    assert all(f"{clips / name}\n" in printed for name in ("a", "b", "c.mp4"))

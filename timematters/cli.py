@@ -161,7 +161,12 @@ def _parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict", help="a model's classes for videos, and how shuffling or reversing changes them"
     )
-    predict.add_argument("inputs", nargs="+", help="video files, folders of videos, or list files")
+    predict.add_argument(
+        "inputs",
+        nargs="+",
+        help="video files, folders of frame images (one video each), folders of videos, or "
+        "list files",
+    )
     source = predict.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a timematters checkpoint")
     source.add_argument("--model", help=f"a model spec: {MODEL_SPECS}")

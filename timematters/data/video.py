@@ -52,13 +52,14 @@ class VideoReader(Protocol):
 
 
 def open_video(path: str | Path, backend: Backend = "pyav") -> VideoReader:
-    """Open a video for random frame access; raises ``VideoDecodeError`` for a bad file."""
+    """Open a video for random frame access; raises ``VideoDecodeError`` for a bad file. A
+    folder is read as frame images whatever the backend (a file decoder cannot open one)."""
+    if backend == "frames" or os.path.isdir(path):
+        return FrameFolderReader(path)
     if backend == "pyav":
         return PyAVReader(path)
     if backend == "torchcodec":
         return TorchCodecReader(path)
-    if backend == "frames":
-        return FrameFolderReader(path)
     raise ValueError(f"unknown decoder backend {backend!r}; choose {', '.join(BACKENDS)}")
 
 

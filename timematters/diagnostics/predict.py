@@ -24,7 +24,7 @@ from timematters.backbones.adapters.module import as_video_backbone
 from timematters.data.dataset import VIDEO_EXTENSIONS
 from timematters.data.sampling import sample_segment_indices
 from timematters.data.transforms import EvalTransform
-from timematters.data.video import VideoDecodeError, open_video
+from timematters.data.video import VideoDecodeError, frame_files, open_video
 from timematters.engine.evaluate import PERTURBATION_NAMES
 from timematters.engine.model import class_names_of, describe_model
 from timematters.losses.shuffle import freeze_frames, perturb_frames
@@ -263,13 +263,20 @@ def explain_prediction(
 
 
 def list_videos(inputs: Sequence[str | Path], root: str | Path | None = None) -> list[Path]:
-    """The videos ``inputs`` name: files, every video of a folder (sorted), or the paths a list
+    """The videos ``inputs`` name: files, every video of a folder (sorted; its video files and
+    its subfolders of frame images), a folder of frame images (one video), or the paths a list
     file holds (one per line, its first field; relative to ``root``, a config's ``data.root``
     as in training, else to the list's folder)."""
     videos: list[Path] = []
     for item in map(Path, inputs):
-        if item.is_dir():
-            videos += sorted(p for p in item.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
+        if item.is_dir() and frame_files(item):
+            videos.append(item)  # its frames: one video
+        elif item.is_dir():
+            videos += sorted(
+                p
+                for p in item.iterdir()
+                if p.suffix.lower() in VIDEO_EXTENSIONS or (p.is_dir() and frame_files(p))
+            )
         elif item.suffix.lower() in VIDEO_EXTENSIONS:
             if not item.is_file():
                 raise FileNotFoundError(f"no video at {item}")
@@ -280,7 +287,7 @@ def list_videos(inputs: Sequence[str | Path], root: str | Path | None = None) ->
                 lines = [line.split(",")[0] for line in lines[1:]]
             base = Path(root) if root else item.parent
             listed = [_listed_path(line, base) for line in lines if line.strip()]
-            missing = [path for path in listed if not path.is_file()]
+            missing = [path for path in listed if not path.exists()]  # files or frame folders
             # None there: the paths are read against the wrong folder. (Some missing: they are
             # skipped and counted as videos that cannot be read, as a dataset counts them.)
             if missing and len(missing) == len(listed):
