@@ -139,3 +139,18 @@ def test_predict_takes_frame_folders_as_videos(tmp_path, monkeypatch, capsys):
     assert main(["predict", str(clips), "--model", "frame_pool:pool", *options]) == 0
     printed = capsys.readouterr().out
     assert all(f"{clips / name}\n" in printed for name in ("a", "b", "c.mp4"))
+
+
+def test_only_a_folder_of_nothing_but_images_is_a_frame_folder(tmp_path):
+    from timematters.data.video import is_frame_folder
+
+    frames = write_frame_folder(tmp_path / "frames", numbered_frames(3))
+    (frames / ".DS_Store").write_text("")  # hidden files aside
+    videos = tmp_path / "videos"
+    write_video(videos / "a.mp4", numbered_frames(4))
+    write_frame_folder(videos, numbered_frames(1), name="thumbnail")  # a video's thumbnail
+    report = write_frame_folder(tmp_path / "report", numbered_frames(1), name="plot")
+    (report / "report.json").write_text("{}")
+    assert is_frame_folder(frames)
+    assert not is_frame_folder(videos) and not is_frame_folder(report)
+    assert not is_frame_folder(tmp_path / "missing") and not is_frame_folder(videos / "a.mp4")

@@ -266,6 +266,16 @@ def frame_files(folder: str | Path) -> list[str]:
     return sorted(files, key=lambda path: _natural_key(os.path.basename(path)))
 
 
+def is_frame_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder of frame images: it holds images and no other files (hidden
+    ones aside), so that a folder of videos with a thumbnail, or a report's folder of plots,
+    is not taken for one."""
+    if not os.path.isdir(path):
+        return False
+    names = [e.name for e in os.scandir(path) if e.is_file() and not e.name.startswith(".")]
+    return bool(names) and all(os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS for n in names)
+
+
 class FrameFolderReader:
     """A video stored as a folder of frame images (``img_00001.jpg``, ...), one per frame in
     natural file-name order; only the frames asked for are read and decoded."""

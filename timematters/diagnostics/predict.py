@@ -24,7 +24,7 @@ from timematters.backbones.adapters.module import as_video_backbone
 from timematters.data.dataset import VIDEO_EXTENSIONS
 from timematters.data.sampling import sample_segment_indices
 from timematters.data.transforms import EvalTransform
-from timematters.data.video import VideoDecodeError, frame_files, open_video
+from timematters.data.video import VideoDecodeError, is_frame_folder, open_video
 from timematters.engine.evaluate import PERTURBATION_NAMES
 from timematters.engine.model import class_names_of, describe_model
 from timematters.losses.shuffle import freeze_frames, perturb_frames
@@ -264,18 +264,18 @@ def explain_prediction(
 
 def list_videos(inputs: Sequence[str | Path], root: str | Path | None = None) -> list[Path]:
     """The videos ``inputs`` name: files, every video of a folder (sorted; its video files and
-    its subfolders of frame images), a folder of frame images (one video), or the paths a list
+    its subfolders of frame images only), a folder of frame images only (one video), or the paths a list
     file holds (one per line, its first field; relative to ``root``, a config's ``data.root``
     as in training, else to the list's folder)."""
     videos: list[Path] = []
     for item in map(Path, inputs):
-        if item.is_dir() and frame_files(item):
+        if is_frame_folder(item):
             videos.append(item)  # its frames: one video
         elif item.is_dir():
             videos += sorted(
                 p
                 for p in item.iterdir()
-                if p.suffix.lower() in VIDEO_EXTENSIONS or (p.is_dir() and frame_files(p))
+                if p.suffix.lower() in VIDEO_EXTENSIONS or is_frame_folder(p)
             )
         elif item.suffix.lower() in VIDEO_EXTENSIONS:
             if not item.is_file():
