@@ -263,10 +263,10 @@ def explain_prediction(
 
 
 def list_videos(inputs: Sequence[str | Path], root: str | Path | None = None) -> list[Path]:
-    """The videos ``inputs`` name: files, every video of a folder (sorted; its video files and
-    its subfolders of frame images only), a folder of frame images only (one video), or the paths a list
-    file holds (one per line, its first field; relative to ``root``, a config's ``data.root``
-    as in training, else to the list's folder)."""
+    """The videos ``inputs`` name: files, a folder of frame images only (one video), every
+    video of a folder (sorted: its video files and its subfolders of frame images only), or the
+    paths a list file holds (one per line, its first field; relative to ``root``, a config's
+    ``data.root`` as in training, else to the list's folder)."""
     videos: list[Path] = []
     for item in map(Path, inputs):
         if is_frame_folder(item):
