@@ -154,3 +154,21 @@ def test_only_a_folder_of_nothing_but_images_is_a_frame_folder(tmp_path):
     assert is_frame_folder(frames)
     assert not is_frame_folder(videos) and not is_frame_folder(report)
     assert not is_frame_folder(tmp_path / "missing") and not is_frame_folder(videos / "a.mp4")
+
+
+def test_frame_folders_read_as_video_files_name_the_fix(tmp_path):
+    root, annotations = write_ssv2_tree(tmp_path / "ssv2", CLASSES, per_class=1, as_frames=True)
+    ssv2 = ["data.dataset=ssv2", f"data.root={root}", f"data.annotations={annotations}"]
+    kinetics_root = tmp_path / "k400"
+    write_frame_folder(
+        kinetics_root / "abseiling" / "vid00000000_000000_000010", numbered_frames(4)
+    )
+    csv = tmp_path / "train.csv"
+    csv.write_text("label,youtube_id,time_start,time_end,split\nabseiling,vid00000000,0,10,train\n")
+    kinetics = ["data.dataset=kinetics", f"data.root={kinetics_root}", f"data.annotations={csv}"]
+    (tmp_path / "list.txt").write_text("k400/abseiling/vid00000000_000000_000010 abseiling\n")
+    videolist = ["data.dataset=videolist", f"data.annotations={tmp_path / 'list.txt'}"]
+    for data in (ssv2, kinetics, videolist):
+        cfg = load_config(None, [*data, *SMALL, "model.num_frames=4"])
+        with pytest.raises(FileNotFoundError, match="set data.decoder=frames"):
+            build_dataset(cfg, "train", flow_labels=False, patch_size=16)

@@ -144,21 +144,33 @@ def split_missing(
     exists = Path.is_dir if folders else Path.is_file
     present = [s for s in samples if exists(Path(s.path))]
     missing = [s.path for s in samples if not exists(Path(s.path))]
-    report_missing(missing, len(samples), where, listed_in)
+    as_folders = not present and not folders and any(Path(p).is_dir() for p in missing[:20])
+    report_missing(missing, len(samples), where, listed_in, frame_folders=as_folders)
     return present, missing
 
 
-def report_missing(missing: Sequence[str], total: int, where: str, listed_in: str = "") -> None:
+FRAMES_HINT = "; they are folders: for folders of frame images set data.decoder=frames"
+
+
+def report_missing(
+    missing: Sequence[str],
+    total: int,
+    where: str,
+    listed_in: str = "",
+    frame_folders: bool = False,
+) -> None:
     """Warn that ``missing`` of ``total`` videos listed in ``listed_in`` are not under ``where``.
 
     The list file is named because a run reads two (training and evaluation) and the notice must
     say which one to fix. It is logged ("timematters" logger), not printed, so that a run's
-    train.log can keep it.
+    train.log can keep it. ``frame_folders``: none was found as a file, but they are there as
+    folders (frame-extracted videos read without data.decoder=frames): the error says so.
     """
     listed = f"videos listed in {listed_in}" if listed_in else "listed videos"
     if total and len(missing) == total:
+        hint = FRAMES_HINT if frame_folders else ""
         raise FileNotFoundError(
-            f"none of the {total} {listed} were found under {where} (first: {missing[0]})"
+            f"none of the {total} {listed} were found under {where} (first: {missing[0]}){hint}"
         )
     if missing:
         are = "is" if len(missing) == 1 else "are"

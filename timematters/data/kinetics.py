@@ -87,6 +87,10 @@ class KineticsDataset(VideoDataset):
         samples = [VideoSample(videos[s], index_of[label], s) for label, s in rows if s in videos]
         name = "{}/{}/" if frames else "{}/{}.mp4"
         missing = [name.format(label, stem) for label, stem in rows if stem not in videos]
-        report_missing(missing, len(rows), str(root), listed_in=str(split_csv))
+        # None found as files: are they there as frame folders (data.decoder=frames forgotten)?
+        folders = not samples and not frames and bool(index_videos(root, True, frames=True))
+        report_missing(
+            missing, len(rows), str(root), listed_in=str(split_csv), frame_folders=folders
+        )
         options.setdefault("train", split == "train")
         super().__init__(samples, classes, missing=missing, **options)

@@ -157,6 +157,11 @@ class SSv2Dataset(VideoDataset):
         name = "{}/" if frames else "{}.webm"
         missing = [str(Path(root) / name.format(vid)) for vid, _ in entries if vid not in videos]
         split_file = find_ssv2_file(annotations, _SPLIT_FILES[split])
-        report_missing(missing, len(entries), str(root), listed_in=str(split_file))
+        folders = (
+            not samples and not frames and any(Path(root, v).is_dir() for v, _ in entries[:20])
+        )
+        report_missing(
+            missing, len(entries), str(root), listed_in=str(split_file), frame_folders=folders
+        )
         options.setdefault("train", split == "train")
         super().__init__(samples, classes, subsets=subsets, missing=missing, **options)
