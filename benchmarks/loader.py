@@ -1,7 +1,8 @@
 """Data-loading speed: clips per second per DataLoader worker for decode + sample + augment, with
 and without flow labels (OpenCV Farnebäck on the final crop), on generated videos shaped like SSv2
 (VP9 WebM, 240 px high, 12 fps, 3 s; segment sampling) and Kinetics (H.264 MP4, 256 px high,
-30 fps, 10 s; dense sampling, stride 8).
+30 fps, 10 s; dense sampling, stride 8), and the SSv2-like videos as folders of JPEG frames
+(quality 90; ``data.decoder=frames``).
 
 One process with one torch and one OpenCV thread stands for one worker.
 
@@ -35,6 +36,7 @@ KINDS = {
     # name: (extension, codec, height, width, fps, seconds, sampling)
     "ssv2-like webm": (".webm", "libvpx-vp9", 240, 426, 12, 3, "segment"),
     "kinetics-like mp4": (".mp4", "libx264", 256, 340, 30, 10, "dense"),
+    "ssv2-like jpg frames": ("", "jpeg", 240, 426, 12, 3, "segment"),
 }
 
 
@@ -64,14 +66,27 @@ def _write(path: Path, frames: np.ndarray, codec: str, fps: int) -> None:
             container.mux(packet)
 
 
+def _write_frames(folder: Path, frames: np.ndarray) -> None:
+    folder.mkdir()
+    for t, frame in enumerate(frames):
+        cv2.imwrite(
+            str(folder / f"img_{t + 1:05d}.jpg"), frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90]
+        )
+
+
 def _make_videos(folder: Path, kind: str, count: int) -> Path:
     ext, codec, height, width, fps, seconds, _ = KINDS[kind]
     names = []
+    stem = "_".join(kind.split()[:2])
     for i in range(count):
-        name = f"{kind.split()[0]}_{i}{ext}"
-        _write(folder / name, _scene(fps * seconds, height, width, seed=i), codec, fps)
+        name = f"{stem}_{i}{ext}"
+        frames = _scene(fps * seconds, height, width, seed=i)
+        if codec == "jpeg":
+            _write_frames(folder / name, frames)
+        else:
+            _write(folder / name, frames, codec, fps)
         names.append(f"{name} 0\n")
-    listing = folder / f"{kind.split()[0]}.txt"
+    listing = folder / f"{stem}.txt"
     listing.write_text("".join(names))
     return listing
 
@@ -116,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     short_side = (round(args.crop_size * 256 / 224), round(args.crop_size * 320 / 224))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for kind, (*_, sampling) in KINDS.items():
+        for kind, (_, codec, *_, sampling) in KINDS.items():
             listing = _make_videos(Path(tmp), kind, args.videos)
             for with_flow in (False, True):
                 dataset = VideoListDataset(
@@ -126,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
                     num_frames=args.num_frames,
                     sampling=sampling,
                     dense_stride=8,
+                    decoder="frames" if codec == "jpeg" else "pyav",
                     flow_labels=(
                         functools.partial(clip_flow_labels, patch_size=args.patch_size)
                         if with_flow
@@ -137,11 +153,11 @@ def main(argv: list[str] | None = None) -> None:
                 )
 
     print(
-        f"{'videos':<18} {'flow':<5} {'clips/s/worker':>14} {'decode ms':>10} {'augment ms':>11} {'flow ms':>8}"
+        f"{'videos':<21} {'flow':<5} {'clips/s/worker':>14} {'decode ms':>10} {'augment ms':>11} {'flow ms':>8}"
     )
     for r in rows:
         print(
-            f"{r['videos']:<18} {'yes' if r['flow_labels'] else 'no':<5} {r['clips_per_s']:>14.1f} "
+            f"{r['videos']:<21} {'yes' if r['flow_labels'] else 'no':<5} {r['clips_per_s']:>14.1f} "
             f"{r['decode_ms']:>10.1f} {r['augment_ms']:>11.1f} {r['flow_ms']:>8.1f}"
         )
     out = Path(args.out)
