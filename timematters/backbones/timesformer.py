@@ -245,7 +245,7 @@ def _rename_hf_timesformer(state_dict: dict) -> dict:
     return out
 
 
-def to_hf_timesformer(state_dict: dict) -> dict:
+def rename_to_hf_timesformer(state_dict: dict) -> dict:
     """Our (official) TimeSformer key names -> Hugging Face ``transformers``' names: the inverse of
     the loading rename, for ``timematters export``."""
     blocks = {ours: hf for hf, ours in _HF_BLOCK_NAMES.items()}

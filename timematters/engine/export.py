@@ -25,7 +25,7 @@ from typing import Any
 from torch import nn
 
 from timematters.backbones.adapters.base import Adapter
-from timematters.backbones.timesformer import TimeSformer, to_hf_timesformer
+from timematters.backbones.timesformer import TimeSformer, rename_to_hf_timesformer
 from timematters.backbones.vit import VisionTransformer
 from timematters.config import Config, backbone_kwargs, merge
 from timematters.engine.checkpoint import load_checkpoint
@@ -294,7 +294,7 @@ def _hf_timesformer(model: TimeSformer, transformers) -> nn.Module:
         num_labels=model.num_classes,
     )
     network = transformers.TimesformerForVideoClassification(config)
-    network.load_state_dict(to_hf_timesformer(model.state_dict()), strict=True)
+    network.load_state_dict(rename_to_hf_timesformer(model.state_dict()), strict=True)
     return network.eval()
 
 
