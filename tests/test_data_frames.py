@@ -33,6 +33,17 @@ def test_the_frames_asked_for_come_in_natural_file_name_order(tmp_path, ext):
     assert frame_numbers(frames) == [3, 0, 10, 3, 11]
 
 
+def test_sixteen_bit_frames_come_as_eight_bit_ones(tmp_path):
+    import cv2
+
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    for i, level in enumerate((0, 257 * 100, 65535)):  # 16-bit levels of 0, 100 and 255
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((4, 6, 3), level, np.uint16))
+    frames = open_video(folder, "frames").get_frames([0, 1, 2])
+    assert frames.dtype == np.uint8 and frames[:, 0, 0, 0].tolist() == [0, 100, 255]
+
+
 def test_the_same_clips_as_from_the_video_file(tmp_path):
     frames = moving_square_frames(10)
     video = open_video(write_video(tmp_path / "clip.webm", frames), "pyav")

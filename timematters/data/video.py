@@ -291,7 +291,9 @@ class FrameFolderReader:
         self.num_frames = len(self.files)
 
     def get_frames(self, indices: np.ndarray | list[int]) -> np.ndarray:
+        import torch
         from torchvision.io import ImageReadMode, decode_image
+        from torchvision.transforms.v2.functional import to_dtype
 
         decoded: dict[int, np.ndarray] = {}
         for index in sorted(set(int(i) for i in indices)):
@@ -302,6 +304,7 @@ class FrameFolderReader:
                 raise VideoDecodeError(
                     self.path, f"frame {os.path.basename(file)}: {str(error).splitlines()[0]}"
                 ) from None
+            image = to_dtype(image, torch.uint8, scale=True)  # 16-bit PNGs to 8 bits
             decoded[index] = image.permute(1, 2, 0).numpy()
         sizes = {frame.shape for frame in decoded.values()}
         if len(sizes) > 1:
