@@ -227,44 +227,46 @@ _HF_TOP_NAMES = {
 
 def _rename_hf_timesformer(state_dict: dict) -> dict:
     """Hugging Face ``transformers`` TimeSformer key names -> official names."""
-    out = {}
-    for key, value in state_dict.items():
-        name = key.removeprefix("timesformer.")
-        if name.startswith("encoder.layer."):
-            _, _, index, rest = name.split(".", 3)
-            for hf, ours in _HF_BLOCK_NAMES.items():
-                if rest.startswith(hf + "."):
-                    name = f"blocks.{index}.{ours}{rest[len(hf) :]}"
-                    break
-        else:
-            for hf, ours in _HF_TOP_NAMES.items():
-                if name == hf or name.startswith(hf + "."):
-                    name = ours + name[len(hf) :]
-                    break
-        out[name] = value
-    return out
+    unprefixed = {key.removeprefix("timesformer."): value for key, value in state_dict.items()}
+    return _rename_keys(
+        unprefixed, layers=("encoder.layer.", "blocks."), blocks=_HF_BLOCK_NAMES, top=_HF_TOP_NAMES
+    )
 
 
 def rename_to_hf_timesformer(state_dict: dict) -> dict:
     """Our (official) TimeSformer key names -> Hugging Face ``transformers``' names: the inverse of
     the loading rename, for ``timematters export``."""
-    blocks = {ours: hf for hf, ours in _HF_BLOCK_NAMES.items()}
-    top = {ours: hf for hf, ours in _HF_TOP_NAMES.items()}
+    renamed = _rename_keys(
+        state_dict,
+        layers=("blocks.", "encoder.layer."),
+        blocks={ours: hf for hf, ours in _HF_BLOCK_NAMES.items()},
+        top={ours: hf for hf, ours in _HF_TOP_NAMES.items()},
+    )
+    return {
+        name if name.startswith("classifier") else f"timesformer.{name}": value
+        for name, value in renamed.items()
+    }
+
+
+def _rename_keys(
+    state_dict: dict, *, layers: tuple[str, str], blocks: dict[str, str], top: dict[str, str]
+) -> dict:
+    """Keys renamed by prefix tables: ``<layers[0]>N.<name>`` -> ``<layers[1]>N.<blocks[name]>``,
+    any other key by ``top``; a key no table names is kept as it is."""
+    source, target = layers
     out = {}
     for key, value in state_dict.items():
         name = key
-        if key.startswith("blocks."):
-            _, index, rest = key.split(".", 2)
-            for ours, hf in blocks.items():
-                if rest.startswith(ours + "."):
-                    name = f"encoder.layer.{index}.{hf}{rest[len(ours) :]}"
-                    break
+        if key.startswith(source):
+            index, rest = key[len(source) :].split(".", 1)
+            table, head = blocks, f"{target}{index}."
         else:
-            for ours, hf in top.items():
-                if key == ours or key.startswith(ours + "."):
-                    name = hf + key[len(ours) :]
-                    break
-        out[name if name.startswith("classifier") else f"timesformer.{name}"] = value
+            table, head, rest = top, "", key
+        for old, new in table.items():
+            if rest == old or rest.startswith(old + "."):
+                name = head + new + rest[len(old) :]
+                break
+        out[name] = value
     return out
 
 
