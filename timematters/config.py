@@ -164,6 +164,9 @@ class OptimConfig:
     warmup_epochs: float = 0.0
     min_lr: float = 0.0  # for schedule=cosine
     clip_grad: float = 0.0  # 0: no clipping (released)
+    # Layer-wise lr decay (BEiT / VideoMAE fine-tuning; not in the paper): block i of L trains at
+    # lr * layer_decay ** (L - i), the embeddings at ** (L + 1), the heads at lr. 1: off (released).
+    layer_decay: float = 1.0
     # AdamW's fused kernel (one launch for all parameters): None uses it on CUDA, where it is
     # fastest, and torch's default elsewhere; the same update up to rounding.
     fused: bool | None = None
@@ -535,6 +538,11 @@ def _validate_numbers(cfg: Config) -> None:
             raise ConfigError(f"{key} must be at least 0, got {value}")
     if optim.lr <= 0:
         raise ConfigError(f"optim.lr must be positive, got {optim.lr}")
+    if not 0 < optim.layer_decay <= 1:
+        raise ConfigError(
+            f"optim.layer_decay must be in (0, 1] (1: off; VideoMAE's fine-tuning uses 0.75), "
+            f"got {optim.layer_decay}"
+        )
     if not all(0 <= beta < 1 for beta in optim.betas):
         raise ConfigError(f"optim.betas must be in [0, 1), got {list(optim.betas)}")
     smoothing = {

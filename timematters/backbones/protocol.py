@@ -60,6 +60,8 @@ class VideoBackbone(Protocol):
     - ``gradcam_layer()``: (module, reshape to [B, C, T', h, w]) for GradCAM, for a model whose
       ``blocks`` are not graph tensors (default: a tap on ``blocks[-2]``).
     - ``set_grad_checkpointing(enable)``: for ``model.grad_checkpointing``.
+    - ``block_modules()``: the blocks in depth order, for ``optim.layer_decay`` (default: the
+      ``blocks`` ModuleList our backbones keep); read through ``depth_blocks``.
     """
 
     embed_dim: int  # D, the width of cls and patch tokens
@@ -102,6 +104,15 @@ PROTOCOL_MEMBERS = (
 # reason): the per-block order probe, GradCAM maps, and the order and flow losses. Listed in the
 # order reports show them.
 CAPABILITIES = ("order_probe", "gradcam", "flow", "order")
+
+
+def depth_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's blocks in depth order (``block_modules()``, else a ``blocks`` ModuleList), or
+    [] for a model that names none."""
+    if callable(getattr(model, "block_modules", None)):
+        return list(model.block_modules())
+    blocks = getattr(model, "blocks", None)
+    return list(blocks) if isinstance(blocks, torch.nn.ModuleList) else []
 
 
 def check_clips(video: object, *, views: bool = False) -> None:

@@ -3,6 +3,12 @@
 AdamW with amsgrad; weight decay on every parameter with two or more dimensions (weights,
 embeddings and CLS alike), none on biases and norms; step decay at fixed epochs, or cosine with
 linear warm-up. The schedule is a pure function of the (fractional) epoch.
+
+``optim.layer_decay`` (not in the paper; 1.0 keeps the released recipe) is the layer-wise learning
+rate decay of BEiT / MAE / VideoMAE fine-tuning: with L blocks, block i trains at
+``lr * decay ** (L - i)``, what comes before the first block (patch embedding, CLS, position and
+time embeddings) at ``lr * decay ** (L + 1)`` and everything after the last (final norm,
+classifier, the TIME heads) at ``lr``. Each group carries its ``lr_scale``; ``set_lr`` applies it.
 """
 
 from __future__ import annotations
@@ -12,23 +18,69 @@ import math
 import torch
 from torch import nn
 
-from timematters.config import OptimConfig
+from timematters.backbones.protocol import depth_blocks
+from timematters.config import ConfigError, OptimConfig
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+def parameter_groups(
+    model: nn.Module, weight_decay: float, *, layer_decay: float = 1.0
+) -> list[dict]:
+    """AdamW's groups: decayed (>= 2-D) and not, for each learning-rate scale.
+
+    ``model`` is the backbone, or a module holding it as ``backbone`` (``TimeModel``), whose
+    other parameters (the TIME heads) count as after the last block. With ``layer_decay`` 1 there
+    are the released recipe's two groups and no scales.
+    """
+    trainable = [param for param in model.parameters() if param.requires_grad]
+    scales = layer_scales(model, layer_decay) if layer_decay != 1 else {}
+    groups = []
+    for lr_scale in sorted(set(scales.values())) or [1.0]:
+        for decayed in (True, False):
+            params = [
+                param
+                for param in trainable
+                if scales.get(param, 1.0) == lr_scale and (param.ndim >= 2) == decayed
+            ]
+            group = {"params": params, "weight_decay": weight_decay if decayed else 0.0}
+            if scales:
+                group["lr_scale"] = lr_scale
+            if params or not scales:  # the released two groups even if one is empty
+                groups.append(group)
+    return groups
+
+
+def layer_scales(model: nn.Module, layer_decay: float) -> dict[nn.Parameter, float]:
+    """Each parameter's learning-rate scale under layer-wise decay (see the module docstring).
+
+    The blocks are the backbone's own (``depth_blocks``); a parameter outside them is before the
+    first block when it comes before it in ``named_parameters`` order, as every backbone
+    registers its embeddings first, and after the last one otherwise.
+    """
+    backbone = getattr(model, "backbone", model)
+    blocks = depth_blocks(backbone)
+    if not blocks:
+        name = getattr(backbone, "source", "") or type(backbone).__name__
+        raise ConfigError(
+            f"optim.layer_decay={layer_decay} needs a model whose blocks are known; {name} names "
+            "none (a `blocks` ModuleList or block_modules()): set optim.layer_decay=1"
+        )
+    depth = len(blocks)
+    layer: dict[nn.Parameter, int] = {}
+    for i, block in enumerate(blocks):
+        for param in block.parameters():
+            layer.setdefault(param, i + 1)
+    seen_block = False
     for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        if param in layer:
+            seen_block = True
+        else:
+            layer[param] = depth + 1 if seen_block else 0
+    return {param: layer_decay ** (depth + 1 - i) for param, i in layer.items()}
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """AdamW over ``model``'s parameters, on the device they are on (``optim.fused``)."""
-    groups = parameter_groups(model, cfg.weight_decay)
+    groups = parameter_groups(model, cfg.weight_decay, layer_decay=cfg.layer_decay)
     fused = cfg.fused
     if fused is None:
         fused = all(p.is_cuda for group in groups for p in group["params"]) or None
@@ -48,4 +100,4 @@ def lr_at(epoch: float, cfg: OptimConfig, total_epochs: int) -> float:
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -283,8 +283,13 @@ class RunShape:
 
 
 def resume_mismatches(saved_config: dict[str, Any], cfg: Config) -> list[str]:
-    """``key: saved -> now`` for every config key that differs and must not."""
-    saved, now = _flatten(saved_config), _flatten(config_to_dict(cfg))
+    """``key: saved -> now`` for every config key that differs and must not.
+
+    A key the saved config lacks was added by a later timematters, whose default is the behaviour
+    before it (layer_decay 1, say): the saved run had that default.
+    """
+    defaults = _flatten(config_to_dict(Config()))
+    saved, now = defaults | _flatten(saved_config), _flatten(config_to_dict(cfg))
     keys = sorted((set(saved) | set(now)) - RESUME_FREE)
     return [
         f"{key}: {saved.get(key)!r} when saved, {now.get(key)!r} now"

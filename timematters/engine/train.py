@@ -283,6 +283,12 @@ def setup_run(
         # The step's module only: checkpoints, evaluation and diagnostics use ``model`` as built.
         ddp_model = torch.compile(ddp_model, backend=cfg.train.compile_backend)
     optimizer = build_optimizer(model, cfg.optim)
+    if cfg.optim.layer_decay != 1 and info.is_main:
+        lowest = min(group["lr_scale"] for group in optimizer.param_groups)
+        print(
+            f"[train] optim.layer_decay={cfg.optim.layer_decay}: lr x {lowest:.3g} for the "
+            "embeddings, rising block by block to x 1 for the final norm, classifier and TIME heads"
+        )
     amp_dtype = autocast_dtype(cfg.train.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
