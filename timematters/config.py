@@ -140,6 +140,12 @@ class DataConfig:
     randaugment_ops: int = 2
     randaugment_magnitude: int = 10
     hflip: bool = False  # SSv2 has left/right class pairs: never flip it
+    # Mixup / CutMix of the training batch (DeiT / VideoMAE recipes; not in the paper): each a
+    # Beta distribution's alpha, 0 = off (released). CutMix boxes follow the model's patch grid.
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0  # the chance that a batch is mixed
+    mix_switch_prob: float = 0.5  # with both on: the chance that a mixed batch is cut, not blended
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     test_temporal_views: int = 1
@@ -420,6 +426,9 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key} must be at least {least}, got {value}")
     if not 0.0 <= data.max_bad_fraction <= 1.0:
         raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {data.max_bad_fraction}")
+    for key in ("mix_prob", "mix_switch_prob"):
+        if not 0.0 <= getattr(data, key) <= 1.0:
+            raise ConfigError(f"data.{key} must be in [0, 1], got {getattr(data, key)}")
     _validate_numbers(cfg)
     if not cfg.train.out.strip():
         raise ConfigError("train.out is empty: name the run folder (e.g. train.out=runs/my_run)")
@@ -528,6 +537,8 @@ def _validate_numbers(cfg: Config) -> None:
         "loss.order.weight": loss.order.weight,
         "loss.debias.weight": loss.debias.weight,
         "loss.flow.weight": loss.flow.weight,
+        "data.mixup": cfg.data.mixup,
+        "data.cutmix": cfg.data.cutmix,
         "optim.weight_decay": optim.weight_decay,
         "optim.warmup_epochs": optim.warmup_epochs,
         "optim.min_lr": optim.min_lr,

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -72,6 +73,7 @@ from timematters.engine.runs import (
 )
 from timematters.flow.farneback import configure_opencv_threads
 from timematters.flow.labeller import FlowLabeller
+from timematters.losses.mixing import mix_clips
 from timematters.losses.objective import TimeModel, objective_for_model
 from timematters.progress import progress_bar
 
@@ -645,6 +647,7 @@ def train_step(run: Run, micro_batches: list[dict[str, Any]]) -> tuple[dict[str,
     skipped = False
     for i, batch in enumerate(micro_batches):
         batch = _to_device(batch, device)  # (with flow.backend=torch, labelled by the prefetcher)
+        batch = _mix(run, batch, micro_batch=i)
         last = i == len(micro_batches) - 1
         no_sync = info.enabled and not last
         sync = run.ddp_model.no_sync() if no_sync else contextlib.nullcontext()
@@ -740,6 +743,24 @@ def save_run_checkpoint(run: Run, name: str) -> None:
         )
     progress.saved_step = progress.step
     barrier()
+
+
+def _mix(run: Run, batch: dict[str, Any], *, micro_batch: int) -> dict[str, Any]:
+    """Mixup / CutMix of a micro-batch on the device (``data.mixup`` / ``data.cutmix``), drawn from
+    (seed, rank, step, micro-batch) so that a resumed run mixes alike; after the flow labels."""
+    data = run.cfg.data
+    if data.mixup <= 0 and data.cutmix <= 0:
+        return batch
+    seed = [run.cfg.train.seed, run.info.rank, run.progress.step, micro_batch]
+    return mix_clips(
+        batch,
+        mixup=data.mixup,
+        cutmix=data.cutmix,
+        prob=data.mix_prob,
+        switch_prob=data.mix_switch_prob,
+        patch_size=run.model.backbone.patch_size,
+        rng=np.random.default_rng(seed),
+    )
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from timematters.losses.debias import DebiasLoss
 from timematters.losses.flow import FlowLoss
 from timematters.losses.image import PatchDebiasLoss, SpatialOrderLoss, shuffle_patches
 from timematters.losses.inputs import LossInputs
+from timematters.losses.mixing import Mix, mix_clips, mixed_cross_entropy
 from timematters.losses.objective import (
     Objective,
     ObjectiveOutput,
@@ -20,6 +21,7 @@ __all__ = [
     "DebiasLoss",
     "FlowLoss",
     "LossInputs",
+    "Mix",
     "Objective",
     "ObjectiveOutput",
     "OrderLoss",
@@ -27,6 +29,8 @@ __all__ = [
     "SpatialOrderLoss",
     "TimeModel",
     "build_objective",
+    "mix_clips",
+    "mixed_cross_entropy",
     "objective_for_model",
     "sample_frame_permutations",
     "shuffle_frames",

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from timematters.losses.inputs import LossInputs
+from timematters.losses.mixing import mixed_cross_entropy
 
 
 class CrossEntropyLoss(nn.Module):
@@ -18,7 +18,9 @@ class CrossEntropyLoss(nn.Module):
         self.smoothing = smoothing  # released: 0.2 on ce, order and flow alike
 
     def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
-        loss = F.cross_entropy(
-            inputs.logits.float(), inputs.batch["label"], label_smoothing=self.smoothing
+        # After Mixup / CutMix (batch["mix"]), against the clip's and its partner's labels.
+        batch = inputs.batch
+        loss = mixed_cross_entropy(
+            inputs.logits, batch["label"], batch.get("mix"), smoothing=self.smoothing
         )
         return {"ce_loss": loss}

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from timematters.backbones.layers import attention
 from timematters.flow.labels import NUM_FLOW_CLASSES
 from timematters.losses.inputs import LossInputs
+from timematters.losses.mixing import mixed_cross_entropy
 
 
 class FlowLoss(nn.Module):
@@ -50,7 +50,13 @@ class FlowLoss(nn.Module):
                 "model sees at its patch size, every frame_step-th frame for tubelets "
                 "(FlowLabeller(patch_size, frame_step=frames // token frames))"
             )
-        loss = F.cross_entropy(
-            logits.flatten(0, 2).float(), labels.flatten(), label_smoothing=self.smoothing
-        )
+        mix = inputs.batch.get("mix")
+        if mix is not None and mix.partner_tokens is not None:  # CutMix: the box is the partner's
+            if mix.partner_tokens.numel() != labels.shape[-1]:
+                raise ValueError(
+                    f"the CutMix box was cut on a grid of {mix.partner_tokens.numel()} patches but "
+                    f"the flow labels have {labels.shape[-1]}: mix at the model's patch size"
+                )
+            labels, mix = torch.where(mix.partner_tokens, mix.partner(labels), labels), None
+        loss = mixed_cross_entropy(logits, labels, mix, smoothing=self.smoothing)
         return {"flow_loss": loss}
