@@ -109,3 +109,31 @@ def test_bad_sizes_are_refused():
         EvalTransform(crop_size=224, short_side=160)
     with pytest.raises(ValueError):
         frames_to_video(np.zeros((2, 4, 4, 3), np.float32))
+
+
+def test_random_erasing_puts_one_noise_box_on_every_frame_alike():
+    transform = TrainTransform(crop_size=32, short_side=(36, 44), random_erase=1.0)
+    plain = TrainTransform(crop_size=32, short_side=(36, 44))
+    clip = _textured_clip()
+    for seed in range(10):
+        torch.manual_seed(seed)
+        expected = plain(clip)
+        torch.manual_seed(seed)
+        erased = transform(clip)  # the same draws, then the box
+        assert torch.equal(erased, erased[:, :1].expand_as(erased))  # frames still identical
+        box = (erased != expected).any(dim=(0, 1))  # [H, W]
+        rows, cols = box.any(dim=1), box.any(dim=0)
+        assert 0.02 * 32 * 32 <= box.sum() <= 0.34 * 32 * 32  # timm's area range, 2% to 1/3
+        assert torch.equal(box, rows[:, None] & cols[None, :])  # one rectangle
+
+
+def test_image_training_transform_erases_too():
+    from timematters.data.imagenet9 import ImageTrainTransform
+
+    image = torch.from_numpy(_textured_clip(1)[0]).permute(2, 0, 1)
+    torch.manual_seed(0)
+    plain = ImageTrainTransform(crop_size=32, randaugment_ops=0)(image)
+    torch.manual_seed(0)
+    erased = ImageTrainTransform(crop_size=32, randaugment_ops=0, random_erase=1.0)(image)
+    assert erased.shape == plain.shape == (3, 1, 32, 32)
+    assert 0 < (erased != plain).any(dim=0).sum() < 32 * 32

@@ -149,6 +149,7 @@ def test_the_whole_objective_trains_on_a_mixed_batch():
         ("data.cutmix=-1", "data.cutmix must be at least 0"),
         ("data.mix_prob=1.5", r"data.mix_prob must be in \[0, 1\]"),
         ("data.mix_switch_prob=-0.5", r"data.mix_switch_prob must be in \[0, 1\]"),
+        ("data.random_erase=2", r"data.random_erase must be in \[0, 1\]"),
     ],
 )
 def test_bad_mixing_values_are_refused_with_the_key(override, message):

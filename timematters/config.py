@@ -140,6 +140,7 @@ class DataConfig:
     randaugment_ops: int = 2
     randaugment_magnitude: int = 10
     hflip: bool = False  # SSv2 has left/right class pairs: never flip it
+    random_erase: float = 0.0  # chance of one erased box per clip, the same on every frame (0: off)
     # Mixup / CutMix of the training batch (DeiT / VideoMAE recipes; not in the paper): each a
     # Beta distribution's alpha, 0 = off (released). CutMix boxes follow the model's patch grid.
     mixup: float = 0.0
@@ -426,7 +427,7 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key} must be at least {least}, got {value}")
     if not 0.0 <= data.max_bad_fraction <= 1.0:
         raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {data.max_bad_fraction}")
-    for key in ("mix_prob", "mix_switch_prob"):
+    for key in ("mix_prob", "mix_switch_prob", "random_erase"):
         if not 0.0 <= getattr(data, key) <= 1.0:
             raise ConfigError(f"data.{key} must be in [0, 1], got {getattr(data, key)}")
     _validate_numbers(cfg)

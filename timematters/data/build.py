@@ -52,6 +52,7 @@ def build_transform(data: DataConfig, train: bool) -> Callable:
             hflip=data.hflip,
             mean=data.mean,
             std=data.std,
+            random_erase=data.random_erase,
         )
     return EvalTransform(
         crop_size=data.crop_size,
@@ -271,6 +272,7 @@ def _imagenet9_dataset(data: DataConfig, train: bool) -> Dataset:
         randaugment_magnitude=data.randaugment_magnitude,
         mean=data.mean,
         std=data.std,
+        random_erase=data.random_erase,
     )
     return ImageFolderDataset(Path(data.root) / in9.train_dir, transform)
 

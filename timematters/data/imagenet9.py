@@ -31,7 +31,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from timematters.data.collate import BadVideo
-from timematters.data.transforms import make_randaugment, normalise
+from timematters.data.transforms import make_eraser, make_randaugment, normalise, random_erase
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
 _CLASS_FOLDER = re.compile(r"^(\d+)_")
@@ -116,7 +116,8 @@ class ImageFolderDataset(Dataset):
 
 
 class ImageTrainTransform:
-    """RandAugment -> RandomResizedCrop -> (flip) -> normalise: uint8 [3, H, W] -> [C, 1, crop, crop]."""
+    """RandAugment -> RandomResizedCrop -> (flip) -> normalise (-> random erasing): uint8 [3, H, W]
+    -> [C, 1, crop, crop]."""
 
     def __init__(
         self,
@@ -127,6 +128,7 @@ class ImageTrainTransform:
         randaugment_magnitude: int = 9,
         mean: tuple[float, ...] = (0.485, 0.456, 0.406),
         std: tuple[float, ...] = (0.229, 0.224, 0.225),
+        random_erase: float = 0.0,
     ):
         steps: list[v2.Transform] = []
         if randaugment_ops > 0:
@@ -135,11 +137,13 @@ class ImageTrainTransform:
         if hflip:
             steps.append(v2.RandomHorizontalFlip())
         self.augment = v2.Compose(steps)
+        self.eraser = make_eraser(random_erase)
         self.mean, self.std = tuple(mean), tuple(std)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         image = self.augment(tv_tensors.Image(image))
-        return normalise(image[None], self.mean, self.std)  # a one-frame video [C, 1, H, W]
+        clip = normalise(image[None], self.mean, self.std)  # a one-frame video [C, 1, H, W]
+        return clip if self.eraser is None else random_erase(clip, self.eraser)
 
 
 class ImageEvalTransform:

@@ -8,6 +8,11 @@ ops and magnitudes on every frame of the clip, grey fill; short side resized to 
 left/right class pairs); mean = std = 0.5. The v2 transforms draw their parameters once per call and
 apply them to every leading index of a ``Video`` [T, C, H, W], which is what keeps a clip's frames
 consistent. Eval preset: short side 224, then ``num_crops`` crops along the long side.
+
+``data.random_erase`` (not in the released recipe; VideoMAE's and DeiT's 0.25): with that chance, one
+box of the normalised clip becomes normal noise, the same box and noise on every frame (VideoMAE
+erases each frame at its own place, which makes the clip flicker); the flow labels, made from the
+final clip, see a still box.
 """
 
 from __future__ import annotations
@@ -40,6 +45,17 @@ def normalise(video: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ..
     return rearrange((unit - mean_t) / std_t, "... t c h w -> ... c t h w").contiguous()
 
 
+def random_erase(clip: torch.Tensor, eraser: v2.RandomErasing) -> torch.Tensor:
+    """A normalised clip [C, T, H, W] through ``eraser``, one box for all frames."""
+    video = eraser(tv_tensors.Video(rearrange(clip, "c t h w -> t c h w")))
+    return rearrange(video.as_subclass(torch.Tensor), "t c h w -> c t h w").contiguous()
+
+
+def make_eraser(probability: float) -> v2.RandomErasing | None:
+    """torchvision's random erasing with timm's defaults (area 2-33%, per-pixel normal noise)."""
+    return v2.RandomErasing(p=probability, value="random") if probability > 0 else None
+
+
 def make_randaugment(num_ops: int = 2, magnitude: int = 10) -> v2.RandAugment:
     """RandAugment on timm's magnitude scale (0..10, 10 = strongest), grey fill.
 
@@ -59,7 +75,8 @@ def make_randaugment(num_ops: int = 2, magnitude: int = 10) -> v2.RandAugment:
 
 
 class TrainTransform:
-    """Training clip: RandAugment -> short-side jitter -> random crop (-> flip) -> normalise."""
+    """Training clip: RandAugment -> short-side jitter -> random crop (-> flip) -> normalise
+    (-> random erasing)."""
 
     def __init__(
         self,
@@ -70,6 +87,7 @@ class TrainTransform:
         hflip: bool = False,
         mean: tuple[float, ...] = (0.5, 0.5, 0.5),
         std: tuple[float, ...] = (0.5, 0.5, 0.5),
+        random_erase: float = 0.0,
     ):
         low, high = short_side
         if not crop_size <= low <= high:
@@ -84,12 +102,14 @@ class TrainTransform:
         if hflip:
             steps.append(v2.RandomHorizontalFlip())
         self.augment = v2.Compose(steps)
+        self.eraser = make_eraser(random_erase)
         self.crop_size = crop_size
         self.mean, self.std = tuple(mean), tuple(std)
 
     def __call__(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 [T, H, W, 3] -> float [C, T, crop, crop]."""
-        return normalise(self.augment(frames_to_video(frames)), self.mean, self.std)
+        clip = normalise(self.augment(frames_to_video(frames)), self.mean, self.std)
+        return clip if self.eraser is None else random_erase(clip, self.eraser)
 
 
 class EvalTransform:
