@@ -268,3 +268,22 @@ def test_the_video_processor_resizes_and_crops_as_the_evaluation_does(height, wi
     expected = EvalTransform(32, 40, num_crops=1, mean=cfg.data.mean, std=cfg.data.std)(frames)
     pixel_values = rearrange(made["pixel_values"][0], "t c h w -> c t h w")
     torch.testing.assert_close(pixel_values, expected[0], rtol=0, atol=1e-5)
+
+
+def test_the_model_card_names_the_fine_tuning_options_a_run_used(tmp_path):
+    extras = [
+        "optim.layer_decay=0.75",
+        "data.mixup=0.8",
+        "data.cutmix=1.0",
+        "data.random_erase=0.25",
+    ]
+    checkpoint = _trained(tmp_path, "recipe", *extras)
+    timematters.export(checkpoint, tmp_path / "out")
+    card = (tmp_path / "out/README.md").read_text()
+    assert (
+        "Also trained with layer-wise lr decay 0.75, Mixup (α = 0.8), CutMix (α = 1), random "
+        "erasing (p = 0.25)." in card
+    )
+    plain = _trained(tmp_path, "plain")
+    timematters.export(plain, tmp_path / "plain_out")
+    assert "Also trained with" not in (tmp_path / "plain_out/README.md").read_text()

@@ -102,6 +102,23 @@ def export(
     return info
 
 
+def _recipe_extras(saved: dict[str, Any]) -> str:
+    """The fine-tuning options a run turned on beyond the released recipe, in words ("" if none);
+    a checkpoint older than an option lacks its key and had it off."""
+    data, optim = saved.get("data", {}), saved.get("optim", {})
+    extras = [
+        f"layer-wise lr decay {optim.get('layer_decay', 1.0):g}"
+        if optim.get("layer_decay", 1.0) != 1
+        else "",
+        f"Mixup (α = {data.get('mixup', 0):g})" if data.get("mixup", 0) > 0 else "",
+        f"CutMix (α = {data.get('cutmix', 0):g})" if data.get("cutmix", 0) > 0 else "",
+        f"random erasing (p = {data.get('random_erase', 0):g})"
+        if data.get("random_erase", 0) > 0
+        else "",
+    ]
+    return ", ".join(filter(None, extras))
+
+
 def model_card(info: dict[str, Any], saved: dict[str, Any], facts: dict, checkpoint: Path) -> str:
     """The export's README.md (a Hugging Face model card): how the model was trained, the clips
     it takes, its evaluation when the checkpoint is the one its run evaluated last, how to load
@@ -117,6 +134,7 @@ def model_card(info: dict[str, Any], saved: dict[str, Any], facts: dict, checkpo
     start = f", from {Path(pretrained).name}" if pretrained else ""
     clips = info["clips"]
     evaluation = _evaluation_of(facts, checkpoint)
+    extras = _recipe_extras(saved)
     library = "library_name: transformers\n" if info["format"] == "hf" else ""
     lines = [
         "---",
@@ -128,7 +146,7 @@ def model_card(info: dict[str, Any], saved: dict[str, Any], facts: dict, checkpo
         f"({len(info['classes'])} classes) with {losses}{start}: epoch {facts['epoch']}, "
         f"step {facts['step']}. TIME (Time Is MattEr, ICML 2022) adds self-supervised "
         "losses that make a video model use the order of its frames; its heads are training "
-        "only and are not in this export.",
+        "only and are not in this export." + (f" Also trained with {extras}." if extras else ""),
         "",
         "## Clips",
         "",
