@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_train import _Killed, tiny_config
+from test_train import assert_resumes_exactly, tiny_config
 
 from timematters.backbones import create_backbone
 from timematters.config import ConfigError, load_config, validate
@@ -75,13 +75,8 @@ def test_off_or_not_drawn_leaves_the_batch_as_it_is():
     assert kinds == {True, False}  # both on: some batches blended, some cut
 
 
-def _flow_inputs(model, batch) -> LossInputs:
-    tokens = model.forward_features(batch["video"])
-    return LossInputs(tokens=tokens, logits=model.forward_head(tokens.cls), batch=batch)
-
-
-def test_the_flow_loss_takes_the_partners_labels_inside_a_cutmix_box():
-    model = create_backbone(
+def _tiny_model() -> torch.nn.Module:
+    return create_backbone(
         "timesformer_tiny_patch8_64",
         num_classes=K,
         num_frames=4,
@@ -90,6 +85,15 @@ def test_the_flow_loss_takes_the_partners_labels_inside_a_cutmix_box():
         depth=1,
         num_heads=2,
     )
+
+
+def _flow_inputs(model, batch) -> LossInputs:
+    tokens = model.forward_features(batch["video"])
+    return LossInputs(tokens=tokens, logits=model.forward_head(tokens.cls), batch=batch)
+
+
+def test_the_flow_loss_takes_the_partners_labels_inside_a_cutmix_box():
+    model = _tiny_model()
     loss = FlowLoss(embed_dim=24, smoothing=0.2)
     batch = _batch()
     labels = torch.stack([clip_flow_labels(clip, P) for clip in batch["video"]])  # [B, 3, 16]
@@ -122,15 +126,7 @@ def test_the_flow_loss_takes_the_partners_labels_inside_a_cutmix_box():
 
 
 def test_the_whole_objective_trains_on_a_mixed_batch():
-    model = create_backbone(
-        "timesformer_tiny_patch8_64",
-        num_classes=K,
-        num_frames=4,
-        img_size=32,
-        embed_dim=24,
-        depth=1,
-        num_heads=2,
-    )
+    model = _tiny_model()
     objective = objective_for_model(model)
     batch = _batch()
     batch["flow_labels"] = torch.stack([clip_flow_labels(c, P) for c in batch["video"]])
@@ -161,23 +157,7 @@ def test_a_run_with_mixup_and_cutmix_resumes_exactly(tmp_path):
     from timematters.engine.train import train
 
     extra = ["data.mixup=0.8", "data.cutmix=1.0", "train.save_every_steps=3"]
-    full, plain = {}, {}
-    train(tiny_config(tmp_path / "full", *extra), step_callback=lambda s, r: full.update({s: r}))
+    full, _ = assert_resumes_exactly(tmp_path, *extra)
+    plain = {}
     train(tiny_config(tmp_path / "plain"), step_callback=lambda s, r: plain.update({s: r}))
     assert full[1]["ce_loss"] != plain[1]["ce_loss"]  # the first batch was mixed
-
-    def kill_at_5(step, record):
-        if step == 5:
-            raise _Killed
-
-    with pytest.raises(_Killed):
-        train(tiny_config(tmp_path / "killed", *extra), step_callback=kill_at_5)
-    resumed = {}
-    train(
-        tiny_config(tmp_path / "killed", *extra),
-        resume=tmp_path / "killed" / "checkpoints" / "last.pth",
-        step_callback=lambda s, r: resumed.update({s: r}),
-    )
-    assert sorted(resumed) == [5, 6, 7, 8]
-    for step, record in resumed.items():
-        assert record["loss"] == pytest.approx(full[step]["loss"], abs=1e-6), step

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from test_train import _Killed, tiny_config
+from test_train import assert_resumes_exactly, tiny_config
 
 from timematters.backbones import create_backbone
 from timematters.config import ConfigError, OptimConfig, load_config, validate
@@ -134,26 +134,5 @@ def test_a_checkpoint_saved_before_a_key_existed_resumes_with_its_default(tmp_pa
 
 
 def test_training_with_layer_decay_resumes_exactly_and_says_so(tmp_path, capsys):
-    from timematters.engine.train import train
-
-    extra = ["optim.layer_decay=0.75", "train.save_every_steps=3"]
-    full = {}
-    train(tiny_config(tmp_path / "full", *extra), step_callback=lambda s, r: full.update({s: r}))
+    assert_resumes_exactly(tmp_path, "optim.layer_decay=0.75", "train.save_every_steps=3")
     assert "optim.layer_decay=0.75: lr x 0.422 for the embeddings" in capsys.readouterr().out
-
-    def kill_at_5(step, record):
-        if step == 5:
-            raise _Killed  # the last checkpoint is step 4's (the first epoch's end)
-
-    with pytest.raises(_Killed):
-        train(tiny_config(tmp_path / "killed", *extra), step_callback=kill_at_5)
-    resumed = {}
-    train(
-        tiny_config(tmp_path / "killed", *extra),
-        resume=tmp_path / "killed" / "checkpoints" / "last.pth",
-        step_callback=lambda s, r: resumed.update({s: r}),
-    )
-    assert sorted(resumed) == [5, 6, 7, 8]
-    for step, record in resumed.items():
-        assert record["loss"] == pytest.approx(full[step]["loss"], abs=1e-6), step
-        assert record["lr"] == full[step]["lr"]

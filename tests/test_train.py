@@ -46,6 +46,35 @@ class _Killed(Exception):
     pass
 
 
+def assert_resumes_exactly(
+    tmp_path: Path, *extra: str, kill_at: int = 5
+) -> tuple[dict[int, dict], dict[int, dict]]:
+    """Train ``tiny_config(*extra)`` whole, and again killed after step ``kill_at`` and resumed
+    from its last checkpoint: the resumed steps log the whole run's losses and lr. Returns the
+    whole and the resumed run's records by step."""
+    full = {}
+    train(tiny_config(tmp_path / "full", *extra), step_callback=lambda s, r: full.update({s: r}))
+
+    def kill(step, record):
+        if step == kill_at:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        train(tiny_config(tmp_path / "killed", *extra), step_callback=kill)
+    resumed = {}
+    train(
+        tiny_config(tmp_path / "killed", *extra),
+        resume=tmp_path / "killed" / "checkpoints" / "last.pth",
+        step_callback=lambda s, r: resumed.update({s: r}),
+    )
+    first = min(resumed)  # the step after the last checkpoint before the kill
+    assert first <= kill_at and sorted(resumed) == list(range(first, max(full) + 1))
+    for step, record in resumed.items():
+        assert record["loss"] == pytest.approx(full[step]["loss"], abs=1e-6), step
+        assert record["lr"] == full[step]["lr"], step
+    return full, resumed
+
+
 def test_train_runs_end_to_end_and_writes_the_run_folder(tmp_path):
     result = train(tiny_config(tmp_path / "run"))
     run = tmp_path / "run"
@@ -75,31 +104,11 @@ def test_a_flip_rate_undefined_for_a_subset_is_logged_as_null(tmp_path):
 
 
 def test_killed_run_resumes_with_the_same_loss_sequence(tmp_path):
-    # 16 clips / batch 4 = 4 steps per epoch; checkpoints every 3 steps and at each epoch end.
+    # 16 clips / batch 4 = 4 steps per epoch; checkpoints every 3 steps and at each epoch end: a
+    # kill after step 7 resumes from step 6's checkpoint, mid-epoch 2.
     extra = ["train.save_every_steps=3", "loss.debias.shuffle=per_sample"]
-    full_losses = {}
-    train(
-        tiny_config(tmp_path / "full", *extra),
-        step_callback=lambda s, r: full_losses.__setitem__(s, r["loss"]),
-    )
-
-    def kill_at_7(step, record):
-        if step == 7:
-            raise _Killed  # after step 7: the last checkpoint is step 6 (mid-epoch 2)
-
-    with pytest.raises(_Killed):
-        train(tiny_config(tmp_path / "killed", *extra), step_callback=kill_at_7)
-    state = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pth")
-    assert state["step"] == 6
-    resumed = {}
-    train(
-        tiny_config(tmp_path / "killed", *extra),
-        resume=tmp_path / "killed" / "checkpoints" / "last.pth",
-        step_callback=lambda s, r: resumed.__setitem__(s, r["loss"]),
-    )
+    _, resumed = assert_resumes_exactly(tmp_path, *extra, kill_at=7)
     assert sorted(resumed) == [7, 8]
-    for step, loss in resumed.items():
-        assert loss == pytest.approx(full_losses[step], abs=1e-6), step
 
 
 def test_checkpoint_round_trip_and_pickle_refused(tmp_path):
