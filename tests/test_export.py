@@ -15,6 +15,7 @@ from timematters.backbones import create_backbone
 from timematters.cli import main
 from timematters.data.synthetic import SyntheticVideoDataset
 from timematters.data.transforms import EvalTransform
+from timematters.engine.export import _recipe_extras
 from timematters.engine.train import train
 
 transformers = pytest.importorskip("transformers")
@@ -287,3 +288,5 @@ def test_the_model_card_names_the_fine_tuning_options_a_run_used(tmp_path):
     plain = _trained(tmp_path, "plain")
     timematters.export(plain, tmp_path / "plain_out")
     assert "Also trained with" not in (tmp_path / "plain_out/README.md").read_text()
+    repeated = {"data": {"repeated_augmentation": 2}}  # decoded videos only: not this benchmark
+    assert _recipe_extras(repeated) == "repeated augmentation (2 clips a video)"

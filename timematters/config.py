@@ -141,6 +141,10 @@ class DataConfig:
     randaugment_magnitude: int = 10
     hflip: bool = False  # SSv2 has left/right class pairs: never flip it
     random_erase: float = 0.0  # chance of one erased box per clip, the same on every frame (0: off)
+    # Repeated augmentation (VideoMAE, PySlowFast's NUM_SAMPLE; not in the paper): each training
+    # video decoded once and augmented this many times, as that many clips of the step (a step
+    # then holds train.batch_size x this many clips). 1: off (released).
+    repeated_augmentation: int = 1
     # Mixup / CutMix of the training batch (DeiT / VideoMAE recipes; not in the paper): each a
     # Beta distribution's alpha, 0 = off (released). CutMix boxes follow the model's patch grid.
     mixup: float = 0.0
@@ -471,6 +475,11 @@ def validate(cfg: Config) -> Config:
 
     if data.dataset == "imagenet9":
         _validate_images(cfg)
+    if data.repeated_augmentation > 1 and data.dataset in ("synthetic", "imagenet9"):
+        raise ConfigError(
+            f"data.repeated_augmentation applies to decoded videos (ssv2, kinetics, videolist), "
+            f"not to data.dataset={data.dataset}: set data.repeated_augmentation=1"
+        )
     if data.subset != "all" and data.dataset != "ssv2":
         raise ConfigError(f"data.subset={data.subset!r} applies to ssv2 only")
     if data.dataset in ("ssv2", "kinetics") and not (data.root and data.annotations):
@@ -524,6 +533,7 @@ def _lower_bounds(cfg: Config) -> list[tuple[str, int | float, int]]:
         ("train.max_nonfinite_steps", train.max_nonfinite_steps, 0),
         ("eval.batch_size", cfg.eval.batch_size, 1),
         ("data.num_workers", cfg.data.num_workers, 0),
+        ("data.repeated_augmentation", cfg.data.repeated_augmentation, 1),
         ("data.crop_size", cfg.data.crop_size, 1),
         ("data.test_temporal_views", cfg.data.test_temporal_views, 1),
         ("data.test_spatial_crops", cfg.data.test_spatial_crops, 1),

@@ -162,6 +162,7 @@ def _build(
         temporal_views=data.test_temporal_views,
         decoder=data.decoder,
         flow_labels=labeller,
+        repeats=data.repeated_augmentation if train else 1,
     )
     if data.dataset == "ssv2":
         root = _existing_path(

@@ -35,11 +35,25 @@ def collate_videos(samples: list[dict[str, Any] | BadVideo]) -> dict[str, Any]:
 
     Keys of a good batch: ``video``, ``label``, ``video_id`` (list of str), ``index`` and, when the
     dataset makes them, ``flow_labels``. A batch in which every video was bad holds only ``dropped``.
+    Items of N repeated clips each (repeated augmentation) become N clips of the batch.
     """
     good = [s for s in samples if not isinstance(s, BadVideo)]
     batch: dict[str, Any] = default_collate(good) if good else {}
+    if "repeats" in batch:
+        batch = _unfold_repeats(batch)
     batch["dropped"] = [s for s in samples if isinstance(s, BadVideo)]
     return batch
+
+
+def _unfold_repeats(batch: dict[str, Any]) -> dict[str, Any]:
+    """Repeated augmentation: B videos of N clips each -> a batch of B*N clips, each video's
+    clips side by side, its label, id and index repeated."""
+    repeats = int(batch.pop("repeats")[0])
+    unfolded = {key: batch[key].flatten(0, 1) for key in ("video", "flow_labels") if key in batch}
+    for key in ("label", "index"):
+        unfolded[key] = batch[key].repeat_interleave(repeats)
+    unfolded["video_id"] = [video for video in batch["video_id"] for _ in range(repeats)]
+    return unfolded
 
 
 def batch_size(batch: dict[str, Any]) -> int:

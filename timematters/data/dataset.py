@@ -47,6 +47,11 @@ class VideoDataset(Dataset):
     Items: ``video`` float [C, T, H, W] in training, [V, C, T, H, W] otherwise (V = temporal views
     x the transform's spatial crops, temporal-major); ``label``; ``video_id``; ``index``; and
     ``flow_labels`` int64 [T-1, S] when ``flow_labels`` (a clip -> labels function) is given.
+
+    ``repeats`` > 1 (training; repeated augmentation, ``data.repeated_augmentation``): the video's
+    frames are decoded once and augmented that many times, ``video`` [N, C, T, H, W] and
+    ``flow_labels`` [N, T-1, S] with ``repeats`` N in the item; ``collate_videos`` makes them N
+    clips of the batch.
     """
 
     def __init__(
@@ -65,9 +70,12 @@ class VideoDataset(Dataset):
         min_frames: int | None = None,
         subsets: dict[str, list[int]] | None = None,
         missing: Sequence[str] = (),
+        repeats: int = 1,
     ):
         if not samples:
             raise ValueError("the dataset has no videos")
+        if repeats != 1 and not train:
+            raise ValueError("repeated augmentation is for training clips only")
         if flow_labels is not None and not train:
             raise ValueError("flow labels are made for training clips only")
         require_backend(decoder)
@@ -84,6 +92,7 @@ class VideoDataset(Dataset):
         self.min_frames = num_frames if min_frames is None else min_frames
         self.subsets = subsets or {}
         self.missing = list(missing)
+        self.repeats = repeats
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -98,15 +107,29 @@ class VideoDataset(Dataset):
             frames, num_views = self.read_clips(sample.path)
         except VideoDecodeError as error:
             return BadVideo(sample.path, error.reason, index, sample.label)
-        if self.train:
-            video = self.transform(frames)
-        else:
+        if not self.train:
             views = [self.transform(clip) for clip in np.split(frames, num_views)]
             # An eval transform gives [crops, C, T, H, W]; a single-crop one [C, T, H, W].
             video = torch.cat([v if v.ndim == 5 else v[None] for v in views])
-        item = {"video": video, "label": sample.label, "video_id": sample.video_id, "index": index}
-        if self.flow_labels is not None:
-            item["flow_labels"] = self.flow_labels(video)
+            return {
+                "video": video,
+                "label": sample.label,
+                "video_id": sample.video_id,
+                "index": index,
+            }
+        clips = [self.transform(frames) for _ in range(self.repeats)]
+        labels = [self.flow_labels(clip) for clip in clips] if self.flow_labels else []
+        one = self.repeats == 1
+        item = {
+            "video": clips[0] if one else torch.stack(clips),
+            "label": sample.label,
+            "video_id": sample.video_id,
+            "index": index,
+        }
+        if labels:
+            item["flow_labels"] = labels[0] if one else torch.stack(labels)
+        if not one:
+            item["repeats"] = self.repeats
         return item
 
     def probe(self, index: int) -> tuple[str, str | None]:

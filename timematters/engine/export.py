@@ -115,6 +115,9 @@ def _recipe_extras(saved: dict[str, Any]) -> str:
         f"random erasing (p = {data.get('random_erase', 0):g})"
         if data.get("random_erase", 0) > 0
         else "",
+        f"repeated augmentation ({data.get('repeated_augmentation', 1)} clips a video)"
+        if data.get("repeated_augmentation", 1) > 1
+        else "",
     ]
     return ", ".join(filter(None, extras))
 

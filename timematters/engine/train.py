@@ -590,7 +590,7 @@ def train_one_epoch(run: Run, loader: DataLoader) -> None:
             "lr": run.optimizer.param_groups[0]["lr"],
             **terms,
             "grad_norm": grad_norm,
-            "clips_per_s": cfg.train.batch_size / (toc - tic),
+            "clips_per_s": cfg.train.batch_size * cfg.data.repeated_augmentation / (toc - tic),
             "nonfinite_steps": progress.nonfinite_steps,
             "bad_videos": run.bad_log.bad,
         }
