@@ -8,6 +8,7 @@ from timematters.backbones import create_backbone
 from timematters.config import ConfigError, OptimConfig, load_config, validate
 from timematters.engine.optim import build_optimizer, parameter_groups, set_lr
 from timematters.engine.runs import resume_mismatches
+from timematters.engine.train import train
 from timematters.losses import TimeModel, objective_for_model
 
 TINY = {"embed_dim": 24, "depth": 3, "num_heads": 2}
@@ -134,5 +135,9 @@ def test_a_checkpoint_saved_before_a_key_existed_resumes_with_its_default(tmp_pa
 
 
 def test_training_with_layer_decay_resumes_exactly_and_says_so(tmp_path, capsys):
-    assert_resumes_exactly(tmp_path, "optim.layer_decay=0.75", "train.save_every_steps=3")
+    full, _ = assert_resumes_exactly(tmp_path, "optim.layer_decay=0.75", "train.save_every_steps=3")
+    plain = {}
+    train(tiny_config(tmp_path / "plain"), step_callback=lambda s, r: plain.update({s: r}))
+    # The log's lr is the schedule's, not the most decayed group's.
+    assert [full[s]["lr"] for s in full] == pytest.approx([plain[s]["lr"] for s in full], rel=1e-9)
     assert "optim.layer_decay=0.75: lr x 0.422 for the embeddings" in capsys.readouterr().out

@@ -587,7 +587,7 @@ def train_one_epoch(run: Run, loader: DataLoader) -> None:
             "kind": "train",
             "epoch": progress.epoch,
             "step": progress.step,
-            "lr": run.optimizer.param_groups[0]["lr"],
+            "lr": _base_lr(run.optimizer),
             **terms,
             "grad_norm": grad_norm,
             "clips_per_s": cfg.train.batch_size * cfg.data.repeated_augmentation / (toc - tic),
@@ -606,6 +606,12 @@ def train_one_epoch(run: Run, loader: DataLoader) -> None:
         if cfg.train.save_every_steps and progress.step % cfg.train.save_every_steps == 0:
             save_run_checkpoint(run, "last.pth")
     bar.close()
+
+
+def _base_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The schedule's lr: a group's lr over its layer-decay scale (``optim.layer_decay``)."""
+    group = optimizer.param_groups[0]
+    return group["lr"] / group.get("lr_scale", 1.0)
 
 
 def _account_for_batch(run: Run, batch: dict[str, Any]) -> tuple[bool, bool]:
