@@ -530,3 +530,44 @@ def test_predict_with_a_users_module_takes_the_configs_clips(tmp_path, monkeypat
         code, err = _cli(capsys, *predict, "--device", "cuda")
         assert code == 2
         _one_clear_line(err, "--device cuda but CUDA is not available")
+
+
+CUDA_OOM = (
+    "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.11 GiB of "
+    "which 1.2 GiB is free. Including non-PyTorch memory, this process has 77.9 GiB in use."
+)
+
+
+def test_running_out_of_device_memory_names_the_settings_that_need_less(
+    tmp_path, capsys, monkeypatch
+):
+    from timematters.losses.objective import TimeModel
+
+    def out_of_memory(self, batch, generator=None):
+        raise torch.cuda.OutOfMemoryError(CUDA_OOM)
+
+    monkeypatch.setattr(TimeModel, "forward", out_of_memory)
+    out = tmp_path / "run"
+    assert main(["train", "synthetic/time", *TINY, f"train.out={out}"]) == 2
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said == [
+        "timematters: error: out of device memory in training step 1 (CUDA out of memory. Tried "
+        "to allocate 2.00 GiB): 4 clips per pass on this device (twice that through the backbone "
+        "with the debias loss); set train.accumulation=2 (the same train.batch_size in passes of "
+        "half the clips), or model.grad_checkpointing=true (activations recomputed block by "
+        "block), or a smaller data.crop_size or model.num_frames"
+    ]
+
+
+def test_evaluation_out_of_memory_names_eval_batch_size():
+    from timematters.engine.distributed import OutOfDeviceMemory
+
+    class Greedy(torch.nn.Module):
+        def forward(self, video):
+            raise torch.cuda.OutOfMemoryError(CUDA_OOM)
+
+    clips = [(torch.zeros(3, 4, 8, 8), 0)] * 6
+    with pytest.raises(OutOfDeviceMemory, match=r"in evaluation \(6 clips a batch\)"):
+        evaluate(Greedy(), DataLoader(clips, batch_size=6))
+    with pytest.raises(OutOfDeviceMemory, match=r"set eval.batch_size=3 "):
+        evaluate(Greedy(), DataLoader(clips, batch_size=6))

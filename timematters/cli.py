@@ -291,6 +291,7 @@ def _exit_code(error: Exception) -> int | None:
     from timematters.data.collate import TooManyBadVideos
     from timematters.data.video import DecoderUnavailable
     from timematters.engine.checkpoint import CheckpointWriteError
+    from timematters.engine.distributed import OutOfDeviceMemory
     from timematters.engine.runs import Interrupted
     from timematters.engine.train import NonFiniteLossError
 
@@ -299,6 +300,8 @@ def _exit_code(error: Exception) -> int | None:
     if isinstance(error, TooManyBadVideos | NonFiniteLossError | CheckpointWriteError):
         return 1
     if isinstance(error, PermissionError):  # a folder that cannot be written: choose another
+        return 2
+    if isinstance(error, OutOfDeviceMemory):  # settings that need less memory: the message's
         return 2
     if isinstance(error, ConfigError | FileNotFoundError | ValueError | PretrainedKeyError):
         return 2

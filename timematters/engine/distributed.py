@@ -120,3 +120,14 @@ def on_main_for_all(work: Callable[[], None]) -> None:
             error.shared_from_main = True
     if error is not None:
         raise error
+
+
+class OutOfDeviceMemory(RuntimeError):
+    """The device ran out of memory; the message names the settings that need less."""
+
+
+def out_of_memory(error: torch.cuda.OutOfMemoryError, doing: str, fix: str) -> OutOfDeviceMemory:
+    """torch's out-of-memory error (a traceback around "Tried to allocate ...") as one line that
+    says what was being done and which settings need less memory."""
+    said = ". ".join(str(error).split(". ")[:2])  # "CUDA out of memory. Tried to allocate 2 GiB"
+    return OutOfDeviceMemory(f"out of device memory {doing} ({said}): {fix}")

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from timematters.backbones.protocol import check_clips
 from timematters.config import EvalConfig, Perturbation
 from timematters.data.collate import BadVideo, BadVideoLog, collate_videos
+from timematters.engine.distributed import out_of_memory
 from timematters.engine.statistics import bootstrap_interval
 from timematters.losses.shuffle import (
     freeze_frames,
@@ -279,7 +280,7 @@ def evaluate_models(
     scores = [_Scores(model, device, settings.perturbations) for model in models]
     shuffles = _ClipPermutations(settings.shuffle, settings.seed)
     labels, bad, indices = [], [], []
-    seen = 0
+    seen, count, V = 0, settings.batch_size, 1
     autocast = (
         torch.autocast(scores[0].device.type, dtype=autocast_dtype)
         if autocast_dtype is not None
@@ -319,6 +320,10 @@ def evaluate_models(
                     autocast=autocast,
                 )
             labels.append(label)
+    except torch.cuda.OutOfMemoryError as error:
+        clips = f"{count} clips" + (f" of {V} views" if V > 1 else "") + " a batch"
+        fix = f"set eval.batch_size={max(1, count // 2)} (in Python: a loader of smaller batches)"
+        raise out_of_memory(error, f"in evaluation ({clips})", fix) from None
     finally:
         for score in scores:
             score.model.train(score.was_training)

@@ -54,6 +54,7 @@ from timematters.engine.distributed import (
     barrier,
     cleanup_distributed,
     on_main_for_all,
+    out_of_memory,
     setup_distributed,
 )
 from timematters.engine.evaluate import EvalResult, evaluate, format_table
@@ -567,6 +568,17 @@ def train_one_epoch(run: Run, loader: DataLoader) -> None:
     batches: Iterable[dict[str, Any]] = loader
     if run.flow_on_device is not None:  # labelled one batch ahead (on CUDA, behind the step)
         batches = FlowLabelPrefetcher(loader, run.flow_on_device, run.info.device)
+    try:
+        _train_steps(run, batches, epoch_end, bar)
+    except torch.cuda.OutOfMemoryError as error:
+        raise out_of_memory(
+            error, f"in training step {progress.step + 1}", _memory_fix(run)
+        ) from None
+    bar.close()
+
+
+def _train_steps(run: Run, batches: Iterable[dict[str, Any]], epoch_end: int, bar: Any) -> None:
+    cfg, progress = run.cfg, run.progress
     micro_batches: list[dict[str, Any]] = []
     tic = time.perf_counter()
     for batch in batches:
@@ -605,7 +617,28 @@ def train_one_epoch(run: Run, loader: DataLoader) -> None:
             run.step_callback(progress.step, record)
         if cfg.train.save_every_steps and progress.step % cfg.train.save_every_steps == 0:
             save_run_checkpoint(run, "last.pth")
-    bar.close()
+
+
+def _memory_fix(run: Run) -> str:
+    """The settings that make a training step need less memory, for this run."""
+    cfg = run.cfg
+    clips = run.local_batch * cfg.data.repeated_augmentation
+    shuffled = (
+        " (twice that through the backbone with the debias loss)" if cfg.loss.debias.weight else ""
+    )
+    fixes = []
+    if clips > 1:
+        accumulation = cfg.train.accumulation * 2
+        fixes.append(
+            f"train.accumulation={accumulation} (the same train.batch_size in passes of half "
+            "the clips)"
+        )
+    if not cfg.model.grad_checkpointing:
+        fixes.append("model.grad_checkpointing=true (activations recomputed block by block)")
+    if run.amp_dtype is None and run.info.device.type == "cuda":
+        fixes.append("train.precision=bf16")
+    fixes.append("a smaller data.crop_size or model.num_frames")
+    return f"{clips} clips per pass on this device{shuffled}; set " + ", or ".join(fixes)
 
 
 def _base_lr(optimizer: torch.optim.Optimizer) -> float:
