@@ -1,13 +1,18 @@
 """The diagnostics against cases with known answers, and `run_diagnose` end to end."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
-from test_train import tiny_config
+from test_train import TINY, tiny_config
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -284,3 +289,43 @@ def test_run_diagnose_on_every_tiny_video_backbone(tmp_path, name):
         f"gradcam_{data['gradcam']['clips'][0]['index']}.png",
     ):
         assert (tmp_path / "out" / file).is_file(), file
+
+
+def test_diagnose_under_torchrun_shares_the_shuffle_test_and_gives_one_process_report(tmp_path):
+    train(tiny_config(tmp_path / "run", "train.epochs=1"))
+    checkpoint = str(tmp_path / "run" / "checkpoints" / "last.pth")
+    common = [*TINY, "--checkpoint", checkpoint, "--probe-clips", "4", "--gradcam-clips", "1"]
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reports = {}
+    for processes in (1, 2):
+        out = tmp_path / f"diagnose{processes}"
+        launch = [torchrun, "--standalone", f"--nproc_per_node={processes}"]
+        command = [*launch, "-m", "timematters.cli", "diagnose", "--config", "synthetic/time"]
+        done = subprocess.run(
+            [*command, *common, "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        reports[processes] = json.loads((out / "diagnose.json").read_text())
+    assert "on 2 processes" in done.stdout
+    one, two = reports[1], reports[2]
+    assert two["shuffle_test"] == one["shuffle_test"]  # every clip, in dataset order
+    assert two["confidence_gap"] == one["confidence_gap"]
+    assert two["order_probe"]["accuracy"] == one["order_probe"]["accuracy"]
+    assert [c["index"] for c in two["gradcam"]["clips"]] == [
+        c["index"] for c in one["gradcam"]["clips"]
+    ]
+    # A folder that cannot take the report is refused by rank 0 alone, before any work.
+    again = subprocess.run(
+        [*command, *common, "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    said = [line for line in again.stderr.splitlines() if "timematters: error:" in line]
+    assert again.returncode != 0 and len(said) == 1 and "holds a run" in said[0], again.stderr

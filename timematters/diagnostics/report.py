@@ -28,6 +28,7 @@ from timematters.backbones.adapters.module import as_video_backbone
 from timematters.config import Config, EvalConfig, validate
 from timematters.data.build import build_dataset, loader_workers
 from timematters.data.collate import collate_videos
+from timematters.data.samplers import Shard
 from timematters.diagnostics.confidence import confidence_gaps
 from timematters.diagnostics.gradcam import gradcam_unsupported, video_gradcam
 from timematters.diagnostics.order_probe import order_probe
@@ -37,7 +38,13 @@ from timematters.diagnostics.reliance import (
     write_reliance_csv,
     write_subsets_file,
 )
-from timematters.engine.distributed import autocast_dtype, resolve_device
+from timematters.engine.distributed import (
+    DistInfo,
+    autocast_dtype,
+    cleanup_distributed,
+    on_main_for_all,
+    setup_distributed,
+)
 from timematters.engine.evaluate import (
     LABELS,
     EvalResult,
@@ -297,7 +304,28 @@ def run_diagnose(
         raise ValueError(
             f"the models' names must differ: {', '.join(repeated)} is given to several models"
         )
-    device = resolve_device(cfg.train.device)
+    report_options = dict(
+        probe_clips=(probe_fit_clips, probe_held_out_clips) if probe else None,
+        gradcam_clips=gradcam_clips,
+        gradcam_indices=gradcam_indices,
+    )
+    info = setup_distributed(cfg.train.device)
+    try:
+        return _run_diagnose(cfg, info, specs, out, names, evaluations, **report_options)
+    finally:
+        cleanup_distributed()
+
+
+def _run_diagnose(
+    cfg: Config,
+    info: DistInfo,
+    specs: Sequence[str | Path],
+    out: str | Path,
+    names: list[str],
+    evaluations: Sequence[EvalResult] | None,
+    **report_options: Any,
+) -> dict:
+    device = info.device
     test_set = build_dataset(cfg, cfg.eval.split, flow_labels=False, patch_size=1)
     models = {}
     for name, spec in zip(names, specs, strict=True):
@@ -306,12 +334,33 @@ def run_diagnose(
         check_classes(model, test_set.classes, spec)
         models[name] = model.to(device)
     # Decoded in the loader's workers: the shuffle test, the probe and GradCAM each read the clips.
-    loader = DataLoader(
-        test_set,
+    loading = dict(
         batch_size=cfg.eval.batch_size,
         num_workers=loader_workers(cfg.data.num_workers),
         collate_fn=collate_videos,
     )
+    loader = DataLoader(test_set, **loading)
+    if info.enabled and evaluations is None:
+        # Under torchrun the processes share the shuffle test, the long part (every clip, every
+        # perturbation, every model); rank 0 then probes and draws alone. A folder that cannot
+        # take the report is refused before any of it.
+        claim = dict(kind="a diagnose report", overwrite=False, fix="choose another --out")
+        on_main_for_all(lambda: claim_folder(Path(out), **claim, remove=False))
+        if info.is_main:
+            print(f"[diagnose] shuffle test: {', '.join(models)} on {info.world_size} processes")
+        shard = Shard(len(test_set), info.rank, info.world_size)
+        evaluations = evaluate_models(
+            list(models.values()),
+            DataLoader(test_set, sampler=shard, **loading),
+            classes=test_set.classes,
+            subsets=getattr(test_set, "subsets", {}),
+            settings=cfg.eval,
+            device=device,
+            autocast_dtype=autocast_dtype(cfg.train.precision, device),
+            progress=cfg.train.progress and info.is_main,
+        )  # every process's clips, gathered on each
+        if not info.is_main:
+            return {}
     return diagnose(
         models,
         loader,
@@ -319,13 +368,11 @@ def run_diagnose(
         classes=test_set.classes,
         subsets=getattr(test_set, "subsets", {}),
         settings=cfg.eval,
-        probe_clips=(probe_fit_clips, probe_held_out_clips) if probe else None,
-        gradcam_clips=gradcam_clips,
-        gradcam_indices=gradcam_indices,
         evaluations=evaluations,
         device=device,
         autocast_dtype=autocast_dtype(cfg.train.precision, device),
         progress=cfg.train.progress,
+        **report_options,
         mean=cfg.data.mean,
         std=cfg.data.std,
         max_bad_fraction=cfg.data.max_bad_fraction,
