@@ -1,4 +1,4 @@
-"""The `timematters` command line: demo, train, eval, diagnose, predict, flow, export, configs, data
+"""The `timematters` command line: demo, train, eval, diagnose, predict, flow, export, table, configs, data
 check, backbones.
 
 A user mistake (a bad key or value, a missing file, a run folder in use, a checkpoint that does not
@@ -209,6 +209,20 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--overwrite", action="store_true", help="replace files of an export's names in --out"
     )
+
+    table = commands.add_parser(
+        "table", help="evaluations already made, side by side (the paper's Tables 2 and 3)"
+    )
+    table.add_argument(
+        "paths",
+        nargs="+",
+        help="run folders, <checkpoint>_eval folders, diagnose folders, or their JSON files",
+    )
+    table.add_argument("--name", action="append", help="a row's name (once per row, in order)")
+    table.add_argument(
+        "--intervals", action="store_true", help="each figure's 95%% interval (± half-width)"
+    )
+    table.add_argument("--out", default=None, help="also write the table to this markdown file")
 
     configs = commands.add_parser("configs", help="the presets that ship with timematters")
     config_commands = configs.add_subparsers(dest="configs_command", required=True)
@@ -582,6 +596,19 @@ def _flow(args) -> int:
     return 1 if result["skipped"] else 0  # a video that could not be decoded, as predict
 
 
+def _table(args) -> int:
+    from timematters.diagnostics.tables import results_table
+
+    table = results_table(args.paths, names=args.name, intervals=args.intervals)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
 def _export(args) -> int:
     from timematters.engine.export import export
 
@@ -627,6 +654,7 @@ _COMMANDS = {
     "predict": _predict,
     "flow": _flow,
     "export": _export,
+    "table": _table,
     "configs": _configs,
     "data": _data,
     "backbones": _backbones,
