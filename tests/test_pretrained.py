@@ -196,3 +196,77 @@ def test_unknown_suffix_is_refused(tmp_path):
     path.write_bytes(b"")
     with pytest.raises(ValueError, match="unknown weights format"):
         read_state_dict(path)
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An offline Hugging Face hub cache in ``tmp_path``; ``add(repo, file, state_dict)`` lays a
+    file out as the hub client stores it."""
+    import huggingface_hub.constants
+    from safetensors.torch import save_file
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+    def add(repo: str, file: str, state_dict: dict) -> None:
+        folder = cache / f"models--{repo.replace('/', '--')}"
+        snapshot = folder / "snapshots" / ("0" * 40)
+        snapshot.mkdir(parents=True, exist_ok=True)
+        (folder / "refs").mkdir(exist_ok=True)
+        (folder / "refs" / "main").write_text("0" * 40)
+        if file.endswith(".safetensors"):
+            save_file(state_dict, str(snapshot / file))
+        else:
+            torch.save(state_dict, snapshot / file)
+
+    return add
+
+
+def test_weights_on_the_hub_are_read_from_its_cache(tmp_path, hub_cache):
+    source = _trained(seed=3)
+    hub_cache("timm/tiny_test.in1k", "model.safetensors", source.state_dict())
+    model = _tiny()
+    report = load_pretrained(model, "timm:tiny_test.in1k")
+    assert report.path == "timm:tiny_test.in1k" and _same_weights(model, source)
+    # Any repository's file; without a file name its model.safetensors, else pytorch_model.bin.
+    hub_cache("someone/weights", "ours.pth", {"model": source.state_dict()})
+    hub_cache("someone/bin-only", "pytorch_model.bin", source.state_dict())
+    for spec in ("hf-hub:someone/weights:ours.pth", "hf-hub:someone/bin-only"):
+        model = _tiny()
+        load_pretrained(model, spec)
+        assert _same_weights(model, source), spec
+
+
+def test_hub_weights_that_are_not_cached_offline_are_named_with_the_fix(hub_cache):
+    with pytest.raises(ValueError, match=r"timm:vit_none: not in the Hugging Face hub cache"):
+        load_pretrained(_tiny(), "timm:vit_none")
+
+
+def test_a_run_initialised_from_the_hub_says_so_and_resumes_without_it(tmp_path, hub_cache, capsys):
+    from test_train import _Killed, tiny_config
+
+    from timematters.backbones import create_backbone
+    from timematters.engine.train import train
+
+    # Weights of another class count: the load says the classifier is new.
+    kwargs = dict(num_classes=7, num_frames=4, img_size=32, embed_dim=24, depth=2, num_heads=2)
+    source = create_backbone("timesformer_tiny_patch8_64", **kwargs)
+    hub_cache("timm/tiny_video", "model.safetensors", source.state_dict())
+    spec = "model.pretrained=timm:tiny_video"
+
+    def kill_at_5(step, record):
+        if step == 5:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        train(tiny_config(tmp_path / "run", spec), step_callback=kill_at_5)
+    assert "[train] timm:tiny_video: " in capsys.readouterr().out
+    # A resume takes the checkpoint's weights: the hub file is not needed again.
+    for file in (tmp_path / "hub").rglob("model.safetensors"):
+        file.unlink()
+    result = train(
+        tiny_config(tmp_path / "run", spec), resume=tmp_path / "run" / "checkpoints" / "last.pth"
+    )
+    assert result["metrics"]["all"]["num_clips"] == 8

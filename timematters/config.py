@@ -25,7 +25,9 @@ class ModelConfig:
     num_classes: int = 0  # 0: taken from the dataset
     num_frames: int = 8  # the clip length everywhere: sampling, model, losses
     drop_path_rate: float | None = None  # None: the variant's default
-    pretrained: str = ""  # a local weights file (timm ViT, official, Hugging Face or ours)
+    # A weights file (timm ViT, official, Hugging Face or ours), or one on the Hugging Face hub:
+    # timm:NAME (timm's weights of NAME), hf-hub:REPO[:FILE]; fetched once into the hub's cache.
+    pretrained: str = ""
     kwargs: dict[str, Any] = field(default_factory=dict)  # other backbone keyword arguments
     # Activation checkpointing per block: block activations recomputed in the backward pass,
     # trading a second forward of each block for memory (not in the release).

@@ -141,10 +141,11 @@ def read_state_dict(path: str | Path | dict) -> dict[str, torch.Tensor]:
 
 
 def read_weights_file(path: str | Path | dict) -> object:
-    """What a weights file holds, as saved (a dict in memory is returned as it is)."""
+    """What a weights file holds, as saved (a dict in memory is returned as it is); ``path`` may
+    name a file on the Hugging Face hub (``resolve_weights``)."""
     if isinstance(path, dict):
         return path
-    path = Path(path)
+    path = resolve_weights(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weights file at {path}")
     if path.suffix == SAFETENSORS_SUFFIX:
@@ -161,6 +162,58 @@ def read_weights_file(path: str | Path | dict) -> object:
         supported = ", ".join((*TORCH_SUFFIXES, SAFETENSORS_SUFFIX))
         raise ValueError(f"{path}: unknown weights format {path.suffix!r}; expected {supported}")
     return obj
+
+
+def resolve_weights(spec: str | Path) -> Path:
+    """The local file of a weights spec: a path as it is, or a file of the Hugging Face hub,
+    downloaded into the hub's cache on first use and read from there after (``HF_HUB_OFFLINE=1``:
+    the cache only).
+
+    ``timm:NAME``: timm's weights of model NAME (``timm:vit_base_patch16_224.orig_in21k_ft_in1k``,
+    the hub's ``timm/NAME``, what ``timm.create_model(NAME, pretrained=True)`` loads).
+    ``hf-hub:REPO[:FILE]``: FILE of the hub repository REPO (default: ``model.safetensors``, else
+    ``pytorch_model.bin``).
+    """
+    text = str(spec)
+    if text.startswith("timm:"):
+        repo, file = f"timm/{text.removeprefix('timm:')}", ""
+    elif text.startswith("hf-hub:"):
+        repo, _, file = text.removeprefix("hf-hub:").partition(":")
+    else:
+        return Path(spec)
+    try:
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+        from huggingface_hub.utils import (
+            EntryNotFoundError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+        )
+    except ImportError:
+        raise ImportError(
+            f"{spec}: weights from the hub need huggingface_hub (pip install huggingface_hub), "
+            "or give a local file"
+        ) from None
+    names = (file,) if file else ("model.safetensors", "pytorch_model.bin")
+    for name in names:  # the cache first: no network needed for what was fetched before
+        cached = try_to_load_from_cache(repo, name)
+        if isinstance(cached, str):
+            return Path(cached)
+    for name in names:
+        try:
+            return Path(hf_hub_download(repo, name))
+        except LocalEntryNotFoundError:  # not in the cache, and the hub out of reach
+            raise ValueError(
+                f"{spec}: not in the Hugging Face hub cache and the hub cannot be reached; "
+                "download it once while online (the cache keeps it), or give a local file"
+            ) from None
+        except EntryNotFoundError:  # the repository has no such file
+            continue
+        except RepositoryNotFoundError:
+            raise ValueError(
+                f"{spec}: the hub has no repository {repo} (or it is private or gated: log in "
+                "with `hf auth login`); give a local file instead"
+            ) from None
+    raise ValueError(f"{spec}: the hub repository {repo} has no {' or '.join(names)}")
 
 
 def load_torch_file(path: str | Path, what: str = "checkpoint") -> object:

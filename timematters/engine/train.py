@@ -272,7 +272,10 @@ def setup_run(
     except ValueError as error:  # a loss the model cannot give: the message names the key
         raise ConfigError(str(error)) from None
     # A foreign model came with its weights; the TIME heads of a checkpoint go into the objective.
-    pretrained = "" if is_foreign_spec(cfg.model.name) else cfg.model.pretrained
+    # A resumed run's weights are its checkpoint's: model.pretrained (a file, a hub download) is
+    # not read again.
+    foreign_or_resumed = is_foreign_spec(cfg.model.name) or state is not None
+    pretrained = "" if foreign_or_resumed else cfg.model.pretrained
     for weights in filter(None, (pretrained, init_from)):
         report = load_pretrained(backbone, weights, objective=objective)
         for line in report.describe() if info.is_main else []:  # printed: in train.log too
