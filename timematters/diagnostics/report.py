@@ -291,6 +291,8 @@ def run_diagnose(
 
     names: row names in the report (default: each checkpoint's run folder, or the spec).
     evaluations: the runs' own final evaluations with this config, not run again.
+    Under torchrun the processes share the shuffle test; rank 0 writes the report (the others
+    return {}).
     """
     validate(cfg)
     names = list(names) if names is not None else _default_names(specs)

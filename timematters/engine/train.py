@@ -581,6 +581,7 @@ def train_one_epoch(run: Run, loader: DataLoader) -> None:
 
 
 def _train_steps(run: Run, batches: Iterable[dict[str, Any]], epoch_end: int, bar: Any) -> None:
+    """``train_one_epoch``'s loop: micro-batches gathered into steps, each logged."""
     cfg, progress = run.cfg, run.progress
     micro_batches: list[dict[str, Any]] = []
     tic = time.perf_counter()
