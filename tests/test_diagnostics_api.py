@@ -249,3 +249,39 @@ def test_models_evaluated_in_one_pass_score_as_they_do_one_by_one():
             np.testing.assert_array_equal(result.perturbed[name], alone.perturbed[name])
         assert result.metrics() == alone.metrics()
     assert models[1].training and not models[0].training  # each handed back in its own mode
+
+
+def test_a_long_video_is_predicted_window_by_window(tmp_path, monkeypatch, capsys):
+    from videos import numbered_frames, write_frame_folder, write_video
+
+    from timematters.cli import main
+    from timematters.diagnostics.predict import predict_windows
+
+    video = write_video(tmp_path / "long.mp4", numbered_frames(30), fps=12)  # 2.5 s
+    model = ProtocolModel().eval()
+    windows = predict_windows(model, video, seconds=1.0)
+    # 12-frame windows; the 6-frame tail is half a window: kept.
+    assert [w.window for w in windows] == [[0, 12], [12, 24], [24, 30]]
+    assert [w.seconds for w in windows] == [[0.0, 1.0], [1.0, 2.0], [2.0, 2.5]]
+    for w in windows:
+        assert all(w.window[0] <= i < w.window[1] for i in w.frames) and len(w.frames) == T
+    alone = predict(model, video, window=(12, 24))  # the same clip as its window's
+    assert (alone.top, alone.frames) == (windows[1].top, windows[1].frames)
+    # 9-frame windows: the 3-frame tail is under half a window, left out.
+    assert predict_windows(model, video, seconds=0.75)[-1].window == [18, 27]
+    frames = write_frame_folder(tmp_path / "frames", numbered_frames(12))
+    with pytest.raises(ValueError, match="has no frame rate .*--fps N"):
+        predict_windows(model, frames, seconds=0.5)
+    assert len(predict_windows(model, frames, seconds=0.5, fps=12)) == 2
+
+    (tmp_path / "protocol_model.py").write_text(
+        "from test_diagnostics_api import ProtocolModel\n"
+        "def build(num_classes=3):\n"
+        "    return ProtocolModel()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["predict", str(video), "--model", "protocol_model:build", "--window", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{video} [0.0-1.0 s]" in printed and f"{video} [2.0-2.5 s]" in printed
+    assert "over 3 windows (no labels needed):" in printed
+    assert main(["predict", str(video), "--model", "m:f", "--window", "1", "--explain", "x"]) == 2

@@ -190,6 +190,16 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--explain", default=None, metavar="DIR", help="write GradCAM (GIF and PNG strip) here"
     )
+    predict.add_argument(
+        "--window",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="a long video: predict each consecutive window of this many seconds (a timeline)",
+    )
+    predict.add_argument(
+        "--fps", type=float, default=None, help="frame rate of frame folders (with --window)"
+    )
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     predict.add_argument("--seed", type=int, default=0, help="seed of the shuffled frame order")
 
@@ -481,6 +491,7 @@ def _predict(args) -> int:
         explain_prediction,
         list_videos,
         predict,
+        predict_windows,
         summarise,
     )
     from timematters.engine.distributed import resolve_device
@@ -508,27 +519,29 @@ def _predict(args) -> int:
                 "--classes FILE (one name per line)"
             )
         model.set_class_names(classes, prompt=cfg.model.prompt if cfg else "{}")
+    if args.window is not None and args.explain:
+        raise ConfigError("--explain draws one clip of each video: leave out --window")
+    if args.window is not None and args.window <= 0:
+        raise ConfigError(f"--window {args.window}: give a positive number of seconds")
     perturbations = [p.strip() for p in args.perturb.split(",") if p.strip()]
     results, undecodable = [], []
     videos = list_videos(args.inputs, root=cfg.data.root if cfg else None)
     for video in videos:
+        options = dict(
+            classes=classes, top_k=args.top_k, perturbations=perturbations, seed=args.seed, **clip
+        )
         try:
-            result = predict(
-                model,
-                video,
-                classes=classes,
-                top_k=args.top_k,
-                perturbations=perturbations,
-                seed=args.seed,
-                **clip,
-            )
+            if args.window is None:
+                found = [predict(model, video, **options)]
+            else:
+                found = predict_windows(model, video, seconds=args.window, fps=args.fps, **options)
         except VideoDecodeError as error:  # skipped and reported; the others are still predicted
             print(f"timematters: skipped {error}", file=sys.stderr)
             undecodable.append(video)
             continue
-        results.append(result)
+        results += found
         if not args.json:
-            print(result.describe())
+            print("\n".join(result.describe() for result in found))
         if args.explain:
             try:
                 written = explain_prediction(model, video, args.explain)
@@ -540,7 +553,7 @@ def _predict(args) -> int:
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     elif len(results) > 1:
-        print(summarise(results))
+        print(summarise(results, unit="windows" if args.window is not None else "videos"))
     if undecodable:
         print(
             f"timematters: {len(undecodable)} of {len(videos)} videos could not be decoded "

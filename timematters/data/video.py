@@ -45,6 +45,7 @@ class DecoderUnavailable(RuntimeError):
 class VideoReader(Protocol):
     path: str
     num_frames: int
+    fps: float | None  # frames per second, None where the video does not say (frame folders)
 
     def get_frames(self, indices: np.ndarray | list[int]) -> np.ndarray:
         """Frames at ``indices`` (any order, repeats allowed): uint8 [len(indices), H, W, 3]."""
@@ -89,6 +90,7 @@ class PyAVReader:
             raise VideoDecodeError(path, f"cannot read: {error}") from error
 
         self.num_frames = len(packets)
+        self.fps = float(rate) if rate else None
         if self.num_frames == 0:
             raise VideoDecodeError(path, "no video frames")
         if declared_frames and len(stored) < declared_frames:
@@ -236,6 +238,7 @@ class TorchCodecReader:
         try:
             self._decoder = decoder_class(self.path, seek_mode="exact", dimension_order="NHWC")
             self.num_frames = int(self._decoder.metadata.num_frames)
+            self.fps = self._decoder.metadata.average_fps
         except (RuntimeError, ValueError) as error:
             raise VideoDecodeError(path, f"cannot read: {error}") from error
         if self.num_frames == 0:
@@ -289,6 +292,7 @@ class FrameFolderReader:
             names = ", ".join(IMAGE_EXTENSIONS)
             raise VideoDecodeError(path, f"no frame images ({names}) in the folder")
         self.num_frames = len(self.files)
+        self.fps = None  # images carry no frame rate
 
     def get_frames(self, indices: np.ndarray | list[int]) -> np.ndarray:
         import torch

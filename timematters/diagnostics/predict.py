@@ -6,6 +6,8 @@ are shuffled or reversed (the shuffle test of one clip).
 resizes the short side and centre-crops to the model's frame size, and returns the top-k classes
 with their probabilities on the clip and on each perturbation of it. ``explain_prediction``
 writes GradCAM of the clip for the predicted class as an animated GIF and a PNG strip.
+``predict_windows`` does it for each consecutive window of a long video (a clip sampled over a
+whole film says little): a timeline of predictions and of what shuffling each window does.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from timematters.backbones.adapters.module import as_video_backbone
 from timematters.data.dataset import VIDEO_EXTENSIONS
 from timematters.data.sampling import sample_segment_indices
 from timematters.data.transforms import EvalTransform
-from timematters.data.video import VideoDecodeError, is_frame_folder, open_video
+from timematters.data.video import VideoDecodeError, VideoReader, is_frame_folder, open_video
 from timematters.engine.evaluate import PERTURBATION_NAMES
 from timematters.engine.model import class_names_of, describe_model
 from timematters.losses.shuffle import freeze_frames, perturb_frames
@@ -42,6 +44,10 @@ class Prediction:
     # The probability of the clip's top-1 class under each perturbation.
     top1_probability: dict[str, float] = field(default_factory=dict)
     frames: list[int] = field(default_factory=list)  # the frames the clip was made of
+    # predict_windows: the window's frames [start, stop) and, where the frame rate is known, its
+    # seconds [start, stop).
+    window: list[int] | None = None
+    seconds: list[float] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,7 +59,7 @@ class Prediction:
             return ", ".join(f"{name} ({p:.2f})" for name, p in top)
 
         first, p = self.top[0]
-        lines = [self.source, f"  original:  {ranked(self.top)}"]
+        lines = [self.source + self._where(), f"  original:  {ranked(self.top)}"]
         for name, top in self.perturbed.items():
             after = self.top1_probability[name]
             lines.append(
@@ -62,17 +68,26 @@ class Prediction:
             )
         return "\n".join(lines)
 
+    def _where(self) -> str:
+        if self.seconds is not None:
+            return f" [{self.seconds[0]:.1f}-{self.seconds[1]:.1f} s]"
+        if self.window is not None:
+            return f" [frames {self.window[0]}-{self.window[1] - 1}]"
+        return ""
+
 
 def clip_of(
     model: nn.Module,
-    video: Video,
+    video: Video | VideoReader,
     *,
     num_frames: int | None = None,
     frame_size: int | None = None,
+    window: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, list[int]]:
     """The model's input for a video: [1, C, T, S, S] normalised as the model takes clips, and
     the indices of the frames it holds. num_frames, frame_size: the clip for a model that does
-    not fix its own (a user's module, a 3-D CNN); the model's own otherwise."""
+    not fix its own (a user's module, a 3-D CNN); the model's own otherwise. window: sample the
+    frames [start, stop) only (default: the whole video). ``video`` may be an open reader."""
     info = describe_model(_as_backbone(model))
     num_frames = num_frames or info["num_frames"]
     size = frame_size or info["frame_size"]
@@ -85,15 +100,16 @@ def clip_of(
     mean, std = _input_normalisation(model)
     if _is_array(video):
         video = _uint8_frames(video)
-        count = len(video)
-        indices = sample_segment_indices(count, num_frames, train=False)
+        start, stop = window or (0, len(video))
+        indices = start + sample_segment_indices(stop - start, num_frames, train=False)
         frames = video[indices]
     else:
-        if not isinstance(video, str | os.PathLike):  # open_video would print its whole repr
-            raise TypeError(f"{_EXPECTED}; got {_described(video)}")
-        reader = open_video(video)
-        count = reader.num_frames
-        indices = sample_segment_indices(count, num_frames, train=False)
+        reader = video if hasattr(video, "get_frames") else None
+        if reader is None and not isinstance(video, str | os.PathLike):
+            raise TypeError(f"{_EXPECTED}; got {_described(video)}")  # not its whole repr
+        reader = reader or open_video(video)
+        start, stop = window or (0, reader.num_frames)
+        indices = start + sample_segment_indices(stop - start, num_frames, train=False)
         frames = reader.get_frames(indices)
     transform = EvalTransform(crop_size=size, short_side=size, num_crops=1, mean=mean, std=std)
     return transform(frames), [int(i) for i in indices]
@@ -175,14 +191,18 @@ def predict(
     seed: int = 0,
     num_frames: int | None = None,
     frame_size: int | None = None,
+    window: tuple[int, int] | None = None,
 ) -> Prediction:
     """The top ``top_k`` classes of ``model`` on ``video`` and on its ``perturbations``.
 
     num_frames, frame_size: the clip to make (default: the model's own; a model that takes any
-    needs them). The model runs in eval mode and is handed back in its own mode."""
+    needs them). window: the frames [start, stop) to sample from (default: all). The model runs
+    in eval mode and is handed back in its own mode."""
     _check_perturbations(perturbations)
     with _in_eval_mode(model) as backbone:
-        clip, indices = clip_of(backbone, video, num_frames=num_frames, frame_size=frame_size)
+        clip, indices = clip_of(
+            backbone, video, num_frames=num_frames, frame_size=frame_size, window=window
+        )
         clip = clip.to(_device_of(backbone))
         generator = torch.Generator().manual_seed(seed)
         views = [clip] + [_perturbed(clip, name, generator) for name in perturbations]
@@ -203,23 +223,53 @@ def predict(
 
     best = int(probs[0].argmax())
     return Prediction(
-        source="<array>" if _is_array(video) else str(video),
+        source="<array>" if _is_array(video) else str(getattr(video, "path", video)),
         top=top(probs[0]),
         perturbed={name: top(p) for name, p in zip(perturbations, probs[1:], strict=True)},
         top1_probability={
             name: float(p[best]) for name, p in zip(perturbations, probs[1:], strict=True)
         },
         frames=indices,
+        window=list(window) if window else None,
     )
 
 
-def summarise(predictions: Sequence[Prediction]) -> str:
-    """What the perturbations did over many videos, without labels: per perturbation, how many
-    videos' top class changed and the mean probability of the original top class before and
-    after. A model that ignores frame order changes nothing under shuffle."""
+def predict_windows(
+    model: nn.Module,
+    video: str | os.PathLike,
+    *,
+    seconds: float,
+    fps: float | None = None,
+    **options,
+) -> list[Prediction]:
+    """``predict`` on each consecutive window of ``seconds`` of a video (a last, shorter window is
+    kept when it spans half a window or more): a timeline. The video's own frame rate is used,
+    else ``fps`` (frame folders carry none). ``options`` are ``predict``'s."""
+    if seconds <= 0:
+        raise ValueError(f"the window must be positive, got {seconds} s")
+    reader = open_video(video)  # once: a long video is not scanned again for every window
+    rate = reader.fps or fps
+    if not rate:
+        raise ValueError(f"{video} has no frame rate (a folder of frames): give it, --fps N")
+    length = max(1, round(seconds * rate))
+    predictions = []
+    for start in range(0, reader.num_frames, length):
+        stop = min(start + length, reader.num_frames)
+        if predictions and 2 * (stop - start) < length:  # a tail too short to stand alone
+            break
+        prediction = predict(model, reader, window=(start, stop), **options)
+        prediction.seconds = [start / rate, stop / rate]
+        predictions.append(prediction)
+    return predictions
+
+
+def summarise(predictions: Sequence[Prediction], unit: str = "videos") -> str:
+    """What the perturbations did over many videos (or windows), without labels: per
+    perturbation, how many top classes changed and the mean probability of the original top
+    class before and after. A model that ignores frame order changes nothing under shuffle."""
     if not predictions:
-        return "no videos predicted"
-    lines = [f"over {len(predictions)} videos (no labels needed):"]
+        return f"no {unit} predicted"
+    lines = [f"over {len(predictions)} {unit} (no labels needed):"]
     before = float(np.mean([p.top[0][1] for p in predictions]))
     for name in predictions[0].perturbed:
         changed = sum(p.perturbed[name][0][0] != p.top[0][0] for p in predictions)
