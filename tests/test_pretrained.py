@@ -239,9 +239,23 @@ def test_weights_on_the_hub_are_read_from_its_cache(tmp_path, hub_cache):
         assert _same_weights(model, source), spec
 
 
-def test_hub_weights_that_are_not_cached_offline_are_named_with_the_fix(hub_cache):
+def test_hub_weights_that_are_not_cached_offline_are_named_with_the_fix(
+    tmp_path, hub_cache, capsys
+):
+    from test_train import TINY
+
+    from timematters.cli import main
+
     with pytest.raises(ValueError, match=r"timm:vit_none: not in the Hugging Face hub cache"):
         load_pretrained(_tiny(), "timm:vit_none")
+    out = tmp_path / "run"
+    argv = ["train", "synthetic/time", *TINY, "model.pretrained=timm:vit_none", f"train.out={out}"]
+    assert main(argv) == 2
+    said = capsys.readouterr().err.strip()
+    assert said.startswith(
+        "timematters: error: model.pretrained: timm:vit_none: not in the Hugging Face hub cache"
+    )
+    assert said.endswith("or give a local file") and not out.exists()  # refused before any work
 
 
 def test_a_run_initialised_from_the_hub_says_so_and_resumes_without_it(tmp_path, hub_cache, capsys):

@@ -276,8 +276,13 @@ def setup_run(
     # not read again.
     foreign_or_resumed = is_foreign_spec(cfg.model.name) or state is not None
     pretrained = "" if foreign_or_resumed else cfg.model.pretrained
-    for weights in filter(None, (pretrained, init_from)):
-        report = load_pretrained(backbone, weights, objective=objective)
+    for key, weights in (("model.pretrained", pretrained), ("--init-from", init_from)):
+        if not weights:
+            continue
+        try:
+            report = load_pretrained(backbone, weights, objective=objective)
+        except (FileNotFoundError, ValueError) as error:  # which setting named the weights
+            raise ConfigError(f"{key}: {error}") from None
         for line in report.describe() if info.is_main else []:  # printed: in train.log too
             print(f"[train] {weights}: {line}")
     model = TimeModel(backbone, objective).to(device)
