@@ -95,6 +95,19 @@ def test_a_zero_shot_model_scores_the_datas_classes_by_their_names(xclip):
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)  # logit scale 100
     assert logits.std(dim=1).min() > 0  # the class names give different scores
 
+    # The class texts are encoded once, not on every batch, and again for new classes; the text
+    # encoder is the model's own again between calls (its weights are saved and loaded as ever).
+    encoded = []
+    text_model = model.model.text_model
+    text_model.register_forward_hook(lambda *_: encoded.append(1))
+    with torch.no_grad():
+        again = [model(video), model(video[:1])]
+        torch.testing.assert_close(again[0], logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(again[1], logits[:1], rtol=1e-5, atol=1e-5)
+        assert encoded == [] and model.model.text_model is text_model  # encoded above, once
+        model.set_class_names(CLASSES[:3])
+        assert model(video).shape == (2, 3) and len(encoded) == 1
+
 
 def test_eval_and_diagnose_score_a_zero_shot_model_on_the_datas_classes(xclip, tmp_path):
     spec = f"hf:{xclip}"

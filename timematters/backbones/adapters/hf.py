@@ -472,6 +472,8 @@ class HFZeroShot(_HFShared, LogitsOnlyAdapter):
         # The classes' tokenised texts: made from the data, not saved with the weights.
         self.register_buffer("input_ids", torch.zeros(0, 0, dtype=torch.long), persistent=False)
         self.register_buffer("text_mask", torch.zeros(0, 0, dtype=torch.long), persistent=False)
+        # The text encoder's output for them, kept between batches (see ``logits``).
+        self._text: tuple[tuple, Any] | None = None
 
     def set_class_names(self, names: list[str], prompt: str = "{}") -> None:
         """Score these classes, each by the text ``prompt.format(name)``."""
@@ -482,6 +484,7 @@ class HFZeroShot(_HFShared, LogitsOnlyAdapter):
         self.text_mask = tokens["attention_mask"].to(device)
         self.class_names, self.prompt = list(names), prompt
         self.num_classes = self.embed_dim = len(names)
+        self._text = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -531,12 +534,43 @@ class HFZeroShot(_HFShared, LogitsOnlyAdapter):
                 f"{self.source} is a zero-shot video-text model: it scores the classes it is "
                 "given as text (a dataset's, or predict --classes FILE), and none were given"
             )
-        # The whole model on every batch: X-CLIP conditions each class's text on the clip.
-        return self.model(
-            input_ids=self.input_ids,
-            attention_mask=self.text_mask,
-            pixel_values=_pixel_values(video),
-        ).logits_per_video
+        # X-CLIP conditions each class's text on the clip, but only after its text encoder, whose
+        # output depends on the texts alone: it runs once per class list (and device and
+        # precision), not on every batch; the model's own forward does the rest.
+        text_model = self.model.text_model
+        self.model.text_model = _CachedOutput(text_model, self._text_output(text_model))
+        try:
+            return self.model(
+                input_ids=self.input_ids,
+                attention_mask=self.text_mask,
+                pixel_values=_pixel_values(video),
+            ).logits_per_video
+        finally:
+            self.model.text_model = text_model
+
+    def _text_output(self, text_model: nn.Module) -> Any:
+        key = (
+            self.input_ids.device,
+            torch.is_autocast_enabled(self.input_ids.device.type),
+            torch.get_autocast_dtype(self.input_ids.device.type),
+        )
+        if self._text is None or self._text[0] != key:
+            with torch.no_grad():  # the class texts are fixed: no gradient reaches them
+                output = text_model(input_ids=self.input_ids, attention_mask=self.text_mask)
+            self._text = (key, output)
+        return self._text[1]
+
+
+class _CachedOutput(nn.Module):
+    """Stands in for a module during one call, returning its output computed before."""
+
+    def __init__(self, module: nn.Module, output: Any):
+        super().__init__()
+        self.config = getattr(module, "config", None)
+        self.output = output
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.output
 
 
 class HFClassifier(_HFShared, LogitsOnlyAdapter):
