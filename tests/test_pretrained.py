@@ -284,3 +284,6 @@ def test_a_run_initialised_from_the_hub_says_so_and_resumes_without_it(tmp_path,
         tiny_config(tmp_path / "run", spec), resume=tmp_path / "run" / "checkpoints" / "last.pth"
     )
     assert result["metrics"]["all"]["num_clips"] == 8
+    # --init-from's weights replace model.pretrained's: the hub file is not needed either.
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.pth"
+    train(tiny_config(tmp_path / "again", spec, "train.epochs=1"), init_from=checkpoint)

@@ -272,10 +272,10 @@ def setup_run(
     except ValueError as error:  # a loss the model cannot give: the message names the key
         raise ConfigError(str(error)) from None
     # A foreign model came with its weights; the TIME heads of a checkpoint go into the objective.
-    # A resumed run's weights are its checkpoint's: model.pretrained (a file, a hub download) is
-    # not read again.
-    foreign_or_resumed = is_foreign_spec(cfg.model.name) or state is not None
-    pretrained = "" if foreign_or_resumed else cfg.model.pretrained
+    # A resumed run's weights are its checkpoint's, and --init-from's replace model.pretrained:
+    # then the latter (a file, a hub download) is not read.
+    replaced = is_foreign_spec(cfg.model.name) or state is not None or bool(init_from)
+    pretrained = "" if replaced else cfg.model.pretrained
     for key, weights in (("model.pretrained", pretrained), ("--init-from", init_from)):
         if not weights:
             continue
