@@ -571,3 +571,26 @@ def test_evaluation_out_of_memory_names_eval_batch_size():
         evaluate(Greedy(), DataLoader(clips, batch_size=6))
     with pytest.raises(OutOfDeviceMemory, match=r"set eval.batch_size=3 "):
         evaluate(Greedy(), DataLoader(clips, batch_size=6))
+
+
+def test_diagnose_out_of_memory_names_what_to_leave_out(tmp_path, monkeypatch):
+    from timematters.diagnostics import report
+    from timematters.engine.distributed import OutOfDeviceMemory
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError(CUDA_OOM)
+
+    clips = [(torch.zeros(3, 4, 8, 8), i % 2) for i in range(4)]
+
+    class Pool(torch.nn.Module):
+        def forward(self, video):
+            return video.mean(dim=(2, 3, 4))[:, :2]
+
+    monkeypatch.setattr(report, "_probe_section", out_of_memory)
+    with pytest.raises(OutOfDeviceMemory, match=r"in the order probe .* \(--no-probe; "):
+        report.diagnose({"pool": Pool()}, DataLoader(clips, batch_size=4), tmp_path / "a")
+    monkeypatch.setattr(report, "_gradcam", out_of_memory)
+    with pytest.raises(OutOfDeviceMemory, match=r"in GradCAM .*--gradcam-clips 0"):
+        report.diagnose(
+            {"pool": Pool()}, DataLoader(clips, batch_size=4), tmp_path / "b", probe_clips=None
+        )

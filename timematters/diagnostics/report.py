@@ -13,6 +13,7 @@ report. Writes ``diagnose.json`` and ``gradcam.npz`` (the data), PNG plots drawn
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -43,6 +44,7 @@ from timematters.engine.distributed import (
     autocast_dtype,
     cleanup_distributed,
     on_main_for_all,
+    out_of_memory,
     setup_distributed,
 )
 from timematters.engine.evaluate import (
@@ -121,11 +123,11 @@ def diagnose(
         _tell_input_normalisation(models, mean, std)
     else:
         mean, std = DEFAULT_INPUT  # for the GradCAM pictures; the models keep what they were told
-    if device is None:
-        device = next(next(iter(models.values())).parameters()).device
+    first_model = next(iter(models.values()))
+    if device is None:  # where the first model is (one without parameters: the CPU)
+        device = next((p.device for p in first_model.parameters()), torch.device("cpu"))
     source = getattr(data, "dataset", data)  # a DataLoader's dataset names the classes
     # Class names for data that has none: the first model's, or "0".."K-1".
-    first_model = next(iter(models.values()))
     classes = list(classes or getattr(source, "classes", []) or class_names_of(first_model))
     subsets = dict(subsets if subsets is not None else getattr(source, "subsets", {}))
     loader = as_loader(data, settings.batch_size)
@@ -152,12 +154,19 @@ def diagnose(
     if probe_clips is not None:
         print("[diagnose] order probe ...", flush=True)
         scored = len(first.labels)
-        report["order_probe"] = _probe_section(models, loader, probe_clips, scored, **running)
+        fix = (
+            f"set eval.batch_size={max(1, settings.batch_size // 2)} (every block's tokens of a "
+            "batch are kept), or leave the probe out (--no-probe; probe_clips=None in Python)"
+        )
+        with _advice_on_out_of_memory("in the order probe", fix):
+            report["order_probe"] = _probe_section(models, loader, probe_clips, scored, **running)
 
     # 4. GradCAM (Fig. 4): the same clips and target classes for every model.
     if gradcam_indices:
         print("[diagnose] GradCAM ...", flush=True)
-        report["gradcam"] = _gradcam(models, loader, gradcam_indices, classes, out, mean, std)
+        fix = "leave GradCAM out (--gradcam-clips 0; gradcam_clips=0 in Python)"
+        with _advice_on_out_of_memory("in GradCAM (one clip at a time)", fix):
+            report["gradcam"] = _gradcam(models, loader, gradcam_indices, classes, out, mean, std)
 
     report["seconds"] = time.perf_counter() - started
     (out / "diagnose.json").write_text(to_json(report))
@@ -165,6 +174,14 @@ def diagnose(
     (out / "report.md").write_text(_report(report))
     print(f"[diagnose] report: {out / 'report.md'}", flush=True)
     return report
+
+
+@contextlib.contextmanager
+def _advice_on_out_of_memory(doing: str, fix: str) -> Iterator[None]:
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as error:
+        raise out_of_memory(error, doing, fix) from None
 
 
 def _check_arguments(models: dict[str, nn.Module], data: Any, *, mean, std) -> None:
