@@ -107,28 +107,19 @@ class VideoDataset(Dataset):
             frames, num_views = self.read_clips(sample.path)
         except VideoDecodeError as error:
             return BadVideo(sample.path, error.reason, index, sample.label)
+        item = {"label": sample.label, "video_id": sample.video_id, "index": index}
         if not self.train:
             views = [self.transform(clip) for clip in np.split(frames, num_views)]
             # An eval transform gives [crops, C, T, H, W]; a single-crop one [C, T, H, W].
-            video = torch.cat([v if v.ndim == 5 else v[None] for v in views])
-            return {
-                "video": video,
-                "label": sample.label,
-                "video_id": sample.video_id,
-                "index": index,
-            }
+            return {"video": torch.cat([v if v.ndim == 5 else v[None] for v in views]), **item}
         clips = [self.transform(frames) for _ in range(self.repeats)]
-        labels = [self.flow_labels(clip) for clip in clips] if self.flow_labels else []
-        one = self.repeats == 1
-        item = {
-            "video": clips[0] if one else torch.stack(clips),
-            "label": sample.label,
-            "video_id": sample.video_id,
-            "index": index,
-        }
-        if labels:
-            item["flow_labels"] = labels[0] if one else torch.stack(labels)
-        if not one:
+        flows = [self.flow_labels(clip) for clip in clips] if self.flow_labels else []
+        # One clip as it is; N repeated ones stacked, for collate_videos to unfold.
+        join = torch.stack if self.repeats > 1 else (lambda tensors: tensors[0])
+        item["video"] = join(clips)
+        if flows:
+            item["flow_labels"] = join(flows)
+        if self.repeats > 1:
             item["repeats"] = self.repeats
         return item
 

@@ -99,18 +99,17 @@ def clip_of(
         )
     mean, std = _input_normalisation(model)
     if _is_array(video):
-        video = _uint8_frames(video)
-        start, stop = window or (0, len(video))
-        indices = start + sample_segment_indices(stop - start, num_frames, train=False)
-        frames = video[indices]
+        array = _uint8_frames(video)
+        count, read = len(array), array.__getitem__
     else:
         reader = video if hasattr(video, "get_frames") else None
         if reader is None and not isinstance(video, str | os.PathLike):
             raise TypeError(f"{_EXPECTED}; got {_described(video)}")  # not its whole repr
         reader = reader or open_video(video)
-        start, stop = window or (0, reader.num_frames)
-        indices = start + sample_segment_indices(stop - start, num_frames, train=False)
-        frames = reader.get_frames(indices)
+        count, read = reader.num_frames, reader.get_frames
+    start, stop = window or (0, count)
+    indices = start + sample_segment_indices(stop - start, num_frames, train=False)
+    frames = read(indices)
     transform = EvalTransform(crop_size=size, short_side=size, num_crops=1, mean=mean, std=std)
     return transform(frames), [int(i) for i in indices]
 

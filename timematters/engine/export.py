@@ -102,24 +102,26 @@ def export(
     return info
 
 
+# The fine-tuning options a model card names when a run turned them on: (section, key, value when
+# off, words for the value).
+RECIPE_EXTRAS = (
+    ("optim", "layer_decay", 1.0, "layer-wise lr decay {:g}"),
+    ("data", "mixup", 0.0, "Mixup (α = {:g})"),
+    ("data", "cutmix", 0.0, "CutMix (α = {:g})"),
+    ("data", "random_erase", 0.0, "random erasing (p = {:g})"),
+    ("data", "repeated_augmentation", 1, "repeated augmentation ({} clips a video)"),
+)
+
+
 def _recipe_extras(saved: dict[str, Any]) -> str:
     """The fine-tuning options a run turned on beyond the released recipe, in words ("" if none);
     a checkpoint older than an option lacks its key and had it off."""
-    data, optim = saved.get("data", {}), saved.get("optim", {})
-    extras = [
-        f"layer-wise lr decay {optim.get('layer_decay', 1.0):g}"
-        if optim.get("layer_decay", 1.0) != 1
-        else "",
-        f"Mixup (α = {data.get('mixup', 0):g})" if data.get("mixup", 0) > 0 else "",
-        f"CutMix (α = {data.get('cutmix', 0):g})" if data.get("cutmix", 0) > 0 else "",
-        f"random erasing (p = {data.get('random_erase', 0):g})"
-        if data.get("random_erase", 0) > 0
-        else "",
-        f"repeated augmentation ({data.get('repeated_augmentation', 1)} clips a video)"
-        if data.get("repeated_augmentation", 1) > 1
-        else "",
-    ]
-    return ", ".join(filter(None, extras))
+    extras = []
+    for section, key, off, words in RECIPE_EXTRAS:
+        value = saved.get(section, {}).get(key, off)
+        if value != off:
+            extras.append(words.format(value))
+    return ", ".join(extras)
 
 
 def model_card(info: dict[str, Any], saved: dict[str, Any], facts: dict, checkpoint: Path) -> str:
