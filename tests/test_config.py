@@ -26,6 +26,7 @@ PLACEHOLDERS = {
     "hf": ["data.root=/data/ssv2/videos", "data.annotations=/data/ssv2/labels"],
     "imagenet9": ["data.root=/data/bg_challenge"],
     "kinetics": ["data.root=/data/k400/videos", "data.annotations=/data/k400/annotations"],
+    "diving48": ["data.root=/data/diving48/rgb", "data.annotations=/data/diving48/annotations"],
 }
 
 

@@ -1,4 +1,4 @@
-"""Small real videos for the data tests, written with PyAV: VP9 WebM and H.264 MP4."""
+"""Small real videos for the data tests, written with PyAV: VP9 WebM, H.264 MP4 and MPEG-4 AVI."""
 
 from __future__ import annotations
 
@@ -9,13 +9,17 @@ import av
 import numpy as np
 import torch
 
-CODECS = {".webm": "libvpx-vp9", ".mp4": "libx264"}
+CODECS = {".webm": "libvpx-vp9", ".mp4": "libx264", ".avi": "mpeg4"}  # AVI: UCF101, HMDB51
 # Fast settings; a short GOP on MP4 makes the reader seek past the first keyframe.
-OPTIONS = {".webm": {"deadline": "realtime", "cpu-used": "8"}, ".mp4": {"g": "5", "preset": "fast"}}
+OPTIONS = {
+    ".webm": {"deadline": "realtime", "cpu-used": "8"},
+    ".mp4": {"g": "5", "preset": "fast"},
+    ".avi": {},
+}
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int = 12) -> Path:
-    """Encode uint8 frames [T, H, W, 3] (H, W even) to ``path`` (.webm or .mp4)."""
+    """Encode uint8 frames [T, H, W, 3] (H, W even) to ``path`` (.webm, .mp4 or .avi)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:

@@ -125,9 +125,13 @@ class ImageNet9Config:
 
 @dataclass
 class DataConfig:
-    dataset: Literal["synthetic", "ssv2", "kinetics", "videolist", "imagenet9"] = "ssv2"
+    dataset: Literal[
+        "synthetic", "ssv2", "kinetics", "diving48", "ucf101", "hmdb51", "videolist", "imagenet9"
+    ] = "ssv2"
     root: str = ""  # folder holding the videos
-    annotations: str = ""  # annotation folder (SSv2, Kinetics) or list file (videolist)
+    # The annotation folder (SSv2, Kinetics, Diving48, UCF101, HMDB51) or list file (videolist).
+    annotations: str = ""
+    fold: int = 1  # UCF101 / HMDB51: which of the three official train/test splits
     val_annotations: str = ""  # videolist: the evaluation list file
     class_list: str = ""  # videolist: optional file with one class name per line
     subset: Literal["all", "temporal", "static"] = "all"  # SSv2 subsets (paper Appendix A)
@@ -245,6 +249,15 @@ class ConfigError(ValueError):
 
 
 PRESETS = Path(__file__).parent / "configs"
+# The datasets read from their official annotation files: data.dataset -> what data.annotations
+# names (build_dataset's messages say it too).
+OFFICIAL_DATASETS = {
+    "ssv2": "the folder of labels.json, train.json and validation.json",
+    "kinetics": "the folder of the CSVs, or a CSV",
+    "diving48": "the folder of Diving48_V2_{train,test}.json and Diving48_vocab.json",
+    "ucf101": "the ucfTrainTestlist folder (classInd.txt, trainlist01.txt, ...)",
+    "hmdb51": "the testTrainMulti_7030_splits folder (<class>_test_split1.txt, ...)",
+}
 
 
 def list_presets() -> list[str]:
@@ -479,13 +492,20 @@ def validate(cfg: Config) -> Config:
         _validate_images(cfg)
     if data.repeated_augmentation > 1 and data.dataset in ("synthetic", "imagenet9"):
         raise ConfigError(
-            f"data.repeated_augmentation applies to decoded videos (ssv2, kinetics, videolist), "
+            f"data.repeated_augmentation applies to decoded videos, "
             f"not to data.dataset={data.dataset}: set data.repeated_augmentation=1"
         )
     if data.subset != "all" and data.dataset != "ssv2":
         raise ConfigError(f"data.subset={data.subset!r} applies to ssv2 only")
-    if data.dataset in ("ssv2", "kinetics") and not (data.root and data.annotations):
-        raise ConfigError(f"the {data.dataset} dataset needs data.root and data.annotations")
+    if data.dataset in OFFICIAL_DATASETS and not (data.root and data.annotations):
+        raise ConfigError(
+            f"the {data.dataset} dataset needs data.root (its videos) and data.annotations "
+            f"({OFFICIAL_DATASETS[data.dataset]})"
+        )
+    if data.fold != 1 and data.dataset not in ("ucf101", "hmdb51"):
+        raise ConfigError(f"data.fold={data.fold} applies to ucf101 and hmdb51 only")
+    if data.fold not in (1, 2, 3):
+        raise ConfigError(f"data.fold={data.fold}: UCF101 and HMDB51 have the folds 1, 2 and 3")
     if data.dataset == "imagenet9" and not data.root:
         raise ConfigError(
             "the imagenet9 dataset needs data.root (the Backgrounds Challenge folder)"

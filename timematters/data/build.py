@@ -15,10 +15,13 @@ from typing import Literal
 
 from torch.utils.data import Dataset
 
-from timematters.config import Config, ConfigError, DataConfig
+from timematters.config import OFFICIAL_DATASETS, Config, ConfigError, DataConfig
+from timematters.data.diving48 import Diving48Dataset
+from timematters.data.hmdb51 import HMDB51Dataset
 from timematters.data.kinetics import KineticsDataset
 from timematters.data.ssv2 import SSv2Dataset
 from timematters.data.subsets import load_groups
+from timematters.data.ucf101 import UCF101Dataset
 from timematters.data.videolist import VideoListDataset, read_video_list, resolve_labels
 from timematters.flow.labeller import FlowLabeller
 
@@ -164,34 +167,33 @@ def _build(
         flow_labels=labeller,
         repeats=data.repeated_augmentation if train else 1,
     )
-    if data.dataset == "ssv2":
-        root = _existing_path(
-            "data.root",
-            data.root,
-            "folder",
-            "the folder of the <id>.webm videos (or <id>/ frame folders, data.decoder=frames)",
-        )
+    if data.dataset in OFFICIAL_DATASETS:
+        root = _existing_path("data.root", data.root, "folder", _VIDEO_FOLDERS[data.dataset])
+        kind = "folder or file" if data.dataset == "kinetics" else "folder"
         annotations = _existing_path(
-            "data.annotations",
-            data.annotations,
-            "folder",
-            "the folder of labels.json, train.json and validation.json",
+            "data.annotations", data.annotations, kind, OFFICIAL_DATASETS[data.dataset]
         )
-        return SSv2Dataset(root, annotations, split, subset=data.subset, **options)
-    if data.dataset == "kinetics":
-        root = _existing_path(
-            "data.root", data.root, "folder", "the folder of the videos (in class folders or flat)"
-        )
-        annotations = _existing_path(
-            "data.annotations",
-            data.annotations,
-            "folder or file",
-            "the folder of the CSVs, or a CSV",
-        )
-        return KineticsDataset(root, annotations, split, **options)
+        if data.dataset == "ssv2":
+            return SSv2Dataset(root, annotations, split, subset=data.subset, **options)
+        if data.dataset == "kinetics":
+            return KineticsDataset(root, annotations, split, **options)
+        if data.dataset == "diving48":
+            return Diving48Dataset(root, annotations, split, **options)
+        if data.dataset == "ucf101":
+            return UCF101Dataset(root, annotations, split, fold=data.fold, **options)
+        return HMDB51Dataset(root, annotations, split, fold=data.fold, **options)
     if data.dataset == "videolist":
         return _video_list_dataset(data, split, classes, options)
     raise ValueError(f"unknown dataset {data.dataset!r}")
+
+
+_VIDEO_FOLDERS = {
+    "ssv2": "the folder of the <id>.webm videos (or <id>/ frame folders, data.decoder=frames)",
+    "kinetics": "the folder of the videos (in class folders or flat)",
+    "diving48": "the folder of the <vid_name>.mp4 videos (the release's rgb/)",
+    "ucf101": "the UCF-101 folder of the class folders of .avi videos",
+    "hmdb51": "the folder of the class folders of .avi videos",
+}
 
 
 def _existing_path(

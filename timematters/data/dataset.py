@@ -163,6 +163,30 @@ def split_missing(
     return present, missing
 
 
+def find_named_videos(
+    root: str | Path,
+    entries: Sequence[tuple[str, int]],
+    listed_in: str,
+    frames: bool = False,
+    shown: Callable[[str, int], str] = lambda name, label: name,
+    extension: str = ".mp4",
+) -> tuple[list[VideoSample], list[str]]:
+    """(samples, missing) of (name, label) entries whose video is ``<name>.<any video extension>``
+    anywhere under ``root`` (class folders, split folders or flat: datasets are laid out all three
+    ways), or with ``frames`` the frame folder ``<name>/``. A missing video is listed as
+    ``shown(name, label)`` + ``extension`` (or "/") and reported (``report_missing``); none found
+    is an error.
+    """
+    videos = index_videos(root, recursive=True, frames=frames)
+    samples = [VideoSample(videos[name], label, name) for name, label in entries if name in videos]
+    ending = "/" if frames else extension
+    missing = [shown(name, label) + ending for name, label in entries if name not in videos]
+    # None found as files: are they there as frame folders (data.decoder=frames forgotten)?
+    folders = not samples and not frames and bool(index_videos(root, True, frames=True))
+    report_missing(missing, len(entries), str(root), listed_in=listed_in, frame_folders=folders)
+    return samples, missing
+
+
 FRAMES_HINT = "; they are folders: for folders of frame images set data.decoder=frames"
 
 

@@ -14,7 +14,7 @@ import csv
 from pathlib import Path
 from typing import Any, Literal
 
-from timematters.data.dataset import VideoDataset, VideoSample, index_videos, report_missing
+from timematters.data.dataset import VideoDataset, find_named_videos
 
 Split = Literal["train", "val", "test"]
 _SPLIT_WORDS = {"train": ("train",), "val": ("validate", "val"), "test": ("test",)}
@@ -82,15 +82,12 @@ class KineticsDataset(VideoDataset):
             raise ValueError(
                 f"{len(unknown)} {split} labels are not training classes: {unknown[:5]}"
             )
-        frames = options.get("decoder") == "frames"  # <stem>/ frame folders, not <stem>.mp4
-        videos = index_videos(root, recursive=True, frames=frames)
-        samples = [VideoSample(videos[s], index_of[label], s) for label, s in rows if s in videos]
-        name = "{}/{}/" if frames else "{}/{}.mp4"
-        missing = [name.format(label, stem) for label, stem in rows if stem not in videos]
-        # None found as files: are they there as frame folders (data.decoder=frames forgotten)?
-        folders = not samples and not frames and bool(index_videos(root, True, frames=True))
-        report_missing(
-            missing, len(rows), str(root), listed_in=str(split_csv), frame_folders=folders
+        samples, missing = find_named_videos(
+            root,
+            [(stem, index_of[label]) for label, stem in rows],
+            listed_in=str(split_csv),
+            frames=options.get("decoder") == "frames",  # <stem>/ frame folders, not <stem>.mp4
+            shown=lambda stem, label: f"{classes[label]}/{stem}",
         )
         options.setdefault("train", split == "train")
         super().__init__(samples, classes, missing=missing, **options)
