@@ -89,6 +89,21 @@ def test_ssv2_static_subset_renumbers(ssv2_tree):
     assert sorted(dataset.labels) == [0, 0, 1, 1]
 
 
+def test_ssv2_time_reversed_pairs_follow_the_subset(tmp_path):
+    classes = [
+        "Closing something",
+        "Folding something",
+        "Moving something and something away from each other",
+        "Opening something",
+        "Moving something and something closer to each other",
+    ]
+    root, annotations = write_ssv2_tree(tmp_path, classes, per_class=1, num_frames=8)
+    dataset = SSv2Dataset(root, annotations, "val", **_options(train=False))
+    assert dataset.pairs == {0: 3, 3: 0, 2: 4, 4: 2}  # Folding's partner is not a class here
+    temporal = SSv2Dataset(root, annotations, "val", subset="temporal", **_options(train=False))
+    assert temporal.classes == [classes[2], classes[4]] and temporal.pairs == {0: 1, 1: 0}
+
+
 def test_ssv2_test_views_differ(ssv2_tree):
     root, annotations = ssv2_tree
     dataset = SSv2Dataset(root, annotations, "val", temporal_views=2, **_options(train=False))

@@ -7,7 +7,8 @@ placeholders}`` entries whose class is ``labels[template without "[" and "]"]``.
 generations exist: ``something-something-v2-{labels,train,validation,test}.json``, and
 ``{labels,train,validation,test}.json`` with ``test-answers.csv`` (``id;class``, no header), which
 is the only source of test labels. ``subset`` keeps the Temporal or Static classes of paper
-Appendix A (``subsets.py``), renumbered 0..K-1 in ``labels.json`` order.
+Appendix A (``subsets.py``), renumbered 0..K-1 in ``labels.json`` order. The same shipped file names
+SSv2's time-reversed class pairs (opening / closing, ...), ``pairs``, for the reverse test.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ class SSv2Dataset(VideoDataset):
         classes = read_ssv2_classes(annotations)
         entries = read_ssv2_split(annotations, split, classes)
         groups = load_groups(SSV2_SUBSETS, classes, strict=False)
-        subsets = groups.subsets
+        subsets, pairs = groups.subsets, groups.pairs
         self.unmatched_subset_names = {name: groups.unmatched.get(name, []) for name in subsets}
         for name, names in self.unmatched_subset_names.items():
             if names:
@@ -151,6 +152,9 @@ class SSv2Dataset(VideoDataset):
             entries = [(vid, new_index[label]) for vid, label in entries if label in new_index]
             classes = [classes[i] for i in kept]
             subsets = {subset: list(range(len(kept)))}
+            pairs = {
+                new_index[a]: new_index[b] for a, b in pairs.items() if {a, b} <= new_index.keys()
+            }
         frames = options.get("decoder") == "frames"  # <id>/ frame folders, not <id>.webm
         videos = index_videos(root, frames=frames)
         samples = [VideoSample(videos[vid], label, vid) for vid, label in entries if vid in videos]
@@ -165,3 +169,4 @@ class SSv2Dataset(VideoDataset):
         )
         options.setdefault("train", split == "train")
         super().__init__(samples, classes, subsets=subsets, missing=missing, **options)
+        self.pairs = pairs  # time-reversed class pairs: the reverse test's flip rate
