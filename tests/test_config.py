@@ -27,6 +27,7 @@ PLACEHOLDERS = {
     "imagenet9": ["data.root=/data/bg_challenge"],
     "kinetics": ["data.root=/data/k400/videos", "data.annotations=/data/k400/annotations"],
     "diving48": ["data.root=/data/diving48/rgb", "data.annotations=/data/diving48/annotations"],
+    "jester": ["data.root=/data/jester/frames", "data.annotations=/data/jester/annotations"],
 }
 
 

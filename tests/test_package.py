@@ -31,7 +31,7 @@ ROOT = Path(__file__).parents[1]
 def test_configs_list_show_and_copy(tmp_path, capsys):
     assert main(["configs", "list"]) == 0
     listed = capsys.readouterr().out.split()
-    assert listed == list_presets() and "synthetic/time" in listed and len(listed) == 27
+    assert listed == list_presets() and "synthetic/time" in listed and len(listed) == 28
     assert main(["configs", "show", "synthetic/time", "train.epochs=3"]) == 0
     shown = capsys.readouterr().out
     assert "epochs: 3" in shown and "relative_fraction: 0.01" in shown  # defaults filled in

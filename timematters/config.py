@@ -126,10 +126,20 @@ class ImageNet9Config:
 @dataclass
 class DataConfig:
     dataset: Literal[
-        "synthetic", "ssv2", "kinetics", "diving48", "ucf101", "hmdb51", "videolist", "imagenet9"
+        "synthetic",
+        "ssv2",
+        "kinetics",
+        "diving48",
+        "ucf101",
+        "hmdb51",
+        "jester",
+        "ssv1",
+        "videolist",
+        "imagenet9",
     ] = "ssv2"
     root: str = ""  # folder holding the videos
-    # The annotation folder (SSv2, Kinetics, Diving48, UCF101, HMDB51) or list file (videolist).
+    # The annotation folder (SSv2, Kinetics, Diving48, UCF101, HMDB51, Jester, SSv1) or list file
+    # (videolist).
     annotations: str = ""
     fold: int = 1  # UCF101 / HMDB51: which of the three official train/test splits
     val_annotations: str = ""  # videolist: the evaluation list file
@@ -257,6 +267,8 @@ OFFICIAL_DATASETS = {
     "diving48": "the folder of Diving48_V2_{train,test}.json and Diving48_vocab.json",
     "ucf101": "the ucfTrainTestlist folder (classInd.txt, trainlist01.txt, ...)",
     "hmdb51": "the testTrainMulti_7030_splits folder (<class>_test_split1.txt, ...)",
+    "jester": "the folder of jester-v1-labels.csv, -train.csv and -validation.csv",
+    "ssv1": "the folder of something-something-v1-labels.csv, -train.csv and -validation.csv",
 }
 
 
@@ -510,11 +522,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             "the imagenet9 dataset needs data.root (the Backgrounds Challenge folder)"
         )
-    if data.dataset == "ssv2" and data.hflip:
+    if data.dataset in ("ssv2", "ssv1", "jester") and data.hflip:
         import logging
 
         logging.getLogger(__name__).warning(
-            "data.hflip is on for SSv2, whose left/right class pairs flipping confuses"
+            f"data.hflip is on for {data.dataset}, whose left/right class pairs flipping confuses"
         )
 
     frame, T = cfg.eval.freeze_frame, model.num_frames

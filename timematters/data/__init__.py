@@ -19,6 +19,7 @@ _NAMES = {
     "VideoSample": "dataset",
     "Diving48Dataset": "diving48",
     "HMDB51Dataset": "hmdb51",
+    "TwentyBNDataset": "jester",
     "KineticsDataset": "kinetics",
     "sample_clip_indices": "sampling",
     "sample_dense_indices": "sampling",

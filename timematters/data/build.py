@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from timematters.config import OFFICIAL_DATASETS, Config, ConfigError, DataConfig
 from timematters.data.diving48 import Diving48Dataset
 from timematters.data.hmdb51 import HMDB51Dataset
+from timematters.data.jester import TwentyBNDataset
 from timematters.data.kinetics import KineticsDataset
 from timematters.data.ssv2 import SSv2Dataset
 from timematters.data.subsets import load_groups
@@ -181,7 +182,9 @@ def _build(
             return Diving48Dataset(root, annotations, split, **options)
         if data.dataset == "ucf101":
             return UCF101Dataset(root, annotations, split, fold=data.fold, **options)
-        return HMDB51Dataset(root, annotations, split, fold=data.fold, **options)
+        if data.dataset == "hmdb51":
+            return HMDB51Dataset(root, annotations, split, fold=data.fold, **options)
+        return TwentyBNDataset(root, annotations, split, dataset=data.dataset, **options)
     if data.dataset == "videolist":
         return _video_list_dataset(data, split, classes, options)
     raise ValueError(f"unknown dataset {data.dataset!r}")
@@ -193,6 +196,8 @@ _VIDEO_FOLDERS = {
     "diving48": "the folder of the <vid_name>.mp4 videos (the release's rgb/)",
     "ucf101": "the UCF-101 folder of the class folders of .avi videos",
     "hmdb51": "the folder of the class folders of .avi videos",
+    "jester": "the 20bn-jester-v1 folder of <id>/ frame folders (with data.decoder=frames)",
+    "ssv1": "the 20bn-something-something-v1 folder of <id>/ frame folders (data.decoder=frames)",
 }
 
 

@@ -6,8 +6,9 @@ reverse test's flip rate reads. Names are matched exactly against the dataset's 
 that matches none is an error that lists them all (``strict``), or, for a shipped file read
 against a dataset it was not written for, reported and left out.
 
-SSv2's Temporal and Static subsets (paper Appendix A) are one such file, shipped with the package
-(``ssv2_subsets.yaml``); ``data.subsets=FILE`` gives any dataset its own.
+SSv2's Temporal and Static subsets (paper Appendix A) and its time-reversed pairs are one such
+file, shipped with the package (``ssv2_subsets.yaml``), Jester's another (``jester_subsets.yaml``);
+``data.subsets=FILE`` gives any dataset its own.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Diving48, UCF101 and HMDB51 from their official annotation files, on small real video trees
-laid out as the releases are."""
+"""Diving48, UCF101, HMDB51, Jester and Something-Something v1 from their official annotation
+files, on small real video trees laid out as the releases are."""
 
 import json
 
@@ -10,6 +10,7 @@ from timematters.config import Config, ConfigError, DataConfig, ModelConfig, val
 from timematters.data import build_dataset
 from timematters.data.diving48 import Diving48Dataset
 from timematters.data.hmdb51 import HMDB51Dataset
+from timematters.data.jester import TwentyBNDataset
 from timematters.data.transforms import EvalTransform, TrainTransform
 from timematters.data.ucf101 import UCF101Dataset
 
@@ -222,3 +223,56 @@ def test_config_mistakes_name_the_key(diving_tree, tmp_path):
         validate(_config("hmdb51", root, annotations, fold=4))
     with pytest.raises(FileNotFoundError, match="data.annotations=.* set data.annotations to the"):
         build_dataset(_config("ucf101", root, tmp_path / "absent"), "train", False, patch_size=16)
+
+
+JESTER = ["Swiping Left", "Swiping Right", "Thumb Up", "Drumming Fingers"]
+
+
+@pytest.fixture(scope="module")
+def jester_tree(tmp_path_factory):
+    """Jester as released: <id>/00001.jpg frame folders and the 20BN CSV files."""
+    tmp = tmp_path_factory.mktemp("jester")
+    annotations = tmp / "annotations"
+    annotations.mkdir()
+    (annotations / "jester-v1-labels.csv").write_text("".join(f"{n}\n" for n in JESTER))
+    train = [(str(100 + i), JESTER[i % 4]) for i in range(8)]
+    val = [("200", "Swiping Right"), ("201", "Thumb Up")]
+    for name, rows in (("train", train), ("validation", val)):
+        (annotations / f"jester-v1-{name}.csv").write_text("".join(f"{i};{n}\n" for i, n in rows))
+    (annotations / "jester-v1-test.csv").write_text("300\n")
+    for video_id, _ in train + val:
+        write_frame_folder(tmp / "20bn-jester-v1" / video_id, numbered_frames(12), "{:05d}", ".jpg")
+    return tmp / "20bn-jester-v1", annotations
+
+
+def test_jester_subsets_pairs_and_frames(jester_tree):
+    root, annotations = jester_tree
+    train = TwentyBNDataset(root, annotations, "train", decoder="frames", **_options())
+    assert train.classes == JESTER and train.labels == [0, 1, 2, 3] * 2
+    assert train.subsets == {"temporal": [0, 1], "static": [2]} and train.pairs == {0: 1, 1: 0}
+    val = TwentyBNDataset(root, annotations, "val", decoder="frames", **_options(train=False))
+    assert val.labels == [1, 2]
+    assert frame_numbers(val[0]["video"][0].permute(1, 2, 3, 0).mul(0.5).add(0.5).mul(255)) == [
+        1,
+        4,
+        7,
+        10,
+    ]
+    with pytest.raises(ValueError, match=r"jester-v1-test.csv:1: .*no labels"):
+        TwentyBNDataset(root, annotations, "test", decoder="frames", **_options(train=False))
+    with pytest.raises(FileNotFoundError, match="data.decoder=frames"):
+        TwentyBNDataset(root, annotations, "train", **_options())
+
+
+def test_something_something_v1_reads_the_same_format(jester_tree, tmp_path):
+    root, jester = jester_tree
+    for name in ("labels", "train", "validation"):
+        text = (jester / f"jester-v1-{name}.csv").read_text()
+        (tmp_path / f"something-something-v1-{name}.csv").write_text(text)
+    cfg = _config("ssv1", root, tmp_path, decoder="frames")
+    val = build_dataset(cfg, "val", False, patch_size=16)
+    assert val.classes == JESTER and val.labels == [1, 2]
+    assert val.subsets == {} and not getattr(val, "pairs", {})  # SSv1 ships no subsets
+    (tmp_path / "something-something-v1-train.csv").write_text("100;Waving\n")
+    with pytest.raises(ValueError, match=r"train.csv:1: class 'Waving' is not in"):
+        build_dataset(cfg, "train", False, patch_size=16)
