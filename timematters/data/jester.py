@@ -103,8 +103,12 @@ class TwentyBNDataset(VideoDataset):
         options.setdefault("train", split == "train")
         if dataset == "jester":
             groups = load_groups(JESTER_SUBSETS, classes, strict=False)
-            if groups.unmatched:
-                log.warning(f"Jester classes not in {prefix}-labels.csv: {groups.unmatched}")
+            unmatched = [name for names in groups.unmatched.values() for name in names]
+            if unmatched:
+                log.warning(
+                    f"{len(unmatched)} entries of {JESTER_SUBSETS.name} name no class of "
+                    f"{prefix}-labels.csv and are left out (first: {unmatched[0]})"
+                )
             options.setdefault("subsets", groups.subsets)
         super().__init__(samples, classes, missing=missing, **options)
         if dataset == "jester":
