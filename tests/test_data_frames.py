@@ -1,6 +1,8 @@
 """Videos stored as folders of frame images (``data.decoder=frames``): the frame-extracted copies
 of SSv2 and Kinetics, and video lists of frame folders, read as their video files are."""
 
+import json
+
 import numpy as np
 import pytest
 from videos import (
@@ -183,3 +185,64 @@ def test_frame_folders_read_as_video_files_name_the_fix(tmp_path):
         cfg = load_config(None, [*data, *SMALL, "model.num_frames=4"])
         with pytest.raises(FileNotFoundError, match="set data.decoder=frames"):
             build_dataset(cfg, "train", flow_labels=False, patch_size=16)
+
+
+def test_data_frames_writes_every_frame_resumes_and_skips_bad_videos(tmp_path, capsys):
+    root = tmp_path / "videos"
+    write_video(root / "jump" / "a.mp4", numbered_frames(20))
+    write_video(root / "sit" / "b c.webm", numbered_frames(9))
+    (root / "sit" / "broken.mp4").write_text("not a video")
+    (tmp_path / "classes.txt").write_text("sit\njump\n")
+    (tmp_path / "train.txt").write_text("jump/a.mp4 jump\nsit/b c.webm sit\nsit/broken.mp4 sit\n")
+    (tmp_path / "val.txt").write_text("sit/b c.webm sit\n")
+    given = [
+        f"data.root={root}",
+        f"data.annotations={tmp_path / 'train.txt'}",
+        f"data.val_annotations={tmp_path / 'val.txt'}",
+        f"data.class_list={tmp_path / 'classes.txt'}",
+        "data.num_workers=0",
+        *SMALL,
+    ]
+    out = tmp_path / "frames"
+    assert main(["data", "frames", "videolist/time", *given, "--out", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "3 videos: 0 done already, 3 to extract" in printed and "1 videos could not" in printed
+    assert json.loads((out / "bad_videos.jsonl").read_text())["path"].endswith("broken.mp4")
+    # Frame i of the folder is frame i of the video: every frame, in order, the class layout kept.
+    reader = open_video(out / "jump" / "a", "frames")
+    assert reader.num_frames == 20 and frame_numbers(reader.get_frames(range(20))) == list(
+        range(20)
+    )
+    assert open_video(out / "sit" / "b c", "frames").num_frames == 9
+    # The new lists name the folders; with the class list the classes keep their order.
+    read = [f"data.root={out}", "data.decoder=frames", *given[3:]]
+    read += [f"data.annotations={out / 'train.csv'}", f"data.val_annotations={out / 'val.csv'}"]
+    train = build_dataset(load_config("videolist/time", read), "train", False, patch_size=16)
+    assert train.classes == ["sit", "jump"] and train.labels == [1, 0]
+    assert f"data.annotations={out / 'train.csv'}" in printed
+
+    # A killed extraction's half-written folder is redone; finished folders are kept.
+    (out / "sit" / "b c").rename(out / "sit" / "b c.partial")
+    (out / "sit" / "b c.partial" / "img_00009.jpg").unlink()
+    assert main(["data", "frames", "videolist/time", *given, "--out", str(out)]) == 1
+    assert "3 videos: 1 done already, 2 to extract" in capsys.readouterr().out
+    assert open_video(out / "sit" / "b c", "frames").num_frames == 9
+    assert not (out / "sit" / "b c.partial").exists()
+
+
+def test_data_frames_of_a_dataset_found_by_name_and_its_mistakes(tmp_path, capsys):
+    root, annotations = write_ssv2_tree(tmp_path, CLASSES, per_class=1, num_frames=10)
+    given = [f"data.root={root}", f"data.annotations={annotations}", "data.num_workers=0", *SMALL]
+    out = tmp_path / "frames"
+    command = ["data", "frames", "ssv2/timesformer_time", *given, "--out", str(out)]
+    assert main([*command, "--split", "val", "--short-side", "24", "--quality", "80"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["1002", "1003"]  # <id>.webm -> <id>/
+    assert open_video(out / "1002", "frames").get_frames([0]).shape == (1, 24, 32, 3)
+    framed = [f"data.root={out}", "data.decoder=frames", *given[1:]]
+    val = build_dataset(load_config("ssv2/timesformer_time", framed), "val", False, patch_size=16)
+    assert len(val) == 2
+    capsys.readouterr()
+    assert main(["data", "frames", "ssv2/timesformer_time", *framed, "--out", str(out)]) == 2
+    assert "frame folders already" in capsys.readouterr().err
+    assert main([*command, "--quality", "0"]) == 2
+    assert main(["data", "frames", "synthetic/time", "--out", str(out)]) == 2

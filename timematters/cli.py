@@ -1,5 +1,5 @@
 """The `timematters` command line: demo, train, eval, diagnose, predict, flow, export, table, configs, data
-check, backbones.
+check / frames, backbones.
 
 A user mistake (a bad key or value, a missing file, a run folder in use, a checkpoint that does not
 fit) exits with status 2 and one line naming it; a run stopped by bad data exits with 1; a run
@@ -251,6 +251,27 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     check.add_argument("--no-decode", action="store_true", help="check files exist, skip decoding")
     check.add_argument("--limit", type=int, default=0, help="check at most N videos per split")
+    frames = data_commands.add_parser(
+        "frames",
+        help="write the videos as folders of JPEG frames (faster to read: data.decoder=frames)",
+    )
+    frames.add_argument("config", help="a YAML file or a packaged preset")
+    frames.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    frames.add_argument("--out", required=True, help="the folder for the frame folders")
+    frames.add_argument(
+        "--split",
+        action="append",
+        choices=("train", "val", "test"),
+        help="a split to extract (repeat; default: train and val)",
+    )
+    frames.add_argument(
+        "--short-side", type=int, default=0, help="resize larger frames to this short side"
+    )
+    frames.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
+    frames.add_argument(
+        "--workers", type=int, default=None, help="processes (default: data.num_workers)"
+    )
+    frames.add_argument("--limit", type=int, default=0, help="the first N videos of each split")
 
     commands.add_parser("backbones", help="list the registered backbones")
     return parser
@@ -591,9 +612,21 @@ def _configs(args) -> int:
 
 
 def _data(args) -> int:
+    cfg = load_config(args.config, args.overrides)
+    if args.data_command == "frames":
+        from timematters.data.frames import extract_frames
+
+        return extract_frames(
+            cfg,
+            args.out,
+            splits=tuple(args.split or ("train", "val")),
+            short_side=args.short_side,
+            quality=args.quality,
+            workers=args.workers,
+            limit=args.limit,
+        )
     from timematters.data.check import check_dataset
 
-    cfg = load_config(args.config, args.overrides)
     return check_dataset(cfg, decode=not args.no_decode, limit=args.limit)
 
 
