@@ -35,6 +35,7 @@ from timematters.backbones.layers import (
     init_weights,
     tap_patch_tokens,
 )
+from timematters.backbones.normalisation import InputNormalisation
 from timematters.backbones.protocol import VideoTokens
 
 
@@ -125,7 +126,7 @@ class TrajectoryAttention(Attention):
         return self.proj_drop(self.proj(x))
 
 
-class Motionformer(BlockCheckpointing, nn.Module):
+class Motionformer(InputNormalisation, BlockCheckpointing, nn.Module):
     classifier_name = "head"
 
     def __init__(
@@ -199,6 +200,7 @@ class Motionformer(BlockCheckpointing, nn.Module):
 
     def forward_features(self, video: torch.Tensor, return_blocks: bool = False) -> VideoTokens:
         # video: [B, C, T, H, W]
+        video = self.renormalise(video)  # to the normalisation it was trained with
         B = video.shape[0]
         if self.num_frames != video.shape[2]:
             raise ValueError(f"model built for {self.num_frames} frames, got {video.shape[2]}")

@@ -23,6 +23,7 @@ from timematters.backbones.layers import (
     drop_path_rates,
     init_weights,
 )
+from timematters.backbones.normalisation import InputNormalisation
 from timematters.backbones.protocol import VideoTokens
 
 
@@ -75,7 +76,7 @@ class DividedSpaceTimeBlock(nn.Module):
         return tokens[:, :1], rearrange(tokens[:, 1:], "b (t s) d -> b t s d", t=T)
 
 
-class TimeSformer(BlockCheckpointing, nn.Module):
+class TimeSformer(InputNormalisation, BlockCheckpointing, nn.Module):
     classifier_name = "head"
 
     def __init__(
@@ -143,6 +144,7 @@ class TimeSformer(BlockCheckpointing, nn.Module):
 
     def forward_features(self, video: torch.Tensor, return_blocks: bool = False) -> VideoTokens:
         # video: [B, C, T, H, W]
+        video = self.renormalise(video)  # to the normalisation it was trained with
         B, _, T, _, _ = video.shape
         if self.num_frames != T:
             raise ValueError(f"model built for {self.num_frames} frames, got {T}")

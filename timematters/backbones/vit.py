@@ -24,10 +24,11 @@ from timematters.backbones.layers import (
     init_weights,
     tap_patch_tokens,
 )
+from timematters.backbones.normalisation import InputNormalisation
 from timematters.backbones.protocol import VideoTokens
 
 
-class VisionTransformer(BlockCheckpointing, nn.Module):
+class VisionTransformer(InputNormalisation, BlockCheckpointing, nn.Module):
     classifier_name = "head"
     token_frames = 1
 
@@ -90,6 +91,7 @@ class VisionTransformer(BlockCheckpointing, nn.Module):
     def forward_features(self, video: torch.Tensor, return_blocks: bool = False) -> VideoTokens:
         if video.ndim == 4:
             video = video[:, :, None]  # an image [B, C, H, W] is a one-frame video
+        video = self.renormalise(video)
         B, _, T, _, _ = video.shape
         if T != 1:
             raise ValueError(f"an image model takes one frame, got {T} frames")

@@ -36,6 +36,7 @@ from timematters.backbones.layers import (
     init_weights,
     tap_patch_tokens,
 )
+from timematters.backbones.normalisation import InputNormalisation
 from timematters.backbones.protocol import VideoTokens
 
 
@@ -123,7 +124,7 @@ class TemporalConsensus(nn.Module):
         return self.mlp_head[1:](representation)
 
 
-class XViT(BlockCheckpointing, nn.Module):
+class XViT(InputNormalisation, BlockCheckpointing, nn.Module):
     # The last Linear of the consensus head, for weight loading.
     classifier_name = "consensus.mlp_head.4"
 
@@ -197,6 +198,7 @@ class XViT(BlockCheckpointing, nn.Module):
 
     def forward_features(self, video: torch.Tensor, return_blocks: bool = False) -> VideoTokens:
         # video: [B, C, T, H, W]
+        video = self.renormalise(video)  # to the normalisation it was trained with
         B, _, T, _, _ = video.shape
         if self.num_frames != T:
             raise ValueError(f"model built for {self.num_frames} frames, got {T}")

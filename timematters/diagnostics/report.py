@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from timematters.backbones.adapters.base import DEFAULT_INPUT
 from timematters.backbones.adapters.module import as_video_backbone
+from timematters.backbones.normalisation import DEFAULT_INPUT
 from timematters.config import Config, EvalConfig, validate
 from timematters.data.build import build_dataset, loader_workers
 from timematters.data.collate import collate_videos
@@ -94,9 +94,9 @@ def diagnose(
 
     data: a dataset, a DataLoader of dict batches, or one of ``(video, label)`` pairs (or a list
         of such batches: it is read several times, so not a generator); clips [B, C, T, H, W].
-    mean, std: the clips' normalisation (default 0.5, 0.5): adapted models are told it
-        (``set_input_normalisation``) and renormalise to their own; our backbones take the clips
-        as they are. The GradCAM pictures are un-normalised with it.
+    mean, std: the clips' normalisation (default 0.5, 0.5): the models are told it
+        (``set_input_normalisation``) for this call and convert the clips to their own, ours and
+        adapted alike. The GradCAM pictures are un-normalised with it.
     classes, subsets: class names (default: ``data.classes``, else the models' ``class_names``,
         else "0".."K-1") and named subsets of class indices (default: ``data.subsets``).
     settings: the ``eval`` config (shuffle, seed, aggregation, batch size for a dataset).
@@ -119,61 +119,66 @@ def diagnose(
     _check_arguments(models, data, mean=mean, std=std)
     # A plain module (clips -> logits) gets the logits-only adapter: the report names its limits.
     models = {name: as_video_backbone(model, source=name) for name, model in models.items()}
-    if mean is not None:
-        _tell_input_normalisation(models, mean, std)
-    else:
-        mean, std = DEFAULT_INPUT  # for the GradCAM pictures; the models keep what they were told
-    first_model = next(iter(models.values()))
-    if device is None:  # where the first model is (one without parameters: the CPU)
-        device = next((p.device for p in first_model.parameters()), torch.device("cpu"))
-    source = getattr(data, "dataset", data)  # a DataLoader's dataset names the classes
-    # Class names for data that has none: the first model's, or "0".."K-1".
-    classes = list(classes or getattr(source, "classes", []) or class_names_of(first_model))
-    subsets = dict(subsets if subsets is not None else getattr(source, "subsets", {}))
-    loader = as_loader(data, settings.batch_size)
-    about = about or {}
-    running = dict(device=device, autocast_dtype=autocast_dtype, progress=progress)
+    # The models convert the clips to their own normalisation while they are diagnosed here.
+    with _input_normalisation(models, mean, std):
+        normalised = (mean, std) if mean is not None else DEFAULT_INPUT  # for the GradCAM pictures
+        first_model = next(iter(models.values()))
+        if device is None:  # where the first model is (one without parameters: the CPU)
+            device = next((p.device for p in first_model.parameters()), torch.device("cpu"))
+        source = getattr(data, "dataset", data)  # a DataLoader's dataset names the classes
+        # Class names for data that has none: the first model's, or "0".."K-1".
+        classes = list(classes or getattr(source, "classes", []) or class_names_of(first_model))
+        subsets = dict(subsets if subsets is not None else getattr(source, "subsets", {}))
+        loader = as_loader(data, settings.batch_size)
+        about = about or {}
+        running = dict(device=device, autocast_dtype=autocast_dtype, progress=progress)
 
-    # 1. Shuffle test (Table 1, Fig. 1a) and 2. confidence gap (Fig. 1c): the one evaluation.
-    if evaluations is None:
-        evaluations = _shuffle_test(
-            models, loader, classes=classes, subsets=subsets, settings=settings, **running
+        # 1. Shuffle test (Table 1, Fig. 1a) and 2. confidence gap (Fig. 1c): the one evaluation.
+        if evaluations is None:
+            evaluations = _shuffle_test(
+                models, loader, classes=classes, subsets=subsets, settings=settings, **running
+            )
+        evaluations = dict(zip(models, evaluations, strict=True))
+        first = next(iter(evaluations.values()))
+        if gradcam_indices is None:
+            gradcam_indices = _pick_clips(first.labels, gradcam_clips, subsets.get("temporal", []))
+        _check_positions(gradcam_indices, len(first.labels))
+        claim_folder(out, **claim)
+        out.mkdir(parents=True, exist_ok=True)
+        first.check_bad(max_bad_fraction, out / "bad_videos.jsonl")
+        report = _shuffle_section(
+            models, evaluations, source=source, about=about, settings=settings
         )
-    evaluations = dict(zip(models, evaluations, strict=True))
-    first = next(iter(evaluations.values()))
-    if gradcam_indices is None:
-        gradcam_indices = _pick_clips(first.labels, gradcam_clips, subsets.get("temporal", []))
-    _check_positions(gradcam_indices, len(first.labels))
-    claim_folder(out, **claim)
-    out.mkdir(parents=True, exist_ok=True)
-    first.check_bad(max_bad_fraction, out / "bad_videos.jsonl")
-    report = _shuffle_section(models, evaluations, source=source, about=about, settings=settings)
-    report.update(_reliance_section(evaluations, out, num_classes=len(classes)))
+        report.update(_reliance_section(evaluations, out, num_classes=len(classes)))
 
-    # 3. Per-block temporal-order probe (Fig. 1b), every model reading each batch once.
-    if probe_clips is not None:
-        print("[diagnose] order probe ...", flush=True)
-        scored = len(first.labels)
-        fix = (
-            f"set eval.batch_size={max(1, settings.batch_size // 2)} (every block's tokens of a "
-            "batch are kept), or leave the probe out (--no-probe; probe_clips=None in Python)"
-        )
-        with _advice_on_out_of_memory("in the order probe", fix):
-            report["order_probe"] = _probe_section(models, loader, probe_clips, scored, **running)
+        # 3. Per-block temporal-order probe (Fig. 1b), every model reading each batch once.
+        if probe_clips is not None:
+            print("[diagnose] order probe ...", flush=True)
+            scored = len(first.labels)
+            fix = (
+                f"set eval.batch_size={max(1, settings.batch_size // 2)} (every block's tokens of a "
+                "batch are kept), or leave the probe out (--no-probe; probe_clips=None in Python)"
+            )
+            with _advice_on_out_of_memory("in the order probe", fix):
+                report["order_probe"] = _probe_section(
+                    models, loader, probe_clips, scored, **running
+                )
 
-    # 4. GradCAM (Fig. 4): the same clips and target classes for every model.
-    if gradcam_indices:
-        print("[diagnose] GradCAM ...", flush=True)
-        fix = "leave GradCAM out (--gradcam-clips 0; gradcam_clips=0 in Python)"
-        with _advice_on_out_of_memory("in GradCAM (one clip at a time)", fix):
-            report["gradcam"] = _gradcam(models, loader, gradcam_indices, classes, out, mean, std)
+        # 4. GradCAM (Fig. 4): the same clips and target classes for every model.
+        if gradcam_indices:
+            print("[diagnose] GradCAM ...", flush=True)
+            fix = "leave GradCAM out (--gradcam-clips 0; gradcam_clips=0 in Python)"
+            with _advice_on_out_of_memory("in GradCAM (one clip at a time)", fix):
+                report["gradcam"] = _gradcam(
+                    models, loader, gradcam_indices, classes, out, *normalised
+                )
 
-    report["seconds"] = time.perf_counter() - started
-    (out / "diagnose.json").write_text(to_json(report))
-    _plot(report, out)
-    (out / "report.md").write_text(_report(report))
-    print(f"[diagnose] report: {out / 'report.md'}", flush=True)
-    return report
+        report["seconds"] = time.perf_counter() - started
+        (out / "diagnose.json").write_text(to_json(report))
+        _plot(report, out)
+        (out / "report.md").write_text(_report(report))
+        print(f"[diagnose] report: {out / 'report.md'}", flush=True)
+        return report
 
 
 @contextlib.contextmanager
@@ -352,6 +357,16 @@ def _run_diagnose(
         test_set = in_model_classes(cfg, cfg.eval.split, model, test_set)
         check_classes(model, test_set.classes, spec)
         models[name] = model.to(device)
+    # The clips are labelled in the last model's classes (a video list read in each model's
+    # classes in turn): every model must score in those, or its labels would be another's.
+    for name, spec in zip(names, specs, strict=True):
+        try:
+            check_classes(models[name], test_set.classes, spec)
+        except ValueError as error:
+            raise ValueError(
+                f"{error} (--model {spec} and --model {specs[-1]} number their classes "
+                "differently: diagnose them one at a time)"
+            ) from None
     # Decoded in the loader's workers: the shuffle test, the probe and GradCAM each read the clips.
     loading = dict(
         batch_size=cfg.eval.batch_size,
@@ -403,14 +418,24 @@ def _run_diagnose(
     )
 
 
-def _tell_input_normalisation(
-    models: dict[str, nn.Module], mean: tuple[float, ...], std: tuple[float, ...]
-) -> None:
-    """Adapted models renormalise the clips to their own mean / std; this sets (not composes)
-    what the clips come in, so the CLI's models, built with the config's, are unchanged."""
-    for model in models.values():
-        if hasattr(model, "set_input_normalisation"):
-            model.set_input_normalisation(mean, std)
+@contextlib.contextmanager
+def _input_normalisation(
+    models: dict[str, nn.Module], mean: tuple[float, ...] | None, std: tuple[float, ...] | None
+) -> Iterator[None]:
+    """The models told the clips' normalisation for the ``with`` block, then what they were told
+    before: a model passed in is scored on these clips without being changed for later use."""
+    told = {
+        name: (model.input_mean, model.input_std)
+        for name, model in models.items()
+        if mean is not None and hasattr(model, "set_input_normalisation")
+    }
+    for name in told:
+        models[name].set_input_normalisation(mean, std)
+    try:
+        yield
+    finally:
+        for name, (before_mean, before_std) in told.items():
+            models[name].set_input_normalisation(before_mean, before_std)
 
 
 def _unpaired_reason(first: EvalResult, other: EvalResult) -> str:

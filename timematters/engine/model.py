@@ -26,6 +26,7 @@ from timematters.backbones.adapters import (
     load_foreign_model,
     rebuild_foreign_model,
 )
+from timematters.backbones.normalisation import DEFAULT_INPUT
 from timematters.config import Config, ConfigError, ModelConfig, backbone_kwargs, merge, validate
 from timematters.data.build import build_dataset, loader_workers
 from timematters.data.collate import collate_videos
@@ -73,6 +74,10 @@ def _build(
         model = create_backbone(
             model_cfg.name, **backbone_kwargs(replace(cfg, model=model_cfg), num_classes)
         )
+        # Trained on the config's clips: it takes (and is given) their normalisation.
+        if hasattr(model, "set_input_normalisation"):
+            model.mean, model.std = tuple(cfg.data.mean), tuple(cfg.data.std)
+            model.set_input_normalisation(cfg.data.mean, cfg.data.std)
     if model_cfg.grad_checkpointing:
         try:
             if not hasattr(model, "set_grad_checkpointing"):
@@ -219,10 +224,11 @@ def load_model_from_checkpoint(cfg: Config, path: str | Path) -> tuple[nn.Module
         raise ValueError(f"{path} does not fit {model_cfg.name}: {error}") from None
     model.class_names = classes or None
     model.source = str(path)
-    if "config" in state and not hasattr(model, "describe"):  # the normalisation it learnt with
+    if "config" in state and not hasattr(model, "describe"):
+        # The normalisation it learnt with; cfg's clips (told in _build) are converted to it.
         trained = state["config"].get("data", {})
-        model.mean = tuple(trained.get("mean", (0.5, 0.5, 0.5)))
-        model.std = tuple(trained.get("std", (0.5, 0.5, 0.5)))
+        model.mean = tuple(trained.get("mean", DEFAULT_INPUT[0]))
+        model.std = tuple(trained.get("std", DEFAULT_INPUT[1]))
     return model.eval(), classes
 
 

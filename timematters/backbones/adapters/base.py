@@ -26,12 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from timematters.backbones.normalisation import DEFAULT_INPUT, InputNormalisation
 from timematters.backbones.protocol import CAPABILITIES, VideoTokens
 
-DEFAULT_INPUT = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
-
-class Adapter(nn.Module):
+class Adapter(InputNormalisation, nn.Module):
     """Base of the adapters; subclasses set the attributes and implement the four hooks below."""
 
     # The classifier's prefix; "" where it is not known (a user's module): then no tensor is
@@ -74,10 +73,6 @@ class Adapter(nn.Module):
     def token_frames(self) -> int:
         return self._token_frames
 
-    def set_input_normalisation(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        """The normalisation the clips arrive in (the dataset's)."""
-        self.input_mean, self.input_std = tuple(mean), tuple(std)
-
     def describe(self) -> dict[str, Any]:
         """What a report says about the model: where it came from and what it expects."""
         return {
@@ -92,20 +87,6 @@ class Adapter(nn.Module):
         }
 
     # -- the boundary --------------------------------------------------------------------------
-
-    def renormalise(self, video: torch.Tensor) -> torch.Tensor:
-        """Clips normalised with the input's mean/std -> normalised with the model's own."""
-        if (self.input_mean, self.input_std) == (self.mean, self.std):
-            return video
-        shape = (1, 3, *([1] * (video.ndim - 2)))
-        like = {"dtype": video.dtype, "device": video.device}
-        scale = torch.tensor(self.input_std, **like).view(shape) / torch.tensor(
-            self.std, **like
-        ).view(shape)
-        shift = (
-            torch.tensor(self.input_mean, **like) - torch.tensor(self.mean, **like)
-        ) / torch.tensor(self.std, **like)
-        return video * scale + shift.view(shape)
 
     def check_input(self, video: torch.Tensor) -> None:
         _, C, T, H, W = video.shape

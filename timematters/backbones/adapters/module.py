@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from timematters.backbones.adapters.base import DEFAULT_INPUT, LogitsOnlyAdapter
+from timematters.backbones.adapters.base import LogitsOnlyAdapter
+from timematters.backbones.normalisation import DEFAULT_INPUT
 from timematters.backbones.protocol import PROTOCOL_MEMBERS, VideoBackbone
 
 

@@ -9,8 +9,10 @@ torchvision weights were trained with (read from the weights' metadata, which ne
 - **3-D CNNs** (``r3d_18``, ``mc3_18``, ``r2plus1d_18``; ``s3d``): feature maps ``b c t h w``.
   Per-block tokens are each stage's map as ``b t (h w) c``; the clip token is the pooled last map
   and the head its linear (S3D's 1x1x1 convolution, applied to the pooled map: the same numbers,
-  as the mean over positions commutes with it). Any frame size the network accepts.
-- **Swin3D** (``swin3d_t/s/b``): stage outputs ``b t h w c``; tokens after the final norm.
+  as the mean over positions commutes with it). Any clip length and frame size the network
+  accepts (at least its weights' minimum: S3D's 14 frames of 224²).
+- **Swin3D** (``swin3d_t/s/b``): stage outputs ``b t h w c``; tokens after the final norm. Any
+  clip length and frame size.
 - **MViT** (``mvit_v1_b``, ``mvit_v2_s``): CLS + ``b (t h w) c`` tokens whose grid shrinks stage by
   stage (each block returns its grid); fixed to its 16 x 224² input.
 """
@@ -46,14 +48,16 @@ def load_torchvision_model(
     weights: str | Path | None = None,
     *,
     num_classes: int | None = None,
-    num_frames: int = 16,
-    img_size: int = 112,
+    num_frames: int | None = None,
+    img_size: int | None = None,
 ) -> Adapter:
     """``torchvision:NAME[:WEIGHTS]`` as an adapter.
 
     num_classes: the classifier's outputs (400, Kinetics, by default; None with weights: theirs;
         another number than the weights': a new classifier, as for fine-tuning).
-    num_frames, img_size: the clips it will see (fixed for MViT: 16 x 224²).
+    num_frames, img_size: the clips it is described with and sizes its token grid for (default
+        16 x 112², raised to the network's minimum: S3D's 224²; fixed for MViT: 16 x 224²). The
+        3-D CNNs and Swin3D take clips of other lengths and sizes too.
     """
     from torchvision.models import video
 
@@ -80,6 +84,11 @@ def load_torchvision_model(
                 f"unexpected {sorted(unexpected)[:8]}"
             )
     meta = _weights_meta(name, weights)
+    # Without a config every network is asked for 16 x 112² (torchvision's common default), which
+    # S3D refuses: a size below the network's minimum is raised to it, so that the model states
+    # a clip it takes (a config's smaller clips are then refused by name, in check_input).
+    num_frames = max(num_frames or 16, meta["min_frames"])
+    img_size = max(img_size or 112, meta["min_size"])
     if new_head:  # the named weights' classes are not this classifier's
         meta["categories"] = None
     source = f"torchvision:{name}" + (f":{weights}" if weights else "")
@@ -223,14 +232,34 @@ class _TorchvisionAdapter(Adapter):
     def grid(self, value) -> None:  # the base class sets a placeholder
         pass
 
+    # num_frames and img_size size the token grid (token_frames, grid): probed again when set.
+    @property
+    def num_frames(self) -> int:
+        return self._num_frames
+
+    @num_frames.setter
+    def num_frames(self, value: int) -> None:
+        self._num_frames, self._final_grid = value, None
+
+    @property
+    def img_size(self) -> int:
+        return self._img_size
+
+    @img_size.setter
+    def img_size(self, value: int) -> None:
+        self._img_size, self._final_grid = value, None
+
     def check_input(self, video: torch.Tensor) -> None:
-        super().check_input(video)
-        frames, side = video.shape[2], min(video.shape[-2:])
+        # A 3-D CNN or Swin3D takes clips of any length and size above its minimum, as a
+        # convolution does: no refusal of 8-frame clips for a model described with 16.
+        _, _, frames, height, width = video.shape
+        side = min(height, width)
         if frames < self.meta["min_frames"] or side < self.meta["min_size"]:
             raise ValueError(
                 f"{self.source} needs clips of at least {self.meta['min_frames']} frames of "
                 f"{self.meta['min_size']}² (its torchvision weights' minimum), got "
-                f"{frames} x {side}²"
+                f"{frames} x {side}²: sample more frames or crop larger (in a config: "
+                f"model.num_frames, data.crop_size)"
             )
 
     def describe(self) -> dict[str, Any]:
@@ -373,6 +402,17 @@ class MViTAdapter(_TorchvisionAdapter):
         )
         self.start_grid = (encoding.temporal_size, *encoding.spatial_size)
         self.unsupported["gradcam"] = "MViT's blocks hand their token grid on as a tuple"
+
+    def check_input(self, video: torch.Tensor) -> None:
+        # Its position encoding is sized for one clip: no other length or size.
+        _, _, frames, height, width = video.shape
+        if (frames, height, width) != (self.num_frames, self.img_size, self.img_size):
+            raise ValueError(
+                f"{self.source} takes only {self.num_frames}-frame clips of {self.img_size}² (its "
+                f"position encoding is fixed), got {frames} x {height}x{width}: sample "
+                f"{self.num_frames} frames cropped to {self.img_size} (in a config: "
+                f"model.num_frames={self.num_frames}, data.crop_size={self.img_size})"
+            )
 
     def _final_map(self, video: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """The last block's tokens (CLS first, before the final norm) and their (T', h', w')."""

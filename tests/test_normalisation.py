@@ -1,0 +1,94 @@
+"""Every model converts the clips it is given to the normalisation it was trained with: ours from
+a checkpoint as adapted ones do, and only for as long as a diagnose call says so."""
+
+import pytest
+import torch
+from test_train import tiny_config
+from videos import moving_square_frames, write_video
+
+import timematters
+from timematters.backbones.adapters import load_foreign_model
+from timematters.cli import main
+from timematters.engine.model import describe_model, load_model
+from timematters.engine.train import train
+
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+AS_IMAGENET = [f"data.mean={list(IMAGENET[0])}", f"data.std={list(IMAGENET[1])}"]
+
+
+def _as_imagenet(video: torch.Tensor) -> torch.Tensor:
+    """Clips normalised with mean = std = 0.5 -> the same pixels normalised as ImageNet's."""
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in IMAGENET)
+    return (video * 0.5 + 0.5 - mean) / std
+
+
+def test_a_checkpoint_scores_clips_of_any_normalisation_alike(tmp_path):
+    trained = tiny_config(tmp_path / "run", *AS_IMAGENET, "train.max_steps=1", "train.epochs=1")
+    train(trained)
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.pth"
+    half = load_model(checkpoint, tiny_config(tmp_path / "other"))  # clips at 0.5 / 0.5
+    imagenet = load_model(checkpoint, trained)  # clips as it was trained on
+    assert describe_model(half)["mean"] == list(IMAGENET[0])  # what it takes, either way
+    video = torch.rand(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(half(video), imagenet(_as_imagenet(video)), atol=1e-5)
+    # Without a config it takes the clips of its own run.
+    assert load_model(checkpoint).input_mean == IMAGENET[0]
+
+
+def test_a_model_is_told_the_clips_normalisation_for_one_diagnose_call(tmp_path):
+    torch.manual_seed(0)
+    r3d = load_foreign_model("torchvision:r3d_18", num_classes=3, num_frames=4, img_size=32)
+    video = torch.rand(2, 3, 4, 32, 32) * 2 - 1
+    labels = torch.tensor([0, 1])
+    with torch.no_grad():
+        before = r3d.eval()(video)
+    timematters.diagnose(
+        {"r3d": r3d},
+        [(_as_imagenet(video), labels)],
+        tmp_path / "out",
+        mean=IMAGENET[0],
+        std=IMAGENET[1],
+        probe_clips=None,
+        gradcam_clips=0,
+    )
+    with torch.no_grad():
+        assert torch.equal(r3d(video), before)  # 0.5-normalised clips score as before
+
+
+def test_models_that_number_their_classes_differently_are_not_scored_on_one_labelling(
+    tmp_path, capsys
+):
+    """Each hub model reads a video list labelled by name in its own class order; two orders
+    cannot share the clips' labels, so the run is refused instead of scoring one model wrongly."""
+    transformers = pytest.importorskip("transformers")
+    names = ["left", "right", "still"]
+    for folder, order in (("a", names), ("b", names[::-1])):
+        config = transformers.TimesformerConfig(
+            image_size=32,
+            patch_size=16,
+            num_frames=4,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            id2label=dict(enumerate(order)),
+            label2id={name: i for i, name in enumerate(order)},
+        )
+        transformers.TimesformerForVideoClassification(config).save_pretrained(tmp_path / folder)
+    for i in range(3):
+        write_video(tmp_path / f"{i}.mp4", moving_square_frames(8, 48, 48))
+    (tmp_path / "val.txt").write_text("".join(f"{i}.mp4 {n}\n" for i, n in enumerate(names)))
+    data = [
+        f"data.val_annotations={tmp_path / 'val.txt'}",
+        "model.num_frames=4",
+        "data.crop_size=32",
+        "data.eval_short_side=32",
+        "data.num_workers=0",
+    ]
+    argv = ["diagnose", "--config", "videolist/time", *data, "--no-probe", "--gradcam-clips", "0"]
+    one = [*argv, "--model", f"hf:{tmp_path / 'b'}", "--out", str(tmp_path / "one")]
+    assert main(one) == 0  # alone, a model scores in its own order
+    both = [*argv, "--model", f"hf:{tmp_path / 'a'}", "--model", f"hf:{tmp_path / 'b'}"]
+    assert main([*both, "--out", str(tmp_path / "both")]) == 2
+    assert "number their classes differently" in capsys.readouterr().err

@@ -1,0 +1,40 @@
+"""The normalisation a model takes its clips in, and the conversion from the one they come in.
+
+Every model, ours or adapted, has ``mean`` / ``std``: the normalisation it was trained with (ours:
+the run's ``data.mean`` / ``data.std``; a foreign model: its own processor's). Clips come
+normalised as the data says, ``input_mean`` / ``input_std`` (told by
+``set_input_normalisation``); ``forward_features`` converts them first (``renormalise``), which is
+free when the two agree, as they do in training. So a model trained on ImageNet-normalised clips
+scores clips normalised with 0.5 / 0.5 correctly, and several models of different normalisations
+are compared on the same clips.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DEFAULT_INPUT = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+class InputNormalisation:
+    """``mean`` / ``std`` the model takes, ``input_mean`` / ``input_std`` the clips come in."""
+
+    mean: tuple[float, ...] = DEFAULT_INPUT[0]
+    std: tuple[float, ...] = DEFAULT_INPUT[1]
+    input_mean: tuple[float, ...] = DEFAULT_INPUT[0]
+    input_std: tuple[float, ...] = DEFAULT_INPUT[1]
+
+    def set_input_normalisation(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        """The normalisation the clips arrive in (the dataset's)."""
+        self.input_mean, self.input_std = tuple(mean), tuple(std)
+
+    def renormalise(self, video: torch.Tensor) -> torch.Tensor:
+        """Clips [B, C, ...] normalised with the input's mean / std -> with the model's own."""
+        if (tuple(self.input_mean), tuple(self.input_std)) == (tuple(self.mean), tuple(self.std)):
+            return video
+        shape = (1, len(self.mean), *([1] * (video.ndim - 2)))
+        like = {"dtype": video.dtype, "device": video.device}
+        mean, std = torch.tensor(self.mean, **like), torch.tensor(self.std, **like)
+        scale = torch.tensor(self.input_std, **like) / std
+        shift = (torch.tensor(self.input_mean, **like) - mean) / std
+        return video * scale.view(shape) + shift.view(shape)
