@@ -113,6 +113,25 @@ def test_order_probe_with_no_clips_to_fit_skips_every_block():
     assert set(result["skipped"].values()) == {"no clips to fit the probe on"}
 
 
+class NoBlocksModel(ProtocolModel):
+    """The protocol as README words it, ``forward_features(video)``: no ``return_blocks``."""
+
+    def forward_features(self, video: torch.Tensor) -> VideoTokens:
+        return super().forward_features(video)
+
+
+def test_the_order_probe_reads_the_final_tokens_of_a_model_that_gives_no_blocks(tmp_path):
+    models = {"plain": NoBlocksModel(), "full": ProtocolModel()}
+    report = timematters.diagnose(models, _batches(), tmp_path / "out", probe_clips=(4, 4))
+    accuracy = report["order_probe"]["accuracy"]
+    assert set(accuracy["plain"]) == {"final"} and set(accuracy["full"]) == {
+        "block1",
+        "block2",
+        "final",
+    }
+    assert accuracy["plain"]["final"] == accuracy["full"]["final"]  # the same network
+
+
 def test_diagnose_on_one_clip_says_why_the_order_probe_has_no_figures(tmp_path):
     report = timematters.diagnose(
         {"m": ProtocolModel()}, _batches(num_clips=1), tmp_path / "report", gradcam_clips=0

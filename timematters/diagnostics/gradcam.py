@@ -29,7 +29,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from timematters.backbones.protocol import check_clips
+from timematters.backbones.protocol import check_clips, tokens_with_blocks
 
 
 class _TappedBackbone(nn.Module):
@@ -41,7 +41,7 @@ class _TappedBackbone(nn.Module):
         self.tap = nn.Identity()  # returns its input object: the hooked tensor is the real one
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        tokens = self.backbone.forward_features(video, return_blocks=True)
+        tokens = tokens_with_blocks(self.backbone, video)
         # Counted from the tokens: ``.blocks`` is no attribute the VideoBackbone contract names.
         blocks = tokens.blocks or ()
         if len(blocks) < 2:

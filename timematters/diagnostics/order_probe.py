@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
+from timematters.backbones.protocol import tokens_with_blocks
 from timematters.engine.evaluate import as_batch
 from timematters.progress import progress_bar
 
@@ -61,8 +62,8 @@ def frame_features(
             video = video[: max_clips - seen]
         for model, store in zip(models, stores, strict=True):
             with autocast:
-                tokens = model.forward_features(video, return_blocks=True)
-            for i, block in enumerate(tokens.blocks):
+                tokens = tokens_with_blocks(model, video)
+            for i, block in enumerate(tokens.blocks or ()):  # none: the final tokens alone
                 store[f"block{i + 1}"].append(block.float().mean(dim=2).cpu())  # Eq. 6
             store["final"].append(tokens.frame_features.float().cpu())
         seen += len(video)
