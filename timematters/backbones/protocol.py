@@ -106,6 +106,17 @@ PROTOCOL_MEMBERS = (
 CAPABILITIES = ("order_probe", "gradcam", "flow", "order")
 
 
+def tokens_with_blocks(model: torch.nn.Module, video: torch.Tensor) -> VideoTokens:
+    """``forward_features(video, return_blocks=True)``, or for a model whose ``forward_features``
+    takes no ``return_blocks`` (the protocol's optional part) its tokens without ``blocks``."""
+    try:
+        return model.forward_features(video, return_blocks=True)
+    except TypeError as error:
+        if "return_blocks" not in str(error):
+            raise
+        return model.forward_features(video)
+
+
 def depth_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The model's blocks in depth order (``block_modules()``, else a ``blocks`` ModuleList), or
     [] for a model that names none."""
