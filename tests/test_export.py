@@ -212,6 +212,57 @@ def test_a_run_of_your_own_module_exports_its_weights(tmp_path, monkeypatch):
         torch.testing.assert_close(network(video), expected, rtol=0, atol=0)
 
 
+PROTOCOL_MODULE = """
+import torch
+from torch import nn
+from timematters.backbones import VideoTokens
+
+class Tokens(nn.Module):
+    embed_dim, patch_size, grid, classifier_name, num_frames, token_frames = 8, 8, (4, 4), "head", 4, 4
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.embed = nn.Conv3d(3, 8, kernel_size=(1, 8, 8), stride=(1, 8, 8))
+        self.head = nn.Linear(8, num_classes)
+
+    def forward_features(self, video, return_blocks=False):
+        patches = self.embed(video).flatten(3).permute(0, 2, 3, 1)
+        return VideoTokens(patches.mean(dim=(1, 2)), patches)
+
+    def forward_head(self, cls):
+        return self.head(cls)
+
+    def forward(self, video):
+        return self.forward_head(self.forward_features(video).cls)
+
+    def convert_state_dict(self, state_dict, source):
+        return state_dict, set()
+"""
+
+
+def test_a_run_of_your_own_video_backbone_exports_the_lines_that_rebuild_it(tmp_path, monkeypatch):
+    (tmp_path / "my_backbones.py").write_text(PROTOCOL_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = ["model.name=my_backbones:Tokens", "model.kwargs={}", "loss.flow.weight=0"]
+    checkpoint = _trained(tmp_path, "tokens", *spec)
+    out = tmp_path / "exported"
+    assert main(["export", str(checkpoint), "--out", str(out)]) == 0
+    info = json.loads((out / "export.json").read_text())
+    assert info["network"] == {"kind": "module", "spec": "my_backbones:Tokens"}
+    assert (
+        "create_backbone" not in info["build"]
+        and "create_backbone" not in (out / "README.md").read_text()
+    )
+    import my_backbones
+
+    network = my_backbones.Tokens(num_classes=10)
+    load_model(network, str(out / "model.safetensors"))
+    video = _clip(4, 32)
+    with torch.no_grad():
+        expected = timematters.load_model(checkpoint)(video)
+        torch.testing.assert_close(network(video), expected, rtol=0, atol=0)
+
+
 def test_what_cannot_be_exported_is_refused_with_the_fix(tmp_path, capsys):
     motionformer = _trained(tmp_path, "mf", "model.name=motionformer_tiny_patch8_64")
     assert main(["export", str(motionformer), "--format", "hf"]) == 2

@@ -24,6 +24,7 @@ from typing import Any
 
 from torch import nn
 
+from timematters.backbones.adapters import is_foreign_spec
 from timematters.backbones.adapters.base import Adapter
 from timematters.backbones.timesformer import TimeSformer, rename_to_hf_timesformer
 from timematters.backbones.vit import VisionTransformer
@@ -353,7 +354,7 @@ def _write_safetensors(model: nn.Module, cfg: Config, out: Path) -> dict[str, An
     network = _network(model)
     save_model(network, str(out / "model.safetensors"))  # drops the copies of tied tensors
     load = "safetensors.torch.load_model(network, 'model.safetensors')"
-    if isinstance(model, Adapter):
+    if isinstance(model, Adapter) or is_foreign_spec(cfg.model.name):  # not ours: its network
         architecture = _architecture(model)
         return {
             "files": ["export.json", "model.safetensors"],
