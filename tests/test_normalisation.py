@@ -7,6 +7,7 @@ from test_train import tiny_config
 from videos import moving_square_frames, write_video
 
 import timematters
+from timematters.backbones import InputNormalisation, VideoTokens
 from timematters.backbones.adapters import load_foreign_model
 from timematters.cli import main
 from timematters.engine.model import describe_model, load_model
@@ -92,3 +93,56 @@ def test_models_that_number_their_classes_differently_are_not_scored_on_one_labe
     both = [*argv, "--model", f"hf:{tmp_path / 'a'}", "--model", f"hf:{tmp_path / 'b'}"]
     assert main([*both, "--out", str(tmp_path / "both")]) == 2
     assert "number their classes differently" in capsys.readouterr().err
+
+
+class _Tokens(torch.nn.Module):
+    """A user's VideoBackbone that wants ImageNet-normalised clips and names its classes."""
+
+    embed_dim, patch_size, grid, classifier_name, num_frames, token_frames = 8, 8, (4, 4), "h", 4, 4
+    mean, std = IMAGENET
+    classes = ["a", "b"]
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Conv3d(3, 8, kernel_size=(1, 8, 8), stride=(1, 8, 8))
+        self.h = torch.nn.Linear(8, 2)
+
+    def forward_features(self, video, return_blocks=False):
+        patches = self.embed(video).flatten(3).permute(0, 2, 3, 1)
+        return VideoTokens(patches.mean(dim=(1, 2)), patches)
+
+    def forward_head(self, cls):
+        return self.h(cls)
+
+    def forward(self, video):
+        return self.forward_head(self.forward_features(video).cls)
+
+    def convert_state_dict(self, state_dict, source):
+        return state_dict, set()
+
+
+class _ConvertingTokens(InputNormalisation, _Tokens):
+    mean, std = IMAGENET  # a user's class states its own, over InputNormalisation's default
+
+    def forward_features(self, video, return_blocks=False):
+        return super().forward_features(self.renormalise(video), return_blocks)
+
+
+def test_a_user_backbone_converts_the_clips_to_its_normalisation_or_is_refused(tmp_path):
+    video = torch.rand(2, 3, 4, 32, 32) * 2 - 1
+    data = [(video, torch.tensor([0, 1]))]
+    options = dict(probe_clips=None, gradcam_clips=0)
+    with pytest.raises(ValueError, match="cannot convert them: inherit .*InputNormalisation"):
+        timematters.diagnose({"mine": _Tokens()}, data, tmp_path / "refused", **options)
+    converting = _ConvertingTokens()
+    report = timematters.diagnose({"mine": converting}, data, tmp_path / "out", **options)
+    assert report["models"]["mine"]["mean"] == list(IMAGENET[0])
+    with torch.no_grad():  # what it scored is what it scores on the ImageNet-normalised pixels
+        assert torch.allclose(converting(video), _Tokens()(_as_imagenet(video)), atol=1e-5)
+    assert converting.class_names == ["a", "b"] and converting.source == "mine"
+    # As data normalised the way it wants, the plain one needs no conversion.
+    imagenet = [(_as_imagenet(video), torch.tensor([0, 1]))]
+    timematters.diagnose(
+        {"mine": _Tokens()}, imagenet, tmp_path / "as", mean=IMAGENET[0], std=IMAGENET[1], **options
+    )

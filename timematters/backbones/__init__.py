@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from timematters.backbones.normalisation import InputNormalisation
 from timematters.backbones.protocol import VideoBackbone, VideoTokens
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -46,6 +47,7 @@ def backbone_arguments(name: str) -> list[str]:
 from timematters.backbones import motionformer, timesformer, vit, xvit  # noqa: E402, F401
 
 __all__ = [
+    "InputNormalisation",
     "VideoBackbone",
     "VideoTokens",
     "backbone_arguments",

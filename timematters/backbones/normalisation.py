@@ -38,3 +38,22 @@ class InputNormalisation:
         scale = torch.tensor(self.input_std, **like) / std
         shift = (torch.tensor(self.input_mean, **like) - mean) / std
         return video * scale.view(shape) + shift.view(shape)
+
+
+def check_normalisation(
+    model: object, mean: tuple[float, ...], std: tuple[float, ...], *, name: str
+) -> None:
+    """Refuse a model that wants its clips normalised otherwise than they come (its ``mean`` /
+    ``std``) and has no ``set_input_normalisation`` to be told so and convert them: it would be
+    scored on clips it does not expect, silently."""
+    if hasattr(model, "set_input_normalisation"):
+        return
+    wants = tuple(getattr(model, "mean", mean)), tuple(getattr(model, "std", std))
+    if wants != (tuple(mean), tuple(std)):
+        raise ValueError(
+            f"{name} takes clips normalised with mean {wants[0]}, std {wants[1]}, but they come "
+            f"normalised with mean {tuple(mean)}, std {tuple(std)}, and it cannot convert them: "
+            "inherit timematters.backbones.InputNormalisation and begin forward_features with "
+            "video = self.renormalise(video), or normalise the data as it wants (data.mean, "
+            "data.std)"
+        )

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from timematters.backbones.adapters.module import as_video_backbone
-from timematters.backbones.normalisation import DEFAULT_INPUT
+from timematters.backbones.normalisation import DEFAULT_INPUT, check_normalisation
 from timematters.config import Config, EvalConfig, validate
 from timematters.data.build import build_dataset, loader_workers
 from timematters.data.collate import collate_videos
@@ -424,6 +424,8 @@ def _input_normalisation(
 ) -> Iterator[None]:
     """The models told the clips' normalisation for the ``with`` block, then what they were told
     before: a model passed in is scored on these clips without being changed for later use."""
+    for name, model in models.items():
+        check_normalisation(model, *((mean, std) if mean is not None else DEFAULT_INPUT), name=name)
     told = {
         name: (model.input_mean, model.input_std)
         for name, model in models.items()

@@ -26,7 +26,7 @@ from timematters.backbones.adapters import (
     load_foreign_model,
     rebuild_foreign_model,
 )
-from timematters.backbones.normalisation import DEFAULT_INPUT
+from timematters.backbones.normalisation import DEFAULT_INPUT, check_normalisation
 from timematters.config import Config, ConfigError, ModelConfig, backbone_kwargs, merge, validate
 from timematters.data.build import build_dataset, loader_workers
 from timematters.data.collate import collate_videos
@@ -70,6 +70,7 @@ def _build(
             model = load_foreign_model(model_cfg.name, num_classes=num_classes, **sizes)
         if hasattr(model, "set_input_normalisation"):
             model.set_input_normalisation(cfg.data.mean, cfg.data.std)
+        check_normalisation(model, cfg.data.mean, cfg.data.std, name=model_cfg.name)
     else:
         model = create_backbone(
             model_cfg.name, **backbone_kwargs(replace(cfg, model=model_cfg), num_classes)

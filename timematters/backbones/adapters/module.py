@@ -1,7 +1,8 @@
 """A user's own model, named ``pkg.module:factory``: any importable callable returning a module.
 
 A module that already honours ``VideoBackbone`` (``forward_features``, ``forward_head``, the size
-attributes) is used as it is: every diagnostic and loss applies. Any other module that maps
+attributes) is used as it is: every diagnostic and loss applies; to take clips normalised
+otherwise than the data's, it converts them itself (``InputNormalisation``), or is refused. Any other module that maps
 ``[B, C, T, H, W]`` clips to logits (a tensor, or an object with ``.logits``) is wrapped: the
 shuffle test, the confidence gap and the debias loss apply, and the report says why the rest
 does not. Optional attributes it may declare: ``mean``, ``std`` (the normalisation it wants),
@@ -110,6 +111,11 @@ def as_video_backbone(model: nn.Module, *, source: str, num_frames: int = 0) -> 
     """``model`` itself when it honours ``VideoBackbone`` (ours, an adapter, a user's), else the
     logits-only ``ModuleAdapter`` around it."""
     if isinstance(model, VideoBackbone):
+        # A user's module names its classes as any module does (``classes``); reports name it.
+        if not getattr(model, "class_names", None) and getattr(model, "classes", None):
+            model.class_names = list(model.classes)
+        if not getattr(model, "source", ""):
+            model.source = source
         return model
     return ModuleAdapter(model, source=source, num_frames=num_frames)
 
