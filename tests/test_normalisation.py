@@ -146,3 +146,56 @@ def test_a_user_backbone_converts_the_clips_to_its_normalisation_or_is_refused(t
     timematters.diagnose(
         {"mine": _Tokens()}, imagenet, tmp_path / "as", mean=IMAGENET[0], std=IMAGENET[1], **options
     )
+
+
+def test_fine_tuning_a_classifier_that_orders_the_classes_otherwise_keeps_each_row_its_class(
+    tmp_path, capsys
+):
+    transformers = pytest.importorskip("transformers")
+    order = [
+        "still",
+        "right",
+        "left",
+    ]  # the hub model's; the list's classes sort to left, right, still
+    config = transformers.TimesformerConfig(
+        image_size=32,
+        patch_size=16,
+        num_frames=4,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        id2label=dict(enumerate(order)),
+        label2id={name: i for i, name in enumerate(order)},
+    )
+    torch.manual_seed(0)
+    hub = transformers.TimesformerForVideoClassification(config)
+    hub.save_pretrained(tmp_path / "hub")
+    for i in range(3):
+        write_video(tmp_path / f"{i}.mp4", moving_square_frames(8, 48, 48))
+    (tmp_path / "train.txt").write_text(
+        "".join(f"{i}.mp4 {n}\n" for i, n in enumerate(sorted(order)))
+    )
+    cfg = tiny_config(
+        tmp_path / "run",
+        "data.dataset=videolist",
+        f"data.annotations={tmp_path / 'train.txt'}",
+        f"data.val_annotations={tmp_path / 'train.txt'}",
+        f"model.name=hf:{tmp_path / 'hub'}",
+        "model.kwargs={}",
+        "loss.flow.weight=0",
+        "data.train_short_side=[32,40]",
+        "data.eval_short_side=32",
+        "train.batch_size=3",
+        "train.max_steps=1",
+        "optim.lr=1e-12",
+        "optim.weight_decay=0",
+    )
+    train(cfg)
+    assert "its classifier's outputs are put in the data's order" in capsys.readouterr().out
+    trained = load_model(tmp_path / "run" / "checkpoints" / "last.pth")
+    assert trained.class_names == ["left", "right", "still"]
+    video = torch.rand(1, 3, 4, 32, 32) * 2 - 1
+    with torch.no_grad():  # lr ~0: the same network, its outputs in the data's order
+        expected = load_model(f"hf:{tmp_path / 'hub'}")(video)[:, [2, 1, 0]]
+        assert torch.allclose(trained(video), expected, atol=1e-4)

@@ -92,6 +92,30 @@ def _build(
     return model
 
 
+def align_classifier(model: nn.Module, classes: list[str]) -> bool:
+    """Reorder the outputs of a trained classifier (a foreign model's) that names the data's
+    classes in another order, so that output k scores the data's class k and what it learnt of
+    each class is kept; a fine-tuning run would otherwise train each row as another class.
+    Returns whether it did."""
+    names = list(getattr(model, "class_names", None) or [])
+    prefix = getattr(model, "classifier_name", "")
+    if not prefix or names == list(classes) or sorted(names) != sorted(classes):
+        return False
+    if len(set(names)) != len(names):
+        return False
+    order = torch.tensor([names.index(name) for name in classes])
+    rows = [
+        parameter
+        for name, parameter in model.named_parameters()
+        if name.startswith(f"{prefix}.") and parameter.shape[:1] == (len(names),)
+    ]
+    with torch.no_grad():
+        for parameter in rows:
+            parameter.copy_(parameter[order])
+    model.class_names = list(classes)
+    return bool(rows)
+
+
 def model_flow_grid(cfg: Config, *, architecture: dict[str, Any] | None = None) -> tuple[int, int]:
     """(patch size, frames per token frame) of the backbone: flow labels are per patch and per
     pair of consecutive token frames. From a parameter-free build on the meta device (a Hugging

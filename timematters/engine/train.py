@@ -59,7 +59,7 @@ from timematters.engine.distributed import (
 )
 from timematters.engine.evaluate import EvalResult, evaluate, format_table
 from timematters.engine.metrics import RunLog, copy_output, flatten_metrics, to_json
-from timematters.engine.model import build_model, model_flow_grid
+from timematters.engine.model import align_classifier, build_model, model_flow_grid
 from timematters.engine.optim import build_optimizer, lr_at, set_lr
 from timematters.engine.prefetch import FlowLabelPrefetcher
 from timematters.engine.runs import (
@@ -262,6 +262,11 @@ def setup_run(
         )
 
     backbone = build_model(cfg, num_classes, architecture=architecture)
+    if state is None and align_classifier(backbone, list(train_set.classes)) and info.is_main:
+        print(
+            f"[train] {cfg.model.name} names the data's {num_classes} classes in another order: "
+            "its classifier's outputs are put in the data's order"
+        )
     if getattr(backbone, "zero_shot", False):
         raise ConfigError(
             f"{cfg.model.name} is a zero-shot video-text model: eval, diagnose and predict score "
