@@ -701,7 +701,8 @@ def _model_line(name: str, info: dict) -> str:
     if "trained_with" in info and info["trained_with"] is None:  # torchvision without WEIGHTS
         line += (
             f". **Random weights** (torchvision's default when the spec names none): its scores "
-            f"say nothing of a trained network; `{info['source']}:DEFAULT` loads torchvision's own"
+            f"say nothing of a trained network; `{info['source']}:DEFAULT` loads torchvision's "
+            "own Kinetics-400 weights"
         )
     if "blocks" in info:  # what its probe's blocks are, where they are not plain layers
         line += f". Its blocks for the order probe: {info['blocks']}"
