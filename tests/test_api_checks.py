@@ -68,8 +68,11 @@ def test_a_wrapped_backbone_is_refused_with_the_module_to_wrap(one_process_group
     "video, words",
     [
         (torch.randn(2, T, IMG, IMG, 3), r"float \[B, C=3, T, H, W\].*\[2, 4, 16, 16, 3\]"),
-        (torch.randn(2, T, 3, IMG, IMG), r"\[2, 4, 3, 16, 16\]"),
-        (torch.zeros(2, 3, T, IMG, IMG, dtype=torch.uint8), r"torch.uint8.*permute"),
+        (torch.randn(2, T, 3, IMG, IMG), r"\[2, 4, 3, 16, 16\].*video\.transpose\(1, 2\)"),
+        (
+            torch.zeros(2, 3, T, IMG, IMG, dtype=torch.uint8),
+            r"torch.uint8.*no permute\): video\.float\(\) / 127\.5 - 1",
+        ),
         ([torch.randn(3, T, IMG, IMG)] * 2, r"one tensor .* got a list; torch.stack"),
         (torch.randn(3, T, IMG, IMG), r"one clip \[3, 4, 16, 16\], not a batch: video\[None\]"),
     ],

@@ -236,7 +236,7 @@ def test_data_frames_of_a_dataset_found_by_name_and_its_mistakes(tmp_path, capsy
     out = tmp_path / "frames"
     command = ["data", "frames", "ssv2/timesformer_time", *given, "--out", str(out)]
     assert main([*command, "--split", "val", "--short-side", "24", "--quality", "80"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["1002", "1003"]  # <id>.webm -> <id>/
+    assert sorted(p.name for p in out.iterdir()) == ["1002", "1003", "frames.json"]  # <id>/
     assert open_video(out / "1002", "frames").get_frames([0]).shape == (1, 24, 32, 3)
     framed = [f"data.root={out}", "data.decoder=frames", *given[1:]]
     val = build_dataset(load_config("ssv2/timesformer_time", framed), "val", False, patch_size=16)
@@ -245,4 +245,15 @@ def test_data_frames_of_a_dataset_found_by_name_and_its_mistakes(tmp_path, capsy
     assert main(["data", "frames", "ssv2/timesformer_time", *framed, "--out", str(out)]) == 2
     assert "frame folders already" in capsys.readouterr().err
     assert main([*command, "--quality", "0"]) == 2
+    assert main([*command, "--short-side", "-5"]) == 2
     assert main(["data", "frames", "synthetic/time", "--out", str(out)]) == 2
+    # Going on in the folder with other settings would mix two kinds of frames in it.
+    assert main([*command, "--split", "val", "--short-side", "32"]) == 2
+    assert "holds frames extracted with short_side 24" in capsys.readouterr().err
+    # A run's folder is not a place for frame folders.
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("{}")
+    assert main(["data", "frames", "ssv2/timesformer_time", *given, "--out", str(run)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]

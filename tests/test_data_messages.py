@@ -139,6 +139,26 @@ def test_labels_outside_the_class_list_name_the_line_and_the_class_list(
     assert "labels is" not in err and "1 labels" not in err
 
 
+@pytest.mark.parametrize(
+    "lines, class_list, words",
+    [
+        ("a.mp4 0\nb.mp4 -1\n", None, [":2: label -1 is a negative class index", "from 0"]),
+        ("a.mp4 0\nb.mp4 1\nc.mp4 5\n", "classes.txt", [":3: class index 5 is outside the 2"]),
+        # One stray label would make every index a name (and "10" sort before "2").
+        ("a.mp4 0\nb.mp4 1\nc.mp4 1.5\n", None, [":3: label '1.5' is not a class index"]),
+    ],
+)
+def test_index_labels_that_are_no_class_name_their_line(
+    clips, tmp_path, capsys, lines, class_list, words
+):
+    (clips / "idx.txt").write_text(lines)
+    paths = {"class_list": class_list} if class_list else {}
+    args = _list_args(clips, annotations="idx.txt", **paths)
+    code, err = _cli(capsys, "train", *args, f"train.out={tmp_path / 'run'}")
+    assert code == 2
+    _one_clear_line(err, str(clips / "idx.txt"), *words)
+
+
 def test_evaluation_labels_outside_the_training_lists_classes_name_that_list(clips, tmp_path):
     (clips / "val.txt").write_text("d.mp4 sit\nd.mp4 sit\nc.mp4 fly\n")
     cfg = _dataset_config("videolist", clips / "clips", clips / "train.txt")

@@ -264,3 +264,27 @@ def test_a_stop_is_in_the_log_too(tmp_path):
     with pytest.raises(runs.Interrupted):
         train(cfg, step_callback=stop_at_2)
     assert "timematters: stopped by SIGINT after step 2;" in (out / "train.log").read_text()
+
+
+def test_an_evaluation_that_fails_leaves_the_earlier_one_in_place(tmp_path, capsys):
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.pth"
+    train(tiny_config(tmp_path / "run", "train.epochs=1"))
+    data = [a for a in TINY if a.startswith(("data.", "model."))]
+    assert main(["eval", "synthetic/time", *data, "--checkpoint", str(checkpoint)]) == 0
+    done = checkpoint.with_name("last_eval") / "eval.json"
+    before = done.read_text()
+    # It fails after the folder was claimed (a frame past the clips): the old result stays.
+    code = main(
+        ["eval", "synthetic/time", *data, "eval.freeze_frame=20", "--perturb", "freeze",
+         "--checkpoint", str(checkpoint)]
+    )  # fmt: skip
+    assert code == 2 and done.read_text() == before
+
+
+def test_a_batch_that_the_processes_cannot_share_names_the_sizes_that_fit(tmp_path, capsys):
+    code, err = _cli(
+        capsys, "train", "synthetic/time", *TINY, "train.batch_size=5", "train.accumulation=2",
+        f"train.out={tmp_path / 'run'}",
+    )  # fmt: skip
+    assert code == 2
+    _one_clear_line(err, "train.batch_size=5", "set train.batch_size=4 or 6")

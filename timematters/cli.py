@@ -280,12 +280,23 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(_resume_flag_before_overrides(argv))
+    if extra and args.command == "predict" and _overrides_among(extra):
+        # Its positionals are videos: an override after an option gets the -o spelling, not a
+        # bare "unrecognized arguments".
+        print(f"timematters: error: {_predict_overrides_hint(extra)}", file=sys.stderr)
+        return 2
     if extra:  # overrides after an option: argparse leaves them over
         if not hasattr(args, "overrides") or any("=" not in a or a.startswith("-") for a in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
-    if getattr(args, "perturb", None) and hasattr(args, "overrides"):
+    if getattr(args, "perturb", None) is not None and hasattr(args, "overrides"):
         names = [p.strip() for p in args.perturb.split(",") if p.strip()]
+        if not names:
+            print(
+                f"timematters: error: --perturb {args.perturb!r} names none: give {PERTURB_HELP}",
+                file=sys.stderr,
+            )
+            return 2
         args.overrides.append(f"eval.perturbations=[{', '.join(names)}]")
     try:
         return _COMMANDS[args.command](args)
@@ -305,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
 
             # A stop that was asked for (Ctrl-C, a preemption) is no error.
             label = "" if isinstance(error, Interrupted) else "error: "
-            print(f"timematters: {label}{error}", file=sys.stderr)
+            print(f"timematters: {label}{_message(error)}", file=sys.stderr)
         return code
     except KeyboardInterrupt:
         print("timematters: interrupted", file=sys.stderr)
@@ -316,6 +327,14 @@ def _version() -> str:
     from timematters import __version__
 
     return __version__
+
+
+def _message(error: Exception) -> str:
+    """The error's line; the operating system's refusals name their whole path and the fix (its
+    own reads "[Errno 13] Permission denied: 'last.pth'")."""
+    if isinstance(error, PermissionError) and error.filename:
+        return f"{error.filename}: {error.strerror}; choose a file or folder that can be written"
+    return str(error)
 
 
 def _said_by_this_process(error: Exception) -> bool:
@@ -464,13 +483,15 @@ def _eval(args) -> int:
     else:  # hf:owner/name -> name; torchvision:r3d_18:w.pth -> r3d_18_w; pkg.mod:f -> f
         name, _, weights = spec.split(":", 1)[-1].partition(":")
         out = Path("runs/eval") / "_".join(filter(None, (Path(name).name, Path(weights).stem)))
+    claim = dict(kind="an evaluation", overwrite=False, fix="choose another --out")
     if is_main_process():  # before the work: a run's or a report's folder is refused
-        claim_folder(out, kind="an evaluation", overwrite=False, fix="choose another --out")
+        claim_folder(out, **claim, remove=False)  # an earlier evaluation stays if this one fails
     result = evaluate_checkpoint(cfg, spec)
     if not is_main_process():  # under torchrun every rank has the gathered result; one writes it
         return 0
     metrics = result.metrics()
     table = result.table(Path(spec).name if args.checkpoint else spec)
+    claim_folder(out, **claim)  # the earlier evaluation's files go now, with nothing stale left
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(to_json(metrics))
     (out / "eval.md").write_text(table + "\n")
@@ -518,6 +539,8 @@ def _predict(args) -> int:
     from timematters.engine.distributed import resolve_device
     from timematters.engine.model import load_model
 
+    if _overrides_among(args.inputs):  # `predict clip.mp4 data.root=vids ...`
+        raise ConfigError(_predict_overrides_hint(args.inputs))
     if args.override and not args.config:
         raise ConfigError(
             f"-o {args.override[0]}: overrides change --config's clips; give the config they "
@@ -545,6 +568,11 @@ def _predict(args) -> int:
     if args.window is not None and args.window <= 0:
         raise ConfigError(f"--window {args.window}: give a positive number of seconds")
     perturbations = [p.strip() for p in args.perturb.split(",") if p.strip()]
+    explain = args.explain
+    if explain:  # refused before any work, not after the predictions
+        from timematters.engine.runs import check_writable
+
+        check_writable(Path(explain), kind="the GradCAM pictures")
     results, undecodable = [], []
     videos = list_videos(args.inputs, root=cfg.data.root if cfg else None)
     for video in videos:
@@ -563,11 +591,12 @@ def _predict(args) -> int:
         results += found
         if not args.json:
             print("\n".join(result.describe() for result in found))
-        if args.explain:
+        if explain:
             try:
-                written = explain_prediction(model, video, args.explain)
-            except NotImplementedError as error:
-                print(f"  explain: {error}")
+                written = explain_prediction(model, video, explain)
+            except NotImplementedError as error:  # the model's limit: said once, for every video
+                print(f"  explain: {error}", file=sys.stderr if args.json else sys.stdout)
+                explain = None
             else:
                 if not args.json:
                     print(f"  explained: {', '.join(map(str, written))}")
@@ -583,6 +612,32 @@ def _predict(args) -> int:
         )
         return 1
     return 0
+
+
+def _overrides_among(items: list[str]) -> list[str]:
+    """The items that read as config overrides (``data.root=vids``) and name no file."""
+    from dataclasses import fields
+
+    from timematters.config import Config
+
+    sections = {f.name for f in fields(Config)}
+    found = []
+    for item in items:
+        key, equals, _ = item.partition("=")
+        parts = key.split(".")
+        dotted = len(parts) > 1 and all(part.isidentifier() for part in parts)
+        if equals and dotted and parts[0] in sections and not Path(item).exists():
+            found.append(item)
+    return found
+
+
+def _predict_overrides_hint(items: list[str]) -> str:
+    overrides = _overrides_among(items)
+    spelled = " ".join(f"-o {item}" for item in overrides)
+    return (
+        f"predict takes videos as its arguments, and --config's overrides as -o KEY=VALUE: "
+        f"{spelled} (not {' '.join(overrides)})"
+    )
 
 
 def _configs(args) -> int:
@@ -615,7 +670,11 @@ def _data(args) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.data_command == "frames":
         from timematters.data.frames import extract_frames
+        from timematters.engine.runs import claim_folder
 
+        # A run's (or another command's) folder is refused, and one that cannot be written.
+        fix = "choose another --out for the frame folders"
+        claim_folder(Path(args.out), kind="frame folders", overwrite=False, fix=fix, remove=False)
         return extract_frames(
             cfg,
             args.out,
@@ -645,6 +704,10 @@ def _flow(args) -> int:
 def _table(args) -> int:
     from timematters.diagnostics.tables import results_table
 
+    if args.out:  # refused before the table, not after it
+        from timematters.engine.runs import check_writable
+
+        check_writable(Path(args.out).parent, kind="the table")
     table = results_table(args.paths, names=args.name, intervals=args.intervals)
     print(table)
     if args.out:

@@ -529,6 +529,11 @@ def validate(cfg: Config) -> Config:
             f"data.hflip is on for {data.dataset}, whose left/right class pairs flipping confuses"
         )
 
+    if not cfg.eval.perturbations:
+        raise ConfigError(
+            "eval.perturbations is empty: give one or more of shuffle, reverse, freeze, "
+            "freeze_each, local (the paper's: [shuffle])"
+        )
     frame, T = cfg.eval.freeze_frame, model.num_frames
     if frame is not None and not -T <= frame < T:
         raise ConfigError(

@@ -144,7 +144,35 @@ def check_clips(video: object, *, views: bool = False) -> None:
         return
     layout = "[B, C=3, T, H, W]" + (" (or [B, V, 3, T, H, W])" if views else "")
     raise ValueError(
-        f"clips must be float {layout}, normalised: got {video.dtype} {shape}; frames "
-        "[B, T, H, W, 3] uint8 become clips by video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1 "
-        "(mean = std = 0.5)"
+        f"clips must be float {layout}, normalised: got {video.dtype} {shape}; "
+        + _conversion(video, dims)
     )
+
+
+# uint8 pixels [0, 255] -> floats normalised with mean = std = 0.5, as every model takes them
+_TO_FLOAT = ".float() / 127.5 - 1"
+
+
+def _conversion(video: torch.Tensor, dims: tuple[int, ...]) -> str:
+    """How to turn ``video`` into clips, for the layouts people most often have: one permute
+    fits only one of them (applied to another it scrambles the pixels without an error)."""
+    to_float = "" if video.is_floating_point() else _TO_FLOAT
+    scale = " (mean = std = 0.5)" if to_float else ""
+    shape, lead = list(video.shape), video.ndim - 5  # lead: 1 with views [B, V, ...]
+    batch = "B, V" if lead else "B"
+    if video.ndim == 4 and shape[-1] == 3:  # one clip's decoded frames
+        fix = f"video.permute(3, 0, 1, 2)[None]{to_float}"
+        return f"one clip's frames [T, H, W, 3] become a batch of one by {fix}{scale}"
+    if video.ndim not in dims:
+        return f"{video.ndim} dimensions where clips have 5, [B, 3, T, H, W]"
+    if shape[-4] == 3:  # uint8 in the right layout
+        return f"the layout is right (no permute): video{to_float}{scale}"
+    if shape[-3] == 3:  # transformers' pixel_values
+        fix = f"video.transpose({lead + 1}, {lead + 2}){to_float}"
+        return f"that is transformers' layout [{batch}, T, 3, H, W], T and 3 swapped: {fix}{scale}"
+    if shape[-1] == 3:  # decoded frames, channels last
+        order = "0, 1, 5, 2, 3, 4" if lead else "0, 4, 1, 2, 3"
+        return (
+            f"frames [{batch}, T, H, W, 3] become clips by video.permute({order}){to_float}{scale}"
+        )
+    return f"no axis of 3 colour channels where expected: make clips [{batch}, 3, T, H, W]"

@@ -23,7 +23,7 @@ from timematters.data.kinetics import KineticsDataset
 from timematters.data.ssv2 import SSv2Dataset
 from timematters.data.subsets import load_groups
 from timematters.data.ucf101 import UCF101Dataset
-from timematters.data.videolist import VideoListDataset, read_video_list, resolve_labels
+from timematters.data.videolist import VideoListDataset, classes_of_list
 from timematters.flow.labeller import FlowLabeller
 
 SPLITS = ("train", "val", "test")
@@ -247,11 +247,10 @@ def _video_list_dataset(
     training_list = _existing_path(
         "data.annotations", data.annotations, "file", f"the training list ({_LIST_FORMAT})"
     )
-    labels = [label for _, label in read_video_list(training_list)]
     return VideoListDataset(
         list_file,
         root=root,
-        classes=resolve_labels(labels, None)[1],
+        classes=classes_of_list(training_list),
         classes_from=f"the training list {training_list}",
         **options,
     )

@@ -34,6 +34,7 @@ from timematters.progress import progress_bar
 FRAME_NAME = "img_{:05d}.jpg"
 CHUNK = 256  # frames decoded at once: bounded memory for long videos
 PARTIAL = ".partial"
+RECORD = "frames.json"  # the settings of the frames in a folder (engine.runs knows it by it)
 
 
 @dataclass(frozen=True)
@@ -101,10 +102,13 @@ def extract_frames(
         raise ConfigError("the videos are frame folders already (data.decoder=frames)")
     if not 1 <= quality <= 100:
         raise ConfigError(f"--quality {quality}: a JPEG quality is 1 to 100")
+    if short_side < 0:
+        raise ConfigError(f"--short-side {short_side}: give a size in pixels, or 0 to keep frames")
+    if workers is not None and workers < 0:
+        raise ConfigError(f"--workers {workers}: give 0 (this process) or more")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; give a folder for the frame folders")
     out.mkdir(parents=True, exist_ok=True)
+    _record_settings(out, {"dataset": data.dataset, "short_side": short_side, "quality": quality})
 
     datasets = {
         split: build_dataset(cfg, split, flow_labels=False, patch_size=1) for split in splits
@@ -135,6 +139,25 @@ def extract_frames(
         print(f"{len(bad)} videos could not be decoded and were skipped: {bad_log}")
     print(f"read them with: {overrides}")
     return 1 if bad else 0
+
+
+def _record_settings(out: Path, settings: dict) -> None:
+    """Write ``frames.json``; an earlier extraction's there must have had the same settings, so
+    that a resumed extraction does not mix frames of two sizes or qualities in one folder."""
+    record = out / RECORD
+    if record.is_file():
+        earlier = json.loads(record.read_text()).get("settings")
+        if earlier != settings:
+            differ = [
+                f"{key} {earlier.get(key)!r}"
+                for key in settings
+                if earlier.get(key) != settings[key]
+            ]
+            raise ConfigError(
+                f"{out} holds frames extracted with {', '.join(differ)}: give the same settings "
+                "to go on with them, or another --out"
+            )
+    record.write_text(json.dumps({"settings": settings}, indent=2) + "\n")
 
 
 def _plan(

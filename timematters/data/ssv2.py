@@ -148,6 +148,11 @@ class SSv2Dataset(VideoDataset):
             if subset not in subsets:
                 raise ValueError(f"unknown SSv2 subset {subset!r}; choose all, temporal or static")
             kept = subsets[subset]
+            if not kept:
+                raise ValueError(
+                    f"data.subset={subset}: none of the {subset} classes of paper Appendix A is a "
+                    f"class of {find_ssv2_file(annotations, 'labels')}; set data.subset=all"
+                )
             new_index = {old: new for new, old in enumerate(kept)}
             entries = [(vid, new_index[label]) for vid, label in entries if label in new_index]
             classes = [classes[i] for i in kept]

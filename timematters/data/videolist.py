@@ -113,14 +113,26 @@ def read_class_list(path: str | Path) -> list[str]:
     return names
 
 
-class UnknownLabels(ValueError):
-    """Labels that name no class; ``first`` is the position of the first of them among the
-    labels given, for a message that names its line."""
+class LabelError(ValueError):
+    """A label that is not a class; ``first`` is its position among the labels given, so that
+    a list's message names its line; ``fix`` says what to do."""
+
+    def __init__(self, message: str, first: int, fix: str):
+        self.first, self.fix = first, fix
+        super().__init__(message)
+
+
+class UnknownLabels(LabelError):
+    """Labels that name no class (``unknown``), from ``source``."""
 
     def __init__(self, unknown: list[str], first: int, source: str):
-        self.unknown, self.first, self.source = unknown, first, source
+        self.unknown, self.source = unknown, source
         count = "1 label is" if len(unknown) == 1 else f"{len(unknown)} labels are"
-        super().__init__(f"{count} not {source}, e.g. {unknown[:10]}")
+        super().__init__(f"{count} not {source}, e.g. {unknown[:10]}", first, "correct it")
+
+
+def _is_index(label: str) -> bool:
+    return label.lstrip("-").isdigit()
 
 
 def resolve_labels(
@@ -129,25 +141,47 @@ def resolve_labels(
     """Label strings -> (class indices, class names).
 
     With ``classes`` given, labels are matched as names first, then read as indices. Without it,
-    integer labels are indices (classes named "0", "1", ...) and names are sorted into classes.
-    ``source`` says where ``classes`` came from, in ``UnknownLabels``' message.
+    integer labels are indices (classes named "0", "1", ...) and names are sorted into classes;
+    a mix of the two is refused (a stray "1.5" would otherwise make every index a name, and
+    sorting "10" before "2" renumber the classes). ``source`` says where ``classes`` came from,
+    in the messages.
     """
-    all_ints = all(label.lstrip("-").isdigit() for label in labels)
+    all_ints = all(_is_index(label) for label in labels)
     if classes is None:
         if all_ints:
             indices = [int(label) for label in labels]
             if min(indices) < 0:
-                raise ValueError(f"negative class index {min(indices)}")
+                first = indices.index(min(indices))
+                raise LabelError(
+                    f"label {labels[first]} is a negative class index",
+                    first,
+                    "indices count from 0",
+                )
             return indices, [str(i) for i in range(max(indices) + 1)]
+        named = [label for label in labels if not _is_index(label)]
+        if len(named) < len(labels):  # some indices, some names
+            first = next(i for i, label in enumerate(labels) if not _is_index(label))
+            raise LabelError(
+                f"label {labels[first]!r} is not a class index, as the list's other labels "
+                f"({', '.join(sorted({l for l in labels if _is_index(l)}, key=int)[:3])}, ...) are",
+                first,
+                "give every label as a class index, or every label as a class name",
+            )
         classes = sorted(set(labels))
     index_of = {name: i for i, name in enumerate(classes)}
     if all(label in index_of for label in labels):
         return [index_of[label] for label in labels], list(classes)
     if all_ints:
         indices = [int(label) for label in labels]
-        bad = sorted({i for i in indices if not 0 <= i < len(classes)})
-        if bad:
-            raise ValueError(f"class indices {bad[:10]} are outside the {len(classes)} classes")
+        outside = [i for i, index in enumerate(indices) if not 0 <= index < len(classes)]
+        if outside:
+            first = outside[0]
+            raise LabelError(
+                f"class index {labels[first]} is outside the {len(classes)} classes {source} "
+                f"(0 to {len(classes) - 1})",
+                first,
+                "correct it, or give the class list every class",
+            )
         return indices, list(classes)
     unknown = sorted({label for label in labels if label not in index_of})
     first = next(i for i, label in enumerate(labels) if label not in index_of)
@@ -185,6 +219,8 @@ class VideoListDataset(VideoDataset):
             raise ValueError(
                 _unknown_labels_message(list_file, entries, error, class_list)
             ) from None
+        except LabelError as error:
+            raise ValueError(_label_error_message(list_file, entries, error)) from None
         for rare, common in similar_class_names(classes, Counter(labels)):
             log.warning(
                 f"{list_file}: class {rare!r} has almost no videos and looks like {common!r}: "
@@ -202,6 +238,23 @@ class VideoListDataset(VideoDataset):
             samples, str(base), listed_in=str(list_file), folders=folders
         )
         super().__init__(present, classes, missing=missing, **options)
+
+
+def classes_of_list(list_file: str | Path) -> list[str]:
+    """The classes a list's labels make without a class list (its training classes, which an
+    evaluation list is numbered in)."""
+    entries = read_numbered_video_list(list_file)
+    try:
+        return resolve_labels([label for _, _, label in entries], None)[1]
+    except LabelError as error:
+        raise ValueError(_label_error_message(list_file, entries, error)) from None
+
+
+def _label_error_message(
+    list_file: str | Path, entries: Sequence[tuple[int, str, str]], error: LabelError
+) -> str:
+    """``LIST:LINE: what is wrong with the label; fix``."""
+    return f"{list_file}:{entries[error.first][0]}: {error}; {error.fix}"
 
 
 def _unknown_labels_message(

@@ -285,20 +285,28 @@ def explain_prediction(
     model: nn.Module, video: Video, out: str | Path, *, label: int | None = None
 ) -> list[Path]:
     """GradCAM of the clip for ``label`` (default: the predicted class): ``out/<name>_gradcam.gif``
-    (the clip with the map over it) and ``out/<name>_gradcam.png`` (a strip of its frames)."""
+    (the clip with the map over it) and ``out/<name>_gradcam.png`` (a strip of its frames).
+    A model that cannot give GradCAM raises ``NotImplementedError`` with the reason."""
     from timematters.diagnostics import plots
     from timematters.diagnostics.gradcam import gradcam_unsupported, video_gradcam
 
     with _in_eval_mode(model) as backbone:
+        source = getattr(backbone, "source", "") or "this model"
         reason = gradcam_unsupported(backbone)
         if reason:
-            source = getattr(backbone, "source", "") or "this model"
             raise NotImplementedError(f"no GradCAM for {source}: {reason}")
         clip, _ = clip_of(backbone, video)
         clip = clip.to(_device_of(backbone))
         with torch.no_grad():
             label = int(backbone(clip).argmax()) if label is None else label
-        heatmap = video_gradcam(backbone, clip, [label])[0]  # [T, H, W]
+        try:
+            heatmap = video_gradcam(backbone, clip, [label])[0]  # [T, H, W]
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except (RuntimeError, ValueError) as error:
+            # Limits found only on a pass (fewer than two blocks, per-block tokens the logits do
+            # not depend on), which diagnose skips too: the caller says why and goes on.
+            raise NotImplementedError(f"no GradCAM for {source}: {error}") from error
     mean, std = _input_normalisation(backbone)
     frames = plots.denormalise(clip[0].cpu().numpy(), mean, std)  # [T, H, W, 3]
     stem = "array" if _is_array(video) else Path(video).stem

@@ -228,7 +228,8 @@ def evaluate(
     loader: a DataLoader of our dict batches or of ``(video, label)`` pairs, or a dataset; clips
         are float ``[B, C, T, H, W]`` (or ``[B, V, C, T, H, W]`` with V views), normalised as the
         model's input expects (mean = std = 0.5 for ours and the adapters, by default).
-    classes: the class names (default: the dataset's, else the model's own, else "0".."K-1").
+    classes: the class names (default: the dataset's, else the model's own, else "0".."K-1");
+        a zero-shot video-text model (X-CLIP) is given them, as the texts it scores.
     subsets: name -> class indices or names (default: the dataset's ``subsets``). The
         dataset's ``pairs`` (class -> its time-reversed partner) give the reverse test's flip
         rate.
@@ -276,6 +277,8 @@ def evaluate_models(
     loader = as_loader(loader, settings.batch_size)
     dataset = getattr(loader, "dataset", None)
     classes = classes or getattr(dataset, "classes", None)
+    for model in models:
+        _give_zero_shot_classes(model, classes)
     subsets = getattr(dataset, "subsets", {}) if subsets is None else subsets
     scores = [_Scores(model, device, settings.perturbations) for model in models]
     shuffles = _ClipPermutations(settings.shuffle, settings.seed)
@@ -307,7 +310,7 @@ def evaluate_models(
             perms = (
                 shuffles.of(index, num_frames=T) if "shuffle" in settings.perturbations else None
             )
-            label = torch.as_tensor(batch["label"]).cpu()
+            label = _as_labels(batch["label"]).cpu()
             for score in scores:
                 score.add(
                     views,
@@ -339,6 +342,16 @@ def evaluate_models(
         )
         for score in scores
     ]
+
+
+def _give_zero_shot_classes(model: nn.Module, classes: list[str] | None) -> None:
+    """A zero-shot video-text model (X-CLIP) scores the classes it is given as text: those of
+    the data (``classes=``, a dataset's), as the command line does. It keeps them afterwards, so
+    that diagnose's probe and GradCAM score the same ones."""
+    if not getattr(model, "zero_shot", False) or not classes:
+        return  # without classes, one it was not given refuses in its forward, with the fix
+    if list(classes) != list(model.class_names or []):
+        model.set_class_names(list(classes), prompt=model.prompt)
 
 
 class _Scores:
@@ -529,11 +542,30 @@ def as_batch(batch: dict[str, Any] | tuple | list) -> dict[str, Any]:
     if isinstance(batch, dict):
         return batch
     if isinstance(batch, tuple | list) and len(batch) >= 2:
-        return {"video": batch[0], "label": torch.as_tensor(batch[1])}
+        return {"video": batch[0], "label": _as_labels(batch[1])}
     raise TypeError(
         f"a batch must be a dict with 'video' and 'label' or a (video, label) pair, got "
         f"{type(batch).__name__}"
     )
+
+
+def _as_labels(labels: Any) -> torch.Tensor:
+    """A batch's labels as a tensor of class indices; class names are refused with the mapping
+    (torch would say only "too many dimensions 'str'")."""
+    if isinstance(labels, torch.Tensor):
+        return labels
+    items = [labels] if isinstance(labels, str) else labels
+    if isinstance(items, np.ndarray):
+        items = items.ravel().tolist() if items.dtype.kind in "USO" else []
+    elif not isinstance(items, list | tuple):
+        items = []
+    name = next((x for x in items if isinstance(x, str)), None)
+    if name is not None:
+        raise ValueError(
+            f"labels are 0-based class indices, got the name {name!r}: map names to indices, "
+            "e.g. [classes.index(name) for name in names], and give classes=classes"
+        )
+    return torch.as_tensor(labels)
 
 
 def as_loader(data: Any, batch_size: int = 32, num_workers: int = 0) -> Any:
@@ -554,7 +586,7 @@ def as_loader(data: Any, batch_size: int = 32, num_workers: int = 0) -> Any:
 def _collate_any(samples: list) -> dict[str, Any]:
     if samples and isinstance(samples[0], tuple | list):
         videos, labels = zip(*[(s[0], s[1]) for s in samples], strict=True)
-        return {"video": torch.stack(list(videos)), "label": torch.as_tensor(labels)}
+        return {"video": torch.stack(list(videos)), "label": _as_labels(labels)}
     return collate_videos(samples)
 
 

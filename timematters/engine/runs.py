@@ -115,6 +115,8 @@ OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "an evaluation": (("eval.json", "eval.md", "bad_videos.jsonl"), ("eval.json",)),
     "flow labels": (("flow_labels.json", "flow_*.png"), ("flow_labels.json",)),
+    # Never removed: an extraction goes on where an earlier one stopped (data/frames.py).
+    "frame folders": (("frames.json",), ("frames.json",)),
     "an export": (
         (
             "export.json",
@@ -130,7 +132,7 @@ OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 # the same folder (`eval` and `export` write next to their checkpoint, `diagnose` to
 # runs/diagnose, `flow` to runs/flow) and they replace it whole; a run or a demo is hours of work
 # and is never replaced unasked.
-REPLACED = {"a diagnose report", "an evaluation", "flow labels", "an export"}
+REPLACED = {"a diagnose report", "an evaluation", "flow labels", "an export", "frame folders"}
 
 
 LOCK_FILE = ".lock"

@@ -309,10 +309,13 @@ def setup_run(
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     world, accumulation = info.world_size, cfg.train.accumulation
-    if cfg.train.batch_size % (world * accumulation):
-        raise ValueError(
-            f"train.batch_size={cfg.train.batch_size} is not divisible by "
-            f"processes x train.accumulation = {world} x {accumulation}"
+    if cfg.train.batch_size % (world * accumulation):  # every process meets it: rank 0 says it
+        parts = world * accumulation
+        lower = cfg.train.batch_size // parts * parts
+        fits = f"{lower} or {lower + parts}" if lower else str(parts)
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} is not divisible by processes x "
+            f"train.accumulation = {world} x {accumulation}: set train.batch_size={fits}"
         )
     local_batch = cfg.train.batch_size // (world * accumulation)
     seeded_train = SeededSamples(train_set, cfg.train.seed)

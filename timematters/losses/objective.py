@@ -76,6 +76,7 @@ class Objective(nn.Module):
         generator: torch.Generator | None = None,
     ) -> ObjectiveOutput:
         _refuse_wrappers(model)
+        _refuse_other_batches(batch)
         missing = [key for key in ("video", "label") if key not in batch]
         if missing:
             raise KeyError(
@@ -85,6 +86,7 @@ class Objective(nn.Module):
         video = batch["video"]
         check_clips(video)
         if not isinstance(batch["label"], torch.Tensor):  # a list of class indices
+            _refuse_class_names(batch["label"])
             batch = {**batch, "label": torch.as_tensor(batch["label"], device=video.device)}
         B = video.shape[0]
         if self.shuffler is not None:
@@ -93,6 +95,11 @@ class Objective(nn.Module):
             video = torch.cat([video, self.shuffler.shuffled_view(video, generator)])
         tokens = model.forward_features(video)
         logits = model.forward_head(tokens.cls)
+        # It names the label cross-entropy would report as an index error. Only for labels on
+        # the CPU: on a GPU it would wait for the device every step, and compiled it would
+        # break the graph.
+        if batch["label"].device.type == "cpu" and not torch.compiler.is_compiling():
+            _check_label_range(batch["label"], outputs=logits.shape[-1], model=model)
         shuffled_logits = None
         if self.shuffler is not None:
             tokens = VideoTokens(cls=tokens.cls[:B], patches=tokens.patches[:B])
@@ -142,6 +149,51 @@ def _refuse_wrappers(model: nn.Module) -> None:
             f"the objective calls the backbone's forward_features, not a {wrapper}'s forward "
             f"({reason}): wrap the backbone and objective together, "
             f"{build}(TimeModel(backbone, objective)), and call it on the batch"
+        )
+
+
+_BATCH = "a dict {'video': clips [B, 3, T, H, W], 'label': class indices [B]}"
+
+
+def _refuse_other_batches(batch: Any) -> None:
+    """One line for a batch that is not our dict, naming its type (its repr holds every tensor)."""
+    if isinstance(batch, dict):
+        return
+    if isinstance(batch, tuple | list) and batch and all(isinstance(b, dict) for b in batch):
+        raise TypeError(
+            f"the objective takes one batch, {_BATCH}; got a {type(batch).__name__} of "
+            f"{len(batch)} such batches: call it on each one, objective(model, batch)"
+        )
+    if isinstance(batch, tuple | list) and len(batch) == 2:
+        raise TypeError(
+            f"the objective takes one batch, {_BATCH}; got a {type(batch).__name__} of 2 "
+            "items: {'video': video, 'label': label} makes one of a (video, label) pair"
+        )
+    raise TypeError(f"the objective takes one batch, {_BATCH}; got a {type(batch).__name__}")
+
+
+def _refuse_class_names(labels: Any) -> None:
+    """Labels given as class names: torch would say only "too many dimensions 'str'"."""
+    if isinstance(labels, str) or not hasattr(labels, "__iter__"):
+        labels = [labels]
+    names = [label for label in labels if isinstance(label, str)]  # numpy's str_ too
+    if names:
+        raise ValueError(
+            f"labels are 0-based class indices, got the name {names[0]!r}: map names to indices "
+            "with the classifier's order, e.g. [classes.index(name) for name in names]"
+        )
+
+
+def _check_label_range(labels: torch.Tensor, *, outputs: int, model: nn.Module) -> None:
+    """Labels a classifier of ``outputs`` classes can be trained on: 0 to outputs - 1."""
+    if labels.dtype.is_floating_point or labels.numel() == 0:
+        return  # not class indices: cross-entropy says what it expects
+    low, high = torch.stack(torch.aminmax(labels)).tolist()
+    if low < 0 or high >= outputs:
+        source = getattr(model, "source", "") or type(model).__name__
+        raise ValueError(
+            f"label {high if high >= outputs else low} but {source} has {outputs} outputs: labels "
+            f"are 0-based class indices, 0 to {outputs - 1}"
         )
 
 

@@ -92,13 +92,13 @@ class Adapter(InputNormalisation, nn.Module):
         _, C, T, H, W = video.shape
         if self.num_frames != T:
             raise ValueError(
-                f"{self.source} takes {self.num_frames}-frame clips, got {T} "
-                f"(set model.num_frames={self.num_frames})"
+                f"{self.source} takes {self.num_frames}-frame clips, got {T}: give it "
+                f"{self.num_frames}-frame clips (in a config: model.num_frames={self.num_frames})"
             )
         if (self.img_size, self.img_size) != (H, W) and not self.flexible_size:
             raise ValueError(
-                f"{self.source} takes {self.img_size}x{self.img_size} frames, got {H}x{W} "
-                f"(set data.crop_size={self.img_size})"
+                f"{self.source} takes {self.img_size}x{self.img_size} frames, got {H}x{W}: crop "
+                f"them to {self.img_size} (in a config: data.crop_size={self.img_size})"
             )
 
     # -- what subclasses implement -------------------------------------------------------------

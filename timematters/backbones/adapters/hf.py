@@ -532,7 +532,8 @@ class HFZeroShot(_HFShared, LogitsOnlyAdapter):
         if not self.num_classes:
             raise ValueError(
                 f"{self.source} is a zero-shot video-text model: it scores the classes it is "
-                "given as text (a dataset's, or predict --classes FILE), and none were given"
+                "given as text, and none were given; give evaluate or diagnose classes=names, "
+                'or model.set_class_names(names, prompt="a video of {}") (predict --classes FILE)'
             )
         # X-CLIP conditions each class's text on the clip, but only after its text encoder, whose
         # output depends on the texts alone: it runs once per class list (and device and

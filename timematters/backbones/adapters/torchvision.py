@@ -404,14 +404,15 @@ class MViTAdapter(_TorchvisionAdapter):
         self.unsupported["gradcam"] = "MViT's blocks hand their token grid on as a tuple"
 
     def check_input(self, video: torch.Tensor) -> None:
-        # Its position encoding is sized for one clip: no other length or size.
+        # Its position encoding is sized for one clip (its weights'), whatever num_frames says.
         _, _, frames, height, width = video.shape
-        if (frames, height, width) != (self.num_frames, self.img_size, self.img_size):
+        length, size = self.meta["min_frames"], self.meta["min_size"]
+        if (frames, height, width) != (length, size, size):
             raise ValueError(
-                f"{self.source} takes only {self.num_frames}-frame clips of {self.img_size}² (its "
-                f"position encoding is fixed), got {frames} x {height}x{width}: sample "
-                f"{self.num_frames} frames cropped to {self.img_size} (in a config: "
-                f"model.num_frames={self.num_frames}, data.crop_size={self.img_size})"
+                f"{self.source} takes only {length}-frame clips of {size}² (its position "
+                f"encoding is fixed), got {frames} x {height}x{width}: sample {length} frames "
+                f"cropped to {size} (in a config: model.num_frames={length}, "
+                f"data.crop_size={size})"
             )
 
     def _final_map(self, video: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
