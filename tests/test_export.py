@@ -126,7 +126,7 @@ def test_a_run_of_a_hugging_face_model_exports_back_to_its_own_kind(tmp_path):
     "name",
     ["timesformer_tiny_patch8_64", "motionformer_tiny_patch8_64", "xvit_tiny_patch8_64"],
 )
-def test_safetensors_export_builds_our_backbones_from_export_json(tmp_path, name):
+def test_safetensors_export_builds_our_backbones_from_export_json(tmp_path, monkeypatch, name):
     checkpoint = _trained(tmp_path, name, f"model.name={name}")
     out = tmp_path / "weights"
     assert main(["export", str(checkpoint), "--format", "safetensors", "--out", str(out)]) == 0
@@ -134,6 +134,8 @@ def test_safetensors_export_builds_our_backbones_from_export_json(tmp_path, name
     assert info["format"] == "safetensors" and info["network"]["name"] == name
     network = create_backbone(name, **info["network"]["kwargs"])
     load_model(network, str(out / "model.safetensors"))
+    carded = _card_loads(out, monkeypatch)  # the model card's own lines build and load it
+    torch.testing.assert_close(carded.state_dict(), network.state_dict(), rtol=0, atol=0)
     video = _clip(4, 32)
     with torch.no_grad():
         torch.testing.assert_close(
@@ -164,7 +166,7 @@ def test_an_image_vit_exports_weights_that_timm_builds(tmp_path, capsys):
         torch.testing.assert_close(network.eval()(images[:, :, 0]), expected, rtol=0, atol=1e-6)
 
 
-def test_a_torchvision_run_exports_the_networks_own_weights(tmp_path):
+def test_a_torchvision_run_exports_the_networks_own_weights(tmp_path, monkeypatch):
     spec = ["model.name=torchvision:r3d_18", "model.kwargs={}"]
     spec += ["loss.flow.weight=0", "loss.order.weight=0"]  # 1 token frame at 4 frames
     checkpoint = _trained(tmp_path, "r3d", *spec)
@@ -176,6 +178,8 @@ def test_a_torchvision_run_exports_the_networks_own_weights(tmp_path):
 
     network = r3d_18(num_classes=10).eval()
     load_model(network, str(out / "model.safetensors"))
+    carded = _card_loads(out, monkeypatch)
+    torch.testing.assert_close(carded.state_dict(), network.state_dict(), rtol=0, atol=0)
     trained = timematters.load_model(checkpoint)
     video = _clip(4, 32)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in (trained.mean, trained.std))
@@ -185,6 +189,16 @@ def test_a_torchvision_run_exports_the_networks_own_weights(tmp_path):
         torch.testing.assert_close(
             network(((video * 0.5 + 0.5) - mean) / std), expected, rtol=0, atol=1e-5
         )
+
+
+def _card_loads(out, monkeypatch) -> torch.nn.Module:
+    """Run the model card's Load lines in the export's folder, as a user would; their model."""
+    card = (out / "README.md").read_text()
+    code = card.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(out)
+    scope: dict = {}
+    exec(code, scope)
+    return scope["model"]
 
 
 def test_a_run_of_your_own_module_exports_its_weights(tmp_path, monkeypatch):
@@ -200,7 +214,7 @@ def test_a_run_of_your_own_module_exports_its_weights(tmp_path, monkeypatch):
     assert main(["export", str(checkpoint), "--out", str(out)]) == 0
     info = json.loads((out / "export.json").read_text())
     assert info["network"] == {"kind": "module", "spec": "my_models:pool"}
-    assert info["build"].startswith("my_models:pool called with whichever of num_classes=K")
+    assert info["build"] == "pool(num_classes=10)"  # the run's call: what its signature takes
     import my_models
 
     network = my_models.pool(num_classes=10)
@@ -257,6 +271,8 @@ def test_a_run_of_your_own_video_backbone_exports_the_lines_that_rebuild_it(tmp_
 
     network = my_backbones.Tokens(num_classes=10)
     load_model(network, str(out / "model.safetensors"))
+    carded = _card_loads(out, monkeypatch)  # the card's lines import the module and load it
+    torch.testing.assert_close(carded.state_dict(), network.state_dict(), rtol=0, atol=0)
     video = _clip(4, 32)
     with torch.no_grad():
         expected = timematters.load_model(checkpoint)(video)

@@ -26,6 +26,7 @@ from torch import nn
 
 from timematters.backbones.adapters import is_foreign_spec
 from timematters.backbones.adapters.base import Adapter
+from timematters.backbones.adapters.module import factory_call
 from timematters.backbones.timesformer import TimeSformer, rename_to_hf_timesformer
 from timematters.backbones.vit import VisionTransformer
 from timematters.config import Config, backbone_kwargs, merge
@@ -168,12 +169,37 @@ def model_card(info: dict[str, Any], saved: dict[str, Any], facts: dict, checkpo
         "",
         "```python",
         *(_hf_lines() if info["format"] == "hf" else []),
-        *([f"network = {info['build']}", info["load"]] if "build" in info else []),
+        *(_safetensors_lines(info) if "build" in info else []),
         "```",
         "",
         "Class names, clip settings and the source checkpoint: `export.json`.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _safetensors_lines(info: dict[str, Any]) -> list[str]:
+    """Lines that build the exported network and load its weights, run in the export's folder."""
+    network = info["network"]
+    imports = {
+        "timematters": "import timematters.backbones",
+        "torchvision": "import torchvision",
+        "hf": "import transformers",
+    }
+    if network.get("kind") == "module":  # the run's own module, importable where it is used
+        module, _, factory = network["spec"].partition(":")
+        build_import = f"from {module} import {factory}"
+    else:
+        build_import = imports[network.get("kind", "timematters")]
+    return [
+        "import json",
+        "",
+        "import safetensors.torch",
+        build_import,
+        "",
+        'network = json.load(open("export.json"))["network"]  # how it is built',
+        f"model = {info['build']}",
+        info["load"],
+    ]
 
 
 def _hf_lines() -> list[str]:
@@ -353,7 +379,7 @@ def _write_safetensors(model: nn.Module, cfg: Config, out: Path) -> dict[str, An
 
     network = _network(model)
     save_model(network, str(out / "model.safetensors"))  # drops the copies of tied tensors
-    load = "safetensors.torch.load_model(network, 'model.safetensors')"
+    load = "safetensors.torch.load_model(model, 'model.safetensors')"
     if isinstance(model, Adapter) or is_foreign_spec(cfg.model.name):  # not ours: its network
         architecture = _architecture(model)
         return {
@@ -362,7 +388,8 @@ def _write_safetensors(model: nn.Module, cfg: Config, out: Path) -> dict[str, An
             if architecture.get("kind") != "hf"
             else "pixel_values [B, T, C, H, W]",
             "network": architecture or {"kind": "module", "spec": cfg.model.name},
-            "build": _build_hint(architecture, cfg),
+            # A logits-only module states no size: its classes are the run's.
+            "build": _build_hint(architecture, cfg, num_classes=len(class_names_of(model))),
             "load": load,
         }
     kwargs = backbone_kwargs(cfg, model.num_classes)
@@ -396,7 +423,8 @@ def _timm_hint(model: VisionTransformer) -> str:
     return f"timm.create_model('vit_base_patch16_224', pretrained=False, {arguments})"
 
 
-def _build_hint(architecture: dict[str, Any], cfg: Config) -> str:
+def _build_hint(architecture: dict[str, Any], cfg: Config, num_classes: int) -> str:
+    """The expression that builds the exported network, given ``network``, export.json's entry."""
     kind = architecture.get("kind")
     if kind == "torchvision":
         return (
@@ -408,5 +436,10 @@ def _build_hint(architecture: dict[str, Any], cfg: Config) -> str:
             "transformers.AutoModelForVideoClassification.from_config("
             "transformers.AutoConfig.for_model(**json.loads(network['config'])))"
         )
-    sizes = f"num_classes=K, num_frames={cfg.model.num_frames}, img_size={cfg.data.crop_size}"
-    return f"{cfg.model.name} called with whichever of {sizes} it takes"
+    # A user's module: its factory called as the run called it (with the sizes it takes).
+    sizes = dict(
+        num_classes=num_classes, num_frames=cfg.model.num_frames, img_size=cfg.data.crop_size
+    )
+    _, kwargs = factory_call(cfg.model.name, **sizes)
+    arguments = ", ".join(f"{key}={value!r}" for key, value in kwargs.items())
+    return f"{cfg.model.name.partition(':')[2]}({arguments})"

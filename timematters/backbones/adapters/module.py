@@ -30,18 +30,9 @@ from timematters.backbones.protocol import PROTOCOL_MEMBERS, VideoBackbone
 def load_module_model(spec: str, **sizes: Any) -> nn.Module:
     """Import ``pkg.module:factory`` and call it with the ``sizes`` (num_classes, num_frames,
     img_size) its signature names."""
-    module_name, _, attribute = spec.partition(":")
-    # The working folder is searched too, as `python -m` and `python script.py` do: the
-    # `timematters` script alone would not find a my_models.py next to the user's data.
-    if os.getcwd() not in map(os.path.abspath, sys.path):
-        sys.path.append(os.getcwd())
-    module = _import_user_module(spec, module_name)
-    factory = getattr(module, attribute, None)
-    if not callable(factory):
-        raise ValueError(f"{spec}: {module_name} has no callable {attribute!r}")
+    factory, kwargs = factory_call(spec, **sizes)
+    attribute = spec.partition(":")[2]
     parameters = inspect.signature(factory).parameters
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-    kwargs = {k: v for k, v in sizes.items() if v is not None and (takes_any or k in parameters)}
     try:
         model = factory(**kwargs)
     except Exception as error:
@@ -55,6 +46,24 @@ def load_module_model(spec: str, **sizes: Any) -> nn.Module:
     # that pools over time takes any number of frames.
     num_frames = kwargs.get("num_frames", 0)
     return as_video_backbone(model, source=spec, num_frames=num_frames)
+
+
+def factory_call(spec: str, **sizes: Any) -> tuple[Any, dict[str, Any]]:
+    """The factory ``pkg.module:factory`` names, and the ``sizes`` (num_classes, num_frames,
+    img_size) its signature takes: what ``load_module_model`` calls, and an export's card."""
+    module_name, _, attribute = spec.partition(":")
+    # The working folder is searched too, as `python -m` and `python script.py` do: the
+    # `timematters` script alone would not find a my_models.py next to the user's data.
+    if os.getcwd() not in map(os.path.abspath, sys.path):
+        sys.path.append(os.getcwd())
+    module = _import_user_module(spec, module_name)
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise ValueError(f"{spec}: {module_name} has no callable {attribute!r}")
+    parameters = inspect.signature(factory).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    kwargs = {k: v for k, v in sizes.items() if v is not None and (takes_any or k in parameters)}
+    return factory, kwargs
 
 
 def _import_user_module(spec: str, module_name: str) -> ModuleType:
