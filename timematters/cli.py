@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train from a YAML config or a packaged preset")
     train.add_argument("config", help="a YAML file or a packaged preset (synthetic/time, ...)")
-    train.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    train.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides")
     train.add_argument(
         "--resume",
         nargs="?",
@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="original / shuffled / gap of a model")
     evaluate.add_argument("config", help="the data config (a YAML file or a preset)")
-    evaluate.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    evaluate.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides")
     model = evaluate.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", help="a timematters checkpoint")
     model.add_argument("--model", help=f"a model spec: {MODEL_SPECS}")
@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
         help="does a model use time? shuffle test, confidence gap, order probe, GradCAM",
     )
     diagnose.add_argument("--config", required=True, help="the data config (clips, classes)")
-    diagnose.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    diagnose.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides")
     diagnose.add_argument(
         "--model",
         action="append",
@@ -134,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
         "flow", help="draw the flow labels a config makes for some clips or videos"
     )
     flow.add_argument("config", help="a YAML file or a packaged preset")
-    flow.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    flow.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides")
     flow.add_argument(
         "--video",
         action="append",
@@ -239,7 +239,7 @@ def _parser() -> argparse.ArgumentParser:
     config_commands.add_parser("list", help="name every preset")
     show = config_commands.add_parser("show", help="print a preset with every default filled in")
     show.add_argument("name", help="a preset (synthetic/time) or a YAML file")
-    show.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    show.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides")
     copy = config_commands.add_parser("copy", help="copy a preset's file to edit it")
     copy.add_argument("name", help="a preset name")
     copy.add_argument("dest", help="a file or folder to copy it to")
@@ -248,7 +248,7 @@ def _parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", required=True)
     check = data_commands.add_parser("check", help="validate a dataset; non-zero exit on problems")
     check.add_argument("config", help="a YAML file or a packaged preset")
-    check.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    check.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides")
     check.add_argument("--no-decode", action="store_true", help="check files exist, skip decoding")
     check.add_argument("--limit", type=int, default=0, help="check at most N videos per split")
     frames = data_commands.add_parser(
@@ -256,7 +256,7 @@ def _parser() -> argparse.ArgumentParser:
         help="write the videos as folders of JPEG frames (faster to read: data.decoder=frames)",
     )
     frames.add_argument("config", help="a YAML file or a packaged preset")
-    frames.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    frames.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides")
     frames.add_argument("--out", required=True, help="the folder for the frame folders")
     frames.add_argument(
         "--split",
@@ -425,6 +425,7 @@ def _resume_flag_before_overrides(argv: list[str] | None) -> list[str]:
 def _train(args) -> int:
     from timematters.engine.distributed import is_main_process
     from timematters.engine.evaluate import format_table
+    from timematters.engine.runs import hold_run_folder
     from timematters.engine.train import train
 
     cfg = load_config(args.config, args.overrides)
@@ -432,6 +433,9 @@ def _train(args) -> int:
     if resume == "auto":
         resume = Path(cfg.train.out) / "checkpoints" / "last.pth"
         if not resume.is_file():  # nothing to continue: a new run (over a partial one's logs)
+            if Path(cfg.train.out).is_dir():  # a run still going there is named before this line
+                with hold_run_folder(Path(cfg.train.out)):
+                    pass
             if is_main_process():
                 print(f"[train] no checkpoint in {cfg.train.out}: starting a new run", flush=True)
             resume, replace_partial = None, True

@@ -86,11 +86,12 @@ def write_subsets_file(proposal: dict[str, Any], path: Path, model: str) -> Path
             f"# temporal: gap >= {rule['temporal_gap_at_least']} points; static: gap <= "
             f"{rule['static_gap_at_most']} points; classes with >= {rule['min_clips']} clips."
         )
+    # An empty subset would read back as a column of nan: it is left out, and said.
+    subsets = {name: proposal[name] for name in ("temporal", "static") if proposal[name]}
+    for name in ("temporal", "static"):
+        if name not in subsets:
+            header.append(f"# No class qualified as {name}: the subset is left out.")
     header.append("# Read it back with data.subsets=" + path.name)
-    body = yaml.safe_dump(
-        {"temporal": proposal["temporal"], "static": proposal["static"]},
-        sort_keys=False,
-        allow_unicode=True,
-    )
+    body = yaml.safe_dump(subsets, sort_keys=False, allow_unicode=True)  # {} when none
     path.write_text("\n".join(header) + "\n" + body)
     return path

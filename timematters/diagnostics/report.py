@@ -351,6 +351,8 @@ def _run_diagnose(
 ) -> dict:
     device = info.device
     test_set = build_dataset(cfg, cfg.eval.split, flow_labels=False, patch_size=1)
+    # Before the shuffle test, the long part (a clip that cannot be decoded only lowers the count).
+    _check_positions(report_options["gradcam_indices"] or [], len(test_set))
     models = {}
     for name, spec in zip(names, specs, strict=True):
         model = load_model(spec, cfg, untrained_classes=len(test_set.classes))

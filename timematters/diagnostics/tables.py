@@ -65,7 +65,7 @@ def _result_file(path: Path) -> Path:
             return path / name
     raise ValueError(
         f"{path} holds no evaluation (eval.json) or diagnose report (diagnose.json): a run writes "
-        "eval.json when it ends; for a checkpoint run timematters eval CHECKPOINT"
+        "eval.json when it ends; for a checkpoint run timematters eval CONFIG --checkpoint CHECKPOINT"
     )
 
 
