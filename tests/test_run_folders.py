@@ -288,3 +288,32 @@ def test_a_batch_that_the_processes_cannot_share_names_the_sizes_that_fit(tmp_pa
     )  # fmt: skip
     assert code == 2
     _one_clear_line(err, "train.batch_size=5", "set train.batch_size=4 or 6")
+
+
+def test_a_resume_on_the_same_clips_labelled_otherwise_is_refused(tmp_path, capsys):
+    from videos import numbered_frames, write_video
+
+    for i in range(4):
+        write_video(tmp_path / f"{i}.mp4", numbered_frames(8, 16, 16))
+    (tmp_path / "a.txt").write_text("0.mp4 jump\n1.mp4 sit\n2.mp4 jump\n3.mp4 sit\n")
+    (tmp_path / "b.txt").write_text("0.mp4 sit\n1.mp4 jump\n2.mp4 sit\n3.mp4 jump\n")
+    run = [
+        "videolist/time",
+        "data.crop_size=32",
+        "data.train_short_side=[32,40]",
+        "data.eval_short_side=32",
+        "model.num_frames=4",
+        "data.num_workers=0",
+        "train.batch_size=2",
+        "train.epochs=1",
+        "train.progress=false",
+        f"data.val_annotations={tmp_path / 'a.txt'}",
+        f"train.out={tmp_path / 'run'}",
+    ]
+    assert main(["train", *run, f"data.annotations={tmp_path / 'a.txt'}"]) == 0
+    capsys.readouterr()
+    code, err = _cli(capsys, "train", *run, f"data.annotations={tmp_path / 'b.txt'}", "--resume")
+    assert code == 2 and "train_labels: the training clips are labelled otherwise" in err
+    # The same list at another path (data paths may change) resumes.
+    (tmp_path / "moved.txt").write_text((tmp_path / "a.txt").read_text())
+    assert main(["train", *run, f"data.annotations={tmp_path / 'moved.txt'}", "--resume"]) == 0

@@ -15,13 +15,14 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -275,13 +276,31 @@ class RunShape:
 
     train_clips: int
     world_size: int
+    # A digest of the training clips' labels in order (``labels_digest``): as many clips labelled
+    # otherwise would have one run train on two datasets. "" where unknown (older checkpoints).
+    train_labels: str = ""
 
     def differences(self, saved: dict[str, Any]) -> list[str]:
-        return [
-            f"{key}: {saved.get(key)} when saved, {value} now"
+        # A key the checkpoint lacks (older), or labels unknown on either side, is not checked.
+        differ = [
+            key
             for key, value in asdict(self).items()
-            if saved.get(key) != value
+            if saved.get(key, value) != value and value != "" and saved.get(key) != ""
         ]
+        return [
+            "train_labels: the training clips are labelled otherwise than when saved"
+            if key == "train_labels"
+            else f"{key}: {saved.get(key)} when saved, {getattr(self, key)} now"
+            for key in differ
+        ]
+
+
+def labels_digest(labels: Sequence[int] | None) -> str:
+    """A short fingerprint of a training set's labels, in order ("" for none)."""
+    if labels is None:
+        return ""
+    text = ",".join(str(int(label)) for label in labels)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def resume_mismatches(saved_config: dict[str, Any], cfg: Config) -> list[str]:

@@ -70,6 +70,7 @@ from timematters.engine.runs import (
     claim_run_folder,
     first_new_folder,
     hold_run_folder,
+    labels_digest,
     remove_run_files,
 )
 from timematters.flow.farneback import configure_opencv_threads
@@ -336,7 +337,12 @@ def setup_run(
             f"(train.batch_size={cfg.train.batch_size}): {fix}"
         )
 
-    shape = RunShape(train_clips=len(train_set), world_size=world)
+    shape = RunShape(
+        train_clips=len(train_set),
+        world_size=world,
+        # A dataset that names no labels (a user's wrapper) is not checked.
+        train_labels=labels_digest(getattr(train_set, "labels", None)),
+    )
     progress = Progress()
     if state is not None:
         check_resume(state, cfg, shape, Path(resume))
