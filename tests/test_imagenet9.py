@@ -1,6 +1,7 @@
 """ImageNet-9 / Backgrounds Challenge: the folder reader, the config checks, and Table 4 with BG-Gap
 on a generated tree."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,27 @@ def test_classes_must_agree_across_variations(tree):
     cfg = _config(tree, "data.imagenet9.variations=[original, mixed_rand]")
     with pytest.raises(ValueError, match="expected"):
         evaluate_backgrounds(BackgroundReader(), cfg, CLASSES)
+
+
+def test_an_imagenet9_run_ends_with_table4_on_the_variations_there(tree, tmp_path, capsys):
+    from timematters.engine.train import train
+
+    variations = f"data.imagenet9.variations={[*TREE, 'no_fg']}"  # no_fg is not in the tree
+    cfg = _config(
+        tree,
+        variations,
+        "model.name=vit_tiny_patch16_64",
+        "model.kwargs={embed_dim: 24, depth: 2, num_heads: 2}",
+        "train.epochs=1",
+        "train.batch_size=4",
+        "train.device=cpu",
+        "train.precision=fp32",
+        "train.progress=false",
+        "train.tensorboard=false",
+        f"train.out={tmp_path / 'run'}",
+    )
+    train(cfg)
+    accuracy = json.loads((tmp_path / "run" / "backgrounds.json").read_text())
+    assert set(accuracy) == {*TREE, "bg_gap"}
+    assert "Table 4 without no_fg" in capsys.readouterr().out
+    assert "| BG-Gap ↓ |" in (tmp_path / "run" / "backgrounds.md").read_text()

@@ -468,6 +468,9 @@ def _train(args) -> int:
     )
     if is_main_process():  # under torchrun every rank has the result; one prints it
         print(format_table({cfg.model.name: result["metrics"]}))
+        table4 = Path(cfg.train.out) / "backgrounds.md"  # an ImageNet-9 run's Table 4
+        if table4.is_file():
+            print(table4.read_text(), end="")
         print(result["summary"])
     return 0
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -19,6 +20,7 @@ from timematters.config import Config
 from timematters.data.build import build_variation_dataset, loader_workers
 from timematters.data.collate import collate_videos
 from timematters.data.imagenet9 import read_class_folders
+from timematters.data.samplers import Shard
 from timematters.engine.evaluate import evaluate
 
 
@@ -52,9 +54,13 @@ def evaluate_backgrounds(
     variations = tuple(variations or cfg.data.imagenet9.variations)
     accuracy = {}
     for variation in variations:
+        dataset = build_variation_dataset(cfg.data, variation, classes)
+        # Under torchrun each process scores its share; evaluate gathers them.
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         loader = DataLoader(
-            build_variation_dataset(cfg.data, variation, classes),
+            dataset,
             batch_size=cfg.eval.batch_size,
+            sampler=Shard(len(dataset), rank, world),
             num_workers=loader_workers(cfg.data.num_workers),
             collate_fn=collate_videos,
         )
@@ -92,6 +98,14 @@ _ROW_NAMES = {
     "mixed_next": "Mixed-Next ↑",
     "bg_gap": "BG-Gap ↓",
 }
+
+
+def present_variations(cfg: Config) -> tuple[list[str], list[str]]:
+    """(the test variations under ``data.root``, the configured ones that are not there)."""
+    root = Path(cfg.data.root)
+    variations = list(cfg.data.imagenet9.variations)
+    present = [v for v in variations if (root / v / "val").is_dir()]
+    return present, [v for v in variations if v not in present]
 
 
 def format_backgrounds_table(columns: dict[str, dict[str, float]]) -> str:

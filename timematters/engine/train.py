@@ -44,6 +44,11 @@ from timematters.data.collate import (
     collate_videos,
 )
 from timematters.data.samplers import SeededSamples, Shard, SkipFirst
+from timematters.engine.backgrounds import (
+    evaluate_backgrounds,
+    format_backgrounds_table,
+    present_variations,
+)
 from timematters.engine.checkpoint import load_checkpoint, save_checkpoint
 from timematters.engine.distributed import (
     DistInfo,
@@ -460,9 +465,29 @@ def fit(run: Run) -> dict[str, Any]:
     progress.final_eval_lines = lines_before
     best = _record_if_best(run, result)
     _save_epoch_checkpoints(run, best=best)
+    if cfg.data.dataset == "imagenet9":  # images: Table 4's variations, not a frame shuffle
+        _evaluate_backgrounds(run)
     run.log.close()
     result.check_bad(cfg.data.max_bad_fraction, _eval_bad_path(run))
     return {"run_dir": run.run_dir, "metrics": metrics, "result": result, "steps": progress.step}
+
+
+def _evaluate_backgrounds(run: Run) -> None:
+    """The Backgrounds Challenge (Table 4) on the test variations under ``data.root``:
+    ``backgrounds.json`` and ``backgrounds.md`` (variations not there are named)."""
+    cfg = run.cfg
+    present, absent = present_variations(cfg)
+    if absent and run.info.is_main:
+        print(f"[train] Table 4 without {', '.join(absent)}: no <variation>/val under data.root")
+    if not present:
+        return
+    accuracy = evaluate_backgrounds(
+        run.model.backbone, cfg, run.classes, run.info.device, variations=tuple(present)
+    )
+    if run.info.is_main:
+        table = format_backgrounds_table({cfg.model.name: accuracy})
+        (run.run_dir / "backgrounds.json").write_text(to_json(accuracy))
+        (run.run_dir / "backgrounds.md").write_text(table + "\n")
 
 
 def _eval_bad_path(run: Run) -> Path | None:
@@ -511,6 +536,8 @@ def run_summary(run: Run) -> str:
     if progress.best_epoch >= 0:
         line("checkpoints/best.pth", f"epoch {progress.best_epoch}, top-1 {progress.best_top1:.1f}")
     line("eval.json, eval.md", "the final evaluation (original / shuffled / gap)")
+    if (folder / "backgrounds.json").is_file():
+        line("backgrounds.json, .md", "the Backgrounds Challenge (Table 4) and its BG-Gap")
     line("metrics.jsonl", f"{run.log.lines} records (every {run.cfg.train.log_every} steps)")
     line("train.log", "what was printed")
     if run.log.writer is not None:
