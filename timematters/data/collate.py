@@ -118,5 +118,6 @@ def check_bad_share(bad: int, total: int, limit: float, *, listed: Path | None =
     where = f"; their paths and reasons are in {listed}" if listed else ""
     raise TooManyBadVideos(
         f"{bad} of {total} videos ({bad / total:.2%}) could not be decoded or were too short, "
-        f"above the limit of {limit:.2%} (data.max_bad_fraction){where}"
+        f"above the limit of {limit:.2%} (data.max_bad_fraction){where}; replace or drop them, "
+        f"or accept them with data.max_bad_fraction={min(1.0, round(bad / total + 0.005, 2))}"
     )
