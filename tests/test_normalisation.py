@@ -57,26 +57,32 @@ def test_a_model_is_told_the_clips_normalisation_for_one_diagnose_call(tmp_path)
         assert torch.equal(r3d(video), before)  # 0.5-normalised clips score as before
 
 
+def _save_hub_classifier(folder, classes: list[str]) -> None:
+    """A tiny random transformers TimeSformer (4 frames of 32²) that names ``classes``."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.TimesformerConfig(
+        image_size=32,
+        patch_size=16,
+        num_frames=4,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        id2label=dict(enumerate(classes)),
+        label2id={name: i for i, name in enumerate(classes)},
+    )
+    torch.manual_seed(0)
+    transformers.TimesformerForVideoClassification(config).save_pretrained(folder)
+
+
 def test_models_that_number_their_classes_differently_are_not_scored_on_one_labelling(
     tmp_path, capsys
 ):
     """Each hub model reads a video list labelled by name in its own class order; two orders
     cannot share the clips' labels, so the run is refused instead of scoring one model wrongly."""
-    transformers = pytest.importorskip("transformers")
     names = ["left", "right", "still"]
     for folder, order in (("a", names), ("b", names[::-1])):
-        config = transformers.TimesformerConfig(
-            image_size=32,
-            patch_size=16,
-            num_frames=4,
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            id2label=dict(enumerate(order)),
-            label2id={name: i for i, name in enumerate(order)},
-        )
-        transformers.TimesformerForVideoClassification(config).save_pretrained(tmp_path / folder)
+        _save_hub_classifier(tmp_path / folder, order)
     for i in range(3):
         write_video(tmp_path / f"{i}.mp4", moving_square_frames(8, 48, 48))
     (tmp_path / "val.txt").write_text("".join(f"{i}.mp4 {n}\n" for i, n in enumerate(names)))
@@ -151,26 +157,8 @@ def test_a_user_backbone_converts_the_clips_to_its_normalisation_or_is_refused(t
 def test_fine_tuning_a_classifier_that_orders_the_classes_otherwise_keeps_each_row_its_class(
     tmp_path, capsys
 ):
-    transformers = pytest.importorskip("transformers")
-    order = [
-        "still",
-        "right",
-        "left",
-    ]  # the hub model's; the list's classes sort to left, right, still
-    config = transformers.TimesformerConfig(
-        image_size=32,
-        patch_size=16,
-        num_frames=4,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        id2label=dict(enumerate(order)),
-        label2id={name: i for i, name in enumerate(order)},
-    )
-    torch.manual_seed(0)
-    hub = transformers.TimesformerForVideoClassification(config)
-    hub.save_pretrained(tmp_path / "hub")
+    order = ["still", "right", "left"]  # the hub model's; the list's sort to left, right, still
+    _save_hub_classifier(tmp_path / "hub", order)
     for i in range(3):
         write_video(tmp_path / f"{i}.mp4", moving_square_frames(8, 48, 48))
     (tmp_path / "train.txt").write_text(
