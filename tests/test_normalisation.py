@@ -187,3 +187,18 @@ def test_fine_tuning_a_classifier_that_orders_the_classes_otherwise_keeps_each_r
     with torch.no_grad():  # lr ~0: the same network, its outputs in the data's order
         expected = load_model(f"hf:{tmp_path / 'hub'}")(video)[:, [2, 1, 0]]
         assert torch.allclose(trained(video), expected, atol=1e-4)
+
+
+def test_evaluate_takes_the_clips_normalisation_for_the_call():
+    torch.manual_seed(0)
+    r3d = load_foreign_model("torchvision:r3d_18", num_classes=3, num_frames=4, img_size=32)
+    video = torch.rand(4, 3, 4, 32, 32) * 2 - 1
+    labels = torch.tensor([0, 1, 2, 0])
+    half = timematters.evaluate(r3d, [(video, labels)])
+    imagenet = timematters.evaluate(
+        r3d, [(_as_imagenet(video), labels)], mean=IMAGENET[0], std=IMAGENET[1]
+    )
+    assert imagenet.metrics()["all"]["top1"] == half.metrics()["all"]["top1"]
+    assert r3d.input_mean == (0.5, 0.5, 0.5)  # told for the call only
+    with pytest.raises(ValueError, match="mean and std together"):
+        timematters.evaluate(r3d, [(video, labels)], mean=IMAGENET[0])

@@ -11,6 +11,9 @@ are compared on the same clips.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+
 import torch
 
 DEFAULT_INPUT = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -57,3 +60,27 @@ def check_normalisation(
             "video = self.renormalise(video), or normalise the data as it wants (data.mean, "
             "data.std)"
         )
+
+
+@contextlib.contextmanager
+def clips_normalised(
+    models: Mapping[str, object], mean: Sequence[float] | None, std: Sequence[float] | None
+) -> Iterator[None]:
+    """The models (name -> model) told the clips' normalisation (None: the default 0.5 / 0.5) for
+    the ``with`` block, then what they were told before: a model passed in is scored on these
+    clips without being changed for later use. One that cannot convert them is refused."""
+    given = (tuple(mean), tuple(std)) if mean is not None else DEFAULT_INPUT
+    for name, model in models.items():
+        check_normalisation(model, *given, name=name)
+    told = {
+        name: (model.input_mean, model.input_std)
+        for name, model in models.items()
+        if mean is not None and hasattr(model, "set_input_normalisation")
+    }
+    for name in told:
+        models[name].set_input_normalisation(*given)
+    try:
+        yield
+    finally:
+        for name, (before_mean, before_std) in told.items():
+            models[name].set_input_normalisation(before_mean, before_std)

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from timematters.backbones.adapters.module import as_video_backbone
-from timematters.backbones.normalisation import DEFAULT_INPUT, check_normalisation
+from timematters.backbones.normalisation import DEFAULT_INPUT, clips_normalised
 from timematters.config import Config, EvalConfig, validate
 from timematters.data.build import build_dataset, loader_workers
 from timematters.data.collate import collate_videos
@@ -120,7 +120,7 @@ def diagnose(
     # A plain module (clips -> logits) gets the logits-only adapter: the report names its limits.
     models = {name: as_video_backbone(model, source=name) for name, model in models.items()}
     # The models convert the clips to their own normalisation while they are diagnosed here.
-    with _input_normalisation(models, mean, std):
+    with clips_normalised(models, mean, std):
         normalised = (mean, std) if mean is not None else DEFAULT_INPUT  # for the GradCAM pictures
         first_model = next(iter(models.values()))
         if device is None:  # where the first model is (one without parameters: the CPU)
@@ -418,28 +418,6 @@ def _run_diagnose(
             "sources": {name: str(spec) for name, spec in zip(names, specs, strict=True)},
         },
     )
-
-
-@contextlib.contextmanager
-def _input_normalisation(
-    models: dict[str, nn.Module], mean: tuple[float, ...] | None, std: tuple[float, ...] | None
-) -> Iterator[None]:
-    """The models told the clips' normalisation for the ``with`` block, then what they were told
-    before: a model passed in is scored on these clips without being changed for later use."""
-    for name, model in models.items():
-        check_normalisation(model, *((mean, std) if mean is not None else DEFAULT_INPUT), name=name)
-    told = {
-        name: (model.input_mean, model.input_std)
-        for name, model in models.items()
-        if mean is not None and hasattr(model, "set_input_normalisation")
-    }
-    for name in told:
-        models[name].set_input_normalisation(mean, std)
-    try:
-        yield
-    finally:
-        for name, (before_mean, before_std) in told.items():
-            models[name].set_input_normalisation(before_mean, before_std)
 
 
 def _unpaired_reason(first: EvalResult, other: EvalResult) -> str:
