@@ -317,3 +317,12 @@ def test_a_resume_on_the_same_clips_labelled_otherwise_is_refused(tmp_path, caps
     # The same list at another path (data paths may change) resumes.
     (tmp_path / "moved.txt").write_text((tmp_path / "a.txt").read_text())
     assert main(["train", *run, f"data.annotations={tmp_path / 'moved.txt'}", "--resume"]) == 0
+
+
+def test_a_run_inside_another_runs_folder_is_refused(tmp_path, capsys):
+    train(tiny_config(tmp_path / "run", "train.epochs=1"))
+    inside = tmp_path / "run" / "checkpoints" / "other"
+    code, err = _cli(capsys, "train", "synthetic/time", *TINY, f"train.out={inside}")
+    assert code == 2
+    _one_clear_line(err, f"train.out={inside} is inside the run folder {tmp_path / 'run'}")
+    assert not inside.exists()

@@ -226,6 +226,17 @@ def claim_folder(
         _remove_matching(folder, OUTPUTS[other][0])
 
 
+def refuse_inside_a_run(folder: Path) -> None:
+    """A new run's folder inside another run's would be removed with it, and read as its files:
+    refused before the folder is made."""
+    for parent in Path(folder).absolute().parents:
+        if (parent / "config.yaml").is_file() and (parent / "checkpoints").is_dir():
+            raise RunFolderInUse(
+                f"train.out={folder} is inside the run folder {parent}: choose a train.out "
+                "outside it"
+            )
+
+
 def claim_run_folder(folder: Path, *, overwrite: bool, partial_only: bool = False) -> None:
     """A new run's folder: refused while it holds a run or another command's output, unless
     ``overwrite`` (with ``partial_only``: only a run that left no checkpoint is replaced)."""

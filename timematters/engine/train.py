@@ -76,6 +76,7 @@ from timematters.engine.runs import (
     first_new_folder,
     hold_run_folder,
     labels_digest,
+    refuse_inside_a_run,
     remove_run_files,
 )
 from timematters.flow.farneback import configure_opencv_threads
@@ -170,6 +171,8 @@ def train(
         ):
 
             def claim() -> None:  # locked, then refused before anything in it is touched
+                if fresh:
+                    refuse_inside_a_run(out)
                 lock.enter_context(hold_run_folder(out))
                 if fresh:
                     claim_run_folder(
