@@ -343,3 +343,20 @@ def test_the_videolist_preset_says_when_to_turn_flips_off():
     lines = find_config("videolist/time").read_text().splitlines()
     (hflip,) = [line for line in lines if line.strip().startswith("hflip:")]
     assert "data.hflip=false" in hflip and "left" in hflip
+
+
+def test_predict_says_when_its_test_cannot_mean_anything(tmp_path):
+    from videos import numbered_frames, write_video
+
+    from timematters.backbones import create_backbone
+    from timematters.diagnostics.predict import predict, predict_windows
+
+    model = create_backbone("timesformer_tiny_patch8_64", num_classes=3, img_size=32, num_frames=4)
+    one = write_video(tmp_path / "one.mp4", numbered_frames(1, 32, 32))
+    assert "no perturbation can change it" in predict(model, one).describe()
+    twelve = write_video(tmp_path / "twelve.mp4", numbered_frames(12, 32, 32), fps=12)
+    with pytest.raises(ValueError, match=r"--window 0.1 s holds 1.2 frames .* at least 0.17 s"):
+        predict_windows(model, twelve, seconds=0.1)
+    with pytest.raises(ValueError, match="--fps 0"):
+        predict_windows(model, twelve, seconds=1, fps=0)
+    assert "no perturbation" not in predict(model, twelve).describe()

@@ -66,6 +66,12 @@ class Prediction:
                 f"  {name + ':':<10} {ranked(top)}   [{first}: {p:.2f} -> {after:.2f}, "
                 f"{after - p:+.2f}]"
             )
+        distinct = len(set(self.frames))
+        if self.perturbed and self.frames and distinct < 2:
+            lines.append(
+                f"  note: the clip repeats {distinct} frame of the video, so no perturbation can "
+                "change it: the test says nothing here"
+            )
         return "\n".join(lines)
 
     def _where(self) -> str:
@@ -246,11 +252,18 @@ def predict_windows(
     else ``fps`` (frame folders carry none). ``options`` are ``predict``'s."""
     if seconds <= 0:
         raise ValueError(f"the window must be positive, got {seconds} s")
+    if fps is not None and fps <= 0:
+        raise ValueError(f"--fps {fps}: give the frames' rate per second, a positive number")
     reader = open_video(video)  # once: a long video is not scanned again for every window
     rate = reader.fps or fps
     if not rate:
         raise ValueError(f"{video} has no frame rate (a folder of frames): give it, --fps N")
-    length = max(1, round(seconds * rate))
+    length = round(seconds * rate)
+    if length < 2:  # one frame (or none) has no order for a perturbation to change
+        raise ValueError(
+            f"--window {seconds} s holds {seconds * rate:.2g} frames of {video} at {rate:g} fps: "
+            f"give at least {2 / rate:.2g} s (two frames)"
+        )
     predictions = []
     for start in range(0, reader.num_frames, length):
         stop = min(start + length, reader.num_frames)
