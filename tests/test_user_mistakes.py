@@ -1,8 +1,9 @@
 """What the library says to a user's mistakes and to models that cannot do everything: GradCAM a
-model cannot give is skipped in predict with its reason, torchvision models state a clip they take and take any length a
-convolution does, the layout advice fits the mistake, the objective and evaluate name a batch or
-labels they cannot take in one line, a zero-shot model scores the classes it is given, and
-predict's overrides are spelled -o. Tiny models and data made here; no downloads."""
+model cannot give is skipped in predict with its reason, torchvision models state a clip they
+take and take any length a convolution does, the layout advice fits the mistake, the objective
+and evaluate name a batch or labels they cannot take in one line, a zero-shot model scores the
+classes it is given, and predict's overrides are spelled -o. Tiny models and data made here; no
+downloads."""
 
 import json
 import re
