@@ -7,7 +7,7 @@ from test_train import tiny_config
 from videos import moving_square_frames, write_video
 
 import timematters
-from timematters.backbones import InputNormalisation, VideoTokens
+from timematters.backbones import InputNormalisation, VideoTokens, clips_normalised
 from timematters.backbones.adapters import load_foreign_model
 from timematters.cli import main
 from timematters.engine.model import describe_model, load_model
@@ -189,16 +189,13 @@ def test_fine_tuning_a_classifier_that_orders_the_classes_otherwise_keeps_each_r
         assert torch.allclose(trained(video), expected, atol=1e-4)
 
 
-def test_evaluate_takes_the_clips_normalisation_for_the_call():
+def test_evaluate_takes_the_clips_normalisation_inside_clips_normalised():
     torch.manual_seed(0)
     r3d = load_foreign_model("torchvision:r3d_18", num_classes=3, num_frames=4, img_size=32)
     video = torch.rand(4, 3, 4, 32, 32) * 2 - 1
     labels = torch.tensor([0, 1, 2, 0])
     half = timematters.evaluate(r3d, [(video, labels)])
-    imagenet = timematters.evaluate(
-        r3d, [(_as_imagenet(video), labels)], mean=IMAGENET[0], std=IMAGENET[1]
-    )
+    with clips_normalised({"r3d": r3d}, *IMAGENET):
+        imagenet = timematters.evaluate(r3d, [(_as_imagenet(video), labels)])
     assert imagenet.metrics()["all"]["top1"] == half.metrics()["all"]["top1"]
-    assert r3d.input_mean == (0.5, 0.5, 0.5)  # told for the call only
-    with pytest.raises(ValueError, match="mean and std together"):
-        timematters.evaluate(r3d, [(video, labels)], mean=IMAGENET[0])
+    assert r3d.input_mean == (0.5, 0.5, 0.5)  # told for the block only

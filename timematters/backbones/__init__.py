@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from timematters.backbones.normalisation import InputNormalisation
+from timematters.backbones.normalisation import InputNormalisation, clips_normalised
 from timematters.backbones.protocol import VideoBackbone, VideoTokens
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -51,6 +51,7 @@ __all__ = [
     "VideoBackbone",
     "VideoTokens",
     "backbone_arguments",
+    "clips_normalised",
     "create_backbone",
     "list_backbones",
     "register_backbone",

@@ -28,7 +28,6 @@ from einops import rearrange, repeat
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from timematters.backbones.normalisation import clips_normalised
 from timematters.backbones.protocol import check_clips
 from timematters.config import EvalConfig, Perturbation
 from timematters.data.collate import BadVideo, BadVideoLog, collate_videos
@@ -223,8 +222,6 @@ def evaluate(
     device: torch.device | None = None,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
-    mean: tuple[float, ...] | None = None,
-    std: tuple[float, ...] | None = None,
 ) -> EvalResult:
     """Run ``model`` (video -> logits) on every clip, as it is and under each perturbation.
 
@@ -239,24 +236,21 @@ def evaluate(
     settings: the ``eval`` section of the config: the perturbations, how clips are shuffled
         (``shuffle``, ``seed``), how views are aggregated, the bootstrap's resamples.
     device: where the model runs (default: where its parameters are).
-    mean, std: the clips' normalisation when not 0.5 / 0.5 (ImageNet's, say): the model is told
-        it for this call and converts the clips to its own (as ``diagnose(..., mean=, std=)``).
+
+    Clips normalised otherwise than the model was told (ImageNet's, say): evaluate inside
+    ``with clips_normalised({"name": model}, mean, std):`` (``timematters.backbones``), which
+    tells the model for the block only.
     """
-    if (mean is None) != (std is None):
-        raise ValueError("evaluate: give the clips' mean and std together, or neither (0.5)")
-    # Without mean / std the model takes the clips as it was told (a config's, by load_model).
-    told = {getattr(model, "source", "") or "the model": model}
-    with clips_normalised(told, mean, std) if mean is not None else contextlib.nullcontext():
-        return evaluate_models(
-            [model],
-            loader,
-            classes=classes,
-            subsets=subsets,
-            settings=settings,
-            device=device,
-            autocast_dtype=autocast_dtype,
-            progress=progress,
-        )[0]
+    return evaluate_models(
+        [model],
+        loader,
+        classes=classes,
+        subsets=subsets,
+        settings=settings,
+        device=device,
+        autocast_dtype=autocast_dtype,
+        progress=progress,
+    )[0]
 
 
 @torch.no_grad()
