@@ -4,9 +4,10 @@ files, on small real video trees laid out as the releases are."""
 import json
 
 import pytest
+from test_data_messages import _dataset_config
 from videos import frame_numbers, numbered_frames, write_frame_folder, write_video
 
-from timematters.config import Config, ConfigError, DataConfig, ModelConfig, validate
+from timematters.config import ConfigError, validate
 from timematters.data import build_dataset
 from timematters.data.diving48 import Diving48Dataset
 from timematters.data.hmdb51 import HMDB51Dataset
@@ -27,19 +28,7 @@ def _options(train=True, **kw):
 
 
 def _config(dataset, root, annotations, **data):
-    return Config(
-        model=ModelConfig(num_frames=4),
-        data=DataConfig(
-            dataset=dataset,
-            root=str(root),
-            annotations=str(annotations),
-            crop_size=32,
-            train_short_side=(36, 40),
-            eval_short_side=32,
-            num_workers=0,
-            **data,
-        ),
-    )
+    return _dataset_config(dataset, root, annotations, num_workers=0, **data)
 
 
 def _entry(name, label):

@@ -67,7 +67,8 @@ def test_a_wrong_training_list_is_told_from_a_wrong_evaluation_list(clips, tmp_p
     assert f"data.val_annotations={nope}" in val_err
 
 
-def _dataset_config(dataset, root, annotations):
+def _dataset_config(dataset, root, annotations, **data):
+    """A config of 4-frame 32² clips of ``dataset``; ``data``: other ``DataConfig`` fields."""
     return Config(
         model=ModelConfig(num_frames=4),
         data=DataConfig(
@@ -77,6 +78,7 @@ def _dataset_config(dataset, root, annotations):
             crop_size=32,
             train_short_side=(36, 40),
             eval_short_side=32,
+            **data,
         ),
     )
 

@@ -44,13 +44,13 @@ def find_hmdb51_split_files(annotations: str | Path, fold: int) -> dict[str, Pat
 
 def read_hmdb51_split(
     annotations: str | Path, split: Split, fold: int
-) -> tuple[list[str], list[tuple[str, str, int]]]:
-    """(classes, (video name, class name, class index) of the split's videos)."""
+) -> tuple[list[str], list[tuple[str, int]]]:
+    """(classes, (video name, class index) of the split's videos)."""
     if split not in _SPLIT_IDS:
         raise ValueError(f"unknown HMDB51 split {split!r}; choose train, val or test")
     files = find_hmdb51_split_files(annotations, fold)
     entries = []
-    for label, (name, path) in enumerate(files.items()):
+    for label, path in enumerate(files.values()):
         for number, line in enumerate(path.read_text().splitlines(), 1):
             parts = line.split()
             if not parts:
@@ -58,7 +58,7 @@ def read_hmdb51_split(
             if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
                 raise ValueError(f"{path}:{number}: expected 'VIDEO.avi 0|1|2', got {line!r}")
             if parts[1] == _SPLIT_IDS[split]:
-                entries.append((PurePosixPath(parts[0]).stem, name, label))
+                entries.append((PurePosixPath(parts[0]).stem, label))
     if not entries:
         raise ValueError(f"the HMDB51 split files in {annotations} list no {split} videos")
     return list(files), entries
@@ -78,7 +78,7 @@ class HMDB51Dataset(VideoDataset):
         classes, entries = read_hmdb51_split(annotations, split, fold)
         samples, missing = find_named_videos(
             root,
-            [(video, label) for video, _, label in entries],
+            entries,
             listed_in=f"{annotations}/*_test_split{fold}.txt",
             frames=options.get("decoder") == "frames",
             shown=lambda video, label: f"{classes[label]}/{video}",

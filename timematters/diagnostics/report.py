@@ -360,8 +360,8 @@ def _run_diagnose(
         check_classes(model, test_set.classes, spec)
         models[name] = model.to(device)
     # The clips are labelled in the last model's classes (a video list read in each model's
-    # classes in turn): every model must score in those, or its labels would be another's.
-    for name, spec in zip(names, specs, strict=True):
+    # classes in turn): every earlier model must score in those, or its labels would be another's.
+    for name, spec in zip(names[:-1], specs[:-1], strict=True):
         try:
             check_classes(models[name], test_set.classes, spec)
         except ValueError as error:
