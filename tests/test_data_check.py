@@ -1,7 +1,7 @@
 """``data check``: summary and exit codes on good and broken datasets."""
 
 import pytest
-from videos import numbered_frames, write_ssv2_tree, write_video
+from videos import numbered_frames, write_frame_folder, write_ssv2_tree, write_video
 
 from timematters.config import Config, DataConfig, ModelConfig
 from timematters.data.check import check_dataset
@@ -48,6 +48,24 @@ def test_undecodable_and_missing_fail(list_tree, capsys):
     # Without decoding only the missing file is found.
     assert check_dataset(_list_config(list_tree), decode=False) == 1
     assert "videos undecodable" not in capsys.readouterr().out
+
+
+def test_frame_folders_with_lost_frames_fail(tmp_path, capsys):
+    # Every other frame extracted is a constant step, not a gap; a frame lost in extraction is.
+    write_frame_folder(tmp_path / "strided", numbered_frames(8), name="img_{:05d}")
+    for i, file in reversed(list(enumerate(sorted((tmp_path / "strided").iterdir())))):
+        file.rename(file.with_name(f"img_{2 * i + 1:05d}.png"))
+    write_frame_folder(tmp_path / "gap", numbered_frames(8))
+    (tmp_path / "gap" / "img_00005.png").unlink()
+    (tmp_path / "train.txt").write_text("strided run\ngap walk\n")
+    (tmp_path / "val.txt").write_text("strided walk\n")
+    cfg = _list_config(tmp_path)
+    cfg.data.decoder = "frames"
+    assert check_dataset(cfg) == 1
+    out = capsys.readouterr().out
+    assert "train: 1 frame folders with frames missing" in out
+    assert "gap: frame numbering skips from img_00004.png to img_00006.png" in out
+    assert "strided:" not in out
 
 
 def test_missing_annotations_named(tmp_path, capsys):

@@ -2,13 +2,14 @@
 
 Loads the train and val splits exactly as training would, then reports videos per split and per
 class, listed videos that are missing, videos that cannot be decoded (or are too short, or cut
-off), class-map problems (classes without training videos, rare classes whose names look like a
+off, or frame folders whose numbering skips frames), class-map problems (classes without training videos, rare classes whose names look like a
 typo of another, SSv2 subset names that match no class) and videos a list names twice. The exit
 code is 0 when nothing is wrong and 1 otherwise.
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from timematters.config import Config, validate
 from timematters.data.build import build_dataset, loader_workers
 from timematters.data.dataset import VideoDataset
-from timematters.data.video import DecoderUnavailable
+from timematters.data.video import DecoderUnavailable, frame_files, numbering_gap
 from timematters.data.videolist import list_duplicates, similar_class_names
 from timematters.progress import progress_bar
 
@@ -25,7 +26,8 @@ SHOWN = 10  # examples printed per kind of problem
 
 
 class _DecodeProbe(Dataset):
-    """Decodes what a dataset's item would need; returns (path, reason or None)."""
+    """Decodes what a dataset's item would need; returns (path, why it cannot be decoded or
+    None, where a frame folder's numbering skips frames or None)."""
 
     def __init__(self, dataset: VideoDataset, count: int):
         self.dataset = dataset
@@ -34,20 +36,27 @@ class _DecodeProbe(Dataset):
     def __len__(self) -> int:
         return self.count
 
-    def __getitem__(self, index: int) -> tuple[str, str | None]:
-        return self.dataset.probe(index)
+    def __getitem__(self, index: int) -> tuple[str, str | None, str | None]:
+        path, reason = self.dataset.probe(index)
+        gap = numbering_gap(frame_files(path)) if reason is None and os.path.isdir(path) else None
+        return path, reason, gap
 
 
-def _undecodable(
+def _decode_problems(
     dataset: VideoDataset, count: int, num_workers: int, split: str
-) -> list[tuple[str, str]]:
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(undecodable videos, frame folders with frames missing): (path, reason) each."""
     loader = DataLoader(
         _DecodeProbe(dataset, count),
         batch_size=None,
         num_workers=num_workers,
     )
-    results = progress_bar(loader, total=count, desc=f"decoding {split}", leave=False, disable=None)
-    return [(path, reason) for path, reason in results if reason is not None]
+    results = list(
+        progress_bar(loader, total=count, desc=f"decoding {split}", leave=False, disable=None)
+    )
+    bad = [(path, reason) for path, reason, _ in results if reason is not None]
+    gaps = [(path, gap) for path, _, gap in results if gap is not None]
+    return bad, gaps
 
 
 def check_dataset(
@@ -80,9 +89,8 @@ def check_dataset(
 
     for split, dataset in datasets.items():
         count = min(len(dataset), limit) if limit > 0 else len(dataset)
-        bad = (
-            _undecodable(dataset, count, loader_workers(data.num_workers), split) if decode else []
-        )
+        workers = loader_workers(data.num_workers)
+        bad, gaps = _decode_problems(dataset, count, workers, split) if decode else ([], [])
         listed = len(dataset) + len(dataset.missing)
         line = (
             f"{split}: {listed} videos listed, {len(dataset)} found, {len(dataset.missing)} missing"
@@ -98,6 +106,10 @@ def check_dataset(
             problems.append(
                 _examples(f"{split}: {len(bad)} videos undecodable", [f"{p}: {r}" for p, r in bad])
             )
+        if gaps:
+            # Frames are read by position: a lost frame shortens the motion around it unseen.
+            headline = f"{split}: {len(gaps)} frame folders with frames missing"
+            problems.append(_examples(headline, [f"{p}: {r}" for p, r in gaps]))
 
     if datasets:
         _print_class_table(datasets)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import functools
 import io
+import itertools
 import os
 import re
 from pathlib import Path
@@ -267,6 +268,30 @@ def frame_files(folder: str | Path) -> list[str]:
         if entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
     ]
     return sorted(files, key=lambda path: _natural_key(os.path.basename(path)))
+
+
+def numbering_gap(files: list[str]) -> str | None:
+    """Where a frame folder's numbering skips frames (``00012`` after ``00010``), or None.
+
+    Frames are read by position, so a frame lost in extraction silently shortens the motion
+    between its neighbours; a constant step (every other frame extracted) is not a gap. Only
+    ``data check`` asks: training reads the frames there are.
+    """
+    numbers = []
+    for file in files:
+        digits = re.findall(r"\d+", os.path.basename(file))
+        if not digits:
+            return None  # not numbered: nothing to check
+        numbers.append(int(digits[-1]))
+    steps = [b - a for a, b in itertools.pairwise(numbers)]
+    if not steps:
+        return None
+    usual = min(steps)
+    for position, step in enumerate(steps):
+        if step != usual:
+            before, after = (os.path.basename(f) for f in files[position : position + 2])
+            return f"frame numbering skips from {before} to {after} (frames missing?)"
+    return None
 
 
 def is_frame_folder(path: str | Path) -> bool:
