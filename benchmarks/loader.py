@@ -3,7 +3,8 @@ and without flow labels (OpenCV Farnebäck on the final crop), on generated vide
 (VP9 WebM, 240 px high, 12 fps, 3 s; segment sampling) and Kinetics (H.264 MP4, 256 px high,
 30 fps, 10 s; dense sampling, stride 8), and the SSv2-like videos as folders of JPEG frames
 (quality 90; ``data.decoder=frames``). The SSv2-like videos also with repeated augmentation
-(``data.repeated_augmentation=2``: one decode, two augmented clips), timed as whole items.
+(``data.repeated_augmentation=2``: one decode, two augmented clips), timed as whole items, and
+with torchvision's RandAugment in place of timm's (``data.randaugment_backend=torchvision``).
 
 One process with one torch and one OpenCV thread stands for one worker.
 
@@ -25,6 +26,7 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+import timm
 import torch
 import torchvision
 from _common import commit
@@ -160,17 +162,26 @@ def main(argv: list[str] | None = None) -> None:
                         else None
                     ),
                 )
-                rows.append(
-                    {"videos": kind, "flow_labels": with_flow, **_time_clips(dataset, args.clips)}
-                )
+                row = {"videos": kind, "flow_labels": with_flow, "randaugment": "timm"}
+                rows.append({**row, **_time_clips(dataset, args.clips)})
+                if kind == "ssv2-like webm" and not with_flow:  # the other RandAugment
+                    transform = dataset.transform
+                    dataset.transform = TrainTransform(
+                        crop_size=args.crop_size,
+                        short_side=short_side,
+                        randaugment_backend="torchvision",
+                    )
+                    timed = _time_clips(dataset, args.clips)
+                    rows.append({**row, "randaugment": "torchvision", **timed})
+                    dataset.transform = transform
                 if kind == "ssv2-like webm":  # one decode for two clips, against one each
                     dataset.repeats = 2
                     timed = _time_items(dataset, 2 * args.clips)
-                    rows.append({"videos": kind, "flow_labels": with_flow, "repeats": 2, **timed})
+                    rows.append({**row, "repeats": 2, **timed})
 
     print(
-        f"{'videos':<21} {'flow':<5} {'repeats':>7} {'clips/s/worker':>14} {'decode ms':>10} "
-        f"{'augment ms':>11} {'flow ms':>8}"
+        f"{'videos':<21} {'flow':<5} {'RandAugment':<12} {'repeats':>7} {'clips/s/worker':>14} "
+        f"{'decode ms':>10} {'augment ms':>11} {'flow ms':>8}"
     )
     for r in rows:
         stages = "".join(
@@ -178,8 +189,8 @@ def main(argv: list[str] | None = None) -> None:
             for key, width in (("decode_ms", 11), ("augment_ms", 12), ("flow_ms", 9))
         )
         print(
-            f"{r['videos']:<21} {'yes' if r['flow_labels'] else 'no':<5} {r.get('repeats', 1):>7} "
-            f"{r['clips_per_s']:>14.1f}{stages}"
+            f"{r['videos']:<21} {'yes' if r['flow_labels'] else 'no':<5} {r['randaugment']:<12} "
+            f"{r.get('repeats', 1):>7} {r['clips_per_s']:>14.1f}{stages}"
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -190,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         "torchvision": torchvision.__version__,
         "av": av.__version__,
         "opencv": cv2.__version__,
+        "timm": timm.__version__,
         "commit": commit(),
         "cpu": platform.processor() or platform.machine(),
         "threads": 1,

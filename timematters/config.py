@@ -153,8 +153,13 @@ class DataConfig:
     crop_size: int = 224  # the model's input size too
     train_short_side: tuple[int, int] = (256, 320)
     eval_short_side: int = 224
+    # RandAugment: ops per frame and magnitude on timm's 0..10 scale (the released m20 is clipped
+    # to 10), the same on every frame. timm: timm's RandAugment, as released (each op with chance
+    # 0.5, its "increasing" op set); torchvision: faster, and not the same ops (docs/REFERENCE.md).
     randaugment_ops: int = 2
     randaugment_magnitude: int = 10
+    randaugment_backend: Literal["timm", "torchvision"] = "timm"
+    randaugment_magnitude_std: float = 0.0  # timm's mstd (DeiT's 0.5); 0 for the released m20
     hflip: bool = False  # SSv2 has left/right class pairs: never flip it
     random_erase: float = 0.0  # chance of one erased box per clip, the same on every frame (0: off)
     # Repeated augmentation (VideoMAE, PySlowFast's NUM_SAMPLE; not in the paper): each training
@@ -506,6 +511,20 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"data.repeated_augmentation applies to decoded videos, "
             f"not to data.dataset={data.dataset}: set data.repeated_augmentation=1"
+        )
+    if not 0 <= data.randaugment_magnitude <= 10:
+        raise ConfigError(
+            f"data.randaugment_magnitude={data.randaugment_magnitude}: give 0 to 10 (timm's "
+            "scale; the released m20 is clipped to 10)"
+        )
+    if data.randaugment_magnitude_std < 0:
+        raise ConfigError(
+            f"data.randaugment_magnitude_std={data.randaugment_magnitude_std}: give 0 or more"
+        )
+    if data.randaugment_magnitude_std and data.randaugment_backend == "torchvision":
+        raise ConfigError(
+            "data.randaugment_magnitude_std: torchvision's RandAugment has no magnitude noise; "
+            "set data.randaugment_backend=timm or data.randaugment_magnitude_std=0"
         )
     if data.subset != "all" and data.dataset != "ssv2":
         raise ConfigError(f"data.subset={data.subset!r} applies to ssv2 only")

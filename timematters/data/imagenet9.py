@@ -31,7 +31,13 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from timematters.data.collate import BadVideo
-from timematters.data.transforms import make_eraser, make_randaugment, normalise, random_erase
+from timematters.data.transforms import (
+    RandAugmentBackend,
+    make_eraser,
+    make_randaugment,
+    normalise,
+    random_erase,
+)
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
 _CLASS_FOLDER = re.compile(r"^(\d+)_")
@@ -126,13 +132,24 @@ class ImageTrainTransform:
         hflip: bool = True,
         randaugment_ops: int = 2,
         randaugment_magnitude: int = 9,
+        randaugment_backend: RandAugmentBackend = "timm",
+        randaugment_magnitude_std: float = 0.5,
         mean: tuple[float, ...] = (0.485, 0.456, 0.406),
         std: tuple[float, ...] = (0.229, 0.224, 0.225),
         random_erase: float = 0.0,
     ):
         steps: list[v2.Transform] = []
         if randaugment_ops > 0:
-            steps.append(make_randaugment(randaugment_ops, randaugment_magnitude))
+            # Filled with the mean pixel, as timm's image recipes (DeiT) do.
+            fill = tuple(min(255, round(255 * m)) for m in mean)
+            augment = make_randaugment(
+                randaugment_ops,
+                randaugment_magnitude,
+                backend=randaugment_backend,
+                magnitude_std=randaugment_magnitude_std,
+                fill=fill,
+            )
+            steps.append(augment)
         steps.append(v2.RandomResizedCrop(crop_size, scale=(min_scale, 1.0), antialias=True))
         if hflip:
             steps.append(v2.RandomHorizontalFlip())

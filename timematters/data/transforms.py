@@ -2,12 +2,14 @@
 
 This is the one place where decoder output becomes the model's layout [C, T, H, W].
 
-Train preset (REFERENCE.md): RandAugment with 2 ops at magnitude 10 on timm's 0..10 scale, the same
-ops and magnitudes on every frame of the clip, grey fill; short side resized to a random size in
-[256, 320]; one random 224 crop for the whole clip; optional horizontal flip (never for SSv2: it has
-left/right class pairs); mean = std = 0.5. The v2 transforms draw their parameters once per call and
-apply them to every leading index of a ``Video`` [T, C, H, W], which is what keeps a clip's frames
-consistent. Eval preset: short side 224, then ``num_crops`` crops along the long side.
+Train preset (REFERENCE.md): timm's RandAugment ``rand-m20-mstd0.5-inc1`` (2 ops, each applied with
+chance 0.5, at magnitude 10: m20 is clipped to timm's maximum), the same ops and magnitudes on every
+frame of the clip, grey fill; short side resized to a random size in [256, 320]; one random 224 crop
+for the whole clip; optional horizontal flip (never for SSv2: it has left/right class pairs); mean =
+std = 0.5. The v2 transforms draw their parameters once per call and apply them to every leading
+index of a ``Video`` [T, C, H, W], which is what keeps a clip's frames consistent; timm's
+RandAugment takes one image, so its draws are repeated for each frame. Eval preset: short side
+224, then ``num_crops`` crops along the long side.
 
 ``data.random_erase`` (not in the released recipe; VideoMAE's and DeiT's 0.25): with that chance, one
 box of the normalised clip becomes normal noise, the same box and noise on every frame (VideoMAE
@@ -16,6 +18,9 @@ final clip, see a still box.
 """
 
 from __future__ import annotations
+
+import random
+from typing import Literal
 
 import numpy as np
 import torch
@@ -56,21 +61,109 @@ def make_eraser(probability: float) -> v2.RandomErasing | None:
     return v2.RandomErasing(p=probability, value="random") if probability > 0 else None
 
 
-def make_randaugment(num_ops: int = 2, magnitude: int = 10) -> v2.RandAugment:
-    """RandAugment on timm's magnitude scale (0..10, 10 = strongest), grey fill.
+RandAugmentBackend = Literal["timm", "torchvision"]
 
-    torchvision spreads each op's strength over ``num_magnitude_bins`` values; 11 bins make its
-    magnitude index equal timm's level (timm's ``m20`` is clipped to 10, its maximum). timm's
-    magnitude noise (``mstd0.5``) has no torchvision counterpart.
+
+class TimmRandAugment:
+    """timm's RandAugment (``rand-m{magnitude}-n{num_ops}-mstd{magnitude_std}-inc1``, the
+    policy of the released video code, DeiT and VideoMAE) with the same operations and
+    magnitudes on every frame: uint8 images [..., 3, H, W] in, the same out.
+
+    Each op is applied with chance 0.5 from timm's "increasing" set (15 ops, Invert and
+    SolarizeAdd among them; Posterize at magnitude 10 keeps no bits, a black clip, as released),
+    bicubic, translations up to 0.45 of the short side, empty areas filled with ``fill``. timm
+    draws from Python's and NumPy's global generators, which the training loader seeds per clip;
+    restoring both before each frame repeats the clip's draws on every frame.
+    """
+
+    def __init__(
+        self, num_ops: int, magnitude: int, *, magnitude_std: float = 0.0, fill: tuple = (GREY,) * 3
+    ):
+        self.policy = f"rand-m{magnitude}-n{num_ops}-mstd{magnitude_std}-inc1"
+        self.fill = tuple(fill)
+        self._by_short_side: dict[int, object] = {}
+
+    def _build(self, short_side: int):
+        from PIL import Image
+        from timm.data.auto_augment import rand_augment_transform
+
+        augment = rand_augment_transform(
+            self.policy,
+            # translate_const: pixels at full magnitude, from the size the op sees (timm's and
+            # the released code's 45% of the short side).
+            {
+                "translate_const": int(short_side * 0.45),
+                "img_mean": self.fill,
+                "interpolation": Image.BICUBIC,
+            },
+        )
+        for op in augment.ops:
+            if op.name == "PosterizeIncreasing":
+                op.aug_fn = _posterize
+        return augment
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        from PIL import Image
+
+        short_side = min(images.shape[-2:])
+        if short_side not in self._by_short_side:
+            self._by_short_side[short_side] = self._build(short_side)
+        augment = self._by_short_side[short_side]
+        frames = rearrange(images.as_subclass(torch.Tensor), "... c h w -> (...) h w c").numpy()
+        py_state, np_state = random.getstate(), np.random.get_state()
+        out = []
+        for frame in frames:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+            out.append(np.asarray(augment(Image.fromarray(frame))))
+        result = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).reshape(images.shape)
+        return (
+            tv_tensors.wrap(result, like=images)
+            if isinstance(images, tv_tensors.TVTensor)
+            else result
+        )
+
+
+def _posterize(image, bits_to_keep: int, **_):
+    """timm's Posterize, also at 0 bits: a black image, as released. Pillow 13 refuses 0 bits,
+    which timm's increasing Posterize asks for at magnitude 10."""
+    from PIL import Image, ImageOps
+
+    if bits_to_keep >= 8:
+        return image
+    if bits_to_keep <= 0:
+        return Image.new(image.mode, image.size)
+    return ImageOps.posterize(image, bits_to_keep)
+
+
+def make_randaugment(
+    num_ops: int = 2,
+    magnitude: int = 10,
+    *,
+    backend: RandAugmentBackend = "timm",
+    magnitude_std: float = 0.0,
+    fill: tuple = (GREY,) * 3,
+) -> TimmRandAugment | v2.RandAugment:
+    """RandAugment on timm's magnitude scale (0..10, 10 = strongest; the released ``m20`` is
+    clipped to 10).
+
+    ``backend="torchvision"`` (faster, tensors throughout): torchvision's RandAugment, 11
+    magnitude bins so that its index equals timm's level; it always applies both ops, draws from
+    14 ops (Identity instead of Invert and SolarizeAdd), keeps 4 bits in Posterize at 10, and has
+    no magnitude noise.
     """
     if not 0 <= magnitude <= 10:
         raise ValueError(f"RandAugment magnitude must be in [0, 10], got {magnitude}")
+    if backend == "timm":
+        return TimmRandAugment(num_ops, magnitude, magnitude_std=magnitude_std, fill=fill)
+    if magnitude_std:
+        raise ValueError("torchvision's RandAugment has no magnitude noise: use backend timm")
     return v2.RandAugment(
         num_ops=num_ops,
         magnitude=magnitude,
         num_magnitude_bins=11,
         interpolation=v2.InterpolationMode.BILINEAR,
-        fill=GREY,
+        fill=list(fill),
     )
 
 
@@ -84,6 +177,8 @@ class TrainTransform:
         short_side: tuple[int, int] = (256, 320),
         randaugment_ops: int = 2,
         randaugment_magnitude: int = 10,
+        randaugment_backend: RandAugmentBackend = "timm",
+        randaugment_magnitude_std: float = 0.0,
         hflip: bool = False,
         mean: tuple[float, ...] = (0.5, 0.5, 0.5),
         std: tuple[float, ...] = (0.5, 0.5, 0.5),
@@ -96,7 +191,14 @@ class TrainTransform:
             )
         steps: list[v2.Transform] = []
         if randaugment_ops > 0:
-            steps.append(make_randaugment(randaugment_ops, randaugment_magnitude))
+            steps.append(
+                make_randaugment(
+                    randaugment_ops,
+                    randaugment_magnitude,
+                    backend=randaugment_backend,
+                    magnitude_std=randaugment_magnitude_std,
+                )
+            )
         # RandomResize samples from [min, max): + 1 includes the upper end.
         steps += [v2.RandomResize(low, high + 1, antialias=True), v2.RandomCrop(crop_size)]
         if hflip:
