@@ -124,9 +124,6 @@ class _Tokens(torch.nn.Module):
     def forward(self, video):
         return self.forward_head(self.forward_features(video).cls)
 
-    def convert_state_dict(self, state_dict, source):
-        return state_dict, set()
-
 
 class _ConvertingTokens(InputNormalisation, _Tokens):
     mean, std = IMAGENET  # a user's class states its own, over InputNormalisation's default
@@ -152,6 +149,46 @@ def test_a_user_backbone_converts_the_clips_to_its_normalisation_or_is_refused(t
     timematters.diagnose(
         {"mine": _Tokens()}, imagenet, tmp_path / "as", mean=IMAGENET[0], std=IMAGENET[1], **options
     )
+
+
+class _ConvertingLogits(InputNormalisation, torch.nn.Module):
+    """A user's logits-only module (no tokens) that converts its clips itself."""
+
+    mean, std = IMAGENET
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.h = torch.nn.Linear(3, 2)
+
+    def forward(self, video):
+        return self.h(self.renormalise(video).mean(dim=(2, 3, 4)))
+
+
+def test_a_backbone_without_convert_state_dict_keeps_its_tokens_and_one_conversion(tmp_path):
+    """convert_state_dict is for loading foreign checkpoints only: without it a model still
+    honours the protocol; and a logits-only module that converts its clips is not converted
+    twice by the wrapper around it."""
+    from timematters.backbones import VideoBackbone
+    from timematters.config import EvalConfig
+
+    video = torch.rand(4, 3, 4, 32, 32) * 2 - 1
+    data = [(video, torch.tensor([0, 1, 1, 0]))]
+    options = dict(probe_clips=None, gradcam_clips=0, settings=EvalConfig(bootstrap_samples=0))
+    for model in (_ConvertingTokens(), _ConvertingLogits()):
+        model.eval()
+        with torch.no_grad():
+            model.set_input_normalisation(*IMAGENET)
+            truth = model(_as_imagenet(video)).softmax(-1)
+            model.set_input_normalisation((0.5,) * 3, (0.5,) * 3)
+        name = type(model).__name__
+        report = timematters.diagnose({name: model}, data, tmp_path / name, **options)
+        result = timematters.evaluate(model, data, settings=EvalConfig(bootstrap_samples=0))
+        assert torch.allclose(torch.as_tensor(result.probs), truth, atol=1e-6), name
+        expected = 100 * (truth.argmax(1) == data[0][1]).float().mean().item()
+        assert report["shuffle_test"][name]["all"]["top1"] == pytest.approx(expected), name
+    assert isinstance(_ConvertingTokens(), VideoBackbone)
+    assert report["models"]["_ConvertingLogits"]["mean"] == list(IMAGENET[0])
 
 
 def test_fine_tuning_a_classifier_that_orders_the_classes_otherwise_keeps_each_row_its_class(

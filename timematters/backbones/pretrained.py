@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from timematters.backbones.layers import resample_pos_embed, resample_time_embed
+from timematters.backbones.protocol import convert_state_dict
 
 TORCH_SUFFIXES = (".pth", ".pyth", ".pt", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -310,7 +311,7 @@ def load_pretrained(
     if isinstance(raw, dict) and isinstance(raw.get("objective"), dict):  # our checkpoints
         heads.update(raw["objective"])
     source = detect_source(state_dict)
-    state_dict, expected_missing = model.convert_state_dict(state_dict, source)
+    state_dict, expected_missing = convert_state_dict(model, state_dict, source)
     state_dict = dict(state_dict)
     report = LoadReport(path=where, source=source, notes=notes)
     target = model.state_dict()

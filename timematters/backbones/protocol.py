@@ -62,6 +62,10 @@ class VideoBackbone(Protocol):
     - ``set_grad_checkpointing(enable)``: for ``model.grad_checkpointing``.
     - ``block_modules()``: the blocks in depth order, for ``optim.layer_decay`` (default: the
       ``blocks`` ModuleList our backbones keep); read through ``depth_blocks``.
+    - ``convert_state_dict(state_dict, source) -> (state_dict, keys it cannot provide)``: a
+      foreign checkpoint (``source``: timm's ViT, the official release, ...) in the model's key
+      names, for ``model.pretrained`` / ``--init-from``; read through ``convert_state_dict``
+      (default: the state dict as it is).
     """
 
     embed_dim: int  # D, the width of cls and patch tokens
@@ -81,10 +85,6 @@ class VideoBackbone(Protocol):
 
     def forward(self, video: torch.Tensor) -> torch.Tensor: ...
 
-    def convert_state_dict(self, state_dict: dict, source: str) -> tuple[dict, set[str]]:
-        """A foreign state dict in this model's key names, and the keys it cannot provide."""
-        ...
-
 
 # What ``isinstance(model, VideoBackbone)`` asks of a model, to name what one lacks.
 PROTOCOL_MEMBERS = (
@@ -96,7 +96,6 @@ PROTOCOL_MEMBERS = (
     "token_frames",
     "forward_features",
     "forward_head",
-    "convert_state_dict",
 )
 
 
@@ -104,6 +103,15 @@ PROTOCOL_MEMBERS = (
 # reason): the per-block order probe, GradCAM maps, and the order and flow losses. Listed in the
 # order reports show them.
 CAPABILITIES = ("order_probe", "gradcam", "flow", "order")
+
+
+def convert_state_dict(
+    model: torch.nn.Module, state_dict: dict, source: str
+) -> tuple[dict, set[str]]:
+    """``model.convert_state_dict(state_dict, source)``, or the state dict as it is for a model
+    that converts none (the protocol's optional part)."""
+    convert = getattr(model, "convert_state_dict", None)
+    return convert(state_dict, source) if callable(convert) else (state_dict, set())
 
 
 def tokens_with_blocks(model: torch.nn.Module, video: torch.Tensor) -> VideoTokens:

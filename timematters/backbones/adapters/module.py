@@ -157,6 +157,16 @@ class ModuleAdapter(LogitsOnlyAdapter):
             class_names=list(getattr(model, "classes", [])) or None,
             source=source,
         )
+        self._converts_itself = callable(getattr(model, "set_input_normalisation", None))
+
+    def set_input_normalisation(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().set_input_normalisation(mean, std)
+        if self._converts_itself:
+            self.model.set_input_normalisation(mean, std)
+
+    def renormalise(self, video: torch.Tensor) -> torch.Tensor:
+        # A module that converts its clips itself (InputNormalisation) would convert them twice.
+        return video if self._converts_itself else super().renormalise(video)
 
     def logits(self, video: torch.Tensor) -> torch.Tensor:
         out = self.model(video)
