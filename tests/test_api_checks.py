@@ -184,15 +184,15 @@ def test_a_module_that_half_honours_the_protocol_is_told_what_it_lacks():
 
     from timematters.backbones.adapters.module import as_video_backbone
 
-    class Half(nn.Module):  # tokens, but no classifier_name
-        embed_dim, num_frames, patch_size, grid, token_frames = 8, T, 8, (2, 2), T
+    class Half(nn.Module):  # tokens, but no grid
+        embed_dim, num_frames, patch_size, token_frames = 8, T, 8, T
 
         def forward_features(self, video, return_blocks=False): ...
 
         def forward_head(self, cls): ...
 
     reason = as_video_backbone(Half(), source="mine").unsupported["order_probe"]
-    assert reason == "Half gives logits only (it lacks classifier_name for token diagnostics)"
+    assert reason == "Half gives logits only (it lacks grid for token diagnostics)"
 
 
 def test_a_compiled_backbone_is_told_to_compile_the_pair():

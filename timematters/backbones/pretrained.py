@@ -325,8 +325,9 @@ def load_pretrained(
             state_dict[key] = resized
             report.resized[key] = (tuple(value.shape), tuple(want.shape))
 
-    head = model.classifier_name + "."
-    head_keys = {k for k in target if k.startswith(head)} if model.classifier_name else set()
+    classifier = getattr(model, "classifier_name", "")
+    head = classifier + "."
+    head_keys = {k for k in target if k.startswith(head)} if classifier else set()
     head_changed = any(
         k not in state_dict or state_dict[k].shape != target[k].shape for k in head_keys
     )

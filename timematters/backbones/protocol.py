@@ -42,8 +42,10 @@ class VideoTokens:
 class VideoBackbone(Protocol):
     """A video classifier that exposes its tokens.
 
-    Input: a normalised video [B, C, T, H, W] with T = ``num_frames`` and H = W =
-    ``grid[0] * patch_size``. ``forward(video) == forward_head(forward_features(video).cls)``.
+    Input: a normalised video [B, C, T, H, W] with T = ``num_frames``.
+    ``forward(video) == forward_head(forward_features(video).cls)``. ``grid`` is the (h, w) of the
+    token grid of each token frame: for a ViT, H = W = ``grid[0] * patch_size``; a 3-D CNN's grid
+    is its last feature map (``patch_size`` 1, no pixel size), a logits-only adapter's (1, 1).
 
     Optional members, read with a default where a model lacks them (the adapters have them all;
     they stay out of the Protocol, as ``isinstance`` would then refuse a user's module that
@@ -62,6 +64,8 @@ class VideoBackbone(Protocol):
     - ``set_grad_checkpointing(enable)``: for ``model.grad_checkpointing``.
     - ``block_modules()``: the blocks in depth order, for ``optim.layer_decay`` (default: the
       ``blocks`` ModuleList our backbones keep); read through ``depth_blocks``.
+    - ``classifier_name``: the prefix of the classifier's parameters (``"head"``), so that a
+      checkpoint's classifier for other classes is left out when loading; default "".
     - ``convert_state_dict(state_dict, source) -> (state_dict, keys it cannot provide)``: a
       foreign checkpoint (``source``: timm's ViT, the official release, ...) in the model's key
       names, for ``model.pretrained`` / ``--init-from``; read through ``convert_state_dict``
@@ -72,7 +76,6 @@ class VideoBackbone(Protocol):
     num_frames: int  # input frames
     patch_size: int  # pixels per patch side
     grid: tuple[int, int]  # (h, w) patches per frame; S = h * w
-    classifier_name: str  # prefix of the classifier's parameters, e.g. "head"
 
     @property
     def token_frames(self) -> int:
@@ -92,7 +95,6 @@ PROTOCOL_MEMBERS = (
     "num_frames",
     "patch_size",
     "grid",
-    "classifier_name",
     "token_frames",
     "forward_features",
     "forward_head",
