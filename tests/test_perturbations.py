@@ -300,3 +300,24 @@ def test_readded_time_embeddings_reach_every_block_input():
             expected = time_embed if readd else torch.zeros_like(time_embed)
             torch.testing.assert_close(added, expected)
     assert rearrange(time_embed, "1 t s d -> t s d").shape[0] == T
+
+
+class _NaNWhenFrozen(torch.nn.Module):
+    """Scales its frame differences by their size: 0 / 0 on a frozen clip."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, len(CLASSES))
+
+    def forward(self, video):
+        moves = video[:, :, 1:] - video[:, :, :-1]
+        size = moves.abs().mean(dim=(1, 2, 3, 4))[:, None]
+        return self.linear(moves.mean(dim=(2, 3, 4)) / size)
+
+
+def test_non_finite_logits_are_misses_and_said(caplog):
+    result = evaluate(_NaNWhenFrozen(), _clips(), settings=EvalConfig(perturbations=("freeze",)))
+    assert np.isnan(result.perturbed["freeze"]).all()
+    metrics = result.metrics()["all"]
+    assert metrics["frozen_top1"] == 0 and metrics["frozen_top5"] == 0  # not class 0's share
+    assert "gave non-finite logits on 40 freeze of 40 clips: counted as misses" in caplog.text

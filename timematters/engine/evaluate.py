@@ -17,6 +17,7 @@ gives the same per class.
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
@@ -199,7 +200,9 @@ def _hits(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray
         return np.zeros(0), np.zeros(0)
     k = min(5, probs.shape[1])
     ranked = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    found = ranked == labels[:, None]
+    # A clip whose probabilities are not finite (NaN logits) ranks no class: a miss, where the
+    # sort would put its class 0 first.
+    found = (ranked == labels[:, None]) & np.isfinite(probs).all(axis=1, keepdims=True)
     return found[:, 0].astype(np.float64), found.any(axis=1).astype(np.float64)
 
 
@@ -440,6 +443,7 @@ class _Scores:
         # resamples the same clips in the same order for any number of them.
         order = np.argsort(arrays["indices"], kind="stable")
         arrays = {key: value[order] for key, value in arrays.items()}
+        self._warn_non_finite(arrays, settings.perturbations)
         return EvalResult(
             arrays["labels"],
             arrays["probs"],
@@ -452,6 +456,22 @@ class _Scores:
             bootstrap_samples=settings.bootstrap_samples,
             seed=settings.seed,
         )
+
+    def _warn_non_finite(self, arrays: dict[str, np.ndarray], perturbations) -> None:
+        counts = {
+            name: int((~np.isfinite(arrays[key]).all(axis=1)).sum())
+            for name, key in (("original", "probs"), *((p, p) for p in perturbations))
+        }
+        counts = {name: count for name, count in counts.items() if count}
+        if counts:
+            where = ", ".join(f"{count} {name}" for name, count in counts.items())
+            name = getattr(self.model, "source", "") or type(self.model).__name__
+            logging.getLogger(__name__).warning(
+                "%s gave non-finite logits on %s of %d clips: counted as misses",
+                name,
+                where,
+                len(arrays["labels"]),
+            )
 
 
 class _ClipPermutations:
