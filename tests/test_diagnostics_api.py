@@ -304,3 +304,38 @@ def test_a_long_video_is_predicted_window_by_window(tmp_path, monkeypatch, capsy
     assert f"{video} [0.0-1.0 s]" in printed and f"{video} [2.0-2.5 s]" in printed
     assert "over 3 windows (no labels needed):" in printed
     assert main(["predict", str(video), "--model", "m:f", "--window", "1", "--explain", "x"]) == 2
+
+
+class _DropoutModel(ProtocolModel):
+    """Dropout on the final tokens: training mode changes its confidences."""
+
+    def forward_head(self, cls: torch.Tensor) -> torch.Tensor:
+        return self.head(nn.functional.dropout(cls, 0.5, self.training))
+
+
+def test_gradcam_explains_the_picked_clips_in_eval_mode_whatever_the_loader_order(tmp_path):
+    from torch.utils.data import Subset
+
+    from timematters.data.collate import collate_videos
+    from timematters.data.synthetic import SyntheticVideoDataset
+
+    dataset = SyntheticVideoDataset("test", 12, img_size=IMG, num_frames=T)
+    backwards = DataLoader(
+        Subset(dataset, range(11, -1, -1)), batch_size=5, collate_fn=collate_videos
+    )
+    model = _DropoutModel().train()  # as a module comes, in training mode
+    model.head = nn.Linear(8, len(dataset.classes))
+    report = timematters.diagnose(
+        {"m": model}, backwards, tmp_path / "r", probe_clips=None, gradcam_indices=[0, 1]
+    )
+    # Positions are the evaluation's, in dataset order: clips 0 and 1, read from anywhere.
+    clips = report["gradcam"]["clips"]
+    assert [clip["index"] for clip in clips] == [0, 1]
+    assert [clip["label"] for clip in clips] == [dataset[0]["label"], dataset[1]["label"]]
+    assert model.training  # handed back as it came
+    with torch.no_grad():
+        model.eval()
+        for clip in clips:
+            video = dataset[clip["index"]]["video"][None]
+            expected = model(video).softmax(-1)[0, clip["label"]].item()
+            assert clip["confidence"]["m"] == pytest.approx(expected, abs=1e-6)

@@ -170,7 +170,7 @@ def diagnose(
             fix = "leave GradCAM out (--gradcam-clips 0; gradcam_clips=0 in Python)"
             with _advice_on_out_of_memory("in GradCAM (one clip at a time)", fix):
                 report["gradcam"] = _gradcam(
-                    models, loader, gradcam_indices, classes, out, *normalised
+                    models, loader, gradcam_indices, first, out, *normalised
                 )
 
         report["seconds"] = time.perf_counter() - started
@@ -474,37 +474,47 @@ def _pick_clips(labels: np.ndarray, count: int, preferred: Sequence[int]) -> lis
 
 
 def _clips_at(
-    loader: Any, positions: Sequence[int], classes: Sequence[str]
+    loader: Any, wanted: dict[int, int], classes: Sequence[str]
 ) -> tuple[dict[int, torch.Tensor], dict[int, dict]]:
-    """The clips at ``positions`` (their first view) and what the report says of each, read in
-    one pass that stops after the last one."""
-    wanted = sorted(set(int(p) for p in positions))
+    """The clips of ``wanted`` (dataset index -> position in the evaluation) by position (their
+    first view) and what the report says of each, read in one pass that stops once all are in.
+
+    Matched by dataset index, as the evaluation orders its clips: a loader that shuffles, or a
+    subset listed in another order, gives the same clips. A batch without indices counts its
+    clips in loader order, as the evaluation then does too."""
     clips, infos, seen = {}, {}, 0
     for batch in loader:
         batch = as_batch(batch)
         if "video" not in batch:
             continue
         for j in range(len(batch["video"])):
-            if seen in wanted:
-                video = batch["video"][j]
-                clips[seen] = video[0] if video.ndim == 5 else video  # first view
-                label = int(batch["label"][j])
-                infos[seen] = {
-                    "index": int(batch["index"][j]) if "index" in batch else seen,
-                    "video_id": str(batch["video_id"][j]) if "video_id" in batch else str(seen),
-                    "label": label,
-                    "class": classes[label] if label < len(classes) else str(label),
-                    "confidence": {},
-                }
+            index = int(batch["index"][j]) if "index" in batch else seen
             seen += 1
-        if seen > wanted[-1]:
+            if index not in wanted:
+                continue
+            position = wanted[index]
+            video = batch["video"][j]
+            clips[position] = video[0] if video.ndim == 5 else video  # first view
+            label = int(batch["label"][j])
+            infos[position] = {
+                "index": index,
+                "video_id": str(batch["video_id"][j]) if "video_id" in batch else str(index),
+                "label": label,
+                "class": classes[label] if label < len(classes) else str(label),
+                "confidence": {},
+            }
+        if len(clips) == len(wanted):
             break
     return clips, infos
 
 
-def _gradcam(models, loader, positions, classes, out: Path, mean, std) -> dict:
+def _gradcam(models, loader, positions, evaluation: EvalResult, out: Path, mean, std) -> dict:
     """GradCAM of the clips at ``positions`` (in the evaluation's order of scored clips)."""
-    clips, infos = _clips_at(loader, positions, classes)
+    indices = (
+        evaluation.indices if evaluation.indices is not None else range(len(evaluation.labels))
+    )
+    wanted = {int(indices[p]): p for p in positions}
+    clips, infos = _clips_at(loader, wanted, evaluation.classes)
     order = [p for p in positions if p in clips]
     if not order:
         return {"clips": []}
@@ -514,8 +524,12 @@ def _gradcam(models, loader, positions, classes, out: Path, mean, std) -> dict:
     maps, skipped = {}, {}
     for name, model in models.items():
         on_device = video.to(next(model.parameters()).device)
-        with torch.no_grad():
-            probs = model(on_device).float().softmax(dim=-1).cpu()
+        was_training = model.training
+        try:  # the confidences of the model as evaluated: no dropout, no BatchNorm update
+            with torch.no_grad():
+                probs = model.eval()(on_device).float().softmax(dim=-1).cpu()
+        finally:
+            model.train(was_training)
         for info, p in zip(infos, probs[torch.arange(len(targets)), targets], strict=True):
             info["confidence"][name] = float(p)
         reason = gradcam_unsupported(model)
