@@ -81,7 +81,8 @@ def test_models_that_number_their_classes_differently_are_not_scored_on_one_labe
     """Each hub model reads a video list labelled by name in its own class order; two orders
     cannot share the clips' labels, so the run is refused instead of scoring one model wrongly."""
     names = ["left", "right", "still"]
-    for folder, order in (("a", names), ("b", names[::-1])):
+    nameless = [f"LABEL_{i}" for i in range(3)]  # transformers' placeholders: no class names
+    for folder, order in (("a", names), ("b", names[::-1]), ("n", nameless)):
         _save_hub_classifier(tmp_path / folder, order)
     for i in range(3):
         write_video(tmp_path / f"{i}.mp4", moving_square_frames(8, 48, 48))
@@ -98,7 +99,17 @@ def test_models_that_number_their_classes_differently_are_not_scored_on_one_labe
     assert main(one) == 0  # alone, a model scores in its own order
     both = [*argv, "--model", f"hf:{tmp_path / 'a'}", "--model", f"hf:{tmp_path / 'b'}"]
     assert main([*both, "--out", str(tmp_path / "both")]) == 2
-    assert "number their classes differently" in capsys.readouterr().err
+    assert "numbers the classes otherwise than --model hf:" in capsys.readouterr().err
+    # A model without class names is scored in the list's order, which the named one changes.
+    for pair in ((tmp_path / "n", tmp_path / "b"), (tmp_path / "b", tmp_path / "n")):
+        models = [option for folder in pair for option in ("--model", f"hf:{folder}")]
+        assert main([*argv, *models, "--out", str(tmp_path / "mixed")]) == 2
+        err = capsys.readouterr().err
+        assert f"--model hf:{tmp_path / 'n'} names no classes and numbers the classes" in err
+        assert f"otherwise than --model hf:{tmp_path / 'b'}, in whose class order" in err
+    # Alongside a model in the list's own order, it is scored as it is alone.
+    models = ["--model", f"hf:{tmp_path / 'n'}", "--model", f"hf:{tmp_path / 'a'}"]
+    assert main([*argv, *models, "--out", str(tmp_path / "own")]) == 0
 
 
 class _Tokens(torch.nn.Module):

@@ -353,22 +353,25 @@ def _run_diagnose(
     test_set = build_dataset(cfg, cfg.eval.split, flow_labels=False, patch_size=1)
     # Before the shuffle test, the long part (a clip that cannot be decoded only lowers the count).
     _check_positions(report_options["gradcam_indices"] or [], len(test_set))
-    models = {}
+    models, scored_in, own_order = {}, {}, list(test_set.classes)
     for name, spec in zip(names, specs, strict=True):
         model = load_model(spec, cfg, untrained_classes=len(test_set.classes))
         test_set = in_model_classes(cfg, cfg.eval.split, model, test_set)
         check_classes(model, test_set.classes, spec)
-        models[name] = model.to(device)
-    # The clips are labelled in the last model's classes (a video list read in each model's
-    # classes in turn): every earlier model must score in those, or its labels would be another's.
-    for name, spec in zip(names[:-1], specs[:-1], strict=True):
-        try:
-            check_classes(models[name], test_set.classes, spec)
-        except ValueError as error:
+        named = bool(getattr(model, "class_names", None))
+        # A model that names no classes scores in the data's own order, as it would alone.
+        models[name], scored_in[name] = model.to(device), test_set.classes if named else own_order
+    # The clips are labelled in the last naming model's classes (a video list is read in each
+    # model's classes in turn): every model must score in those, or its labels are another's.
+    reader = next((s for n, s in zip(names, specs, strict=True) if scored_in[n] != own_order), "")
+    for name, spec in zip(names, specs, strict=True):
+        if list(scored_in[name]) != list(test_set.classes):
+            named = "" if getattr(models[name], "class_names", None) else " names no classes and"
             raise ValueError(
-                f"{error} (--model {spec} and --model {specs[-1]} number their classes "
-                "differently: diagnose them one at a time)"
-            ) from None
+                f"--model {spec}{named} numbers the classes otherwise than --model {reader}, "
+                "in whose class order the video list is read: diagnose them one at a time (or "
+                "fix the order with data.class_list)"
+            )
     # Decoded in the loader's workers: the shuffle test, the probe and GradCAM each read the clips.
     loading = dict(
         batch_size=cfg.eval.batch_size,
