@@ -621,8 +621,10 @@ def _flip_rates(metrics: dict) -> list[str]:
         )
     return [
         "Flip rate under reverse (the share of clips of time-reversed class pairs whose "
-        "prediction moves to the partner class; 1 = the model reads the direction of time, "
-        f"0 = it cannot): {'; '.join(cells)}.",
+        "prediction moves to the partner class; near 1 = the model reads the direction of time, "
+        "0 = reversing never moves it there, as for a model blind to frame order; a model that "
+        "reads single frames moves some there by chance): "
+        f"{'; '.join(cells)}.",
         "",
     ]
 
@@ -772,8 +774,9 @@ def _report(data: dict) -> str:
         "",
         "## Shuffle test, and the other perturbations (paper Table 1, Fig. 1a)",
         "",
-        "Top-1 (%) on the original clips, on the same clips perturbed, and the gap, each with "
-        "its 95% bootstrap interval over clips. A model that ignores frame order has a gap of 0; "
+        "Top-1 (%) on the original clips, on the same clips perturbed, and the gap, each ± half "
+        "the width of its 95% bootstrap interval over clips (diagnose.json has the bounds, "
+        "which near 0 or 100 are not symmetric). A model that ignores frame order has a gap of 0; "
         "one that uses time loses accuracy when the order goes, above all on temporal classes. "
         + _perturbation_notes(data["perturbations"]),
         "",
@@ -847,8 +850,11 @@ def _report(data: dict) -> str:
         lines += [
             "## GradCAM (paper Fig. 4)",
             "",
-            "Where each model looks for the clip's true class, frame by frame (GradCAM on the "
-            "tokens entering the last block; p is the model's confidence in that class).",
+            "Where in each frame the features that speak for the clip's true class are (GradCAM "
+            "on the tokens entering the last block; p is the model's confidence in that class). "
+            "GradCAM weighs each feature channel by its gradient averaged over the whole clip, "
+            "so a map shows where those features appear in each frame, not which frames the "
+            "decision rests on: the perturbation tests above answer that.",
             "",
         ]
         for name, reason in gradcam.get("skipped", {}).items():
