@@ -200,3 +200,121 @@ def test_a_compiled_backbone_is_told_to_compile_the_pair():
     compiled = torch.compile(model)  # wrapping only: nothing is compiled before a call
     with pytest.raises(TypeError, match=r"torch.compile\(TimeModel\(backbone, objective\)\)"):
         _objective(model)(compiled, _batch())
+
+
+def test_a_loss_config_made_in_python_is_checked_as_a_config_file_is():
+    model = _model()
+    for change, match in (
+        (lambda c: setattr(c.order, "axis", "spatial"), r"loss.order.axis='spatial' is not one of"),
+        (lambda c: setattr(c.debias, "shuffle", "random"), r"loss.debias.shuffle='random'"),
+        (lambda c: setattr(c.flow, "weight", float("nan")), r"loss.flow.weight must be a number"),
+        (lambda c: setattr(c.ce, "smoothing", 1.5), r"loss.ce.smoothing must be in \[0, 1\)"),
+    ):
+        cfg = LossConfig()
+        change(cfg)
+        with pytest.raises(ValueError, match=match):
+            objective_for_model(model, cfg)
+
+
+class _Tokens(torch.nn.Module):
+    """A user's backbone: frames of a 2x2 grid of 8-pixel patches."""
+
+    embed_dim, num_frames, token_frames, patch_size, grid = 8, 4, 4, 8, (2, 2)
+
+    def __init__(self, layout="b t s d"):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layout = layout
+        self.embed = torch.nn.Conv3d(3, 8, kernel_size=(1, 8, 8), stride=(1, 8, 8))
+        self.head = torch.nn.Linear(8, K)
+
+    def forward_features(self, video, return_blocks=False):
+        from einops import rearrange
+
+        from timematters.backbones import VideoTokens
+
+        patches = rearrange(self.embed(video), f"b d t h w -> {self.layout.replace('s', '(h w)')}")
+        return VideoTokens(patches.mean(dim=(1, 2)), patches)
+
+    def forward_head(self, cls):
+        return self.head(cls)
+
+    def forward(self, video):
+        return self.forward_head(self.forward_features(video).cls)
+
+
+def test_tokens_in_another_layout_or_sizes_that_are_not_numbers_are_named():
+    batch = {"video": torch.rand(2, 3, 4, 16, 16) * 2 - 1, "label": torch.tensor([0, 1])}
+    cfg = LossConfig()
+    cfg.flow.weight = 0
+    assert torch.isfinite(objective_for_model(_Tokens(), cfg)(_Tokens(), batch).total)
+
+    class TwoFrames(_Tokens):
+        num_frames = token_frames = 2
+
+    # (s, t) for (t, s): where S = T nothing tells, elsewhere the sizes do.
+    transposed, two = TwoFrames("b s t d"), {**batch, "video": batch["video"][:, :, :2]}
+    with pytest.raises(ValueError, match=r"gave patches \[4, 4, 2, 8\].*= \[4, 2, 4, 8\]"):
+        objective_for_model(transposed, cfg)(transposed, two)
+
+    class Method(_Tokens):
+        def token_frames(self):  # a method where the protocol has a size
+            return 4
+
+    with pytest.raises(
+        TypeError, match=r"Method.token_frames is a method; .*\(a property, not a method"
+    ):
+        objective_for_model(Method(), cfg)
+
+    class NoWidth(torch.nn.Module):  # the sizes but its width
+        num_frames, token_frames, patch_size, grid = 4, 4, 8, (2, 2)
+        forward_features, forward_head = _Tokens.forward_features, _Tokens.forward_head
+
+    with pytest.raises(TypeError, match=r"NoWidth lacks embed_dim of the VideoBackbone protocol"):
+        objective_for_model(NoWidth(), cfg)
+
+
+def test_few_frames_shuffled_per_batch_warn_of_unshuffled_steps(caplog):
+    objective_for_model(_Tokens(), LossConfig())  # 4 frames, per_batch: 1 step in 24
+    assert "with 4 frames one step in 24 shuffles no frame" in caplog.text
+    caplog.clear()
+    cfg = LossConfig()
+    cfg.debias.shuffle = "per_sample"
+    objective_for_model(_Tokens(), cfg)
+    assert "shuffles no frame" not in caplog.text
+
+
+def test_labels_in_common_other_forms_are_taken_or_named():
+    import numpy as np
+
+    model = _model()
+    objective = objective_for_model(model)
+    video = torch.rand(2, 3, T, IMG, IMG) * 2 - 1
+    flow = torch.zeros(2, T - 1, (IMG // 8) ** 2, dtype=torch.int64)
+    reference = objective(
+        model, {"video": video, "label": torch.tensor([0, 1]), "flow_labels": flow}
+    )
+    # int32 labels, NumPy flow labels, a list of per-clip tensors: the same losses.
+    for label, flow_labels in (
+        (torch.tensor([0, 1], dtype=torch.int32), flow.int()),
+        ([torch.tensor(0), torch.tensor(1)], flow.numpy()),
+        (np.array([0, 1]), list(flow)),
+    ):
+        batch = {"video": video, "label": label, "flow_labels": flow_labels}
+        out = objective(model, batch, torch.Generator().manual_seed(0))
+        expected = objective(
+            model,
+            {**batch, "label": torch.tensor([0, 1]), "flow_labels": flow},
+            torch.Generator().manual_seed(0),
+        )
+        assert torch.equal(out.total, expected.total)
+    assert torch.isfinite(reference.total)
+    soft = torch.nn.functional.one_hot(torch.tensor([0, 1]), K).float()
+    with pytest.raises(ValueError, match=r"torch.float32 \[2, 3\]; .*one-hot or soft targets"):
+        objective(model, {"video": video, "label": soft, "flow_labels": flow})
+    with pytest.raises(ValueError, match=r"flow label 9: the direction classes are 0 to 8"):
+        objective(model, {"video": video, "label": torch.tensor([0, 1]), "flow_labels": flow + 9})
+    with pytest.raises(ValueError, match=r"batch\['flow_labels'\] holds torch.float32"):
+        objective(
+            model, {"video": video, "label": torch.tensor([0, 1]), "flow_labels": flow.float()}
+        )

@@ -210,8 +210,14 @@ def test_objective_for_a_model_reads_its_sizes_and_labels_flow_between_tubelets(
 
     one_frame = create_backbone("motionformer_tiny_patch8_64", **{**kwargs, "num_frames": 1})
     cfg.flow.weight = 0  # a single position would give an order loss of 0 that teaches nothing
-    with pytest.raises(ValueError, match=r"order loss .* tokens have 1 frame, no order"):
+    with pytest.raises(ValueError, match=r"order and debias losses .* tokens have 1 frame, no"):
         objective_for_model(one_frame, cfg)
+    # Nor the frame-shuffle debias: a one-frame clip shuffled is itself, and debiasing it would
+    # push the real prediction to uniform. The message names the image variant.
+    cfg.order.weight = 0
+    with pytest.raises(ValueError, match=r"debias loss .* clips have 1 frame.*debias.axis=space"):
+        objective_for_model(one_frame, cfg)
+    cfg.order.weight = 1
     # The image variant: one frame, and the order loss predicts each patch's position.
     image = create_backbone("vit_tiny_patch16_64", num_classes=K)
     cfg.order.axis = cfg.debias.axis = "space"

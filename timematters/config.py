@@ -9,6 +9,7 @@ preset name such as ``synthetic/time``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -598,14 +599,30 @@ def _lower_bounds(cfg: Config) -> list[tuple[str, int | float, int]]:
     ]
 
 
+def check_losses(loss: LossConfig) -> LossConfig:
+    """The loss section as a config file's would be checked (each choice among its options,
+    numbers as numbers, λ finite and at least 0, smoothing in [0, 1)): a ``LossConfig`` built in
+    Python gets the same one-line errors. Returns it with its values converted."""
+    loss = merge(LossConfig(), config_to_dict(loss), "the loss config", prefix="loss.")
+    for name in ("order", "debias", "flow"):
+        weight = getattr(loss, name).weight
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ConfigError(f"loss.{name}.weight must be a number of at least 0, got {weight}")
+    for name in ("ce", "order", "flow"):
+        value = getattr(loss, name).smoothing
+        if not 0 <= value < 1:
+            raise ConfigError(
+                f"loss.{name}.smoothing must be in [0, 1) (0: plain cross-entropy), got {value}"
+            )
+    return loss
+
+
 def _validate_numbers(cfg: Config) -> None:
     """Weights, rates and scales that torch would take silently (a negative λ maximises its loss)
     or refuse only at the first step, without naming the key."""
-    loss, optim = cfg.loss, cfg.optim
+    optim = cfg.optim
+    check_losses(cfg.loss)
     non_negative = {
-        "loss.order.weight": loss.order.weight,
-        "loss.debias.weight": loss.debias.weight,
-        "loss.flow.weight": loss.flow.weight,
         "data.mixup": cfg.data.mixup,
         "data.cutmix": cfg.data.cutmix,
         "optim.weight_decay": optim.weight_decay,
@@ -625,14 +642,6 @@ def _validate_numbers(cfg: Config) -> None:
         )
     if not all(0 <= beta < 1 for beta in optim.betas):
         raise ConfigError(f"optim.betas must be in [0, 1), got {list(optim.betas)}")
-    smoothing = {
-        "loss.ce.smoothing": loss.ce.smoothing,
-        "loss.order.smoothing": loss.order.smoothing,
-        "loss.flow.smoothing": loss.flow.smoothing,
-    }
-    for key, value in smoothing.items():
-        if not 0 <= value < 1:
-            raise ConfigError(f"{key} must be in [0, 1) (0: plain cross-entropy), got {value}")
     if not all(s > 0 for s in cfg.data.std):
         raise ConfigError(
             f"data.std must be positive (clips are divided by it), got {cfg.data.std}"

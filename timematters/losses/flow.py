@@ -50,6 +50,17 @@ class FlowLoss(nn.Module):
                 "model sees at its patch size, every frame_step-th frame for tubelets "
                 "(FlowLabeller(patch_size, frame_step=frames // token frames))"
             )
+        # Named here rather than as cross-entropy's index error; on the CPU only, as for the
+        # task labels, so that a GPU step does not wait for the device.
+        if labels.device.type == "cpu" and not torch.compiler.is_compiling():
+            # -100 is cross-entropy's ignore_index: a token someone left unlabelled.
+            valid = (labels == -100) | ((labels >= 0) & (labels < NUM_FLOW_CLASSES))
+            if not bool(valid.all()):
+                bad = int(labels[~valid][0])
+                raise ValueError(
+                    f"flow label {bad}: the direction classes are 0 to {NUM_FLOW_CLASSES - 1} "
+                    "(0 still, 1 to 8 the angles)"
+                )
         mix = inputs.batch.get("mix")
         if mix is not None and mix.partner_tokens is not None:  # CutMix: the box is the partner's
             if mix.partner_tokens.numel() != labels.shape[-1]:

@@ -14,6 +14,8 @@ DistributedDataParallel or ``torch.compile``, whose wrappers the objective canno
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from timematters.backbones.protocol import VideoTokens, check_clips
-from timematters.config import LossConfig
+from timematters.backbones.protocol import PROTOCOL_MEMBERS, VideoTokens, check_clips
+from timematters.config import LossConfig, check_losses
 from timematters.losses.ce import CrossEntropyLoss
 from timematters.losses.debias import DebiasLoss
 from timematters.losses.flow import FlowLoss
@@ -87,13 +89,20 @@ class Objective(nn.Module):
         check_clips(video)
         if not isinstance(batch["label"], torch.Tensor):  # a list of class indices
             _refuse_class_names(batch["label"])
-            batch = {**batch, "label": torch.as_tensor(batch["label"], device=video.device)}
+            batch = {**batch, "label": _as_tensor(batch["label"], device=video.device)}
+        batch = {**batch, "label": _as_indices(batch["label"], "label", "class indices [B]")}
+        if batch.get("flow_labels") is not None:
+            flow = _as_tensor(batch["flow_labels"], device=video.device)
+            what = "direction classes 0 to 8 [B, T-1, S]"
+            batch = {**batch, "flow_labels": _as_indices(flow, "flow_labels", what)}
         B = video.shape[0]
         if self.shuffler is not None:
             # Both views in one forward pass: every layer works per clip, so this equals two passes
             # and runs the backbone once (which DistributedDataParallel requires).
             video = torch.cat([video, self.shuffler.shuffled_view(video, generator)])
         tokens = model.forward_features(video)
+        if all(hasattr(model, name) for name in PROTOCOL_MEMBERS):  # sizes by hand: none to read
+            check_tokens(tokens, model, batch_size=len(video))
         logits = model.forward_head(tokens.cls)
         # It names the label cross-entropy would report as an index error. Only for labels on
         # the CPU: on a GPU it would wait for the device every step, and compiled it would
@@ -184,6 +193,32 @@ def _refuse_class_names(labels: Any) -> None:
         )
 
 
+def _as_tensor(values: Any, *, device: torch.device) -> torch.Tensor:
+    """Labels given as a list, a list of per-clip tensors or a NumPy array, as one tensor."""
+    if isinstance(values, torch.Tensor):
+        return values
+    if isinstance(values, list | tuple) and values and isinstance(values[0], torch.Tensor):
+        return torch.stack([torch.as_tensor(v) for v in values]).to(device)
+    return torch.as_tensor(values, device=device)
+
+
+def _as_indices(labels: torch.Tensor, key: str, what: str) -> torch.Tensor:
+    """Integer labels as the int64 cross-entropy takes; float ones (one-hot or soft targets)
+    refused with the fix, instead of cross-entropy's size or dtype error."""
+    if labels.dtype.is_floating_point:
+        soft = (
+            " (one-hot or soft targets: give their argmax; timematters.losses.mix_clips "
+            "mixes clips and their targets)"
+            if key == "label" and labels.ndim == 2
+            else ""
+        )
+        raise ValueError(
+            f"batch[{key!r}] holds {labels.dtype} {list(labels.shape)}; it takes {what} as "
+            f"integers{soft}"
+        )
+    return labels if labels.dtype == torch.int64 else labels.long()
+
+
 def _check_label_range(labels: torch.Tensor, *, outputs: int, model: nn.Module) -> None:
     """Labels a classifier of ``outputs`` classes can be trained on: 0 to outputs - 1."""
     if labels.dtype.is_floating_point or labels.numel() == 0:
@@ -210,6 +245,7 @@ def build_objective(
     ``num_frames`` is the model's token frames. ``grid`` and ``patch_size`` (the model's) are
     needed only by the image losses (axis = space, Eq. 16-17).
     """
+    cfg = check_losses(cfg)  # a LossConfig made in Python: a misspelt choice is not "time"
     spatial = "space" in (cfg.order.axis, cfg.debias.axis)
     if spatial and (grid is None or patch_size is None):
         raise ValueError("the spatial order and debias losses need the model's grid and patch_size")
@@ -232,13 +268,60 @@ def build_objective(
     return Objective(losses, weights)
 
 
+def _warn_identity_shuffles(num_frames: int) -> None:
+    """``per_batch`` (released) draws one permutation per batch, the identity among them: at 8
+    frames once in 40,320 steps, at few frames often enough to matter."""
+    orders = math.factorial(num_frames)
+    if num_frames <= 4:
+        logging.getLogger(__name__).warning(
+            "with %d frames one step in %d shuffles no frame (loss.debias.shuffle=per_batch, as "
+            "released) and pushes the unshuffled clips to uniform: loss.debias.shuffle="
+            "per_sample never leaves a clip unshuffled",
+            num_frames,
+            orders,
+        )
+
+
+def _check_protocol(model: nn.Module) -> None:
+    """The sizes the objective reads, named when missing or not numbers (a method, say)."""
+    lacking = [name for name in PROTOCOL_MEMBERS if not hasattr(model, name)]
+    if lacking:
+        raise TypeError(
+            f"{type(model).__name__} lacks {', '.join(lacking)} of the VideoBackbone protocol "
+            "(timematters.backbones.protocol.VideoBackbone); the objective reads its sizes there"
+        )
+    for name in ("embed_dim", "num_frames", "token_frames", "patch_size"):
+        value = getattr(model, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(
+                f"{type(model).__name__}.{name} is a {type(value).__name__}; the protocol wants "
+                f"an int (a property, not a method, for a computed one)"
+            )
+
+
+def check_tokens(tokens: VideoTokens, model: nn.Module, batch_size: int) -> None:
+    """Tokens in the protocol's layout, cls [B, D] and patches [B, T, S, D], with the sizes the
+    model declares: the losses' heads were sized from them, and patches in another layout of
+    the same sizes ([B, S, T, D] when S = T) would train the order head on patch positions."""
+    expected = (batch_size, model.token_frames, model.grid[0] * model.grid[1], model.embed_dim)
+    patches, cls = tokens.patches, tokens.cls
+    if tuple(patches.shape) != expected or tuple(cls.shape) != (batch_size, model.embed_dim):
+        raise ValueError(
+            f"{type(model).__name__}.forward_features gave patches {list(patches.shape)} and cls "
+            f"{list(cls.shape)}; its sizes say patches [B, token_frames, grid h*w, embed_dim] = "
+            f"{list(expected)} and cls {[batch_size, model.embed_dim]} (patches in (t, s) order: "
+            "einops.rearrange(x, 'b d t h w -> b t (h w) d') from a [B, D, T, h, w] map)"
+        )
+
+
 def objective_for_model(model: nn.Module, cfg: LossConfig | None = None) -> Objective:
     """The objective for a ``VideoBackbone`` (ours or adapted): its width, token frames, grid and
     patch size, and a ValueError naming the reason when a loss that is on needs what the model
     lacks (the order loss a frame axis in its tokens, the flow loss two token frames or more,
     each of the same number of frames)."""
-    cfg = cfg or LossConfig()
+    cfg = check_losses(cfg or LossConfig())
     _refuse_wrappers(model)
+    _check_protocol(model)
     unsupported = dict(getattr(model, "unsupported", {}))
     # One frame position to predict: a loss of 0 that teaches nothing (the image variant's order
     # loss, axis=space, predicts patch positions instead).
@@ -250,7 +333,12 @@ def objective_for_model(model: nn.Module, cfg: LossConfig | None = None) -> Obje
         unsupported.setdefault(
             "flow", f"its {model.num_frames} frames become {model.token_frames} token frames"
         )
-    blocked = [n for n in ("order", "flow") if getattr(cfg, n).weight != 0 and n in unsupported]
+    # A one-frame clip shuffled is the clip itself: debiasing it would push the real prediction
+    # to uniform, against the task loss (the image variant shuffles patches instead).
+    if cfg.debias.axis == "time" and model.num_frames < 2:
+        unsupported.setdefault("debias", f"its clips have {model.num_frames} frame, no order")
+    losses = ("order", "debias", "flow")
+    blocked = [n for n in losses if getattr(cfg, n).weight != 0 and n in unsupported]
     if blocked:  # every loss at once, so that one corrected command runs
         source = getattr(model, "source", "") or type(model).__name__
         overrides = " ".join(f"loss.{n}.weight=0" for n in blocked)
@@ -258,9 +346,17 @@ def objective_for_model(model: nn.Module, cfg: LossConfig | None = None) -> Obje
             name = blocked[0]
             problem = f"the {name} loss cannot train {source}: {unsupported[name]}; give it"
         else:
+            names = ", ".join(blocked[:-1]) + f" and {blocked[-1]}"
             reasons = "; ".join(f"{n}: {unsupported[n]}" for n in blocked)
-            problem = f"the order and flow losses cannot train {source} ({reasons}); give them"
-        raise ValueError(f"{problem} weight 0 ({overrides})")
+            problem = f"the {names} losses cannot train {source} ({reasons}); give them"
+        images = (
+            " (for an image model, the image variant: loss.order.axis=space loss.debias.axis=space)"
+            if model.num_frames < 2
+            else ""
+        )
+        raise ValueError(f"{problem} weight 0 ({overrides}){images}")
+    if cfg.debias.weight != 0 and cfg.debias.axis == "time" and cfg.debias.shuffle == "per_batch":
+        _warn_identity_shuffles(model.num_frames)
     return build_objective(
         cfg,
         embed_dim=model.embed_dim,
