@@ -2,7 +2,9 @@
 
 A clip's consecutive frames go through Farnebäck flow on grey frames; the flow vectors are
 averaged over each patch; the mean vector's angle picks one of 8 45° bins (class 1..8) and patches
-that barely move get class 0. Image axes: +x right, +y down, so right = 1, down = 3, left = 5, up = 7.
+that barely move get class 0. Image axes: +x right, +y down; class k covers the angles
+[45°·(k-1), 45°·k), so class 1 starts at "right", 3 at "down", 5 at "left", 7 at "up" (motion
+exactly along an axis lies on a bin edge and goes either way with rounding, as released).
 
 These are the pure steps; ``labeller.FlowLabeller`` runs them with one set of options.
 """
