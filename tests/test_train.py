@@ -243,3 +243,26 @@ def test_init_from_says_in_the_log_what_the_load_changed(tmp_path):
     log = (tmp_path / "b" / "train.log").read_text()
     assert f"[train] {checkpoint}: time_embed resized from [1, 4, 24] to [1, 8, 24]" in log
     assert "TIME heads not in the checkpoint or of another size, initialised: order" in log
+
+
+def test_each_micro_batch_of_an_accumulated_step_draws_its_own_shuffle(tmp_path, monkeypatch):
+    """With train.accumulation, the micro-batches of a step continue one (seed, step) stream
+    of frame orders: each draws its own, and the run still resumes exactly."""
+    import timematters.losses.debias as debias
+
+    drawn = []
+
+    def recording(video, mode, generator):
+        shuffled, perms = shuffle_frames(video, mode, generator)
+        drawn.append(perms.clone())
+        return shuffled, perms
+
+    shuffle_frames = debias.shuffle_frames
+    monkeypatch.setattr(debias, "shuffle_frames", recording)
+    train(tiny_config(tmp_path / "run", "train.accumulation=2", "train.epochs=1"))
+    assert len(drawn) == 8  # 16 clips in batches of 4: 4 steps of 2 micro-batches
+    # (Each is one of 4! orders: two may meet by chance, not all four pairs.)
+    pairs = zip(drawn[0::2], drawn[1::2], strict=True)
+    assert sum(torch.equal(first, second) for first, second in pairs) < 2
+    monkeypatch.undo()
+    assert_resumes_exactly(tmp_path / "resume", "train.accumulation=2", "train.save_every_steps=3")

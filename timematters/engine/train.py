@@ -733,8 +733,9 @@ def train_step(run: Run, micro_batches: list[dict[str, Any]]) -> tuple[dict[str,
     torch.manual_seed(((cfg.train.seed * 2**20 + info.rank) * 2**32 + progress.step) % 2**63)
     lr = lr_at(progress.step / run.steps_per_epoch, cfg.optim, cfg.train.epochs)
     set_lr(run.optimizer, lr)
-    # Frame shuffles drawn from (seed, step): identical on every rank and after a resume.
-    generator_seed = cfg.train.seed * 7_919 + progress.step
+    # Frame shuffles drawn from (seed, step): identical on every rank and after a resume; one
+    # stream for the step, so each micro-batch draws its own.
+    shuffles = torch.Generator().manual_seed(cfg.train.seed * 7_919 + progress.step)
     sums: dict[str, torch.Tensor] = {}
     skipped = False
     for i, batch in enumerate(micro_batches):
@@ -747,7 +748,7 @@ def train_step(run: Run, micro_batches: list[dict[str, Any]]) -> tuple[dict[str,
             with torch.autocast(
                 device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None
             ):
-                out = run.ddp_model(batch, torch.Generator().manual_seed(generator_seed))
+                out = run.ddp_model(batch, shuffles)
             finite = torch.isfinite(out.total.detach()).float().view(1)
             if all_reduce_sum(finite).item() == info.world_size:
                 run.scaler.scale(out.total / len(micro_batches)).backward()
