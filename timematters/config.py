@@ -241,8 +241,8 @@ class EvalConfig:
     perturbations: tuple[Perturbation, ...] = ("shuffle",)
     freeze_frame: int | None = None  # the frame "freeze" repeats: None the middle one, -1 the last
     shuffle: Literal["per_batch", "per_sample"] = "per_sample"
-    # Over a clip's test views: "logits" sums them (released; confidences use their mean),
-    # "softmax" averages the views' probabilities.
+    # Over a clip's test views: "logits" averages them (the ranking of the released sum;
+    # confidences of one view's scale), "softmax" averages the views' probabilities.
     aggregation: Literal["logits", "softmax"] = "logits"
     batch_size: int = 32
     seed: int = 0

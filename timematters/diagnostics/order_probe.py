@@ -116,9 +116,11 @@ def order_probe(
     device: torch.device | None = None,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
+    l2: float = 1e-3,
 ) -> list[dict[str, Any]]:
     """Per model: the probe fit on the first ``fit_clips`` clips of ``loader`` and scored on the
-    ``held_out_clips`` after them (same preprocessing, disjoint clips).
+    ``held_out_clips`` after them (same preprocessing, disjoint clips). ``l2``: the probe's
+    penalty (0: the paper's plain cross-entropy, whose optimum need not be unique).
 
     Each result holds ``accuracy`` (top-1 %, per block and ``final``), ``frames`` (token frames
     of each block, for its chance level 100 / frames) and ``skipped`` (block -> why it was not
@@ -161,6 +163,6 @@ def order_probe(
             if len(held_out) == 0:
                 skipped[name] = "no held-out clips left"
                 continue
-            accuracy[name] = fit_order_probe(fit, held_out)
+            accuracy[name] = fit_order_probe(fit, held_out, l2=l2)
         results[i] = {"accuracy": accuracy, "frames": frames, "skipped": skipped}
     return results
