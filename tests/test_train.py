@@ -266,3 +266,48 @@ def test_each_micro_batch_of_an_accumulated_step_draws_its_own_shuffle(tmp_path,
     assert sum(torch.equal(first, second) for first, second in pairs) < 2
     monkeypatch.undo()
     assert_resumes_exactly(tmp_path / "resume", "train.accumulation=2", "train.save_every_steps=3")
+
+
+def test_a_batch_of_bad_videos_only_is_a_step_without_an_update(tmp_path):
+    """An epoch keeps its steps when a batch holds only undecodable videos (it used to end the
+    training after its first epoch, exit 0), and a run killed after one resumes exactly."""
+    from videos import numbered_frames, write_video
+
+    names = [f"good{i}.mp4" for i in range(7)] + ["bad.mp4"]
+    for name in names[:7]:
+        write_video(tmp_path / name, numbered_frames(10))
+    (tmp_path / "bad.mp4").write_bytes(b"this is not a video")
+    (tmp_path / "train.txt").write_text("".join(f"{n} {i % 2}\n" for i, n in enumerate(names)))
+    extra = [
+        "data.dataset=videolist",
+        f"data.annotations={tmp_path / 'train.txt'}",
+        f"data.val_annotations={tmp_path / 'train.txt'}",
+        "data.train_short_side=[36, 40]",
+        "data.eval_short_side=32",
+        "data.test_spatial_crops=1",
+        "data.max_bad_fraction=0.5",
+        "loss.flow.weight=0",
+        "train.batch_size=1",
+        "train.epochs=2",
+        "train.save_every_steps=3",
+    ]
+    full = {}
+    train(tiny_config(tmp_path / "full", *extra), step_callback=lambda s, r: full.update({s: r}))
+    assert load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pth")["step"] == 16
+    assert len(full) == 14  # 2 epochs of 8 batches, one of each all bad: no update, no record
+
+    def kill(step, record):
+        if step >= 11:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        train(tiny_config(tmp_path / "killed", *extra), step_callback=kill)
+    resumed = {}
+    train(
+        tiny_config(tmp_path / "killed", *extra),
+        resume=tmp_path / "killed" / "checkpoints" / "last.pth",
+        step_callback=lambda s, r: resumed.update({s: r}),
+    )
+    assert resumed and max(resumed) == max(full)
+    for step, record in resumed.items():
+        assert record["loss"] == pytest.approx(full[step]["loss"], abs=1e-6), step

@@ -632,7 +632,9 @@ def train_one_epoch(run: Run, loader: DataLoader) -> None:
 def _train_steps(run: Run, batches: Iterable[dict[str, Any]], epoch_end: int, bar: Any) -> None:
     """``train_one_epoch``'s loop: micro-batches gathered into steps, each logged."""
     cfg, progress = run.cfg, run.progress
-    micro_batches: list[dict[str, Any]] = []
+    # Every step takes train.accumulation batches, used or not: an epoch keeps its number of
+    # steps, and a resume skips exactly the batches the steps before it took.
+    taken: list[dict[str, Any] | None] = []
     tic = time.perf_counter()
     for batch in batches:
         if progress.step >= epoch_end:
@@ -640,13 +642,15 @@ def _train_steps(run: Run, batches: Iterable[dict[str, Any]], epoch_end: int, ba
         skip, stop = _account_for_batch(run, batch)
         if stop:
             _stop(run)
-        if skip:
+        taken.append(None if skip else batch)  # skipped: all its videos bad (on some rank)
+        if len(taken) < cfg.train.accumulation:
             continue
-        micro_batches.append(batch)
-        if len(micro_batches) < cfg.train.accumulation:
+        micro_batches, taken = [b for b in taken if b is not None], []
+        if not micro_batches:  # nothing to learn from: the step passes without an update
+            progress.step += 1
+            _after_step(run, bar)
             continue
         terms, grad_norm = train_step(run, micro_batches)
-        micro_batches = []
         toc = time.perf_counter()
         record = {
             "kind": "train",
@@ -665,11 +669,17 @@ def _train_steps(run: Run, batches: Iterable[dict[str, Any]], epoch_end: int, ba
         losses = {k.removesuffix("_loss"): v for k, v in record.items() if k.endswith("loss")}
         # refresh=False: the update below redraws when the bar's interval says (a log file: 30 s).
         bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
-        bar.update()
         if run.step_callback is not None:
             run.step_callback(progress.step, record)
-        if cfg.train.save_every_steps and progress.step % cfg.train.save_every_steps == 0:
-            save_run_checkpoint(run, "last.pth")
+        _after_step(run, bar)
+
+
+def _after_step(run: Run, bar: Any) -> None:
+    """A step's end, whether it updated the model or not: the bar, and the periodic checkpoint."""
+    bar.update()
+    every = run.cfg.train.save_every_steps
+    if every and run.progress.step % every == 0:
+        save_run_checkpoint(run, "last.pth")
 
 
 def _memory_fix(run: Run) -> str:
