@@ -222,3 +222,21 @@ def test_a_resume_continues_in_the_checkpoints_own_folder(tmp_path):
             resume=run / "checkpoints" / "last.pth",
         )
     assert not (tmp_path / "other").exists()
+
+
+def test_a_loose_checkpoint_continues_in_a_folder_of_its_own(tmp_path):
+    import shutil
+
+    train(tiny_config(tmp_path / "a", "train.max_steps=4"))  # 2 epochs of 4 steps, stopped at 4
+    loose = tmp_path / "loose.pth"
+    shutil.copy(tmp_path / "a" / "checkpoints" / "last.pth", loose)
+    other = tmp_path / "b"
+    train(tiny_config(other, "train.epochs=1", "train.seed=1"))
+    before = {p.name: p.read_bytes() for p in other.rglob("*") if p.is_file()}
+    # Into another run's folder: refused, the run there untouched (its log, best.pth, config).
+    with pytest.raises(RunFolderInUse, match=r"already holds a run .*folder of its own: resume"):
+        train(tiny_config(other), resume=loose)
+    assert {p.name: p.read_bytes() for p in other.rglob("*") if p.is_file()} == before
+    # Into a new folder: it goes on there.
+    result = train(tiny_config(tmp_path / "new"), resume=loose)
+    assert result["steps"] == 8

@@ -72,6 +72,7 @@ from timematters.engine.runs import (
     RunShape,
     StopSignals,
     check_resume,
+    claim_folder,
     claim_run_folder,
     first_new_folder,
     hold_run_folder,
@@ -224,7 +225,19 @@ def train(
 def _check_resume_folder(checkpoint: Path, out: Path) -> None:
     """A resumed run continues in its own folder: its metrics, best.pth and logs are there."""
     if checkpoint.parent.name != "checkpoints":
-        return  # a loose checkpoint file: train.out is where the run goes on
+        # A loose checkpoint file: the run goes on in train.out, which must hold no other run
+        # (its log, best.pth and config would mix with this one's).
+        own = out / "checkpoints" / "last.pth"
+        continue_it = f"resume its own checkpoint, {own}, or " if own.is_file() else ""
+        claim_folder(
+            out,
+            kind="a run",
+            overwrite=False,
+            remove=False,
+            fix=f"--resume {checkpoint} continues a run in a folder of its own: {continue_it}"
+            "choose another train.out",
+        )
+        return
     run_folder = checkpoint.parent.parent
     if run_folder.resolve() != out.resolve():
         raise ConfigError(
