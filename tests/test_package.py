@@ -167,6 +167,12 @@ def test_resume_auto_starts_a_new_run_or_continues_a_killed_one(tmp_path, capsys
         return [(r["kind"], r["step"], r.get("loss"), r.get("all/top1")) for r in records]
 
     assert losses(again) == losses(full)
+    # Only best.pth left (last.pth deleted): the run goes on from it, nothing thrown away.
+    (killed / "checkpoints" / "last.pth").unlink()
+    assert main([*base, f"train.out={killed}", "--resume", "auto"]) == 0
+    assert "last.pth is missing: continuing from" in capsys.readouterr().out
+    again = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert losses(again) == losses(full)
 
 
 @pytest.fixture(scope="module")

@@ -422,6 +422,20 @@ def _resume_flag_before_overrides(argv: list[str] | None) -> list[str]:
     return argv
 
 
+def _run_checkpoint(out: Path) -> Path:
+    """The checkpoint a run folder continues from: ``last.pth``, or where only ``best.pth`` is
+    left (last.pth deleted, or a kill between the first best.pth and its last.pth), that one: it
+    holds the whole training state of its step."""
+    from timematters.engine.distributed import is_main_process
+
+    last, best = out / "checkpoints" / "last.pth", out / "checkpoints" / "best.pth"
+    if not last.is_file() and best.is_file():
+        if is_main_process():
+            print(f"[train] {last} is missing: continuing from {best}", flush=True)
+        return best
+    return last
+
+
 def _train(args) -> int:
     from timematters.engine.distributed import is_main_process
     from timematters.engine.evaluate import format_table
@@ -431,7 +445,7 @@ def _train(args) -> int:
     cfg = load_config(args.config, args.overrides)
     resume, overwrite, replace_partial = args.resume, args.overwrite, False
     if resume == "auto":
-        resume = Path(cfg.train.out) / "checkpoints" / "last.pth"
+        resume = _run_checkpoint(Path(cfg.train.out))
         if not resume.is_file():  # nothing to continue: a new run (over a partial one's logs)
             if Path(cfg.train.out).is_dir():  # a run still going there is named before this line
                 with hold_run_folder(Path(cfg.train.out)):
@@ -440,7 +454,7 @@ def _train(args) -> int:
                 print(f"[train] no checkpoint in {cfg.train.out}: starting a new run", flush=True)
             resume, replace_partial = None, True
     elif resume == "last":
-        resume = Path(cfg.train.out) / "checkpoints" / "last.pth"
+        resume = _run_checkpoint(Path(cfg.train.out))
         if not resume.is_file():
             partial = (Path(cfg.train.out) / "config.yaml").is_file()
             start = (

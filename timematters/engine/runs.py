@@ -240,12 +240,13 @@ def refuse_inside_a_run(folder: Path) -> None:
 def claim_run_folder(folder: Path, *, overwrite: bool, partial_only: bool = False) -> None:
     """A new run's folder: refused while it holds a run or another command's output, unless
     ``overwrite`` (with ``partial_only``: only a run that left no checkpoint is replaced)."""
-    has_checkpoint = (folder / "checkpoints" / "last.pth").is_file()
+    has_checkpoint = any((folder / "checkpoints").glob("*.pth"))
     resume = "continue it with --resume, " if has_checkpoint else ""
     claim_folder(
         folder,
         kind="a run",
-        overwrite=overwrite,
+        # A run that left any checkpoint is not partial: its training is not thrown away.
+        overwrite=overwrite and not (partial_only and has_checkpoint),
         fix=f"{resume}replace it with --overwrite, or choose another train.out",
         partial_only=partial_only,
     )
