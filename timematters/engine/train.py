@@ -225,6 +225,8 @@ def train(
 def _check_resume_folder(checkpoint: Path, out: Path) -> None:
     """A resumed run continues in its own folder: its metrics, best.pth and logs are there."""
     if checkpoint.parent.name != "checkpoints":
+        if not checkpoint.is_file():
+            return  # not a checkpoint: loading it says what it is
         # A loose checkpoint file: the run goes on in train.out, which must hold no other run
         # (its log, best.pth and config would mix with this one's).
         own = out / "checkpoints" / "last.pth"
