@@ -163,9 +163,21 @@ def test_a_folder_holding_a_run_is_refused_unless_overwritten(tmp_path):
         train(cfg)
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == before  # nothing touched
     (tmp_path / "run" / "notes.txt").write_text("mine")
+    # An overwrite that is refused before it begins (a batch larger than the data) keeps the
+    # run it would have replaced, file for file.
+    files = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "run").rglob("*")
+             if p.is_file() and p.name != ".lock"}  # fmt: skip
+    with pytest.raises(ValueError, match="batch"):
+        train(
+            tiny_config(tmp_path / "run", "train.epochs=1", "train.batch_size=64"), overwrite=True
+        )
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "run").rglob("*")
+             if p.is_file() and p.name != ".lock"}  # fmt: skip
+    assert after == files
     train(cfg, overwrite=True)
     assert len(_records(tmp_path / "run")) == len(before.splitlines())  # replaced, not appended
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"  # only the run's files go
+    assert not (tmp_path / "run" / ".replaced").exists()
 
 
 @pytest.mark.parametrize(

@@ -198,13 +198,16 @@ def claim_folder(
     fix: str,
     remove: bool = True,
     partial_only: bool = False,
-) -> None:
+    aside: bool = False,
+) -> Path | None:
     """Make ``folder`` ready for ``kind``'s output (a key of ``OUTPUTS``): refuse a folder that
     holds a run, a demo, ... (``fix`` says what to do), or remove their files (``overwrite``, and
     a diagnose report's or an evaluation's own earlier output); anything else is left alone.
     ``remove=False`` only refuses: a command that can still fail checks early and removes the
-    earlier output once its own is about to be written. ``partial_only``: ``overwrite`` replaces
-    a run that left no checkpoint (``--resume auto``), and refuses anything else."""
+    earlier output once its own is about to be written. ``aside``: the files are moved into a
+    hidden folder, returned, for ``restore_aside`` should the command fail before it begins, or
+    ``discard_aside`` once it has. ``partial_only``: ``overwrite`` replaces a run that left no
+    checkpoint (``--resume auto``), and refuses anything else."""
     folder = Path(folder)
     check_writable(folder, kind=kind)
     held = [
@@ -222,8 +225,47 @@ def claim_folder(
         found = sorted({p.name for pattern in files for p in folder.glob(pattern)})
         names = ", ".join(found[:6]) + (" ..." if len(found) > 6 else "")
         raise RunFolderInUse(f"{folder} already holds {blocking[0]} ({names}): {fix}")
+    if aside and held:
+        return _set_aside(folder, [pattern for other in held for pattern in OUTPUTS[other][0]])
     for other in held if remove else []:
         _remove_matching(folder, OUTPUTS[other][0])
+    return None
+
+
+ASIDE = ".replaced"  # where an overwritten run waits until the new one has begun
+
+
+def _set_aside(folder: Path, patterns: list[str]) -> Path:
+    """Move the files matching ``patterns`` into ``folder/.replaced``; all or none (a file that
+    cannot be moved puts the others back, and the error says which)."""
+    trash = folder / ASIDE
+    if trash.exists():  # what a command killed between moving and discarding left
+        shutil.rmtree(trash)
+    trash.mkdir()
+    moved: list[str] = []
+    try:
+        for path in sorted({p for pattern in patterns for p in folder.glob(pattern)}):
+            if path.exists():  # a folder matched first may have held it
+                path.rename(trash / path.name)
+                moved.append(path.name)
+    except OSError:
+        for name in moved:
+            (trash / name).rename(folder / name)
+        trash.rmdir()
+        raise
+    return trash
+
+
+def restore_aside(trash: Path) -> None:
+    """Put back what ``claim_folder(..., aside=True)`` moved: the new command did not begin."""
+    for path in trash.iterdir():
+        path.rename(trash.parent / path.name)
+    trash.rmdir()
+
+
+def discard_aside(trash: Path) -> None:
+    """Delete what ``claim_folder(..., aside=True)`` moved: the new command has begun."""
+    shutil.rmtree(trash)
 
 
 def refuse_inside_a_run(folder: Path) -> None:
@@ -237,18 +279,20 @@ def refuse_inside_a_run(folder: Path) -> None:
             )
 
 
-def claim_run_folder(folder: Path, *, overwrite: bool, partial_only: bool = False) -> None:
+def claim_run_folder(folder: Path, *, overwrite: bool, partial_only: bool = False) -> Path | None:
     """A new run's folder: refused while it holds a run or another command's output, unless
-    ``overwrite`` (with ``partial_only``: only a run that left no checkpoint is replaced)."""
+    ``overwrite`` (with ``partial_only``: only a run that left no checkpoint is replaced). What
+    it replaces is set aside (the folder returned) until the new run has begun."""
     has_checkpoint = any((folder / "checkpoints").glob("*.pth"))
     resume = "continue it with --resume, " if has_checkpoint else ""
-    claim_folder(
+    return claim_folder(
         folder,
         kind="a run",
         # A run that left any checkpoint is not partial: its training is not thrown away.
         overwrite=overwrite and not (partial_only and has_checkpoint),
         fix=f"{resume}replace it with --overwrite, or choose another train.out",
         partial_only=partial_only,
+        aside=True,
     )
 
 

@@ -74,11 +74,13 @@ from timematters.engine.runs import (
     check_resume,
     claim_folder,
     claim_run_folder,
+    discard_aside,
     first_new_folder,
     hold_run_folder,
     labels_digest,
     refuse_inside_a_run,
     remove_run_files,
+    restore_aside,
 )
 from timematters.flow.farneback import configure_opencv_threads
 from timematters.flow.labeller import FlowLabeller
@@ -170,15 +172,17 @@ def train(
             contextlib.ExitStack() as lock,
             contextlib.ExitStack() as log_copy,
         ):
+            replaced: list[Path] = []  # an overwritten run, set aside until this one begins
 
             def claim() -> None:  # locked, then refused before anything in it is touched
                 if fresh:
                     refuse_inside_a_run(out)
                 lock.enter_context(hold_run_folder(out))
                 if fresh:
-                    claim_run_folder(
+                    aside = claim_run_folder(
                         out, overwrite=overwrite or replace_partial, partial_only=replace_partial
                     )
+                    replaced.extend([aside] if aside is not None else [])
 
             on_main_for_all(claim)
             if fresh:  # logged from the first line on
@@ -194,7 +198,11 @@ def train(
                 if fresh and info.is_main:
                     lock.close()
                     remove_run_files(out, created=created)
+                    for aside in replaced:  # --overwrite of a command that never began
+                        restore_aside(aside)
                 raise
+            for aside in replaced:
+                discard_aside(aside)
             if not fresh:  # a refused resume must not touch the run's log: only now
                 log_copy.enter_context(copy_output(out / "train.log", enabled=info.is_main))
                 if info.is_main:
