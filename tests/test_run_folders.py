@@ -326,3 +326,34 @@ def test_a_run_inside_another_runs_folder_is_refused(tmp_path, capsys):
     assert code == 2
     _one_clear_line(err, f"train.out={inside} is inside the run folder {tmp_path / 'run'}")
     assert not inside.exists()
+
+
+def test_a_full_disk_stops_a_run_in_one_line_and_a_cut_log_is_whole_or_untouched(
+    tmp_path, capsys, monkeypatch
+):
+    import errno
+
+    from timematters.engine import metrics
+    from timematters.files import write_text_atomic
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    # The log's first append meets a full disk: exit 1 (stopped by the machine), the file named.
+    monkeypatch.setattr(metrics.json, "dumps", no_space)
+    out = tmp_path / "run"
+    code, err = _cli(capsys, "train", "synthetic/time", *TINY, f"train.out={out}")
+    assert code == 1
+    assert [line for line in err.splitlines() if line.startswith("timematters:")] == [
+        f"timematters: error: cannot write {out / 'metrics.jsonl'}: No space left on device; free "
+        "space (or raise the limit) and run the command again (a run: with --resume, from its "
+        "last checkpoint)"
+    ]
+    monkeypatch.undo()
+    # A rewrite that fails half-way leaves the earlier text, and no temporary file.
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("one\ntwo\n")
+    monkeypatch.setattr("os.replace", no_space)
+    with pytest.raises(OSError):
+        write_text_atomic(log, "one\n")
+    assert log.read_text() == "one\ntwo\n" and not list(tmp_path.glob(".metrics.jsonl.*"))

@@ -10,6 +10,7 @@ stopped by SIGINT / SIGTERM exits with 130 / 143 after writing its checkpoint. S
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -334,7 +335,17 @@ def _message(error: Exception) -> str:
     own reads "[Errno 13] Permission denied: 'last.pth'")."""
     if isinstance(error, PermissionError) and error.filename:
         return f"{error.filename}: {error.strerror}; choose a file or folder that can be written"
+    if isinstance(error, OSError) and error.errno in _FULL:
+        where = f"cannot write {error.filename}: " if error.filename else ""
+        return (
+            f"{where}{error.strerror}; free space (or raise the limit) and run the command again "
+            "(a run: with --resume, from its last checkpoint)"
+        )
     return str(error)
+
+
+# A disk, quota or file-size limit reached: a stop by the machine, not a user's mistake.
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _said_by_this_process(error: Exception) -> bool:
@@ -362,6 +373,8 @@ def _exit_code(error: Exception) -> int | None:
     if isinstance(error, Interrupted):
         return error.exit_code
     if isinstance(error, TooManyBadVideos | NonFiniteLossError | CheckpointWriteError):
+        return 1
+    if isinstance(error, OSError) and error.errno in _FULL:  # a run stopped by its disk
         return 1
     if isinstance(error, PermissionError):  # a folder that cannot be written: choose another
         return 2

@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from timematters.files import write_text_atomic
+
 
 class RunLog:
     """Appends records to ``<run>/metrics.jsonl`` and mirrors the numbers to TensorBoard."""
@@ -47,7 +49,7 @@ class RunLog:
             return
         if keep_lines is not None and self.path.is_file():
             kept = self.path.read_text().splitlines(keepends=True)[:keep_lines]
-            self.path.write_text("".join(kept))
+            write_text_atomic(self.path, "".join(kept))  # a kill here keeps the whole log
             self.lines = len(kept)
         if tensorboard:
             try:
@@ -66,8 +68,11 @@ class RunLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(_finite_or_none(record), allow_nan=False) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(_finite_or_none(record), allow_nan=False) + "\n")
+        except OSError as error:  # a full disk: named, as the CLI then says it in one line
+            raise OSError(error.errno, error.strerror, str(self.path)) from error
         self.lines += 1
         numbers = {
             f"{record['kind']}/{key}": value

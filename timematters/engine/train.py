@@ -49,7 +49,7 @@ from timematters.engine.backgrounds import (
     format_backgrounds_table,
     present_variations,
 )
-from timematters.engine.checkpoint import load_checkpoint, save_checkpoint
+from timematters.engine.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
 from timematters.engine.distributed import (
     DistInfo,
     all_gather_objects,
@@ -545,8 +545,15 @@ def _save_epoch_checkpoints(run: Run, *, best: bool) -> None:
     if run.info.is_main:
         folder = run.run_dir / "checkpoints"
         tmp = folder / ".last.pth.copy.tmp"
-        shutil.copy2(folder / "best.pth", tmp)
-        os.replace(tmp, folder / "last.pth")
+        try:
+            shutil.copy2(folder / "best.pth", tmp)
+            os.replace(tmp, folder / "last.pth")
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            raise CheckpointWriteError(
+                f"cannot write {folder / 'last.pth'} ({error.strerror or error}); the previous "
+                "one is intact: free space or fix the folder, then resume with --resume"
+            ) from error
     barrier()
 
 
