@@ -1,4 +1,4 @@
-"""The package's layers import only downward: config, progress bars and backbones at the bottom; flow, losses and
+"""The package's layers import only downward: config, files, progress bars and backbones at the bottom; flow, losses and
 data above them; the engine above those; diagnostics, the demos and the CLI on top."""
 
 import ast
@@ -10,6 +10,7 @@ PACKAGE = Path(__file__).parents[1] / "timematters"
 LAYERS = {
     "config": 0,
     "progress": 0,
+    "files": 0,
     "backbones": 0,
     "flow": 1,
     "losses": 1,
