@@ -4,7 +4,11 @@ consistent, unwritable folders and undecodable test videos stop a run early and 
 and a shuffle test's draws do not depend on how the clips were split across processes."""
 
 import json
+import os
 import signal
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -357,3 +361,54 @@ def test_a_full_disk_stops_a_run_in_one_line_and_a_cut_log_is_whole_or_untouched
     with pytest.raises(OSError):
         write_text_atomic(log, "one\n")
     assert log.read_text() == "one\ntwo\n" and not list(tmp_path.glob(".metrics.jsonl.*"))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forked workers need fork")
+def test_a_killed_runs_forked_workers_do_not_keep_its_folder_locked(tmp_path):
+    """A run killed with -9 leaves its DataLoader workers alive a moment; the folder's lock must
+    go with the run, so that a requeued --resume auto is not refused."""
+    script = textwrap.dedent(
+        f"""
+        import os, time
+        from timematters.engine.runs import hold_run_folder
+        with hold_run_folder({str(tmp_path / "run")!r}):
+            if os.fork() == 0:  # a worker, still busy when the run dies
+                for fd in (1, 2):  # (not holding the test's pipe open)
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+                time.sleep(20)
+                os._exit(0)
+            print("locked", flush=True)
+            os._exit(0)  # the run killed: no cleanup
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.stdout.strip() == "locked", proc.stderr
+    with hold_run_folder(tmp_path / "run"):  # the worker lives on, the lock does not
+        pass
+
+
+@pytest.mark.skipif(runs.fcntl is None, reason="file locks need fcntl")
+def test_a_lock_won_on_a_removed_lock_file_is_not_taken_for_the_folders(tmp_path, monkeypatch):
+    """B opens the lock file while A holds it; A ends (removing it) and C locks a new one; B's
+    lock on the removed file must not count: B is refused as C holds the folder."""
+    out = tmp_path / "run"
+    out.mkdir()
+    path = out / runs.LOCK_FILE
+    path.write_text("pid A\n")
+    real_lock, held = runs._lock, []
+
+    def a_ends_and_c_begins(file, folder):
+        if not held:  # once, between B's open and B's lock
+            path.unlink()
+            c = path.open("a+")
+            c.write("pid C\n")
+            c.flush()
+            runs.fcntl.flock(c, runs.fcntl.LOCK_EX | runs.fcntl.LOCK_NB)
+            held.append(c)
+        return real_lock(file, folder)
+
+    monkeypatch.setattr(runs, "_lock", a_ends_and_c_begins)
+    refused = pytest.raises(runs.RunFolderInUse, match=r"in use by a run still going \(pid C\)")
+    with refused, runs.hold_run_folder(out):
+        pass
+    held[0].close()

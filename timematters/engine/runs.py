@@ -137,6 +137,24 @@ REPLACED = {"a diagnose report", "an evaluation", "flow labels", "an export", "f
 
 
 LOCK_FILE = ".lock"
+# The descriptors of the run folders this process holds locked. A flock belongs to the open
+# file, which forked children (DataLoader workers) share: they would keep the folder locked for
+# a while after a killed run, refusing its requeued job. A child points them at /dev/null.
+_HELD_LOCKS: set[int] = set()
+
+
+def _drop_inherited_locks() -> None:
+    if not _HELD_LOCKS:
+        return
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    for fd in _HELD_LOCKS:
+        os.dup2(devnull, fd)  # the number stays valid for the copy of the file object here
+    os.close(devnull)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 @contextlib.contextmanager
@@ -147,32 +165,60 @@ def hold_run_folder(folder: Path) -> Iterator[None]:
     check_writable(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
-    with path.open("a+") as file:
+    while True:
+        file = path.open("a+")
         try:
-            if fcntl is not None:
-                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            file.seek(0)
-            holder = file.read().strip() or "another process"
-            raise RunFolderInUse(
-                f"{folder} is in use by a run still going ({holder}): wait for it to end or "
-                "stop it, or choose another train.out"
-            ) from None
-        except OSError as error:  # a file system without locks (Lustre mounted without flock)
-            logging.getLogger(__name__).warning(
-                "%s cannot be locked (%s): nothing stops a second command from using it while "
-                "this run trains",
-                folder,
-                error.strerror or error,
-            )
+            locked = _lock(file, folder)
+        except BaseException:
+            file.close()
+            raise
+        # The run that held it removes the file as it ends: a lock won on that removed file,
+        # while a newer command locks a new one, would hold nothing. Then lock the new one.
+        if not locked or _is_the_file_at(file, path):
+            break
+        file.close()
+    with file:
         file.seek(0)
         file.truncate()
         file.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         file.flush()
+        _HELD_LOCKS.add(file.fileno())
         try:
             yield
         finally:  # removed while still held: a folder the run made can then go when empty
+            _HELD_LOCKS.discard(file.fileno())
             path.unlink(missing_ok=True)
+
+
+def _lock(file: Any, folder: Path) -> bool:
+    """Lock ``file`` (True), or warn where the file system has no locks (False)."""
+    if fcntl is None:  # Windows
+        return False
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        file.seek(0)
+        holder = file.read().strip() or "another process"
+        raise RunFolderInUse(
+            f"{folder} is in use by a run still going ({holder}): wait for it to end or "
+            "stop it, or choose another train.out"
+        ) from None
+    except OSError as error:  # a file system without locks (Lustre mounted without flock)
+        logging.getLogger(__name__).warning(
+            "%s cannot be locked (%s): nothing stops a second command from using it while "
+            "this run trains",
+            folder,
+            error.strerror or error,
+        )
+        return False
+
+
+def _is_the_file_at(file: Any, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(file.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def check_writable(folder: Path, *, kind: str = "a run") -> None:
