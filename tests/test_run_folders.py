@@ -106,7 +106,8 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, 
     monkeypatch.setattr("timematters.engine.checkpoint.torch.save", full_disk)
     code, err = _cli(capsys, "train", "synthetic/time", *TINY, f"train.out={tmp_path / 'run'}")
     assert code == 1
-    _one_clear_line(err, "cannot write ", "last.pth ([enforce fail at", "then resume with --resume")
+    # The first checkpoint: there is nothing to resume yet.
+    _one_clear_line(err, "cannot write ", "last.pth ([enforce fail at", "then start the run again")
 
 
 def test_undecodable_test_videos_stop_a_run_at_its_first_evaluation_and_on_resume(
@@ -412,3 +413,38 @@ def test_a_lock_won_on_a_removed_lock_file_is_not_taken_for_the_folders(tmp_path
     with refused, runs.hold_run_folder(out):
         pass
     held[0].close()
+
+
+def test_a_moved_copied_or_damaged_run_names_the_command_that_continues_it(tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    train(tiny_config(run, "train.epochs=1"))
+    # Copied: its config.yaml still names the original folder, which --resume would continue.
+    shutil.copytree(run, tmp_path / "copy")
+    code, err = _cli(capsys, "train", str(tmp_path / "copy" / "config.yaml"), "--resume")
+    assert code == 2
+    _one_clear_line(err, f"continues the run in train.out={run}, another run's folder", "add "
+                    f"train.out={tmp_path / 'copy'} to continue that one")  # fmt: skip
+    # Moved: the folder it names is gone.
+    (tmp_path / "copy").rename(tmp_path / "moved")
+    shutil.rmtree(run)
+    code, err = _cli(capsys, "train", str(tmp_path / "moved" / "config.yaml"), "--resume")
+    assert code == 2 and f"train.out={run}, which is gone" in err
+    moved = tmp_path / "moved"
+    # Damaged last.pth beside a best.pth: the message names it.
+    (moved / "checkpoints" / "best.pth").write_bytes(
+        (moved / "checkpoints" / "last.pth").read_bytes()
+    )
+    last = moved / "checkpoints" / "last.pth"
+    last.write_bytes(last.read_bytes()[:5000])
+    args = ["train", str(moved / "config.yaml"), f"train.out={moved}"]
+    code, err = _cli(capsys, *args, "--resume")
+    assert code == 2
+    _one_clear_line(err, f"cannot read {last}", f"--resume {moved / 'checkpoints' / 'best.pth'}")
+    # A finished run whose eval.json is gone: the command that evaluates it again.
+    last.write_bytes((moved / "checkpoints" / "best.pth").read_bytes())
+    (moved / "eval.json").unlink()
+    code, err = _cli(capsys, *args, "--resume")
+    assert code == 2
+    _one_clear_line(err, "is finished but its eval.json cannot be read", "`timematters eval ")

@@ -449,6 +449,25 @@ def _run_checkpoint(out: Path) -> Path:
     return last
 
 
+def _refuse_another_folders_run(args, cfg) -> None:
+    """``RUN/config.yaml --resume`` continues ``train.out``, which the file names: for a run
+    folder moved or copied since, that is another folder (or none). Said with the override
+    that continues the folder the config is in."""
+    here = Path(args.config).parent if args.config and Path(args.config).is_file() else None
+    given = any(override.startswith("train.out=") for override in args.overrides)
+    if here is None or given or not (here / "checkpoints").is_dir():
+        return
+    out = Path(cfg.train.out)
+    if here.resolve() == out.absolute().resolve():
+        return
+    elsewhere = f"{out}, another run's folder" if out.exists() else f"{out}, which is gone"
+    raise ConfigError(
+        f"{args.config} continues the run in train.out={elsewhere}, not the run in {here}: add "
+        f"train.out={here} to continue that one (a run folder moved or copied keeps its old "
+        "train.out)"
+    )
+
+
 def _train(args) -> int:
     from timematters.engine.distributed import is_main_process
     from timematters.engine.evaluate import format_table
@@ -457,6 +476,8 @@ def _train(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     resume, overwrite, replace_partial = args.resume, args.overwrite, False
+    if resume in ("auto", "last"):
+        _refuse_another_folders_run(args, cfg)
     if resume == "auto":
         resume = _run_checkpoint(Path(cfg.train.out))
         if not resume.is_file():  # nothing to continue: a new run (over a partial one's logs)
@@ -475,7 +496,7 @@ def _train(args) -> int:
                 if partial
                 else "start the run without --resume"
             )
-            raise FileNotFoundError(
+            raise ConfigError(  # the command's mistake, met by every rank: rank 0 says it
                 f"--resume: no checkpoint at {resume} (train.out={cfg.train.out}); {start}, or "
                 "name a checkpoint with --resume PATH"
             )

@@ -8,6 +8,7 @@ of a step is a function of (seed, rank, step), and the lr schedule one of the st
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,17 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
         torch.save(state, tmp)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as error:
-        kept = "the previous one is intact" if path.exists() else "there is no earlier one"
-        raise CheckpointWriteError(
-            f"cannot write {path} ({str(error).strip().splitlines()[0]}); {kept}: free space "
-            "or fix the folder, then resume with --resume"
-        ) from error
+        then = (
+            "the previous one is intact: free space or fix the folder, then resume with --resume"
+            if path.exists()
+            else "there is no earlier one: free space or fix the folder, then start the run "
+            "again (--resume auto)"
+        )
+        reason = str(error).strip().splitlines()[0]
+        free = shutil.disk_usage(path.parent).free
+        if free < 2**26:  # torch reports a full disk as "enforce fail at inline_container.cc"
+            reason = f"{free / 2**20:.0f} MiB free on its disk; {reason}"
+        raise CheckpointWriteError(f"cannot write {path} ({reason}); {then}") from error
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -64,7 +71,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise IsADirectoryError(f"{path} is a folder, not a checkpoint file{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = load_torch_file(path, what="checkpoint")
+    try:
+        state = load_torch_file(path, what="checkpoint")
+    except ValueError as error:
+        best = path.with_name("best.pth")
+        if path.name != "last.pth" or not best.is_file():
+            raise
+        raise ValueError(
+            f"{error} (the run's best.pth is another checkpoint: --resume {best})"
+        ) from None
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a checkpoint dict")
     return state

@@ -363,7 +363,7 @@ def setup_run(
     if steps_per_epoch == 0:
         largest = len(sampler) // accumulation * world * accumulation  # a whole step per rank
         fix = f"set train.batch_size={largest} or lower" if largest else "give it more clips"
-        raise ValueError(
+        raise ConfigError(  # every rank meets it: rank 0 says it
             f"the training set ({len(train_set)} clips) is smaller than one global batch "
             f"(train.batch_size={cfg.train.batch_size}): {fix}"
         )
@@ -452,7 +452,7 @@ def fit(run: Run) -> dict[str, Any]:
     if progress.final_eval_lines is not None:
         if run.info.is_main:
             print(f"[train] {run.run_dir} finished at step {progress.step}: nothing left to do")
-        metrics = json.loads((run.run_dir / "eval.json").read_text())
+        metrics = _final_evaluation(run)
         # A run its final evaluation stopped (too many undecodable test videos) stays stopped.
         row = metrics.get("all", {})
         scored, bad = row.get("num_clips", 0), row.get("num_bad", 0)
@@ -613,6 +613,20 @@ def _stop(run: Run) -> None:
         f"{run.run_dir / 'checkpoints' / 'last.pth'} continues it with --resume",
         exit_code=128 + int(run.stop.requested or signal.SIGTERM),
     )
+
+
+def _final_evaluation(run: Run) -> dict[str, Any]:
+    """A finished run's ``eval.json``, or a one-line error naming it and how to remake it."""
+    path = run.run_dir / "eval.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        last = run.run_dir / "checkpoints" / "last.pth"
+        raise ConfigError(
+            f"the run in {run.run_dir} is finished but its {path.name} cannot be read "
+            f"({getattr(error, 'strerror', None) or error}): `timematters eval "
+            f"{run.run_dir / 'config.yaml'} --checkpoint {last}` evaluates it again"
+        ) from None
 
 
 def epoch_loader(run: Run) -> DataLoader:
