@@ -272,7 +272,7 @@ def _warn_identity_shuffles(num_frames: int) -> None:
     """``per_batch`` (released) draws one permutation per batch, the identity among them: at 8
     frames once in 40,320 steps, at few frames often enough to matter."""
     orders = math.factorial(num_frames)
-    if num_frames <= 4:
+    if 2 <= num_frames <= 4:  # (0: a module that does not say)
         logging.getLogger(__name__).warning(
             "with %d frames one step in %d shuffles no frame (loss.debias.shuffle=per_batch, as "
             "released) and pushes the unshuffled clips to uniform: loss.debias.shuffle="
@@ -305,6 +305,8 @@ def check_tokens(tokens: VideoTokens, model: nn.Module, batch_size: int) -> None
     the same sizes ([B, S, T, D] when S = T) would train the order head on patch positions."""
     expected = (batch_size, model.token_frames, model.grid[0] * model.grid[1], model.embed_dim)
     patches, cls = tokens.patches, tokens.cls
+    if 0 in expected:  # a size the model does not know (a module's logits adapter, unsized)
+        return
     if tuple(patches.shape) != expected or tuple(cls.shape) != (batch_size, model.embed_dim):
         raise ValueError(
             f"{type(model).__name__}.forward_features gave patches {list(patches.shape)} and cls "
@@ -335,7 +337,7 @@ def objective_for_model(model: nn.Module, cfg: LossConfig | None = None) -> Obje
         )
     # A one-frame clip shuffled is the clip itself: debiasing it would push the real prediction
     # to uniform, against the task loss (the image variant shuffles patches instead).
-    if cfg.debias.axis == "time" and model.num_frames < 2:
+    if cfg.debias.axis == "time" and model.num_frames == 1:  # (0: a module that does not say)
         unsupported.setdefault("debias", f"its clips have {model.num_frames} frame, no order")
     losses = ("order", "debias", "flow")
     blocked = [n for n in losses if getattr(cfg, n).weight != 0 and n in unsupported]
@@ -351,7 +353,7 @@ def objective_for_model(model: nn.Module, cfg: LossConfig | None = None) -> Obje
             problem = f"the {names} losses cannot train {source} ({reasons}); give them"
         images = (
             " (for an image model, the image variant: loss.order.axis=space loss.debias.axis=space)"
-            if model.num_frames < 2
+            if model.num_frames == 1
             else ""
         )
         raise ValueError(f"{problem} weight 0 ({overrides}){images}")
