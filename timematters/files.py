@@ -14,14 +14,16 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as file:
             file.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide it from the group
+        as_created(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def _umask() -> int:
+def as_created(path: str | Path) -> None:
+    """The permissions a file made with ``open`` would have: ``mkstemp``'s 0600 would hide a
+    temporary file, once renamed, from the group."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    os.chmod(path, 0o666 & ~mask)

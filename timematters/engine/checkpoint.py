@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from timematters.backbones.pretrained import load_torch_file
+from timematters.files import as_created
 
 
 class CheckpointWriteError(OSError):
@@ -35,7 +36,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
         orphan.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide it from the group
+    as_created(tmp)
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)
@@ -54,12 +55,6 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
