@@ -625,7 +625,8 @@ def _final_evaluation(run: Run) -> dict[str, Any]:
         raise ConfigError(
             f"the run in {run.run_dir} is finished but its {path.name} cannot be read "
             f"({getattr(error, 'strerror', None) or error}): `timematters eval "
-            f"{run.run_dir / 'config.yaml'} --checkpoint {last}` evaluates it again"
+            f"{run.run_dir / 'config.yaml'} --checkpoint {last}` evaluates it again, into "
+            f"{last.with_suffix('')}_eval/ (its eval.json copied here makes the run whole)"
         ) from None
 
 
