@@ -18,15 +18,23 @@ OPTIONS = {
 }
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: int = 12) -> Path:
-    """Encode uint8 frames [T, H, W, 3] (H, W even) to ``path`` (.webm, .mp4 or .avi)."""
+def write_video(
+    path: str | Path,
+    frames: np.ndarray,
+    fps: int = 12,
+    *,
+    codec: str | None = None,
+    options: dict[str, str] | None = None,
+) -> Path:
+    """Encode uint8 frames [T, H, W, 3] (H, W even) to ``path`` (.webm, .mp4 or .avi), with the
+    extension's codec and options unless given."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(CODECS[path.suffix], rate=fps)
+        stream = container.add_stream(codec or CODECS[path.suffix], rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = OPTIONS[path.suffix]
+        stream.options = OPTIONS[path.suffix] if options is None else options
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)

@@ -85,6 +85,7 @@ class PyAVReader:
                 packets = [(pts, key) for pts, key, discard in stored if not discard]
                 declared_frames = stream.frames
                 declared_seconds = _declared_seconds(container, stream)
+                reorders = bool(getattr(stream.codec_context, "has_b_frames", False))
                 rate = stream.average_rate or stream.guessed_rate
                 time_base = stream.time_base
         except (av.FFmpegError, OSError) as error:
@@ -100,8 +101,11 @@ class PyAVReader:
             )
         # Presentation order: packets come in decode order, B-frames make the two differ.
         pts = [p for p, _ in packets]
-        # Without unique timestamps frames are counted from the start and never seeked to.
-        self._has_pts = None not in pts and len(set(pts)) == len(pts)
+        # B-frames whose packets' timestamps still rise in decode order: the container made them
+        # up (H.264 in AVI), they are no presentation times.
+        made_up = reorders and all(a < b for a, b in itertools.pairwise(pts) if None not in (a, b))
+        # Without true, unique timestamps frames are counted from the start and never seeked to.
+        self._has_pts = None not in pts and len(set(pts)) == len(pts) and not made_up
         self._pts = sorted(pts) if self._has_pts else []
         self._index_of_pts = {p: i for i, p in enumerate(self._pts)}
         self._keyframes = sorted(
@@ -130,7 +134,13 @@ class PyAVReader:
         if self._keyframes:
             start_key = self._keyframes[max(bisect.bisect_right(self._keyframes, first) - 1, 0)]
         try:
-            decoded = self._decode(wanted, start_key)
+            try:
+                decoded = self._decode(wanted, start_key)
+            except _TimestampsOutOfOrder:
+                # Timestamps the container made up in decode order (H.264 with B-frames in AVI):
+                # frames are counted from the start instead, for this video from now on.
+                self._has_pts, self._keyframes, start_key = False, [], 0
+                decoded = self._decode(wanted, 0)
             if first not in decoded and start_key > 0:
                 # The container seeked past the keyframe it was asked for: decode from the start.
                 decoded = self._decode(wanted, 0)
@@ -153,7 +163,13 @@ class PyAVReader:
             stream = container.streams.video[0]
             if start_key > 0:
                 container.seek(self._pts[start_key], stream=stream, backward=True)
+            previous = None
             for position, frame in enumerate(container.decode(stream)):
+                if self._has_pts and frame.pts is not None:
+                    # Frames come out in presentation order: falling timestamps are not theirs.
+                    if previous is not None and frame.pts <= previous:
+                        raise _TimestampsOutOfOrder
+                    previous = frame.pts
                 index = self._index_of_pts.get(frame.pts) if self._has_pts else position
                 if index is None:
                     continue
@@ -162,6 +178,10 @@ class PyAVReader:
                 if index >= last:
                     break
         return decoded
+
+
+class _TimestampsOutOfOrder(Exception):
+    """Decoded frames whose timestamps fall: the packets' were not presentation times."""
 
 
 def _declared_seconds(container, stream) -> float:
