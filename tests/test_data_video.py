@@ -78,6 +78,44 @@ def test_truncated_files_are_bad(videos, tmp_path, ext):
     assert str(cut) in str(info.value)
 
 
+def _matroska_with_sound(path, frames, *, first_pts_ms: int = 0):
+    """H.264 + AAC in Matroska, 12 fps, its first frame at ``first_pts_ms`` (a clip cut from a
+    longer stream starts late)."""
+    from fractions import Fraction
+
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=12, options={"g": "6"})
+        video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        video.time_base = Fraction(1, 1000)
+        sound = container.add_stream("aac", rate=16000)
+        sound.layout = "mono"
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = first_pts_ms + i * 83, Fraction(1, 1000)
+            container.mux(video.encode(frame))
+            silence = np.zeros((1, 1333), np.float32)
+            samples = av.AudioFrame.from_ndarray(silence, format="fltp", layout="mono")
+            samples.sample_rate, samples.pts = 16000, i * 1333
+            container.mux(sound.encode(samples))
+        container.mux(video.encode())
+        container.mux(sound.encode())
+    return path
+
+
+def test_a_cut_off_file_with_sound_is_bad_and_one_that_starts_late_is_not(tmp_path):
+    # Matroska declares no per-stream duration: with a sound track the cut went unnoticed and
+    # 31 of 40 frames were read as the whole video.
+    whole = _matroska_with_sound(tmp_path / "whole.mkv", numbered_frames(30))
+    assert open_video(whole).num_frames == 30
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.8)])
+    with pytest.raises(VideoDecodeError, match="truncated: its data ends at"):
+        open_video(cut)
+    # Intact, but its first frame at 5 s: it used to be called cut off.
+    late = _matroska_with_sound(tmp_path / "late.mkv", numbered_frames(30), first_pts_ms=5000)
+    assert frame_numbers(open_video(late).get_frames([0, 29, 15])) == [0, 29, 15]
+
+
 def test_garbage_and_missing_files_are_bad(tmp_path):
     garbage = tmp_path / "garbage.webm"
     garbage.write_bytes(np.random.default_rng(0).bytes(5000))

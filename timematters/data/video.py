@@ -77,17 +77,21 @@ class PyAVReader:
                 if not container.streams.video:
                     raise VideoDecodeError(path, "no video stream")
                 stream = container.streams.video[0]
-                # Flush packets carry no data.
-                stored = [
-                    (p.pts, p.is_keyframe, p.is_discard) for p in container.demux(stream) if p.size
-                ]
+                stored, file_end = [], None
+                # Every stream's packets, to know where the file's data ends; flush packets carry
+                # no data.
+                for packet in container.demux():
+                    if not packet.size:
+                        continue
+                    file_end = _later(file_end, _packet_end(packet))
+                    if packet.stream.index == stream.index:
+                        stored.append((packet.pts, packet.is_keyframe, packet.is_discard))
                 # Discard-flagged packets (before an MP4 edit list's start) give no frames.
                 packets = [(pts, key) for pts, key, discard in stored if not discard]
                 declared_frames = stream.frames
-                declared_seconds = _declared_seconds(container, stream)
+                declared_end = _declared_end(container)
                 reorders = bool(getattr(stream.codec_context, "has_b_frames", False))
                 rate = stream.average_rate or stream.guessed_rate
-                time_base = stream.time_base
         except (av.FFmpegError, OSError) as error:
             raise VideoDecodeError(path, f"cannot read: {error}") from error
 
@@ -111,13 +115,15 @@ class PyAVReader:
         self._keyframes = sorted(
             self._index_of_pts[p] for p, key in packets if key and self._has_pts
         )
-        if self._has_pts and declared_seconds and rate and time_base:
-            covered = float((self._pts[-1] - self._pts[0]) * time_base) + 1 / float(rate)
-            # WebM stores no frame count; a cut-off file still declares its full duration.
-            if declared_seconds - covered > 2 / float(rate):
-                raise VideoDecodeError(
-                    path, f"truncated: frames cover {covered:.2f} s of {declared_seconds:.2f} s"
-                )
+        # WebM stores no frame count; a cut-off file still declares its full duration, while its
+        # packets (of every stream: a video may end before its sound) stop short of it.
+        cut_short = declared_end is not None and file_end is not None and rate
+        if cut_short and declared_end - file_end > 2 / float(rate):
+            raise VideoDecodeError(
+                path,
+                f"truncated: its data ends at {file_end:.2f} s, its header says "
+                f"{declared_end:.2f} s",
+            )
 
     def get_frames(self, indices: np.ndarray | list[int]) -> np.ndarray:
         import av
@@ -184,15 +190,31 @@ class _TimestampsOutOfOrder(Exception):
     """Decoded frames whose timestamps fall: the packets' were not presentation times."""
 
 
-def _declared_seconds(container, stream) -> float:
-    """The video stream's declared duration; the container's only when it holds nothing else."""
-    if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
-    if container.duration and len(container.streams) == 1:
-        import av
+def _declared_end(container) -> float | None:
+    """Where the container declares its content ends, in seconds, or None.
 
-        return container.duration / av.time_base
-    return 0.0
+    Its duration counts from its first timestamp in most formats and from 0 in others
+    (Matroska): of the two readings, the earlier end, so that an intact file is never called
+    cut off (one that starts late and is cut a little may pass)."""
+    import av
+
+    if not container.duration:
+        return None
+    start = (container.start_time or 0) / av.time_base
+    duration = container.duration / av.time_base
+    return duration if duration > start else start + duration
+
+
+def _packet_end(packet) -> float | None:
+    """Where a packet's content ends, in seconds (None without a timestamp)."""
+    stamp = packet.pts if packet.pts is not None else packet.dts
+    if stamp is None or packet.time_base is None:
+        return None
+    return float((stamp + (packet.duration or 0)) * packet.time_base)
+
+
+def _later(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 @functools.cache
