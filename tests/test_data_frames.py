@@ -67,7 +67,8 @@ def test_a_bad_frame_folder_is_a_bad_video_that_names_the_problem(tmp_path):
     with pytest.raises(VideoDecodeError, match="not a folder of frame images"):
         open_video(tmp_path / "good" / "img_00001.png", "frames")
     mixed = write_frame_folder(tmp_path / "mixed", numbered_frames(2))
-    write_frame_folder(mixed, numbered_frames(1, height=32), name="img_{:05d}_b")
+    small = write_frame_folder(tmp_path / "small", numbered_frames(1, height=32))
+    (small / "img_00001.png").rename(mixed / "img_00003.png")
     with pytest.raises(VideoDecodeError, match="different sizes"):
         open_video(mixed, "frames").get_frames([0, 1, 2])
 
@@ -167,6 +168,23 @@ def test_only_a_folder_of_nothing_but_images_is_a_frame_folder(tmp_path):
     assert is_frame_folder(frames)
     assert not is_frame_folder(videos) and not is_frame_folder(report)
     assert not is_frame_folder(tmp_path / "missing") and not is_frame_folder(videos / "a.mp4")
+
+
+def test_rgb_frames_beside_flow_images_or_hidden_files_are_the_frames(tmp_path):
+    # MMAction2's rawframes: img_ frames beside flow_x_ / flow_y_ images, which were read as
+    # frames of the video (70 of them for 24); macOS's ._ files were frames that failed.
+    folder = write_frame_folder(tmp_path / "rawframes", numbered_frames(8), ext=".jpg")
+    grey = np.full((7, 48, 64, 3), 128, np.uint8)
+    write_frame_folder(folder, grey, name="flow_x_{:05d}", ext=".jpg")
+    write_frame_folder(folder, grey, name="flow_y_{:05d}", ext=".jpg")
+    (folder / "._img_00001.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    reader = open_video(folder, "frames")
+    assert reader.num_frames == 8 and frame_numbers(reader.get_frames([0, 7, 3])) == [0, 7, 3]
+    # Frames named two ways, neither the RGB ones by its name: refused, not mixed.
+    mixed = write_frame_folder(tmp_path / "mixed", numbered_frames(2), name="a_{:05d}")
+    write_frame_folder(mixed, numbered_frames(2), name="b_{:05d}")
+    with pytest.raises(VideoDecodeError, match=r"frames named in 2 ways \(a_#.png, b_#.png"):
+        open_video(mixed, "frames")
 
 
 def test_frame_folders_read_as_video_files_name_the_fix(tmp_path):

@@ -303,13 +303,32 @@ def _natural_key(name: str) -> list:
 
 
 def frame_files(folder: str | Path) -> list[str]:
-    """The frame images of a frame folder, in natural file-name order."""
-    files = [
-        entry.path
-        for entry in os.scandir(folder)
-        if entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
-    ]
+    """The frame images of a frame folder, in natural file-name order.
+
+    Hidden files (macOS's ``._img_00001.jpg``) are not frames. A folder of RGB frames beside
+    optical-flow images (MMAction2's rawframes: ``img_*``, ``flow_x_*``, ``flow_y_*``) gives its
+    ``img_`` frames; other mixes of names are refused rather than read as one video."""
+    kinds: dict[str, list[str]] = {}  # a file name with its numbers taken out -> its files
+    for entry in os.scandir(folder):
+        name = entry.name
+        if entry.is_file() and not name.startswith(".") and _is_image(name):
+            kinds.setdefault(re.sub(r"\d+", "#", name), []).append(entry.path)
+    if len(kinds) > 1:
+        rgb = [kind for kind in kinds if kind.lower().startswith(("img", "image", "frame", "rgb"))]
+        if len(rgb) != 1:
+            shown = ", ".join(sorted(kinds)[:4])
+            raise VideoDecodeError(
+                folder,
+                f"frames named in {len(kinds)} ways ({shown}; # a number): one video's frames, "
+                "one name pattern",
+            )
+        kinds = {rgb[0]: kinds[rgb[0]]}
+    files = next(iter(kinds.values()), [])
     return sorted(files, key=lambda path: _natural_key(os.path.basename(path)))
+
+
+def _is_image(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def numbering_gap(files: list[str]) -> str | None:
