@@ -172,6 +172,20 @@ def test_kinetics_dense_sampling_frames(kinetics_tree):
     assert views == 1 and frame_numbers(frames) == [10, 13, 16, 19]
 
 
+def test_kinetics_from_one_csv_reads_each_split_its_rows(tmp_path, kinetics_tree):
+    # One file for every split: val read the training rows too, evaluating on training videos.
+    root, annotations = kinetics_tree
+    both = tmp_path / "kinetics400.csv"
+    train_csv, val_csv = (annotations / name for name in ("train.csv", "validate.csv"))
+    both.write_text(train_csv.read_text() + val_csv.read_text().split("\n", 1)[1])
+    train = KineticsDataset(root, both, "train", **_options())
+    val = KineticsDataset(root, both, "val", **_options(train=False))
+    assert len(train) == 4 and len(val) == 2 and val.classes == train.classes
+    assert {s.path for s in train.samples}.isdisjoint(s.path for s in val.samples)
+    with pytest.raises(ValueError, match=r"train.csv has no val rows \(its split column\)"):
+        KineticsDataset(root, train_csv, "val", **_options(train=False))
+
+
 def test_kinetics_missing_csv_is_named(tmp_path, kinetics_tree):
     root, _ = kinetics_tree
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):

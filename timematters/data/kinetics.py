@@ -22,8 +22,9 @@ _COLUMNS = ("label", "youtube_id", "time_start", "time_end")
 
 
 def find_kinetics_csv(annotations: str | Path, split: Split) -> Path:
-    """The split's CSV: ``annotations`` itself if it is a file, else the folder's one CSV whose name
-    holds the split (train.csv, validate.csv, kinetics_400_val.csv, ...)."""
+    """The split's CSV: ``annotations`` itself if it is a file (its rows of the split, where it
+    has a split column), else the folder's one CSV whose name holds the split (train.csv,
+    validate.csv, kinetics_400_val.csv, ...)."""
     path = Path(annotations)
     if path.is_file():
         return path
@@ -40,21 +41,32 @@ def find_kinetics_csv(annotations: str | Path, split: Split) -> Path:
     raise FileNotFoundError(f"no {split} CSV (name containing {_SPLIT_WORDS[split]}) in {path}")
 
 
-def read_kinetics_csv(path: str | Path) -> list[tuple[str, str]]:
-    """(label name, video file stem) of every row."""
+def read_kinetics_csv(path: str | Path, split: Split | None = None) -> list[tuple[str, str]]:
+    """(label name, video file stem) of every row; with ``split``, of that split's rows where
+    the file has a ``split`` column (one CSV given for every split holds them all)."""
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
-        absent = [c for c in _COLUMNS if c not in (reader.fieldnames or [])]
+        columns = reader.fieldnames or []
+        absent = [c for c in _COLUMNS if c not in columns]
         if absent:
             raise ValueError(f"{path}: missing columns {absent}; expected {','.join(_COLUMNS)},...")
-        return [
-            (
-                row["label"].strip(),
-                f"{row['youtube_id']}_{int(float(row['time_start'])):06d}"
-                f"_{int(float(row['time_end'])):06d}",
+        rows = list(reader)
+    if split is not None and "split" in columns:
+        words = _SPLIT_WORDS[split]
+        rows = [row for row in rows if row["split"].strip().lower() in words]
+        if not rows:
+            raise ValueError(
+                f"{path} has no {split} rows (its split column): give data.annotations the "
+                "folder of the official CSVs, each split its own"
             )
-            for row in reader
-        ]
+    return [
+        (
+            row["label"].strip(),
+            f"{row['youtube_id']}_{int(float(row['time_start'])):06d}"
+            f"_{int(float(row['time_end'])):06d}",
+        )
+        for row in rows
+    ]
 
 
 class KineticsDataset(VideoDataset):
@@ -69,12 +81,16 @@ class KineticsDataset(VideoDataset):
         **options: Any,
     ):
         split_csv = find_kinetics_csv(annotations, split)
-        rows = read_kinetics_csv(split_csv)
-        if classes is None:
-            train_csv = (
-                find_kinetics_csv(annotations, "train") if Path(annotations).is_dir() else None
-            )
-            source = read_kinetics_csv(train_csv) if train_csv else rows
+        one_file = Path(annotations).is_file()
+        rows = read_kinetics_csv(split_csv, split if one_file else None)
+        if classes is None:  # the training rows' labels, so that every split numbers them alike
+            if not one_file:
+                source = read_kinetics_csv(find_kinetics_csv(annotations, "train"))
+            else:
+                try:
+                    source = read_kinetics_csv(split_csv, "train")
+                except ValueError:  # a file of one split only: its own labels
+                    source = rows
             classes = sorted({label for label, _ in source})
         index_of = {name: i for i, name in enumerate(classes)}
         unknown = sorted({label for label, _ in rows if label not in index_of})
