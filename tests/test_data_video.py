@@ -147,3 +147,22 @@ def test_torchcodec_gives_pyav_pixels(tmp_path, ext):
     assert a.shape == b.shape
     # Same decoded pictures; YUV -> RGB conversions may round differently.
     assert np.abs(a - b).mean() < 1.0 and np.abs(a - b).max() <= 8
+
+
+def test_a_video_stored_turned_comes_upright(tmp_path):
+    # A phone's portrait video: stored landscape, with a rotation for players to apply. It was
+    # read sideways (the test crops across the wrong side, flow directions turned).
+    frames = numbered_frames(6, height=32, width=48)
+    frames[:, :8, :, 0] = 255  # a red band along the top of the stored image
+    path = tmp_path / "turned.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        stream.set_display_rotation(90)  # counterclockwise
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    got = open_video(path).get_frames([0, 5])
+    assert got.shape == (2, 48, 32, 3)  # portrait
+    assert got[:, :, :8, 0].mean() > 200 and got[:, :, -8:, 0].mean() < 150  # the band: left
+    assert frame_numbers(got[:, :, 8:]) == [0, 5]  # (beside the band)

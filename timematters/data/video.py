@@ -180,10 +180,18 @@ class PyAVReader:
                 if index is None:
                     continue
                 if index in wanted:
-                    decoded[index] = frame.to_ndarray(format="rgb24")
+                    decoded[index] = _upright(frame)
                 if index >= last:
                     break
         return decoded
+
+
+def _upright(frame) -> np.ndarray:
+    """The frame as players show it: a phone's portrait video is stored landscape with a
+    rotation to apply (counterclockwise, in its display matrix)."""
+    image = frame.to_ndarray(format="rgb24")
+    turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
+    return np.ascontiguousarray(np.rot90(image, k=turns)) if turns else image
 
 
 class _TimestampsOutOfOrder(Exception):
