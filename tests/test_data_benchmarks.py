@@ -185,6 +185,19 @@ def test_hmdb51_split_ids(hmdb_tree, tmp_path):
     assert test.labels == [0, 1] and test.missing == []
     with pytest.raises(FileNotFoundError, match="_test_split3.txt"):
         HMDB51Dataset(root, splits, "train", fold=3, **_options())
+    # Classes sorted by name, as everyone numbers them, not in the files' order.
+    from timematters.data.hmdb51 import find_hmdb51_split_files
+
+    names = tmp_path / "names"
+    names.mkdir()
+    for name in ("kick_ball", "kick", "sword", "sword_exercise"):
+        (names / f"{name}_test_split1.txt").write_text("x.avi 1\n")
+    assert list(find_hmdb51_split_files(names, 1)) == [
+        "kick",
+        "kick_ball",
+        "sword",
+        "sword_exercise",
+    ]
     (tmp_path / "climb_test_split1.txt").write_text("climb_clip0.avi train\n")
     with pytest.raises(ValueError, match=r"climb_test_split1.txt:1: expected 'VIDEO.avi 0\|1\|2'"):
         HMDB51Dataset(root, tmp_path, "train", **_options())

@@ -39,7 +39,8 @@ def find_hmdb51_split_files(annotations: str | Path, fold: int) -> dict[str, Pat
             f"no HMDB51 split files <class>_test_split{fold}.txt in {folder} (set "
             "data.annotations to the testTrainMulti_7030_splits folder)"
         )
-    return files
+    # Sorted by class name: the files' own order puts kick_ball before kick ("_" < "_t").
+    return dict(sorted(files.items()))
 
 
 def read_hmdb51_split(
