@@ -275,3 +275,29 @@ def test_data_frames_of_a_dataset_found_by_name_and_its_mistakes(tmp_path, capsy
     assert main(["data", "frames", "ssv2/timesformer_time", *given, "--out", str(run)]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]
+
+
+def test_list_files_with_commas_byte_order_marks_and_twin_names(tmp_path, capsys):
+    from timematters.diagnostics.predict import list_videos
+
+    folder = tmp_path / "my videos" / "a, b"
+    write_video(folder / "clip one.mp4", numbered_frames(10))
+    listed = tmp_path / "list.csv"
+    listed.write_text('path,label\n"my videos/a, b/clip one.mp4",walk\n')
+    # --video LIST.csv (predict, flow, diagnose) splits it as a CSV: the quoted comma is a name's.
+    assert list_videos([listed]) == [folder / "clip one.mp4"]
+    # A class list saved with a byte-order mark: its first name is the name, not "\ufeffwalk".
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\ufeffwalk\nrun\n", encoding="utf-8")
+    from timematters.data.videolist import read_class_list
+
+    assert read_class_list(classes) == ["walk", "run"]
+    # a.mp4 and a.webm would share the frame folder a/: refused, naming both.
+    write_video(tmp_path / "a.mp4", numbered_frames(10))
+    write_video(tmp_path / "a.webm", numbered_frames(10))
+    (tmp_path / "train.txt").write_text("a.mp4 walk\na.webm run\n")
+    options = ["data.dataset=videolist", f"data.annotations={tmp_path / 'train.txt'}", *SMALL]
+    command = ["data", "frames", "videolist/time", *options, "--out", str(tmp_path / "frames")]
+    assert main([*command, "--split", "train"]) == 2
+    err = capsys.readouterr().err
+    assert "1 frame folders would hold two videos each" in err and "a.webm" in err

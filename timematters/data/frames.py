@@ -164,24 +164,39 @@ def _plan(
     cfg: Config, datasets: dict[str, VideoDataset], out: Path, limit: int
 ) -> tuple[list[_Job], dict[str, Path]]:
     """A job per listed video (each once), and for a video list the lists of its folders."""
-    data = cfg.data
     jobs: dict[str, _Job] = {}
-    lists: dict[str, Path] = {}
+    rows: dict[str, list[tuple[str, str]]] = {}
     for split, dataset in datasets.items():
         samples = dataset.samples[:limit] if limit > 0 else dataset.samples
-        rows = []
+        rows[split] = []
         for sample in samples:
             folder = out / _relative_folder(sample.path, _base(cfg, split))
             jobs.setdefault(sample.path, _Job(sample.path, str(folder)))
-            rows.append((str(folder.relative_to(out)), dataset.classes[sample.label]))
-        if data.dataset == "videolist":
+            rows[split].append((str(folder.relative_to(out)), dataset.classes[sample.label]))
+    _refuse_shared_folders(list(jobs.values()))
+    lists: dict[str, Path] = {}
+    if cfg.data.dataset == "videolist":
+        for split, split_rows in rows.items():
             key = "annotations" if split == "train" else "val_annotations"
             lists[key] = out / f"{split}.csv"
             with lists[key].open("w", newline="") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(["path", "label"])
-                writer.writerows(rows)
+                writer.writerows(split_rows)
     return list(jobs.values()), lists
+
+
+def _refuse_shared_folders(jobs: list[_Job]) -> None:
+    """Two videos named alike but for their extension (a.mp4, a.webm) would share one folder."""
+    by_folder: dict[str, list[str]] = {}
+    for job in jobs:
+        by_folder.setdefault(job.folder, []).append(job.video)
+    shared = [videos for videos in by_folder.values() if len(videos) > 1]
+    if shared:
+        raise ConfigError(
+            f"{len(shared)} frame folders would hold two videos each, e.g. {' and '.join(shared[0])} "
+            "(the same name but for the extension): rename one of them"
+        )
 
 
 def _base(cfg: Config, split: str) -> Path:

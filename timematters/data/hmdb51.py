@@ -52,7 +52,7 @@ def read_hmdb51_split(
     files = find_hmdb51_split_files(annotations, fold)
     entries = []
     for label, path in enumerate(files.values()):
-        for number, line in enumerate(path.read_text().splitlines(), 1):
+        for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
             parts = line.split()
             if not parts:
                 continue

@@ -90,7 +90,11 @@ def read_ssv2_split(
         answers = Path(annotations) / "test-answers.csv"
         if not answers.is_file():
             raise FileNotFoundError(f"SSv2 test labels need {answers} (id;class per line)")
-        rows = (line.split(";", 1) for line in answers.read_text().splitlines() if line.strip())
+        rows = (
+            line.split(";", 1)
+            for line in answers.read_text(encoding="utf-8-sig").splitlines()
+            if line.strip()
+        )
         answer_of = {video_id.strip(): name.strip() for video_id, name in rows}
         unanswered = [str(e["id"]) for e in entries if str(e["id"]) not in answer_of]
         if unanswered:

@@ -30,7 +30,7 @@ def read_ucf101_classes(annotations: str | Path) -> list[str]:
             "folder)"
         )
     named: dict[int, str] = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
@@ -55,7 +55,7 @@ def read_ucf101_split(
         raise FileNotFoundError(f"UCF101 split file not found: {path}")
     index_of = {name.lower(): i for i, name in enumerate(classes)}
     entries = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip():
             continue
         listed = PurePosixPath(line.split()[0])

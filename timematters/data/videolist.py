@@ -107,7 +107,8 @@ def read_class_list(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"class list not found: {path}")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is no part of a name
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise ValueError(f"class list {path} has no names (one class name per line)")
     return names

@@ -13,6 +13,7 @@ whole film says little): a timeline of predictions and of what shuffling each wi
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -353,8 +354,8 @@ def list_videos(inputs: Sequence[str | Path], root: str | Path | None = None) ->
             videos.append(item)
         elif item.is_file():
             lines = item.read_text(encoding="utf-8-sig").splitlines()
-            if lines and lines[0].replace(" ", "") == "path,label":
-                lines = [line.split(",")[0] for line in lines[1:]]
+            if lines and lines[0].replace(" ", "") == "path,label":  # quoted paths hold commas
+                lines = [row["path"] for row in csv.DictReader(lines) if row.get("path")]
             base = Path(root) if root else item.parent
             listed = [_listed_path(line, base) for line in lines if line.strip()]
             missing = [path for path in listed if not path.exists()]  # files or frame folders
