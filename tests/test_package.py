@@ -202,6 +202,38 @@ def test_predict_prints_top5_for_a_video(trained, videos, capsys, tmp_path, suff
     assert sum(p for _, p in record["top"]) <= 1.0 + 1e-6
 
 
+def test_predict_makes_the_clip_the_run_was_evaluated_on(tmp_path, capsys):
+    """Its frames (dense here) and short side (larger than the crop): predict's probabilities
+    are the evaluation's on the same video (it used segment centres at the crop's size)."""
+    from timematters.engine.model import evaluate_checkpoint
+
+    for i in range(4):
+        write_video(tmp_path / f"v{i}.mp4", moving_square_frames(20, 48, 64, step=(i % 2 + 1, 1)))
+    (tmp_path / "train.txt").write_text("".join(f"v{i}.mp4 {i % 2}\n" for i in range(4)))
+    (tmp_path / "val.txt").write_text("v3.mp4 1\n")
+    data = [
+        "data.dataset=videolist",
+        f"data.annotations={tmp_path / 'train.txt'}",
+        f"data.val_annotations={tmp_path / 'val.txt'}",
+        "data.sampling=dense",
+        "data.dense_stride=3",
+        "data.train_short_side=[40, 44]",
+        "data.eval_short_side=44",
+        "data.test_spatial_crops=1",
+        "loss.flow.weight=0",
+        "train.epochs=1",
+    ]
+    cfg = tiny_config(tmp_path / "run", *data)
+    train(cfg)
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.pth"
+    evaluated = evaluate_checkpoint(cfg, checkpoint)
+    predicted = predict(load_model(checkpoint), tmp_path / "v3.mp4", top_k=2)
+    assert predicted.frames == [5, 8, 11, 14]  # the dense window in the middle, stride 3
+    probs = dict(predicted.top)
+    expected = evaluated.probs[0]
+    assert [probs[name] for name in evaluated.classes] == pytest.approx(expected, abs=1e-5)
+
+
 def test_predict_on_an_array_equals_predict_on_its_file(trained, videos):
     run, _ = trained
     model = load_model(run / "checkpoints" / "last.pth")

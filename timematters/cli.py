@@ -199,7 +199,10 @@ def _parser() -> argparse.ArgumentParser:
         help="a long video: predict each consecutive window of this many seconds (a timeline)",
     )
     predict.add_argument(
-        "--fps", type=float, default=None, help="frame rate of frame folders (with --window)"
+        "--fps",
+        type=float,
+        default=None,
+        help="frames per second for --window (frame folders have none; a video file its own)",
     )
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     predict.add_argument("--seed", type=int, default=0, help="seed of the shuffled frame order")
@@ -582,6 +585,7 @@ def _diagnose(args) -> int:
 
 def _predict(args) -> int:
     import json
+    from collections import Counter
 
     from timematters.diagnostics.predict import (
         VideoDecodeError,
@@ -604,8 +608,17 @@ def _predict(args) -> int:
     cfg = load_config(args.config, args.override) if args.config else None
     validate_device(args.device, given=f"--device {args.device}")
     model = load_model(args.checkpoint or args.model, cfg).to(resolve_device(args.device))
-    # The config's clips (a model that takes any size needs them; one with its own refuses others).
-    clip = dict(num_frames=cfg.model.num_frames, frame_size=cfg.data.crop_size) if cfg else {}
+    # The config's clips (a model that takes any size needs them; one with its own refuses
+    # others), made as its evaluation makes them; without one, as the checkpoint's run did.
+    clip = {}
+    if cfg:
+        from timematters.data.sampling import EvalClip
+
+        clip = dict(
+            num_frames=cfg.model.num_frames,
+            frame_size=cfg.data.crop_size,
+            eval_clip=EvalClip.of(cfg.data),
+        )
     classes = None
     if args.classes:
         from timematters.data.videolist import read_class_list
@@ -622,13 +635,15 @@ def _predict(args) -> int:
         raise ConfigError("--explain draws one clip of each video: leave out --window")
     if args.window is not None and args.window <= 0:
         raise ConfigError(f"--window {args.window}: give a positive number of seconds")
+    if args.fps is not None and args.window is None:
+        raise ConfigError(f"--fps {args.fps}: the frame rate of --window's seconds; give --window")
     perturbations = [p.strip() for p in args.perturb.split(",") if p.strip()]
     explain = args.explain
     if explain:  # refused before any work, not after the predictions
         from timematters.engine.runs import check_writable
 
         check_writable(Path(explain), kind="the GradCAM pictures")
-    results, undecodable = [], []
+    results, undecodable, pictures = [], [], Counter()
     videos = list_videos(args.inputs, root=cfg.data.root if cfg else None)
     for video in videos:
         options = dict(
@@ -647,8 +662,11 @@ def _predict(args) -> int:
         if not args.json:
             print("\n".join(result.describe() for result in found))
         if explain:
+            # Two videos of one name (a/clip.mp4, b/clip.mp4) keep a picture each.
+            pictures[video.stem] += 1
+            name = video.stem + (f"_{pictures[video.stem]}" if pictures[video.stem] > 1 else "")
             try:
-                written = explain_prediction(model, video, explain)
+                written = explain_prediction(model, video, explain, name=name, **clip)
             except NotImplementedError as error:  # the model's limit: said once, for every video
                 print(f"  explain: {error}", file=sys.stderr if args.json else sys.stdout)
                 explain = None

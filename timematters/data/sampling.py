@@ -10,7 +10,8 @@ which the DataLoader seeds differently in every worker (numpy's global one it do
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -94,6 +95,29 @@ def sample_clip_indices(
             for v in views
         ]
     raise ValueError(f"unknown sampling {sampling!r}; choose segment or dense")
+
+
+@dataclass(frozen=True)
+class EvalClip:
+    """How evaluation makes a clip of a video, before its crops: which frames (one test view)
+    and the short side they are resized to (None: the crop size). A run's ``data`` settings;
+    ``predict`` makes its clips so, as the run was evaluated."""
+
+    sampling: Sampling = "segment"
+    dense_stride: int = 8
+    short_side: int | None = None
+
+    @classmethod
+    def of(cls, data: Any) -> EvalClip:
+        """From a ``DataConfig`` or a checkpoint's saved ``data`` dict."""
+        get = data.get if isinstance(data, dict) else lambda key, default: getattr(data, key)
+        return cls(get("sampling", "segment"), get("dense_stride", 8), get("eval_short_side", None))
+
+    def indices(self, num_video_frames: int, num_frames: int) -> np.ndarray:
+        """The frames of the clip: int64 [T]."""
+        return sample_clip_indices(
+            self.sampling, num_video_frames, num_frames, train=False, stride=self.dense_stride
+        )[0]
 
 
 def _check_counts(num_video_frames: int, num_frames: int) -> None:

@@ -25,7 +25,7 @@ from torch import nn
 
 from timematters.backbones.adapters.module import as_video_backbone
 from timematters.data.dataset import VIDEO_EXTENSIONS
-from timematters.data.sampling import sample_segment_indices
+from timematters.data.sampling import EvalClip
 from timematters.data.transforms import EvalTransform
 from timematters.data.video import VideoDecodeError, VideoReader, is_frame_folder, open_video
 from timematters.engine.evaluate import PERTURBATION_NAMES
@@ -90,11 +90,14 @@ def clip_of(
     num_frames: int | None = None,
     frame_size: int | None = None,
     window: tuple[int, int] | None = None,
+    eval_clip: EvalClip | None = None,
 ) -> tuple[torch.Tensor, list[int]]:
     """The model's input for a video: [1, C, T, S, S] normalised as the model takes clips, and
     the indices of the frames it holds. num_frames, frame_size: the clip for a model that does
     not fix its own (a user's module, a 3-D CNN); the model's own otherwise. window: sample the
-    frames [start, stop) only (default: the whole video). ``video`` may be an open reader."""
+    frames [start, stop) only (default: the whole video). eval_clip: which frames and what short
+    side (default: the model's ``eval_clip``, a checkpoint's run's; else the segment centres and
+    the crop size); one centre crop. ``video`` may be an open reader."""
     info = describe_model(_as_backbone(model))
     num_frames = num_frames or info["num_frames"]
     size = frame_size or info["frame_size"]
@@ -114,10 +117,14 @@ def clip_of(
             raise TypeError(f"{_EXPECTED}; got {_described(video)}")  # not its whole repr
         reader = reader or open_video(video)
         count, read = reader.num_frames, reader.get_frames
+    recipe = eval_clip or getattr(model, "eval_clip", None) or EvalClip()
     start, stop = window or (0, count)
-    indices = start + sample_segment_indices(stop - start, num_frames, train=False)
+    indices = start + recipe.indices(stop - start, num_frames)
     frames = read(indices)
-    transform = EvalTransform(crop_size=size, short_side=size, num_crops=1, mean=mean, std=std)
+    short_side = max(recipe.short_side or size, size)
+    transform = EvalTransform(
+        crop_size=size, short_side=short_side, num_crops=1, mean=mean, std=std
+    )
     return transform(frames), [int(i) for i in indices]
 
 
@@ -198,16 +205,23 @@ def predict(
     num_frames: int | None = None,
     frame_size: int | None = None,
     window: tuple[int, int] | None = None,
+    eval_clip: EvalClip | None = None,
 ) -> Prediction:
     """The top ``top_k`` classes of ``model`` on ``video`` and on its ``perturbations``.
 
     num_frames, frame_size: the clip to make (default: the model's own; a model that takes any
-    needs them). window: the frames [start, stop) to sample from (default: all). The model runs
-    in eval mode and is handed back in its own mode."""
+    needs them). window: the frames [start, stop) to sample from (default: all). eval_clip: the
+    frames and short side (default: as the model's run was evaluated, ``clip_of``). The model
+    runs in eval mode and is handed back in its own mode."""
     _check_perturbations(perturbations)
     with _in_eval_mode(model) as backbone:
         clip, indices = clip_of(
-            backbone, video, num_frames=num_frames, frame_size=frame_size, window=window
+            backbone,
+            video,
+            num_frames=num_frames,
+            frame_size=frame_size,
+            window=window,
+            eval_clip=eval_clip,
         )
         clip = clip.to(_device_of(backbone))
         generator = torch.Generator().manual_seed(seed)
@@ -249,14 +263,15 @@ def predict_windows(
     **options,
 ) -> list[Prediction]:
     """``predict`` on each consecutive window of ``seconds`` of a video (a last, shorter window is
-    kept when it spans half a window or more): a timeline. The video's own frame rate is used,
-    else ``fps`` (frame folders carry none). ``options`` are ``predict``'s."""
+    kept when it spans half a window or more): a timeline, at ``fps`` frames per second when
+    given, else the video's own rate (frame folders carry none). ``options`` are
+    ``predict``'s."""
     if seconds <= 0:
         raise ValueError(f"the window must be positive, got {seconds} s")
     if fps is not None and fps <= 0:
         raise ValueError(f"--fps {fps}: give the frames' rate per second, a positive number")
     reader = open_video(video)  # once: a long video is not scanned again for every window
-    rate = reader.fps or fps
+    rate = fps or reader.fps  # given: the rate the user knows (a file may declare a wrong one)
     if not rate:
         raise ValueError(f"{video} has no frame rate (a folder of frames): give it, --fps N")
     length = round(seconds * rate)
@@ -296,11 +311,21 @@ def summarise(predictions: Sequence[Prediction], unit: str = "videos") -> str:
 
 
 def explain_prediction(
-    model: nn.Module, video: Video, out: str | Path, *, label: int | None = None
+    model: nn.Module,
+    video: Video,
+    out: str | Path,
+    *,
+    label: int | None = None,
+    name: str | None = None,
+    num_frames: int | None = None,
+    frame_size: int | None = None,
+    eval_clip: EvalClip | None = None,
 ) -> list[Path]:
     """GradCAM of the clip for ``label`` (default: the predicted class): ``out/<name>_gradcam.gif``
-    (the clip with the map over it) and ``out/<name>_gradcam.png`` (a strip of its frames).
-    A model that cannot give GradCAM raises ``NotImplementedError`` with the reason."""
+    (the clip with the map over it) and ``out/<name>_gradcam.png`` (a strip of its frames);
+    ``name`` defaults to the video's file name without its extension. The clip is ``predict``'s
+    (``num_frames``, ``frame_size``, ``eval_clip`` as there). A model that cannot give GradCAM
+    raises ``NotImplementedError`` with the reason."""
     from timematters.diagnostics import plots
     from timematters.diagnostics.gradcam import gradcam_unsupported, video_gradcam
 
@@ -309,7 +334,9 @@ def explain_prediction(
         reason = gradcam_unsupported(backbone)
         if reason:
             raise NotImplementedError(f"no GradCAM for {source}: {reason}")
-        clip, _ = clip_of(backbone, video)
+        clip, _ = clip_of(
+            backbone, video, num_frames=num_frames, frame_size=frame_size, eval_clip=eval_clip
+        )
         clip = clip.to(_device_of(backbone))
         with torch.no_grad():
             label = int(backbone(clip).argmax()) if label is None else label
@@ -323,7 +350,7 @@ def explain_prediction(
             raise NotImplementedError(f"no GradCAM for {source}: {error}") from error
     mean, std = _input_normalisation(backbone)
     frames = plots.denormalise(clip[0].cpu().numpy(), mean, std)  # [T, H, W, 3]
-    stem = "array" if _is_array(video) else Path(video).stem
+    stem = name or ("array" if _is_array(video) else Path(video).stem)
     out = Path(out)
     names = getattr(backbone, "class_names", None)
     title = f"{stem}: {names[label] if names else label}"

@@ -31,6 +31,7 @@ from timematters.config import Config, ConfigError, ModelConfig, backbone_kwargs
 from timematters.data.build import build_dataset, loader_workers
 from timematters.data.collate import collate_videos
 from timematters.data.samplers import Shard
+from timematters.data.sampling import EvalClip
 from timematters.engine.backgrounds import BackgroundsResult, evaluate_backgrounds_checkpoint
 from timematters.engine.checkpoint import load_checkpoint
 from timematters.engine.distributed import (
@@ -249,6 +250,9 @@ def load_model_from_checkpoint(cfg: Config, path: str | Path) -> tuple[nn.Module
         raise ValueError(f"{path} does not fit {model_cfg.name}: {error}") from None
     model.class_names = classes or None
     model.source = str(path)
+    if "config" in state:
+        # How its run made test clips: predict makes them so.
+        model.eval_clip = EvalClip.of(state["config"].get("data", {}))
     if "config" in state and not hasattr(model, "describe"):
         # The normalisation it learnt with; cfg's clips (told in _build) are converted to it.
         trained = state["config"].get("data", {})
