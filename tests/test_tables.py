@@ -66,6 +66,11 @@ def test_a_diagnose_report_gives_a_row_per_model(tmp_path):
             "holds no shuffle-test results (an ImageNet-9 run's",
         ),
         (lambda p: _write(p / "run", "| ... |", name="eval.md") / "eval.md", "not an eval.json"),
+        (lambda p: _write(p / "cut", {}), "cut/eval.json holds no results"),
+        (
+            lambda p: _write(p / "d", {"shuffle_test": {}}, name="diagnose.json"),
+            "d/diagnose.json holds no results",
+        ),
     ],
 )
 def test_what_holds_no_evaluation_is_named(tmp_path, capsys, setup, words):
@@ -79,3 +84,17 @@ def test_names_must_match_the_rows(tmp_path, capsys):
     (run / "eval.md").write_text("| ... |\n")
     assert main(["table", str(run), "--name", "a", "--name", "b"]) == 2
     assert "1 rows (run) but 2 names" in capsys.readouterr().err
+
+
+def test_rows_need_names_of_their_own_and_a_perturbation_in_common(tmp_path, capsys):
+    # A name given twice kept one of the two rows, silently.
+    runs = [str(_write(tmp_path / n, _metrics(50.0, 40.0))) for n in ("base", "time")]
+    assert main(["table", *runs, "--name", "TIME", "--name", "TIME"]) == 2
+    assert "--name 'TIME' is given twice" in capsys.readouterr().err
+    # Shuffle alone beside reverse alone: an empty table, exit 0, before.
+    reverse_only = _metrics(50.0, 40.0, reverse=30.0)
+    for row in reverse_only.values():
+        del row["shuffled_top1"], row["gap"], row["gap_ci"]
+    other = _write(tmp_path / "reverse", reverse_only)
+    assert main(["table", runs[0], str(other)]) == 2
+    assert "share no perturbation (shuffle, reverse, ...)" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from timematters.engine.evaluate import format_table
+from timematters.engine.evaluate import PERTURBATION_NAMES, format_table, gap_key
 
 RESULT_FILES = ("eval.json", "diagnose.json")
 
@@ -49,6 +49,9 @@ def collect_rows(
                 f"{len(rows)} rows ({', '.join(rows)}) but {len(names)} names: give one --name "
                 "per row, in order, or none"
             )
+        twice = sorted({name for name in names if list(names).count(name) > 1})
+        if twice:  # a row per name: one would replace the other
+            raise ValueError(f"--name {twice[0]!r} is given twice: give each row its own name")
         rows = dict(zip(names, rows.values(), strict=True))
     return rows
 
@@ -79,8 +82,10 @@ def _read(file: Path) -> dict[str | None, dict[str, dict[str, Any]]]:
     if not isinstance(results, dict) or not all(_is_metrics(m) for m in results.values()):
         raise ValueError(
             f"{file} holds no shuffle-test results (an ImageNet-9 run's Backgrounds Challenge "
-            "table is in its eval.md)"
+            "table is its backgrounds.md)"
         )
+    if not results or not all(results.values()):
+        raise ValueError(f"{file} holds no results: its command did not finish?")
     return results
 
 
@@ -128,6 +133,11 @@ def _common_part(rows: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[s
             "the evaluations share no subset (all, temporal, static ...) to set side by side"
         )
     keys = {s: set.intersection(*(set(m[s]) for m in metrics)) for s in subsets}
+    if not any(gap_key(name) in keys[subsets[0]] for name in PERTURBATION_NAMES):
+        raise ValueError(
+            "the evaluations share no perturbation (shuffle, reverse, ...) to set side by side: "
+            "evaluate them under the same ones (eval.perturbations)"
+        )
     return {
         name: {s: {k: v for k, v in m[s].items() if k in keys[s]} for s in subsets}
         for name, m in rows.items()
