@@ -318,8 +318,13 @@ def test_an_export_replaces_its_own_folder_only(tmp_path, capsys):
     assert main(["export", str(checkpoint), "--out", str(out), "--format", "hf"]) == 0
     assert main(["export", str(checkpoint), "--out", str(out), "--format", "safetensors"]) == 0
     assert not (out / "config.json").exists()  # the earlier export went whole
-    assert main(["export", str(checkpoint), "--out", str(checkpoint.parents[1])]) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    run = checkpoint.parents[1]
+    assert main(["export", str(checkpoint), "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--overwrite" not in err
+    # --overwrite replaces earlier exports and others' files of those names, never a run.
+    assert main(["export", str(checkpoint), "--out", str(run), "--overwrite"]) == 2
+    assert checkpoint.is_file() and (run / "config.yaml").is_file()
 
 
 @pytest.mark.parametrize("height, width", [(60, 90), (90, 60)])

@@ -54,11 +54,10 @@ def export(
         load_checkpoint(checkpoint)  # refused, naming the run folder's checkpoint
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint file")
-    claim = dict(
-        kind="an export",
-        overwrite=overwrite,
-        fix="choose another --out, or replace it with --overwrite",
-    )
+    # Another command's output (a run: the checkpoint itself, its evaluation) is never replaced
+    # by an export, --overwrite or not; an earlier export is, and --overwrite is for files of
+    # those names from elsewhere (someone's model folder).
+    claim = dict(kind="an export", overwrite=False, fix="choose another --out")
     claim_folder(out, **claim, remove=False)
     _refuse_foreign_files(out, overwrite=overwrite)
     state = load_checkpoint(checkpoint)
