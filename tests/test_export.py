@@ -74,15 +74,24 @@ def test_timesformer_exports_to_transformers_with_the_checkpoints_outputs(tmp_pa
     card = (out / "README.md").read_text()
     assert "order (λ = 1), debias (λ = 1), flow (λ = 1)" in card
     assert "| timesformer_tiny_patch8_64 |" in card  # the run's final evaluation of it
+    # A whole video in: the lines take the frames the evaluation takes (segment centres).
+    from timematters.data.sampling import EvalClip
+
     snippet = card.split("```python")[1].split("```")[0].replace('"."', repr(str(out)))
-    scope = {"frames": torch.from_numpy(frames).permute(0, 3, 1, 2)}
+    video = np.random.default_rng(1).integers(0, 256, (13, 32, 48, 3), dtype=np.uint8)
+    scope = {"video": torch.from_numpy(video).permute(0, 3, 1, 2)}
     exec(snippet, scope)
-    torch.testing.assert_close(scope["logits"], theirs(**made).logits)
+    taken = EvalClip().indices(13, 4)
+    assert list(scope["indices"]) == list(taken)
+    clip = processor([torch.from_numpy(video[taken]).permute(0, 3, 1, 2)], return_tensors="pt")
+    torch.testing.assert_close(scope["logits"], theirs(**clip).logits)
 
     info = json.loads((out / "export.json").read_text())
     assert info["format"] == "hf" and info["classes"] == CLASSES
     assert info["clips"] == {
         "num_frames": 4,
+        "sampling": "segment",
+        "dense_stride": 8,
         "frame_size": 32,
         "resize_short_side": 32,
         "mean": [0.45, 0.4, 0.35],

@@ -156,9 +156,10 @@ def model_card(info: dict[str, Any], saved: dict[str, Any], facts: dict, checkpo
         "",
         "## Clips",
         "",
-        f"{clips['num_frames']} frames, the short side resized to {clips['resize_short_side']} "
-        f"and the centre {clips['frame_size']}² cropped, as {info['layout']}; pixels in [0, 1] "
-        f"normalised with mean {clips['mean']} and std {clips['std']}.",
+        f"{clips['num_frames']} frames ({_frames_taken(clips)}), the short side resized to "
+        f"{clips['resize_short_side']} and the centre {clips['frame_size']}² cropped, as "
+        f"{info['layout']}; pixels in [0, 1] normalised with mean {clips['mean']} and std "
+        f"{clips['std']}.",
         "",
         "## Evaluation",
         "",
@@ -167,7 +168,7 @@ def model_card(info: dict[str, Any], saved: dict[str, Any], facts: dict, checkpo
         "## Load",
         "",
         "```python",
-        *(_hf_lines() if info["format"] == "hf" else []),
+        *(_hf_lines(clips) if info["format"] == "hf" else []),
         *(_safetensors_lines(info) if "build" in info else []),
         "```",
         "",
@@ -201,16 +202,36 @@ def _safetensors_lines(info: dict[str, Any]) -> list[str]:
     ]
 
 
-def _hf_lines() -> list[str]:
+def _hf_lines(clips: dict[str, Any]) -> list[str]:
+    """The card's loading lines; the processor resizes and crops, the frames are the caller's to
+    take (it takes them all), as the evaluation did."""
+    T = clips["num_frames"]
+    if clips.get("sampling", "segment") == "dense":
+        stride = clips["dense_stride"]
+        take = [
+            f"span = {(T - 1) * stride + 1}  # {T} frames {stride} apart, from the middle",
+            "start = round(max(len(video) - span, 0) / 2)",
+            f"indices = np.minimum(start + {stride} * np.arange({T}), len(video) - 1)",
+        ]
+    else:
+        take = [f"indices = ((np.arange({T}) + 0.5) * len(video) / {T}).astype(int)  # centres"]
     return [
+        "import numpy as np",
         "import transformers",
         "",
         'folder = "."  # this folder, or its hub id',
         "model = transformers.AutoModelForVideoClassification.from_pretrained(folder)",
         "processor = transformers.AutoVideoProcessor.from_pretrained(folder)",
-        "# frames: uint8 [T, C, H, W]",
-        'logits = model(**processor([frames], return_tensors="pt")).logits',
+        "# video: all its frames, uint8 [N, C, H, W]; the clip takes these of them:",
+        *take,
+        'logits = model(**processor([video[indices]], return_tensors="pt")).logits',
     ]
+
+
+def _frames_taken(clips: dict[str, Any]) -> str:
+    if clips.get("sampling", "segment") == "dense":
+        return f"{clips['dense_stride']} apart, from the middle of the video"
+    return "the centre frames of as many equal parts of the video"
 
 
 def _evaluation_of(facts: dict, checkpoint: Path) -> str:
@@ -288,6 +309,8 @@ def _clips(model: nn.Module, cfg: Config) -> dict[str, Any]:
     mean, std = _normalisation(model, cfg)
     return {
         "num_frames": cfg.model.num_frames,
+        "sampling": cfg.data.sampling,  # which frames (test: segment centres, or dense middle)
+        "dense_stride": cfg.data.dense_stride,
         "frame_size": cfg.data.crop_size,
         "resize_short_side": _short_side(cfg),
         "mean": mean,
