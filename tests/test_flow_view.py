@@ -65,6 +65,11 @@ def test_an_undecodable_video_is_skipped_said_and_fails_the_command(tmp_path, ca
     assert [clip["clip"] for clip in result["clips"]] == [str(good)]
     assert result["skipped"][0]["clip"] == str(bad)
     assert f"skipped {bad}" in capsys.readouterr().out
+    # --clips N draws N videos that decode: the bad one leaves its place to the next.
+    argv = ["flow", "synthetic/time", "--video", str(bad), "--video", str(good), "--clips", "1"]
+    assert main([*argv, "--out", str(tmp_path / "one")]) == 1
+    drawn = json.loads((tmp_path / "one" / "flow_labels.json").read_text())["clips"]
+    assert [clip["clip"] for clip in drawn] == [str(good)]
     # A folder of videos: the first --clips of them, and said so.
     (tmp_path / "more.mp4").write_bytes(good.read_bytes())
     bad.unlink()

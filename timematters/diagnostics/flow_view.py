@@ -24,7 +24,7 @@ from timematters.config import Config, ConfigError, validate
 from timematters.data.build import build_dataset, build_flow_labeller
 from timematters.data.collate import BadVideo
 from timematters.data.samplers import SeededSamples
-from timematters.data.sampling import sample_segment_indices
+from timematters.data.sampling import EvalClip
 from timematters.data.transforms import EvalTransform
 from timematters.data.video import VideoDecodeError, open_video
 from timematters.diagnostics.predict import list_videos
@@ -162,9 +162,9 @@ def _dataset_clips(
 def _files(
     cfg: Config, videos: Sequence[str | Path], clips: int, skipped: list[dict]
 ) -> list[tuple[str, torch.Tensor]]:
-    """The first ``clips`` of the videos as the config's test clips: its frames at the segment
-    centres, the short side resized to ``data.eval_short_side`` and the centre crop of
-    ``data.crop_size``."""
+    """The first ``clips`` videos that decode, as the config's test clips: its test frames
+    (``data.sampling``), the short side resized to ``data.eval_short_side`` and the centre crop
+    of ``data.crop_size``."""
     transform = EvalTransform(
         crop_size=cfg.data.crop_size,
         short_side=cfg.data.eval_short_side,
@@ -175,14 +175,13 @@ def _files(
     paths = list_videos(videos, root=cfg.data.root)
     if len(paths) > clips:  # a folder of thousands: a picture each would be hundreds of MB
         print(f"drawing the first {clips} of {len(paths)} videos (--clips N for more)", flush=True)
-    named = []
-    for path in paths[:clips]:
+    named, taken = [], EvalClip.of(cfg.data)
+    for path in paths:
+        if len(named) == clips:  # a video that cannot be decoded leaves its place to the next
+            break
         try:
             reader = open_video(path, cfg.data.decoder)
-            count = cfg.model.num_frames
-            frames = reader.get_frames(
-                sample_segment_indices(reader.num_frames, count, train=False)
-            )
+            frames = reader.get_frames(taken.indices(reader.num_frames, cfg.model.num_frames))
         except VideoDecodeError as error:
             skipped.append({"clip": str(path), "reason": error.reason})
             continue
