@@ -167,6 +167,9 @@ def test_an_image_vit_exports_weights_that_timm_builds(tmp_path, capsys):
     printed = capsys.readouterr().out
     hint = json.loads(checkpoint.with_name("last_export").joinpath("export.json").read_text())
     assert hint["timm"] in printed and "TIME head order" in printed
+    card = checkpoint.with_name("last_export").joinpath("README.md").read_text()
+    assert "- image-classification" in card  # its evaluation: Table 4, not a 1-frame shuffle
+    assert "Backgrounds Challenge's test variations" in card and "Mixed-Rand" in card
     network = eval(hint["timm"], {"timm": timm})  # the line export.json gives, as it is
     load_model(network, str(checkpoint.with_name("last_export") / "model.safetensors"))
     images = _clip(1, 32)

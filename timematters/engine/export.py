@@ -139,12 +139,13 @@ def model_card(info: dict[str, Any], saved: dict[str, Any], facts: dict, checkpo
     pretrained = saved["model"].get("pretrained") or ""
     start = f", from {Path(pretrained).name}" if pretrained else ""
     clips = info["clips"]
-    evaluation = _evaluation_of(facts, checkpoint)
+    images = saved["data"].get("dataset") == "imagenet9"
+    evaluation = _evaluation_of(facts, checkpoint, images=images)
     extras = _recipe_extras(saved)
     library = "library_name: transformers\n" if info["format"] == "hf" else ""
     lines = [
         "---",
-        f"{library}tags:\n- video-classification\n- timematters\n---",
+        f"{library}tags:\n- {'image' if images else 'video'}-classification\n- timematters\n---",
         "",
         f"# {info['model']}, trained with timematters",
         "",
@@ -234,11 +235,19 @@ def _frames_taken(clips: dict[str, Any]) -> str:
     return "the centre frames of as many equal parts of the video"
 
 
-def _evaluation_of(facts: dict, checkpoint: Path) -> str:
+def _evaluation_of(facts: dict, checkpoint: Path, *, images: bool = False) -> str:
     """The run's final evaluation table when it scored this checkpoint: a checkpoint written
-    after the final evaluation (``final_eval_lines`` set), in its run's ``checkpoints`` folder."""
-    table = checkpoint.parent.parent / "eval.md"
+    after the final evaluation (``final_eval_lines`` set), in its run's ``checkpoints`` folder.
+    An ImageNet-9 run's is its Backgrounds Challenge table (one frame has no order to shuffle)."""
+    run = checkpoint.parent.parent
+    table = run / ("backgrounds.md" if images else "eval.md")
     done = facts["final_eval_lines"] is not None and checkpoint.parent.name == "checkpoints"
+    if done and images and table.is_file():
+        return (
+            "Top-1 (%) on the Backgrounds Challenge's test variations (the run's final "
+            "evaluation, `backgrounds.md`; BG-Gap = Mixed-Same - Mixed-Rand, lower is less "
+            "background bias):\n\n" + table.read_text().strip()
+        )
     if done and table.is_file():
         return (
             "Top-1 (%) on the original test clips and on the same clips with their frames "
