@@ -374,3 +374,20 @@ def test_the_model_card_names_the_fine_tuning_options_a_run_used(tmp_path):
     assert "Also trained with" not in (tmp_path / "plain_out/README.md").read_text()
     repeated = {"data": {"repeated_augmentation": 2}}  # decoded videos only: not this benchmark
     assert _recipe_extras(repeated) == "repeated augmentation (2 clips a video)"
+
+
+def test_without_transformers_auto_exports_safetensors_and_hf_says_what_it_needs(
+    tmp_path, monkeypatch, capsys
+):
+    import importlib.util
+
+    checkpoint = _trained(tmp_path, "timesformer_tiny_patch8_64")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name)
+    )
+    assert main(["export", str(checkpoint), "--out", str(tmp_path / "auto")]) == 0
+    assert "transformers is not installed" in capsys.readouterr().err
+    assert json.loads((tmp_path / "auto" / "export.json").read_text())["format"] == "safetensors"
+    assert main(["export", str(checkpoint), "--out", str(tmp_path / "hf"), "--format", "hf"]) == 2
+    assert "pip install 'timematters[hf]', or --format safetensors" in capsys.readouterr().err

@@ -18,7 +18,9 @@ normalisation on [0, 1] pixels) and the checkpoint it came from; ``README.md`` i
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,18 @@ def export(
     if format == "hf" and hf_reason:
         raise ValueError(f"--format hf: {hf_reason}; --format safetensors exports any model")
     chosen = "safetensors" if format == "safetensors" or hf_reason else "hf"
+    if chosen == "hf" and importlib.util.find_spec("transformers") is None:
+        if format == "hf":
+            raise ImportError(
+                "--format hf writes a transformers folder and needs the transformers package: "
+                "pip install 'timematters[hf]', or --format safetensors"
+            )
+        print(  # auto: the form this installation can write
+            "timematters: note: transformers is not installed (pip install 'timematters[hf]' "
+            "for a transformers folder): exporting safetensors",
+            file=sys.stderr,
+        )
+        chosen = "safetensors"
 
     claim_folder(out, **claim)  # the model is loaded: an earlier export can go
     out.mkdir(parents=True, exist_ok=True)
