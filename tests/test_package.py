@@ -232,6 +232,14 @@ def test_predict_makes_the_clip_the_run_was_evaluated_on(tmp_path, capsys):
     probs = dict(predicted.top)
     expected = evaluated.probs[0]
     assert [probs[name] for name in evaluated.classes] == pytest.approx(expected, abs=1e-5)
+    # Exported to a transformers folder, it makes the same clip (export.json says how).
+    pytest.importorskip("transformers")
+    assert main(["export", str(checkpoint), "--out", str(tmp_path / "hf")]) == 0
+    again = predict(load_model(f"hf:{tmp_path / 'hf'}"), tmp_path / "v3.mp4", top_k=2)
+    assert again.frames == predicted.frames
+    assert [dict(again.top)[name] for name in evaluated.classes] == pytest.approx(
+        expected, abs=1e-5
+    )
 
 
 def test_predict_on_an_array_equals_predict_on_its_file(trained, videos):

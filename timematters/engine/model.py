@@ -10,6 +10,7 @@ rebuilds exactly what was trained; ``evaluate_checkpoint`` runs the one evaluati
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -161,6 +162,14 @@ def load_model(
             model = load_foreign_model(spec, num_classes=outputs)
         else:
             model = _build(replace(cfg.model, name=spec), cfg, outputs)
+        exported = Path(spec.removeprefix("hf:")) / "export.json"
+        if spec.startswith("hf:") and exported.is_file():  # our export: its run's test clips
+            clips = json.loads(exported.read_text()).get("clips", {})
+            model.eval_clip = EvalClip(
+                clips.get("sampling", "segment"),
+                clips.get("dense_stride", 8),
+                clips.get("resize_short_side"),
+            )
         random_weights = describe_model(model).get("trained_with", "") is None
         if random_weights and is_main_process():  # torchvision without WEIGHTS; said once
             print(
