@@ -203,14 +203,15 @@ def _declared_end(container) -> float | None:
 
     Its duration counts from its first timestamp in most formats and from 0 in others
     (Matroska): of the two readings, the earlier end, so that an intact file is never called
-    cut off (one that starts late and is cut a little may pass)."""
+    cut off (one that starts late and is cut a little may pass). A start before 0 (B-frame
+    delay in MP4) is one reading only."""
     import av
 
     if not container.duration:
         return None
     start = (container.start_time or 0) / av.time_base
     duration = container.duration / av.time_base
-    return duration if duration > start else start + duration
+    return start + duration if start < 0 or duration <= start else duration
 
 
 def _packet_end(packet) -> float | None:
