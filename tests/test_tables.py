@@ -98,3 +98,19 @@ def test_rows_need_names_of_their_own_and_a_perturbation_in_common(tmp_path, cap
     other = _write(tmp_path / "reverse", reverse_only)
     assert main(["table", runs[0], str(other)]) == 2
     assert "share no perturbation (shuffle, reverse, ...)" in capsys.readouterr().err
+
+
+def test_imagenet9_runs_make_table_4(tmp_path, capsys):
+    # One-frame clips: their shuffle table says nothing; the runs' Table 4 is what compares them.
+    accuracy = {"original": 80.0, "mixed_same": 90.0, "mixed_rand": 70.0, "bg_gap": 20.0}
+    runs = []
+    for name, shift in (("baseline", 0.0), ("time", 5.0)):
+        run = _write(tmp_path / "in9" / name, _metrics(50.0, 50.0))
+        values = {k: v + (shift if k != "bg_gap" else -shift) for k, v in accuracy.items()}
+        (run / "backgrounds.json").write_text(json.dumps(values))
+        runs.append(str(run))
+    assert main(["table", *runs, "--name", "DeiT-Ti", "--name", "+TIME"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| Dataset | DeiT-Ti | +TIME |"
+    assert "| Original ↑ | 80.0 | 85.0 (+5.0) |" in lines
+    assert "| BG-Gap ↓ | 20.0 | 15.0 (-5.0) |" in lines

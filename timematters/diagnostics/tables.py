@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from timematters.engine.backgrounds import format_backgrounds_table
 from timematters.engine.evaluate import PERTURBATION_NAMES, format_table, gap_key
 
 RESULT_FILES = ("eval.json", "diagnose.json")
@@ -21,9 +22,37 @@ RESULT_FILES = ("eval.json", "diagnose.json")
 def results_table(
     paths: Sequence[str | Path], *, names: Sequence[str] | None = None, intervals: bool = False
 ) -> str:
-    """The markdown table (one per perturbation) of the evaluations found at ``paths``."""
+    """The markdown table (one per perturbation) of the evaluations found at ``paths``; for
+    ImageNet-9 runs (each with its ``backgrounds.json``), the paper's Table 4 instead: a column
+    per run (one-frame clips have no order to shuffle)."""
+    backgrounds = _backgrounds(paths, names=names)
+    if backgrounds:
+        return format_backgrounds_table(backgrounds)
     rows = collect_rows(paths, names=names)
     return format_table(_common_part(rows), intervals=intervals)
+
+
+def _backgrounds(
+    paths: Sequence[str | Path], *, names: Sequence[str] | None
+) -> dict[str, dict[str, float]]:
+    """Run name -> its Backgrounds Challenge accuracies, when every path is a run folder that
+    has them ({} otherwise)."""
+    files = [Path(path) / "backgrounds.json" for path in paths]
+    if not files or not all(file.is_file() for file in files):
+        return {}
+    labels = list(names) if names else _labels([file.parent for file in files])
+    if len(labels) != len(files):
+        raise ValueError(f"{len(files)} runs but {len(labels)} names: give one --name per run")
+    columns = {}
+    for file, label in zip(files, labels, strict=True):
+        try:
+            columns[_unique(label, columns)] = json.loads(file.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{file} is not valid JSON ({error.msg})") from None
+    rows = set.intersection(*(set(column) for column in columns.values()))
+    return {
+        name: {k: v for k, v in column.items() if k in rows} for name, column in columns.items()
+    }
 
 
 def collect_rows(
