@@ -94,6 +94,7 @@ def test_timesformer_exports_to_transformers_with_the_checkpoints_outputs(tmp_pa
         "dense_stride": 8,
         "frame_size": 32,
         "resize_short_side": 32,
+        "test_views": {"temporal": 1, "spatial_crops": 1, "aggregation": "logits"},
         "mean": [0.45, 0.4, 0.35],
         "std": [0.225, 0.2, 0.25],
     }

@@ -202,9 +202,10 @@ def test_predict_prints_top5_for_a_video(trained, videos, capsys, tmp_path, suff
     assert sum(p for _, p in record["top"]) <= 1.0 + 1e-6
 
 
-def test_predict_makes_the_clip_the_run_was_evaluated_on(tmp_path, capsys):
-    """Its frames (dense here) and short side (larger than the crop): predict's probabilities
-    are the evaluation's on the same video (it used segment centres at the crop's size)."""
+def test_predict_makes_the_views_the_run_was_evaluated_on(tmp_path, capsys):
+    """Its frames (dense here), short side (larger than the crop), temporal views, spatial crops
+    and their aggregation: predict's probabilities are the evaluation's on the same video, on
+    the clip and reversed (it used one centre crop of the segment centres at the crop's size)."""
     from timematters.engine.model import evaluate_checkpoint
 
     for i in range(4):
@@ -219,7 +220,10 @@ def test_predict_makes_the_clip_the_run_was_evaluated_on(tmp_path, capsys):
         "data.dense_stride=3",
         "data.train_short_side=[40, 44]",
         "data.eval_short_side=44",
-        "data.test_spatial_crops=1",
+        "data.test_spatial_crops=3",
+        "data.test_temporal_views=2",
+        "eval.aggregation=softmax",
+        "eval.perturbations=[shuffle, reverse]",
         "loss.flow.weight=0",
         "train.epochs=1",
     ]
@@ -228,10 +232,15 @@ def test_predict_makes_the_clip_the_run_was_evaluated_on(tmp_path, capsys):
     checkpoint = tmp_path / "run" / "checkpoints" / "last.pth"
     evaluated = evaluate_checkpoint(cfg, checkpoint)
     predicted = predict(load_model(checkpoint), tmp_path / "v3.mp4", top_k=2)
-    assert predicted.frames == [5, 8, 11, 14]  # the dense window in the middle, stride 3
+    # Two dense windows, stride 3, from the first and the last start.
+    assert predicted.frames == [0, 3, 6, 9, 10, 13, 16, 19] and predicted.views == 6
     probs = dict(predicted.top)
     expected = evaluated.probs[0]
     assert [probs[name] for name in evaluated.classes] == pytest.approx(expected, abs=1e-5)
+    reversed_probs = dict(predicted.perturbed["reverse"])
+    assert [reversed_probs[name] for name in evaluated.classes] == pytest.approx(
+        evaluated.perturbed["reverse"][0], abs=1e-5
+    )
     # Exported to a transformers folder, it makes the same clip (export.json says how).
     pytest.importorskip("transformers")
     assert main(["export", str(checkpoint), "--out", str(tmp_path / "hf")]) == 0

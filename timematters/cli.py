@@ -617,7 +617,7 @@ def _predict(args) -> int:
         clip = dict(
             num_frames=cfg.model.num_frames,
             frame_size=cfg.data.crop_size,
-            eval_clip=EvalClip.of(cfg.data),
+            eval_clip=EvalClip.of(cfg.data, cfg.eval),
         )
     classes = None
     if args.classes:

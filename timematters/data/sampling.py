@@ -99,25 +99,62 @@ def sample_clip_indices(
 
 @dataclass(frozen=True)
 class EvalClip:
-    """How evaluation makes a clip of a video, before its crops: which frames (one test view)
-    and the short side they are resized to (None: the crop size). A run's ``data`` settings;
+    """How evaluation makes the views of a video: which frames (``temporal_views`` clips), the
+    short side they are resized to (None: the crop size), ``spatial_crops`` crops of each, and
+    how the views' logits become one prediction. A run's ``data`` and ``eval`` settings;
     ``predict`` makes its clips so, as the run was evaluated."""
 
     sampling: Sampling = "segment"
     dense_stride: int = 8
     short_side: int | None = None
+    temporal_views: int = 1
+    spatial_crops: int = 1
+    aggregation: str = "logits"
 
     @classmethod
-    def of(cls, data: Any) -> EvalClip:
-        """From a ``DataConfig`` or a checkpoint's saved ``data`` dict."""
-        get = data.get if isinstance(data, dict) else lambda key, default: getattr(data, key)
-        return cls(get("sampling", "segment"), get("dense_stride", 8), get("eval_short_side", None))
+    def of(cls, data: Any, evaluation: Any = None) -> EvalClip:
+        """From a ``DataConfig`` (and ``EvalConfig``) or a checkpoint's saved ``data`` (and
+        ``eval``) dicts; a setting missing from an older checkpoint takes one view."""
+
+        def reader(section: Any):
+            if isinstance(section, dict) or section is None:
+                return (section or {}).get
+            return lambda key, default: getattr(section, key, default)
+
+        get, settings = reader(data), reader(evaluation)
+        # The built-in benchmark and ImageNet-9 make one view of each item whatever the fields.
+        one_view = get("dataset", None) in ("synthetic", "imagenet9")
+        return cls(
+            get("sampling", "segment"),
+            get("dense_stride", 8),
+            get("eval_short_side", None),
+            temporal_views=1 if one_view else get("test_temporal_views", 1),
+            spatial_crops=1 if one_view else get("test_spatial_crops", 1),
+            aggregation=settings("aggregation", "logits"),
+        )
+
+    @property
+    def num_views(self) -> int:
+        return self.temporal_views * self.spatial_crops
 
     def indices(self, num_video_frames: int, num_frames: int) -> np.ndarray:
-        """The frames of the clip: int64 [T]."""
+        """The frames of one clip (the middle of the video's, as a single view takes them): int64
+        [T]."""
         return sample_clip_indices(
             self.sampling, num_video_frames, num_frames, train=False, stride=self.dense_stride
         )[0]
+
+    def view_indices(self, num_video_frames: int, num_frames: int) -> list[np.ndarray]:
+        """The frames of each temporal view, as evaluation reads them: ``temporal_views`` int64
+        arrays [T]."""
+        return sample_clip_indices(
+            self.sampling,
+            num_video_frames,
+            num_frames,
+            train=False,
+            stride=self.dense_stride,
+            num_views=self.temporal_views,
+        )
 
 
 def _check_counts(num_video_frames: int, num_frames: int) -> None:

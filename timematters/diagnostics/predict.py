@@ -28,9 +28,14 @@ from timematters.data.dataset import VIDEO_EXTENSIONS
 from timematters.data.sampling import EvalClip
 from timematters.data.transforms import EvalTransform
 from timematters.data.video import VideoDecodeError, VideoReader, is_frame_folder, open_video
-from timematters.engine.evaluate import PERTURBATION_NAMES
+from timematters.engine.evaluate import PERTURBATION_NAMES, aggregate_views
 from timematters.engine.model import class_names_of, describe_model
-from timematters.losses.shuffle import freeze_frames, perturb_frames
+from timematters.losses.shuffle import (
+    freeze_frames,
+    perturb_frames,
+    sample_frame_permutations,
+    shuffle_frames,
+)
 
 Video = str | os.PathLike | np.ndarray | torch.Tensor
 
@@ -44,7 +49,10 @@ class Prediction:
     perturbed: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     # The probability of the clip's top-1 class under each perturbation.
     top1_probability: dict[str, float] = field(default_factory=dict)
-    frames: list[int] = field(default_factory=list)  # the frames the clip was made of
+    # The frames the clip was made of: every temporal view's in turn, when evaluation takes
+    # several; views counts temporal views x spatial crops.
+    frames: list[int] = field(default_factory=list)
+    views: int = 1
     # predict_windows: the window's frames [start, stop) and, where the frame rate is known, its
     # seconds [start, stop).
     window: list[int] | None = None
@@ -92,40 +100,76 @@ def clip_of(
     window: tuple[int, int] | None = None,
     eval_clip: EvalClip | None = None,
 ) -> tuple[torch.Tensor, list[int]]:
-    """The model's input for a video: [1, C, T, S, S] normalised as the model takes clips, and
-    the indices of the frames it holds. num_frames, frame_size: the clip for a model that does
-    not fix its own (a user's module, a 3-D CNN); the model's own otherwise. window: sample the
-    frames [start, stop) only (default: the whole video). eval_clip: which frames and what short
-    side (default: the model's ``eval_clip``, a checkpoint's run's; else the segment centres and
-    the crop size); one centre crop. ``video`` may be an open reader."""
-    info = describe_model(_as_backbone(model))
-    num_frames = num_frames or info["num_frames"]
-    size = frame_size or info["frame_size"]
-    if not (num_frames and size):
-        raise ValueError(
-            f"{info.get('source') or type(model).__name__} takes clips of any size: give "
-            "num_frames and frame_size (on the command line: --config CONFIG -o "
-            "model.num_frames=T -o data.crop_size=S)"
+    """The model's input for a video, one clip: [1, C, T, S, S] normalised as the model takes
+    clips, and the indices of the frames it holds. num_frames, frame_size: the clip for a model
+    that does not fix its own (a user's module, a 3-D CNN); the model's own otherwise. window:
+    sample the frames [start, stop) only (default: the whole video). eval_clip: which frames and
+    what short side (default: the model's ``eval_clip``, a checkpoint's run's; else the segment
+    centres and the crop size); the middle view, one centre crop (``views_of`` makes them all).
+    ``video`` may be an open reader."""
+    source = _ClipSource(model, video, num_frames, frame_size, window, eval_clip)
+    indices = source.start + source.recipe.indices(source.length, source.num_frames)
+    return source.transform(num_crops=1)(source.read(indices)), [int(i) for i in indices]
+
+
+def views_of(
+    model: nn.Module,
+    video: Video | VideoReader,
+    *,
+    num_frames: int | None = None,
+    frame_size: int | None = None,
+    window: tuple[int, int] | None = None,
+    eval_clip: EvalClip | None = None,
+) -> tuple[torch.Tensor, list[int]]:
+    """Every view evaluation makes of a video, as ``clip_of`` makes one: [V, C, T, S, S] with
+    V = temporal views x spatial crops (a view's crops together, as a dataset gives them), and
+    the frames of every temporal view in turn."""
+    source = _ClipSource(model, video, num_frames, frame_size, window, eval_clip)
+    transform = source.transform(num_crops=source.recipe.spatial_crops)
+    views, indices = [], []
+    for taken in source.recipe.view_indices(source.length, source.num_frames):
+        views.append(transform(source.read(source.start + taken)))
+        indices += [int(i) for i in source.start + taken]
+    return torch.cat(views), indices
+
+
+class _ClipSource:
+    """What making a model's clips of a video needs: its clip size and normalisation, the
+    frames to sample from and how."""
+
+    def __init__(self, model, video, num_frames, frame_size, window, eval_clip):
+        info = describe_model(_as_backbone(model))
+        self.num_frames = num_frames or info["num_frames"]
+        self.size = frame_size or info["frame_size"]
+        if not (self.num_frames and self.size):
+            raise ValueError(
+                f"{info.get('source') or type(model).__name__} takes clips of any size: give "
+                "num_frames and frame_size (on the command line: --config CONFIG -o "
+                "model.num_frames=T -o data.crop_size=S)"
+            )
+        self.mean, self.std = _input_normalisation(model)
+        if _is_array(video):
+            array = _uint8_frames(video)
+            count, self.read = len(array), array.__getitem__
+        else:
+            reader = video if hasattr(video, "get_frames") else None
+            if reader is None and not isinstance(video, str | os.PathLike):
+                raise TypeError(f"{_EXPECTED}; got {_described(video)}")  # not its whole repr
+            reader = reader or open_video(video)
+            count, self.read = reader.num_frames, reader.get_frames
+        self.recipe = eval_clip or getattr(model, "eval_clip", None) or EvalClip()
+        self.start, stop = window or (0, count)
+        self.length = stop - self.start
+
+    def transform(self, *, num_crops: int) -> EvalTransform:
+        short_side = max(self.recipe.short_side or self.size, self.size)
+        return EvalTransform(
+            crop_size=self.size,
+            short_side=short_side,
+            num_crops=num_crops,
+            mean=self.mean,
+            std=self.std,
         )
-    mean, std = _input_normalisation(model)
-    if _is_array(video):
-        array = _uint8_frames(video)
-        count, read = len(array), array.__getitem__
-    else:
-        reader = video if hasattr(video, "get_frames") else None
-        if reader is None and not isinstance(video, str | os.PathLike):
-            raise TypeError(f"{_EXPECTED}; got {_described(video)}")  # not its whole repr
-        reader = reader or open_video(video)
-        count, read = reader.num_frames, reader.get_frames
-    recipe = eval_clip or getattr(model, "eval_clip", None) or EvalClip()
-    start, stop = window or (0, count)
-    indices = start + recipe.indices(stop - start, num_frames)
-    frames = read(indices)
-    short_side = max(recipe.short_side or size, size)
-    transform = EvalTransform(
-        crop_size=size, short_side=short_side, num_crops=1, mean=mean, std=std
-    )
-    return transform(frames), [int(i) for i in indices]
 
 
 _EXPECTED = "expected a video file path or a uint8 [T, H, W, 3] array"
@@ -177,12 +221,16 @@ def _check_perturbations(perturbations: Sequence[str]) -> None:
         )
 
 
-def _perturbed(clip: torch.Tensor, name: str, generator: torch.Generator) -> torch.Tensor:
-    """The clips whose probabilities, averaged, are ``name``'s: one, or T for freeze_each (each
-    frame repeated in turn, as evaluate does)."""
+def _perturbed(views: torch.Tensor, name: str, generator: torch.Generator) -> list[torch.Tensor]:
+    """The view batches whose aggregated probabilities, averaged, are ``name``'s: one, or T for
+    freeze_each (each frame repeated in turn, as evaluate does). A shuffle moves every view's
+    frames alike, as evaluate's one permutation per clip."""
     if name == "freeze_each":
-        return torch.cat([freeze_frames(clip, t) for t in range(clip.shape[2])])
-    return perturb_frames(clip, name, generator)
+        return [freeze_frames(views, t) for t in range(views.shape[2])]
+    if name == "shuffle":
+        order = sample_frame_permutations(1, views.shape[2], "per_sample", generator)
+        return [shuffle_frames(views, perms=order.expand(len(views), -1))[0]]
+    return [perturb_frames(views, name, generator)]
 
 
 def _input_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -211,24 +259,37 @@ def predict(
 
     num_frames, frame_size: the clip to make (default: the model's own; a model that takes any
     needs them). window: the frames [start, stop) to sample from (default: all). eval_clip: the
-    frames and short side (default: as the model's run was evaluated, ``clip_of``). The model
-    runs in eval mode and is handed back in its own mode."""
+    views and how they are aggregated (default: as the model's run was evaluated, ``views_of``;
+    else one view), so that a checkpoint's probabilities are its evaluation's. The model runs in
+    eval mode and is handed back in its own mode."""
     _check_perturbations(perturbations)
     with _in_eval_mode(model) as backbone:
-        clip, indices = clip_of(
+        recipe = eval_clip or getattr(backbone, "eval_clip", None) or EvalClip()
+        views, indices = views_of(
             backbone,
             video,
             num_frames=num_frames,
             frame_size=frame_size,
             window=window,
-            eval_clip=eval_clip,
+            eval_clip=recipe,
         )
-        clip = clip.to(_device_of(backbone))
+        views = views.to(_device_of(backbone))
         generator = torch.Generator().manual_seed(seed)
-        views = [clip] + [_perturbed(clip, name, generator) for name in perturbations]
-        rows = backbone(torch.cat(views)).float().softmax(dim=-1).cpu()
-    # One row per view: freeze_each's T clips averaged into one.
-    probs = torch.stack([p.mean(dim=0) for p in rows.split([len(v) for v in views])])
+
+        def probabilities(batches: list[torch.Tensor]) -> torch.Tensor:
+            """[K]: each batch's view logits aggregated as evaluation does, then averaged."""
+            return (
+                torch.stack(
+                    [aggregate_views(backbone(b)[None], recipe.aggregation)[0] for b in batches]
+                )
+                .mean(dim=0)
+                .cpu()
+            )
+
+        probs = torch.stack(
+            [probabilities([views])]
+            + [probabilities(_perturbed(views, name, generator)) for name in perturbations]
+        )
     names = list(classes or class_names_of(backbone, num_classes=probs.shape[1]))
     if len(names) != probs.shape[1]:
         raise ValueError(
@@ -250,6 +311,7 @@ def predict(
             name: float(p[best]) for name, p in zip(perturbations, probs[1:], strict=True)
         },
         frames=indices,
+        views=len(views),
         window=list(window) if window else None,
     )
 

@@ -206,7 +206,7 @@ def _hits(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return found[:, 0].astype(np.float64), found.any(axis=1).astype(np.float64)
 
 
-def _aggregate(logits: torch.Tensor, mode: str) -> torch.Tensor:
+def aggregate_views(logits: torch.Tensor, mode: str) -> torch.Tensor:
     """[B, V, K] view logits -> [B, K] probabilities."""
     if mode == "logits":
         return logits.float().mean(dim=1).softmax(dim=-1)  # same ranking as the released sum
@@ -558,7 +558,7 @@ def _clip_probs(
     with autocast:
         logits = model(views)
     per_clip = rearrange(logits, "(b v) k -> b v k", b=clips_in_batch)
-    return _aggregate(per_clip, aggregation).cpu()
+    return aggregate_views(per_clip, aggregation).cpu()
 
 
 def as_batch(batch: dict[str, Any] | tuple | list) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from timematters.backbones.adapters.module import factory_call
 from timematters.backbones.timesformer import TimeSformer, rename_to_hf_timesformer
 from timematters.backbones.vit import VisionTransformer
 from timematters.config import Config, backbone_kwargs, merge
+from timematters.data.sampling import EvalClip
 from timematters.engine.checkpoint import load_checkpoint
 from timematters.engine.model import class_names_of, load_model_from_checkpoint
 from timematters.engine.runs import OUTPUTS, RunFolderInUse, claim_folder
@@ -330,12 +331,20 @@ def _short_side(cfg: Config) -> int:
 
 def _clips(model: nn.Module, cfg: Config) -> dict[str, Any]:
     mean, std = _normalisation(model, cfg)
+    views = EvalClip.of(cfg.data, cfg.eval)
     return {
         "num_frames": cfg.model.num_frames,
         "sampling": cfg.data.sampling,  # which frames (test: segment centres, or dense middle)
         "dense_stride": cfg.data.dense_stride,
         "frame_size": cfg.data.crop_size,
         "resize_short_side": _short_side(cfg),
+        # The evaluation's views of a video (predict of this folder makes them all; the card's
+        # lines take the middle one).
+        "test_views": {
+            "temporal": views.temporal_views,
+            "spatial_crops": views.spatial_crops,
+            "aggregation": views.aggregation,
+        },
         "mean": mean,
         "std": std,
     }

@@ -165,10 +165,14 @@ def load_model(
         exported = Path(spec.removeprefix("hf:")) / "export.json"
         if spec.startswith("hf:") and exported.is_file():  # our export: its run's test clips
             clips = json.loads(exported.read_text()).get("clips", {})
+            views = clips.get("test_views", {})
             model.eval_clip = EvalClip(
                 clips.get("sampling", "segment"),
                 clips.get("dense_stride", 8),
                 clips.get("resize_short_side"),
+                temporal_views=views.get("temporal", 1),
+                spatial_crops=views.get("spatial_crops", 1),
+                aggregation=views.get("aggregation", "logits"),
             )
         random_weights = describe_model(model).get("trained_with", "") is None
         if random_weights and is_main_process():  # torchvision without WEIGHTS; said once
@@ -261,7 +265,8 @@ def load_model_from_checkpoint(cfg: Config, path: str | Path) -> tuple[nn.Module
     model.source = str(path)
     if "config" in state:
         # How its run made test clips: predict makes them so.
-        model.eval_clip = EvalClip.of(state["config"].get("data", {}))
+        trained = state["config"]
+        model.eval_clip = EvalClip.of(trained.get("data", {}), trained.get("eval", {}))
     if "config" in state and not hasattr(model, "describe"):
         # The normalisation it learnt with; cfg's clips (told in _build) are converted to it.
         trained = state["config"].get("data", {})
