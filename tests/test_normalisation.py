@@ -247,3 +247,52 @@ def test_evaluate_takes_the_clips_normalisation_inside_clips_normalised():
         imagenet = timematters.evaluate(r3d, [(_as_imagenet(video), labels)])
     assert imagenet.metrics()["all"]["top1"] == half.metrics()["all"]["top1"]
     assert r3d.input_mean == (0.5, 0.5, 0.5)  # told for the block only
+
+
+CONVERTING_MODULE = """
+import torch
+from torch import nn
+from timematters.backbones import InputNormalisation, VideoTokens
+
+class Tokens(InputNormalisation, nn.Module):
+    embed_dim, patch_size, grid, classifier_name, num_frames, token_frames = 8, 8, (4, 4), "head", 4, 4
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.embed = nn.Conv3d(3, 8, kernel_size=(1, 8, 8), stride=(1, 8, 8))
+        self.head = nn.Linear(8, num_classes)
+
+    def forward_features(self, video, return_blocks=False):
+        patches = self.embed(self.renormalise(video)).flatten(3).permute(0, 2, 3, 1)
+        return VideoTokens(patches.mean(dim=(1, 2)), patches)
+
+    def forward_head(self, cls):
+        return self.head(cls)
+
+    def forward(self, video):
+        return self.forward_head(self.forward_features(video).cls)
+"""
+
+
+def test_a_users_backbone_reloaded_from_its_checkpoint_keeps_its_own_normalisation(
+    tmp_path, monkeypatch
+):
+    """Trained on the data's clips converted to its ImageNet normalisation, it is scored so
+    from its checkpoint too (it was told the data's normalisation as its own, and scored
+    otherwise than its run did)."""
+    (tmp_path / "converting_backbones.py").write_text(CONVERTING_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = ["model.name=converting_backbones:Tokens", "model.kwargs={}", "loss.flow.weight=0"]
+    cfg = tiny_config(tmp_path / "run", *spec, "train.epochs=1")
+    train(cfg)
+    reloaded = load_model(tmp_path / "run" / "checkpoints" / "last.pth", cfg)
+    assert (reloaded.mean, reloaded.std) == IMAGENET
+    import converting_backbones
+
+    trained = converting_backbones.Tokens(num_classes=reloaded.head.out_features)
+    trained.load_state_dict(reloaded.state_dict())
+    trained.set_input_normalisation(cfg.data.mean, cfg.data.std)  # as training told it
+    video = torch.rand(2, 3, 4, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(video), trained.eval()(video))

@@ -267,8 +267,10 @@ def load_model_from_checkpoint(cfg: Config, path: str | Path) -> tuple[nn.Module
         # How its run made test clips: predict makes them so.
         trained = state["config"]
         model.eval_clip = EvalClip.of(trained.get("data", {}), trained.get("eval", {}))
-    if "config" in state and not hasattr(model, "describe"):
-        # The normalisation it learnt with; cfg's clips (told in _build) are converted to it.
+    if "config" in state and not is_foreign_spec(model_cfg.name):
+        # The normalisation it learnt with; cfg's clips (told in _build) are converted to it. A
+        # foreign model (an adapter, a user's module) keeps its own, which its clips were
+        # converted to in training.
         trained = state["config"].get("data", {})
         model.mean = tuple(trained.get("mean", DEFAULT_INPUT[0]))
         model.std = tuple(trained.get("std", DEFAULT_INPUT[1]))
