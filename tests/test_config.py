@@ -37,6 +37,9 @@ def test_there_are_presets_for_every_table():
     assert len([p for p in PRESETS if p.startswith("ssv2/ablation/")]) == 8
     assert {"synthetic/baseline", "synthetic/time", "videolist/time"} <= set(PRESETS)
     assert {f"imagenet9/{v}" for v in ("baseline", "order", "debias", "time")} <= set(PRESETS)
+    for variant in ("baseline", "order", "debias", "time"):  # DeiT's smoothing, on both losses
+        loss = load_config(f"imagenet9/{variant}").loss
+        assert loss.ce.smoothing == loss.order.smoothing == 0.1
     kinetics = load_config("kinetics/timesformer_time", PLACEHOLDERS["kinetics"]).data
     assert (kinetics.sampling, kinetics.dense_stride, kinetics.hflip) == ("dense", 32, True)
 

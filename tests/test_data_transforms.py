@@ -5,6 +5,8 @@ import random
 import numpy as np
 import pytest
 import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from timematters.data.transforms import (
     EvalTransform,
@@ -198,3 +200,23 @@ def test_image_training_transform_erases_too():
     erased = ImageTrainTransform(crop_size=32, randaugment_ops=0, random_erase=1.0)(image)
     assert erased.shape == plain.shape == (3, 1, 32, 32)
     assert 0 < (erased != plain).any(dim=0).sum() < 32 * 32
+
+
+def test_image_training_transform_augments_the_crop_as_deit_does():
+    """timm's DeiT recipe: a bicubic RandomResizedCrop, the flip, then RandAugment on the crop
+    (its translations are a share of the crop, not of the whole photo); bicubic evaluation."""
+    from timematters.data.imagenet9 import ImageEvalTransform, ImageTrainTransform
+
+    steps = ImageTrainTransform(crop_size=32).augment.transforms
+    assert [type(step).__name__ for step in steps[:2]] == [
+        "RandomResizedCrop",
+        "RandomHorizontalFlip",
+    ]
+    assert steps[0].interpolation == v2.InterpolationMode.BICUBIC
+    assert len(steps) == 3  # RandAugment last
+    image = torch.from_numpy(_textured_clip(1)[0]).permute(2, 0, 1)
+    bicubic = F.center_crop(
+        F.resize(image, [40], interpolation=v2.InterpolationMode.BICUBIC, antialias=True), [32]
+    )
+    evaluated = ImageEvalTransform(crop_size=32, short_side=40, mean=(0,) * 3, std=(1,) * 3)(image)
+    torch.testing.assert_close(evaluated[:, 0], bicubic.float() / 255)

@@ -48,7 +48,8 @@ def read_class_folders(folder: str | Path) -> list[str]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no image folder at {folder}")
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    # Hidden folders (.ipynb_checkpoints, macOS's ._ copies) are no classes.
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise ValueError(f"{folder} has no class folders (expected 00_<name>, 01_<name>, ...)")
     numbers = [_CLASS_FOLDER.match(name) for name in classes]
@@ -59,6 +60,23 @@ def read_class_folders(folder: str | Path) -> list[str]:
         raise ValueError(
             f"{folder}: class folders must be numbered 0..{len(classes) - 1}: {classes}"
         )
+    return classes
+
+
+def check_same_classes(reference: str | Path, folders: list[str | Path]) -> list[str]:
+    """The class folders of ``reference``, when every one of ``folders`` has the same: a
+    training folder and its test variations, checked before a run trains (a mismatch found at
+    its first evaluation costs the epochs before it)."""
+    classes = read_class_folders(reference)
+    for folder in folders:
+        found = read_class_folders(folder)
+        if found != classes:
+            missing = sorted(set(classes) - set(found)) or "none"
+            extra = sorted(set(found) - set(classes)) or "none"
+            raise ValueError(
+                f"{folder} does not have the classes of {reference}: missing {missing}, extra "
+                f"{extra}; every variation needs the same NN_<name> class folders"
+            )
     return classes
 
 
@@ -122,8 +140,8 @@ class ImageFolderDataset(Dataset):
 
 
 class ImageTrainTransform:
-    """RandAugment -> RandomResizedCrop -> (flip) -> normalise (-> random erasing): uint8 [3, H, W]
-    -> [C, 1, crop, crop]."""
+    """RandomResizedCrop -> (flip) -> RandAugment -> normalise (-> random erasing), in timm's
+    order for DeiT, bicubic as there: uint8 [3, H, W] -> [C, 1, crop, crop]."""
 
     def __init__(
         self,
@@ -138,7 +156,16 @@ class ImageTrainTransform:
         std: tuple[float, ...] = (0.229, 0.224, 0.225),
         random_erase: float = 0.0,
     ):
-        steps: list[v2.Transform] = []
+        steps: list[v2.Transform] = [
+            v2.RandomResizedCrop(
+                crop_size,
+                scale=(min_scale, 1.0),
+                interpolation=v2.InterpolationMode.BICUBIC,
+                antialias=True,
+            )
+        ]
+        if hflip:
+            steps.append(v2.RandomHorizontalFlip())
         if randaugment_ops > 0:
             # Filled with the mean pixel, as timm's image recipes (DeiT) do.
             fill = tuple(min(255, round(255 * m)) for m in mean)
@@ -150,9 +177,6 @@ class ImageTrainTransform:
                 fill=fill,
             )
             steps.append(augment)
-        steps.append(v2.RandomResizedCrop(crop_size, scale=(min_scale, 1.0), antialias=True))
-        if hflip:
-            steps.append(v2.RandomHorizontalFlip())
         self.augment = v2.Compose(steps)
         self.eraser = make_eraser(random_erase)
         self.mean, self.std = tuple(mean), tuple(std)
@@ -164,7 +188,8 @@ class ImageTrainTransform:
 
 
 class ImageEvalTransform:
-    """Short side to ``short_side``, centre crop, normalise: uint8 [3, H, W] -> [C, 1, crop, crop]."""
+    """Short side to ``short_side`` (bicubic, as timm's DeiT evaluation), centre crop, normalise:
+    uint8 [3, H, W] -> [C, 1, crop, crop]."""
 
     def __init__(
         self,
@@ -179,6 +204,11 @@ class ImageEvalTransform:
         self.mean, self.std = tuple(mean), tuple(std)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        image = F.resize(tv_tensors.Image(image), [self.short_side], antialias=True)
+        image = F.resize(
+            tv_tensors.Image(image),
+            [self.short_side],
+            interpolation=v2.InterpolationMode.BICUBIC,
+            antialias=True,
+        )
         image = F.center_crop(image, [self.crop_size])
         return normalise(image[None], self.mean, self.std)
