@@ -133,7 +133,10 @@ def test_time_axis_settings_are_refused_on_images(tree, override, message):
 
 def test_table4_and_bg_gap_on_a_generated_tree(tree):
     cfg = _config(tree, f"data.imagenet9.variations={list(TREE)}")
-    accuracy = evaluate_backgrounds(BackgroundReader(), cfg, CLASSES)
+    reader, scored = BackgroundReader(), []
+    reader.register_forward_hook(lambda module, inputs, output: scored.append(len(output)))
+    accuracy = evaluate_backgrounds(reader, cfg, CLASSES)
+    assert sum(scored) == 6 * len(TREE)  # each image once: one frame has no order to shuffle
     assert accuracy == pytest.approx(
         {
             "original": 100.0,
@@ -153,11 +156,65 @@ def test_table4_and_bg_gap_on_a_generated_tree(tree):
     assert lines[-1] == "| BG-Gap ↓ | 66.7 | 66.7 (+0.0) |"
 
 
+READER_MODULE = """
+import torch
+from torch import nn
+
+class BackgroundReader(nn.Module):
+    def __init__(self, num_classes=3):
+        super().__init__()
+        self.colours = torch.tensor((0, 80, 160)) / 255 * 2 - 1
+
+    def forward(self, video):
+        return -(video[:, 0, 0, 0, 0][:, None] - self.colours[None]).abs() * 100
+"""
+
+
+def test_eval_scores_any_model_spec_on_the_variations_there(tree, tmp_path, monkeypatch, capsys):
+    """A user's module (not only a checkpoint) gets Table 4; an absent variation is named."""
+    from timematters.cli import main
+
+    (tmp_path / "in9_readers.py").write_text(READER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    options = [
+        "data.dataset=imagenet9",
+        f"data.root={tree}",
+        f"data.crop_size={IMG}",
+        f"data.eval_short_side={IMG}",
+        "data.num_workers=0",
+        "model.num_frames=1",
+        f"data.imagenet9.variations={[*TREE, 'no_fg']}",
+    ]
+    out = tmp_path / "eval"
+    argv = ["eval", "imagenet9/baseline", *options, "--model", "in9_readers:BackgroundReader"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "Table 4 without no_fg" in capsys.readouterr().out
+    accuracy = json.loads((out / "backgrounds.json").read_text())
+    assert accuracy["original"] == 100.0 and accuracy["mixed_next"] == 0.0
+
+
 def test_classes_must_agree_across_variations(tree):
     (tree / "mixed_rand" / "val" / "03_extra").mkdir()
     cfg = _config(tree, "data.imagenet9.variations=[original, mixed_rand]")
     with pytest.raises(ValueError, match="expected"):
         evaluate_backgrounds(BackgroundReader(), cfg, CLASSES)
+
+
+def test_a_variation_with_other_classes_is_refused_before_training(tree, capsys):
+    """Found when the training set is built (and by data check), not after the epochs before
+    the first evaluation or the last one; hidden folders are no classes."""
+    from timematters.data.check import check_dataset
+
+    (tree / "original" / "train" / ".ipynb_checkpoints").mkdir()
+    (tree / "mixed_rand" / "val" / ".ipynb_checkpoints").mkdir()
+    cfg = _config(tree, f"data.imagenet9.variations={list(TREE)}")
+    assert build_dataset(cfg, "train", flow_labels=False, patch_size=1).classes == CLASSES
+    renamed = tree / "mixed_rand" / "val" / "02_wheeled vehicles"
+    (tree / "mixed_rand" / "val" / CLASSES[2]).rename(renamed)
+    with pytest.raises(ValueError, match=r"mixed_rand/val does not have the classes .* extra"):
+        build_dataset(cfg, "train", flow_labels=False, patch_size=1)
+    assert check_dataset(cfg, decode=False) == 1
+    assert "02_wheeled vehicles" in capsys.readouterr().out
 
 
 def test_an_imagenet9_run_ends_with_table4_on_the_variations_there(tree, tmp_path, capsys):
@@ -182,3 +239,18 @@ def test_an_imagenet9_run_ends_with_table4_on_the_variations_there(tree, tmp_pat
     assert set(accuracy) == {*TREE, "bg_gap"}
     assert "Table 4 without no_fg" in capsys.readouterr().out
     assert "| BG-Gap ↓ |" in (tmp_path / "run" / "backgrounds.md").read_text()
+    # eval of its checkpoint writes Table 4 as the run does, and table sets the two side by side.
+    from timematters.cli import main
+
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.pth"
+    assert (
+        main(["eval", str(tmp_path / "run" / "config.yaml"), "--checkpoint", str(checkpoint)]) == 0
+    )
+    evaluated = checkpoint.with_name("last_eval")
+    assert json.loads((evaluated / "backgrounds.json").read_text()) == accuracy
+    assert not (evaluated / "eval.json").exists()  # (its one-frame shuffle test says nothing)
+    capsys.readouterr()
+    assert main(["table", str(tmp_path / "run"), str(evaluated)]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header == "| Dataset | run | run (last) |"
+    assert any(row.startswith("| BG-Gap ↓ |") for row in rows)

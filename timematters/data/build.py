@@ -268,7 +268,11 @@ def build_variation_dataset(data: DataConfig, variation: str, classes: list[str]
 
 def _imagenet9_dataset(data: DataConfig, train: bool) -> Dataset:
     """The training folder, or the ``test_variation`` folder for the val / test splits."""
-    from timematters.data.imagenet9 import ImageFolderDataset, ImageTrainTransform
+    from timematters.data.imagenet9 import (
+        ImageFolderDataset,
+        ImageTrainTransform,
+        check_same_classes,
+    )
 
     in9 = data.imagenet9
     if not train:
@@ -285,7 +289,11 @@ def _imagenet9_dataset(data: DataConfig, train: bool) -> Dataset:
         std=data.std,
         random_erase=data.random_erase,
     )
-    return ImageFolderDataset(Path(data.root) / in9.train_dir, transform)
+    training = Path(data.root) / in9.train_dir
+    # Every test variation there must share its classes, found now rather than after training.
+    variations = [Path(data.root) / v / "val" for v in (in9.test_variation, *in9.variations)]
+    check_same_classes(training, [folder for folder in variations if folder.is_dir()])
+    return ImageFolderDataset(training, transform)
 
 
 def _video_list_file(data: DataConfig, split: str) -> str:

@@ -35,9 +35,12 @@ def results_table(
 def _backgrounds(
     paths: Sequence[str | Path], *, names: Sequence[str] | None
 ) -> dict[str, dict[str, float]]:
-    """Run name -> its Backgrounds Challenge accuracies, when every path is a run folder that
-    has them ({} otherwise)."""
-    files = [Path(path) / "backgrounds.json" for path in paths]
+    """Run name -> its Backgrounds Challenge accuracies, when every path is a run's or an
+    evaluation's folder that has them, or their ``backgrounds.json`` ({} otherwise)."""
+    files = [
+        Path(path) if Path(path).name == "backgrounds.json" else Path(path) / "backgrounds.json"
+        for path in paths
+    ]
     if not files or not all(file.is_file() for file in files):
         return {}
     labels = list(names) if names else _labels([file.parent for file in files])

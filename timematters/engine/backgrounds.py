@@ -2,13 +2,13 @@
 BG-Gap = acc(mixed_same) - acc(mixed_rand), how much a background of another class costs when the
 foreground stays.
 
-Every variation folder runs through the one evaluation (``evaluate.py``); images have one frame,
-so its shuffled pass is the identity and only the original top-1 is kept.
+Every variation folder runs through the one evaluation (``evaluate.py``), without its
+perturbations: images have one frame, whose shuffle is the identity.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -53,6 +53,8 @@ def evaluate_backgrounds(
     device = torch.device(device)
     variations = tuple(variations or cfg.data.imagenet9.variations)
     accuracy = {}
+    # One frame has no order to perturb: each image is scored once, as it is.
+    original_only = replace(cfg.eval, perturbations=())
     for variation in variations:
         dataset = build_variation_dataset(cfg.data, variation, classes)
         # Under torchrun each process scores its share; evaluate gathers them.
@@ -64,7 +66,7 @@ def evaluate_backgrounds(
             num_workers=loader_workers(cfg.data.num_workers),
             collate_fn=collate_videos,
         )
-        result = evaluate(model, loader, classes=classes, settings=cfg.eval, device=device)
+        result = evaluate(model, loader, classes=classes, settings=original_only, device=device)
         accuracy[variation] = result.metrics()["all"]["top1"]
     if {"mixed_same", "mixed_rand"} <= set(accuracy):
         accuracy["bg_gap"] = bg_gap(accuracy)
@@ -74,17 +76,26 @@ def evaluate_backgrounds(
 def evaluate_backgrounds_checkpoint(
     cfg: Config, checkpoint: str | Path, device: torch.device | str | None = None
 ) -> dict[str, float]:
-    """``evaluate_backgrounds`` for a saved run (``checkpoints/last.pth`` of ``train``); the device
-    defaults to ``train.device`` ("auto": CUDA when available)."""
-    from timematters.engine.distributed import resolve_device
-    from timematters.engine.model import load_model_from_checkpoint
+    """``evaluate_backgrounds`` for a saved run (``checkpoints/last.pth`` of ``train``) or any
+    model spec, on the variations under ``data.root``; the device defaults to ``train.device``
+    ("auto": CUDA when available)."""
+    from timematters.engine.distributed import is_main_process, resolve_device
+    from timematters.engine.model import load_model
 
-    model, classes = load_model_from_checkpoint(cfg, checkpoint)
-    if not classes:  # a checkpoint without class names: the folders name them
-        classes = read_class_folders(Path(cfg.data.root) / cfg.data.imagenet9.variations[0] / "val")
+    present, absent = present_variations(cfg)
+    if not present:
+        raise FileNotFoundError(
+            f"no ImageNet-9 test variation under data.root={cfg.data.root}: expected "
+            f"<variation>/val/<NN_class>/ folders for {', '.join(absent)}"
+        )
+    if absent and is_main_process():  # as a run's own Table 4: the variations there
+        print(f"[eval] Table 4 without {', '.join(absent)}: no <variation>/val under data.root")
+    folders = read_class_folders(Path(cfg.data.root) / present[0] / "val")
+    model = load_model(checkpoint, cfg, untrained_classes=len(folders))
+    classes = list(model.class_names or folders)  # unnamed: the folders name them
     if device is None:
         device = resolve_device(cfg.train.device)
-    return evaluate_backgrounds(model.to(device), cfg, classes, device)
+    return evaluate_backgrounds(model.to(device), cfg, classes, device, variations=tuple(present))
 
 
 _ROW_NAMES = {

@@ -114,7 +114,10 @@ OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ),
         ("diagnose.json",),
     ),
-    "an evaluation": (("eval.json", "eval.md", "bad_videos.jsonl"), ("eval.json",)),
+    "an evaluation": (
+        ("eval.json", "eval.md", "backgrounds.json", "backgrounds.md", "bad_videos.jsonl"),
+        ("eval.json", "backgrounds.json"),
+    ),
     "flow labels": (("flow_labels.json", "flow_*.png"), ("flow_labels.json",)),
     # Never removed: an extraction goes on where an earlier one stopped (data/frames.py).
     "frame folders": (("frames.json",), ("frames.json",)),
