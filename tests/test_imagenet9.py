@@ -254,3 +254,16 @@ def test_an_imagenet9_run_ends_with_table4_on_the_variations_there(tree, tmp_pat
     header, *rows = capsys.readouterr().out.splitlines()
     assert header == "| Dataset | run | run (last) |"
     assert any(row.startswith("| BG-Gap ↓ |") for row in rows)
+    # predict takes its images, each an input of its own, scored as its evaluation scored them.
+    assert (
+        main(["predict", str(tree / "original" / "val"), "--checkpoint", str(checkpoint), "--json"])
+        == 0
+    )
+    out, err = capsys.readouterr()
+    records = json.loads(out)
+    assert "a model of one frame" in err and all(not r["perturbed"] for r in records)
+    right = [Path(r["source"]).parent.name == r["top"][0][0] for r in records]
+    assert len(records) == 6 and 100 * sum(right) / 6 == pytest.approx(accuracy["original"])
+    photo = tree / "original" / "val" / CLASSES[0] / "0.png"
+    assert main(["predict", str(photo), "--checkpoint", str(checkpoint)]) == 0
+    assert capsys.readouterr().out.startswith(str(photo))

@@ -640,13 +640,23 @@ def _predict(args) -> int:
     if args.fps is not None and args.window is None:
         raise ConfigError(f"--fps {args.fps}: the frame rate of --window's seconds; give --window")
     perturbations = [p.strip() for p in args.perturb.split(",") if p.strip()]
+    from timematters.engine.model import describe_model
+
+    one_frame = (clip.get("num_frames") or describe_model(model).get("num_frames")) == 1
+    if one_frame and perturbations:  # an image model: every input one image, nothing to reorder
+        print(
+            "timematters: a model of one frame: its classes only (a frame order to shuffle or "
+            "reverse it has none)",
+            file=sys.stderr,
+        )
+        perturbations = []
     explain = args.explain
     if explain:  # refused before any work, not after the predictions
         from timematters.engine.runs import check_writable
 
         check_writable(Path(explain), kind="the GradCAM pictures")
     results, undecodable, pictures = [], [], Counter()
-    videos = list_videos(args.inputs, root=cfg.data.root if cfg else None)
+    videos = list_videos(args.inputs, root=cfg.data.root if cfg else None, images=one_frame)
     for video in videos:
         options = dict(
             classes=classes, top_k=args.top_k, perturbations=perturbations, seed=args.seed, **clip
@@ -677,7 +687,7 @@ def _predict(args) -> int:
                     print(f"  explained: {', '.join(map(str, written))}")
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
-    elif len(results) > 1:
+    elif len(results) > 1 and perturbations:
         print(summarise(results, unit="windows" if args.window is not None else "videos"))
     if undecodable:
         print(

@@ -110,6 +110,7 @@ class EvalClip:
     temporal_views: int = 1
     spatial_crops: int = 1
     aggregation: str = "logits"
+    interpolation: str = "bilinear"  # of the resize; ImageNet-9's evaluation is bicubic
 
     @classmethod
     def of(cls, data: Any, evaluation: Any = None) -> EvalClip:
@@ -131,6 +132,7 @@ class EvalClip:
             temporal_views=1 if one_view else get("test_temporal_views", 1),
             spatial_crops=1 if one_view else get("test_spatial_crops", 1),
             aggregation=settings("aggregation", "logits"),
+            interpolation="bicubic" if get("dataset", None) == "imagenet9" else "bilinear",
         )
 
     @property

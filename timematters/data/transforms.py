@@ -215,7 +215,8 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """Test clip: short side resized, ``num_crops`` crops along the long side, normalised."""
+    """Test clip: short side resized (bilinear, or ``bicubic`` as ImageNet-9's evaluation),
+    ``num_crops`` crops along the long side, normalised."""
 
     def __init__(
         self,
@@ -224,6 +225,7 @@ class EvalTransform:
         num_crops: int = 3,
         mean: tuple[float, ...] = (0.5, 0.5, 0.5),
         std: tuple[float, ...] = (0.5, 0.5, 0.5),
+        interpolation: str = "bilinear",
     ):
         if crop_size > short_side:
             raise ValueError(f"crop_size {crop_size} is larger than the short side {short_side}")
@@ -233,10 +235,16 @@ class EvalTransform:
         self.short_side = short_side
         self.num_crops = num_crops
         self.mean, self.std = tuple(mean), tuple(std)
+        self.interpolation = v2.InterpolationMode(interpolation)
 
     def __call__(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 [T, H, W, 3] -> float [num_crops, C, T, crop, crop]."""
-        video = F.resize(frames_to_video(frames), [self.short_side], antialias=True)
+        video = F.resize(
+            frames_to_video(frames),
+            [self.short_side],
+            interpolation=self.interpolation,
+            antialias=True,
+        )
         height, width = video.shape[-2:]
         crops = [
             F.crop(video, top, left, self.crop_size, self.crop_size)

@@ -55,9 +55,12 @@ class VideoReader(Protocol):
 
 def open_video(path: str | Path, backend: Backend = "pyav") -> VideoReader:
     """Open a video for random frame access; raises ``VideoDecodeError`` for a bad file. A
-    folder is read as frame images whatever the backend (a file decoder cannot open one)."""
+    folder is read as frame images whatever the backend (a file decoder cannot open one), and an
+    image file as a video of one frame."""
     if backend == "frames" or os.path.isdir(path):
         return FrameFolderReader(path)
+    if _is_image(str(path)) and os.path.isfile(path):
+        return FrameFolderReader(path, image=True)
     if backend == "pyav":
         return PyAVReader(path)
     if backend == "torchcodec":
@@ -376,13 +379,17 @@ def is_frame_folder(path: str | Path) -> bool:
 
 class FrameFolderReader:
     """A video stored as a folder of frame images (``img_00001.jpg``, ...), one per frame in
-    natural file-name order; only the frames asked for are read and decoded."""
+    natural file-name order, or one image file (a one-frame video: ImageNet-9's, a photo for
+    ``predict``); only the frames asked for are read and decoded."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, image: bool = False):
         self.path = str(path)
-        if not Path(path).is_dir():
+        if image:  # (a video list of data.decoder=frames names folders: a frame is a mistake)
+            self.files = [self.path]
+        elif not Path(path).is_dir():
             raise VideoDecodeError(path, "not a folder of frame images (data.decoder=frames)")
-        self.files = frame_files(path)
+        else:
+            self.files = frame_files(path)
         if not self.files:
             names = ", ".join(IMAGE_EXTENSIONS)
             raise VideoDecodeError(path, f"no frame images ({names}) in the folder")

@@ -27,7 +27,13 @@ from timematters.backbones.adapters.module import as_video_backbone
 from timematters.data.dataset import VIDEO_EXTENSIONS
 from timematters.data.sampling import EvalClip
 from timematters.data.transforms import EvalTransform
-from timematters.data.video import VideoDecodeError, VideoReader, is_frame_folder, open_video
+from timematters.data.video import (
+    IMAGE_EXTENSIONS,
+    VideoDecodeError,
+    VideoReader,
+    is_frame_folder,
+    open_video,
+)
 from timematters.engine.evaluate import PERTURBATION_NAMES, aggregate_views
 from timematters.engine.model import class_names_of, describe_model
 from timematters.losses.shuffle import (
@@ -169,6 +175,7 @@ class _ClipSource:
             num_crops=num_crops,
             mean=self.mean,
             std=self.std,
+            interpolation=self.recipe.interpolation,
         )
 
 
@@ -422,14 +429,20 @@ def explain_prediction(
     ]
 
 
-def list_videos(inputs: Sequence[str | Path], root: str | Path | None = None) -> list[Path]:
-    """The videos ``inputs`` name: files, a folder of frame images only (one video), every
-    video of a folder (sorted: its video files and its subfolders of frame images only), or the
-    paths a list file holds (one per line, its first field; relative to ``root``, a config's
-    ``data.root`` as in training, else to the list's folder)."""
+def list_videos(
+    inputs: Sequence[str | Path], root: str | Path | None = None, *, images: bool = False
+) -> list[Path]:
+    """The videos ``inputs`` name: files (an image file is a one-frame video), a folder of frame
+    images only (one video), every video of a folder (sorted: its video files and its subfolders
+    of frame images only), or the paths a list file holds (one per line, its first field;
+    relative to ``root``, a config's ``data.root`` as in training, else to the list's folder).
+    ``images``: for a model of one frame, every image of a folder and its subfolders (an
+    ImageNet-9 class folder, a variation's) is an input of its own."""
     videos: list[Path] = []
     for item in map(Path, inputs):
-        if is_frame_folder(item):
+        if images and item.is_dir():
+            videos += sorted(p for p in item.rglob("*") if _is_image_file(p))
+        elif is_frame_folder(item):
             videos.append(item)  # its frames: one video
         elif item.is_dir():
             videos += sorted(
@@ -437,6 +450,10 @@ def list_videos(inputs: Sequence[str | Path], root: str | Path | None = None) ->
                 for p in item.iterdir()
                 if p.suffix.lower() in VIDEO_EXTENSIONS or is_frame_folder(p)
             )
+        elif item.suffix.lower() in IMAGE_EXTENSIONS:
+            if not item.is_file():
+                raise FileNotFoundError(f"no image at {item}")
+            videos.append(item)
         elif item.suffix.lower() in VIDEO_EXTENSIONS:
             if not item.is_file():
                 raise FileNotFoundError(f"no video at {item}")
@@ -463,6 +480,11 @@ def list_videos(inputs: Sequence[str | Path], root: str | Path | None = None) ->
     if not videos:
         raise ValueError(f"no videos found in {', '.join(map(str, inputs))}")
     return videos
+
+
+def _is_image_file(path: Path) -> bool:
+    hidden = any(part.startswith(".") for part in path.parts[-2:])  # ._ copies, checkpoints
+    return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file() and not hidden
 
 
 def _device_of(model: nn.Module) -> torch.device:
