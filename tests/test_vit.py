@@ -61,6 +61,22 @@ def test_deit_tiny_matches_timm_at_full_size():
         torch.testing.assert_close(model(images), reference(images), atol=1e-4, rtol=1e-4)
 
 
+def test_a_vit_whose_position_embedding_skips_the_class_token_matches_timm(tmp_path):
+    """timm's no_embed_class (DeiT-III's layout): the class token takes no position; it was
+    refused as a non-square grid of 15 patches."""
+    reference = _timm_vit(num_classes=5, no_embed_class=True, **TINY)
+    assert reference.pos_embed.shape[1] == 16
+    torch.save(reference.state_dict(), tmp_path / "vit.pth")
+    model = create_backbone("vit_tiny_patch16_64", num_classes=5, drop_path_rate=0.0, **TINY).eval()
+    report = load_pretrained(model, tmp_path / "vit.pth")
+    assert report.resized == {} and any("class token's position is zero" in n for n in report.notes)
+    images = _images(32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(images[:, :, None]), reference(images), atol=1e-5, rtol=1e-5
+        )
+
+
 def test_pos_embed_is_resized_to_another_image_size(tmp_path):
     reference = _timm_vit(num_classes=5, **TINY)
     torch.save(reference.state_dict(), tmp_path / "vit.pth")

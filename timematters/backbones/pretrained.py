@@ -14,6 +14,7 @@ the model only after that check passed.
 
 from __future__ import annotations
 
+import math
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -306,6 +307,7 @@ def load_pretrained(
     state_dict = _unwrap(raw, Path(where))
     notes: list[str] = []
     state_dict = _drop_distillation_token(state_dict, notes)
+    state_dict = _class_token_position(state_dict, notes)
     _refuse_unknown_layouts(state_dict, where)
     state_dict, heads = _split_time_heads(state_dict)
     if isinstance(raw, dict) and isinstance(raw.get("objective"), dict):  # our checkpoints
@@ -412,8 +414,9 @@ def _load_time_heads(objective: nn.Module | None, heads: dict, report: LoadRepor
 
 
 def _drop_distillation_token(state_dict: dict, notes: list[str]) -> dict:
-    """A distilled DeiT's second prefix token, its position and its head, removed: the class token
-    and head are a complete classifier (DeiT's own evaluation can use either head)."""
+    """A distilled DeiT's second prefix token, its position and its head, removed: a starting
+    point to train from, not the distilled network (its other tokens attended to that token, so
+    the class head's outputs move a little without it)."""
     if "dist_token" not in state_dict:
         return state_dict
     out = {
@@ -422,8 +425,23 @@ def _drop_distillation_token(state_dict: dict, notes: list[str]) -> dict:
     pos = out.get("pos_embed")
     if pos is not None:
         out["pos_embed"] = torch.cat([pos[:, :1], pos[:, 2:]], dim=1)
-    notes.append("distilled DeiT: dist_token, its position and head_dist left out")
+    notes.append(
+        "distilled DeiT: dist_token, its position and head_dist left out (the network without "
+        "them computes a little otherwise: weights to train from)"
+    )
     return out
+
+
+def _class_token_position(state_dict: dict, notes: list[str]) -> dict:
+    """A ViT whose position embedding covers its patches only (timm's ``no_embed_class``, as in
+    DeiT-III) adds none to its class token: a zero position for it computes the same."""
+    pos = state_dict.get("pos_embed")
+    if pos is None or "cls_token" not in state_dict or pos.ndim != 3:
+        return state_dict
+    if math.isqrt(pos.shape[1]) ** 2 != pos.shape[1]:  # patches and the class token's
+        return state_dict
+    notes.append("pos_embed of patches only (DeiT-III): the class token's position is zero")
+    return {**state_dict, "pos_embed": torch.cat([pos.new_zeros(1, 1, pos.shape[2]), pos], dim=1)}
 
 
 def _refuse_unknown_layouts(state_dict: dict, where: str) -> None:
