@@ -205,6 +205,18 @@ def test_frame_folders_read_as_video_files_name_the_fix(tmp_path):
             build_dataset(cfg, "train", flow_labels=False, patch_size=16)
 
 
+def test_video_files_read_as_frame_folders_name_the_fix(tmp_path):
+    root, annotations = write_ssv2_tree(tmp_path / "ssv2", CLASSES, per_class=1)
+    ssv2 = ["data.dataset=ssv2", f"data.root={root}", f"data.annotations={annotations}"]
+    write_video(tmp_path / "clips" / "a.mp4", numbered_frames(8))
+    (tmp_path / "list.txt").write_text("clips/a.mp4 0\n")
+    videolist = ["data.dataset=videolist", f"data.annotations={tmp_path / 'list.txt'}"]
+    for data in (ssv2, videolist):
+        cfg = load_config(None, [*data, *SMALL, "model.num_frames=4", "data.decoder=frames"])
+        with pytest.raises(FileNotFoundError, match="they are video files: data.decoder=frames"):
+            build_dataset(cfg, "train", flow_labels=False, patch_size=16)
+
+
 def test_data_frames_writes_every_frame_resumes_and_skips_bad_videos(tmp_path, capsys):
     root = tmp_path / "videos"
     write_video(root / "jump" / "a.mp4", numbered_frames(20))

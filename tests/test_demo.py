@@ -71,3 +71,37 @@ def test_ablation_trains_the_eight_loss_combinations_of_table_3(tmp_path, toy_de
             if on
         }
         assert terms == expected, name
+
+
+def test_a_stopped_demo_continues_with_resume_to_the_same_numbers(
+    tmp_path, toy_demo, monkeypatch, capsys
+):
+    """SIGTERM in the +TIME run after its first epoch: the demo stops naming demo --resume,
+    which continues it (the finished baseline read back, +TIME from its checkpoint) to the
+    numbers of a demo never stopped."""
+    import signal
+
+    from timematters.engine import train as training
+
+    argv = ["demo", "--quick", "--epochs", "2"]
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())["mean"]
+
+    real = training._stop_if_asked
+
+    def sigterm_in_time_run(run):
+        if "plus_TIME" in str(run.run_dir) and run.progress.epoch == 1:
+            run.stop.requested = signal.SIGTERM
+        real(run)
+
+    monkeypatch.setattr(training, "_stop_if_asked", sigterm_in_time_run)
+    stopped = tmp_path / "stopped"
+    capsys.readouterr()
+    assert main([*argv, "--out", str(stopped)]) == 128 + signal.SIGTERM
+    assert "the same demo command with --resume continues" in capsys.readouterr().err
+    monkeypatch.setattr(training, "_stop_if_asked", real)
+    assert main([*argv, "--out", str(stopped)]) == 2  # a demo is there: refused, not replaced
+    assert "continue a stopped one with --resume" in capsys.readouterr().err
+    assert main([*argv, "--out", str(stopped), "--resume"]) == 0
+    resumed = json.loads((stopped / "metrics.json").read_text())["mean"]
+    assert resumed == whole

@@ -361,3 +361,70 @@ def test_predict_says_when_its_test_cannot_mean_anything(tmp_path):
     with pytest.raises(ValueError, match="--fps 0"):
         predict_windows(model, twelve, seconds=1, fps=0)
     assert "no perturbation" not in predict(model, twelve).describe()
+
+
+# -- command-line mistakes: files that are not what the command takes ------------------------
+
+FAILING_FORWARD = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    class Failing(nn.Module):
+        def __init__(self, num_classes=3):
+            super().__init__()
+            self.fc = nn.Linear(5, num_classes)
+
+        def forward(self, video):
+            return self.fc(video.flatten(1))  # not 5 features: a shape error in the user's code
+    """
+)
+
+
+def _one_line_error(capsys) -> str:
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "Traceback" not in error, error
+    return error
+
+
+def test_predict_and_table_name_files_that_are_not_what_they_take(tmp_path, capsys, off_graph):
+    video = write_video(tmp_path / "clip.mp4", _frames())
+    checkpoint = tmp_path / "last.pth"
+    checkpoint.write_bytes(b"\x80\x02binary pickle")
+    assert main(["predict", str(checkpoint), "--model", off_graph]) == 2
+    assert "neither a video" in _one_line_error(capsys)
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(tmp_path / "empty"), str(video), "--model", off_graph]) == 2
+    assert f"{tmp_path / 'empty'} holds no videos" in _one_line_error(capsys)
+    before = video.read_bytes()
+    assert main(["table", str(tmp_path), "--out", str(video)]) == 2  # (never the video)
+    assert "is a file that is not a table" in _one_line_error(capsys)
+    assert video.read_bytes() == before
+    assert main(["table", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "is a folder: give a file name" in _one_line_error(capsys)
+
+
+def test_configs_copy_into_a_new_folder_and_not_below_a_file(tmp_path, capsys):
+    assert main(["configs", "copy", "synthetic/time", f"{tmp_path / 'new'}/"]) == 0
+    assert (tmp_path / "new" / "time.yaml").is_file()
+    (tmp_path / "v.mp4").write_bytes(b"")
+    capsys.readouterr()
+    assert main(["configs", "copy", "synthetic/time", str(tmp_path / "v.mp4" / "x.yaml")]) == 2
+    assert f"{tmp_path / 'v.mp4'} is a file, not a folder" in _one_line_error(capsys)
+
+
+def test_a_users_module_failing_on_the_clips_is_one_line(tmp_path, capsys, monkeypatch):
+    (tmp_path / "failing_forward.py").write_text(FAILING_FORWARD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    video = write_video(tmp_path / "clip.mp4", _frames())
+    options = ["--config", "videolist/time", "-o", "model.num_frames=4", "-o", "data.crop_size=32"]
+    argv = ["predict", str(video), "--model", "failing_forward:Failing", *options]
+    assert main(argv) == 2
+    error = _one_line_error(capsys)
+    assert "failing_forward:Failing failed on a [" in error and "TIMEMATTERS_TRACEBACK=1" in error
+    monkeypatch.setenv("TIMEMATTERS_TRACEBACK", "0")  # off, as unset
+    assert main(argv) == 2
+    monkeypatch.setenv("TIMEMATTERS_TRACEBACK", "1")
+    with pytest.raises(ValueError) as caught:
+        main(argv)
+    assert isinstance(caught.value.__cause__, RuntimeError)  # the user's line, chained

@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--ablation", action="store_true", help="all 8 loss combinations of Table 3")
     demo.add_argument("--epochs", type=_positive, default=None, help="override the epoch budget")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
+    demo.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a stopped demo in --out (the same options), from its runs' checkpoints",
+    )
     demo.add_argument("--perturb", default="shuffle", help=PERTURB_HELP)
     demo.add_argument(
         "--appendix-d",
@@ -310,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
     except Exception as error:
-        if os.environ.get("TIMEMATTERS_TRACEBACK"):
+        if os.environ.get("TIMEMATTERS_TRACEBACK", "") not in ("", "0"):
             raise
         code = _exit_code(error)
         if code is None:
@@ -344,6 +349,8 @@ def _message(error: Exception) -> str:
             f"{where}{error.strerror}; free space (or raise the limit) and run the command again "
             "(a run: with --resume, from its last checkpoint)"
         )
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        return f"{error.filename}: {error.strerror}"  # not "[Errno 21] Is a directory: '...'"
     return str(error)
 
 
@@ -406,11 +413,13 @@ def _demo(args) -> int:
         if given:
             raise ConfigError(
                 f"{', '.join(given)}: the video demo's option(s); --image takes --quick, --seeds, "
-                "--out and --overwrite"
+                "--out, --overwrite and --resume"
             )
 
         out = Path(args.out or "runs/demo_image")
-        run_image_demo(out, quick=args.quick, seeds=args.seeds, overwrite=args.overwrite)
+        run_image_demo(
+            out, quick=args.quick, seeds=args.seeds, overwrite=args.overwrite, resume=args.resume
+        )
         return 0
     from timematters.demo import run_demo
 
@@ -423,6 +432,7 @@ def _demo(args) -> int:
         epochs=args.epochs,
         perturbations=[p.strip() for p in args.perturb.split(",") if p.strip()],
         overwrite=args.overwrite,
+        resume=args.resume,
     )
     return 0
 
@@ -741,10 +751,13 @@ def _configs(args) -> int:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
     source, dest = find_config(args.name), Path(args.dest)
-    if dest.is_dir():
+    if dest.is_dir() or args.dest.endswith(("/", os.sep)):  # a folder, there or to be made
         dest = dest / source.name
     if dest.exists():
         raise FileExistsError(f"{dest} exists; choose another destination")
+    blocking = next((folder for folder in dest.parents if folder.is_file()), None)
+    if blocking is not None:
+        raise ConfigError(f"{blocking} is a file, not a folder: choose another destination")
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, dest)
     print(f"copied {args.name} to {dest}")
@@ -792,7 +805,15 @@ def _table(args) -> int:
     if args.out:  # refused before the table, not after it
         from timematters.engine.runs import check_writable
 
-        check_writable(Path(args.out).parent, kind="the table")
+        out = Path(args.out)
+        if out.is_dir():
+            raise ConfigError(f"--out {out} is a folder: give a file name, {out / 'table.md'}")
+        if out.exists() and out.suffix.lower() != ".md":  # someone's video, a run's eval.json
+            raise ConfigError(
+                f"--out {out} is a file that is not a table: give a new .md file (an earlier "
+                ".md table is replaced)"
+            )
+        check_writable(out.parent, kind="the table")
     table = results_table(args.paths, names=args.name, intervals=args.intervals)
     print(table)
     if args.out:

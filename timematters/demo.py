@@ -89,6 +89,48 @@ def demo_config(
     return load_config("synthetic/time", overrides)
 
 
+def claim_demo_folder(out: Path, *, overwrite: bool, resume: bool) -> None:
+    """``out`` for a new demo (an earlier one replaced only with ``overwrite``), or with
+    ``resume`` the demo a stop left there."""
+    from timematters.engine.runs import claim_folder
+
+    if resume:
+        if overwrite:
+            raise ValueError(
+                "--resume continues the demo in --out, --overwrite replaces it: give one"
+            )
+        if not any(out.glob("seed*/*/config.yaml")):
+            raise ValueError(f"--resume: no demo to continue in {out}; run it without --resume")
+        return
+    claim_folder(
+        out,
+        overwrite=overwrite,
+        kind="a demo",
+        fix="replace it with --overwrite, continue a stopped one with --resume, or choose "
+        "another --out",
+    )
+
+
+def train_demo_run(cfg: Config, *, resume: bool) -> dict:
+    """One of a demo's runs, trained; with ``resume`` continued from its checkpoint (a finished
+    run is read back, one stopped before its first checkpoint starts again). A stop names the
+    demo's ``--resume``, not the run's."""
+    from timematters.engine.runs import Interrupted
+    from timematters.engine.train import train
+
+    checkpoint = Path(cfg.train.out) / "checkpoints" / "last.pth"
+    try:
+        if resume and checkpoint.is_file():
+            return train(cfg, resume=checkpoint)
+        return train(cfg, replace_partial=resume)
+    except Interrupted as stop:
+        said = str(stop).split("; the checkpoint")[0]
+        raise Interrupted(
+            f"{said}; the same demo command with --resume continues the demo from there",
+            exit_code=stop.exit_code,
+        ) from None
+
+
 def run_demo(
     out: Path,
     quick: bool = False,
@@ -98,9 +140,8 @@ def run_demo(
     epochs: int | None = None,
     perturbations: Sequence[str] = ("shuffle",),
     overwrite: bool = False,
+    resume: bool = False,
 ) -> dict:
-    from timematters.engine.runs import claim_folder
-    from timematters.engine.train import train
 
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds}")
@@ -112,12 +153,7 @@ def run_demo(
             f"--perturb: unknown {', '.join(unknown)}; choose from {', '.join(PERTURBATION_NAMES)}"
         )
     variants = ABLATION if ablation else APPENDIX_D if appendix_d else DEFAULT
-    claim_folder(
-        out,
-        overwrite=overwrite,
-        kind="a demo",
-        fix="replace it with --overwrite, or choose another --out",
-    )
+    claim_demo_folder(out, overwrite=overwrite, resume=resume)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     per_seed: dict[str, list[dict]] = {}
@@ -131,7 +167,7 @@ def run_demo(
             run_dir = out / f"seed{seed}" / name.replace("+", "plus_")
             print(f"[demo] seed {seed}: training {name} ...", flush=True)
             cfg = demo_config(variant, seed=seed, out=run_dir, **options)
-            result = train(cfg)
+            result = train_demo_run(cfg, resume=resume)
             per_seed.setdefault(name, []).append(result["metrics"])
             if seed == 0:
                 curves[name] = run_dir / "metrics.jsonl"
@@ -146,7 +182,8 @@ def run_demo(
         list(checkpoints.values()),
         out / "diagnose",
         names=list(checkpoints),
-        evaluations=list(evaluations.values()),
+        # (a run finished before a resumed demo hands back its metrics only: evaluated again)
+        evaluations=None if None in evaluations.values() else list(evaluations.values()),
     )
     elapsed = time.perf_counter() - started
     table = format_table(rows)

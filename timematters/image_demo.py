@@ -25,12 +25,12 @@ from timematters.config import (
     TrainConfig,
 )
 from timematters.data.synthetic_images import VARIATIONS, write_backgrounds_tree
+from timematters.demo import claim_demo_folder, train_demo_run
 from timematters.diagnostics.plots import plot_background_bars, plot_training_curves
 from timematters.engine.backgrounds import (
     format_backgrounds_table,
 )
 from timematters.engine.metrics import to_json
-from timematters.engine.train import train
 
 VARIANTS = {"baseline": (False, False), "+TIME": (True, True)}  # name -> (order, debias)
 
@@ -86,19 +86,15 @@ def image_demo_config(
     return cfg
 
 
-def run_image_demo(out: Path, quick: bool = False, seeds: int = 1, overwrite: bool = False) -> dict:
-    """Train and evaluate every variant for each seed; print and write the Table 4-style table."""
-    from timematters.engine.runs import claim_folder
-
+def run_image_demo(
+    out: Path, quick: bool = False, seeds: int = 1, overwrite: bool = False, resume: bool = False
+) -> dict:
+    """Train and evaluate every variant for each seed; print and write the Table 4-style table.
+    ``resume``: continue the demo a stop left in ``out``."""
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds}")
     budget = BUDGETS["quick" if quick else "full"]
-    claim_folder(
-        out,
-        overwrite=overwrite,
-        kind="a demo",
-        fix="replace it with --overwrite, or choose another --out",
-    )
+    claim_demo_folder(out, overwrite=overwrite, resume=resume)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     per_seed: dict[str, list[dict[str, float]]] = {}
@@ -118,7 +114,7 @@ def run_image_demo(out: Path, quick: bool = False, seeds: int = 1, overwrite: bo
             run_dir = out / f"seed{seed}" / name.replace("+", "plus_")
             print(f"[demo --image] seed {seed}: training {name} ...", flush=True)
             cfg = image_demo_config(order, debias, seed, data_root, run_dir, budget)
-            train(cfg)  # which ends with Table 4 of its model
+            train_demo_run(cfg, resume=resume)  # which ends with Table 4 of its model
             accuracy = json.loads((run_dir / "backgrounds.json").read_text())
             per_seed.setdefault(name, []).append(accuracy)
             if seed == 0:

@@ -159,7 +159,10 @@ def split_missing(
     present = [s for s in samples if exists(Path(s.path))]
     missing = [s.path for s in samples if not exists(Path(s.path))]
     as_folders = not present and not folders and any(Path(p).is_dir() for p in missing[:20])
-    report_missing(missing, len(samples), where, listed_in, frame_folders=as_folders)
+    as_files = not present and folders and any(Path(p).is_file() for p in missing[:20])
+    report_missing(
+        missing, len(samples), where, listed_in, frame_folders=as_folders, video_files=as_files
+    )
     return present, missing
 
 
@@ -181,13 +184,25 @@ def find_named_videos(
     samples = [VideoSample(videos[name], label, name) for name, label in entries if name in videos]
     ending = "/" if frames else extension
     missing = [shown(name, label) + ending for name, label in entries if name not in videos]
-    # None found as files: are they there as frame folders (data.decoder=frames forgotten)?
+    # None found: are they there as the other kind (data.decoder=frames forgotten, or not meant)?
     folders = not samples and not frames and bool(index_videos(root, True, frames=True))
-    report_missing(missing, len(entries), str(root), listed_in=listed_in, frame_folders=folders)
+    files = not samples and frames and bool(index_videos(root, True, frames=False))
+    report_missing(
+        missing,
+        len(entries),
+        str(root),
+        listed_in=listed_in,
+        frame_folders=folders,
+        video_files=files,
+    )
     return samples, missing
 
 
 FRAMES_HINT = "; they are folders: for folders of frame images set data.decoder=frames"
+FILES_HINT = (
+    "; they are video files: data.decoder=frames reads folders of frame images, leave it out "
+    "(or set data.decoder=pyav) to decode the files"
+)
 
 
 def report_missing(
@@ -196,17 +211,19 @@ def report_missing(
     where: str,
     listed_in: str = "",
     frame_folders: bool = False,
+    video_files: bool = False,
 ) -> None:
     """Warn that ``missing`` of ``total`` videos listed in ``listed_in`` are not under ``where``.
 
     The list file is named because a run reads two (training and evaluation) and the notice must
     say which one to fix. It is logged ("timematters" logger), not printed, so that a run's
     train.log can keep it. ``frame_folders``: none was found as a file, but they are there as
-    folders (frame-extracted videos read without data.decoder=frames): the error says so.
+    folders (frame-extracted videos read without data.decoder=frames): the error says so;
+    ``video_files`` the other way round.
     """
     listed = f"videos listed in {listed_in}" if listed_in else "listed videos"
     if total and len(missing) == total:
-        hint = FRAMES_HINT if frame_folders else ""
+        hint = FRAMES_HINT if frame_folders else FILES_HINT if video_files else ""
         raise FileNotFoundError(
             f"none of the {total} {listed} were found under {where} (first: {missing[0]}){hint}"
         )

@@ -173,8 +173,14 @@ class SSv2Dataset(VideoDataset):
         folders = (
             not samples and not frames and any(Path(root, v).is_dir() for v, _ in entries[:20])
         )
+        files = not samples and frames and bool(index_videos(root, frames=False))
         report_missing(
-            missing, len(entries), str(root), listed_in=str(split_file), frame_folders=folders
+            missing,
+            len(entries),
+            str(root),
+            listed_in=str(split_file),
+            frame_folders=folders,
+            video_files=files,
         )
         options.setdefault("train", split == "train")
         super().__init__(samples, classes, subsets=subsets, missing=missing, **options)

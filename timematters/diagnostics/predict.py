@@ -441,15 +441,24 @@ def list_videos(
     videos: list[Path] = []
     for item in map(Path, inputs):
         if images and item.is_dir():
-            videos += sorted(p for p in item.rglob("*") if _is_image_file(p))
+            found = sorted(p for p in item.rglob("*") if _is_image_file(p))
+            if not found:
+                raise ValueError(f"{item} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            videos += found
         elif is_frame_folder(item):
             videos.append(item)  # its frames: one video
         elif item.is_dir():
-            videos += sorted(
+            found = sorted(
                 p
                 for p in item.iterdir()
                 if p.suffix.lower() in VIDEO_EXTENSIONS or is_frame_folder(p)
             )
+            if not found:  # named, so not passed over beside the other inputs
+                raise ValueError(
+                    f"{item} holds no videos (video files, or folders of frame images only) at "
+                    "its top level: name the folders below it, or list the videos in a file"
+                )
+            videos += found
         elif item.suffix.lower() in IMAGE_EXTENSIONS:
             if not item.is_file():
                 raise FileNotFoundError(f"no image at {item}")
@@ -459,7 +468,13 @@ def list_videos(
                 raise FileNotFoundError(f"no video at {item}")
             videos.append(item)
         elif item.is_file():
-            lines = item.read_text(encoding="utf-8-sig").splitlines()
+            try:
+                lines = item.read_text(encoding="utf-8-sig").splitlines()
+            except UnicodeDecodeError:  # a checkpoint, an archive, a video of another extension
+                raise ValueError(
+                    f"{item} is neither a video ({', '.join(VIDEO_EXTENSIONS)}), an image nor a "
+                    "text list of videos (a checkpoint goes in --checkpoint)"
+                ) from None
             if lines and lines[0].replace(" ", "") == "path,label":  # quoted paths hold commas
                 lines = [row["path"] for row in csv.DictReader(lines) if row.get("path")]
             base = Path(root) if root else item.parent

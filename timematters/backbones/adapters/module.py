@@ -169,7 +169,17 @@ class ModuleAdapter(LogitsOnlyAdapter):
         return video if self._converts_itself else super().renormalise(video)
 
     def logits(self, video: torch.Tensor) -> torch.Tensor:
-        out = self.model(video)
+        try:
+            out = self.model(video)
+        except torch.cuda.OutOfMemoryError:
+            raise  # the batch's size, said by the command that chose it
+        except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as error:
+            # The user's own code failed on our clips: one line naming it and the clip batch;
+            # chained, so TIMEMATTERS_TRACEBACK=1 shows the line that failed.
+            raise ValueError(
+                f"{self.source} failed on a {list(video.shape)} clip batch [B, C, T, H, W]: "
+                f"{_one_line(error)} (TIMEMATTERS_TRACEBACK=1 shows where)"
+            ) from error
         logits = out if isinstance(out, torch.Tensor) else getattr(out, "logits", out)
         self._check_logits(logits, video)
         return logits
