@@ -64,6 +64,11 @@ class VideoBackbone(Protocol):
     - ``set_grad_checkpointing(enable)``: for ``model.grad_checkpointing``.
     - ``block_modules()``: the blocks in depth order, for ``optim.layer_decay`` (default: the
       ``blocks`` ModuleList our backbones keep); read through ``depth_blocks``.
+    - ``modules_in_forward_order()``: the model's parts in the order its forward pass runs them,
+      for ``optim.layer_decay`` where they are registered otherwise (default: ``parameters()``
+      order).
+    - ``tubelet``: frames per token frame, for the flow labels (default: ``num_frames //
+      token_frames``).
     - ``classifier_name``: the prefix of the classifier's parameters (``"head"``), so that a
       checkpoint's classifier for other classes is left out when loading; default "".
     - ``convert_state_dict(state_dict, source) -> (state_dict, keys it cannot provide)``: a

@@ -4,8 +4,10 @@
   run's classes, ``model.safetensors``, and ``video_preprocessor_config.json`` with the frame
   size and normalisation the model was trained with. It loads with
   ``AutoModelForVideoClassification.from_pretrained(DIR)`` (its clips made by
-  ``AutoVideoProcessor.from_pretrained(DIR)``) and in every timematters command as ``hf:DIR``. For our TimeSformer (transformers has
-  the same architecture; outputs equal to about 1e-6) and for a model trained from an ``hf:`` spec.
+  ``AutoVideoProcessor.from_pretrained(DIR)``, whose resize V-JEPA 2's replaces on loading: the
+  card's lines set it back) and in every timematters command as ``hf:DIR``. For our TimeSformer
+  (transformers has the same architecture; outputs equal to about 1e-6) and for a model trained
+  from an ``hf:`` spec.
 - **safetensors**: the network's own weights in ``model.safetensors`` (our backbone's, with the
   official / timm key names; the wrapped network's for a torchvision model or your module), and
   in ``export.json`` how to build the network they fit. Every model.
@@ -184,7 +186,7 @@ def model_card(info: dict[str, Any], saved: dict[str, Any], facts: dict, checkpo
         "## Load",
         "",
         "```python",
-        *(_hf_lines(clips) if info["format"] == "hf" else []),
+        *(_hf_lines(info) if info["format"] == "hf" else []),
         *(_safetensors_lines(info) if "build" in info else []),
         "```",
         "",
@@ -218,9 +220,11 @@ def _safetensors_lines(info: dict[str, Any]) -> list[str]:
     ]
 
 
-def _hf_lines(clips: dict[str, Any]) -> list[str]:
-    """The card's loading lines; the processor resizes and crops, the frames are the caller's to
-    take (it takes them all), as the evaluation did."""
+def _hf_lines(info: dict[str, Any]) -> list[str]:
+    """The card's loading lines; the processor resizes and crops (where transformers has none,
+    torchvision's functions do it), the frames are the caller's to take (it takes them all), as
+    the evaluation did."""
+    clips = info["clips"]
     T = clips["num_frames"]
     if clips.get("sampling", "segment") == "dense":
         stride = clips["dense_stride"]
@@ -231,16 +235,42 @@ def _hf_lines(clips: dict[str, Any]) -> list[str]:
         ]
     else:
         take = [f"indices = ((np.arange({T}) + 0.5) * len(video) / {T}).astype(int)  # centres"]
+    short, crop = clips["resize_short_side"], clips["frame_size"]
+    processor = info["video_processor"]
+    if processor:
+        imports = ["import numpy as np", "import transformers"]
+        make_clip = ["processor = transformers.AutoVideoProcessor.from_pretrained(folder)"]
+        if not processor["keeps_resize"]:
+            make_clip.append(
+                f'processor.size = {{"shortest_edge": {short}}}  # loading set its class\'s own'
+            )
+        inputs = ['inputs = processor([video[indices]], return_tensors="pt")']
+    else:  # no processor in the folder: its steps by hand
+        imports = [
+            "import numpy as np",
+            "import torch",
+            "import transformers",
+            "from torchvision.transforms.v2 import functional as F",
+        ]
+        make_clip = []
+        inputs = [
+            f"clip = F.center_crop(F.resize(torch.as_tensor(video[indices]), [{short}]), [{crop}])",
+            f"clip = F.normalize(clip / 255, mean={clips['mean']}, std={clips['std']})",
+            f'inputs = {{"{info["input_name"]}": clip[None]}}  # [1, T, C, H, W]',
+        ]
+    logits = ["logits = model(**inputs).logits"]
+    if info["logits"] == "[B, 1, K]":
+        logits.append("logits = logits[:, 0]  # [B, K]: the model keeps its pooling query's axis")
     return [
-        "import numpy as np",
-        "import transformers",
+        *imports,
         "",
         'folder = "."  # this folder, or its hub id',
         "model = transformers.AutoModelForVideoClassification.from_pretrained(folder)",
-        "processor = transformers.AutoVideoProcessor.from_pretrained(folder)",
+        *make_clip,
         "# video: all its frames, uint8 [N, C, H, W]; the clip takes these of them:",
         *take,
-        'logits = model(**processor([video[indices]], return_tensors="pt")).logits',
+        *inputs,
+        *logits,
     ]
 
 
@@ -370,14 +400,31 @@ def _write_hf(model: nn.Module, cfg: Config, out: Path) -> dict[str, Any]:
         if shown:
             bars.enable_progress_bar()
     processor = _video_processor(network.config.model_type, model, cfg, transformers)
+    written = None
     if processor is not None:
         processor.save_pretrained(out)
+        # Read back as a user loads it: V-JEPA 2's processor sets its resize from the crop size
+        # (crop · 256/224) whenever it is made, so the card's lines set it again.
+        loaded = transformers.AutoVideoProcessor.from_pretrained(out)
+        written = {
+            "type": type(processor).__name__,
+            "keeps_resize": loaded.size.shortest_edge == _short_side(cfg),
+        }
     return {
         "files": sorted(path.name for path in out.iterdir()),
-        "layout": "pixel_values [B, T, C, H, W]",
+        "layout": f"{network.main_input_name} [B, T, C, H, W]",
+        "input_name": network.main_input_name,
+        "logits": _hf_logits_shape(network.config.model_type),
+        "video_processor": written,  # None: transformers has none for the model type
         "load": f"transformers.AutoModelForVideoClassification.from_pretrained({str(out)!r})",
         "spec": f"hf:{out}",
     }
+
+
+def _hf_logits_shape(model_type: str) -> str:
+    """The shape of a transformers classifier's ``.logits``: VideoPrism's keeps the axis of its
+    one pooling query."""
+    return "[B, 1, K]" if model_type == "videoprism_vision_model" else "[B, K]"
 
 
 def _hf_timesformer(model: TimeSformer, transformers) -> nn.Module:
@@ -402,20 +449,27 @@ def _hf_timesformer(model: TimeSformer, transformers) -> nn.Module:
     return network.eval()
 
 
+# Classifiers whose video processor transformers lists under another model type: VideoPrism's
+# checkpoints carry the video-text model's.
+_PROCESSOR_MODEL_TYPE = {"videoprism_vision_model": "videoprism"}
+
+
 def _video_processor(model_type: str, model: nn.Module, cfg: Config, transformers):
     """The video processor of the model type (None where transformers has none), set to the
     clips the model was trained on: resize to the short side, centre crop, [0, 1], normalise."""
+    from transformers.image_utils import SizeDict
     from transformers.models.auto.video_processing_auto import (
         VIDEO_PROCESSOR_MAPPING_NAMES,
         video_processor_class_from_name,
     )
 
+    model_type = _PROCESSOR_MODEL_TYPE.get(model_type, model_type)
     names = VIDEO_PROCESSOR_MAPPING_NAMES.get(model_type) or {}
     name = names.get("torchvision") if isinstance(names, dict) else names
     if not name:
         return None
     mean, std = _normalisation(model, cfg)
-    return video_processor_class_from_name(name)(
+    processor = video_processor_class_from_name(name)(
         do_resize=True,
         size={"shortest_edge": _short_side(cfg)},
         do_center_crop=True,
@@ -426,6 +480,9 @@ def _video_processor(model_type: str, model: nn.Module, cfg: Config, transformer
         image_mean=mean,
         image_std=std,
     )
+    # V-JEPA 2's sets its resize from the crop size, whatever ``size`` it is given.
+    processor.size = SizeDict(shortest_edge=_short_side(cfg))
+    return processor
 
 
 def _write_safetensors(model: nn.Module, cfg: Config, out: Path) -> dict[str, Any]:
@@ -440,7 +497,7 @@ def _write_safetensors(model: nn.Module, cfg: Config, out: Path) -> dict[str, An
             "files": ["export.json", "model.safetensors"],
             "layout": "video [B, C, T, H, W]"
             if architecture.get("kind") != "hf"
-            else "pixel_values [B, T, C, H, W]",
+            else f"{network.main_input_name} [B, T, C, H, W]",
             "network": architecture or {"kind": "module", "spec": cfg.model.name},
             # A logits-only module states no size: its classes are the run's.
             "build": _build_hint(architecture, cfg, num_classes=len(class_names_of(model))),

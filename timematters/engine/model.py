@@ -42,6 +42,7 @@ from timematters.engine.distributed import (
     setup_distributed,
 )
 from timematters.engine.evaluate import EvalResult, evaluate
+from timematters.losses.objective import frames_per_token_frame
 
 
 def build_model(
@@ -129,7 +130,7 @@ def model_flow_grid(cfg: Config, *, architecture: dict[str, Any] | None = None) 
     else:
         with torch.device("meta"):
             model = create_backbone(cfg.model.name, **backbone_kwargs(cfg, num_classes=1))
-    return model.patch_size, max(1, model.num_frames // max(1, model.token_frames))
+    return model.patch_size, frames_per_token_frame(model)  # the flow loss's own rule
 
 
 def load_model(
@@ -349,7 +350,8 @@ def check_classes(model: nn.Module, dataset: list[str], where: str | Path) -> No
         )
     raise ValueError(
         f"{where} was trained on {detail}; its scores would be wrong. Give the dataset the "
-        "checkpoint's classes in its order (for a video list: data.class_list, one name per line)"
+        "checkpoint's classes in its order (for a video list: data.class_list, one name per "
+        "line; for SSv2 or Jester, the run's data.subset)"
     )
 
 

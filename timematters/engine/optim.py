@@ -6,9 +6,11 @@ linear warm-up. The schedule is a pure function of the (fractional) epoch.
 
 ``optim.layer_decay`` (not in the paper; 1.0 keeps the released recipe) is the layer-wise learning
 rate decay of BEiT / MAE / VideoMAE fine-tuning: with L blocks, block i trains at
-``lr * decay ** (L - i)``, what comes before the first block (patch embedding, CLS, position and
-time embeddings) at ``lr * decay ** (L + 1)`` and everything after the last (final norm,
-classifier, the TIME heads) at ``lr``. Each group carries its ``lr_scale``; ``set_lr`` applies it.
+``lr * decay ** (L - i)``, what the forward pass runs before the first block (patch embedding, CLS,
+position and time embeddings) at ``lr * decay ** (L + 1)``, what it runs between two blocks with
+the block it feeds (Swin3D's patch merging, as timm groups a stage's downsampling; VideoPrism's
+mid norm and temporal embeddings) and everything after the last (final norm, classifier, the TIME
+heads) at ``lr``. Each group carries its ``lr_scale``; ``set_lr`` applies it.
 """
 
 from __future__ import annotations
@@ -52,9 +54,10 @@ def parameter_groups(
 def layer_scales(model: nn.Module, layer_decay: float) -> dict[nn.Parameter, float]:
     """Each parameter's learning-rate scale under layer-wise decay (see the module docstring).
 
-    The blocks are the backbone's own (``depth_blocks``); a parameter outside them is before the
-    first block when it comes before it in ``named_parameters`` order, as every backbone
-    registers its embeddings first, and after the last one otherwise.
+    The blocks are the backbone's own (``depth_blocks``); a parameter outside them takes the place
+    of its module in the forward pass. That order is the backbone's ``modules_in_forward_order()``
+    where it declares one (an adapter whose network registers its parts out of order), else the
+    order of ``parameters()``: every backbone of ours registers its parts in forward order.
     """
     backbone = getattr(model, "backbone", model)
     blocks = depth_blocks(backbone)
@@ -65,16 +68,22 @@ def layer_scales(model: nn.Module, layer_decay: float) -> dict[nn.Parameter, flo
             "none (a `blocks` ModuleList or block_modules()): set optim.layer_decay=1"
         )
     depth = len(blocks)
-    layer: dict[nn.Parameter, int] = {}
+    block_layer: dict[nn.Parameter, int] = {}
     for i, block in enumerate(blocks):
         for param in block.parameters():
-            layer.setdefault(param, i + 1)
-    seen_block = False
-    for param in model.parameters():
-        if param in layer:
-            seen_block = True
-        else:
-            layer[param] = depth + 1 if seen_block else 0
+            block_layer.setdefault(param, i + 1)
+    declared = getattr(backbone, "modules_in_forward_order", None)
+    # The declared parts first; then the whole model, for what they leave out (the TIME heads).
+    in_order = [*(declared() if callable(declared) else []), model]
+    layer: dict[nn.Parameter, int] = {}
+    last_block = 0  # the deepest block met so far; 0: none yet
+    for module in in_order:
+        for param in module.parameters():
+            if param in block_layer:
+                last_block = max(last_block, block_layer[param])
+                layer.setdefault(param, block_layer[param])
+            else:  # 0 before the first block; after block i, block i + 1's (L + 1: lr)
+                layer.setdefault(param, last_block + 1 if last_block else 0)
     return {param: layer_decay ** (depth + 1 - i) for param, i in layer.items()}
 
 

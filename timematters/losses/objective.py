@@ -316,6 +316,15 @@ def check_tokens(tokens: VideoTokens, model: nn.Module, batch_size: int) -> None
         )
 
 
+def frames_per_token_frame(model: nn.Module) -> int:
+    """The model's temporal tubelet: its ``tubelet`` where it declares one (the adapters do), else
+    ``num_frames // token_frames`` (which 3-frame tubelets over 8 frames would make 4)."""
+    tubelet = getattr(model, "tubelet", None)
+    if isinstance(tubelet, int) and not isinstance(tubelet, bool) and tubelet > 0:
+        return tubelet
+    return max(1, model.num_frames // max(1, model.token_frames))
+
+
 def objective_for_model(model: nn.Module, cfg: LossConfig | None = None) -> Objective:
     """The objective for a ``VideoBackbone`` (ours or adapted): its width, token frames, grid and
     patch size, and a ValueError naming the reason when a loss that is on needs what the model
@@ -330,10 +339,20 @@ def objective_for_model(model: nn.Module, cfg: LossConfig | None = None) -> Obje
     if cfg.order.axis == "time" and model.token_frames < 2:
         unsupported.setdefault("order", f"its tokens have {model.token_frames} frame, no order")
     # Tubelets (several frames per token frame) are labelled with the flow between their first
-    # frames (FlowLabeller.frame_step); frames that do not split into them evenly cannot be.
-    if model.token_frames < 2 or model.num_frames % model.token_frames:
+    # frames (FlowLabeller.frame_step); frames that do not split into them evenly cannot be. The
+    # order loss still applies there: the token frames keep their order, whichever frames the
+    # last tubelet leaves out.
+    tubelet = frames_per_token_frame(model)
+    if model.token_frames < 2:
         unsupported.setdefault(
             "flow", f"its {model.num_frames} frames become {model.token_frames} token frames"
+        )
+    elif model.num_frames != tubelet * model.token_frames:
+        unsupported.setdefault(
+            "flow",
+            f"its {model.num_frames} frames do not split into {tubelet}-frame tubelets (it leaves "
+            f"out the last {model.num_frames - tubelet * model.token_frames}), so flow labels "
+            "between tubelets would not match its token frames",
         )
     # A one-frame clip shuffled is the clip itself: debiasing it would push the real prediction
     # to uniform, against the task loss (the image variant shuffles patches instead).

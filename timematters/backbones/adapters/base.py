@@ -11,6 +11,9 @@ An adapter owns a foreign video classifier and presents it as a ``VideoBackbone`
 - **Blocks**: ``block_modules()`` and ``block_grid(output)`` declare where the per-block tokens are
   and their layout (``block_grids(outputs)`` where the layout changes from block to block); a
   forward hook reads them when ``return_blocks=True`` (the order probe's input).
+- **Depth**: ``modules_in_forward_order()``, for a network that registers its parts in another
+  order than its forward pass runs them: ``optim.layer_decay`` places what lies outside the
+  blocks by it (the embeddings before them, a final norm after).
 - **GradCAM**: ``gradcam_layer()`` names the module and the reshape that grad-cam's
   ``target_layers`` / ``reshape_transform`` need.
 - **Limits**: ``unsupported`` maps a capability (``protocol.CAPABILITIES``: "order_probe",
@@ -121,6 +124,11 @@ class Adapter(InputNormalisation, nn.Module):
     def block_grids(self, outputs: list[Any]) -> tuple[torch.Tensor, ...]:
         """Every block module's output, in order -> their patch tokens."""
         return tuple(self.block_grid(output) for output in outputs)
+
+    def modules_in_forward_order(self) -> list[nn.Module]:
+        """The network's parts, blocks among them, in the order its forward pass runs them; []:
+        the order it registers them in, which is that for most networks."""
+        return []
 
     def gradcam_layer(self) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
         """(module, reshape to [B, C, T', h, w]) for grad-cam; raise if unsupported."""

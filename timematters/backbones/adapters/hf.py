@@ -5,13 +5,16 @@ id (when online) and returns an adapter:
 
 - **TimeSformer** (``TimesformerForVideoClassification``): tokens ``b (s t) d`` behind one CLS
   (patch-major, frames inner), the final LayerNorm on all of them; CLS -> ``classifier``. One
-  token frame per frame, so all three TIME losses apply.
+  token frame per frame, so all three TIME losses apply. ``attention_type="space_only"`` is
+  refused: transformers' classifier then scores each frame alone ([B*T, K] logits).
 - **VideoMAE** (``VideoMAEForVideoClassification``): 2-frame tubelets, tokens ``b (t s) d`` without
   a CLS; the clip representation is ``fc_norm`` of the mean token (or the first token without
   mean pooling). T/2 token frames: all three losses apply, the flow labelled between the
-  tubelets' first frames (``FlowLabeller.frame_step`` 2).
+  tubelets' first frames (``FlowLabeller.frame_step`` 2; a tubelet that does not divide the clip
+  leaves frames out, and the flow loss is refused).
 - **ViViT** (``VivitForVideoClassification``): 2-frame tubelets, ``b (t s) d`` behind one CLS,
-  final LayerNorm; as VideoMAE for the losses.
+  final LayerNorm; as VideoMAE for the losses. Patches need not be square (``tubelet_size``
+  [2, 16, 8]); such a model trains without the flow loss, whose labels are per square patch.
 - **V-JEPA 2** (``VJEPA2ForVideoClassification``): 2-frame tubelets, ``b (t s) d`` without a CLS,
   final LayerNorm; the clip representation is the attentive pooler's output. As VideoMAE for the
   losses. Its predictor, a pretraining head the classifier never runs, is frozen.
@@ -35,6 +38,7 @@ processor's defaults otherwise).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -173,6 +177,13 @@ def _clip_size(config: Any) -> tuple[int, int]:
     return frames, size if isinstance(size, int) else size[-1]
 
 
+def _patch_sides(config: Any) -> tuple[int, int]:
+    """(height, width) of a patch in pixels. ViViT and VideoPrism give them as their tubelet's
+    last two sides (``tubelet_size`` [frames, height, width]), which need not be equal."""
+    patch = getattr(config, "patch_size", None) or config.tubelet_size[1:]
+    return (patch, patch) if isinstance(patch, int) else (patch[-2], patch[-1])
+
+
 def _class_names(model: nn.Module) -> list[str] | None:
     """The checkpoint's class names, or None when they are transformers' LABEL_i placeholders."""
     id2label = getattr(model.config, "id2label", None) or {}
@@ -236,15 +247,14 @@ class _HFTokens(_HFShared, Adapter):
 
     def __init__(self, model: nn.Module, *, mean, std, source: str, tubelet: int):
         config = model.config
-        # ViViT and VideoPrism give the patch as the tubelet's last side only.
-        patch = getattr(config, "patch_size", None) or config.tubelet_size
-        patch = patch if isinstance(patch, int) else patch[-1]
+        patch_height, patch_width = _patch_sides(config)
         frames, size = _clip_size(config)
         super().__init__(
             model,
             num_frames=frames,
             img_size=size,
-            patch_size=patch,
+            # A side both of a patch's divide (they may differ): CutMix cuts its boxes on it.
+            patch_size=math.lcm(patch_height, patch_width),
             embed_dim=config.hidden_size,
             num_classes=config.num_labels,
             token_frames=frames // tubelet,
@@ -253,7 +263,15 @@ class _HFTokens(_HFShared, Adapter):
             class_names=_class_names(model),
             source=source,
         )
+        self.grid = (size // patch_height, size // patch_width)
+        # Frames per token frame: not frames // token_frames where the tubelets leave frames
+        # out (8 frames make two 3-frame tubelets).
         self.tubelet = tubelet
+        if patch_height != patch_width:
+            self.unsupported["flow"] = (
+                f"its patches are {patch_height}x{patch_width} pixels, and flow labels are made "
+                "per square patch"
+            )
 
     @property
     def encoder_layers(self) -> nn.ModuleList:
@@ -287,9 +305,13 @@ class _HFTokens(_HFShared, Adapter):
 
 class HFTimesformer(_HFTokens):
     def __init__(self, model: nn.Module, *, mean, std, source: str):
-        super().__init__(model, mean=mean, std=std, source=source, tubelet=1)
         if model.config.attention_type == "space_only":
-            self.unsupported["order_probe"] = "attention_type=space_only has no time embedding"
+            raise ValueError(
+                f"{source}: a TimeSformer with attention_type='space_only' classifies each frame "
+                "on its own (transformers' classifier gives [B*T, K] logits, not one row a clip); "
+                "timematters takes divided_space_time and joint_space_time ones"
+            )
+        super().__init__(model, mean=mean, std=std, source=source, tubelet=1)
 
     def _grid(self, tokens: torch.Tensor) -> torch.Tensor:
         return rearrange(tokens, "b (s t) d -> b t s d", t=self.token_frames)
@@ -394,6 +416,18 @@ class HFVideoPrism(_HFTokens):
         """The spatial layers, then the temporal ones."""
         vision = self.model.vision_model
         return nn.ModuleList([*vision.spatial_layers, *vision.temporal_layers])
+
+    def modules_in_forward_order(self) -> list[nn.Module]:
+        # transformers registers both norms first and the temporal embeddings before the layers.
+        vision = self.model.vision_model
+        return [
+            vision.spatial_embeddings,
+            *vision.spatial_layers,
+            vision.layernorm1,
+            vision.temporal_embeddings,
+            *vision.temporal_layers,
+            vision.layernorm2,
+        ]
 
     def block_grids(self, outputs: list[Any]) -> tuple[torch.Tensor, ...]:
         # The spatial layers see each frame's patches, [(B T), S, D]; the temporal layers each
