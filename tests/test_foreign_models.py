@@ -156,6 +156,18 @@ def test_a_space_only_timesformer_is_refused_in_one_line(tmp_path, capsys):
     assert "[B*T, K]" in error  # what and why, on one line
 
 
+def test_a_foreign_model_built_for_another_clip_is_refused_before_its_run_folder(tmp_path, capsys):
+    """Refused when the run is set up, so no folder is left to refuse the corrected command
+    (it was refused at the first step, after config.yaml and train.log were written)."""
+    folder = _save_hf(tmp_path, "videomae")
+    out = tmp_path / "run"
+    argv = ["train", "synthetic/time", *DATA, f"model.name=hf:{folder}", f"train.out={out}"]
+    sizes = [f"data.crop_size={IMG}", "train.batch_size=4", "train.epochs=1"]
+    assert main([*argv, *sizes, f"model.num_frames={2 * T}"]) == 2
+    assert f"takes {T}-frame clips, got {2 * T}" in capsys.readouterr().err
+    assert not out.exists()
+
+
 # -- exports of models that take pixel_values_videos --------------------------------------------
 
 

@@ -304,6 +304,10 @@ def setup_run(
             f"{cfg.model.name} is a zero-shot video-text model: eval, diagnose and predict score "
             "it on a dataset's classes; training it is not supported"
         )
+    if hasattr(backbone, "check_input"):  # a foreign model built for another clip: said now,
+        # while the new run's folder is still removed, not at its first step
+        size = cfg.data.crop_size
+        backbone.check_input(torch.empty(1, 3, cfg.model.num_frames, size, size, device="meta"))
     try:
         objective = objective_for_model(backbone, cfg.loss)
     except ValueError as error:  # a loss the model cannot give: the message names the key
