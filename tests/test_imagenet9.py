@@ -267,3 +267,16 @@ def test_an_imagenet9_run_ends_with_table4_on_the_variations_there(tree, tmp_pat
     photo = tree / "original" / "val" / CLASSES[0] / "0.png"
     assert main(["predict", str(photo), "--checkpoint", str(checkpoint)]) == 0
     assert capsys.readouterr().out.startswith(str(photo))
+    # diagnose asks whether a model uses time: of a one-frame model, nothing; said in one line.
+    config = str(tmp_path / "run" / "config.yaml")
+    argv = [
+        "diagnose",
+        "--config",
+        config,
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(tmp_path / "d"),
+    ]
+    assert main(argv) == 2
+    assert "takes one frame: it has no frame order" in capsys.readouterr().err

@@ -119,6 +119,12 @@ def diagnose(
     _check_arguments(models, data, mean=mean, std=std)
     # A plain module (clips -> logits) gets the logits-only adapter: the report names its limits.
     models = {name: as_video_backbone(model, source=name) for name, model in models.items()}
+    one_frame = [name for name, model in models.items() if describe_model(model)["num_frames"] == 1]
+    if one_frame:  # its shuffle test, probe and gap would be a report of nothing
+        raise ValueError(
+            f"{one_frame[0]} takes one frame: it has no frame order for diagnose to test; an "
+            "ImageNet-9 model's test is the Backgrounds Challenge (timematters eval, Table 4)"
+        )
     # The models convert the clips to their own normalisation while they are diagnosed here.
     with clips_normalised(models, mean, std):
         normalised = (mean, std) if mean is not None else DEFAULT_INPUT  # for the GradCAM pictures
