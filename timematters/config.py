@@ -308,7 +308,7 @@ def load_config(
     if path is not None:
         path = find_config(path)
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
         except UnicodeDecodeError as error:
             raise ConfigError(
                 f"{path}: not UTF-8 text ({error.reason} at byte {error.start})"
@@ -318,7 +318,54 @@ def load_config(
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         cfg = merge(cfg, data, source=str(path))
-    return apply_overrides(cfg, overrides)
+    return _expand_home(apply_overrides(cfg, overrides))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping: PyYAML keeps the last
+    silently, so a file with two ``loss:`` blocks lost the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        marks: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            # "<<: *defaults" merges keys that this mapping may then override: not a repeat.
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key, mark = self.construct_object(key_node), key_node.start_mark
+            if key in marks:
+                first = marks[key]
+                where = (
+                    f"lines {first.line + 1} and {mark.line + 1}"
+                    if first.line != mark.line
+                    else f"line {mark.line + 1}, columns {first.column + 1} and {mark.column + 1}"
+                )
+                raise yaml.constructor.ConstructorError(
+                    problem=f"the key {key!r} is given twice ({where}); YAML would keep only "
+                    "the last: merge them into one"
+                )
+            marks[key] = mark
+        return super().construct_mapping(node, deep=deep)
+
+
+# The fields that name files or folders. "~" is the shell's, and neither YAML nor the shell
+# (in train.out=~/x) expands it here: Path would make a folder named "~".
+_PATH_KEYS = (
+    "train.out",
+    "data.root",
+    "data.annotations",
+    "data.val_annotations",
+    "data.class_list",
+    "data.subsets",
+    "model.pretrained",
+)
+
+
+def _expand_home(cfg: Config) -> Config:
+    for key in _PATH_KEYS:
+        section, name = key.split(".")
+        part = getattr(cfg, section)
+        setattr(part, name, os.path.expanduser(getattr(part, name)))
+    return cfg
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
@@ -340,7 +387,7 @@ def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Conf
         for part in parents:
             node = node.setdefault(part, {})
         try:
-            node[leaf] = yaml.safe_load(raw) if raw.strip() else ""
+            node[leaf] = yaml.load(raw, Loader=_UniqueKeyLoader) if raw.strip() else ""
         except yaml.YAMLError as error:
             raise ConfigError(
                 f"override {item!r}: not a YAML value: {_yaml_problem(error)}"
@@ -372,16 +419,22 @@ def merge(obj: Any, data: dict[str, Any], source: str, prefix: str = "") -> Any:
 
 def _convert(value: Any, hint: Any, key: str, source: str) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    optional = origin in (typing.Union, types.UnionType) and type(None) in args
+    if value is None and not optional:
+        raise ConfigError(f"{source}: {key} cannot be null; give a value, or leave the key out")
     if origin is Literal:
         if value not in args:
             choices = ", ".join(map(str, args))
             raise ConfigError(f"{source}: {key}={value!r} is not one of: {choices}")
         return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
+    if optional:
+        if value is None:
             return None
         (inner,) = [a for a in args if a is not type(None)]
-        return _convert(value, inner, key, source)
+        try:
+            return _convert(value, inner, key, source)
+        except ConfigError as error:  # "none" is a string in YAML
+            raise ConfigError(f"{error}; null (written null or ~) leaves it unset") from None
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{source}: {key} expects a list, got {value!r}")
@@ -412,10 +465,26 @@ def _convert(value: Any, hint: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{source}: {key} expects a number, got {value!r}")
         return float(value)
     if hint is str:
+        if isinstance(value, dict) and len(value) == 1:
+            raise ConfigError(_colon_problem(value, key, source))
         if not isinstance(value, str):
             raise ConfigError(f"{source}: {key} expects a string, got {value!r}")
         return value
     return value
+
+
+def _colon_problem(value: dict[Any, Any], key: str, source: str) -> str:
+    """YAML reads ``hf:`` (a colon at the end) and ``hf: x`` (a colon and a space) as a mapping."""
+    ((head, tail),) = value.items()
+    if tail is None:
+        return (
+            f"{source}: {key}={head}: ends in ':', which YAML reads as a mapping; give what "
+            f"follows the colon (e.g. {key}={head}:FOLDER_OR_NAME) or quote the value"
+        )
+    return (
+        f"{source}: {key}='{head}: {tail}' has a space after ':', which YAML reads as a mapping; "
+        f"leave the space out ({key}={head}:{tail}) or quote the value"
+    )
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -454,25 +523,39 @@ def backbone_kwargs(cfg: Config, num_classes: int) -> dict[str, Any]:
 def validate(cfg: Config) -> Config:
     """Check the rules that tie sections together; raise ``ConfigError`` naming key and fix.
 
-    Single fields are checked when they are read (types, choices); this is everything that needs
-    two of them: the model against its data, the losses against the model, dataset options
-    against the dataset. Returns ``cfg`` unchanged.
+    Types and choices are checked when a field is read; here are the ranges (every float finite,
+    counts and rates within bounds) and the rules that need two fields: the model against its
+    data, the losses against the model, dataset options against the dataset. Returns ``cfg``
+    unchanged.
     """
     from timematters.backbones import backbone_arguments, create_backbone, list_backbones
 
     model, data, loss = cfg.model, cfg.data, cfg.loss
+    _check_finite(cfg)  # first: NaN passes every range check below (nan < 0 is False)
     for key, value, least in _lower_bounds(cfg):
         if value < least:
             raise ConfigError(f"{key} must be at least {least}, got {value}")
-    if not 0.0 <= data.max_bad_fraction <= 1.0:
-        raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {data.max_bad_fraction}")
-    for key in ("mix_prob", "mix_switch_prob", "random_erase"):
-        if not 0.0 <= getattr(data, key) <= 1.0:
-            raise ConfigError(f"data.{key} must be in [0, 1], got {getattr(data, key)}")
+    for key, value in _fractions(cfg).items():
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{key} must be in [0, 1], got {value}")
     _validate_numbers(cfg)
+    _validate_schedule(cfg.optim)
+    if not 0 < cfg.flow.farneback.pyr_scale < 1:
+        raise ConfigError(
+            f"flow.farneback.pyr_scale must be in (0, 1) (each pyramid level's scale; 0.5 halves "
+            f"the frames), got {cfg.flow.farneback.pyr_scale}"
+        )
     if not cfg.train.out.strip():
         raise ConfigError("train.out is empty: name the run folder (e.g. train.out=runs/my_run)")
     validate_device(cfg.train.device, given=f"train.device={cfg.train.device!r}")
+    if cfg.train.compile:
+        _validate_compile_backend(cfg.train.compile_backend)
+    if data.subsets and not Path(data.subsets).is_file():
+        where = "" if Path(data.subsets).is_absolute() else f" in {Path.cwd()}"
+        raise ConfigError(
+            f"data.subsets={data.subsets}: no such file{where}; give a YAML or JSON file of "
+            "subset name -> classes, or data.subsets='' for the dataset's own"
+        )
     from timematters.backbones.adapters import is_foreign_spec
 
     if model.prompt.count("{}") != 1:
@@ -507,6 +590,7 @@ def validate(cfg: Config) -> Config:
         keys = {"num_classes": "model.num_classes", "num_frames": "model.num_frames"}
         where = ", ".join(keys.get(k, "data.crop_size") for k in reserved)
         raise ConfigError(f"model.kwargs: set {', '.join(reserved)} through {where} instead")
+    _validate_backbone_kwargs(model.kwargs)
 
     if data.dataset == "imagenet9":
         _validate_images(cfg)
@@ -568,8 +652,11 @@ def validate(cfg: Config) -> Config:
     try:
         with _meta_device():
             backbone = create_backbone(model.name, **backbone_kwargs(cfg, num_classes=1))
-    except (ValueError, TypeError) as error:
-        raise ConfigError(f"model {model.name} cannot be built from this config: {error}") from None
+    except (ValueError, TypeError, ZeroDivisionError, RuntimeError) as error:
+        given = f" with model.kwargs={model.kwargs}" if model.kwargs else ""
+        raise ConfigError(
+            f"model {model.name} cannot be built from this config{given}: {error}"
+        ) from None
     if loss.flow.weight != 0 and backbone.token_frames < 2:
         raise ConfigError(
             f"the flow loss needs two token frames or more; {model.name} makes "
@@ -581,7 +668,7 @@ def validate(cfg: Config) -> Config:
 
 def _lower_bounds(cfg: Config) -> list[tuple[str, int | float, int]]:
     """(key, value, smallest allowed) of the sizes and counts that must be positive."""
-    train = cfg.train
+    train, farneback = cfg.train, cfg.flow.farneback
     return [
         ("model.num_frames", cfg.model.num_frames, 1),
         ("train.batch_size", train.batch_size, 1),
@@ -598,7 +685,50 @@ def _lower_bounds(cfg: Config) -> list[tuple[str, int | float, int]]:
         ("data.crop_size", cfg.data.crop_size, 1),
         ("data.test_temporal_views", cfg.data.test_temporal_views, 1),
         ("data.test_spatial_crops", cfg.data.test_spatial_crops, 1),
+        ("data.dense_stride", cfg.data.dense_stride, 1),
+        ("data.randaugment_ops", cfg.data.randaugment_ops, 0),
+        ("data.synthetic.num_train", cfg.data.synthetic.num_train, 1),
+        ("data.synthetic.num_test", cfg.data.synthetic.num_test, 1),
+        ("eval.bootstrap_samples", cfg.eval.bootstrap_samples, 0),
+        ("flow.farneback.levels", farneback.levels, 0),  # 0: the frames alone, no pyramid
+        ("flow.farneback.winsize", farneback.winsize, 1),
+        ("flow.farneback.iterations", farneback.iterations, 1),  # 0: no flow, every label 0
+        # A neighbourhood of 2 * poly_n + 1 pixels: OpenCV suggests 5 or 7 and both backends
+        # agree on any other; at 0 OpenCV gives no flow and the torch backend fails.
+        ("flow.farneback.poly_n", farneback.poly_n, 1),
+        ("flow.farneback.poly_sigma", farneback.poly_sigma, 0),  # 0: poly_n * 0.3 (OpenCV's)
     ]
+
+
+def _fractions(cfg: Config) -> dict[str, float]:
+    """The shares and chances, each in [0, 1]."""
+    data = cfg.data
+    return {
+        "data.max_bad_fraction": data.max_bad_fraction,
+        "data.mix_prob": data.mix_prob,
+        "data.mix_switch_prob": data.mix_switch_prob,
+        "data.random_erase": data.random_erase,
+        "data.synthetic.spurious_rate": data.synthetic.spurious_rate,
+        "data.synthetic.object_contrast": data.synthetic.object_contrast,
+        "flow.relative_fraction": cfg.flow.relative_fraction,
+    }
+
+
+def _check_finite(section: Any, prefix: str = "") -> None:
+    """Every float field finite, in every section: an infinite lr trains a NaN model and a NaN
+    clip_grad reads as no clipping. ``model.kwargs`` is the backbone's, checked when it is built."""
+    for f in dataclasses.fields(section):
+        key, value = f"{prefix}{f.name}", getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, prefix=f"{key}.")
+        elif isinstance(value, tuple) and not all(map(_is_finite, value)):
+            raise ConfigError(f"{key} must hold finite numbers, got {list(value)}")
+        elif not _is_finite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+
+
+def _is_finite(value: Any) -> bool:
+    return not isinstance(value, float) or math.isfinite(value)
 
 
 def check_losses(loss: LossConfig) -> LossConfig:
@@ -631,6 +761,7 @@ def _validate_numbers(cfg: Config) -> None:
         "optim.warmup_epochs": optim.warmup_epochs,
         "optim.min_lr": optim.min_lr,
         "optim.clip_grad": optim.clip_grad,
+        "flow.absolute_tau": cfg.flow.absolute_tau,
     }
     for key, value in non_negative.items():
         if value < 0:
@@ -648,20 +779,98 @@ def _validate_numbers(cfg: Config) -> None:
         raise ConfigError(
             f"data.std must be positive (clips are divided by it), got {cfg.data.std}"
         )
+    rate = cfg.model.drop_path_rate
+    if rate is not None and not 0 <= rate < 1:
+        raise ConfigError(
+            f"model.drop_path_rate must be in [0, 1) (the chance a block is skipped), got {rate}"
+        )
+
+
+def _validate_schedule(optim: OptimConfig) -> None:
+    """The lr schedule (engine/optim.py ``lr_at``) falls from optim.lr and never rises: a factor
+    above 1 or a cosine floor above the lr is a typo far more often than a wish."""
+    if not 0 < optim.gamma <= 1:
+        raise ConfigError(
+            f"optim.gamma must be in (0, 1] (the lr's factor at each of optim.milestones: 0.1 a "
+            f"tenth, 1 constant), got {optim.gamma}"
+        )
+    milestones = list(optim.milestones)
+    if milestones and (milestones[0] < 1 or milestones != sorted(set(milestones))):
+        raise ConfigError(
+            f"optim.milestones must be epochs of 1 or more in increasing order (e.g. [20, 30]), "
+            f"got {milestones}"
+        )
+    if optim.schedule == "cosine" and optim.min_lr > optim.lr:
+        raise ConfigError(
+            f"optim.min_lr={optim.min_lr} is above optim.lr={optim.lr}: the cosine schedule would "
+            "raise the lr; give an optim.min_lr of at most optim.lr"
+        )
+
+
+# Backbone arguments that torch takes silently (depth 0: a model of no blocks) or refuses with a
+# traceback (num_heads 0, a negative mlp_ratio).
+_POSITIVE_KWARGS = (
+    "patch_size",
+    "in_chans",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "tubelet_size",
+)
+_RATE_KWARGS = ("drop_rate", "attn_drop_rate", "drop_path_rate", "head_drop_rate")
+
+
+def _validate_backbone_kwargs(kwargs: dict[str, Any]) -> None:
+    """The sizes and rates of ``model.kwargs`` that are numbers (others fail the build, named)."""
+    for name, value in kwargs.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if name in _POSITIVE_KWARGS and not value > 0:
+            raise ConfigError(f"model.kwargs.{name} must be positive, got {value}")
+        if name in _RATE_KWARGS and not 0 <= value < 1:
+            raise ConfigError(f"model.kwargs.{name} must be in [0, 1), got {value}")
+
+
+def _validate_compile_backend(name: str) -> None:
+    """A torch.compile backend that exists: an unknown one fails only at the first step."""
+    from torch._dynamo import list_backends
+
+    if name not in list_backends(exclude_tags=()):  # debug ones too: aot_eager, eager
+        choices = ", ".join([*list_backends(), "aot_eager", "eager"])
+        raise ConfigError(
+            f"train.compile_backend={name!r} is not a torch.compile backend here; choose one of: "
+            f"{choices} (or train.compile=false)"
+        )
 
 
 def validate_device(name: str, *, given: str) -> None:
-    """A device name that exists here; ``given`` is how the user wrote it, for the message."""
+    """A device torch can use here (cpu, cuda[:N], mps, xpu[:N], ...); ``given`` is how the user
+    wrote it, for the message."""
     import torch
 
     if name == "auto":
         return
+    choices = "auto, cpu, cuda, cuda:N, mps or xpu"
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"{given} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{given} but CUDA is not available; use cpu or auto")
+        raise ConfigError(f"{given} is not a device; use {choices}") from None
+    # torch.cuda, torch.mps, torch.xpu, ... say whether their devices are here; torch.device
+    # also takes names of no such module (meta, hpu without its plugin), which cannot train.
+    backend = getattr(torch, device.type, None)
+    if not hasattr(backend, "is_available"):
+        raise ConfigError(f"{given}: timematters cannot run on {device.type}; use {choices}")
+    kind = "CUDA" if device.type == "cuda" else device.type
+    if not backend.is_available():
+        raise ConfigError(f"{given} but {kind} is not available; use cpu or auto")
+    count = backend.device_count()
+    if device.index is not None and device.index >= count:
+        last = f" to {device.type}:{count - 1}" if count > 1 else ""
+        raise ConfigError(
+            f"{given} but this machine has {count} {kind} device{'s' * (count != 1)}: "
+            f"use {device.type}:0{last}, or auto"
+        )
 
 
 def _validate_images(cfg: Config) -> None:
