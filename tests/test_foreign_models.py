@@ -208,3 +208,16 @@ def test_the_export_card_of_a_pixel_values_videos_model_scores_the_evaluated_cli
         expected = ours(clip)
     assert scope["logits"].shape == expected.shape == (1, len(ours.class_names))
     torch.testing.assert_close(scope["logits"], expected, rtol=0, atol=1e-4)
+
+
+def test_an_image_classifier_is_named_in_one_line(tmp_path):
+    """transformers' own refusal lists every configuration class it has, on two lines."""
+    import transformers
+
+    config = transformers.ViTConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
+    transformers.ViTForImageClassification(config).save_pretrained(tmp_path / "vit")
+    with pytest.raises(ValueError, match=r"is a vit model, which transformers has no video") as e:
+        load_foreign_model(f"hf:{tmp_path / 'vit'}")
+    assert "\n" not in str(e.value) and "model.name=deit_tiny_patch16_224" in str(e.value)

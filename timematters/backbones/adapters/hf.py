@@ -85,6 +85,7 @@ def load_hf_model(name: str, num_classes: int | None = None, *, weights: bool = 
         config = transformers.AutoConfig.from_pretrained(name)
         if config.model_type in _ZERO_SHOT:  # a video-text model: its text side is the classifier
             return _load_zero_shot(transformers, name, config, weights=weights)
+        _refuse_other_tasks(name, config.model_type)
         if weights:
             model = transformers.AutoModelForVideoClassification.from_pretrained(name, **options)
         else:
@@ -98,6 +99,21 @@ def load_hf_model(name: str, num_classes: int | None = None, *, weights: bool = 
         ) from None
     mean, std = _normalisation(name, model.config.model_type)
     return _adapt(model, mean=mean, std=std, source=f"hf:{name}")
+
+
+def _refuse_other_tasks(name: str, model_type: str) -> None:
+    """A model transformers has no video classifier of (an image classifier, a text model) is
+    named in one line, not with transformers' list of every configuration class."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_VIDEO_CLASSIFICATION_MAPPING_NAMES
+
+    if model_type in MODEL_FOR_VIDEO_CLASSIFICATION_MAPPING_NAMES:
+        return
+    kinds = ", ".join(sorted(MODEL_FOR_VIDEO_CLASSIFICATION_MAPPING_NAMES))
+    raise ValueError(
+        f"hf:{name} is a {model_type} model, which transformers has no video classifier of (it "
+        f"has {kinds}; X-CLIP zero-shot); an image ViT / DeiT is a timematters backbone "
+        "(model.name=deit_tiny_patch16_224) with timm's weights in model.pretrained"
+    )
 
 
 def _load_zero_shot(transformers, name: str, config: Any, *, weights: bool) -> Adapter:
