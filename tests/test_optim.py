@@ -30,6 +30,31 @@ def test_without_layer_decay_the_groups_are_the_released_two():
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
+def _undecayed(groups: list[dict], model: torch.nn.Module) -> set[str]:
+    name = {param: key for key, param in model.named_parameters()}
+    return {name[p] for group in groups if group["weight_decay"] == 0 for p in group["params"]}
+
+
+def test_deit_spares_the_embeddings_as_timm_does_and_the_video_models_name_theirs():
+    """optim.decay_embeddings=false (the ImageNet-9 presets): timm's groups for its own
+    no_weight_decay() list are the reference; the default decays them, as released."""
+    timm = pytest.importorskip("timm")
+    from timm.optim import param_groups_weight_decay
+
+    ours = create_backbone("deit_tiny_patch16_224", num_classes=5)
+    theirs = timm.create_model("deit_tiny_patch16_224", num_classes=5)
+    reference = param_groups_weight_decay(
+        theirs, 0.05, no_weight_decay_list=theirs.no_weight_decay()
+    )
+    spared = _undecayed(parameter_groups(ours, 0.05, decay_embeddings=False), ours)
+    assert spared == _undecayed(reference, theirs) >= {"cls_token", "pos_embed"}
+    assert {"cls_token", "pos_embed"}.isdisjoint(_undecayed(parameter_groups(ours, 0.05), ours))
+    video = create_backbone("timesformer_tiny_patch8_64", num_classes=5, **TINY)
+    spared = _undecayed(parameter_groups(video, 0.05, decay_embeddings=False), video)
+    assert {"cls_token", "pos_embed", "time_embed"} <= spared
+    assert load_config("imagenet9/time").optim.decay_embeddings is False
+
+
 def test_layer_decay_equals_timms_on_the_image_vit():
     # Our image ViT has timm's parameter names: timm's own layer-decay groups are the reference,
     # but for the final norm, which timm decays with the last block and MAE / VideoMAE's recipe

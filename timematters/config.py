@@ -200,6 +200,9 @@ class OptimConfig:
     # Layer-wise lr decay (BEiT / VideoMAE fine-tuning; not in the paper): block i of L trains at
     # lr * layer_decay ** (L - i), the embeddings at ** (L + 1), the heads at lr. 1: off (released).
     layer_decay: float = 1.0
+    # Weight decay on the class token and the position / time embeddings too, as on every other
+    # >= 2-D parameter (released); false spares them, as DeiT / timm's image recipes do.
+    decay_embeddings: bool = True
     # AdamW's fused kernel (one launch for all parameters): None uses it on CUDA, where it is
     # fastest, and torch's default elsewhere; the same update up to rounding.
     fused: bool | None = None

@@ -1,7 +1,8 @@
 """Optimiser and learning-rate schedule of the released recipe (REFERENCE.md).
 
 AdamW with amsgrad; weight decay on every parameter with two or more dimensions (weights,
-embeddings and CLS alike), none on biases and norms; step decay at fixed epochs, or cosine with
+embeddings and CLS alike, as released; ``optim.decay_embeddings=false`` spares the embeddings and
+CLS, as DeiT does), none on biases and norms; step decay at fixed epochs, or cosine with
 linear warm-up. The schedule is a pure function of the (fractional) epoch.
 
 ``optim.layer_decay`` (not in the paper; 1.0 keeps the released recipe) is the layer-wise learning
@@ -25,23 +26,30 @@ from timematters.config import ConfigError, OptimConfig
 
 
 def parameter_groups(
-    model: nn.Module, weight_decay: float, *, layer_decay: float = 1.0
+    model: nn.Module,
+    weight_decay: float,
+    *,
+    layer_decay: float = 1.0,
+    decay_embeddings: bool = True,
 ) -> list[dict]:
     """AdamW's groups: decayed (>= 2-D) and not, for each learning-rate scale.
 
     ``model`` is the backbone, or a module holding it as ``backbone`` (``TimeModel``), whose
     other parameters (the TIME heads) count as after the last block. With ``layer_decay`` 1 there
-    are the released recipe's two groups and no scales.
+    are the released recipe's two groups and no scales. ``decay_embeddings=False`` leaves the
+    class token and the position and time embeddings undecayed, as DeiT does.
     """
     trainable = [param for param in model.parameters() if param.requires_grad]
     scales = layer_scales(model, layer_decay) if layer_decay != 1 else {}
+    undecayed = set() if decay_embeddings else embedding_parameters(model)
     groups = []
     for lr_scale in sorted(set(scales.values())) or [1.0]:
         for decayed in (True, False):
             params = [
                 param
                 for param in trainable
-                if scales.get(param, 1.0) == lr_scale and (param.ndim >= 2) == decayed
+                if scales.get(param, 1.0) == lr_scale
+                and (param.ndim >= 2 and param not in undecayed) == decayed
             ]
             group = {"params": params, "weight_decay": weight_decay if decayed else 0.0}
             if scales:
@@ -49,6 +57,30 @@ def parameter_groups(
             if params or not scales:  # the released two groups even if one is empty
                 groups.append(group)
     return groups
+
+
+# The last part of an embedding's name: ours and timm's (cls_token, pos_embed, time_embed,
+# temp_embed, dist_token), transformers' (position_embeddings, time_embeddings).
+EMBEDDING_NAMES = (
+    "cls_token",
+    "dist_token",
+    "pos_embed",
+    "time_embed",
+    "temp_embed",
+    "position_embeddings",
+    "time_embeddings",
+)
+
+
+def embedding_parameters(model: nn.Module) -> set[nn.Parameter]:
+    """The backbone's class token and position / time embeddings: what its ``no_weight_decay()``
+    names where it has one (timm's convention), else the parameters named as embeddings."""
+    backbone = getattr(model, "backbone", model)
+    named = dict(backbone.named_parameters())
+    declared = getattr(backbone, "no_weight_decay", None)
+    if callable(declared):
+        return {named[name] for name in declared() if name in named}
+    return {param for name, param in named.items() if name.split(".")[-1] in EMBEDDING_NAMES}
 
 
 def layer_scales(model: nn.Module, layer_decay: float) -> dict[nn.Parameter, float]:
@@ -89,7 +121,12 @@ def layer_scales(model: nn.Module, layer_decay: float) -> dict[nn.Parameter, flo
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """AdamW over ``model``'s parameters, on the device they are on (``optim.fused``)."""
-    groups = parameter_groups(model, cfg.weight_decay, layer_decay=cfg.layer_decay)
+    groups = parameter_groups(
+        model,
+        cfg.weight_decay,
+        layer_decay=cfg.layer_decay,
+        decay_embeddings=cfg.decay_embeddings,
+    )
     fused = cfg.fused
     if fused is None:
         fused = all(p.is_cuda for group in groups for p in group["params"]) or None
