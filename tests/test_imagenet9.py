@@ -239,6 +239,10 @@ def test_an_imagenet9_run_ends_with_table4_on_the_variations_there(tree, tmp_pat
     assert set(accuracy) == {*TREE, "bg_gap"}
     assert "Table 4 without no_fg" in capsys.readouterr().out
     assert "| BG-Gap ↓ |" in (tmp_path / "run" / "backgrounds.md").read_text()
+    # Its own evaluation scores each image once (a shuffle of one frame is the image itself).
+    evaluated = json.loads((tmp_path / "run" / "eval.json").read_text())["all"]
+    assert "top1" in evaluated and not any("shuffled" in key for key in evaluated)
+    assert "| all top-1 ↑ | all top-5 ↑ |" in (tmp_path / "run" / "eval.md").read_text()
     # eval of its checkpoint writes Table 4 as the run does, and table sets the two side by side.
     from timematters.cli import main
 

@@ -45,6 +45,8 @@ def plot_training_curves(runs: dict[str, str | Path], out: str | Path) -> Path:
                 marker="o",
                 label=f"{name}: original",
             )
+            if "all/shuffled_top1" not in evals[0]:  # one-frame images: nothing was shuffled
+                continue
             ax_acc.plot(
                 eval_steps,
                 [r["all/shuffled_top1"] for r in evals],

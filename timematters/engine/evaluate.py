@@ -631,6 +631,15 @@ def format_table(rows: dict[str, dict[str, dict[str, Any]]], *, intervals: bool 
             text += f" ± {(interval[1] - interval[0]) / 2:.1f}"
         return text
 
+    if not perturbations:  # scored as they are only (one-frame images: nothing to perturb)
+        lines = [
+            "| model | " + " | ".join(f"{s} top-1 ↑ | {s} top-5 ↑" for s in subsets) + " |",
+            "|" + " --- |" * (1 + 2 * len(subsets)),
+        ]
+        for name, metrics in rows.items():
+            cells = [cell(metrics[s], key) for s in subsets for key in ("top1", "top5")]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
     tables = []
     for perturbation in perturbations:
         label = LABELS[perturbation]

@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -843,13 +843,17 @@ def train_step(run: Run, micro_batches: list[dict[str, Any]]) -> tuple[dict[str,
 
 
 def evaluate_run(run: Run) -> EvalResult:
-    """The evaluation split, original and shuffled; its metrics go to the run's log."""
+    """The evaluation split, original and shuffled; its metrics go to the run's log. A model of
+    one frame (ImageNet-9) is scored on the original images alone: it has no order to shuffle."""
+    settings = run.cfg.eval
+    if run.cfg.model.num_frames == 1:
+        settings = replace(settings, perturbations=())
     result = evaluate(
         run.model.backbone,
         run.eval_loader,
         classes=run.classes,
         subsets=run.subsets,
-        settings=run.cfg.eval,
+        settings=settings,
         device=run.info.device,
         autocast_dtype=run.amp_dtype,
         progress=run.cfg.train.progress and run.info.is_main,
