@@ -54,7 +54,7 @@ def _texture(size: int, rng: np.random.Generator) -> np.ndarray:
     for _ in range(8):
         centre = tuple(int(c) for c in rng.integers(0, size, 2))
         colour = tuple(float(c) for c in rng.integers(0, 256, 3))
-        cv2.circle(image, centre, int(rng.integers(6, size // 6)), colour, -1, cv2.LINE_AA)
+        cv2.circle(image, centre, int(rng.integers(6, max(7, size // 6))), colour, -1, cv2.LINE_AA)
     return image.astype(np.float32)
 
 

@@ -106,7 +106,7 @@ def test_schedules_that_fall_or_stay_are_accepted():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("flow.farneback.winsize=0", "flow.farneback.winsize must be at least 1, got 0"),
+        ("flow.farneback.winsize=1", "flow.farneback.winsize must be at least 2, got 1"),
         ("flow.farneback.iterations=0", "flow.farneback.iterations must be at least 1, got 0"),
         ("flow.farneback.poly_n=0", "flow.farneback.poly_n must be at least 1, got 0"),
         ("flow.farneback.levels=-1", "flow.farneback.levels must be at least 0, got -1"),
@@ -123,7 +123,7 @@ def test_farneback_parameters_out_of_range_are_refused(override, message):
 
 def test_farneback_edge_values_both_backends_take_are_accepted():
     # levels 0: the frames alone; poly_n 7: OpenCV's other suggestion; poly_sigma 0: n * 0.3.
-    for override in ("levels=0", "poly_n=7", "poly_sigma=0", "winsize=1"):
+    for override in ("levels=0", "poly_n=7", "poly_sigma=0", "winsize=2"):
         validate(load_config("synthetic/time", [f"flow.farneback.{override}"]))
 
 

@@ -61,6 +61,17 @@ def test_image_axes_y_points_down():
         assert torch.mode(clip_flow_labels(frames, PATCH).flatten()).values == expected, (dx, dy)
 
 
+def test_a_vector_on_a_bin_edge_goes_to_the_bin_it_starts():
+    """Each class covers [45(k-1)°, 45k°): a vector along an axis or diagonal is the class it
+    starts, to the last bit (float atan2 sent (-3e-9, 3), a hair past straight down, to 2)."""
+    edges = [(1, 0), (1, 1), (0, 1), (-1, 1), (-1, 0), (-1, -1), (0, -1), (1, -1)]
+    nudged = [(-3e-9, 3.0), (3.0, -1e-12), (-1.0, -1e-9)]
+    vectors = torch.tensor(edges + nudged, dtype=torch.float32)
+    flow = vectors[:, None, None, :].expand(-1, 1, 1, 2).reshape(1, -1, 1, 2)  # [1, 11, 1, 2]
+    labels = flow_to_direction_labels(flow, 1, threshold="absolute", absolute_tau=0.0)[0]
+    assert labels.tolist() == [1, 2, 3, 4, 5, 6, 7, 8] + [3, 8, 5]
+
+
 def test_still_background_is_class_0_under_the_absolute_threshold():
     background = photo_like(128, seed=3)
     obj = photo_like(32, seed=4)
@@ -162,3 +173,14 @@ def test_tubelets_are_labelled_between_their_first_frames():
         tubelets.batch(video[None])[0], every_other.batch(video[None, :, ::2])[0]
     )
     assert set(labels[labels > 0].tolist()) <= {1, 8}  # 3 px to the right between them
+
+
+def test_a_labeller_built_in_python_is_checked_and_needs_two_frames():
+    from timematters.flow import FlowLabeller
+
+    with pytest.raises(ValueError, match="threshold must be 'relative' or 'absolute'"):
+        FlowLabeller(16, threshold="relativ")
+    with pytest.raises(ValueError, match="relative_fraction must be in"):
+        FlowLabeller(16, relative_fraction=2.0)
+    with pytest.raises(ValueError, match="flow needs two frames or more, got 1"):
+        FlowLabeller(16).batch(torch.zeros(1, 3, 1, 32, 32))  # it gave an empty [1, 0, 4]

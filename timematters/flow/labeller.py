@@ -50,6 +50,20 @@ class FlowLabeller:
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
 
+    def __post_init__(self) -> None:
+        # Checked as a config file's flow section is: a labeller built in Python is too.
+        if self.patch_size < 1 or self.frame_step < 1:
+            raise ValueError(
+                f"patch_size and frame_step must be >= 1, got {self.patch_size}, {self.frame_step}"
+            )
+        if self.threshold not in ("relative", "absolute"):
+            raise ValueError(f"threshold must be 'relative' or 'absolute', got {self.threshold!r}")
+        if not 0 <= self.relative_fraction <= 1 or not self.absolute_tau >= 0:
+            raise ValueError(
+                f"relative_fraction must be in [0, 1] and absolute_tau >= 0, got "
+                f"{self.relative_fraction}, {self.absolute_tau}"
+            )
+
     @classmethod
     def from_config(
         cls,
@@ -94,6 +108,8 @@ class FlowLabeller:
         """A normalised batch [B, C, T, H, W], the torch Farnebäck on the batch's own device ->
         labels [B, T' - 1, S] int64, T' = T / frame_step."""
         grey = video_to_grey(video, self.mean, self.std)[:, :: self.frame_step].contiguous()
+        if grey.shape[1] < 2:  # as __call__ says: no frame pair, nothing to label
+            raise ValueError(f"flow needs two frames or more, got {grey.shape[1]}")
         flow = consecutive_flows(grey, self.farneback)
         labels = self.directions(rearrange(flow, "b t h w c -> (b t) h w c"))
         return rearrange(labels, "(b t) s -> b t s", b=video.shape[0])

@@ -11,8 +11,6 @@ These are the pure steps; ``labeller.FlowLabeller`` runs them with one set of op
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from einops import rearrange
@@ -117,8 +115,7 @@ def flow_to_direction_labels(
     mean = rearrange(flow, "n (h p) (w q) c -> n (h w) (p q) c", p=patch_size, q=patch_size).mean(2)
     dx, dy = mean.unbind(-1)
     r = torch.sqrt(dx * dx + dy * dy)
-    phi = torch.remainder(torch.atan2(dy, dx), 2 * math.pi)  # [0, 2π), y down as in the image
-    direction = torch.clamp(torch.floor(phi * (4 / math.pi)).long(), max=7) + 1
+    direction = _octant(dx, dy) + 1
     if threshold == "relative":
         r_min = r.amin(dim=1, keepdim=True)
         r_max = r.amax(dim=1, keepdim=True)
@@ -130,3 +127,19 @@ def flow_to_direction_labels(
     else:
         raise ValueError(f"threshold must be 'relative' or 'absolute', got {threshold!r}")
     return torch.where(moving, direction, torch.zeros_like(direction))
+
+
+def _octant(dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """floor(φ / 45°) of the angle φ in [0°, 360°) of (dx, dy), y down as in the image, by exact
+    comparisons: float atan2 put vectors within ~1e-7 rad of a bin edge on either side (motion
+    along an axis, (-3e-9, 3), went to the bin before the axis). (0, 0) is 0, as atan2 gives."""
+    # The quadrant (φ in [0°, 90°) is 0, ...), and the vector turned back by it into the first.
+    turns = [(dx, dy), (dy, -dx), (-dx, -dy), (-dy, dx)]
+    quadrant = torch.zeros_like(dx, dtype=torch.long)
+    for index, condition in enumerate(((dx <= 0) & (dy > 0), (dx < 0) & (dy <= 0))):
+        quadrant = torch.where(condition, index + 1, quadrant)
+    quadrant = torch.where((dx >= 0) & (dy < 0), 3, quadrant)
+    u = torch.stack([turn[0] for turn in turns]).gather(0, quadrant[None])[0]
+    v = torch.stack([turn[1] for turn in turns]).gather(0, quadrant[None])[0]
+    upper_half = (v >= u) & (u > 0)  # 45° and above within its quadrant
+    return 2 * quadrant + upper_half.long()
