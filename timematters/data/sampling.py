@@ -135,10 +135,6 @@ class EvalClip:
             interpolation="bicubic" if get("dataset", None) == "imagenet9" else "bilinear",
         )
 
-    @property
-    def num_views(self) -> int:
-        return self.temporal_views * self.spatial_crops
-
     def indices(self, num_video_frames: int, num_frames: int) -> np.ndarray:
         """The frames of one clip (the middle of the video's, as a single view takes them): int64
         [T]."""

@@ -16,7 +16,7 @@ import contextlib
 import csv
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -113,9 +113,15 @@ def clip_of(
     what short side (default: the model's ``eval_clip``, a checkpoint's run's; else the segment
     centres and the crop size); the middle view, one centre crop (``views_of`` makes them all).
     ``video`` may be an open reader."""
-    source = _ClipSource(model, video, num_frames, frame_size, window, eval_clip)
-    indices = source.start + source.recipe.indices(source.length, source.num_frames)
-    return source.transform(num_crops=1)(source.read(indices)), [int(i) for i in indices]
+    one_view = replace(_recipe(model, eval_clip), temporal_views=1, spatial_crops=1)
+    return views_of(
+        model,
+        video,
+        num_frames=num_frames,
+        frame_size=frame_size,
+        window=window,
+        eval_clip=one_view,
+    )
 
 
 def views_of(
@@ -130,53 +136,45 @@ def views_of(
     """Every view evaluation makes of a video, as ``clip_of`` makes one: [V, C, T, S, S] with
     V = temporal views x spatial crops (a view's crops together, as a dataset gives them), and
     the frames of every temporal view in turn."""
-    source = _ClipSource(model, video, num_frames, frame_size, window, eval_clip)
-    transform = source.transform(num_crops=source.recipe.spatial_crops)
+    info = describe_model(_as_backbone(model))
+    num_frames = num_frames or info["num_frames"]
+    size = frame_size or info["frame_size"]
+    if not (num_frames and size):
+        raise ValueError(
+            f"{info.get('source') or type(model).__name__} takes clips of any size: give "
+            "num_frames and frame_size (on the command line: --config CONFIG -o "
+            "model.num_frames=T -o data.crop_size=S)"
+        )
+    mean, std = _input_normalisation(model)
+    if _is_array(video):
+        array = _uint8_frames(video)
+        count, read = len(array), array.__getitem__
+    else:
+        reader = video if hasattr(video, "get_frames") else None
+        if reader is None and not isinstance(video, str | os.PathLike):
+            raise TypeError(f"{_EXPECTED}; got {_described(video)}")  # not its whole repr
+        reader = reader or open_video(video)
+        count, read = reader.num_frames, reader.get_frames
+    recipe = _recipe(model, eval_clip)
+    start, stop = window or (0, count)
+    transform = EvalTransform(
+        crop_size=size,
+        short_side=max(recipe.short_side or size, size),
+        num_crops=recipe.spatial_crops,
+        mean=mean,
+        std=std,
+        interpolation=recipe.interpolation,
+    )
     views, indices = [], []
-    for taken in source.recipe.view_indices(source.length, source.num_frames):
-        views.append(transform(source.read(source.start + taken)))
-        indices += [int(i) for i in source.start + taken]
+    for taken in recipe.view_indices(stop - start, num_frames):
+        views.append(transform(read(start + taken)))
+        indices += [int(i) for i in start + taken]
     return torch.cat(views), indices
 
 
-class _ClipSource:
-    """What making a model's clips of a video needs: its clip size and normalisation, the
-    frames to sample from and how."""
-
-    def __init__(self, model, video, num_frames, frame_size, window, eval_clip):
-        info = describe_model(_as_backbone(model))
-        self.num_frames = num_frames or info["num_frames"]
-        self.size = frame_size or info["frame_size"]
-        if not (self.num_frames and self.size):
-            raise ValueError(
-                f"{info.get('source') or type(model).__name__} takes clips of any size: give "
-                "num_frames and frame_size (on the command line: --config CONFIG -o "
-                "model.num_frames=T -o data.crop_size=S)"
-            )
-        self.mean, self.std = _input_normalisation(model)
-        if _is_array(video):
-            array = _uint8_frames(video)
-            count, self.read = len(array), array.__getitem__
-        else:
-            reader = video if hasattr(video, "get_frames") else None
-            if reader is None and not isinstance(video, str | os.PathLike):
-                raise TypeError(f"{_EXPECTED}; got {_described(video)}")  # not its whole repr
-            reader = reader or open_video(video)
-            count, self.read = reader.num_frames, reader.get_frames
-        self.recipe = eval_clip or getattr(model, "eval_clip", None) or EvalClip()
-        self.start, stop = window or (0, count)
-        self.length = stop - self.start
-
-    def transform(self, *, num_crops: int) -> EvalTransform:
-        short_side = max(self.recipe.short_side or self.size, self.size)
-        return EvalTransform(
-            crop_size=self.size,
-            short_side=short_side,
-            num_crops=num_crops,
-            mean=self.mean,
-            std=self.std,
-            interpolation=self.recipe.interpolation,
-        )
+def _recipe(model: nn.Module, eval_clip: EvalClip | None) -> EvalClip:
+    """How the model's clips are made: as given, as its run was evaluated, or one view."""
+    return eval_clip or getattr(model, "eval_clip", None) or EvalClip()
 
 
 _EXPECTED = "expected a video file path or a uint8 [T, H, W, 3] array"
@@ -271,7 +269,7 @@ def predict(
     eval mode and is handed back in its own mode."""
     _check_perturbations(perturbations)
     with _in_eval_mode(model) as backbone:
-        recipe = eval_clip or getattr(backbone, "eval_clip", None) or EvalClip()
+        recipe = _recipe(backbone, eval_clip)
         views, indices = views_of(
             backbone,
             video,
