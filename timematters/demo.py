@@ -124,10 +124,10 @@ def train_demo_run(cfg: Config, *, resume: bool) -> dict:
             return train(cfg, resume=checkpoint)
         return train(cfg, replace_partial=resume)
     except Interrupted as stop:
-        said = str(stop).split("; the checkpoint")[0]
         raise Interrupted(
-            f"{said}; the same demo command with --resume continues the demo from there",
+            f"{stop.stopped}; the same demo command with --resume continues the demo from there",
             exit_code=stop.exit_code,
+            stopped=stop.stopped,
         ) from None
 
 

@@ -84,11 +84,14 @@ class ResumeMismatch(ConfigError):
 
 
 class Interrupted(Exception):
-    """The run stopped on a signal after writing its checkpoint."""
+    """The run stopped on a signal after writing its checkpoint. ``stopped``: what stopped it
+    and when; the message adds how to continue, which a command running the run (the demo)
+    may say its own way."""
 
-    def __init__(self, message: str, exit_code: int):
+    def __init__(self, message: str, exit_code: int, stopped: str = ""):
         super().__init__(message)
         self.exit_code = exit_code
+        self.stopped = stopped or message
 
 
 # What each command writes into its folder, and the files that say a folder holds its output

@@ -612,10 +612,12 @@ def _stop(run: Run) -> None:
     if run.progress.saved_step != run.progress.step:
         save_run_checkpoint(run, "last.pth")
     name = run.stop.requested.name if run.stop.requested else "a signal on another rank"
+    stopped = f"stopped by {name} after step {run.progress.step}"
     raise Interrupted(
-        f"stopped by {name} after step {run.progress.step}; the checkpoint "
-        f"{run.run_dir / 'checkpoints' / 'last.pth'} continues it with --resume",
+        f"{stopped}; the checkpoint {run.run_dir / 'checkpoints' / 'last.pth'} continues it "
+        "with --resume",
         exit_code=128 + int(run.stop.requested or signal.SIGTERM),
+        stopped=stopped,
     )
 
 
