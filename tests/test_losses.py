@@ -101,6 +101,22 @@ def test_flow_head_shapes_and_loss_with_perfect_logits():
     assert torch.all(diff[:-1] == 0) and diff[-1] > 0
 
 
+def test_unlabelled_flow_tokens_are_left_out_and_a_batch_of_none_adds_zero_not_nan():
+    loss = FlowLoss(D, smoothing=0.2)
+    patches = torch.randn(B, T, S, D, requires_grad=True)
+    labels = torch.randint(0, 9, (B, T - 1, S))
+    partly = labels.clone()
+    partly[0] = -100  # the first clip unlabelled: the mean is over the others
+    value = loss(_inputs(patches=patches, batch={"flow_labels": partly}))["flow_loss"]
+    rest = loss(_inputs(patches=patches[1:], batch={"flow_labels": labels[1:]}))["flow_loss"]
+    torch.testing.assert_close(value, rest)
+    # Before, a batch with every token unlabelled gave NaN, which poisoned the whole step.
+    none = loss(_inputs(patches=patches, batch={"flow_labels": torch.full_like(labels, -100)}))
+    assert none["flow_loss"].item() == 0.0
+    none["flow_loss"].backward()
+    assert torch.isfinite(patches.grad).all() and loss.flow_head.weight.grad.abs().sum() == 0
+
+
 def test_flow_loss_is_near_zero_for_a_head_that_reads_the_labels():
     # Tokens carry their position s (channels [0, S)) and, in frame j, the one-hot label of pair j
     # at that position (channels [S, S + 9)). A head whose query and key match positions makes

@@ -98,11 +98,16 @@ def mixed_cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, mix: Mix | None, *, smoothing: float = 0.0
 ) -> torch.Tensor:
     """Mean cross-entropy of ``logits`` [B, ..., K] against ``labels`` [B, ...] (batch first),
-    mixed with the partners' labels as ``mix`` says (None: the labels alone)."""
+    mixed with the partners' labels as ``mix`` says (None: the labels alone). Entries labelled
+    -100 are left out; with none labelled the loss is 0."""
 
     def cross_entropy(targets: torch.Tensor) -> torch.Tensor:
-        flat = logits.reshape(-1, logits.shape[-1]).float()
-        return F.cross_entropy(flat, targets.reshape(-1), label_smoothing=smoothing)
+        flat, targets = logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1)
+        loss = F.cross_entropy(flat, targets, label_smoothing=smoothing)
+        # A batch with no labelled entry (-100, the ignore_index, everywhere) has no mean: it adds
+        # nothing instead of NaN. torch.where keeps the step free of a device sync, and its
+        # gradient through the unused mean is exactly zero.
+        return torch.where((targets != -100).any(), loss, loss.new_zeros(()))
 
     if mix is None:
         return cross_entropy(labels)
