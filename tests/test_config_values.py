@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from timematters.cli import main
-from timematters.config import ConfigError, load_config, validate
+from timematters.config import ConfigError, expand_home_in_spec, load_config, validate
 
 
 def _refused(*overrides: str) -> str:
@@ -142,6 +142,8 @@ def test_farneback_edge_values_both_backends_take_are_accepted():
         ("model.drop_path_rate=-0.1", "model.drop_path_rate must be in [0, 1)"),
         ("data.synthetic.spurious_rate=2", "data.synthetic.spurious_rate must be in [0, 1]"),
         ("data.synthetic.object_contrast=-1", "data.synthetic.object_contrast must be in [0, 1]"),
+        ("data.imagenet9.min_crop_scale=0", "data.imagenet9.min_crop_scale must be in (0, 1]"),
+        ("data.imagenet9.min_crop_scale=1.5", "data.imagenet9.min_crop_scale must be in (0, 1]"),
     ],
 )
 def test_values_out_of_range_are_refused(override, message):
@@ -212,6 +214,31 @@ def test_a_home_folder_in_a_path_is_expanded(tmp_path, monkeypatch):
     assert cfg.train.out == str(tmp_path / "runs/x")
     assert cfg.data.root == str(tmp_path / "videos")
     assert cfg.model.pretrained == str(tmp_path / "weights.pth")
+
+
+def test_a_home_folder_in_a_model_spec_is_expanded(tmp_path, monkeypatch):
+    # The shell leaves `~` alone inside model.name=hf:~/dir or after --model hf:.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert expand_home_in_spec("hf:~/exported") == f"hf:{tmp_path}/exported"
+    assert (
+        expand_home_in_spec("torchvision:r3d_18:~/w.pth") == f"torchvision:r3d_18:{tmp_path}/w.pth"
+    )
+    assert expand_home_in_spec("~/runs/a/last.pth") == f"{tmp_path}/runs/a/last.pth"
+    for untouched in ("hf:MCG-NJU/videomae-base", "torchvision:r3d_18", "my_models:make"):
+        assert expand_home_in_spec(untouched) == untouched
+    cfg = load_config("synthetic/time", ["model.name=hf:~/exported"])
+    assert cfg.model.name == f"hf:{tmp_path}/exported"
+
+
+def test_a_checkpoint_under_home_loads_by_its_tilde_path(tmp_path, monkeypatch):
+    from timematters.engine.model import load_model
+
+    small = ["data.synthetic.num_train=8", "data.synthetic.num_test=8", "train.progress=false"]
+    args = ["train", "synthetic/time", f"train.out={tmp_path}/run", "train.max_steps=1", *small]
+    assert main(args) == 0
+    monkeypatch.setenv("HOME", str(tmp_path))
+    model = load_model("~/run/checkpoints/last.pth", load_config("synthetic/time"))
+    assert model.num_frames == 8
 
 
 def test_a_missing_subsets_file_is_named_with_its_key(tmp_path):

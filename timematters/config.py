@@ -368,7 +368,22 @@ def _expand_home(cfg: Config) -> Config:
         section, name = key.split(".")
         part = getattr(cfg, section)
         setattr(part, name, os.path.expanduser(getattr(part, name)))
+    cfg.model.name = expand_home_in_spec(cfg.model.name)
     return cfg
+
+
+def expand_home_in_spec(spec: str) -> str:
+    """``spec`` with a leading ``~`` expanded in its path: a checkpoint, ``hf:~/folder``,
+    ``torchvision:name:~/weights.pth``. The shell expands none of them inside a ``key=value``
+    word or after ``hf:``; no hub id or module name starts with ``~``."""
+    for prefix in ("hf:", "torchvision:"):
+        if spec.startswith(prefix):
+            rest = spec.removeprefix(prefix)
+            if prefix == "torchvision:":
+                name, colon, weights = rest.partition(":")
+                return f"{prefix}{name}{colon}{os.path.expanduser(weights)}"
+            return prefix + os.path.expanduser(rest)
+    return os.path.expanduser(spec)
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
@@ -783,6 +798,12 @@ def _validate_numbers(cfg: Config) -> None:
     if not all(s > 0 for s in cfg.data.std):
         raise ConfigError(
             f"data.std must be positive (clips are divided by it), got {cfg.data.std}"
+        )
+    scale = cfg.data.imagenet9.min_crop_scale
+    if not 0 < scale <= 1:
+        raise ConfigError(
+            f"data.imagenet9.min_crop_scale must be in (0, 1] (the smallest share of the image "
+            f"a training crop covers; DeiT's 0.08), got {scale}"
         )
     rate = cfg.model.drop_path_rate
     if rate is not None and not 0 <= rate < 1:

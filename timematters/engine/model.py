@@ -28,7 +28,15 @@ from timematters.backbones.adapters import (
     rebuild_foreign_model,
 )
 from timematters.backbones.normalisation import DEFAULT_INPUT, check_normalisation
-from timematters.config import Config, ConfigError, ModelConfig, backbone_kwargs, merge, validate
+from timematters.config import (
+    Config,
+    ConfigError,
+    ModelConfig,
+    backbone_kwargs,
+    expand_home_in_spec,
+    merge,
+    validate,
+)
 from timematters.data.build import build_dataset, loader_workers
 from timematters.data.collate import collate_videos
 from timematters.data.samplers import Shard
@@ -153,7 +161,7 @@ def load_model(
         without weights, a user's factory) while a trained one keeps its own, as for scoring a
         model on a dataset of that many classes.
     """
-    spec = str(spec)
+    spec = expand_home_in_spec(str(spec))
     if is_foreign_spec(spec) and not Path(spec).is_file():
         trained = spec.startswith("hf:") or (
             spec.startswith("torchvision:") and spec.count(":") > 1
