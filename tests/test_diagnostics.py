@@ -170,6 +170,43 @@ def test_gradcam_maps_have_the_clip_shape_and_are_finite(name):
     assert all(p.grad is None for p in model.parameters()) and model.training  # left as found
 
 
+def _tiny_timesformer():
+    torch.manual_seed(0)
+    return create_backbone(
+        "timesformer_tiny_patch8_64",
+        num_classes=5,
+        num_frames=T,
+        img_size=IMG,
+        embed_dim=24,
+        depth=2,
+        num_heads=2,
+    )
+
+
+def test_gradcam_in_a_training_step_keeps_the_gradients_the_step_accumulated():
+    model, video = _tiny_timesformer(), torch.randn(2, 3, T, IMG, IMG)
+    model(video).logsumexp(-1).sum().backward()
+    before = {name: p.grad.clone() for name, p in model.named_parameters()}
+    video_gradcam(model, video[:1], targets=[2])
+    for name, param in model.named_parameters():  # before: every one None
+        torch.testing.assert_close(param.grad, before[name], rtol=0, atol=0)
+
+
+def test_gradcam_of_a_frozen_model_or_under_no_grad_gives_the_same_maps():
+    model, video = _tiny_timesformer(), torch.randn(1, 3, T, IMG, IMG)
+    maps = video_gradcam(model, video, targets=[1])
+    with torch.no_grad():  # before: "element 0 of tensors does not require grad"
+        np.testing.assert_allclose(video_gradcam(model, video, targets=[1]), maps, atol=1e-6)
+    model.requires_grad_(False)
+    np.testing.assert_allclose(video_gradcam(model, video, targets=[1]), maps, atol=1e-6)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_gradcam_names_a_target_that_is_no_class():
+    with pytest.raises(ValueError, match="target 5 is no class of a 5-class model"):
+        video_gradcam(_tiny_timesformer(), torch.randn(1, 3, T, IMG, IMG), targets=[5])
+
+
 def test_gradcam_tubelets_are_stretched_back_to_frames():
     model = create_backbone(
         "motionformer_tiny_patch8_64",

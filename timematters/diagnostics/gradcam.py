@@ -74,13 +74,25 @@ def video_gradcam(model: nn.Module, video: torch.Tensor, targets: Sequence[int])
     check_clips(video)  # one clip [C, T, H, W] would be read as C clips
     if len(targets) != len(video):
         raise ValueError(f"{len(video)} clips but {len(targets)} targets")
+    num_classes = getattr(model, "num_classes", 0)
+    wrong = [int(k) for k in targets if num_classes and not 0 <= int(k) < num_classes]
+    if wrong:  # grad-cam's own IndexError is swallowed by its context manager
+        raise ValueError(f"target {wrong[0]} is no class of a {num_classes}-class model")
     was_training = model.training
-    try:  # a model that cannot give a map is left as it was found, in its mode and gradient-free
-        network, layer, reshape = _gradcam_target(model, video)
-        with GradCAM(network, target_layers=[layer], reshape_transform=reshape) as cam:
-            maps = cam(video, [ClassifierOutputTarget(int(k)) for k in targets])
+    # The package zeroes and refills the parameters' gradients: a training loop's, between its
+    # backward and its step, are put back afterwards.
+    grads = {param: param.grad for param in model.parameters()}
+    # GradCAM needs the gradients of activations only. An input that requires them reaches every
+    # activation, also in a frozen model or under the caller's torch.no_grad.
+    video = video.detach().requires_grad_(True)
+    try:  # a model that cannot give a map is left as it was found, in its mode and gradients
+        with torch.enable_grad():
+            network, layer, reshape = _gradcam_target(model, video)
+            with GradCAM(network, target_layers=[layer], reshape_transform=reshape) as cam:
+                maps = cam(video, [ClassifierOutputTarget(int(k)) for k in targets])
     finally:
-        model.zero_grad(set_to_none=True)
+        for param, grad in grads.items():
+            param.grad = grad
         model.train(was_training)
     # The package resizes with a cubic spline, which may overshoot [0, 1] a little.
     return np.clip(maps, 0.0, 1.0)
