@@ -339,3 +339,47 @@ def test_gradcam_explains_the_picked_clips_in_eval_mode_whatever_the_loader_orde
             video = dataset[clip["index"]]["video"][None]
             expected = model(video).softmax(-1)[0, clip["label"]].item()
             assert clip["confidence"]["m"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_transformers_and_torchvision_models_given_as_objects_get_their_adapters(tmp_path):
+    # Before, a TimesformerForVideoClassification object was wrapped as a logits-only module and
+    # fed [B, C, T, H, W] where transformers reads [B, T, C, H, W]: at 3 frames the shuffle test
+    # permuted colour channels and said the gap was 0.
+    transformers = pytest.importorskip("transformers")
+    from torchvision.models.video import mc3_18, r3d_18
+
+    from timematters.backbones.adapters.module import as_video_backbone
+
+    config = transformers.TimesformerConfig(
+        image_size=IMG,
+        patch_size=8,
+        num_frames=3,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=K,
+    )
+    model = transformers.TimesformerForVideoClassification(config).eval()
+    adapted = as_video_backbone(model, source="mine")
+    video = torch.randn(2, 3, 3, IMG, IMG)
+    with torch.no_grad():
+        expected = model(pixel_values=rearrange(video, "b c t h w -> b t c h w")).logits
+        torch.testing.assert_close(adapted(video), expected)
+    assert adapted.grid == (2, 2) and "order_probe" not in adapted.unsupported
+    # Saved and loaded by its spec, it is the same adapter with the same normalisation.
+    model.save_pretrained(tmp_path / "tsf")
+    by_spec = load_foreign_model(f"hf:{tmp_path / 'tsf'}")
+    loaded = transformers.TimesformerForVideoClassification.from_pretrained(tmp_path / "tsf")
+    again = as_video_backbone(loaded, source="mine")
+    assert type(again) is type(by_spec) and again.mean == by_spec.mean
+    assert again.source == f"hf:{tmp_path / 'tsf'}"
+    with pytest.raises(ValueError, match="TimesformerModel has no video classifier"):
+        as_video_backbone(transformers.TimesformerModel(config), source="mine")
+
+    # torchvision's r3d_18 and mc3_18 share a class; the shapes tell them apart.
+    for factory, name in ((r3d_18, "r3d_18"), (mc3_18, "mc3_18")):
+        network = as_video_backbone(factory(num_classes=K), source="mine")
+        assert network.source == f"torchvision:{name}" and network.num_classes == K
+        assert network.mean == (0.43216, 0.394666, 0.37645)  # its Kinetics weights' own
+        assert "order_probe" not in network.unsupported and "gradcam" not in network.unsupported

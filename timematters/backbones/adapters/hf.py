@@ -139,6 +139,41 @@ def rebuild_hf_model(architecture: dict[str, Any], source: str) -> Adapter:
     return _adapt(model, mean=architecture["mean"], std=architecture["std"], source=source)
 
 
+def adapt_hf_module(model: nn.Module) -> Adapter:
+    """A transformers video classifier built or loaded in Python, as its ``hf:`` spec would be:
+    the normalisation its folder or hub repository's processor states (``config.name_or_path``),
+    else its model type's default."""
+    require_transformers()
+    from transformers.models.auto.modeling_auto import MODEL_FOR_VIDEO_CLASSIFICATION_MAPPING_NAMES
+
+    model_type, name = model.config.model_type, model.config.name_or_path or ""
+    classifier = MODEL_FOR_VIDEO_CLASSIFICATION_MAPPING_NAMES.get(model_type)
+    if classifier != type(model).__name__:
+        given = f"a {type(model).__name__}"
+        if model_type in _ZERO_SHOT:  # its classes are texts, scored with its tokenizer
+            raise ValueError(
+                f"{given} is a video-text model: save_pretrained(DIR) it with its tokenizer and "
+                "give hf:DIR, which scores the data's class names zero-shot"
+            )
+        if classifier is None:
+            _refuse_other_tasks(name or type(model).__name__, model_type)
+        raise ValueError(
+            f"{given} has no video classifier: give transformers' {classifier} (its "
+            "from_pretrained, or its from_config and training), whose logits are the classes"
+        )
+    try:
+        mean, std = _normalisation(name, model_type) if name else _no_processor(model_type)
+    except OSError:  # the hub out of reach: the model type's default, as without a processor
+        mean, std = _no_processor(model_type)
+    return _adapt(model, mean=mean, std=std, source=f"hf:{name}" if name else type(model).__name__)
+
+
+def _no_processor(model_type: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    return _FIXED_NORMALISATION.get(model_type) or _DEFAULT_NORMALISATION.get(
+        model_type, DEFAULT_INPUT
+    )
+
+
 def _adapt(model: nn.Module, *, mean, std, source: str) -> Adapter:
     adapter = _TOKEN_ADAPTERS.get(model.config.model_type, HFClassifier)
     return adapter(model, mean=tuple(mean), std=tuple(std), source=source)
@@ -182,7 +217,7 @@ def _normalisation(name: str, model_type: str = "") -> tuple[tuple[float, ...], 
             if config.get("offset"):  # (2u - 1 - m) / s == (u - (1 + m) / 2) / (s / 2)
                 mean, std = [(1 + m) / 2 for m in mean], [s / 2 for s in std]
             return tuple(mean), tuple(std)
-    return _DEFAULT_NORMALISATION.get(model_type, DEFAULT_INPUT)
+    return _no_processor(model_type)
 
 
 def _clip_size(config: Any) -> tuple[int, int]:

@@ -117,8 +117,9 @@ def _unfilled_hint(
 
 
 def as_video_backbone(model: nn.Module, *, source: str, num_frames: int = 0) -> nn.Module:
-    """``model`` itself when it honours ``VideoBackbone`` (ours, an adapter, a user's), else the
-    logits-only ``ModuleAdapter`` around it."""
+    """``model`` itself when it honours ``VideoBackbone`` (ours, an adapter, a user's); a
+    transformers or torchvision video model in its adapter; else the logits-only
+    ``ModuleAdapter`` around it."""
     if isinstance(model, VideoBackbone):
         # A user's module names its classes as any module does (``classes``); reports name it.
         if not getattr(model, "class_names", None) and getattr(model, "classes", None):
@@ -126,6 +127,17 @@ def as_video_backbone(model: nn.Module, *, source: str, num_frames: int = 0) -> 
         if not getattr(model, "source", ""):
             model.source = source
         return model
+    # A transformers or torchvision video model given as an object gets the adapter its spec
+    # would: its input layout ([B, T, C, H, W] for transformers), normalisation and tokens.
+    kind = type(model).__module__
+    if kind.startswith("transformers."):
+        from timematters.backbones.adapters.hf import adapt_hf_module
+
+        return adapt_hf_module(model)
+    if kind.startswith("torchvision.models.video."):
+        from timematters.backbones.adapters.torchvision import adapt_torchvision_module
+
+        return adapt_torchvision_module(model)
     return ModuleAdapter(model, source=source, num_frames=num_frames)
 
 

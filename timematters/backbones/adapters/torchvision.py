@@ -92,6 +92,45 @@ def load_torchvision_model(
     if new_head:  # the named weights' classes are not this classifier's
         meta["categories"] = None
     source = f"torchvision:{name}" + (f":{weights}" if weights else "")
+    return _adapter_for(model, meta, source, num_frames=num_frames, img_size=img_size)
+
+
+def adapt_torchvision_module(model: nn.Module) -> Adapter:
+    """A torchvision video model built in Python (``r3d_18(weights=...)``, fine-tuned or not), as
+    its ``torchvision:NAME`` spec would be: its architecture is recognised by its parameters'
+    shapes, and it keeps its weights and the normalisation of torchvision's weights for it."""
+    name = _architecture_name(model)
+    meta = {**_weights_meta(name, None), "weights": "the module given in Python"}
+    num_frames, img_size = max(16, meta["min_frames"]), max(112, meta["min_size"])
+    return _adapter_for(
+        model, meta, f"torchvision:{name}", num_frames=num_frames, img_size=img_size
+    )
+
+
+def _architecture_name(model: nn.Module) -> str:
+    """Which of ``MODELS`` ``model`` is: the one of its class with its parameters' shapes (built
+    on the meta device: no memory, no weights). r3d_18 and mc3_18 share a class, not shapes."""
+    from torchvision.models import video
+
+    def shapes(network: nn.Module) -> dict[str, tuple[int, ...]]:
+        return {key: tuple(value.shape) for key, value in network.state_dict().items()}
+
+    num_classes = _TorchvisionAdapter._num_classes(model)
+    for name in MODELS:
+        with torch.device("meta"):
+            candidate = getattr(video, name)(weights=None, num_classes=num_classes)
+        if type(candidate) is type(model) and shapes(candidate) == shapes(model):
+            return name
+    raise ValueError(
+        f"this {type(model).__name__} is none of torchvision's video models as they are built "
+        f"({', '.join(MODELS)}): its layers were changed; wrap it in a module that returns logits "
+        "for [B, C, T, H, W] clips"
+    )
+
+
+def _adapter_for(
+    model: nn.Module, meta: dict[str, Any], source: str, *, num_frames: int, img_size: int
+) -> Adapter:
     family = type(model).__name__
     if family == "VideoResNet":
         return VideoResNetAdapter(model, meta, source, num_frames=num_frames, img_size=img_size)
