@@ -318,3 +318,54 @@ def test_labels_in_common_other_forms_are_taken_or_named():
         objective(
             model, {"video": video, "label": torch.tensor([0, 1]), "flow_labels": flow.float()}
         )
+
+
+def test_pixels_left_in_0_255_are_refused_by_the_objective_evaluate_and_mix_clips():
+    import numpy as np
+
+    from timematters.losses import mix_clips
+
+    model, batch = _model(), _batch()
+    pixels = {
+        **batch,
+        "video": torch.linspace(0, 255, batch["video"].numel()).view_as(batch["video"]),
+    }
+    with pytest.raises(ValueError, match="the clips reach 255, as pixels in \\[0, 255\\] do"):
+        TimeModel(model, _objective(model))(pixels)
+    with pytest.raises(ValueError, match="video / 127.5 - 1"):
+        timematters.evaluate(model, [(pixels["video"], pixels["label"])])
+    # Before, mix_clips turned uint8 clips into floats in [0, 255], which were then taken.
+    uint8 = {**batch, "video": pixels["video"].to(torch.uint8)}
+    with pytest.raises(ValueError, match="got torch.uint8"):
+        mix_clips(uint8, mixup=0.8, rng=np.random.default_rng(0))
+    # Normalised with ImageNet's statistics, clips reach about 2.6: taken.
+    imagenet = (torch.rand(2, 3, T, IMG, IMG) - 0.406) / 0.225
+    TimeModel(model, _objective(model))({**batch, "video": imagenet})
+
+
+def test_evaluate_names_a_subset_class_past_the_outputs_and_a_perturbation_not_scored():
+    model = _model()
+    data = [(torch.randn(2, 3, T, IMG, IMG), torch.tensor([0, 1]))]
+    with pytest.raises(ValueError, match="subset 't': class 7 is not one of the 3 classes"):
+        timematters.evaluate(model, data, subsets={"t": [0, 7]})  # before: a NaN row
+    result = timematters.evaluate(model, data)
+    with pytest.raises(ValueError, match="no reverse in this evaluation .*eval.perturbations"):
+        result.confidence_gap("reverse")  # before: KeyError
+
+
+def test_evaluate_reads_the_logits_of_a_module_that_returns_an_output_object():
+    class Output:
+        def __init__(self, logits):
+            self.logits = logits
+
+    class Pooled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(3, K)
+
+        def forward(self, video):
+            return Output(self.head(video.mean(dim=(2, 3, 4))))
+
+    data = [(torch.randn(4, 3, T, IMG, IMG), torch.tensor([0, 1, 2, 0]))]
+    result = timematters.evaluate(Pooled(), data)  # before: "Tensor type unknown to einops"
+    assert result.metrics()["all"]["gap"] == 0  # frame order cannot move a frame average

@@ -156,12 +156,31 @@ def check_clips(video: object, *, views: bool = False) -> None:
             "(clip, label) pairs is a Dataset to wrap in a DataLoader"
         )
     if video.ndim in dims and shape[-4] == 3 and video.is_floating_point():
+        _check_value_range(video)
         return
     layout = "[B, C=3, T, H, W]" + (" (or [B, V, 3, T, H, W])" if views else "")
     raise ValueError(
         f"clips must be float {layout}, normalised: got {video.dtype} {shape}; "
         + _conversion(video, dims)
     )
+
+
+# Normalised clips lie within a few units of 0 (ImageNet's statistics: -2.1 to 2.6); pixels
+# turned to floats and left in [0, 255] reach far past this.
+_NORMALISED_BOUND = 30.0
+
+
+def _check_value_range(video: torch.Tensor) -> None:
+    """Refuse float clips that are still pixels in [0, 255]: every model would take them and
+    score noise. On the CPU only, where it costs one pass and no device sync."""
+    if video.device.type != "cpu" or torch.compiler.is_compiling() or not video.numel():
+        return
+    largest = float(video.detach().abs().amax())
+    if largest > _NORMALISED_BOUND:
+        raise ValueError(
+            f"the clips reach {largest:.0f}, as pixels in [0, 255] do: normalise them, "
+            "video / 127.5 - 1 (mean = std = 0.5; normalised clips lie within a few units of 0)"
+        )
 
 
 # uint8 pixels [0, 255] -> floats normalised with mean = std = 0.5, as every model takes them

@@ -29,6 +29,7 @@ from einops import rearrange, repeat
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from timematters.backbones.adapters.module import as_video_backbone
 from timematters.backbones.protocol import check_clips
 from timematters.config import EvalConfig, Perturbation
 from timematters.data.collate import BadVideo, BadVideoLog, collate_videos
@@ -190,6 +191,12 @@ class EvalResult:
     def confidence_gap(self, perturbation: str = "shuffle") -> np.ndarray:
         """Per clip: confidence in the true class on the original minus on the perturbed clip
         (Fig. 1c with ``shuffle``)."""
+        if perturbation not in self.perturbed:
+            raise ValueError(
+                f"no {perturbation} in this evaluation (it scored "
+                f"{', '.join(self.perturbed) or 'the original clips only'}): add it to "
+                "eval.perturbations"
+            )
         rows = np.arange(len(self.labels))
         return self.probs[rows, self.labels] - self.perturbed[perturbation][rows, self.labels]
 
@@ -281,6 +288,9 @@ def evaluate_models(
             f"eval.perturbations: unknown {', '.join(unknown)}; choose from "
             f"{', '.join(PERTURBATION_NAMES)}"
         )
+    # A module that returns an object with .logits, or a transformers / torchvision model given
+    # as an object, is scored as diagnose scores it.
+    models = [as_video_backbone(model, source=type(model).__name__) for model in models]
     loader = as_loader(loader, settings.batch_size)
     dataset = getattr(loader, "dataset", None)
     classes = classes or getattr(dataset, "classes", None)
@@ -546,6 +556,12 @@ def _subset_indices(subsets: dict[str, list], classes: list[str]) -> dict[str, l
             raise ValueError(
                 f"subset {name!r}: {', '.join(map(repr, unknown[:5]))} not among the classes "
                 f"({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})"
+            )
+        outside = [m for m in members if not isinstance(m, str) and not 0 <= int(m) < len(classes)]
+        if outside:  # its row would be empty, NaN, with nothing said
+            raise ValueError(
+                f"subset {name!r}: class {outside[0]} is not one of the {len(classes)} classes "
+                f"(0 to {len(classes) - 1})"
             )
         out[name] = [classes.index(m) if isinstance(m, str) else int(m) for m in members]
     return out

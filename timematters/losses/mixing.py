@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from timematters.backbones.protocol import check_clips
+
 
 @dataclass(frozen=True)
 class Mix:
@@ -57,6 +59,7 @@ def mix_clips(
     that a batch is mixed at all. ``patch_size`` is the model's: CutMix boxes are cut on its grid.
     Flow labels are left as they are; the flow loss reads them through ``batch["mix"]``.
     """
+    check_clips(batch["video"])  # uint8 clips would leave as floats in [0, 255]
     if (mixup <= 0 and cutmix <= 0) or rng.random() >= prob:
         return batch
     use_cutmix = cutmix > 0 and (mixup <= 0 or rng.random() < switch_prob)
