@@ -256,6 +256,9 @@ def test_tokens_in_another_layout_or_sizes_that_are_not_numbers_are_named():
     transposed, two = TwoFrames("b s t d"), {**batch, "video": batch["video"][:, :, :2]}
     with pytest.raises(ValueError, match=r"gave patches \[4, 4, 2, 8\].*= \[4, 2, 4, 8\]"):
         objective_for_model(transposed, cfg)(transposed, two)
+    # Clips of another length than the model's: named as such, not as a token layout.
+    with pytest.raises(ValueError, match="the clips have 2 frames but _Tokens.num_frames is 4"):
+        objective_for_model(_Tokens(), cfg)(_Tokens(), two)
 
     class Method(_Tokens):
         def token_frames(self):  # a method where the protocol has a size
@@ -369,3 +372,8 @@ def test_evaluate_reads_the_logits_of_a_module_that_returns_an_output_object():
     data = [(torch.randn(4, 3, T, IMG, IMG), torch.tensor([0, 1, 2, 0]))]
     result = timematters.evaluate(Pooled(), data)  # before: "Tensor type unknown to einops"
     assert result.metrics()["all"]["gap"] == 0  # frame order cannot move a frame average
+
+
+def test_load_model_of_a_model_object_says_where_it_goes():
+    with pytest.raises(TypeError, match="not a TimeSformer: a model in memory goes to evaluate"):
+        timematters.load_model(_model())

@@ -161,6 +161,11 @@ def load_model(
         without weights, a user's factory) while a trained one keeps its own, as for scoring a
         model on a dataset of that many classes.
     """
+    if isinstance(spec, nn.Module):  # its repr as a path would name a file of 80 lines
+        raise TypeError(
+            f"load_model takes a spec or a checkpoint path, not a {type(spec).__name__}: a model "
+            "in memory goes to evaluate / diagnose / predict as it is"
+        )
     spec = expand_home_in_spec(str(spec))
     if is_foreign_spec(spec) and not Path(spec).is_file():
         trained = spec.startswith("hf:") or (

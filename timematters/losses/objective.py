@@ -102,7 +102,7 @@ class Objective(nn.Module):
             video = torch.cat([video, self.shuffler.shuffled_view(video, generator)])
         tokens = model.forward_features(video)
         if all(hasattr(model, name) for name in PROTOCOL_MEMBERS):  # sizes by hand: none to read
-            check_tokens(tokens, model, batch_size=len(video))
+            check_tokens(tokens, model, batch_size=len(video), frames=video.shape[2])
         logits = model.forward_head(tokens.cls)
         # It names the label cross-entropy would report as an index error. Only for labels on
         # the CPU: on a GPU it would wait for the device every step, and compiled it would
@@ -299,14 +299,23 @@ def _check_protocol(model: nn.Module) -> None:
             )
 
 
-def check_tokens(tokens: VideoTokens, model: nn.Module, batch_size: int) -> None:
+def check_tokens(
+    tokens: VideoTokens, model: nn.Module, batch_size: int, *, frames: int | None = None
+) -> None:
     """Tokens in the protocol's layout, cls [B, D] and patches [B, T, S, D], with the sizes the
     model declares: the losses' heads were sized from them, and patches in another layout of
-    the same sizes ([B, S, T, D] when S = T) would train the order head on patch positions."""
+    the same sizes ([B, S, T, D] when S = T) would train the order head on patch positions.
+    ``frames``: the clips' length, named when it is not the model's."""
     expected = (batch_size, model.token_frames, model.grid[0] * model.grid[1], model.embed_dim)
     patches, cls = tokens.patches, tokens.cls
     if 0 in expected:  # a size the model does not know (a module's logits adapter, unsized)
         return
+    if frames is not None and frames != model.num_frames and patches.shape[1] != expected[1]:
+        raise ValueError(
+            f"the clips have {frames} frames but {type(model).__name__}.num_frames is "
+            f"{model.num_frames} (its token_frames {model.token_frames}, sizing the losses' "
+            "heads): give clips of num_frames frames, or build the model for the clips"
+        )
     if tuple(patches.shape) != expected or tuple(cls.shape) != (batch_size, model.embed_dim):
         raise ValueError(
             f"{type(model).__name__}.forward_features gave patches {list(patches.shape)} and cls "
