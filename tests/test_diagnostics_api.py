@@ -383,3 +383,40 @@ def test_transformers_and_torchvision_models_given_as_objects_get_their_adapters
         assert network.source == f"torchvision:{name}" and network.num_classes == K
         assert network.mean == (0.43216, 0.394666, 0.37645)  # its Kinetics weights' own
         assert "order_probe" not in network.unsupported and "gradcam" not in network.unsupported
+
+
+class _ReadsFrameZero(nn.Module):
+    """Logits from frame 0's mean colour alone: the freeze and shuffle tests move it predictably."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = nn.Linear(3, K)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.head(video[:, :, 0].mean(dim=(2, 3)) * 10)
+
+
+def test_predict_freezes_the_frame_the_run_evaluates_with():
+    from timematters.data.sampling import EvalClip
+
+    model, frames = _ReadsFrameZero(), _frames()
+    sizes = dict(num_frames=T, frame_size=IMG, perturbations=("freeze",))
+    middle = predict(model, frames, **sizes)
+    assert middle.top1_probability["freeze"] != pytest.approx(middle.top[0][1])
+    # eval.freeze_frame=0 (before: predict repeated the middle frame whatever the run said).
+    first = predict(model, frames, eval_clip=EvalClip(freeze_frame=0), **sizes)
+    assert first.top1_probability["freeze"] == pytest.approx(first.top[0][1], abs=1e-6)
+
+
+def test_predictions_sharing_a_generator_are_shuffled_each_by_its_own_permutation():
+    model, frames = _ReadsFrameZero(), _frames()
+    sizes = dict(num_frames=T, frame_size=IMG, perturbations=("shuffle",))
+    alone = {predict(model, frames, **sizes).top1_probability["shuffle"] for _ in range(6)}
+    assert len(alone) == 1  # one seed, one permutation: reproducible
+    shared = torch.Generator().manual_seed(0)
+    drawn = {
+        predict(model, frames, generator=shared, **sizes).top1_probability["shuffle"]
+        for _ in range(6)
+    }
+    assert len(drawn) > 1  # the CLI's videos and windows: a permutation each

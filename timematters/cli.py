@@ -210,7 +210,12 @@ def _parser() -> argparse.ArgumentParser:
         help="frames per second for --window (frame folders have none; a video file its own)",
     )
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    predict.add_argument("--seed", type=int, default=0, help="seed of the shuffled frame order")
+    predict.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the shuffled frame orders (one drawn per video and window)",
+    )
 
     export = commands.add_parser(
         "export",
@@ -599,6 +604,8 @@ def _predict(args) -> int:
     import json
     from collections import Counter
 
+    import torch
+
     from timematters.diagnostics.predict import (
         VideoDecodeError,
         explain_prediction,
@@ -667,9 +674,16 @@ def _predict(args) -> int:
         check_writable(Path(explain), kind="the GradCAM pictures")
     results, undecodable, pictures = [], [], Counter()
     videos = list_videos(args.inputs, root=cfg.data.root if cfg else None, images=one_frame)
+    # One generator for all: each video (and window) is shuffled by a permutation of its own, so
+    # that the summary over many is not one permutation's.
+    shuffles = torch.Generator().manual_seed(args.seed)
     for video in videos:
         options = dict(
-            classes=classes, top_k=args.top_k, perturbations=perturbations, seed=args.seed, **clip
+            classes=classes,
+            top_k=args.top_k,
+            perturbations=perturbations,
+            generator=shuffles,
+            **clip,
         )
         try:
             if args.window is None:

@@ -111,6 +111,7 @@ class EvalClip:
     spatial_crops: int = 1
     aggregation: str = "logits"
     interpolation: str = "bilinear"  # of the resize; ImageNet-9's evaluation is bicubic
+    freeze_frame: int | None = None  # the frame the freeze test repeats (None: the middle one)
 
     @classmethod
     def of(cls, data: Any, evaluation: Any = None) -> EvalClip:
@@ -133,6 +134,7 @@ class EvalClip:
             spatial_crops=1 if one_view else get("test_spatial_crops", 1),
             aggregation=settings("aggregation", "logits"),
             interpolation="bicubic" if get("dataset", None) == "imagenet9" else "bilinear",
+            freeze_frame=settings("freeze_frame", None),
         )
 
     def indices(self, num_video_frames: int, num_frames: int) -> np.ndarray:

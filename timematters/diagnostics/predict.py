@@ -226,12 +226,17 @@ def _check_perturbations(perturbations: Sequence[str]) -> None:
         )
 
 
-def _perturbed(views: torch.Tensor, name: str, generator: torch.Generator) -> list[torch.Tensor]:
+def _perturbed(
+    views: torch.Tensor, name: str, generator: torch.Generator, *, freeze_frame: int | None
+) -> list[torch.Tensor]:
     """The view batches whose aggregated probabilities, averaged, are ``name``'s: one, or T for
     freeze_each (each frame repeated in turn, as evaluate does). A shuffle moves every view's
-    frames alike, as evaluate's one permutation per clip."""
+    frames alike, as evaluate's one permutation per clip; freeze repeats ``freeze_frame`` (None:
+    the middle one), as the run's ``eval.freeze_frame``."""
     if name == "freeze_each":
         return [freeze_frames(views, t) for t in range(views.shape[2])]
+    if name == "freeze":
+        return [freeze_frames(views, freeze_frame)]
     if name == "shuffle":
         order = sample_frame_permutations(1, views.shape[2], "per_sample", generator)
         return [shuffle_frames(views, perms=order.expand(len(views), -1))[0]]
@@ -255,6 +260,7 @@ def predict(
     top_k: int = 5,
     perturbations: Sequence[str] = ("shuffle", "reverse"),
     seed: int = 0,
+    generator: torch.Generator | None = None,
     num_frames: int | None = None,
     frame_size: int | None = None,
     window: tuple[int, int] | None = None,
@@ -262,11 +268,14 @@ def predict(
 ) -> Prediction:
     """The top ``top_k`` classes of ``model`` on ``video`` and on its ``perturbations``.
 
+    seed: the shuffled frame order's; generator: draws it instead, for many videos (or windows)
+    each shuffled by its own permutation, as evaluate shuffles each clip by its own.
     num_frames, frame_size: the clip to make (default: the model's own; a model that takes any
     needs them). window: the frames [start, stop) to sample from (default: all). eval_clip: the
-    views and how they are aggregated (default: as the model's run was evaluated, ``views_of``;
-    else one view), so that a checkpoint's probabilities are its evaluation's. The model runs in
-    eval mode and is handed back in its own mode."""
+    views and how they are aggregated, and the frame the freeze test repeats (default: as the
+    model's run was evaluated, ``views_of``; else one view and the middle frame), so that a
+    checkpoint's probabilities are its evaluation's. The model runs in eval mode and is handed
+    back in its own mode."""
     _check_perturbations(perturbations)
     with _in_eval_mode(model) as backbone:
         recipe = _recipe(backbone, eval_clip)
@@ -279,7 +288,7 @@ def predict(
             eval_clip=recipe,
         )
         views = views.to(_device_of(backbone))
-        generator = torch.Generator().manual_seed(seed)
+        generator = generator or torch.Generator().manual_seed(seed)
 
         def probabilities(batches: list[torch.Tensor]) -> torch.Tensor:
             """[K]: each batch's view logits aggregated as evaluation does, then averaged."""
@@ -293,7 +302,10 @@ def predict(
 
         probs = torch.stack(
             [probabilities([views])]
-            + [probabilities(_perturbed(views, name, generator)) for name in perturbations]
+            + [
+                probabilities(_perturbed(views, name, generator, freeze_frame=recipe.freeze_frame))
+                for name in perturbations
+            ]
         )
     names = list(classes or class_names_of(backbone, num_classes=probs.shape[1]))
     if len(names) != probs.shape[1]:
