@@ -99,3 +99,32 @@ def test_ssv2_subset_names_checked(tmp_path, capsys):
 
 def test_synthetic_has_nothing_to_check(capsys):
     assert check_dataset(_config(dataset="synthetic")) == 0
+
+
+def test_the_evaluation_split_is_checked(tmp_path, capsys):
+    # eval.split=test was never loaded: "no problems found", then `train` exited 2.
+    write_video(tmp_path / "k400" / "a_000000_000010.mp4", numbered_frames(8))
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    for name in ("train.csv", "validate.csv"):
+        (annotations / name).write_text("label,youtube_id,time_start,time_end\nrun,a,0,10\n")
+    cfg = _config(dataset="kinetics", root=str(tmp_path / "k400"), annotations=str(annotations))
+    assert check_dataset(cfg, decode=False) == 0
+    cfg.eval.split = "test"
+    assert check_dataset(cfg, decode=False) == 1
+    assert "test: no test CSV" in capsys.readouterr().out
+
+
+def test_a_frame_folder_with_an_empty_frame_file_fails(tmp_path, capsys):
+    # The probe decodes one clip's frames: an empty file elsewhere passed, then train dropped it.
+    write_frame_folder(tmp_path / "good", numbered_frames(12))
+    folder = write_frame_folder(tmp_path / "clip", numbered_frames(12))
+    (folder / "img_00001.png").write_bytes(b"")  # no test clip reads the first of 12 frames
+    (tmp_path / "train.txt").write_text("good run\n")
+    (tmp_path / "val.txt").write_text("clip run\n")
+    cfg = _list_config(tmp_path)
+    cfg.data.decoder = "frames"
+    assert check_dataset(cfg) == 1
+    out = capsys.readouterr().out
+    assert "val: 1 videos undecodable" in out
+    assert "clip: 1 empty (0-byte) frame files, first img_00001.png" in out

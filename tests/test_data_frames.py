@@ -248,7 +248,9 @@ def test_data_frames_writes_every_frame_resumes_and_skips_bad_videos(tmp_path, c
     read = [f"data.root={out}", "data.decoder=frames", *given[3:]]
     read += [f"data.annotations={out / 'train.csv'}", f"data.val_annotations={out / 'val.csv'}"]
     train = build_dataset(load_config("videolist/time", read), "train", False, patch_size=16)
-    assert train.classes == ["sit", "jump"] and train.labels == [1, 0]
+    assert train.classes == ["sit", "jump"] and train.labels == [1, 0, 0]
+    # The video that could not be decoded stays a bad one (not a missing one) on the frames.
+    assert not train.missing and "could not be decoded when they were extracted" in train[2].reason
     assert f"data.annotations={out / 'train.csv'}" in printed
 
     # A killed extraction's half-written folder is redone; finished folders are kept.
@@ -313,3 +315,54 @@ def test_list_files_with_commas_byte_order_marks_and_twin_names(tmp_path, capsys
     assert main([*command, "--split", "train"]) == 2
     err = capsys.readouterr().err
     assert "1 frame folders would hold two videos each" in err and "a.webm" in err
+
+
+def test_data_frames_never_replaces_a_users_lists(tmp_path, capsys):
+    # --out the folder of the user's lists: its train.csv became a list of frame folders.
+    write_video(tmp_path / "jump" / "a.mp4", numbered_frames(10))
+    users = "path,label\njump/a.mp4,jump\n"
+    (tmp_path / "train.csv").write_text(users)
+    (tmp_path / "other.txt").write_text("jump/a.mp4 jump\n")
+    given = ["data.dataset=videolist", "data.num_workers=0", *SMALL]
+    for listed, replaced in (
+        ("train.csv", "the video list being read"),
+        ("other.txt", "which this command did not write"),
+    ):
+        read = [f"data.annotations={tmp_path / listed}", "--split", "train"]
+        assert (
+            main(["data", "frames", "videolist/time", *given, *read, "--out", str(tmp_path)]) == 2
+        )
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and replaced in err and "choose another --out" in err
+        assert (tmp_path / "train.csv").read_text() == users
+        assert not (tmp_path / "jump" / "a").exists() and not (tmp_path / "frames.json").exists()
+    # Its own lists, which frames.json names, are replaced when it goes on.
+    command = ["data", "frames", "videolist/time", *given, *read, "--out", str(tmp_path / "frames")]
+    assert main(command) == 0 and main(command) == 0
+    assert "1 videos: 1 done already" in capsys.readouterr().out
+
+
+def test_undecodable_videos_stay_bad_on_the_frames_and_are_listed_once(tmp_path, capsys):
+    # They were left out of the frames: missing there, not bad, so that data.max_bad_fraction
+    # judged fewer videos, and a run that stops on the videos trained on the frames.
+    root, annotations = write_ssv2_tree(tmp_path, CLASSES, per_class=2, num_frames=6)
+    (root / "1001.webm").write_bytes(b"not a video")
+    given = [f"data.root={root}", f"data.annotations={annotations}", "data.num_workers=0", *SMALL]
+    out = tmp_path / "frames"
+    command = ["data", "frames", "ssv2/timesformer_time", *given, "--out", str(out)]
+    for _ in range(2):  # the resumed extraction tries it again, and lists it once
+        assert main([*command, "--split", "train"]) == 1
+        lines = (out / "bad_videos.jsonl").read_text().splitlines()
+        assert len(lines) == 1 and json.loads(lines[0])["path"] == str(root / "1001.webm")
+    framed = [f"data.root={out}", "data.decoder=frames", *given[1:]]
+    cfg = load_config("ssv2/timesformer_time", framed)
+    train = build_dataset(cfg, "train", flow_labels=False, patch_size=16)
+    assert len(train) == 4 and not train.missing
+    bad = train[[s.video_id for s in train.samples].index("1001")]
+    assert "1001.webm could not be decoded when they were extracted" in bad.reason
+    # A video replaced since is extracted, and no longer listed.
+    write_video(root / "1001.webm", numbered_frames(6))
+    assert main([*command, "--split", "train"]) == 0
+    assert "4 videos: 3 done already, 1 to extract" in capsys.readouterr().out
+    assert open_video(out / "1001", "frames").num_frames == 6
+    assert not (out / "bad_videos.jsonl").exists()

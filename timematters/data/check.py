@@ -1,10 +1,11 @@
 """``timematters data check``: is a dataset usable as configured?
 
-Loads the train and val splits exactly as training would, then reports videos per split and per
-class, listed videos that are missing, videos that cannot be decoded (or are too short, or cut
-off, or frame folders whose numbering skips frames), class-map problems (classes without training videos, rare classes whose names look like a
-typo of another, SSv2 subset names that match no class) and videos a list names twice. The exit
-code is 0 when nothing is wrong and 1 otherwise.
+Loads the train split and the one evaluation reads (``eval.split``) exactly as training would,
+then reports videos per split and per class, listed videos that are missing, videos that cannot
+be decoded (or are too short, or cut off, or frame folders whose numbering skips frames or that
+hold empty frame files), class-map problems (classes without training videos, rare classes whose
+names look like a typo of another, SSv2 subset names that match no class) and videos a list names
+twice. The exit code is 0 when nothing is wrong and 1 otherwise.
 """
 
 from __future__ import annotations
@@ -38,8 +39,16 @@ class _DecodeProbe(Dataset):
 
     def __getitem__(self, index: int) -> tuple[str, str | None, str | None]:
         path, reason = self.dataset.probe(index)
-        gap = numbering_gap(frame_files(path)) if reason is None and os.path.isdir(path) else None
-        return path, reason, gap
+        if reason is not None or not os.path.isdir(path):
+            return path, reason, None
+        files = frame_files(path)
+        # The probe decodes one clip's frames; an empty file (a disk that filled up during an
+        # extraction) among the others would drop the video in training: sizes are cheap.
+        empty = [file for file in files if os.path.getsize(file) == 0]
+        if empty:
+            first = os.path.basename(empty[0])
+            return path, f"{len(empty)} empty (0-byte) frame files, first {first}", None
+        return path, None, numbering_gap(files)
 
 
 def _decode_problems(
@@ -60,15 +69,17 @@ def _decode_problems(
 
 
 def check_dataset(
-    cfg: Config, decode: bool = True, limit: int = 0, splits: tuple[str, ...] = ("train", "val")
+    cfg: Config, decode: bool = True, limit: int = 0, splits: tuple[str, ...] | None = None
 ) -> int:
     """Print a summary of the configured dataset; returns the exit code (0 fine, 1 problems).
 
     ``decode=False`` skips decoding; ``limit`` > 0 decodes only the first ``limit`` videos of each
-    split.
+    split. ``splits``: by default those training reads, train and ``eval.split``.
     """
     validate(cfg)
     data = cfg.data
+    if splits is None:
+        splits = ("train", cfg.eval.split)
     print(f"dataset: {data.dataset}")
     if data.dataset == "synthetic":
         print("the synthetic benchmark is generated on the fly: nothing to check")
@@ -124,8 +135,8 @@ def check_dataset(
             pairs = [f"{rare!r} looks like {common!r}" for rare, common in lookalikes]
             problems.append(_examples("train: classes with almost no videos (typos?)", pairs))
     if data.dataset == "videolist":
-        for split, key in (("train", "annotations"), ("val", "val_annotations")):
-            list_file = getattr(data, key)
+        for split in splits:
+            list_file = getattr(data, "annotations" if split == "train" else "val_annotations")
             if list_file and Path(list_file).is_file():
                 duplicates = list_duplicates(list_file)
                 if duplicates:

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from timematters.data.collate import BadVideo
 from timematters.data.sampling import Sampling, sample_clip_indices
 from timematters.data.video import (
+    EXTRACTION_FAILED,
     IMAGE_EXTENSIONS,
     Backend,
     VideoDecodeError,
@@ -154,10 +155,18 @@ def split_missing(
     samples: Sequence[VideoSample], where: str, listed_in: str = "", folders: bool = False
 ) -> tuple[list[VideoSample], list[str]]:
     """(present, missing paths); warns about missing files (``folders``: frame folders), fails
-    when none is present."""
-    exists = Path.is_dir if folders else Path.is_file
-    present = [s for s in samples if exists(Path(s.path))]
-    missing = [s.path for s in samples if not exists(Path(s.path))]
+    when none is present.
+
+    Only an absent path is missing: a frame folder among video files (``open_video`` reads it),
+    or a file in a list of frame folders, is there, and one that cannot be read is a bad video,
+    counted as such. Only when none is of the kind ``folders`` says is the list refused, naming
+    the data.decoder setting that reads them.
+    """
+    present = [s for s in samples if os.path.exists(s.path)]
+    missing = [s.path for s in samples if not os.path.exists(s.path)]
+    expected = os.path.isdir if folders else os.path.isfile
+    if present and not any(expected(s.path) for s in present):
+        missing, present = [s.path for s in samples], []
     as_folders = not present and not folders and any(Path(p).is_dir() for p in missing[:20])
     as_files = not present and folders and any(Path(p).is_file() for p in missing[:20])
     report_missing(
@@ -185,8 +194,9 @@ def find_named_videos(
     ending = "/" if frames else extension
     missing = [shown(name, label) + ending for name, label in entries if name not in videos]
     # None found: are they there as the other kind (data.decoder=frames forgotten, or not meant)?
-    folders = not samples and not frames and bool(index_videos(root, True, frames=True))
-    files = not samples and frames and bool(index_videos(root, True, frames=False))
+    other = index_videos(root, True, frames=not frames) if not samples else {}
+    folders = not frames and any(name in other for name, _ in entries)
+    files = frames and any(name in other for name, _ in entries)
     report_missing(
         missing,
         len(entries),
@@ -238,7 +248,8 @@ def report_missing(
 def index_videos(root: str | Path, recursive: bool = False, frames: bool = False) -> dict[str, str]:
     """File stem -> path of the video files in ``root`` (and its subfolders if ``recursive``).
     ``frames``: the videos are frame folders, so folder name -> folder: the folders in ``root``,
-    or with ``recursive`` every folder below it that holds frame images.
+    or with ``recursive`` every folder below it that holds frame images (or is empty: a bad
+    video, not a missing one).
 
     One directory listing instead of a file-system query per listed video.
     """
@@ -262,10 +273,24 @@ def index_videos(root: str | Path, recursive: bool = False, frames: bool = False
 
 
 def _index_frame_folders(root: Path, recursive: bool) -> dict[str, str]:
+    """Folder name -> frame folder. Recursively: the folders holding frame images, then, for names
+    not taken by one, the empty folders (an empty frame folder, or one whose video ``data frames``
+    could not decode), which are bad videos rather than missing ones."""
     if not recursive:  # one listing: a folder's frames are read when its video is
         return {entry.name: entry.path for entry in os.scandir(root) if entry.is_dir()}
     index: dict[str, str] = {}
-    for folder, _, names in os.walk(root):
+    empty: list[str] = []
+    for folder, subfolders, names in os.walk(root):
         if any(os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS for name in names):
             index.setdefault(os.path.basename(folder), folder)
+        elif not subfolders and folder != str(root) and all(_no_frame(name) for name in names):
+            empty.append(folder)
+    for folder in empty:
+        index.setdefault(os.path.basename(folder), folder)
     return index
+
+
+def _no_frame(name: str) -> bool:
+    """A file an empty frame folder may hold: a hidden one, or ``data frames``' record of why
+    its video gave no frames."""
+    return name.startswith(".") or name == EXTRACTION_FAILED

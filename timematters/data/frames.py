@@ -10,7 +10,11 @@ frame i and clips sample the same frames from either. The datasets then read the
 
 A folder is written under a temporary name and renamed when complete, so a killed extraction
 resumes where it stopped (finished folders are kept); a video that cannot be decoded is skipped,
-listed in ``bad_videos.jsonl`` and reported (exit status 1).
+listed in ``bad_videos.jsonl`` and reported (exit status 1). Its folder holds ``bad_video.json``
+instead of frames, and it stays in the new lists, so that training on the frames counts it as a
+bad video (``data.max_bad_fraction`` judges the same share as on the videos), not a missing one;
+a resumed extraction tries it again. The new lists (``train.csv``, ``val.csv``) are written only
+where they replace no file but an earlier extraction's, which ``frames.json`` names.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from timematters.config import Config, ConfigError, validate
 from timematters.data.build import build_dataset, loader_workers
 from timematters.data.dataset import VideoDataset
-from timematters.data.video import VideoDecodeError, open_video
+from timematters.data.video import EXTRACTION_FAILED, VideoDecodeError, open_video
 from timematters.progress import progress_bar
 
 FRAME_NAME = "img_{:05d}.jpg"
@@ -57,18 +62,26 @@ class _Extraction(Dataset):
         job = self.jobs[index]
         folder, partial = Path(job.folder), Path(job.folder + PARTIAL)
         shutil.rmtree(partial, ignore_errors=True)  # what a killed extraction left
+        partial.mkdir(parents=True)
+        reason = None
         try:
             reader = open_video(job.video, self.decoder)
-            partial.mkdir(parents=True)
             for start in range(0, reader.num_frames, CHUNK):
                 stop = min(start + CHUNK, reader.num_frames)
                 frames = reader.get_frames(np.arange(start, stop))
                 self._write(frames, partial, first=start + 1)
         except VideoDecodeError as error:
-            shutil.rmtree(partial, ignore_errors=True)
-            return job.video, error.reason
+            reason = error.reason
+            # No frames, and why: the folder is a bad video for the datasets that read it.
+            shutil.rmtree(partial)
+            partial.mkdir()
+            failure = {"path": job.video, "reason": reason}
+            (partial / EXTRACTION_FAILED).write_text(json.dumps(failure) + "\n")
+        if _failed(folder):  # an earlier extraction's record of this video, tried again
+            (folder / EXTRACTION_FAILED).unlink()
+            folder.rmdir()
         partial.rename(folder)
-        return job.video, None
+        return job.video, reason
 
     def _write(self, frames: np.ndarray, folder: Path, first: int) -> None:
         from torchvision.io import encode_jpeg
@@ -107,14 +120,22 @@ def extract_frames(
     if workers is not None and workers < 0:
         raise ConfigError(f"--workers {workers}: give 0 (this process) or more")
     out = Path(out)
+    list_names = [f"{split}.csv" for split in splits] if data.dataset == "videolist" else []
+    _refuse_replacing_lists(cfg, out, list_names)
     out.mkdir(parents=True, exist_ok=True)
-    _record_settings(out, {"dataset": data.dataset, "short_side": short_side, "quality": quality})
+    settings = {"dataset": data.dataset, "short_side": short_side, "quality": quality}
+    _record_settings(out, settings)
 
     datasets = {
         split: build_dataset(cfg, split, flow_labels=False, patch_size=1) for split in splits
     }
     jobs, lists = _plan(cfg, datasets, out, limit)
-    todo = [job for job in jobs if not Path(job.folder).is_dir()]
+    # The lists are this command's now: a later extraction may replace them.
+    _record_settings(out, settings, lists=[path.name for path in lists.values()])
+    # A video that failed before is tried again: it may have been replaced since.
+    todo = [job for job in jobs if not Path(job.folder).is_dir() or _failed(Path(job.folder))]
+    bad_log = out / "bad_videos.jsonl"
+    earlier_bad = _read_bad_log(bad_log)  # read now: an unreadable one is refused before the work
     print(f"{len(jobs)} videos: {len(jobs) - len(todo)} done already, {len(todo)} to extract")
     loader = DataLoader(
         _Extraction(todo, data.decoder, short_side, quality),
@@ -126,27 +147,96 @@ def extract_frames(
         for video, reason in progress_bar(loader, total=len(todo), desc="frames", disable=None)
         if reason is not None
     ]
-    bad_log = out / "bad_videos.jsonl"
-    if bad:
-        with bad_log.open("a") as handle:
-            for video, reason in bad:
-                handle.write(json.dumps({"path": video, "reason": reason}) + "\n")
+    _update_bad_log(bad_log, earlier_bad, tried={job.video for job in todo}, bad=bad)
     overrides = f"data.root={out} data.decoder=frames"
     for key, path in lists.items():
         overrides += f" data.{key}={path}"
     print(f"{len(todo) - len(bad)} frame folders written to {out}")
     if bad:
-        print(f"{len(bad)} videos could not be decoded and were skipped: {bad_log}")
+        print(
+            f"{len(bad)} videos could not be decoded: their folders hold no frames, so that "
+            f"training on them counts them as bad videos; their reasons are in {bad_log}"
+        )
     print(f"read them with: {overrides}")
     return 1 if bad else 0
 
 
-def _record_settings(out: Path, settings: dict) -> None:
-    """Write ``frames.json``; an earlier extraction's there must have had the same settings, so
-    that a resumed extraction does not mix frames of two sizes or qualities in one folder."""
+def _update_bad_log(
+    bad_log: Path, earlier: list[dict], tried: set[str], bad: list[tuple[str, str]]
+) -> None:
+    """``bad_videos.jsonl``: each video that could not be decoded, once. An earlier extraction's
+    entries stay unless their video was tried again (then this one's outcome counts)."""
+    entries = [entry for entry in earlier if entry.get("path") not in tried]
+    entries += [{"path": video, "reason": reason} for video, reason in bad]
+    if entries:
+        bad_log.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    elif bad_log.is_file():  # every video it listed has its frames now
+        bad_log.unlink()
+
+
+def _read_bad_log(bad_log: Path) -> list[dict]:
+    if not bad_log.is_file():
+        return []
+    lines = [line for line in bad_log.read_text().splitlines() if line.strip()]
+    try:
+        entries = [json.loads(line) for line in lines]
+    except json.JSONDecodeError:
+        raise ConfigError(
+            f"{bad_log} is not a list of bad videos (JSON lines) this command wrote: move it, or "
+            "choose another --out"
+        ) from None
+    return [entry for entry in entries if isinstance(entry, dict)]
+
+
+def _failed(folder: Path) -> bool:
+    """Whether ``folder`` is an earlier extraction's record of a video it could not decode."""
+    return (folder / EXTRACTION_FAILED).is_file()
+
+
+def _refuse_replacing_lists(cfg: Config, out: Path, names: list[str]) -> None:
+    """The new lists may replace an earlier extraction's (``frames.json`` names them), never a
+    file of the user's, such as the list being read."""
+    data = cfg.data
+    read = [Path(p) for p in (data.annotations, data.val_annotations) if p and Path(p).is_file()]
+    ours = _recorded(out).get("lists", [])
+    for name in names:
+        path = out / name
+        if not path.exists():
+            continue
+        if any(path.resolve() == listed.resolve() for listed in read):
+            raise ConfigError(
+                f"--out {out}: the list of the frame folders would replace {path}, the video list "
+                "being read; choose another --out"
+            )
+        if name not in ours:
+            raise ConfigError(
+                f"--out {out}: the list of the frame folders would replace {path}, which this "
+                f"command did not write; choose another --out (or move {name} away)"
+            )
+
+
+def _recorded(out: Path) -> dict:
+    """An earlier extraction's ``frames.json`` in ``out`` ({} if none)."""
     record = out / RECORD
-    if record.is_file():
-        earlier = json.loads(record.read_text()).get("settings")
+    if not record.is_file():
+        return {}
+    try:
+        recorded = json.loads(record.read_text())
+    except json.JSONDecodeError:
+        raise ConfigError(
+            f"{record} is not the record of an extraction (JSON): move it, or choose another --out"
+        ) from None
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def _record_settings(out: Path, settings: dict, lists: Sequence[str] = ()) -> None:
+    """Write ``frames.json``: the settings, and the list files written (``lists`` added to the
+    earlier ones). An earlier extraction's there must have had the same settings, so that a
+    resumed extraction does not mix frames of two sizes or qualities in one folder."""
+    record = out / RECORD
+    recorded = _recorded(out)
+    if recorded:
+        earlier = recorded.get("settings") or {}
         if earlier != settings:
             differ = [
                 f"{key} {earlier.get(key)!r}"
@@ -157,7 +247,8 @@ def _record_settings(out: Path, settings: dict) -> None:
                 f"{out} holds frames extracted with {', '.join(differ)}: give the same settings "
                 "to go on with them, or another --out"
             )
-    record.write_text(json.dumps({"settings": settings}, indent=2) + "\n")
+    lists = sorted({*recorded.get("lists", []), *lists})
+    record.write_text(json.dumps({"settings": settings, "lists": lists}, indent=2) + "\n")
 
 
 def _plan(

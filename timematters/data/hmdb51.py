@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from timematters.data.dataset import VideoDataset, find_named_videos
+from timematters.data.text import read_text
 
 Split = Literal["train", "val", "test"]
 FOLDS = (1, 2, 3)
@@ -52,7 +53,7 @@ def read_hmdb51_split(
     files = find_hmdb51_split_files(annotations, fold)
     entries = []
     for label, path in enumerate(files.values()):
-        for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        for number, line in enumerate(read_text(path).splitlines(), 1):
             parts = line.split()
             if not parts:
                 continue

@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 from timematters.data.dataset import VideoDataset, find_named_videos
 from timematters.data.subsets import load_groups
+from timematters.data.text import read_text
+from timematters.data.videolist import refuse_duplicate_names
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +45,15 @@ def find_csv(annotations: str | Path, prefix: str, name: str) -> Path:
 def read_classes(annotations: str | Path, prefix: str) -> list[str]:
     """Class names in index order, one per line of ``<prefix>-labels.csv``."""
     path = find_csv(annotations, prefix, "labels")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    names = [name for name in names if name]
-    if not names:
+    numbered = [
+        (number, line.strip())
+        for number, line in enumerate(read_text(path).splitlines(), 1)
+        if line.strip()
+    ]
+    if not numbered:
         raise ValueError(f"{path} names no classes (one class name per line)")
-    return names
+    refuse_duplicate_names(path, numbered)
+    return [name for _, name in numbered]
 
 
 def read_split(
@@ -59,7 +65,7 @@ def read_split(
     path = find_csv(annotations, prefix, _SPLIT_FILES[split])
     index_of = {name: i for i, name in enumerate(classes)}
     entries = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         video_id, _, name = line.partition(";")

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from timematters.data.dataset import VideoDataset, VideoSample, index_videos, report_missing
 from timematters.data.subsets import SSV2_SUBSETS, load_groups
+from timematters.data.text import read_text
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,9 @@ def find_ssv2_file(annotations: str | Path, name: str) -> Path:
 
 def read_json(path: Path) -> Any:
     """The JSON in ``path``; an error names the file (json's own message names only the place)."""
+    text = read_text(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+        return json.loads(text)
     except json.JSONDecodeError as error:
         raise ValueError(
             f"{path}: not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
@@ -90,12 +90,13 @@ def read_ssv2_split(
         answers = Path(annotations) / "test-answers.csv"
         if not answers.is_file():
             raise FileNotFoundError(f"SSv2 test labels need {answers} (id;class per line)")
-        rows = (
-            line.split(";", 1)
-            for line in answers.read_text(encoding="utf-8-sig").splitlines()
-            if line.strip()
-        )
-        answer_of = {video_id.strip(): name.strip() for video_id, name in rows}
+        answer_of = {}
+        for number, line in enumerate(read_text(answers).splitlines(), 1):
+            video_id, _, name = line.partition(";")
+            if line.strip() and not name.strip():
+                raise ValueError(f"{answers}:{number}: expected 'id;class', got {line!r}")
+            if line.strip():
+                answer_of[video_id.strip()] = name.strip()
         unanswered = [str(e["id"]) for e in entries if str(e["id"]) not in answer_of]
         if unanswered:
             raise ValueError(

@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from timematters.data.text import read_text
+
 SSV2_SUBSETS = Path(__file__).with_name("ssv2_subsets.yaml")
 PAIRS_KEY = "pairs"
 
@@ -40,7 +42,7 @@ def read_subsets(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"subsets file not found: {path}")
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_text(path)
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:

@@ -16,6 +16,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from timematters.data.dataset import VideoDataset, find_named_videos
+from timematters.data.text import read_text
+from timematters.data.videolist import refuse_duplicate_names
 
 Split = Literal["train", "val", "test"]
 FOLDS = (1, 2, 3)
@@ -30,13 +32,22 @@ def read_ucf101_classes(annotations: str | Path) -> list[str]:
             "folder)"
         )
     named: dict[int, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+    numbered: list[tuple[int, str]] = []
+    for number, line in enumerate(read_text(path).splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
         if len(parts) != 2 or not parts[0].isdigit():
             raise ValueError(f"{path}:{number}: expected 'index name', got {line!r}")
+        if int(parts[0]) in named:
+            raise ValueError(
+                f"{path}:{number}: the index {parts[0]} is given again (to {named[int(parts[0])]!r} "
+                "before); give each class its own index"
+            )
         named[int(parts[0])] = parts[1]
+        numbered.append((number, parts[1]))
+    # Matched without regard to case (the module docstring): names that differ in case only clash.
+    refuse_duplicate_names(path, numbered, key=str.lower)
     if sorted(named) != list(range(1, len(named) + 1)):
         raise ValueError(f"{path}: class indices are not 1..{len(named)}")
     return [named[i] for i in sorted(named)]
@@ -55,7 +66,7 @@ def read_ucf101_split(
         raise FileNotFoundError(f"UCF101 split file not found: {path}")
     index_of = {name.lower(): i for i, name in enumerate(classes)}
     entries = []
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+    for number, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         listed = PurePosixPath(line.split()[0])

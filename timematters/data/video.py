@@ -17,6 +17,7 @@ import bisect
 import functools
 import io
 import itertools
+import json
 import os
 import re
 from pathlib import Path
@@ -28,6 +29,9 @@ Backend = Literal["pyav", "torchcodec", "frames"]
 BACKENDS = ("pyav", "torchcodec", "frames")
 # The frame files a frame folder may hold (what torchvision's decode_image reads).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# What `data frames` leaves in the folder of a video it could not decode, instead of frames: the
+# video stays a bad one for the datasets that read the folders, rather than a missing one.
+EXTRACTION_FAILED = "bad_video.json"
 
 
 class VideoDecodeError(Exception):
@@ -391,6 +395,9 @@ class FrameFolderReader:
         else:
             self.files = frame_files(path)
         if not self.files:
+            failed = Path(path, EXTRACTION_FAILED)
+            if not image and failed.is_file():
+                raise VideoDecodeError(path, _extraction_failure(failed))
             names = ", ".join(IMAGE_EXTENSIONS)
             raise VideoDecodeError(path, f"no frame images ({names}) in the folder")
         self.num_frames = len(self.files)
@@ -417,3 +424,13 @@ class FrameFolderReader:
             shown = ", ".join(f"{h}x{w}" for h, w, _ in sorted(sizes))
             raise VideoDecodeError(self.path, f"frames of different sizes ({shown})")
         return np.stack([decoded[int(i)] for i in indices])
+
+
+def _extraction_failure(record: Path) -> str:
+    """Why the video of a frame folder that ``data frames`` left empty could not be decoded."""
+    try:
+        failure = json.loads(record.read_text(encoding="utf-8"))
+        video, reason = failure["path"], failure["reason"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"no frames: its video could not be decoded when they were extracted ({record})"
+    return f"no frames: its video {video} could not be decoded when they were extracted: {reason}"

@@ -1,21 +1,24 @@
 """Your own videos: ``VideoListDataset`` reads the list file users bring them with.
 
-``path label`` per line (the MMAction2 / PySlowFast convention) or a CSV with the header
-``path,label``; labels are class names or indices; an optional class-list file holds one class
-name per line (line i = class i).
+``path label`` per line (the MMAction2 / PySlowFast convention; a label with spaces needs a path
+with a file extension before it) or a CSV with the header ``path,label``; labels are class names
+or indices; an optional class-list file holds one class name per line (line i = class i).
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any
 
-from timematters.data.dataset import VideoDataset, VideoSample, split_missing
+from timematters.data.dataset import VIDEO_EXTENSIONS, VideoDataset, VideoSample, split_missing
+from timematters.data.text import read_text
+from timematters.data.video import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +58,7 @@ def _read_lines(list_file: str | Path) -> list[tuple[int, str, str]]:
     list_file = Path(list_file)
     if not list_file.is_file():
         raise FileNotFoundError(f"video list not found: {list_file}")
-    try:
-        lines = list_file.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as error:
-        raise ValueError(
-            f"{list_file}: not UTF-8 text ({error.reason} at byte {error.start})"
-        ) from None
+    lines = read_text(list_file).splitlines()
     numbered: list[tuple[int, str, str]] = []
     header = lines[0].strip().replace(" ", "") if lines else ""
     # A first line with a comma in a .csv file, or one that starts like the header, is a CSV
@@ -78,13 +76,32 @@ def _read_lines(list_file: str | Path) -> list[tuple[int, str, str]]:
         for number, line in enumerate(lines, 1):
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
-            parts = line.strip().rsplit(maxsplit=1)  # the label is last; paths may hold spaces
+            parts = _path_and_label(line.strip())
             if len(parts) != 2:
                 raise ValueError(f"{list_file}:{number}: expected 'path label', got {line!r}")
             numbered.append((number, parts[0], parts[1]))
     if not numbered:
         raise ValueError(f"video list {list_file} has no entries")
     return numbered
+
+
+# A video or image file's extension, then the spaces before the label.
+_NAME_END = re.compile(
+    rf"\.(?:{'|'.join(ext.lstrip('.') for ext in (*VIDEO_EXTENSIONS, *IMAGE_EXTENSIONS))})\s+",
+    re.IGNORECASE,
+)
+
+
+def _path_and_label(line: str) -> list[str]:
+    """``[path, label]`` of a ``path label`` line. The label is what follows the path's file
+    extension, so that a class name with spaces (Kinetics' "air drumming") stays one label
+    rather than giving the path its first word; a path without an extension (a frame folder)
+    ends at the last space (paths may hold spaces, labels then may not)."""
+    end = next(reversed(list(_NAME_END.finditer(line))), None)
+    # A label holds no "/": one after the extension makes it a folder's ("my.mp4 files/clip").
+    if end and end.end() < len(line) and not re.search(r"[/\\]", line[end.end() :]):
+        return [line[: end.end()].rstrip(), line[end.end() :]]
+    return line.rsplit(maxsplit=1)
 
 
 def similar_class_names(classes: Sequence[str], counts: dict[int, int]) -> list[tuple[str, str]]:
@@ -104,14 +121,34 @@ def similar_class_names(classes: Sequence[str], counts: dict[int, int]) -> list[
 
 
 def read_class_list(path: str | Path) -> list[str]:
+    """Class names in index order, one per line (a byte-order mark is no part of a name)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"class list not found: {path}")
-    text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is no part of a name
-    names = [line.strip() for line in text.splitlines() if line.strip()]
-    if not names:
+    numbered = [
+        (number, line.strip())
+        for number, line in enumerate(read_text(path).splitlines(), 1)
+        if line.strip()
+    ]
+    if not numbered:
         raise ValueError(f"class list {path} has no names (one class name per line)")
-    return names
+    refuse_duplicate_names(path, numbered)
+    return [name for _, name in numbered]
+
+
+def refuse_duplicate_names(
+    path: str | Path, numbered: Sequence[tuple[int, str]], *, key: Callable[[str], str] = str
+) -> None:
+    """A class named twice would be an output that no video is labelled with (its labels all go
+    to the first): an error naming both lines. ``key``: how names are compared."""
+    first: dict[str, int] = {}
+    for number, name in numbered:
+        if key(name) in first:
+            raise ValueError(
+                f"{path}:{number}: the class {name!r} is named again (first on line "
+                f"{first[key(name)]}); name each class once"
+            )
+        first[key(name)] = number
 
 
 class LabelError(ValueError):
