@@ -166,3 +166,26 @@ def test_a_video_stored_turned_comes_upright(tmp_path):
     assert got.shape == (2, 48, 32, 3)  # portrait
     assert got[:, :, :8, 0].mean() > 200 and got[:, :, -8:, 0].mean() < 150  # the band: left
     assert frame_numbers(got[:, :, 8:]) == [0, 5]  # (beside the band)
+
+
+@pytest.mark.parametrize("turn", [0, 90, 180, -90])
+@pytest.mark.parametrize(
+    "hflip, vflip", [(False, False), (True, False), (False, True), (True, True)]
+)
+def test_a_mirrored_and_turned_video_comes_out_as_players_show_it(tmp_path, turn, hflip, vflip):
+    # FFmpeg's display matrix: turned counterclockwise, then flipped. A mirror alone (a selfie
+    # camera's) came out turned by 180 degrees instead: the matrix's angle reads -180.
+    blocks = np.random.default_rng(0).integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    image = np.kron(blocks, np.ones((8, 8, 1), np.uint8))  # 8-pixel blocks: no codec blur across
+    path = tmp_path / "mirrored.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=12, options={"crf": "0"})
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv444p"
+        stream.set_display_rotation(turn, hflip=hflip, vflip=vflip)
+        for _ in range(2):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    expected = np.rot90(image, k=turn // 90)[:, :: -1 if hflip else 1][:: -1 if vflip else 1]
+    got = open_video(path).get_frames([0])[0]
+    assert got.shape == expected.shape
+    assert np.abs(got.astype(int) - expected).mean() < 3

@@ -195,10 +195,32 @@ class PyAVReader:
 
 def _upright(frame) -> np.ndarray:
     """The frame as players show it: a phone's portrait video is stored landscape with a
-    rotation to apply (counterclockwise, in its display matrix)."""
+    rotation to apply (counterclockwise, in its display matrix), a selfie camera's may be
+    mirrored too. The quarter turns and flips are FFmpeg's (its ``-autorotate``): a matrix with a
+    mirror in it would otherwise come out turned where it is only flipped."""
     image = frame.to_ndarray(format="rgb24")
-    turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
-    return np.ascontiguousarray(np.rot90(image, k=turns)) if turns else image
+    # Counterclockwise, as players turn the picture (FFmpeg's get_rotation, in [0, 360)).
+    turn = round(-(getattr(frame, "rotation", 0) or 0)) % 360
+    matrix = _display_matrix(frame)
+    if matrix is None or turn % 90:  # no matrix, or an angle FFmpeg itself resamples: nearest
+        upright = np.rot90(image, k=round(-turn / 90) % 4)
+    else:
+        a, c, d = matrix[0], matrix[3], matrix[4]  # 16.16 fixed point; their signs decide
+        if turn == 90:  # a transposition, mirrored as the matrix says
+            upright = np.rot90(image, k=-1) if c < 0 else image.transpose(1, 0, 2)
+        elif turn == 270:
+            upright = np.rot90(image, k=1) if c > 0 else image[::-1].transpose(1, 0, 2)[::-1]
+        else:  # 0 or 180: each axis flipped on its own
+            upright = image[:: -1 if d < 0 else 1, :: -1 if turn == 180 and a < 0 else 1]
+    return image if upright is image else np.ascontiguousarray(upright)
+
+
+def _display_matrix(frame) -> np.ndarray | None:
+    """The frame's 3 x 3 display matrix (FFmpeg's side data, int32, row by row), or None."""
+    for data in getattr(frame, "side_data", ()):
+        if str(getattr(data, "type", "")).endswith("DISPLAYMATRIX"):
+            return np.frombuffer(bytes(data), dtype="<i4")
+    return None
 
 
 class _TimestampsOutOfOrder(Exception):
