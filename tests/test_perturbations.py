@@ -266,7 +266,7 @@ def test_diagnose_with_three_perturbations_writes_reliance_and_a_proposed_split(
     assert "reversed_gap" in header and "frozen_gap" in header
     proposed = (out / "proposed_subsets.yaml").read_text()
     # Too few clips per class here: both subsets are left out (and said), not written empty.
-    assert yaml.safe_load(proposed) == {} and "No class qualified as temporal" in proposed
+    assert yaml.safe_load(proposed) == {} and "No class has 5 clips or more" in proposed
     assert (out / "class_gaps.png").is_file()
     data = json.loads((out / "diagnose.json").read_text())
     assert (

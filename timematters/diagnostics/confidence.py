@@ -27,17 +27,26 @@ def gap_histogram(gaps: np.ndarray, num_bins: int = NUM_BINS) -> tuple[np.ndarra
     return counts / max(len(gaps), 1), edges
 
 
-def confidence_gaps(result: EvalResult, num_bins: int = NUM_BINS) -> dict[str, dict]:
+def confidence_gaps(
+    result: EvalResult, num_bins: int = NUM_BINS, perturbation: str | None = None
+) -> dict[str, dict]:
     """Per subset (``all`` and the dataset's subsets): the gap histogram and its summary, under
-    the evaluation's first perturbation (the paper's shuffle by default)."""
-    gaps = result.confidence_gap(next(iter(result.perturbed)))
+    ``perturbation`` (default: the evaluation's first, the paper's shuffle by default).
+
+    A clip whose confidences are not finite (NaN logits) has no gap: it is left out of the mean,
+    the median and the histogram, and counted in ``num_left_out`` (its accuracy counts a miss).
+    """
+    gaps = result.confidence_gap(perturbation or next(iter(result.perturbed)))
+    finite = np.isfinite(gaps)
     out = {}
     for subset, mask in result.subset_masks().items():
-        mass, edges = gap_histogram(gaps[mask], num_bins)
+        kept = gaps[mask & finite]
+        mass, edges = gap_histogram(kept, num_bins)
         out[subset] = {
-            "mean": float(gaps[mask].mean()) if mask.any() else float("nan"),
-            "median": float(np.median(gaps[mask])) if mask.any() else float("nan"),
-            "num_clips": int(mask.sum()),
+            "mean": float(kept.mean()) if len(kept) else float("nan"),
+            "median": float(np.median(kept)) if len(kept) else float("nan"),
+            "num_clips": len(kept),
+            "num_left_out": int((mask & ~finite).sum()),
             "edges": edges.tolist(),
             "mass": mass.tolist(),
         }

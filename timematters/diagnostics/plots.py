@@ -85,9 +85,12 @@ def plot_shuffle_bars(
     return _save(fig, out)
 
 
-def plot_confidence_gap_histogram(histograms: dict[str, dict[str, dict]], out: str | Path) -> Path:
+def plot_confidence_gap_histogram(
+    histograms: dict[str, dict[str, dict]], out: str | Path, label: str = "shuffled"
+) -> Path:
     """Probability mass of the per-clip confidence gap, checkpoints overlaid, a panel per subset
-    (paper Fig. 1c). ``histograms[name][subset]`` holds ``edges`` and ``mass`` (confidence.py)."""
+    (paper Fig. 1c). ``histograms[name][subset]`` holds ``edges`` and ``mass`` (confidence.py);
+    ``label`` names the perturbed clips they were measured on (shuffled, reversed, ...)."""
     subsets = list(next(iter(histograms.values())))
     fig, axes = plt.subplots(1, len(subsets), figsize=(4.2 * len(subsets), 3.6), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -108,7 +111,7 @@ def plot_confidence_gap_histogram(histograms: dict[str, dict[str, dict]], out: s
         ax.set(
             title=subset,
             xlim=(-1, 1),
-            xlabel="confidence gap (original - shuffled)",
+            xlabel=f"confidence gap (original - {label})",
             ylabel="probability mass",
         )
         ax.grid(alpha=0.3)
@@ -119,11 +122,15 @@ def plot_confidence_gap_histogram(histograms: dict[str, dict[str, dict]], out: s
 def plot_order_probe(
     curves: dict[str, dict[str, float]], out: str | Path, chance: float | None = None
 ) -> Path:
-    """Frame-order probe accuracy per block, one line per checkpoint (paper Fig. 1b)."""
+    """Frame-order probe accuracy per block, one line per checkpoint (paper Fig. 1b). Each value
+    is drawn at its block's name: a model of fewer blocks (or with some skipped) has its
+    ``final`` at the others' ``final``, not at their next block."""
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    longest = max(curves.values(), key=len)
+    labels = list(dict.fromkeys([*longest, *(k for acc in curves.values() for k in acc)]))
     for name, accuracy in curves.items():
-        ax.plot(range(len(accuracy)), list(accuracy.values()), marker="o", label=name)
-    labels = list(max(curves.values(), key=len))
+        x = [labels.index(block) for block in accuracy]
+        ax.plot(x, list(accuracy.values()), marker="o", label=name)
     ax.set_xticks(range(len(labels)), [k.removeprefix("block") for k in labels])
     if chance is not None:
         ax.axhline(chance, color="grey", ls=":", label=f"chance ({chance:.1f}%)")

@@ -57,8 +57,9 @@ def propose_subsets(result: EvalResult, *, min_clips: int = MIN_CLIPS) -> dict[s
     perturbation = next(iter(result.perturbed))
     key = gap_key(perturbation)
     rows = [r for r in result.class_reliance() if r["clips"] >= min_clips]
-    if not rows:
-        return {"temporal": [], "static": [], "thresholds": {"perturbation": perturbation}}
+    if not rows:  # no threshold: nothing to rank; the file says why
+        thresholds = {"perturbation": perturbation, "min_clips": min_clips}
+        return {"temporal": [], "static": [], "thresholds": thresholds}
     gaps = np.array([r[key] for r in rows])
     high = max(float(np.percentile(gaps, 75)), TEMPORAL_GAP)
     low = min(float(np.percentile(gaps, 25)), STATIC_GAP)
@@ -88,9 +89,15 @@ def write_subsets_file(proposal: dict[str, Any], path: Path, model: str) -> Path
         )
     # An empty subset would read back as a column of nan: it is left out, and said.
     subsets = {name: proposal[name] for name in ("temporal", "static") if proposal[name]}
-    for name in ("temporal", "static"):
-        if name not in subsets:
-            header.append(f"# No class qualified as {name}: the subset is left out.")
+    if "temporal_gap_at_least" not in rule and "min_clips" in rule:
+        header.append(
+            f"# No class has {rule['min_clips']} clips or more (fewer are noise): no class was "
+            "ranked, and both subsets are left out."
+        )
+    else:
+        for name in ("temporal", "static"):
+            if name not in subsets:
+                header.append(f"# No class qualified as {name}: the subset is left out.")
     header.append("# Read it back with data.subsets=" + path.name)
     body = yaml.safe_dump(subsets, sort_keys=False, allow_unicode=True)  # {} when none
     path.write_text("\n".join(header) + "\n" + body)

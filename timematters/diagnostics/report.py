@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from timematters.backbones.adapters.module import as_video_backbone
 from timematters.backbones.normalisation import DEFAULT_INPUT, clips_normalised
-from timematters.config import Config, EvalConfig, validate
+from timematters.config import Config, EvalConfig
 from timematters.data.build import build_dataset, loader_workers
 from timematters.data.collate import collate_videos
 from timematters.data.samplers import Shard
@@ -64,6 +64,7 @@ from timematters.engine.model import (
     describe_model,
     in_model_classes,
     load_model,
+    validate_for_given_model,
 )
 from timematters.engine.runs import claim_folder
 from timematters.engine.statistics import half_width
@@ -117,6 +118,7 @@ def diagnose(
     claim_folder(out, **claim, remove=False)
     settings = settings or EvalConfig()
     _check_arguments(models, data, mean=mean, std=std)
+    _check_evaluations(evaluations, settings)
     # A plain module (clips -> logits) gets the logits-only adapter: the report names its limits.
     models = {name: as_video_backbone(model, source=name) for name, model in models.items()}
     one_frame = [name for name, model in models.items() if describe_model(model)["num_frames"] == 1]
@@ -146,8 +148,9 @@ def diagnose(
             )
         evaluations = dict(zip(models, evaluations, strict=True))
         first = next(iter(evaluations.values()))
-        if gradcam_indices is None:
-            gradcam_indices = _pick_clips(first.labels, gradcam_clips, subsets.get("temporal", []))
+        if gradcam_indices is None:  # the evaluation's subsets: class indices, names resolved
+            temporal = first.subsets.get("temporal", [])
+            gradcam_indices = _pick_clips(first.labels, gradcam_clips, temporal)
         _check_positions(gradcam_indices, len(first.labels))
         claim_folder(out, **claim)
         out.mkdir(parents=True, exist_ok=True)
@@ -176,7 +179,7 @@ def diagnose(
             fix = "leave GradCAM out (--gradcam-clips 0; gradcam_clips=0 in Python)"
             with _advice_on_out_of_memory("in GradCAM (one clip at a time)", fix):
                 report["gradcam"] = _gradcam(
-                    models, loader, gradcam_indices, first, out, *normalised
+                    models, loader, gradcam_indices, evaluations, out, *normalised
                 )
 
         report["seconds"] = time.perf_counter() - started
@@ -206,6 +209,19 @@ def _check_arguments(models: dict[str, nn.Module], data: Any, *, mean, std) -> N
         )
     if (mean is None) != (std is None):
         raise ValueError("diagnose: give the clips' mean and std together, or neither (0.5)")
+
+
+def _check_evaluations(evaluations: Sequence[EvalResult] | None, settings: EvalConfig) -> None:
+    """Refuse evaluations that lack a perturbation of ``settings``: the report reads every one
+    of them (and would fail after writing ``diagnose.json``)."""
+    for result in evaluations or []:
+        missing = [p for p in settings.perturbations if p not in result.perturbed]
+        if missing:
+            raise ValueError(
+                f"evaluations: one scored {', '.join(result.perturbed) or 'no perturbation'} but "
+                f"settings.perturbations asks for {', '.join(missing)} too; evaluate with these "
+                "settings, or give settings the evaluations' perturbations"
+            )
 
 
 def _check_positions(positions: Sequence[int], scored: int) -> None:
@@ -242,11 +258,20 @@ def _shuffle_section(
         "models": {name: describe_model(model) for name, model in models.items()},
         "dataset": data_info,
         "shuffle_test": {name: result.metrics() for name, result in evaluations.items()},
-        "confidence_gap": {name: confidence_gaps(result) for name, result in evaluations.items()},
+        "confidence_gap": {
+            name: confidence_gaps(result, perturbation=settings.perturbations[0])
+            for name, result in evaluations.items()
+        },
     }
     for name, where in about.get("sources", {}).items():
         report["models"][name]["source"] = where
     report["perturbations"] = list(settings.perturbations)
+    # How the clips were perturbed and the intervals made, for the report's wording.
+    report["eval"] = {
+        "shuffle": settings.shuffle,
+        "freeze_frame": settings.freeze_frame,
+        "bootstrap_samples": settings.bootstrap_samples,
+    }
     return report
 
 
@@ -322,7 +347,7 @@ def run_diagnose(
     Under torchrun the processes share the shuffle test; rank 0 writes the report (the others
     return {}).
     """
-    validate(cfg)
+    validate_for_given_model(cfg)  # the models come from the specs, not from cfg.model
     names = list(names) if names is not None else _default_names(specs)
     if len(names) != len(specs):
         raise ValueError(
@@ -517,8 +542,12 @@ def _clips_at(
     return clips, infos
 
 
-def _gradcam(models, loader, positions, evaluation: EvalResult, out: Path, mean, std) -> dict:
-    """GradCAM of the clips at ``positions`` (in the evaluation's order of scored clips)."""
+def _gradcam(
+    models, loader, positions, evaluations: dict[str, EvalResult], out: Path, mean, std
+) -> dict:
+    """GradCAM of the clips at ``positions`` (in the evaluation's order of scored clips), each
+    of its first view; p is each model's confidence as evaluated (all of the clip's views)."""
+    evaluation = next(iter(evaluations.values()))
     indices = (
         evaluation.indices if evaluation.indices is not None else range(len(evaluation.labels))
     )
@@ -533,14 +562,11 @@ def _gradcam(models, loader, positions, evaluation: EvalResult, out: Path, mean,
     maps, skipped = {}, {}
     for name, model in models.items():
         on_device = video.to(next(model.parameters()).device)
-        was_training = model.training
-        try:  # the confidences of the model as evaluated: no dropout, no BatchNorm update
-            with torch.no_grad():
-                probs = model.eval()(on_device).float().softmax(dim=-1).cpu()
-        finally:
-            model.train(was_training)
-        for info, p in zip(infos, probs[torch.arange(len(targets)), targets], strict=True):
-            info["confidence"][name] = float(p)
+        # The evaluation's probability, its views aggregated: the first view's alone would
+        # differ from what the tables score with several test views.
+        probs = evaluations[name].probs
+        for info, position in zip(infos, order, strict=True):
+            info["confidence"][name] = float(probs[position, info["label"]])
         reason = gradcam_unsupported(model)
         if reason:
             skipped[name] = reason
@@ -578,7 +604,9 @@ def _plot(data: dict, out: Path) -> None:
 
     first = data["perturbations"][0]
     plots.plot_shuffle_bars(data["shuffle_test"], out / "shuffle_accuracy.png", label=LABELS[first])
-    plots.plot_confidence_gap_histogram(data["confidence_gap"], out / "confidence_gap.png")
+    plots.plot_confidence_gap_histogram(
+        data["confidence_gap"], out / "confidence_gap.png", label=LABELS[first]
+    )
     rows = list(_read_reliance(out / "class_reliance.csv"))
     if rows:
         plots.plot_class_gaps(rows, gap_key(first), out / "class_gaps.png")
@@ -601,16 +629,29 @@ def _read_reliance(path: Path):
 
 
 _PERTURBATION_TEXT = {
-    "shuffle": "shuffle: the frames in a random order (one per clip, never the identity)",
+    "shuffle": "shuffle: the frames in a random order ({order})",
     "reverse": "reverse: the exact time reverse",
-    "freeze": "freeze: the middle frame repeated (what one image tells)",
+    "freeze": "freeze: {frame} repeated (what one image tells)",
     "freeze_each": "freeze_each: each frame repeated in turn, probabilities averaged",
     "local": "local: neighbouring frames swapped (fine order only)",
 }
+# eval.shuffle: how the frame orders are drawn (losses/shuffle.py).
+_SHUFFLE_ORDER = {
+    "per_sample": "one per clip, never the identity",
+    "per_batch": "one for each batch, shared by its clips; possibly the identity",
+}
 
 
-def _perturbation_notes(perturbations: list[str]) -> str:
-    return "Perturbations: " + "; ".join(_PERTURBATION_TEXT[p] for p in perturbations) + "."
+def _perturbation_notes(perturbations: list[str], settings: dict[str, Any]) -> str:
+    """What each perturbation did, as ``settings`` (the report's ``eval``) made it."""
+    frame = settings.get("freeze_frame")
+    named = {0: "the first frame", -1: "the last frame", None: "the middle frame"}
+    words = {
+        "order": _SHUFFLE_ORDER[settings.get("shuffle", "per_sample")],
+        "frame": named.get(frame, f"frame {frame}"),
+    }
+    notes = (_PERTURBATION_TEXT[p].format(**words) for p in perturbations)
+    return "Perturbations: " + "; ".join(notes) + "."
 
 
 def _flip_rates(metrics: dict) -> list[str]:
@@ -621,10 +662,9 @@ def _flip_rates(metrics: dict) -> list[str]:
     cells = []
     for name, m in metrics.items():
         row = m["all"]
-        cells.append(
-            f"{name} {row['flip_rate']:.2f} ± {half_width(row['flip_rate_ci']):.2f} "
-            f"({row['num_paired']} clips)"
-        )
+        interval = row["flip_rate_ci"]  # NaN with eval.bootstrap_samples=0: no "± nan"
+        spread = f" ± {half_width(interval):.2f}" if np.isfinite(interval).all() else ""
+        cells.append(f"{name} {row['flip_rate']:.2f}{spread} ({row['num_paired']} clips)")
     return [
         "Flip rate under reverse (the share of clips of time-reversed class pairs whose "
         "prediction moves to the partner class; near 1 = the model reads the direction of time, "
@@ -642,25 +682,38 @@ def _comparisons(data: dict) -> list[str]:
     if not (compared or not_compared):
         return []
     reference = next(iter(data["models"]))
+    if data.get("eval", {}).get("bootstrap_samples", 1) > 0:
+        method = (
+            "with a paired 95% bootstrap interval (both models' outcomes on a clip resampled "
+            "together); a difference whose interval contains 0 is inside the noise"
+        )
+    else:  # a NaN interval would read as "inside the noise"
+        method = (
+            "without intervals (eval.bootstrap_samples=0 turns them off), so no difference is "
+            "judged against the noise"
+        )
     lines = [
         "## Is the difference real?",
         "",
-        f"Each model's gap minus {reference}'s, with a paired 95% bootstrap interval (both "
-        "models' outcomes on a clip resampled together); a difference whose interval contains 0 "
-        "is inside the noise.",
+        f"Each model's gap minus {reference}'s, {method}.",
         "",
         *(f"- {name} vs {reference}: {why}." for name, why in not_compared.items()),
     ]
     for name, per_subset in compared.items():
         for subset, per_perturbation in per_subset.items():
             for perturbation, d in per_perturbation.items():
-                verdict = "outside the noise" if d["outside_noise"] else "inside the noise"
-                lines.append(
-                    f"- {name} vs {reference}, {subset}, {perturbation}: "
-                    f"{d['difference']:+.1f} points [{d['ci'][0]:+.1f}, {d['ci'][1]:+.1f}], "
-                    f"{verdict}"
-                )
+                lines.append(f"- {name} vs {reference}, {subset}, {perturbation}: {_difference(d)}")
     return [*lines, ""]
+
+
+def _difference(d: dict) -> str:
+    """A difference of gaps with its interval and verdict; without an interval, alone."""
+    if np.isnan(d["difference"]):  # the subset has no clips
+        return "no clips"
+    if d["outside_noise"] is None:
+        return f"{d['difference']:+.1f} points (no interval)"
+    verdict = "outside the noise" if d["outside_noise"] else "inside the noise"
+    return f"{d['difference']:+.1f} points [{d['ci'][0]:+.1f}, {d['ci'][1]:+.1f}], {verdict}"
 
 
 def _reliance(data: dict) -> list[str]:
@@ -687,6 +740,12 @@ def _reliance(data: dict) -> list[str]:
             "back with `data.subsets=`): temporal "
             f"{', '.join(proposal['temporal']) or '(none)'}; static "
             f"{', '.join(proposal['static']) or '(none)'}.",
+            "",
+        ]
+    elif "min_clips" in rule:
+        lines += [
+            f"No Temporal / Static split proposed: no class has {rule['min_clips']} clips or "
+            "more (fewer are noise).",
             "",
         ]
     return lines
@@ -748,6 +807,18 @@ def _probe_notes(probe: dict) -> list[str]:
     return [*notes, ""] if notes else []
 
 
+def _left_out_note(gaps: dict) -> str:
+    """The clips without a confidence gap (non-finite confidences), per model."""
+    left_out = {name: g["all"].get("num_left_out", 0) for name, g in gaps.items()}
+    cells = [f"{name} {count}" for name, count in left_out.items() if count]
+    if not cells:
+        return ""
+    return (
+        " Clips whose confidences are not finite (NaN logits) have no gap and are left out "
+        f"(the accuracies count them as misses): {', '.join(cells)}."
+    )
+
+
 def _bad_note(num_bad: int) -> str:
     if not num_bad:
         return ""
@@ -784,7 +855,7 @@ def _report(data: dict) -> str:
         "the width of its 95% bootstrap interval over clips (diagnose.json has the bounds, "
         "which near 0 or 100 are not symmetric). A model that ignores frame order has a gap of 0; "
         "one that uses time loses accuracy when the order goes, above all on temporal classes. "
-        + _perturbation_notes(data["perturbations"]),
+        + _perturbation_notes(data["perturbations"], data.get("eval", {})),
         "",
         format_table(shuffle_test, intervals=True),
         "",
@@ -813,7 +884,7 @@ def _report(data: dict) -> str:
         "Per clip, the confidence in the true class on the original clip minus on the "
         f"{first_label} clip ({data['perturbations'][0]}); probability mass in 20 bins over "
         "[-1, 1]. Mass at 0: the perturbation changes nothing; mass to the right: the model is "
-        "less sure of the perturbed clips.",
+        f"less sure of the perturbed clips.{_left_out_note(data['confidence_gap'])}",
         "",
         _table(
             ["model", *(f"{s} mean / median" for s in subsets)],
@@ -828,7 +899,10 @@ def _report(data: dict) -> str:
     ]
     probe = data.get("order_probe")
     if probe:
-        blocks = list(max(probe["frames"].values(), key=len)) if probe["frames"] else []
+        by_model = list(probe["frames"].values())
+        longest = max(by_model, key=len) if by_model else {}
+        # The longest model's blocks, then any other's: each column one block name.
+        blocks = list(dict.fromkeys([*longest, *(b for frames in by_model for b in frames)]))
         lines += [
             "## Temporal-order probe (paper Fig. 1b)",
             "",
@@ -857,7 +931,8 @@ def _report(data: dict) -> str:
             "## GradCAM (paper Fig. 4)",
             "",
             "Where in each frame the features that speak for the clip's true class are (GradCAM "
-            "on the tokens entering the last block; p is the model's confidence in that class). "
+            "on the tokens entering the last block, of the clip's first view; p is the model's "
+            "confidence in that class as evaluated, its test views aggregated). "
             "GradCAM weighs each feature channel by its gradient averaged over the whole clip, "
             "so a map shows where those features appear in each frame, not which frames the "
             "decision rests on: the perturbation tests above answer that.",

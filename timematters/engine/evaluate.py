@@ -33,6 +33,7 @@ from timematters.backbones.adapters.module import as_video_backbone
 from timematters.backbones.protocol import check_clips
 from timematters.config import EvalConfig, Perturbation
 from timematters.data.collate import BadVideo, BadVideoLog, collate_videos
+from timematters.data.subsets import PAIRS_KEY
 from timematters.engine.distributed import out_of_memory
 from timematters.engine.statistics import bootstrap_interval
 from timematters.losses.shuffle import (
@@ -242,7 +243,7 @@ def evaluate(
         a zero-shot video-text model (X-CLIP) is given them, as the texts it scores.
     subsets: name -> class indices or names (default: the dataset's ``subsets``). The
         dataset's ``pairs`` (class -> its time-reversed partner) give the reverse test's flip
-        rate.
+        rate; ``subsets["pairs"]``, ``[[a, b], ...]`` as in a subsets file, replaces them.
     settings: the ``eval`` section of the config: the perturbations, how clips are shuffled
         (``shuffle``, ``seed``), how views are aggregated, the bootstrap's resamples.
     device: where the model runs (default: where its parameters are).
@@ -454,15 +455,17 @@ class _Scores:
         order = np.argsort(arrays["indices"], kind="stable")
         arrays = {key: value[order] for key, value in arrays.items()}
         self._warn_non_finite(arrays, settings.perturbations)
+        subsets = dict(subsets or {})
+        given_pairs = subsets.pop(PAIRS_KEY, None)  # as a subsets file gives them
         return EvalResult(
             arrays["labels"],
             arrays["probs"],
             {name: arrays[name] for name in settings.perturbations},
             classes=list(classes),
-            subsets=_subset_indices(subsets or {}, classes),
+            subsets=_subset_indices(subsets, classes),
             bad=list(bad),
             indices=arrays["indices"],
-            pairs=dict(pairs or {}),
+            pairs=dict(pairs or {}) if given_pairs is None else _pair_indices(given_pairs, classes),
             bootstrap_samples=settings.bootstrap_samples,
             seed=settings.seed,
         )
@@ -564,6 +567,22 @@ def _subset_indices(subsets: dict[str, list], classes: list[str]) -> dict[str, l
                 f"(0 to {len(classes) - 1})"
             )
         out[name] = [classes.index(m) if isinstance(m, str) else int(m) for m in members]
+    return out
+
+
+def _pair_indices(pairs: Any, classes: list[str]) -> dict[int, int]:
+    """Time-reversed class pairs, ``[[a, b], ...]`` of names or indices as a subsets file's
+    ``pairs``, or class -> partner as a dataset's: class index -> its partner, both ways."""
+    items = list(pairs.items()) if isinstance(pairs, dict) else list(pairs)
+    out = {}
+    for pair in items:
+        if isinstance(pair, str) or not isinstance(pair, list | tuple) or len(pair) != 2:
+            raise ValueError(
+                f"subsets['pairs']: {pair!r} is not a pair of classes; give [[a, b], ...], each "
+                "two class names or indices that are each other's time reverse"
+            )
+        a, b = _subset_indices({PAIRS_KEY: list(pair)}, classes)[PAIRS_KEY]
+        out[a], out[b] = b, a
     return out
 
 
@@ -681,7 +700,8 @@ def format_table(rows: dict[str, dict[str, dict[str, Any]]], *, intervals: bool 
 def compare_gaps(reference: EvalResult, other: EvalResult) -> dict[str, dict[str, dict]]:
     """Per subset and perturbation: ``other``'s gap minus ``reference``'s, with a paired 95%
     interval (both models' outcomes on the same clip resampled together) and whether it lies
-    outside the noise (the interval excludes 0). Both results must cover the same clips."""
+    outside the noise (the interval excludes 0; None without an interval). Both results must
+    cover the same clips."""
     if not np.array_equal(reference.labels, other.labels):
         raise ValueError("compare_gaps needs two evaluations of the same clips, in the same order")
     ref_hits, other_hits = reference.hits(), other.hits()
@@ -698,9 +718,12 @@ def compare_gaps(reference: EvalResult, other: EvalResult) -> dict[str, dict[str
             interval = bootstrap_interval(
                 difference, samples=reference.bootstrap_samples, seed=reference.seed
             )
+            # No interval (eval.bootstrap_samples=0, or no clips): no verdict, where a NaN bound
+            # would read as "inside the noise".
+            verdict = bool(interval[0] > 0 or interval[1] < 0)
             out[subset][perturbation] = {
                 "difference": float(difference.mean()) if mask.any() else float("nan"),
                 "ci": [float(interval[0]), float(interval[1])],
-                "outside_noise": bool(interval[0] > 0 or interval[1] < 0),
+                "outside_noise": verdict if np.isfinite(interval).all() else None,
             }
     return out

@@ -368,10 +368,30 @@ def check_classes(model: nn.Module, dataset: list[str], where: str | Path) -> No
     )
 
 
+# A foreign spec's name: ``validate`` leaves its model to be checked when it is loaded.
+_GIVEN_MODEL = "torchvision:given_model"
+
+
+def validate_for_given_model(cfg: Config) -> Config:
+    """``validate`` what concerns the data and the evaluation, for a model that a spec or a
+    checkpoint gives (eval, diagnose): the config's own model (``model.name``,
+    ``model.kwargs``) and training losses are not the one scored, so they are not checked; the
+    clips (``model.num_frames``, ``data.crop_size``) are. Returns ``cfg`` unchanged."""
+    loss = cfg.loss
+    untrained = replace(
+        loss,
+        order=replace(loss.order, weight=0.0),
+        debias=replace(loss.debias, weight=0.0),
+        flow=replace(loss.flow, weight=0.0),
+    )
+    validate(replace(cfg, model=replace(cfg.model, name=_GIVEN_MODEL, kwargs={}), loss=untrained))
+    return cfg
+
+
 def evaluate_checkpoint(cfg: Config, checkpoint: str | Path) -> EvalResult | BackgroundsResult:
     """The evaluation of a model (a checkpoint or any spec) on the config's evaluation split:
     original / shuffled per subset, or on ImageNet-9 the Backgrounds Challenge (Table 4)."""
-    validate(cfg)
+    validate_for_given_model(cfg)
     if cfg.data.dataset == "imagenet9":
         return BackgroundsResult(evaluate_backgrounds_checkpoint(cfg, checkpoint))
     info = setup_distributed(cfg.train.device)
