@@ -150,17 +150,7 @@ def test_order_probe_reads_the_frame_index_where_it_is_and_only_there():
 @pytest.mark.parametrize("name", TINY_BACKBONES)
 def test_gradcam_maps_have_the_clip_shape_and_are_finite(name):
     frames = T if _takes_video(name) else 1
-    torch.manual_seed(0)
-    kwargs = dict(
-        num_classes=5,
-        num_frames=frames,
-        img_size=IMG,
-        embed_dim=24,
-        depth=2,
-        num_heads=2,
-        drop_path_rate=0.0,
-    )
-    model = create_backbone(name, **kwargs)
+    model = _tiny(name, frames=frames)
     video = torch.randn(2, 3, frames, IMG, IMG, generator=torch.Generator().manual_seed(1))
     maps = video_gradcam(model, video, targets=[1, 3])
     assert maps.shape == (2, frames, IMG, IMG)
@@ -170,21 +160,14 @@ def test_gradcam_maps_have_the_clip_shape_and_are_finite(name):
     assert all(p.grad is None for p in model.parameters()) and model.training  # left as found
 
 
-def _tiny_timesformer():
+def _tiny(name: str = "timesformer_tiny_patch8_64", frames: int = T) -> torch.nn.Module:
     torch.manual_seed(0)
-    return create_backbone(
-        "timesformer_tiny_patch8_64",
-        num_classes=5,
-        num_frames=T,
-        img_size=IMG,
-        embed_dim=24,
-        depth=2,
-        num_heads=2,
-    )
+    sizes = dict(num_frames=frames, img_size=IMG, embed_dim=24, depth=2, num_heads=2)
+    return create_backbone(name, num_classes=5, drop_path_rate=0.0, **sizes)
 
 
 def test_gradcam_in_a_training_step_keeps_the_gradients_the_step_accumulated():
-    model, video = _tiny_timesformer(), torch.randn(2, 3, T, IMG, IMG)
+    model, video = _tiny(), torch.randn(2, 3, T, IMG, IMG)
     model(video).logsumexp(-1).sum().backward()
     before = {name: p.grad.clone() for name, p in model.named_parameters()}
     video_gradcam(model, video[:1], targets=[2])
@@ -193,7 +176,7 @@ def test_gradcam_in_a_training_step_keeps_the_gradients_the_step_accumulated():
 
 
 def test_gradcam_of_a_frozen_model_or_under_no_grad_gives_the_same_maps():
-    model, video = _tiny_timesformer(), torch.randn(1, 3, T, IMG, IMG)
+    model, video = _tiny(), torch.randn(1, 3, T, IMG, IMG)
     maps = video_gradcam(model, video, targets=[1])
     with torch.no_grad():  # before: "element 0 of tensors does not require grad"
         np.testing.assert_allclose(video_gradcam(model, video, targets=[1]), maps, atol=1e-6)
@@ -204,7 +187,7 @@ def test_gradcam_of_a_frozen_model_or_under_no_grad_gives_the_same_maps():
 
 def test_gradcam_names_a_target_that_is_no_class():
     with pytest.raises(ValueError, match="target 5 is no class of a 5-class model"):
-        video_gradcam(_tiny_timesformer(), torch.randn(1, 3, T, IMG, IMG), targets=[5])
+        video_gradcam(_tiny(), torch.randn(1, 3, T, IMG, IMG), targets=[5])
 
 
 def test_gradcam_tubelets_are_stretched_back_to_frames():
