@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from test_train import TINY, tiny_config
 
 from timematters.config import ConfigError
@@ -211,6 +212,23 @@ def test_resume_may_change_where_to_stop_and_how_much_to_log(tmp_path):
     )
     assert result["steps"] == 8
     assert [r["step"] for r in _records(run) if r["kind"] == "train"] == list(range(1, 9))
+
+
+def test_a_max_steps_stop_then_resume_keeps_the_best_checkpoint_of_the_run_never_stopped(tmp_path):
+    recipe = [*RECIPE[:3], "train.epochs=2", "train.eval_every_epochs=1"]
+    train(tiny_config(tmp_path / "full", *recipe))
+    stopped = tmp_path / "stopped"
+    train(tiny_config(stopped, *recipe, "train.max_steps=5"))  # mid-epoch 1, then its evaluation
+    # That evaluation is no epoch's end: before, it became best.pth, which the resume kept.
+    assert not (stopped / "checkpoints" / "best.pth").exists()
+    train(tiny_config(stopped, *recipe), resume=stopped / "checkpoints" / "last.pth")
+    assert _records(stopped) == _records(tmp_path / "full")
+    best, expected = (
+        load_checkpoint(r / "checkpoints" / "best.pth") for r in (stopped, tmp_path / "full")
+    )
+    assert best["step"] == expected["step"]
+    for key, value in expected["model"].items():
+        assert torch.equal(best["model"][key], value), key
 
 
 def test_resume_of_a_finished_run_does_nothing(tmp_path, capsys):

@@ -493,7 +493,11 @@ def fit(run: Run) -> dict[str, Any]:
         if run.bad_log.bad:
             run.bad_log.write()
     progress.final_eval_lines = lines_before
-    best = _record_if_best(run, result)
+    # A train.max_steps stop before train.epochs is no epoch's end: a resume cuts its evaluation
+    # from the log and trains on, so it may not become best.pth, which would then differ from
+    # the run never stopped.
+    finished = progress.epoch >= cfg.train.epochs
+    best = finished and _record_if_best(run, result)
     _save_epoch_checkpoints(run, best=best)
     if cfg.data.dataset == "imagenet9":  # images: Table 4's variations, not a frame shuffle
         _evaluate_backgrounds(run)
