@@ -364,6 +364,59 @@ def test_a_full_disk_stops_a_run_in_one_line_and_a_cut_log_is_whole_or_untouched
     assert log.read_text() == "one\ntwo\n" and not list(tmp_path.glob(".metrics.jsonl.*"))
 
 
+def test_a_full_disk_under_tensorboard_names_its_folder_without_a_thread_traceback(
+    tmp_path, capsys, monkeypatch
+):
+    import errno
+
+    record_writer = pytest.importorskip("tensorboard.summary.writer.record_writer")
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    # TensorBoard writes its events in a thread of its own, which meets the full disk.
+    monkeypatch.setattr(record_writer.RecordWriter, "write", no_space)
+    out = tmp_path / "run"
+    args = [*TINY, "train.tensorboard=true", f"train.out={out}"]
+    code, err = _cli(capsys, "train", "synthetic/time", *args)
+    assert code == 1
+    assert "Traceback" not in err and "Exception in thread" not in err
+    assert [line for line in err.splitlines() if line.startswith("timematters:")] == [
+        f"timematters: error: cannot write {out / 'tensorboard'}: No space left on device; free "
+        "space (or raise the limit) and run the command again (a run: with --resume, from its "
+        "last checkpoint)"
+    ]
+
+
+def test_a_first_last_checkpoint_that_cannot_be_written_names_best_to_resume_from(
+    tmp_path, capsys, monkeypatch
+):
+    import errno
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    # The first epoch's end: best.pth is written, then copying it to last.pth meets a full disk.
+    monkeypatch.setattr(engine_train.shutil, "copy2", no_space)
+    out, every = tmp_path / "run", "train.eval_every_epochs=1"
+    code, err = _cli(capsys, "train", "synthetic/time", *TINY, every, f"train.out={out}")
+    assert code == 1
+    best = out / "checkpoints" / "best.pth"
+    # Before: "the previous one is intact", where there was none.
+    assert "there is no earlier one, and best.pth holds this step" in err
+    assert f"--resume {best}" in err and not (out / "checkpoints" / "last.pth").exists()
+    monkeypatch.undo()
+    assert (
+        main(["train", "synthetic/time", *TINY, every, f"train.out={out}", "--resume", str(best)])
+        == 0
+    )
+    full = tmp_path / "full"
+    assert main(["train", "synthetic/time", *TINY, every, f"train.out={full}"]) == 0
+    assert json.loads((out / "eval.json").read_text()) == json.loads(
+        (full / "eval.json").read_text()
+    )
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="forked workers need fork")
 def test_a_killed_runs_forked_workers_do_not_keep_its_folder_locked(tmp_path):
     """A run killed with -9 leaves its DataLoader workers alive a moment; the folder's lock must

@@ -14,6 +14,7 @@ import errno
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from timematters.config import ConfigError, load_config, validate_device
@@ -291,6 +292,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_tensorboard_writer_errors(args: threading.ExceptHookArgs) -> None:
+    """TensorBoard's writer thread prints a traceback for a full disk, which the run's next log
+    call raises again and the CLI names in one line (engine/metrics.py): that one is kept."""
+    writer_thread = type(args.thread).__name__ == "_AsyncWriterThread"
+    if not (writer_thread and issubclass(args.exc_type, OSError)):
+        threading.__excepthook__(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(_resume_flag_before_overrides(argv))
@@ -312,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         args.overrides.append(f"eval.perturbations=[{', '.join(names)}]")
+    threading.excepthook = _quiet_tensorboard_writer_errors
     try:
         return _COMMANDS[args.command](args)
     except BrokenPipeError:

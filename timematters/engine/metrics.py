@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,8 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+                with self._tensorboard_named():  # it writes its first event at once
+                    self.writer = SummaryWriter(str(run_dir / "tensorboard"))
             except ImportError:  # tensorboard is an optional extra
                 self.tensorboard_status = (
                     "off: pip install tensorboard (or timematters[tensorboard])"
@@ -80,14 +82,26 @@ class RunLog:
             if isinstance(value, int | float) and key not in ("step", "epoch", "kind")
         }
         if self.writer is not None:
-            for key, value in numbers.items():
-                self.writer.add_scalar(key, value, record["step"])
+            with self._tensorboard_named():
+                for key, value in numbers.items():
+                    self.writer.add_scalar(key, value, record["step"])
         if self.wandb is not None:
             self.wandb.log({**numbers, "epoch": record["epoch"]}, step=record["step"])
 
+    @contextlib.contextmanager
+    def _tensorboard_named(self) -> Iterator[None]:
+        """TensorBoard's writer thread reports a full disk at the next call, without a path:
+        named here, as the CLI then says it in one line."""
+        try:
+            yield
+        except OSError as error:
+            folder = str(self.path.parent / "tensorboard")
+            raise OSError(error.errno, error.strerror, folder) from error
+
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
+            with self._tensorboard_named():
+                self.writer.close()
         if self.wandb is not None:
             self.wandb.finish()
 

@@ -558,9 +558,15 @@ def _save_epoch_checkpoints(run: Run, *, best: bool) -> None:
             os.replace(tmp, folder / "last.pth")
         except OSError as error:
             tmp.unlink(missing_ok=True)
+            then = (
+                "the previous one is intact: free space or fix the folder, then resume with "
+                "--resume"
+                if (folder / "last.pth").exists()
+                else f"there is no earlier one, and best.pth holds this step: free space or fix "
+                f"the folder, then resume from it with --resume {folder / 'best.pth'}"
+            )
             raise CheckpointWriteError(
-                f"cannot write {folder / 'last.pth'} ({error.strerror or error}); the previous "
-                "one is intact: free space or fix the folder, then resume with --resume"
+                f"cannot write {folder / 'last.pth'} ({error.strerror or error}); {then}"
             ) from error
     barrier()
 
