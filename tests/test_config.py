@@ -120,3 +120,11 @@ def test_bad_yaml_key_names_the_file(tmp_path, capsys):
     assert "unknown key 'model.nmae'" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_every_step_schedule_preset_lowers_its_lr_within_its_epochs():
+    # The hf presets ran 10 epochs with the default milestones (20, 30): a constant lr.
+    from timematters.engine.train import _unreached_milestones
+
+    for name in PRESETS:
+        assert not _unreached_milestones(load_config(name)), name

@@ -286,3 +286,13 @@ def test_a_batch_of_bad_videos_only_is_a_step_without_an_update(tmp_path):
     full, _ = assert_resumes_exactly(tmp_path, *extra, kill_at=11)
     assert load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pth")["step"] == 16
     assert len(full) == 14  # 2 epochs of 8 batches, one of each all bad: no update, no record
+
+
+def test_a_step_schedule_whose_milestones_the_run_never_reaches_is_noted(tmp_path, capsys):
+    # A preset's milestones (20, 30) in a run shortened to 2 epochs: the lr would never fall.
+    step = ["optim.schedule=step", "optim.milestones=[1, 5, 7]", "optim.warmup_epochs=0"]
+    train(tiny_config(tmp_path / "run", "train.max_steps=1", *step))
+    out = capsys.readouterr().out
+    assert "note: optim.milestones 5, 7 are not before train.epochs=2" in out
+    train(tiny_config(tmp_path / "cosine", "train.max_steps=1", "optim.schedule=cosine"))
+    assert "optim.milestones" not in capsys.readouterr().out

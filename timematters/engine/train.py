@@ -203,6 +203,12 @@ def train(
                 raise
             for aside in replaced:
                 discard_aside(aside)
+            unreached = _unreached_milestones(cfg)
+            if unreached and info.is_main:  # a shortened run of a step-schedule preset, say
+                print(
+                    f"[train] note: optim.milestones {', '.join(map(str, unreached))} are not "
+                    f"before train.epochs={cfg.train.epochs}: the lr does not fall there"
+                )
             if not fresh:  # a refused resume must not touch the run's log: only now
                 log_copy.enter_context(copy_output(out / "train.log", enabled=info.is_main))
                 if info.is_main:
@@ -603,6 +609,13 @@ def run_summary(run: Run) -> str:
             f"{progress.nonfinite_steps} of {progress.step} had a non-finite loss or gradient",
         )
     return "\n".join(lines)
+
+
+def _unreached_milestones(cfg: Config) -> list[int]:
+    """The step schedule's milestones that the run never reaches (none for other schedules)."""
+    if cfg.optim.schedule != "step" or cfg.optim.gamma == 1:
+        return []
+    return [m for m in cfg.optim.milestones if m >= cfg.train.epochs]
 
 
 def _steps_left(cfg: Config, progress: Progress) -> bool:
