@@ -392,3 +392,21 @@ def test_without_transformers_auto_exports_safetensors_and_hf_says_what_it_needs
     assert json.loads((tmp_path / "auto" / "export.json").read_text())["format"] == "safetensors"
     assert main(["export", str(checkpoint), "--out", str(tmp_path / "hf"), "--format", "hf"]) == 2
     assert "pip install 'timematters[hf]', or --format safetensors" in capsys.readouterr().err
+
+
+def test_a_benchmark_checkpoint_and_its_export_make_the_same_clips_in_predict(tmp_path):
+    # The built-in benchmark renders its frames at the crop size: the checkpoint's clips were
+    # resized to data.eval_short_side (224) first, a 7x zoom for 32² frames, its export's not.
+    from timematters.diagnostics.predict import predict
+
+    checkpoint = _trained(tmp_path, "timesformer")
+    assert main(["export", str(checkpoint)]) == 0
+    frames = np.random.default_rng(0).integers(0, 256, (6, 36, 44, 3), dtype=np.uint8)
+    ours = predict(timematters.load_model(checkpoint), frames, perturbations=())
+    theirs = predict(
+        timematters.load_model(f"hf:{checkpoint.with_name('last_export')}"),
+        frames,
+        perturbations=(),
+    )
+    assert [name for name, _ in ours.top] == [name for name, _ in theirs.top]
+    np.testing.assert_allclose([p for _, p in ours.top], [p for _, p in theirs.top], atol=1e-5)

@@ -126,10 +126,12 @@ class EvalClip:
         get, settings = reader(data), reader(evaluation)
         # The built-in benchmark and ImageNet-9 make one view of each item whatever the fields.
         one_view = get("dataset", None) in ("synthetic", "imagenet9")
+        # The built-in benchmark renders its frames at the crop size: no resize before the crop.
+        rendered = get("dataset", None) == "synthetic"
         return cls(
             get("sampling", "segment"),
             get("dense_stride", 8),
-            get("eval_short_side", None),
+            get("crop_size", None) if rendered else get("eval_short_side", None),
             temporal_views=1 if one_view else get("test_temporal_views", 1),
             spatial_crops=1 if one_view else get("test_spatial_crops", 1),
             aggregation=settings("aggregation", "logits"),

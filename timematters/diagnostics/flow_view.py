@@ -163,11 +163,11 @@ def _files(
     cfg: Config, videos: Sequence[str | Path], clips: int, skipped: list[dict]
 ) -> list[tuple[str, torch.Tensor]]:
     """The first ``clips`` videos that decode, as the config's test clips: its test frames
-    (``data.sampling``), the short side resized to ``data.eval_short_side`` and the centre crop
-    of ``data.crop_size``."""
+    (``data.sampling``), the short side resized as evaluation does (``data.eval_short_side``; the
+    built-in benchmark's frames are at the crop size) and the centre crop of ``data.crop_size``."""
     transform = EvalTransform(
         crop_size=cfg.data.crop_size,
-        short_side=cfg.data.eval_short_side,
+        short_side=EvalClip.of(cfg.data).short_side,
         num_crops=1,
         mean=cfg.data.mean,
         std=cfg.data.std,

@@ -354,9 +354,8 @@ def _normalisation(model: nn.Module, cfg: Config) -> tuple[list[float], list[flo
 
 
 def _short_side(cfg: Config) -> int:
-    """The short side test frames are resized to before the centre crop; the built-in
-    benchmark makes its frames at the crop size."""
-    return cfg.data.crop_size if cfg.data.dataset == "synthetic" else cfg.data.eval_short_side
+    """The short side test frames are resized to before the centre crop, as evaluation does."""
+    return EvalClip.of(cfg.data).short_side
 
 
 def _clips(model: nn.Module, cfg: Config) -> dict[str, Any]:
@@ -367,7 +366,7 @@ def _clips(model: nn.Module, cfg: Config) -> dict[str, Any]:
         "sampling": cfg.data.sampling,  # which frames (test: segment centres, or dense middle)
         "dense_stride": cfg.data.dense_stride,
         "frame_size": cfg.data.crop_size,
-        "resize_short_side": _short_side(cfg),
+        "resize_short_side": views.short_side,
         # The evaluation's views of a video (predict of this folder makes them all; the card's
         # lines take the middle one).
         "test_views": {
