@@ -428,3 +428,26 @@ def test_a_users_module_failing_on_the_clips_is_one_line(tmp_path, capsys, monke
     with pytest.raises(ValueError) as caught:
         main(argv)
     assert isinstance(caught.value.__cause__, RuntimeError)  # the user's line, chained
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["export", "{ckpt}"],
+        ["eval", "synthetic/time", "--checkpoint", "{ckpt}"],
+        ["predict", "{ckpt}.mp4", "--checkpoint", "{ckpt}"],
+    ],
+)
+def test_another_librarys_checkpoint_with_a_config_entry_is_named_in_one_line(
+    tmp_path, capsys, command
+):
+    # Its 'config' is not a run's: before, a KeyError traceback with exit 1.
+    checkpoint = tmp_path / "theirs.pth"
+    torch.save({"model": {"w": torch.zeros(2)}, "config": {"lr": 0.1}}, checkpoint)
+    assert main([part.format(ckpt=checkpoint) for part in command]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"timematters: error: {checkpoint} is not a timematters checkpoint (its 'config' has no "
+        "model / data sections): give the checkpoints that train writes; a backbone's weights "
+        "go in model.pretrained"
+    )

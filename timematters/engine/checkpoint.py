@@ -57,6 +57,24 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
             os.remove(tmp)
 
 
+def saved_config(state: dict[str, Any], path: str | Path) -> dict[str, Any] | None:
+    """The run config a checkpoint saved (None when it saved none), or a ValueError naming a
+    ``config`` entry that is not a timematters run's (another library's checkpoint)."""
+    config = state.get("config")
+    if config is None:
+        return None
+    if not (isinstance(config, dict) and all(isinstance(config.get(k), dict) for k in _RUN_KEYS)):
+        raise ValueError(
+            f"{path} is not a timematters checkpoint (its 'config' has no "
+            f"{' / '.join(_RUN_KEYS)} sections): give the checkpoints that train writes; a "
+            "backbone's weights go in model.pretrained"
+        )
+    return config
+
+
+_RUN_KEYS = ("model", "data")
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint; pickled Python objects are refused (``weights_only=True``)."""
     path = Path(path)

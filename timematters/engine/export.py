@@ -35,7 +35,7 @@ from timematters.backbones.timesformer import TimeSformer, rename_to_hf_timesfor
 from timematters.backbones.vit import VisionTransformer
 from timematters.config import Config, backbone_kwargs, merge
 from timematters.data.sampling import EvalClip
-from timematters.engine.checkpoint import load_checkpoint
+from timematters.engine.checkpoint import load_checkpoint, saved_config
 from timematters.engine.model import class_names_of, load_model_from_checkpoint
 from timematters.engine.runs import OUTPUTS, RunFolderInUse, claim_folder
 
@@ -66,12 +66,12 @@ def export(
     claim_folder(out, **claim, remove=False)
     _refuse_foreign_files(out, overwrite=overwrite)
     state = load_checkpoint(checkpoint)
-    if "model" not in state or "config" not in state:
+    saved = saved_config(state, checkpoint)
+    if "model" not in state or saved is None:
         raise ValueError(
             f"{checkpoint} is not a timematters checkpoint (no 'model' and 'config' entries); "
             "export takes the checkpoints that train writes"
         )
-    saved = state["config"]
     facts = {
         "step": state.get("step"),
         "epoch": state.get("epoch"),

@@ -42,7 +42,7 @@ from timematters.data.collate import collate_videos
 from timematters.data.samplers import Shard
 from timematters.data.sampling import EvalClip
 from timematters.engine.backgrounds import BackgroundsResult, evaluate_backgrounds_checkpoint
-from timematters.engine.checkpoint import load_checkpoint
+from timematters.engine.checkpoint import load_checkpoint, saved_config
 from timematters.engine.distributed import (
     autocast_dtype,
     cleanup_distributed,
@@ -206,10 +206,11 @@ def load_model(
     if cfg is None:
         state = load_checkpoint(spec)
         cfg = Config()  # a state dict that is no checkpoint of ours is named as such below
-        if "model" in state and "config" not in state:
+        saved = saved_config(state, spec)
+        if "model" in state and saved is None:
             raise ValueError(f"{spec} holds no config: give the config its clips come from")
-        if "config" in state:
-            trained = {key: state["config"][key] for key in ("model", "data")}
+        if saved is not None:
+            trained = {key: saved[key] for key in ("model", "data")}
             cfg = merge(cfg, trained, source=spec)
     model, _ = load_model_from_checkpoint(cfg, spec)
     outputs = getattr(model, "num_classes", None)
@@ -264,10 +265,10 @@ def load_model_from_checkpoint(cfg: Config, path: str | Path) -> tuple[nn.Module
             "torchvision model is --model torchvision:NAME:FILE, a backbone's weights go in "
             "model.pretrained"
         )
-    model_cfg = cfg.model
-    if "config" in state:
-        model_cfg = merge(ModelConfig(), state["config"]["model"], source=str(path))
-        _check_trained_clips(path, state["config"], model_cfg, cfg)
+    model_cfg, saved = cfg.model, saved_config(state, path)
+    if saved is not None:
+        model_cfg = merge(ModelConfig(), saved["model"], source=str(path))
+        _check_trained_clips(path, saved, model_cfg, cfg)
     classes = list(state.get("classes") or [])
     num_classes = model_cfg.num_classes or len(classes)
     model = _build(model_cfg, cfg, num_classes, architecture=state.get("architecture"))
@@ -277,15 +278,14 @@ def load_model_from_checkpoint(cfg: Config, path: str | Path) -> tuple[nn.Module
         raise ValueError(f"{path} does not fit {model_cfg.name}: {error}") from None
     model.class_names = classes or None
     model.source = str(path)
-    if "config" in state:
+    if saved is not None:
         # How its run made test clips: predict makes them so.
-        trained = state["config"]
-        model.eval_clip = EvalClip.of(trained.get("data", {}), trained.get("eval", {}))
-    if "config" in state and not is_foreign_spec(model_cfg.name):
+        model.eval_clip = EvalClip.of(saved["data"], saved.get("eval", {}))
+    if saved is not None and not is_foreign_spec(model_cfg.name):
         # The normalisation it learnt with; cfg's clips (told in _build) are converted to it. A
         # foreign model (an adapter, a user's module) keeps its own, which its clips were
         # converted to in training.
-        trained = state["config"].get("data", {})
+        trained = saved["data"]
         model.mean = tuple(trained.get("mean", DEFAULT_INPUT[0]))
         model.std = tuple(trained.get("std", DEFAULT_INPUT[1]))
     return model.eval(), classes
