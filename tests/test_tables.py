@@ -33,7 +33,9 @@ def test_runs_and_checkpoint_evaluations_are_rows_named_by_where_they_are(tmp_pa
     assert lines[2] == "| baseline | 60.0 | 45.0 | 15.0 | 60.0 | 45.0 | 15.0 | 60.0 | 45.0 | 15.0 |"
     assert lines[3].startswith("| time | 62.5 | 30.0 | 32.5 |")
     assert lines[4].startswith("| time (best) | 63.0 | 29.0 | 34.0 |")
-    assert (tmp_path / "t.md").read_text() == "\n".join(lines[:5]) + "\n"
+    written = (tmp_path / "t.md").read_text()
+    assert written == "<!-- written by timematters table -->\n" + "\n".join(lines[:5]) + "\n"
+    assert main(["table", str(base), "--out", str(tmp_path / "t.md")]) == 0  # its own: replaced
     assert "± 2.0" in results_table([base], intervals=True)
 
 

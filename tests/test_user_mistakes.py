@@ -400,6 +400,14 @@ def test_predict_and_table_name_files_that_are_not_what_they_take(tmp_path, caps
     assert main(["table", str(tmp_path), "--out", str(video)]) == 2  # (never the video)
     assert "is a file that is not a table" in _one_line_error(capsys)
     assert video.read_bytes() == before
+    # Nor another command's markdown (a run's eval.md, a model card); its own table is replaced.
+    card = tmp_path / "README.md"
+    card.write_text("# a model card\n")
+    assert main(["table", str(tmp_path), "--out", str(card)]) == 2
+    assert "not a table `timematters table` wrote" in _one_line_error(capsys)
+    assert card.read_text() == "# a model card\n"
+    assert main(["table", str(tmp_path), "--out", str(tmp_path / "new.txt")]) == 2
+    assert "give a .md file" in _one_line_error(capsys)
     assert main(["table", str(tmp_path), "--out", str(tmp_path)]) == 2
     assert "is a folder: give a file name" in _one_line_error(capsys)
 

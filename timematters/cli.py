@@ -823,6 +823,17 @@ def _flow(args) -> int:
     return 1 if result["skipped"] else 0  # a video that could not be decoded, as predict
 
 
+_TABLE_MARK = "<!-- written by timematters table -->"  # invisible where markdown is shown
+
+
+def _written_by_table(path: Path) -> bool:
+    try:
+        with path.open(encoding="utf-8") as file:
+            return file.readline().strip() == _TABLE_MARK
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def _table(args) -> int:
     from timematters.diagnostics.tables import results_table
 
@@ -832,18 +843,22 @@ def _table(args) -> int:
         out = Path(args.out)
         if out.is_dir():
             raise ConfigError(f"--out {out} is a folder: give a file name, {out / 'table.md'}")
-        if out.exists() and out.suffix.lower() != ".md":  # someone's video, a run's eval.json
+        # Someone's video, a run's eval.md, a model card: only a table this command wrote is
+        # replaced (its first line says so).
+        if out.exists() and not _written_by_table(out):
             raise ConfigError(
-                f"--out {out} is a file that is not a table: give a new .md file (an earlier "
-                ".md table is replaced)"
+                f"--out {out} is a file that is not a table `timematters table` wrote: give a "
+                "new .md file (a table written there earlier is replaced)"
             )
+        if out.suffix.lower() != ".md":
+            raise ConfigError(f"--out {out}: the table is markdown, give a .md file")
         check_writable(out.parent, kind="the table")
     table = results_table(args.paths, names=args.name, intervals=args.intervals)
     print(table)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(table + "\n")
+        out.write_text(f"{_TABLE_MARK}\n{table}\n")
         print(f"wrote {out}")
     return 0
 
