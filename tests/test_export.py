@@ -322,6 +322,15 @@ def test_an_export_replaces_its_own_folder_only(tmp_path, capsys):
     assert "config.json" in capsys.readouterr().err
     assert (someone / "config.json").read_text() == "{}" and len(list(someone.iterdir())) == 1
 
+    # A folder holding other files (frames): export.json lists what the export wrote, not them.
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    (frames / "img_00001.png").write_bytes(b"png")
+    assert main(["export", str(checkpoint), "--out", str(frames), "--format", "hf"]) == 0
+    files = json.loads((frames / "export.json").read_text())["files"]
+    assert "img_00001.png" not in files and {"config.json", "model.safetensors"} <= set(files)
+    assert sorted(p.name for p in frames.iterdir()) == sorted([*files, "img_00001.png"])
+
     copy = tmp_path / "elsewhere.pth"  # not in its run's folder: no evaluation is claimed
     copy.write_bytes(checkpoint.read_bytes())
     assert main(["export", str(copy), "--out", str(tmp_path / "copy")]) == 0

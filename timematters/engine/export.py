@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -393,15 +395,24 @@ def _write_hf(model: nn.Module, cfg: Config, out: Path) -> dict[str, Any]:
     bars = transformers.utils.logging
     shown = bars.is_progress_bar_enabled()
     bars.disable_progress_bar()  # one folder written in a moment: no bar
+    # Written into a folder of their own first, so that the files listed are these alone, not
+    # whatever else the folder holds.
+    staging = out / ".export.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    processor = _video_processor(network.config.model_type, model, cfg, transformers)
     try:
-        network.save_pretrained(out)
+        network.save_pretrained(staging)
+        if processor is not None:
+            processor.save_pretrained(staging)
+        files = sorted(path.name for path in staging.iterdir())
+        for name in files:
+            os.replace(staging / name, out / name)
     finally:
+        shutil.rmtree(staging, ignore_errors=True)
         if shown:
             bars.enable_progress_bar()
-    processor = _video_processor(network.config.model_type, model, cfg, transformers)
     written = None
     if processor is not None:
-        processor.save_pretrained(out)
         # Read back as a user loads it: V-JEPA 2's processor sets its resize from the crop size
         # (crop · 256/224) whenever it is made, so the card's lines set it again.
         loaded = transformers.AutoVideoProcessor.from_pretrained(out)
@@ -410,7 +421,7 @@ def _write_hf(model: nn.Module, cfg: Config, out: Path) -> dict[str, Any]:
             "keeps_resize": loaded.size.shortest_edge == _short_side(cfg),
         }
     return {
-        "files": sorted(path.name for path in out.iterdir()),
+        "files": files,
         "layout": f"{network.main_input_name} [B, T, C, H, W]",
         "input_name": network.main_input_name,
         "logits": _hf_logits_shape(network.config.model_type),
