@@ -119,3 +119,15 @@ def test_a_tubelet_model_is_shown_the_labels_between_its_tubelets(tmp_path):
     labels = train_set[0]["flow_labels"]
     assert labels.shape == (3, 64)  # 8 frames, 4 token frames, 3 pairs of them; 8 x 8 patches
     assert result["clips"][0]["share"] == pytest.approx(_shares(labels))
+
+
+def test_a_model_without_flow_labels_is_named_with_the_reason(tmp_path, capsys):
+    # A 3-D CNN: before, "need at least one array to stack", of labels never made.
+    args = ["flow", "synthetic/time", "model.name=torchvision:r3d_18", "--clips", "1"]
+    assert main([*args, "--out", str(tmp_path / "flow")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "timematters: error: torchvision:r3d_18 has no flow labels: a 3-D network's tokens each "
+        "span several frames"
+    )
+    assert not (tmp_path / "flow").exists()

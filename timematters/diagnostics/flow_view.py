@@ -56,7 +56,7 @@ def view_flow_labels(
     # new ones are sure to be drawn (a bad --index must not cost them).
     claim = dict(kind="flow labels", overwrite=False, fix="choose another --out")
     claim_folder(out, **claim, remove=False)
-    patch_size, frame_step = model_flow_grid(cfg)
+    patch_size, frame_step = model_flow_grid(cfg, refuse_unsupported=True)
     labeller = build_flow_labeller(cfg, patch_size, frame_step)
     skipped: list[dict[str, str]] = []  # videos that could not be decoded: said, not drawn
     if videos:

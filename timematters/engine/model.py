@@ -127,18 +127,30 @@ def align_classifier(model: nn.Module, classes: list[str]) -> bool:
     return bool(rows)
 
 
-def model_flow_grid(cfg: Config, *, architecture: dict[str, Any] | None = None) -> tuple[int, int]:
+def model_flow_grid(
+    cfg: Config, *, architecture: dict[str, Any] | None = None, refuse_unsupported: bool = False
+) -> tuple[int, int]:
     """(patch size, frames per token frame) of the backbone: flow labels are per patch and per
     pair of consecutive token frames. From a parameter-free build on the meta device (a Hugging
     Face model's from its config); another foreign model is loaded for it (or rebuilt from a
-    checkpoint's ``architecture``), so ask only when flow labels are to be made."""
+    checkpoint's ``architecture``), so ask only when flow labels are to be made.
+    ``refuse_unsupported``: a ConfigError with the reason for a model that has no flow labels (a
+    3-D CNN's tokens span several frames); training names it with every other loss instead."""
+    model = _flow_grid_model(cfg, architecture)
+    reason = getattr(model, "unsupported", {}).get("flow", "")
+    if refuse_unsupported and reason:
+        raise ConfigError(f"{cfg.model.name} has no flow labels: {reason}")
+    return model.patch_size, frames_per_token_frame(model)  # the flow loss's own rule
+
+
+def _flow_grid_model(cfg: Config, architecture: dict[str, Any] | None) -> nn.Module:
     if is_foreign_spec(cfg.model.name):
         sizes = dict(num_frames=cfg.model.num_frames, img_size=cfg.data.crop_size)
         model = foreign_model_skeleton(cfg.model.name, architecture=architecture, **sizes)
     else:
         with torch.device("meta"):
             model = create_backbone(cfg.model.name, **backbone_kwargs(cfg, num_classes=1))
-    return model.patch_size, frames_per_token_frame(model)  # the flow loss's own rule
+    return model
 
 
 def load_model(
