@@ -409,6 +409,16 @@ def test_eval_of_a_spec_writes_to_a_folder_named_after_it(tmp_path, monkeypatch,
     assert (tmp_path / "runs" / "eval" / "r3d_18_r3d_18" / "eval.json").is_file()  # no ':' in it
 
 
+def test_eval_of_a_local_hugging_face_folder_writes_beside_it(tmp_path, monkeypatch):
+    # Every run's export is last_export/: two of them shared runs/eval/last_export before.
+    monkeypatch.chdir(tmp_path)
+    folders = [_save_hf(tmp_path / run / "checkpoints", "timesformer") for run in ("a", "b")]
+    for folder in folders:
+        assert main(["eval", "synthetic/time", *DATA, "--model", f"hf:{folder}"]) == 0
+        assert (folder.with_name(f"{folder.name}_eval") / "eval.json").is_file()
+    assert not (tmp_path / "runs").exists()
+
+
 def test_torchvision_weights_by_name_come_from_torchs_cache(tmp_path, monkeypatch):
     # torchvision:r3d_18:DEFAULT reads torchvision's own file from the hub cache (downloaded
     # there when online); here the cache holds a file of that name, written by the test.

@@ -106,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--out",
         default=None,
-        help="folder for eval.json / eval.md (default: <checkpoint>_eval/, or runs/eval/<model>)",
+        help="folder for eval.json / eval.md (default: <checkpoint>_eval/, <hf folder>_eval/, or "
+        "runs/eval/<model>)",
     )
     evaluate.add_argument("--perturb", default=None, help=PERTURB_HELP)
 
@@ -563,6 +564,11 @@ def _eval(args) -> int:
         out = Path(args.out)
     elif args.checkpoint or Path(spec).is_file():
         out = Path(spec).with_name(f"{Path(spec).stem}_eval")
+    elif spec.startswith("hf:") and Path(spec.removeprefix("hf:")).is_dir():
+        # A local folder (an export, last_export/ of every run): beside it, as for a checkpoint,
+        # so that two exports of one name do not share runs/eval/last_export.
+        folder = Path(spec.removeprefix("hf:"))
+        out = folder.with_name(f"{folder.name}_eval")
     else:  # hf:owner/name -> name; torchvision:r3d_18:w.pth -> r3d_18_w; pkg.mod:f -> f
         name, _, weights = spec.split(":", 1)[-1].partition(":")
         out = Path("runs/eval") / "_".join(filter(None, (Path(name).name, Path(weights).stem)))
