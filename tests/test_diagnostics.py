@@ -349,3 +349,15 @@ def test_diagnose_under_torchrun_shares_the_shuffle_test_and_gives_one_process_r
     )
     said = [line for line in again.stderr.splitlines() if "timematters: error:" in line]
     assert again.returncode != 0 and len(said) == 1 and "holds a run" in said[0], again.stderr
+
+
+def test_a_model_named_with_a_leading_underscore_keeps_its_legend_entry(tmp_path):
+    import warnings
+
+    from timematters.diagnostics import plots
+
+    # matplotlib leaves out labels that begin with "_": the plot had no legend entry for it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "No artists with labels found to put in legend"
+        plots.plot_order_probe({"_baseline": {"block0": 50.0, "final": 25.0}}, tmp_path / "p.png")
+    assert (tmp_path / "p.png").is_file()

@@ -12,6 +12,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _shown(label: str) -> str:
+    """A legend label as given: matplotlib leaves out labels that begin with "_" (a model named
+    _baseline), so such a one begins with a zero-width space instead."""
+    return f"\u200b{label}" if label.startswith("_") else label
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     with Path(path).open() as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -27,14 +33,18 @@ def plot_training_curves(runs: dict[str, str | Path], out: str | Path) -> Path:
         evals = [r for r in records if r["kind"] == "eval"]
         color = colors[i % len(colors)]
         steps = [r["step"] for r in train]
-        ax_loss.plot(steps, [r["ce_loss"] for r in train], color=color, label=f"{name}: ce")
+        ax_loss.plot(steps, [r["ce_loss"] for r in train], color=color, label=_shown(f"{name}: ce"))
         if (
             train
             and "loss" in train[0]
             and any(k != "ce_loss" and k.endswith("_loss") for k in train[0])
         ):
             ax_loss.plot(
-                steps, [r["loss"] for r in train], color=color, ls=":", label=f"{name}: total"
+                steps,
+                [r["loss"] for r in train],
+                color=color,
+                ls=":",
+                label=_shown(f"{name}: total"),
             )
         if evals:
             eval_steps = [r["step"] for r in evals]
@@ -43,7 +53,7 @@ def plot_training_curves(runs: dict[str, str | Path], out: str | Path) -> Path:
                 [r["all/top1"] for r in evals],
                 color=color,
                 marker="o",
-                label=f"{name}: original",
+                label=_shown(f"{name}: original"),
             )
             if "all/shuffled_top1" not in evals[0]:  # one-frame images: nothing was shuffled
                 continue
@@ -53,7 +63,7 @@ def plot_training_curves(runs: dict[str, str | Path], out: str | Path) -> Path:
                 color=color,
                 marker="x",
                 ls="--",
-                label=f"{name}: shuffled",
+                label=_shown(f"{name}: shuffled"),
             )
     ax_loss.set(xlabel="step", ylabel="loss", title="training loss")
     ax_acc.set(xlabel="step", ylabel="top-1 (%)", title="test accuracy, all classes")
@@ -104,7 +114,7 @@ def plot_confidence_gap_histogram(
                 h["edges"],
                 color=color,
                 lw=1.5,
-                label=f"{name}: mean {round(h['mean'], 2) + 0.0:+.2f}",
+                label=_shown(f"{name}: mean {round(h['mean'], 2) + 0.0:+.2f}"),
             )
         ax.axvline(0.0, color="grey", lw=0.8, ls=":")
         ax.set_xticks(np.linspace(-1, 1, 5))
@@ -130,7 +140,7 @@ def plot_order_probe(
     labels = list(dict.fromkeys([*longest, *(k for acc in curves.values() for k in acc)]))
     for name, accuracy in curves.items():
         x = [labels.index(block) for block in accuracy]
-        ax.plot(x, list(accuracy.values()), marker="o", label=name)
+        ax.plot(x, list(accuracy.values()), marker="o", label=_shown(name))
     ax.set_xticks(range(len(labels)), [k.removeprefix("block") for k in labels])
     if chance is not None:
         ax.axhline(chance, color="grey", ls=":", label=f"chance ({chance:.1f}%)")
@@ -204,7 +214,7 @@ def plot_background_bars(columns: dict[str, dict[str, float]], out: str | Path) 
     for i, (name, accuracy) in enumerate(columns.items()):
         values = [accuracy[v] for v in variations]
         label = f"{name} (BG-Gap {accuracy['bg_gap']:.1f})" if "bg_gap" in accuracy else name
-        ax.bar(x + (i - (len(columns) - 1) / 2) * width, values, width, label=label)
+        ax.bar(x + (i - (len(columns) - 1) / 2) * width, values, width, label=_shown(label))
     ax.set_xticks(x, variations, rotation=20, ha="right", fontsize=8)
     ax.set(ylabel="top-1 (%)", ylim=(0, 105), title="accuracy per test variation")
     ax.grid(axis="y", alpha=0.3)
@@ -244,7 +254,7 @@ def plot_class_gaps(rows: list[dict], key: str, out: str | Path, max_classes: in
     width = 0.8 / len(models)
     for i, model in enumerate(models):
         values = [by_model[model].get(name, np.nan) for name in order]
-        ax.bar(x + (i - (len(models) - 1) / 2) * width, values, width, label=model)
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, values, width, label=_shown(model))
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(x, [name[:28] for name in order], rotation=70, ha="right", fontsize=6)
     ax.set(ylabel=f"{key} (top-1 points)", title="per-class accuracy lost without frame order")
