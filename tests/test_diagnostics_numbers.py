@@ -144,6 +144,10 @@ def test_clips_with_nan_confidences_are_left_out_of_the_confidence_gap(tmp_path)
     assert gaps["mean"] == pytest.approx(0.15) and gaps["median"] == pytest.approx(0.15)
     assert sum(gaps["mass"]) == pytest.approx(1.0)
     assert gaps["num_clips"] == 2 and gaps["num_left_out"] == 2
+    # Per class too: class x's confidence is its finite clip's, 0.9 (before: NaN).
+    rows = {row["name"]: row for row in result.class_reliance()}
+    assert rows["x"]["confidence"] == pytest.approx(0.9) and rows["x"]["top1"] == 50.0
+    assert rows["y"]["shuffled_confidence"] == pytest.approx(0.8)
 
     batches = _batches(num_clips=12)
     videos = torch.cat([video for video, _ in batches])

@@ -158,12 +158,12 @@ class EvalResult:
                 "name": name,
                 "clips": int(mask.sum()),
                 "top1": float(100 * hits["top1"][mask].mean()),
-                "confidence": float(confidence[mask].mean()),
+                "confidence": _finite_mean(confidence[mask]),
             }
             for perturbation, probs in self.perturbed.items():
                 label = LABELS[perturbation]
                 top1 = float(100 * hits[f"{label}_top1"][mask].mean())
-                perturbed_confidence = float(probs[rows, self.labels][mask].mean())
+                perturbed_confidence = _finite_mean(probs[rows, self.labels][mask])
                 row[f"{label}_top1"] = top1
                 row[gap_key(perturbation)] = row["top1"] - top1
                 row[f"{label}_confidence"] = perturbed_confidence
@@ -200,6 +200,13 @@ class EvalResult:
             )
         rows = np.arange(len(self.labels))
         return self.probs[rows, self.labels] - self.perturbed[perturbation][rows, self.labels]
+
+
+def _finite_mean(values: np.ndarray) -> float:
+    """The mean of the finite values (NaN when none is): a clip with NaN logits has no
+    confidence, as it has no confidence gap, while its accuracy counts a miss."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else float("nan")
 
 
 def _hits(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
