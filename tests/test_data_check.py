@@ -43,8 +43,8 @@ def test_undecodable_and_missing_fail(list_tree, capsys):
     (list_tree / "val.txt").write_text("c.webm walk\nabsent.mp4 run\n")
     assert check_dataset(_list_config(list_tree)) == 1
     out = capsys.readouterr().out
-    assert "1 videos undecodable" in out and "b.webm" in out
-    assert "1 videos missing" in out and "absent.mp4" in out
+    assert "1 video undecodable" in out and "b.webm" in out
+    assert "1 video missing" in out and "absent.mp4" in out
     # Without decoding only the missing file is found.
     assert check_dataset(_list_config(list_tree), decode=False) == 1
     assert "videos undecodable" not in capsys.readouterr().out
@@ -63,7 +63,7 @@ def test_frame_folders_with_lost_frames_fail(tmp_path, capsys):
     cfg.data.decoder = "frames"
     assert check_dataset(cfg) == 1
     out = capsys.readouterr().out
-    assert "train: 1 frame folders with frames missing" in out
+    assert "train: 1 frame folder with frames missing" in out
     assert "gap: frame numbering skips from img_00004.png to img_00006.png" in out
     assert "strided:" not in out
 
@@ -79,7 +79,7 @@ def test_class_without_training_videos_fails(list_tree, capsys):
     cfg = _list_config(list_tree)
     cfg.data.class_list = str(list_tree / "classes.txt")
     assert check_dataset(cfg) == 1
-    assert "1 classes have no videos" in capsys.readouterr().out
+    assert "1 class has no videos" in capsys.readouterr().out
 
 
 def test_ssv2_subset_names_checked(tmp_path, capsys):
@@ -126,5 +126,5 @@ def test_a_frame_folder_with_an_empty_frame_file_fails(tmp_path, capsys):
     cfg.data.decoder = "frames"
     assert check_dataset(cfg) == 1
     out = capsys.readouterr().out
-    assert "val: 1 videos undecodable" in out
+    assert "val: 1 video undecodable" in out
     assert "clip: 1 empty (0-byte) frame files, first img_00001.png" in out

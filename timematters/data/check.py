@@ -104,22 +104,28 @@ def check_dataset(
         bad, gaps = _decode_problems(dataset, count, workers, split) if decode else ([], [])
         listed = len(dataset) + len(dataset.missing)
         line = (
-            f"{split}: {listed} videos listed, {len(dataset)} found, {len(dataset.missing)} missing"
+            f"{split}: {_count(listed, 'video')} listed, {len(dataset)} found, "
+            f"{len(dataset.missing)} missing"
         )
         if decode:
             line += f", {len(bad)} of {count} checked undecodable"
         print(f"{line}; {len(dataset.classes)} classes")
         if dataset.missing:
             problems.append(
-                _examples(f"{split}: {len(dataset.missing)} videos missing", dataset.missing)
+                _examples(
+                    f"{split}: {_count(len(dataset.missing), 'video')} missing", dataset.missing
+                )
             )
         if bad:
             problems.append(
-                _examples(f"{split}: {len(bad)} videos undecodable", [f"{p}: {r}" for p, r in bad])
+                _examples(
+                    f"{split}: {_count(len(bad), 'video')} undecodable",
+                    [f"{p}: {r}" for p, r in bad],
+                )
             )
         if gaps:
             # Frames are read by position: a lost frame shortens the motion around it unseen.
-            headline = f"{split}: {len(gaps)} frame folders with frames missing"
+            headline = f"{split}: {_count(len(gaps), 'frame folder')} with frames missing"
             problems.append(_examples(headline, [f"{p}: {r}" for p, r in gaps]))
 
     if datasets:
@@ -129,7 +135,12 @@ def check_dataset(
         empty = sorted(set(range(len(train.classes))) - set(train.labels))
         if empty:
             names = [f"{i} {train.classes[i]}" for i in empty]
-            problems.append(_examples(f"train: {len(empty)} classes have no videos", names))
+            have = "has" if len(empty) == 1 else "have"
+            problems.append(
+                _examples(
+                    f"train: {_count(len(empty), 'class', 'classes')} {have} no videos", names
+                )
+            )
         lookalikes = similar_class_names(train.classes, Counter(train.labels))
         if lookalikes:
             pairs = [f"{rare!r} looks like {common!r}" for rare, common in lookalikes]
@@ -140,7 +151,9 @@ def check_dataset(
             if list_file and Path(list_file).is_file():
                 duplicates = list_duplicates(list_file)
                 if duplicates:
-                    headline = f"{split}: {len(duplicates)} videos listed twice in {list_file}"
+                    headline = (
+                        f"{split}: {_count(len(duplicates), 'video')} listed twice in {list_file}"
+                    )
                     problems.append(_examples(headline, duplicates))
     # The subset match depends on labels.json only: report it once.
     unmatched = next((getattr(d, "unmatched_subset_names", {}) for d in datasets.values()), {})
@@ -181,3 +194,8 @@ def _print_class_table(datasets: dict[str, VideoDataset]) -> None:
     for index, name in enumerate(classes):
         row = "".join(f"{counts[split][index]:>8}" for split in counts)
         print(f"{index:>5}  {name:<{width}}{row}")
+
+
+def _count(number: int, one: str, many: str = "") -> str:
+    """``1 video``, ``2 videos``."""
+    return f"{number} {one if number == 1 else many or one + 's'}"
