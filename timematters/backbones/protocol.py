@@ -141,9 +141,10 @@ def depth_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return list(blocks) if isinstance(blocks, torch.nn.ModuleList) else []
 
 
-def check_clips(video: object, *, views: bool = False) -> None:
+def check_clips(video: object, *, views: bool = False, values: bool = True) -> None:
     """Clips as every model takes them, float ``[B, 3, T, H, W]`` normalised (with ``views``,
-    ``[B, V, 3, T, H, W]`` too), or a ValueError that says how to get there from what was given."""
+    ``[B, V, 3, T, H, W]`` too), or a ValueError that says how to get there from what was given.
+    ``values``: also refuse float pixels in [0, 255] (one pass over a CPU tensor)."""
     if not isinstance(video, torch.Tensor):
         raise ValueError(
             f"clips must be one tensor [B, 3, T, H, W], got a {type(video).__name__}; "
@@ -156,7 +157,8 @@ def check_clips(video: object, *, views: bool = False) -> None:
             "(clip, label) pairs is a Dataset to wrap in a DataLoader"
         )
     if video.ndim in dims and shape[-4] == 3 and video.is_floating_point():
-        _check_value_range(video)
+        if values:
+            _check_value_range(video)
         return
     layout = "[B, C=3, T, H, W]" + (" (or [B, V, 3, T, H, W])" if views else "")
     raise ValueError(
