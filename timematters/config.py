@@ -376,13 +376,11 @@ def expand_home_in_spec(spec: str) -> str:
     """``spec`` with a leading ``~`` expanded in its path: a checkpoint, ``hf:~/folder``,
     ``torchvision:name:~/weights.pth``. The shell expands none of them inside a ``key=value``
     word or after ``hf:``; no hub id or module name starts with ``~``."""
-    for prefix in ("hf:", "torchvision:"):
-        if spec.startswith(prefix):
-            rest = spec.removeprefix(prefix)
-            if prefix == "torchvision:":
-                name, colon, weights = rest.partition(":")
-                return f"{prefix}{name}{colon}{os.path.expanduser(weights)}"
-            return prefix + os.path.expanduser(rest)
+    if spec.startswith("hf:"):
+        return "hf:" + os.path.expanduser(spec.removeprefix("hf:"))
+    if spec.startswith("torchvision:"):
+        name, colon, weights = spec.removeprefix("torchvision:").partition(":")
+        return f"torchvision:{name}{colon}{os.path.expanduser(weights)}"
     return os.path.expanduser(spec)
 
 

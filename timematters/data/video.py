@@ -212,7 +212,7 @@ def _upright(frame) -> np.ndarray:
             upright = np.rot90(image, k=1) if c > 0 else image[::-1].transpose(1, 0, 2)[::-1]
         else:  # 0 or 180: each axis flipped on its own
             upright = image[:: -1 if d < 0 else 1, :: -1 if turn == 180 and a < 0 else 1]
-    return image if upright is image else np.ascontiguousarray(upright)
+    return np.ascontiguousarray(upright)  # no copy where the view is contiguous already
 
 
 def _display_matrix(frame) -> np.ndarray | None:
