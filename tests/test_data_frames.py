@@ -236,7 +236,7 @@ def test_data_frames_writes_every_frame_resumes_and_skips_bad_videos(tmp_path, c
     out = tmp_path / "frames"
     assert main(["data", "frames", "videolist/time", *given, "--out", str(out)]) == 1
     printed = capsys.readouterr().out
-    assert "3 videos: 0 done already, 3 to extract" in printed and "1 videos could not" in printed
+    assert "3 videos: 0 done already, 3 to extract" in printed and "1 video could not" in printed
     assert json.loads((out / "bad_videos.jsonl").read_text())["path"].endswith("broken.mp4")
     # Frame i of the folder is frame i of the video: every frame, in order, the class layout kept.
     reader = open_video(out / "jump" / "a", "frames")
@@ -339,7 +339,7 @@ def test_data_frames_never_replaces_a_users_lists(tmp_path, capsys):
     # Its own lists, which frames.json names, are replaced when it goes on.
     command = ["data", "frames", "videolist/time", *given, *read, "--out", str(tmp_path / "frames")]
     assert main(command) == 0 and main(command) == 0
-    assert "1 videos: 1 done already" in capsys.readouterr().out
+    assert "1 video: 1 done already" in capsys.readouterr().out
 
 
 def test_undecodable_videos_stay_bad_on_the_frames_and_are_listed_once(tmp_path, capsys):

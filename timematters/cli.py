@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 from timematters.config import ConfigError, load_config, validate_device
+from timematters.data.text import counted
 
 PERTURB_HELP = (
     "temporal perturbations, comma-separated (default: shuffle, the paper's): shuffle, reverse, "
@@ -589,7 +590,9 @@ def _eval(args) -> int:
     print(table)
     bad = getattr(result, "bad", [])
     if bad:
-        print(f"{len(bad)} clips could not be decoded and were not scored (bad_videos.jsonl)")
+        print(
+            f"{counted(len(bad), 'clip')} could not be decoded and were not scored (bad_videos.jsonl)"
+        )
     print(f"wrote {out / f'{stem}.json'} and {out / f'{stem}.md'}")
     if bad:
         result.check_bad(cfg.data.max_bad_fraction, out / "bad_videos.jsonl")
@@ -731,7 +734,7 @@ def _predict(args) -> int:
         print(summarise(results, unit="windows" if args.window is not None else "videos"))
     if undecodable:
         print(
-            f"timematters: {len(undecodable)} of {len(videos)} videos could not be decoded "
+            f"timematters: {len(undecodable)} of {counted(len(videos), 'video')} could not be decoded "
             "(listed above) and were not predicted",
             file=sys.stderr,
         )

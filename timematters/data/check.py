@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from timematters.config import Config, validate
 from timematters.data.build import build_dataset, loader_workers
 from timematters.data.dataset import VideoDataset
+from timematters.data.text import counted
 from timematters.data.video import DecoderUnavailable, frame_files, numbering_gap
 from timematters.data.videolist import list_duplicates, similar_class_names
 from timematters.progress import progress_bar
@@ -104,7 +105,7 @@ def check_dataset(
         bad, gaps = _decode_problems(dataset, count, workers, split) if decode else ([], [])
         listed = len(dataset) + len(dataset.missing)
         line = (
-            f"{split}: {_count(listed, 'video')} listed, {len(dataset)} found, "
+            f"{split}: {counted(listed, 'video')} listed, {len(dataset)} found, "
             f"{len(dataset.missing)} missing"
         )
         if decode:
@@ -113,19 +114,19 @@ def check_dataset(
         if dataset.missing:
             problems.append(
                 _examples(
-                    f"{split}: {_count(len(dataset.missing), 'video')} missing", dataset.missing
+                    f"{split}: {counted(len(dataset.missing), 'video')} missing", dataset.missing
                 )
             )
         if bad:
             problems.append(
                 _examples(
-                    f"{split}: {_count(len(bad), 'video')} undecodable",
+                    f"{split}: {counted(len(bad), 'video')} undecodable",
                     [f"{p}: {r}" for p, r in bad],
                 )
             )
         if gaps:
             # Frames are read by position: a lost frame shortens the motion around it unseen.
-            headline = f"{split}: {_count(len(gaps), 'frame folder')} with frames missing"
+            headline = f"{split}: {counted(len(gaps), 'frame folder')} with frames missing"
             problems.append(_examples(headline, [f"{p}: {r}" for p, r in gaps]))
 
     if datasets:
@@ -138,7 +139,7 @@ def check_dataset(
             have = "has" if len(empty) == 1 else "have"
             problems.append(
                 _examples(
-                    f"train: {_count(len(empty), 'class', 'classes')} {have} no videos", names
+                    f"train: {counted(len(empty), 'class', 'classes')} {have} no videos", names
                 )
             )
         lookalikes = similar_class_names(train.classes, Counter(train.labels))
@@ -152,7 +153,7 @@ def check_dataset(
                 duplicates = list_duplicates(list_file)
                 if duplicates:
                     headline = (
-                        f"{split}: {_count(len(duplicates), 'video')} listed twice in {list_file}"
+                        f"{split}: {counted(len(duplicates), 'video')} listed twice in {list_file}"
                     )
                     problems.append(_examples(headline, duplicates))
     # The subset match depends on labels.json only: report it once.
@@ -194,8 +195,3 @@ def _print_class_table(datasets: dict[str, VideoDataset]) -> None:
     for index, name in enumerate(classes):
         row = "".join(f"{counts[split][index]:>8}" for split in counts)
         print(f"{index:>5}  {name:<{width}}{row}")
-
-
-def _count(number: int, one: str, many: str = "") -> str:
-    """``1 video``, ``2 videos``."""
-    return f"{number} {one if number == 1 else many or one + 's'}"

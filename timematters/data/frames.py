@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from timematters.config import Config, ConfigError, validate
 from timematters.data.build import build_dataset, loader_workers
 from timematters.data.dataset import VideoDataset
+from timematters.data.text import counted
 from timematters.data.video import EXTRACTION_FAILED, VideoDecodeError, open_video
 from timematters.progress import progress_bar
 
@@ -136,7 +137,9 @@ def extract_frames(
     todo = [job for job in jobs if not Path(job.folder).is_dir() or _failed(Path(job.folder))]
     bad_log = out / "bad_videos.jsonl"
     earlier_bad = _read_bad_log(bad_log)  # read now: an unreadable one is refused before the work
-    print(f"{len(jobs)} videos: {len(jobs) - len(todo)} done already, {len(todo)} to extract")
+    print(
+        f"{counted(len(jobs), 'video')}: {len(jobs) - len(todo)} done already, {len(todo)} to extract"
+    )
     loader = DataLoader(
         _Extraction(todo, data.decoder, short_side, quality),
         batch_size=None,
@@ -151,11 +154,11 @@ def extract_frames(
     overrides = f"data.root={out} data.decoder=frames"
     for key, path in lists.items():
         overrides += f" data.{key}={path}"
-    print(f"{len(todo) - len(bad)} frame folders written to {out}")
+    print(f"{counted(len(todo) - len(bad), 'frame folder')} written to {out}")
     if bad:
         print(
-            f"{len(bad)} videos could not be decoded: their folders hold no frames, so that "
-            f"training on them counts them as bad videos; their reasons are in {bad_log}"
+            f"{counted(len(bad), 'video')} could not be decoded: their folders hold no frames, so "
+            f"training counts them as bad videos; the reasons are in {bad_log}"
         )
     print(f"read them with: {overrides}")
     return 1 if bad else 0

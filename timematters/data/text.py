@@ -1,5 +1,6 @@
-"""Reading annotation files: UTF-8 text, with or without the byte-order mark that spreadsheets
-(Excel's "CSV UTF-8") and Windows editors write at the start."""
+"""Text in and out: annotation files read as UTF-8, with or without the byte-order mark that
+spreadsheets (Excel's "CSV UTF-8") and Windows editors write at the start; counts written with
+their noun's number."""
 
 from __future__ import annotations
 
@@ -15,3 +16,8 @@ def read_text(path: str | Path) -> str:
         raise ValueError(
             f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8"
         ) from None
+
+
+def counted(number: int, one: str, many: str = "") -> str:
+    """``1 video``, ``2 videos``; ``many`` where the plural is not ``one`` + s."""
+    return f"{number} {one if number == 1 else many or one + 's'}"
