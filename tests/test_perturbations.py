@@ -16,16 +16,16 @@ from videos import numbered_frames, write_video
 
 from timematters.backbones import create_backbone
 from timematters.cli import main
-from timematters.config import EvalConfig
+from timematters.config import PERTURBATION_NAMES, EvalConfig
 from timematters.data.collate import collate_videos
 from timematters.data.subsets import load_groups
 from timematters.data.synthetic import CLASSES, PAIRS, SyntheticVideoDataset
-from timematters.engine.evaluate import PERTURBATION_NAMES, EvalResult, compare_gaps, evaluate
+from timematters.engine.evaluate import EvalResult, compare_gaps, evaluate
 from timematters.engine.statistics import bootstrap_interval
 from timematters.engine.train import train
 from timematters.losses.shuffle import (
-    PERTURBATIONS,
     freeze_frames,
+    perturbed_views,
     reverse_frames,
     swap_neighbours,
 )
@@ -41,8 +41,24 @@ def _clips(num: int = 40) -> DataLoader:
 EVERY = EvalConfig(perturbations=("shuffle", "reverse", "freeze", "freeze_each", "local"))
 
 
-def test_the_config_names_every_perturbation_evaluation_runs():
-    assert set(PERTURBATION_NAMES) == {*PERTURBATIONS, "freeze_each"}
+def test_every_perturbation_the_config_names_is_made():
+    video = torch.arange(4.0).view(1, 1, 4, 1, 1)
+    made = {
+        name: [
+            v.flatten().tolist()
+            for v in perturbed_views(video, name, perms=torch.tensor([[1, 0, 3, 2]]))
+        ]
+        for name in PERTURBATION_NAMES
+    }
+    assert made == {
+        "shuffle": [[1, 0, 3, 2]],
+        "reverse": [[3, 2, 1, 0]],
+        "freeze": [[2, 2, 2, 2]],
+        "local": [[1, 0, 3, 2]],
+        "freeze_each": [[t] * 4 for t in range(4)],
+    }
+    with pytest.raises(ValueError, match="'bogus'"):
+        perturbed_views(video, "bogus")
 
 
 def test_the_perturbations_by_hand():

@@ -17,16 +17,21 @@ import sys
 import threading
 from pathlib import Path
 
-from timematters.config import ConfigError, load_config, validate_device
+from timematters.config import PERTURBATION_NAMES, ConfigError, load_config, validate_device
 from timematters.data.text import counted
 
 PERTURB_HELP = (
-    "temporal perturbations, comma-separated (default: shuffle, the paper's): shuffle, reverse, "
-    "freeze, freeze_each, local"
+    "temporal perturbations, comma-separated (default: shuffle, the paper's): "
+    + ", ".join(PERTURBATION_NAMES)
 )
 MODEL_SPECS = (
     "a timematters checkpoint, hf:DIR_OR_HUB_ID, torchvision:NAME[:WEIGHTS], pkg.module:factory"
 )
+
+
+def _comma_list(text: str) -> list[str]:
+    """``"shuffle, reverse,"`` -> ``["shuffle", "reverse"]``."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _positive(text: str) -> int:
@@ -191,8 +196,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--perturb",
         default="shuffle,reverse",
-        help="perturbations to compare, comma-separated: shuffle, reverse, freeze, freeze_each, "
-        "local",
+        help=f"perturbations to compare, comma-separated: {', '.join(PERTURBATION_NAMES)}",
     )
     predict.add_argument("--classes", default=None, help="a file of class names, one per line")
     predict.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -315,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
     if getattr(args, "perturb", None) is not None and hasattr(args, "overrides"):
-        names = [p.strip() for p in args.perturb.split(",") if p.strip()]
+        names = _comma_list(args.perturb)
         if not names:
             print(
                 f"timematters: error: --perturb {args.perturb!r} names none: give {PERTURB_HELP}",
@@ -447,7 +451,7 @@ def _demo(args) -> int:
         ablation=args.ablation,
         appendix_d=args.appendix_d,
         epochs=args.epochs,
-        perturbations=[p.strip() for p in args.perturb.split(",") if p.strip()],
+        perturbations=_comma_list(args.perturb),
         overwrite=args.overwrite,
         resume=args.resume,
     )
@@ -675,7 +679,7 @@ def _predict(args) -> int:
         raise ConfigError(f"--window {args.window}: give a positive number of seconds")
     if args.fps is not None and args.window is None:
         raise ConfigError(f"--fps {args.fps}: the frame rate of --window's seconds; give --window")
-    perturbations = [p.strip() for p in args.perturb.split(",") if p.strip()]
+    perturbations = _comma_list(args.perturb)
     from timematters.engine.model import describe_model
 
     one_frame = (clip.get("num_frames") or describe_model(model).get("num_frames")) == 1

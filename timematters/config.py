@@ -13,6 +13,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -235,6 +236,16 @@ class TrainConfig:
 # Temporal perturbations to test (the paper's: shuffle): shuffle, reverse, freeze (the middle
 # frame repeated), local (neighbours swapped), freeze_each (each frame in turn, averaged).
 Perturbation = Literal["shuffle", "reverse", "freeze", "local", "freeze_each"]
+PERTURBATION_NAMES: tuple[str, ...] = typing.get_args(Perturbation)
+
+
+def check_perturbations(names: Sequence[str], *, where: str) -> None:
+    """``names`` all perturbations evaluation knows, or an error naming ``where`` they came from."""
+    unknown = [name for name in names if name not in PERTURBATION_NAMES]
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown {', '.join(unknown)}; choose from {', '.join(PERTURBATION_NAMES)}"
+        )
 
 
 @dataclass
@@ -653,8 +664,8 @@ def validate(cfg: Config) -> Config:
 
     if not cfg.eval.perturbations:
         raise ConfigError(
-            "eval.perturbations is empty: give one or more of shuffle, reverse, freeze, "
-            "freeze_each, local (the paper's: [shuffle])"
+            f"eval.perturbations is empty: give one or more of {', '.join(PERTURBATION_NAMES)} "
+            "(the paper's: [shuffle])"
         )
     frame, T = cfg.eval.freeze_frame, model.num_frames
     if frame is not None and not -T <= frame < T:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from timematters.config import Config, load_config
+from timematters.config import Config, check_perturbations, load_config
 from timematters.diagnostics.plots import plot_shuffle_bars, plot_training_curves
 from timematters.diagnostics.report import run_diagnose
-from timematters.engine.evaluate import PERTURBATION_NAMES, format_table
+from timematters.engine.evaluate import format_table
 from timematters.engine.metrics import to_json
 
 
@@ -147,11 +147,8 @@ def run_demo(
         raise ValueError(f"seeds must be at least 1, got {seeds}")
     if ablation and appendix_d:
         raise ValueError("--ablation and --appendix-d are two demos: run one at a time")
-    unknown = [name for name in perturbations if name not in PERTURBATION_NAMES]
-    if unknown:  # before the folder is claimed and the baseline trained
-        raise ValueError(
-            f"--perturb: unknown {', '.join(unknown)}; choose from {', '.join(PERTURBATION_NAMES)}"
-        )
+    # Before the folder is claimed and the baseline trained.
+    check_perturbations(perturbations, where="--perturb")
     variants = ABLATION if ablation else APPENDIX_D if appendix_d else DEFAULT
     claim_demo_folder(out, overwrite=overwrite, resume=resume)
     out.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from timematters.backbones.adapters.module import as_video_backbone
+from timematters.config import check_perturbations
 from timematters.data.dataset import VIDEO_EXTENSIONS
 from timematters.data.sampling import EvalClip
 from timematters.data.transforms import EvalTransform
@@ -34,14 +35,9 @@ from timematters.data.video import (
     is_frame_folder,
     open_video,
 )
-from timematters.engine.evaluate import PERTURBATION_NAMES, aggregate_views
+from timematters.engine.evaluate import aggregate_views
 from timematters.engine.model import class_names_of, describe_model
-from timematters.losses.shuffle import (
-    freeze_frames,
-    perturb_frames,
-    sample_frame_permutations,
-    shuffle_frames,
-)
+from timematters.losses.shuffle import perturbed_views, sample_frame_permutations
 
 Video = str | os.PathLike | np.ndarray | torch.Tensor
 
@@ -218,31 +214,6 @@ def _in_eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def _check_perturbations(perturbations: Sequence[str]) -> None:
-    unknown = [name for name in perturbations if name not in PERTURBATION_NAMES]
-    if unknown:
-        raise ValueError(
-            f"unknown perturbation {unknown[0]!r}; choose from {', '.join(PERTURBATION_NAMES)}"
-        )
-
-
-def _perturbed(
-    views: torch.Tensor, name: str, generator: torch.Generator, *, freeze_frame: int | None
-) -> list[torch.Tensor]:
-    """The view batches whose aggregated probabilities, averaged, are ``name``'s: one, or T for
-    freeze_each (each frame repeated in turn, as evaluate does). A shuffle moves every view's
-    frames alike, as evaluate's one permutation per clip; freeze repeats ``freeze_frame`` (None:
-    the middle one), as the run's ``eval.freeze_frame``."""
-    if name == "freeze_each":
-        return [freeze_frames(views, t) for t in range(views.shape[2])]
-    if name == "freeze":
-        return [freeze_frames(views, freeze_frame)]
-    if name == "shuffle":
-        order = sample_frame_permutations(1, views.shape[2], "per_sample", generator)
-        return [shuffle_frames(views, perms=order.expand(len(views), -1))[0]]
-    return [perturb_frames(views, name, generator)]
-
-
 def _input_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """How clips must be normalised for ``model``: an adapter takes ours (and renormalises);
     our backbones take what they were trained with."""
@@ -276,7 +247,7 @@ def predict(
     model's run was evaluated, ``views_of``; else one view and the middle frame), so that a
     checkpoint's probabilities are its evaluation's. The model runs in eval mode and is handed
     back in its own mode."""
-    _check_perturbations(perturbations)
+    check_perturbations(perturbations, where="perturbations")
     with _in_eval_mode(model) as backbone:
         recipe = _recipe(backbone, eval_clip)
         views, indices = views_of(
@@ -300,12 +271,16 @@ def predict(
                 .cpu()
             )
 
+        def perturbed(name: str) -> list[torch.Tensor]:
+            """A shuffle moves every view's frames alike, as evaluate's one order per clip."""
+            perms = None
+            if name == "shuffle":
+                order = sample_frame_permutations(1, views.shape[2], "per_sample", generator)
+                perms = order.expand(len(views), -1)
+            return perturbed_views(views, name, perms=perms, freeze_frame=recipe.freeze_frame)
+
         probs = torch.stack(
-            [probabilities([views])]
-            + [
-                probabilities(_perturbed(views, name, generator, freeze_frame=recipe.freeze_frame))
-                for name in perturbations
-            ]
+            [probabilities([views])] + [probabilities(perturbed(name)) for name in perturbations]
         )
     names = list(classes or class_names_of(backbone, num_classes=probs.shape[1]))
     if len(names) != probs.shape[1]:

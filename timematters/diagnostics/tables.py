@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from timematters.config import PERTURBATION_NAMES
 from timematters.engine.backgrounds import format_backgrounds_table
-from timematters.engine.evaluate import PERTURBATION_NAMES, format_table, gap_key
+from timematters.engine.evaluate import format_table, gap_key
 
 RESULT_FILES = ("eval.json", "diagnose.json")
 

@@ -20,7 +20,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,17 +31,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from timematters.backbones.adapters.module import as_video_backbone
 from timematters.backbones.protocol import check_clips
-from timematters.config import EvalConfig, Perturbation
+from timematters.config import PERTURBATION_NAMES, EvalConfig, check_perturbations
 from timematters.data.collate import BadVideo, BadVideoLog, collate_videos
 from timematters.data.subsets import PAIRS_KEY
 from timematters.engine.distributed import out_of_memory
 from timematters.engine.statistics import bootstrap_interval
-from timematters.losses.shuffle import (
-    freeze_frames,
-    perturb_frames,
-    sample_frame_permutations,
-    shuffle_frames,
-)
+from timematters.losses.shuffle import perturbed_views, sample_frame_permutations
 from timematters.progress import progress_bar
 
 # How metric keys name each perturbation's clips: "shuffled_top1", "reversed_gap", ...
@@ -52,7 +47,6 @@ LABELS = {
     "freeze_each": "frozen_each",
     "local": "swapped",
 }
-PERTURBATION_NAMES: tuple[str, ...] = get_args(Perturbation)  # PERTURBATIONS and freeze_each
 
 
 def gap_key(perturbation: str, top: str = "") -> str:
@@ -290,12 +284,7 @@ def evaluate_models(
     if not models:
         raise ValueError("evaluate_models needs at least one model")
     settings = settings or EvalConfig()
-    unknown = [p for p in settings.perturbations if p not in PERTURBATION_NAMES]
-    if unknown:
-        raise ValueError(
-            f"eval.perturbations: unknown {', '.join(unknown)}; choose from "
-            f"{', '.join(PERTURBATION_NAMES)}"
-        )
+    check_perturbations(settings.perturbations, where="eval.perturbations")
     # A module that returns an object with .logits, or a transformers / torchvision model given
     # as an object, is scored as diagnose scores it.
     models = [as_video_backbone(model, source=type(model).__name__) for model in models]
@@ -531,17 +520,10 @@ def _perturbed_probs(
 ) -> torch.Tensor:
     """The model's probabilities per clip on perturbation ``name`` of its ``views``; ``perms``:
     the shuffle's frame order per clip, shared by its views."""
-    if name == "shuffle":
+    if perms is not None:
         perms = repeat(perms, "b t -> (b v) t", v=views_per_clip)
-        return _clip_probs(model, shuffle_frames(views, perms=perms)[0], **options)
-    if name == "freeze":
-        return _clip_probs(model, freeze_frames(views, freeze_frame), **options)
-    if name == "freeze_each":  # each frame in turn, the probabilities averaged
-        frozen = [
-            _clip_probs(model, freeze_frames(views, t), **options) for t in range(views.shape[2])
-        ]
-        return torch.stack(frozen).mean(dim=0)
-    return _clip_probs(model, perturb_frames(views, name), **options)
+    perturbed = perturbed_views(views, name, perms=perms, freeze_frame=freeze_frame)
+    return torch.stack([_clip_probs(model, batch, **options) for batch in perturbed]).mean(dim=0)
 
 
 def _check_labels(label: torch.Tensor, *, outputs: int) -> None:

@@ -81,21 +81,27 @@ def swap_neighbours(video: torch.Tensor) -> torch.Tensor:
     return video.index_select(2, order.to(video.device))
 
 
-def perturb_frames(
-    video: torch.Tensor, name: str, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """``video`` [B, C, T, ...] under the named perturbation (``PERTURBATIONS``); ``shuffle`` draws
-    one permutation per clip, never the identity, from ``generator``."""
+def perturbed_views(
+    video: torch.Tensor,
+    name: str,
+    *,
+    perms: torch.Tensor | None = None,
+    freeze_frame: int | None = None,
+) -> list[torch.Tensor]:
+    """``video`` [B, C, T, ...] under perturbation ``name``, as the batches whose outputs,
+    averaged, are its: one, or T for freeze_each (each frame repeated in turn). shuffle puts the
+    frames in the order ``perms`` [B, T] gives; freeze repeats ``freeze_frame`` (None: the middle
+    one)."""
     if name == "shuffle":
-        return shuffle_frames(video, "per_sample", generator)[0]
-    if name not in PERTURBATIONS:
-        raise ValueError(f"unknown perturbation {name!r}; choose from {', '.join(PERTURBATIONS)}")
-    return PERTURBATIONS[name](video)
-
-
-PERTURBATIONS = {
-    "shuffle": None,  # random: see perturb_frames
-    "reverse": reverse_frames,
-    "freeze": freeze_frames,
-    "local": swap_neighbours,
-}
+        if perms is None:
+            raise ValueError("the shuffle perturbation needs perms, the frame order per clip")
+        return [shuffle_frames(video, perms=perms)[0]]
+    if name == "freeze":
+        return [freeze_frames(video, freeze_frame)]
+    if name == "freeze_each":
+        return [freeze_frames(video, t) for t in range(video.shape[2])]
+    if name == "reverse":
+        return [reverse_frames(video)]
+    if name == "local":
+        return [swap_neighbours(video)]
+    raise ValueError(f"unknown perturbation {name!r}")
