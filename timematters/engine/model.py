@@ -28,6 +28,7 @@ from timematters.backbones.adapters import (
     rebuild_foreign_model,
 )
 from timematters.backbones.normalisation import DEFAULT_INPUT, check_normalisation
+from timematters.backbones.protocol import frames_per_token_frame
 from timematters.config import (
     Config,
     ConfigError,
@@ -50,7 +51,6 @@ from timematters.engine.distributed import (
     setup_distributed,
 )
 from timematters.engine.evaluate import EvalResult, evaluate
-from timematters.losses.objective import frames_per_token_frame
 
 
 def build_model(

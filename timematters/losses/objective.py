@@ -23,7 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from timematters.backbones.protocol import PROTOCOL_MEMBERS, VideoTokens, check_clips
+from timematters.backbones.protocol import (
+    PROTOCOL_MEMBERS,
+    VideoTokens,
+    check_clips,
+    check_protocol,
+    check_tokens,
+    frames_per_token_frame,
+)
 from timematters.config import LossConfig, check_losses
 from timematters.losses.ce import CrossEntropyLoss
 from timematters.losses.debias import DebiasLoss
@@ -282,58 +289,6 @@ def _warn_identity_shuffles(num_frames: int) -> None:
         )
 
 
-def _check_protocol(model: nn.Module) -> None:
-    """The sizes the objective reads, named when missing or not numbers (a method, say)."""
-    lacking = [name for name in PROTOCOL_MEMBERS if not hasattr(model, name)]
-    if lacking:
-        raise TypeError(
-            f"{type(model).__name__} lacks {', '.join(lacking)} of the VideoBackbone protocol "
-            "(timematters.backbones.protocol.VideoBackbone); the objective reads its sizes there"
-        )
-    for name in ("embed_dim", "num_frames", "token_frames", "patch_size"):
-        value = getattr(model, name)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(
-                f"{type(model).__name__}.{name} is a {type(value).__name__}; the protocol wants "
-                f"an int (a property, not a method, for a computed one)"
-            )
-
-
-def check_tokens(
-    tokens: VideoTokens, model: nn.Module, batch_size: int, *, frames: int | None = None
-) -> None:
-    """Tokens in the protocol's layout, cls [B, D] and patches [B, T, S, D], with the sizes the
-    model declares: the losses' heads were sized from them, and patches in another layout of
-    the same sizes ([B, S, T, D] when S = T) would train the order head on patch positions.
-    ``frames``: the clips' length, named when it is not the model's."""
-    expected = (batch_size, model.token_frames, model.grid[0] * model.grid[1], model.embed_dim)
-    patches, cls = tokens.patches, tokens.cls
-    if 0 in expected:  # a size the model does not know (a module's logits adapter, unsized)
-        return
-    if frames is not None and frames != model.num_frames and patches.shape[1] != expected[1]:
-        raise ValueError(
-            f"the clips have {frames} frames but {type(model).__name__}.num_frames is "
-            f"{model.num_frames} (its token_frames {model.token_frames}, sizing the losses' "
-            "heads): give clips of num_frames frames, or build the model for the clips"
-        )
-    if tuple(patches.shape) != expected or tuple(cls.shape) != (batch_size, model.embed_dim):
-        raise ValueError(
-            f"{type(model).__name__}.forward_features gave patches {list(patches.shape)} and cls "
-            f"{list(cls.shape)}; its sizes say patches [B, token_frames, grid h*w, embed_dim] = "
-            f"{list(expected)} and cls {[batch_size, model.embed_dim]} (patches in (t, s) order: "
-            "einops.rearrange(x, 'b d t h w -> b t (h w) d') from a [B, D, T, h, w] map)"
-        )
-
-
-def frames_per_token_frame(model: nn.Module) -> int:
-    """The model's temporal tubelet: its ``tubelet`` where it declares one (the adapters do), else
-    ``num_frames // token_frames`` (which 3-frame tubelets over 8 frames would make 4)."""
-    tubelet = getattr(model, "tubelet", None)
-    if isinstance(tubelet, int) and not isinstance(tubelet, bool) and tubelet > 0:
-        return tubelet
-    return max(1, model.num_frames // max(1, model.token_frames))
-
-
 def objective_for_model(model: nn.Module, cfg: LossConfig | None = None) -> Objective:
     """The objective for a ``VideoBackbone`` (ours or adapted): its width, token frames, grid and
     patch size, and a ValueError naming the reason when a loss that is on needs what the model
@@ -341,7 +296,7 @@ def objective_for_model(model: nn.Module, cfg: LossConfig | None = None) -> Obje
     each of the same number of frames)."""
     cfg = check_losses(cfg or LossConfig())
     _refuse_wrappers(model)
-    _check_protocol(model)
+    check_protocol(model)
     unsupported = dict(getattr(model, "unsupported", {}))
     # One frame position to predict: a loss of 0 that teaches nothing (the image variant's order
     # loss, axis=space, predicts patch positions instead).
