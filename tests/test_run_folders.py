@@ -15,7 +15,7 @@ import torch
 from test_errors import _bad_training_clips, _one_clear_line
 from test_train import TINY, _Killed, tiny_config
 
-import timematters.engine.train as engine_train
+import timematters.engine.checkpoint as engine_checkpoint
 from timematters.backbones import create_backbone
 from timematters.cli import main
 from timematters.config import EvalConfig
@@ -69,15 +69,15 @@ def test_a_kill_between_the_best_and_last_checkpoints_leaves_them_consistent(tmp
     cfg = tiny_config(
         out, "train.epochs=3", "train.eval_every_epochs=1", "train.save_every_steps=1"
     )
-    copy = engine_train.shutil.copyfile
+    copy = engine_checkpoint.shutil.copyfile
 
     def killed_copy(*args, **kwargs):  # the first epoch's evaluation is the best so far
         raise _Killed
 
-    monkeypatch.setattr(engine_train.shutil, "copyfile", killed_copy)
+    monkeypatch.setattr(engine_checkpoint.shutil, "copyfile", killed_copy)
     with pytest.raises(_Killed):
         train(cfg)
-    monkeypatch.setattr(engine_train.shutil, "copyfile", copy)
+    monkeypatch.setattr(engine_checkpoint.shutil, "copyfile", copy)
     train(cfg, resume=out / "checkpoints" / "last.pth")
     last = load_checkpoint(out / "checkpoints" / "last.pth")
     best = load_checkpoint(out / "checkpoints" / "best.pth")
@@ -397,13 +397,13 @@ def test_a_first_last_checkpoint_that_cannot_be_written_names_best_to_resume_fro
         raise OSError(errno.ENOSPC, "No space left on device")
 
     # The first epoch's end: best.pth is written, then copying it to last.pth meets a full disk.
-    monkeypatch.setattr(engine_train.shutil, "copy2", no_space)
+    monkeypatch.setattr(engine_checkpoint.shutil, "copy2", no_space)
     out, every = tmp_path / "run", "train.eval_every_epochs=1"
     code, err = _cli(capsys, "train", "synthetic/time", *TINY, every, f"train.out={out}")
     assert code == 1
     best = out / "checkpoints" / "best.pth"
     # Before: "the previous one is intact", where there was none.
-    assert "there is no earlier one, and best.pth holds this step" in err
+    assert "there is no earlier one" in err and "resume from best.pth, which holds this step" in err
     assert f"--resume {best}" in err and not (out / "checkpoints" / "last.pth").exists()
     monkeypatch.undo()
     assert (

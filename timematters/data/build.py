@@ -13,13 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from timematters.config import OFFICIAL_DATASETS, Config, ConfigError, DataConfig
+from timematters.data.collate import collate_videos
 from timematters.data.diving48 import Diving48Dataset
 from timematters.data.hmdb51 import HMDB51Dataset
 from timematters.data.jester import TwentyBNDataset
 from timematters.data.kinetics import KineticsDataset
+from timematters.data.samplers import Shard
 from timematters.data.ssv2 import SSv2Dataset
 from timematters.data.subsets import load_groups
 from timematters.data.ucf101 import UCF101Dataset
@@ -41,6 +43,21 @@ def loader_workers(requested: int) -> int:
         cpus = os.cpu_count() or 1
     per_process = max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     return min(requested, per_process)
+
+
+def build_eval_loader(
+    cfg: Config, dataset: Dataset, *, rank: int = 0, world_size: int = 1
+) -> DataLoader:
+    """``dataset``'s evaluation batches, in order: under torchrun this process's share (every
+    world_size-th clip, no padding, so no clip counts twice), decoded in ``data.num_workers``
+    workers."""
+    return DataLoader(
+        dataset,
+        batch_size=cfg.eval.batch_size,
+        sampler=Shard(len(dataset), rank, world_size),
+        num_workers=loader_workers(cfg.data.num_workers),
+        collate_fn=collate_videos,
+    )
 
 
 def build_transform(data: DataConfig, train: bool) -> Callable:

@@ -22,14 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from timematters.backbones.adapters.module import as_video_backbone
 from timematters.backbones.normalisation import DEFAULT_INPUT, clips_normalised
 from timematters.config import Config, EvalConfig
-from timematters.data.build import build_dataset, loader_workers
-from timematters.data.collate import collate_videos
-from timematters.data.samplers import Shard
+from timematters.data.build import build_dataset, build_eval_loader
 from timematters.diagnostics.confidence import confidence_gaps
 from timematters.diagnostics.gradcam import gradcam_unsupported, video_gradcam
 from timematters.diagnostics.order_probe import order_probe
@@ -404,12 +401,7 @@ def _run_diagnose(
                 "fix the order with data.class_list)"
             )
     # Decoded in the loader's workers: the shuffle test, the probe and GradCAM each read the clips.
-    loading = dict(
-        batch_size=cfg.eval.batch_size,
-        num_workers=loader_workers(cfg.data.num_workers),
-        collate_fn=collate_videos,
-    )
-    loader = DataLoader(test_set, **loading)
+    loader = build_eval_loader(cfg, test_set)
     if info.enabled and evaluations is None:
         # Under torchrun the processes share the shuffle test, the long part (every clip, every
         # perturbation, every model); rank 0 then probes and draws alone. A folder that cannot
@@ -418,10 +410,9 @@ def _run_diagnose(
         on_main_for_all(lambda: claim_folder(Path(out), **claim, remove=False))
         if info.is_main:
             print(f"[diagnose] shuffle test: {', '.join(models)} on {info.world_size} processes")
-        shard = Shard(len(test_set), info.rank, info.world_size)
         evaluations = evaluate_models(
             list(models.values()),
-            DataLoader(test_set, sampler=shard, **loading),
+            build_eval_loader(cfg, test_set, rank=info.rank, world_size=info.world_size),
             classes=test_set.classes,
             subsets=getattr(test_set, "subsets", {}),
             settings=cfg.eval,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,26 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     A failed write (torch reports a full disk as a RuntimeError) is a ``CheckpointWriteError``
     naming the file.
     """
+    _write_atomically(
+        path,
+        lambda tmp: torch.save(state, tmp),
+        if_first="start the run again (--resume auto)",
+    )
+
+
+def copy_checkpoint(source: str | Path, path: str | Path) -> None:
+    """``source``'s bytes written to ``path`` as ``save_checkpoint`` writes (``last.pth`` as the
+    ``best.pth`` just saved: no second serialisation of the state)."""
+    _write_atomically(
+        path,
+        lambda tmp: shutil.copy2(source, tmp),
+        if_first=f"resume from {Path(source).name}, which holds this step: --resume {source}",
+    )
+
+
+def _write_atomically(path: str | Path, write: Callable[[str], Any], *, if_first: str) -> None:
+    """``write(tmp)`` then a rename onto ``path``; ``if_first``: the way on when a failed write
+    leaves no earlier ``path`` to resume from."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for orphan in path.parent.glob(f".{path.name}.*.tmp"):
@@ -38,14 +59,13 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     os.close(fd)
     as_created(tmp)
     try:
-        torch.save(state, tmp)
+        write(tmp)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as error:
         then = (
             "the previous one is intact: free space or fix the folder, then resume with --resume"
             if path.exists()
-            else "there is no earlier one: free space or fix the folder, then start the run "
-            "again (--resume auto)"
+            else f"there is no earlier one: free space or fix the folder, then {if_first}"
         )
         reason = str(error).strip().splitlines()[0]
         free = shutil.disk_usage(path.parent).free

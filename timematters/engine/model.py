@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from timematters.backbones import create_backbone
 from timematters.backbones.adapters import (
@@ -38,9 +38,7 @@ from timematters.config import (
     merge,
     validate,
 )
-from timematters.data.build import build_dataset, loader_workers
-from timematters.data.collate import collate_videos
-from timematters.data.samplers import Shard
+from timematters.data.build import build_dataset, build_eval_loader
 from timematters.data.sampling import EvalClip
 from timematters.engine.backgrounds import BackgroundsResult, evaluate_backgrounds_checkpoint
 from timematters.engine.checkpoint import load_checkpoint, saved_config
@@ -412,13 +410,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path) -> EvalResult | Bac
         model = load_model(checkpoint, cfg, untrained_classes=len(test_set.classes))
         test_set = in_model_classes(cfg, cfg.eval.split, model, test_set)
         check_classes(model, test_set.classes, checkpoint)
-        loader = DataLoader(
-            test_set,
-            batch_size=cfg.eval.batch_size,
-            sampler=Shard(len(test_set), info.rank, info.world_size),
-            num_workers=loader_workers(cfg.data.num_workers),
-            collate_fn=collate_videos,
-        )
+        loader = build_eval_loader(cfg, test_set, rank=info.rank, world_size=info.world_size)
         return evaluate(
             model.to(info.device),
             loader,

@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import shutil
 import signal
 import sys
 import time
@@ -35,7 +33,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 from timematters.backbones.adapters import is_foreign_spec
 from timematters.backbones.pretrained import load_pretrained
 from timematters.config import Config, ConfigError, config_to_dict, save_config, validate
-from timematters.data.build import build_dataset, build_flow_labeller, loader_workers
+from timematters.data.build import (
+    build_dataset,
+    build_eval_loader,
+    build_flow_labeller,
+    loader_workers,
+)
 from timematters.data.collate import (
     BadVideo,
     BadVideoLog,
@@ -43,13 +46,17 @@ from timematters.data.collate import (
     check_bad_share,
     collate_videos,
 )
-from timematters.data.samplers import SeededSamples, Shard, SkipFirst
+from timematters.data.samplers import SeededSamples, SkipFirst
 from timematters.engine.backgrounds import (
     evaluate_backgrounds,
     format_backgrounds_table,
     present_variations,
 )
-from timematters.engine.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
+from timematters.engine.checkpoint import (
+    copy_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from timematters.engine.distributed import (
     DistInfo,
     all_gather_objects,
@@ -410,13 +417,7 @@ def setup_run(
     if state is not None:
         bad_log.merge([BadVideo(**video) for video in state["bad_videos"]])
 
-    eval_loader = DataLoader(
-        test_set,
-        batch_size=cfg.eval.batch_size,
-        sampler=Shard(len(test_set), info.rank, world),
-        num_workers=loader_workers(cfg.data.num_workers),
-        collate_fn=collate_videos,
-    )
+    eval_loader = build_eval_loader(cfg, test_set, rank=info.rank, world_size=world)
     flow_on_device = None
     if objective.needs_flow_labels and cfg.flow.backend == "torch":
         flow_on_device = build_flow_labeller(cfg, patch_size, frame_step)
@@ -558,22 +559,7 @@ def _save_epoch_checkpoints(run: Run, *, best: bool) -> None:
     save_run_checkpoint(run, "best.pth")
     if run.info.is_main:
         folder = run.run_dir / "checkpoints"
-        tmp = folder / ".last.pth.copy.tmp"
-        try:
-            shutil.copy2(folder / "best.pth", tmp)
-            os.replace(tmp, folder / "last.pth")
-        except OSError as error:
-            tmp.unlink(missing_ok=True)
-            then = (
-                "the previous one is intact: free space or fix the folder, then resume with "
-                "--resume"
-                if (folder / "last.pth").exists()
-                else f"there is no earlier one, and best.pth holds this step: free space or fix "
-                f"the folder, then resume from it with --resume {folder / 'best.pth'}"
-            )
-            raise CheckpointWriteError(
-                f"cannot write {folder / 'last.pth'} ({error.strerror or error}); {then}"
-            ) from error
+        copy_checkpoint(folder / "best.pth", folder / "last.pth")
     barrier()
 
 
