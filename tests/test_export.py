@@ -357,7 +357,7 @@ def test_the_video_processor_resizes_and_crops_as_the_evaluation_does(height, wi
     overrides = ["data.crop_size=32", "data.eval_short_side=40", "data.mean=[0.45,0.4,0.35]"]
     cfg = load_config("videolist/time", [*overrides, "data.std=[0.225,0.2,0.25]"])
     network = torch.nn.Identity()  # ours take the dataset's normalisation
-    processor = _video_processor("videomae", network, cfg, transformers)
+    processor = _video_processor("videomae", network, cfg)
     frames = np.random.default_rng(0).integers(0, 256, (4, height, width, 3), dtype=np.uint8)
     made = processor([torch.from_numpy(frames).permute(0, 3, 1, 2)], return_tensors="pt")
     expected = EvalTransform(32, 40, num_crops=1, mean=cfg.data.mean, std=cfg.data.std)(frames)

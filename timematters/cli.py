@@ -407,17 +407,20 @@ def _exit_code(error: Exception) -> int | None:
         return 1
     if isinstance(error, OSError) and error.errno in _FULL:  # a run stopped by its disk
         return 1
-    if isinstance(error, PermissionError):  # a folder that cannot be written: choose another
-        return 2
-    if isinstance(error, OutOfDeviceMemory):  # settings that need less memory: the message's
-        return 2
-    if isinstance(error, ConfigError | FileNotFoundError | ValueError | PretrainedKeyError):
-        return 2
-    if isinstance(error, DecoderUnavailable | IsADirectoryError | NotADirectoryError):
-        return 2
-    if isinstance(error, FileExistsError | ImportError):
-        return 2
-    return None
+    user_mistakes = (
+        ConfigError,
+        ValueError,
+        PretrainedKeyError,
+        FileNotFoundError,
+        FileExistsError,
+        IsADirectoryError,
+        NotADirectoryError,
+        PermissionError,  # a folder that cannot be written: choose another
+        OutOfDeviceMemory,  # settings that need less memory: the message says which
+        DecoderUnavailable,
+        ImportError,  # an optional extra not installed: the message names it
+    )
+    return 2 if isinstance(error, user_mistakes) else None
 
 
 def _demo(args) -> int:

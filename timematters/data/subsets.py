@@ -108,4 +108,3 @@ def match_subset(names: Sequence[str], classes: Sequence[str]) -> tuple[list[int
 _SSV2 = read_subsets(SSV2_SUBSETS)
 TEMPORAL_CLASSES = tuple(_SSV2["temporal"])
 STATIC_CLASSES = tuple(_SSV2["static"])
-SUBSETS = {"temporal": TEMPORAL_CLASSES, "static": STATIC_CLASSES}

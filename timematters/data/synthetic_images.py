@@ -54,13 +54,14 @@ def render_foreground(label: int, rng: np.random.Generator, img_size: int = 64) 
     return Layer(sprite, centre[None], np.array([radius]))
 
 
-def renderbackground_texture(
-    cls: int | None, rng: np.random.Generator, img_size: int = 64
+def render_background(
+    texture_class: int | None, rng: np.random.Generator, img_size: int = 64
 ) -> np.ndarray:
-    """Class ``cls``'s background texture, or black for None: float32 RGB [H, W, 3] in [0, 1]."""
-    if cls is None:
+    """Class ``texture_class``'s background texture, or black for None: float32 RGB [H, W, 3] in
+    [0, 1]."""
+    if texture_class is None:
         return np.zeros((img_size, img_size, 3), np.float32)
-    return background_texture(CLASS_BACKGROUNDS[cls], img_size, rng)
+    return background_texture(CLASS_BACKGROUNDS[texture_class], img_size, rng)
 
 
 def compose(background: np.ndarray, foreground: Layer | None) -> np.ndarray:
@@ -127,8 +128,8 @@ def write_backgrounds_tree(
             for index, (label, background) in enumerate(zip(labels, own, strict=True)):
                 image_seed = (seed, _SPLITS[split], index)
                 scene_rng = np.random.default_rng((*image_seed, 1, scene_id))
-                cls = background_class(variation, int(label), int(background), scene_rng)
-                scene = renderbackground_texture(cls, scene_rng, img_size)
+                texture = background_class(variation, int(label), int(background), scene_rng)
+                scene = render_background(texture, scene_rng, img_size)
                 fg = None
                 if variation != "only_bg_t":
                     fg = render_foreground(int(label), np.random.default_rng(image_seed), img_size)

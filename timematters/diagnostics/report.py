@@ -66,6 +66,9 @@ from timematters.engine.model import (
 from timematters.engine.runs import claim_folder
 from timematters.engine.statistics import half_width
 
+# A run's or a demo's folder is never a report's; an earlier report there is replaced whole.
+_CLAIM = dict(kind="a diagnose report", overwrite=False, fix="choose another --out")
+
 
 def diagnose(
     models: dict[str, nn.Module],
@@ -111,8 +114,7 @@ def diagnose(
     out = Path(out)
     # A run's or a demo's folder is refused before any work; an earlier report there is replaced
     # whole (no stale GradCAM of other clips) once this one is sure to be written.
-    claim = dict(kind="a diagnose report", overwrite=False, fix="choose another --out")
-    claim_folder(out, **claim, remove=False)
+    claim_folder(out, **_CLAIM, remove=False)
     settings = settings or EvalConfig()
     _check_arguments(models, data, mean=mean, std=std)
     _check_evaluations(evaluations, settings)
@@ -149,7 +151,7 @@ def diagnose(
             temporal = first.subsets.get("temporal", [])
             gradcam_indices = _pick_clips(first.labels, gradcam_clips, temporal)
         _check_positions(gradcam_indices, len(first.labels))
-        claim_folder(out, **claim)
+        claim_folder(out, **_CLAIM)
         out.mkdir(parents=True, exist_ok=True)
         first.check_bad(max_bad_fraction, out / "bad_videos.jsonl")
         report = _shuffle_section(
@@ -406,8 +408,7 @@ def _run_diagnose(
         # Under torchrun the processes share the shuffle test, the long part (every clip, every
         # perturbation, every model); rank 0 then probes and draws alone. A folder that cannot
         # take the report is refused before any of it.
-        claim = dict(kind="a diagnose report", overwrite=False, fix="choose another --out")
-        on_main_for_all(lambda: claim_folder(Path(out), **claim, remove=False))
+        on_main_for_all(lambda: claim_folder(Path(out), **_CLAIM, remove=False))
         if info.is_main:
             print(f"[diagnose] shuffle test: {', '.join(models)} on {info.world_size} processes")
         evaluations = evaluate_models(

@@ -399,7 +399,7 @@ def _write_hf(model: nn.Module, cfg: Config, out: Path) -> dict[str, Any]:
     # whatever else the folder holds.
     staging = out / ".export.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    processor = _video_processor(network.config.model_type, model, cfg, transformers)
+    processor = _video_processor(network.config.model_type, model, cfg)
     try:
         network.save_pretrained(staging)
         if processor is not None:
@@ -464,7 +464,7 @@ def _hf_timesformer(model: TimeSformer, transformers) -> nn.Module:
 _PROCESSOR_MODEL_TYPE = {"videoprism_vision_model": "videoprism"}
 
 
-def _video_processor(model_type: str, model: nn.Module, cfg: Config, transformers):
+def _video_processor(model_type: str, model: nn.Module, cfg: Config):
     """The video processor of the model type (None where transformers has none), set to the
     clips the model was trained on: resize to the short side, centre crop, [0, 1], normalise."""
     from transformers.image_utils import SizeDict

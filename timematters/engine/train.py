@@ -467,7 +467,7 @@ def fit(run: Run) -> dict[str, Any]:
         # A run its final evaluation stopped (too many undecodable test videos) stays stopped.
         row = metrics.get("all", {})
         scored, bad = row.get("num_clips", 0), row.get("num_bad", 0)
-        listed = run.run_dir / "eval_bad_videos.jsonl"
+        listed = run.run_dir / EVAL_BAD_VIDEOS
         check_bad_share(
             bad, scored + bad, cfg.data.max_bad_fraction, listed=listed if bad else None
         )
@@ -531,9 +531,12 @@ def _evaluate_backgrounds(run: Run) -> None:
         (run.run_dir / "backgrounds.md").write_text(table + "\n")
 
 
+EVAL_BAD_VIDEOS = "eval_bad_videos.jsonl"  # the test videos an evaluation could not decode
+
+
 def _eval_bad_path(run: Run) -> Path | None:
     """Where the test videos that could not be decoded are listed (rank 0 writes it)."""
-    return run.run_dir / "eval_bad_videos.jsonl" if run.info.is_main else None
+    return run.run_dir / EVAL_BAD_VIDEOS if run.info.is_main else None
 
 
 def _record_if_best(run: Run, result: EvalResult) -> bool:
@@ -587,8 +590,8 @@ def run_summary(run: Run) -> str:
         line("Weights & Biases", run.log.wandb_status)
     if run.bad_log.bad:
         line("bad_videos.jsonl", f"{run.bad_log.bad} training videos could not be used")
-    if (folder / "eval_bad_videos.jsonl").is_file():
-        line("eval_bad_videos.jsonl", "test videos that could not be decoded (not scored)")
+    if (folder / EVAL_BAD_VIDEOS).is_file():
+        line(EVAL_BAD_VIDEOS, "test videos that could not be decoded (not scored)")
     if progress.nonfinite_steps:  # their updates were not applied: a run that learned nothing?
         line(
             "skipped steps",

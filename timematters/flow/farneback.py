@@ -95,7 +95,7 @@ def _farneback(
         else:
             flow = F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=False)
             flow.div_(params.pyr_scale)
-        equations = _Equations(expansion[prev], expansion[nxt], (h, w), params)
+        equations = _Equations(expansion[prev], expansion[nxt], (h, w))
         window = _Window(equations.terms_prev, params)
         for _ in range(params.iterations):
             equations.at(flow, out=window.equations)
@@ -353,7 +353,6 @@ class _Equations:
         expansion_prev: torch.Tensor,
         expansion_next: torch.Tensor,
         size: tuple[int, int],
-        params: FarnebackParams,
     ):
         """``expansion_prev``, ``expansion_next``: [N, 5, H', W'], the expansions (H, W = ``size``)
         zero-padded to powers of two (``_padded_size``)."""
