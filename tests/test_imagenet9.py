@@ -135,7 +135,7 @@ def test_table4_and_bg_gap_on_a_generated_tree(tree):
     cfg = _config(tree, f"data.imagenet9.variations={list(TREE)}")
     reader, scored = BackgroundReader(), []
     reader.register_forward_hook(lambda module, inputs, output: scored.append(len(output)))
-    accuracy = evaluate_backgrounds(reader, cfg, CLASSES)
+    accuracy = evaluate_backgrounds(reader, cfg, CLASSES).accuracy
     assert sum(scored) == 6 * len(TREE)  # each image once: one frame has no order to shuffle
     assert accuracy == pytest.approx(
         {
@@ -191,6 +191,59 @@ def test_eval_scores_any_model_spec_on_the_variations_there(tree, tmp_path, monk
     assert "Table 4 without no_fg" in capsys.readouterr().out
     accuracy = json.loads((out / "backgrounds.json").read_text())
     assert accuracy["original"] == 100.0 and accuracy["mixed_next"] == 0.0
+    # Without mixed_rand there is no BG-Gap, and the note says so and how to ask for less.
+    options[-1] = "data.imagenet9.variations=[original, mixed_same, mixed_rand]"
+    (tree / "mixed_rand").rename(tree / "elsewhere")
+    assert main([*argv[:2], *options, *argv[-2:], "--out", str(tmp_path / "e2")]) == 0
+    printed = capsys.readouterr().out
+    assert f"no {tree / 'mixed_rand' / 'val'} (so no BG-Gap)" in printed
+    assert "data.imagenet9.variations=[original, mixed_same]" in printed
+    assert "bg_gap" not in json.loads((tmp_path / "e2" / "backgrounds.json").read_text())
+    # A name that is neither a variation nor a folder there: a typo, refused before any work.
+    options[-1] = "data.imagenet9.variations=[original, Mixed-Same]"
+    assert main([*argv[:2], *options, *argv[-2:], "--out", str(tmp_path / "e3")]) == 2
+    err = capsys.readouterr().err
+    assert "Mixed-Same is no Backgrounds Challenge variation" in err and "mixed_same" in err
+    assert not (tmp_path / "e3").exists()
+
+
+def test_undecodable_images_of_a_variation_are_listed_and_held_to_the_limit(tree, tmp_path, capsys):
+    """Before: left out of their variation's accuracy without a word, changing BG-Gap."""
+    from timematters.cli import main
+
+    (tree / "mixed_rand" / "val" / CLASSES[0] / "0.png").write_bytes(b"not an image")
+    (tmp_path / "in9_readers2.py").write_text(READER_MODULE)
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        options = [
+            "data.dataset=imagenet9",
+            f"data.root={tree}",
+            f"data.crop_size={IMG}",
+            f"data.eval_short_side={IMG}",
+            "data.num_workers=0",
+            "model.num_frames=1",
+            f"data.imagenet9.variations={list(TREE)}",
+        ]
+        argv = ["eval", "imagenet9/baseline", *options, "--model", "in9_readers2:BackgroundReader"]
+        # 1 of mixed_rand's 6 images: above the default limit of 1%, a stop (exit 1) naming it.
+        assert main([*argv, "--out", str(tmp_path / "strict")]) == 1
+        captured = capsys.readouterr()
+        assert "1 image could not be decoded (not scored" in captured.out
+        assert "1 of 6 mixed_rand images (16.67%)" in captured.err
+        listed = (tmp_path / "strict" / "bad_videos.jsonl").read_text()
+        assert "0.png" in listed and "mixed_rand" in listed
+        # Accepted: the table scores the other 5, and the list still names the one left out.
+        lenient = [*argv, "data.max_bad_fraction=0.2", "--out", str(tmp_path / "lenient")]
+        assert main(lenient) == 0
+        accuracy = json.loads((tmp_path / "lenient" / "backgrounds.json").read_text())
+        assert accuracy["mixed_rand"] == pytest.approx(
+            100 * 2 / 5
+        )  # 2 of 6 before, the one left out wrong
+        assert (tmp_path / "lenient" / "bad_videos.jsonl").is_file()
+    finally:
+        sys.path.remove(str(tmp_path))
 
 
 def test_classes_must_agree_across_variations(tree):
@@ -217,13 +270,9 @@ def test_a_variation_with_other_classes_is_refused_before_training(tree, capsys)
     assert "02_wheeled vehicles" in capsys.readouterr().out
 
 
-def test_an_imagenet9_run_ends_with_table4_on_the_variations_there(tree, tmp_path, capsys):
-    from timematters.engine.train import train
-
-    variations = f"data.imagenet9.variations={[*TREE, 'no_fg']}"  # no_fg is not in the tree
-    cfg = _config(
+def _tiny_run_config(tree: Path, out: Path, *extra: str):
+    return _config(
         tree,
-        variations,
         "model.name=vit_tiny_patch16_64",
         "model.kwargs={embed_dim: 24, depth: 2, num_heads: 2}",
         "train.epochs=1",
@@ -232,12 +281,35 @@ def test_an_imagenet9_run_ends_with_table4_on_the_variations_there(tree, tmp_pat
         "train.precision=fp32",
         "train.progress=false",
         "train.tensorboard=false",
-        f"train.out={tmp_path / 'run'}",
+        f"train.out={out}",
+        *extra,
     )
+
+
+def test_a_run_stops_on_too_many_undecodable_images_of_a_variation(tree, tmp_path):
+    from timematters.data.collate import TooManyBadVideos
+    from timematters.engine.train import train
+
+    (tree / "mixed_same" / "val" / CLASSES[1] / "1.png").write_bytes(b"not an image")
+    cfg = _tiny_run_config(tree, tmp_path / "run", f"data.imagenet9.variations={list(TREE)}")
+    with pytest.raises(TooManyBadVideos, match="1 of 6 mixed_same images"):
+        train(cfg)
+    # Its table is written first, with the images it could score; the one left out is listed.
+    assert "bg_gap" in json.loads((tmp_path / "run" / "backgrounds.json").read_text())
+    listed = (tmp_path / "run" / "backgrounds_bad_images.jsonl").read_text()
+    assert "mixed_same" in listed and "1.png" in listed
+
+
+def test_an_imagenet9_run_ends_with_table4_on_the_variations_there(tree, tmp_path, capsys):
+    from timematters.engine.train import train
+
+    variations = f"data.imagenet9.variations={[*TREE, 'no_fg']}"  # no_fg is not in the tree
+    cfg = _tiny_run_config(tree, tmp_path / "run", variations)
     train(cfg)
     accuracy = json.loads((tmp_path / "run" / "backgrounds.json").read_text())
     assert set(accuracy) == {*TREE, "bg_gap"}
-    assert "Table 4 without no_fg" in capsys.readouterr().out
+    # Said before the training (a typo would be refused there) and with the table.
+    assert capsys.readouterr().out.count("Table 4 without no_fg") == 2
     assert "| BG-Gap ↓ |" in (tmp_path / "run" / "backgrounds.md").read_text()
     # Its own evaluation scores each image once (a shuffle of one frame is the image itself).
     evaluated = json.loads((tmp_path / "run" / "eval.json").read_text())["all"]
@@ -284,3 +356,22 @@ def test_an_imagenet9_run_ends_with_table4_on_the_variations_there(tree, tmp_pat
     ]
     assert main(argv) == 2
     assert "takes one frame: it has no frame order" in capsys.readouterr().err
+
+
+def test_data_check_reads_table4s_variations(tree, capsys):
+    """Before: only the training folder and the evaluation's variation were checked, so a
+    missing, undecodable or incomplete variation passed as "no problems found"."""
+    from timematters.cli import main
+
+    (tree / "mixed_rand" / "val" / CLASSES[0] / "0.png").write_bytes(b"not an image")
+    for image in (tree / "only_fg" / "val" / CLASSES[2]).iterdir():
+        image.unlink()
+    variations = f"data.imagenet9.variations={[*TREE, 'no_fg']}"
+    options = [f"data.root={tree}", "data.num_workers=0", variations]
+    assert main(["data", "check", "imagenet9/baseline", *options]) == 1
+    out = capsys.readouterr().out
+    assert "mixed_rand: 6 images listed, 6 found, 0 missing, 1 of 6 checked undecodable" in out
+    assert "only_fg: 1 class without images" in out and CLASSES[2] in out
+    assert f"no_fg: no {tree / 'no_fg' / 'val'}, a row of Table 4" in out
+    assert "mixed_same: 6 images listed" in out  # each variation once; original is the val split
+    assert "original:" not in out

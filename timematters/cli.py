@@ -595,11 +595,10 @@ def _eval(args) -> int:
     (out / f"{stem}.json").write_text(to_json(metrics))
     (out / f"{stem}.md").write_text(table + "\n")
     print(table)
-    bad = getattr(result, "bad", [])
+    bad = result.bad
     if bad:
-        print(
-            f"{counted(len(bad), 'clip')} could not be decoded and were not scored (bad_videos.jsonl)"
-        )
+        what = "image" if stem == "backgrounds" else "clip"
+        print(f"{counted(len(bad), what)} could not be decoded (not scored; see bad_videos.jsonl)")
     print(f"wrote {out / f'{stem}.json'} and {out / f'{stem}.md'}")
     if bad:
         result.check_bad(cfg.data.max_bad_fraction, out / "bad_videos.jsonl")

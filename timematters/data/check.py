@@ -99,13 +99,17 @@ def check_dataset(
         except (FileNotFoundError, ValueError, DecoderUnavailable) as error:
             problems.append(f"{split}: {error}")
 
+    if data.dataset == "imagenet9" and "train" in datasets:
+        datasets.update(_table4_variations(cfg, datasets["train"].classes, problems))
+
+    unit = "image" if data.dataset == "imagenet9" else "video"
     for split, dataset in datasets.items():
         count = min(len(dataset), limit) if limit > 0 else len(dataset)
         workers = loader_workers(data.num_workers)
         bad, gaps = _decode_problems(dataset, count, workers, split) if decode else ([], [])
         listed = len(dataset) + len(dataset.missing)
         line = (
-            f"{split}: {counted(listed, 'video')} listed, {len(dataset)} found, "
+            f"{split}: {counted(listed, unit)} listed, {len(dataset)} found, "
             f"{len(dataset.missing)} missing"
         )
         if decode:
@@ -114,13 +118,13 @@ def check_dataset(
         if dataset.missing:
             problems.append(
                 _examples(
-                    f"{split}: {counted(len(dataset.missing), 'video')} missing", dataset.missing
+                    f"{split}: {counted(len(dataset.missing), unit)} missing", dataset.missing
                 )
             )
         if bad:
             problems.append(
                 _examples(
-                    f"{split}: {counted(len(bad), 'video')} undecodable",
+                    f"{split}: {counted(len(bad), unit)} undecodable",
                     [f"{p}: {r}" for p, r in bad],
                 )
             )
@@ -153,7 +157,7 @@ def check_dataset(
                 duplicates = list_duplicates(list_file)
                 if duplicates:
                     headline = (
-                        f"{split}: {counted(len(duplicates), 'video')} listed twice in {list_file}"
+                        f"{split}: {counted(len(duplicates), unit)} listed twice in {list_file}"
                     )
                     problems.append(_examples(headline, duplicates))
     # The subset match depends on labels.json only: report it once.
@@ -180,6 +184,40 @@ def _any(datasets: dict[str, VideoDataset]) -> VideoDataset:
     return next(iter(datasets.values()))
 
 
+def _table4_variations(
+    cfg: Config, classes: list[str], problems: list[str]
+) -> dict[str, VideoDataset]:
+    """ImageNet-9's test variations that Table 4 reads (the one the evaluation reads is checked
+    as its split), each under its name; a missing one, or one of other classes, is a problem."""
+    from timematters.data.build import build_variation_dataset
+
+    in9, found = cfg.data.imagenet9, {}
+    for variation in in9.variations:
+        if variation == in9.test_variation:
+            continue
+        folder = Path(cfg.data.root) / variation / "val"
+        if not folder.is_dir():
+            problems.append(
+                f"{variation}: no {folder}, a row of Table 4 (set data.imagenet9.variations to "
+                "the ones there to leave it out)"
+            )
+            continue
+        try:
+            dataset = build_variation_dataset(cfg.data, variation, classes)
+        except (FileNotFoundError, ValueError) as error:
+            problems.append(f"{variation}: {error}")
+            continue
+        empty = sorted(set(classes) - {classes[label] for label in dataset.labels})
+        if empty:  # its accuracy would leave the class out, unlike the other rows'
+            problems.append(
+                _examples(
+                    f"{variation}: {counted(len(empty), 'class', 'classes')} without images", empty
+                )
+            )
+        found[variation] = dataset
+    return found
+
+
 def _examples(headline: str, items: list[str]) -> str:
     shown = "\n      ".join(items[:SHOWN])
     more = f"\n      ... and {len(items) - SHOWN} more" if len(items) > SHOWN else ""
@@ -190,8 +228,9 @@ def _print_class_table(datasets: dict[str, VideoDataset]) -> None:
     classes = _any(datasets).classes
     counts = {split: Counter(dataset.labels) for split, dataset in datasets.items()}
     width = max(len(name) for name in classes)
-    header = "".join(f"{split:>8}" for split in counts)
+    columns = {split: max(8, len(split) + 2) for split in counts}
+    header = "".join(f"{split:>{columns[split]}}" for split in counts)
     print(f"\n{'class':>5}  {'name':<{width}}{header}")
     for index, name in enumerate(classes):
-        row = "".join(f"{counts[split][index]:>8}" for split in counts)
+        row = "".join(f"{counts[split][index]:>{columns[split]}}" for split in counts)
         print(f"{index:>5}  {name:<{width}}{row}")

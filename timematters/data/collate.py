@@ -110,14 +110,16 @@ class BadVideoLog:
             check_bad_share(self.bad, total, limit, listed=self.write() if self.path else None)
 
 
-def check_bad_share(bad: int, total: int, limit: float, *, listed: Path | None = None) -> None:
+def check_bad_share(
+    bad: int, total: int, limit: float, *, listed: Path | None = None, what: str = "videos"
+) -> None:
     """Raise ``TooManyBadVideos`` when more than ``limit`` of ``total`` videos are bad;
-    ``listed``: the file that names them."""
+    ``listed``: the file that names them; ``what``: the videos' name in the message."""
     if bad <= limit * total:
         return
     where = f"; their paths and reasons are in {listed}" if listed else ""
     raise TooManyBadVideos(
-        f"{bad} of {total} videos ({bad / total:.2%}) could not be decoded or were too short, "
+        f"{bad} of {total} {what} ({bad / total:.2%}) could not be decoded or were too short, "
         f"above the limit of {limit:.2%} (data.max_bad_fraction){where}; replace or drop them, "
         f"or accept them with data.max_bad_fraction={min(1.0, round(bad / total + 0.005, 2))}"
     )

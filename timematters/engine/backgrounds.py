@@ -3,24 +3,24 @@ BG-Gap = acc(mixed_same) - acc(mixed_rand), how much a background of another cla
 foreground stays.
 
 Every variation folder runs through the one evaluation (``evaluate.py``), without its
-perturbations: images have one frame, whose shuffle is the identity.
+perturbations: images have one frame, whose shuffle is the identity. An image that cannot be
+decoded is not scored; it is listed, and each variation's share of them is held to
+``data.max_bad_fraction``, as a video evaluation's (each row of the table is its own accuracy).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader
 
-from timematters.config import Config
-from timematters.data.build import build_variation_dataset, loader_workers
-from timematters.data.collate import collate_videos
+from timematters.config import Config, ConfigError
+from timematters.data.build import build_eval_loader, build_variation_dataset
+from timematters.data.collate import BadVideo, BadVideoLog, check_bad_share
 from timematters.data.imagenet9 import read_class_folders
-from timematters.data.samplers import Shard
 from timematters.engine.evaluate import evaluate
 
 
@@ -34,9 +34,25 @@ class BackgroundsResult:
     """Top-1 per ImageNet-9 variation and BG-Gap (Table 4), shaped like an ``EvalResult``."""
 
     accuracy: dict[str, float]
+    bad: list[BadVideo] = field(default_factory=list)  # images no variation could decode
+    # Per variation: (images scored, images that could not be decoded).
+    counts: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         return dict(self.accuracy)
+
+    def check_bad(self, limit: float, path: Path | None = None) -> None:
+        """Raise ``TooManyBadVideos`` when more than ``limit`` of a variation's images could not
+        be decoded; with ``path``, list them there first as JSON lines (whatever their number)."""
+        if not self.bad:
+            return
+        log = BadVideoLog(path)
+        log.merge(self.bad)
+        if path is not None:
+            log.write()
+        for variation, (scored, bad) in self.counts.items():
+            what = f"{variation} images"
+            check_bad_share(bad, scored + bad, limit, listed=path, what=what)
 
     def table(self, name: str) -> str:
         return format_backgrounds_table({name: self.accuracy})
@@ -48,34 +64,30 @@ def evaluate_backgrounds(
     classes: list[str],
     device: torch.device | str = "cpu",
     variations: tuple[str, ...] | None = None,
-) -> dict[str, float]:
+) -> BackgroundsResult:
     """Top-1 (%) of ``model`` on each variation (``data.imagenet9.variations``), and BG-Gap."""
     device = torch.device(device)
     variations = tuple(variations or cfg.data.imagenet9.variations)
-    accuracy = {}
+    accuracy, bad, counts = {}, [], {}
     # One frame has no order to perturb: each image is scored once, as it is.
     original_only = replace(cfg.eval, perturbations=())
     for variation in variations:
         dataset = build_variation_dataset(cfg.data, variation, classes)
         # Under torchrun each process scores its share; evaluate gathers them.
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        loader = DataLoader(
-            dataset,
-            batch_size=cfg.eval.batch_size,
-            sampler=Shard(len(dataset), rank, world),
-            num_workers=loader_workers(cfg.data.num_workers),
-            collate_fn=collate_videos,
-        )
+        loader = build_eval_loader(cfg, dataset, rank=rank, world_size=world)
         result = evaluate(model, loader, classes=classes, settings=original_only, device=device)
         accuracy[variation] = result.metrics()["all"]["top1"]
+        bad += result.bad
+        counts[variation] = (len(result.labels), len(result.bad))
     if {"mixed_same", "mixed_rand"} <= set(accuracy):
         accuracy["bg_gap"] = bg_gap(accuracy)
-    return accuracy
+    return BackgroundsResult(accuracy, bad=bad, counts=counts)
 
 
 def evaluate_backgrounds_checkpoint(
     cfg: Config, checkpoint: str | Path, device: torch.device | str | None = None
-) -> dict[str, float]:
+) -> BackgroundsResult:
     """``evaluate_backgrounds`` for a saved run (``checkpoints/last.pth`` of ``train``) or any
     model spec, on the variations under ``data.root``; the device defaults to ``train.device``
     ("auto": CUDA when available)."""
@@ -89,7 +101,7 @@ def evaluate_backgrounds_checkpoint(
             f"<variation>/val/<NN_class>/ folders for {', '.join(absent)}"
         )
     if absent and is_main_process():  # as a run's own Table 4: the variations there
-        print(f"[eval] Table 4 without {', '.join(absent)}: no <variation>/val under data.root")
+        print(f"[eval] {absent_variations_note(cfg, absent)}")
     folders = read_class_folders(Path(cfg.data.root) / present[0] / "val")
     model = load_model(checkpoint, cfg, untrained_classes=len(folders))
     classes = list(model.class_names or folders)  # unnamed: the folders name them
@@ -98,6 +110,17 @@ def evaluate_backgrounds_checkpoint(
     return evaluate_backgrounds(model.to(device), cfg, classes, device, variations=tuple(present))
 
 
+# The Backgrounds Challenge's test variations, in the order of its table.
+VARIATIONS = (
+    "original",
+    "only_bg_b",
+    "only_bg_t",
+    "no_fg",
+    "only_fg",
+    "mixed_same",
+    "mixed_rand",
+    "mixed_next",
+)
 _ROW_NAMES = {
     "original": "Original ↑",
     "only_fg": "Only-FG ↑",
@@ -112,11 +135,32 @@ _ROW_NAMES = {
 
 
 def present_variations(cfg: Config) -> tuple[list[str], list[str]]:
-    """(the test variations under ``data.root``, the configured ones that are not there)."""
+    """(the test variations under ``data.root``, the configured ones that are not there). A name
+    that is neither one of the challenge's variations nor a folder there is refused: a typo
+    (``Mixed-Same``) would otherwise only drop its row."""
     root = Path(cfg.data.root)
     variations = list(cfg.data.imagenet9.variations)
     present = [v for v in variations if (root / v / "val").is_dir()]
-    return present, [v for v in variations if v not in present]
+    absent = [v for v in variations if v not in present]
+    unknown = [v for v in absent if v not in VARIATIONS]
+    if unknown:
+        raise ConfigError(
+            f"data.imagenet9.variations: {', '.join(unknown)} is no Backgrounds Challenge "
+            f"variation and has no {root / unknown[0] / 'val'} folder; the variations are "
+            f"{', '.join(VARIATIONS)}"
+        )
+    return present, absent
+
+
+def absent_variations_note(cfg: Config, absent: list[str]) -> str:
+    """What a Table 4 without ``absent`` lacks, and how to ask only for the variations there."""
+    root = Path(cfg.data.root)
+    lacks = " (so no BG-Gap)" if {"mixed_same", "mixed_rand"} & set(absent) else ""
+    present = [v for v in cfg.data.imagenet9.variations if v not in absent]
+    return (
+        f"Table 4 without {', '.join(absent)}: no {root / absent[0] / 'val'}{lacks}; to score "
+        f"only the variations there, set data.imagenet9.variations=[{', '.join(present)}]"
+    )
 
 
 def format_backgrounds_table(columns: dict[str, dict[str, float]]) -> str:

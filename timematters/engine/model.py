@@ -403,7 +403,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path) -> EvalResult | Bac
     original / shuffled per subset, or on ImageNet-9 the Backgrounds Challenge (Table 4)."""
     validate_for_given_model(cfg)
     if cfg.data.dataset == "imagenet9":
-        return BackgroundsResult(evaluate_backgrounds_checkpoint(cfg, checkpoint))
+        return evaluate_backgrounds_checkpoint(cfg, checkpoint)
     info = setup_distributed(cfg.train.device)
     try:
         test_set = build_dataset(cfg, cfg.eval.split, flow_labels=False, patch_size=1)

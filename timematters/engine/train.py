@@ -48,6 +48,8 @@ from timematters.data.collate import (
 )
 from timematters.data.samplers import SeededSamples, SkipFirst
 from timematters.engine.backgrounds import (
+    BackgroundsResult,
+    absent_variations_note,
     evaluate_backgrounds,
     format_backgrounds_table,
     present_variations,
@@ -299,6 +301,10 @@ def setup_run(
         cfg, "train", flow_labels=flow_in_loader, patch_size=patch_size, frame_step=frame_step
     )
     test_set = build_dataset(cfg, cfg.eval.split, flow_labels=False, patch_size=patch_size)
+    if cfg.data.dataset == "imagenet9":  # said now, not after the training: a typo is refused
+        absent = present_variations(cfg)[1]
+        if absent and info.is_main:
+            print(f"[train] {absent_variations_note(cfg, absent)}")
     num_classes = cfg.model.num_classes or len(train_set.classes)
     if num_classes != len(train_set.classes):  # labels past the outputs fail in the loss
         raise ConfigError(
@@ -506,29 +512,34 @@ def fit(run: Run) -> dict[str, Any]:
     finished = progress.epoch >= cfg.train.epochs
     best = finished and _record_if_best(run, result)
     _save_epoch_checkpoints(run, best=best)
+    backgrounds = None
     if cfg.data.dataset == "imagenet9":  # images: Table 4's variations, not a frame shuffle
-        _evaluate_backgrounds(run)
+        backgrounds = _evaluate_backgrounds(run)
     run.log.close()
     result.check_bad(cfg.data.max_bad_fraction, _eval_bad_path(run))
+    if backgrounds is not None:
+        listed = run.run_dir / "backgrounds_bad_images.jsonl" if run.info.is_main else None
+        backgrounds.check_bad(cfg.data.max_bad_fraction, listed)
     return {"run_dir": run.run_dir, "metrics": metrics, "result": result, "steps": progress.step}
 
 
-def _evaluate_backgrounds(run: Run) -> None:
+def _evaluate_backgrounds(run: Run) -> BackgroundsResult | None:
     """The Backgrounds Challenge (Table 4) on the test variations under ``data.root``:
     ``backgrounds.json`` and ``backgrounds.md`` (variations not there are named)."""
     cfg = run.cfg
     present, absent = present_variations(cfg)
     if absent and run.info.is_main:
-        print(f"[train] Table 4 without {', '.join(absent)}: no <variation>/val under data.root")
+        print(f"[train] {absent_variations_note(cfg, absent)}")
     if not present:
-        return
-    accuracy = evaluate_backgrounds(
+        return None
+    result = evaluate_backgrounds(
         run.model.backbone, cfg, run.classes, run.info.device, variations=tuple(present)
     )
     if run.info.is_main:
-        table = format_backgrounds_table({cfg.model.name: accuracy})
-        (run.run_dir / "backgrounds.json").write_text(to_json(accuracy))
+        table = format_backgrounds_table({cfg.model.name: result.accuracy})
+        (run.run_dir / "backgrounds.json").write_text(to_json(result.accuracy))
         (run.run_dir / "backgrounds.md").write_text(table + "\n")
+    return result
 
 
 EVAL_BAD_VIDEOS = "eval_bad_videos.jsonl"  # the test videos an evaluation could not decode
@@ -577,7 +588,11 @@ def run_summary(run: Run) -> str:
     line("checkpoints/last.pth", f"step {progress.step}, epoch {progress.epoch}")
     if progress.best_epoch >= 0:
         line("checkpoints/best.pth", f"epoch {progress.best_epoch}, top-1 {progress.best_top1:.1f}")
-    line("eval.json, eval.md", "the final evaluation (original / shuffled / gap)")
+    images = run.cfg.data.dataset == "imagenet9"  # one frame: no order to shuffle
+    line(
+        "eval.json, eval.md",
+        f"the final evaluation ({'original images' if images else 'original / shuffled / gap'})",
+    )
     if (folder / "backgrounds.json").is_file():
         line("backgrounds.json, .md", "the Backgrounds Challenge (Table 4) and its BG-Gap")
     line("metrics.jsonl", f"{run.log.lines} records (every {run.cfg.train.log_every} steps)")
@@ -592,6 +607,8 @@ def run_summary(run: Run) -> str:
         line("bad_videos.jsonl", f"{run.bad_log.bad} training videos could not be used")
     if (folder / EVAL_BAD_VIDEOS).is_file():
         line(EVAL_BAD_VIDEOS, "test videos that could not be decoded (not scored)")
+    if (folder / "backgrounds_bad_images.jsonl").is_file():
+        line("backgrounds_bad_images.jsonl", "Table 4's images that could not be decoded")
     if progress.nonfinite_steps:  # their updates were not applied: a run that learned nothing?
         line(
             "skipped steps",
