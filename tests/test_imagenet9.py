@@ -154,6 +154,12 @@ def test_table4_and_bg_gap_on_a_generated_tree(tree):
     assert lines[0] == "| Dataset | baseline | +TIME |"
     assert "| Only-FG ↑ | 33.3 | 50.0 (+16.7) |" in lines
     assert lines[-1] == "| BG-Gap ↓ | 66.7 | 66.7 (+0.0) |"
+    # A variation one model was not scored on: a dash, not the row (and BG-Gap) left out.
+    partial = {k: v for k, v in accuracy.items() if k not in ("mixed_rand", "bg_gap")}
+    lines = format_backgrounds_table({"full": accuracy, "partial": partial}).splitlines()
+    assert "| Mixed-Rand ↑ | 33.3 | — |" in lines and lines[-1] == "| BG-Gap ↓ | 66.7 | — |"
+    lines = format_backgrounds_table({"partial": partial, "full": accuracy}).splitlines()
+    assert "| Mixed-Rand ↑ | — | 33.3 |" in lines and lines[-1] == "| BG-Gap ↓ | — | 66.7 |"
 
 
 READER_MODULE = """

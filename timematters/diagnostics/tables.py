@@ -53,10 +53,7 @@ def _backgrounds(
             columns[_unique(label, columns)] = json.loads(file.read_text())
         except json.JSONDecodeError as error:
             raise ValueError(f"{file} is not valid JSON ({error.msg})") from None
-    rows = set.intersection(*(set(column) for column in columns.values()))
-    return {
-        name: {k: v for k, v in column.items() if k in rows} for name, column in columns.items()
-    }
+    return columns
 
 
 def collect_rows(

@@ -165,14 +165,22 @@ def absent_variations_note(cfg: Config, absent: list[str]) -> str:
 
 def format_backgrounds_table(columns: dict[str, dict[str, float]]) -> str:
     """Markdown in the layout of the paper's Table 4: a row per variation (and BG-Gap), a column per
-    model; later columns show their difference to the first in brackets."""
+    model; later columns show their difference to the first in brackets, and a variation a
+    model was not scored on shows a dash."""
     names = list(columns)
     first = columns[names[0]]
+    rows = list(dict.fromkeys(row for column in columns.values() for row in column))
+    rows.sort(key=lambda row: row == "bg_gap")  # stable: the variations as they come, then it
     lines = ["| Dataset | " + " | ".join(names) + " |", "|" + " --- |" * (1 + len(names))]
-    for row in first:
-        cells = [f"{first[row]:.1f}"]
-        for name in names[1:]:
-            value = columns[name][row]
-            cells.append(f"{value:.1f} ({value - first[row]:+.1f})")
+    for row in rows:
+        cells = []
+        for name in names:
+            value = columns[name].get(row)
+            if value is None:
+                cells.append("—")
+            elif name == names[0] or row not in first:
+                cells.append(f"{value:.1f}")
+            else:
+                cells.append(f"{value:.1f} ({value - first[row]:+.1f})")
         lines.append(f"| {_ROW_NAMES.get(row, row)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
