@@ -211,7 +211,10 @@ def test_adapted_hf_models_give_the_hf_models_logits(tmp_path, kind):
     adapted = load_foreign_model(f"hf:{folder}").eval()
     # VideoPrism's processor never normalises, whatever its files say: pixels in [0, 1].
     normalisation = ([0.0] * 3, [1.0] * 3) if kind == "videoprism" else imagenet
-    assert isinstance(adapted, VideoBackbone) and adapted.mean == tuple(normalisation[0])
+    if kind == "vivit":  # its processor maps to [-1, 1] first (offset) unless told otherwise
+        normalisation = ([(1 + m) / 2 for m in imagenet[0]], [s / 2 for s in imagenet[1]])
+    assert isinstance(adapted, VideoBackbone)
+    assert adapted.mean == pytest.approx(tuple(normalisation[0]))
     reference = getattr(transformers, type(adapted.model).__name__).from_pretrained(folder).eval()
     video = torch.randn(2, 3, T, IMG, IMG).clamp(-1, 1)  # ours: mean = std = 0.5
     frames = _renormalised(video, *normalisation).permute(0, 2, 1, 3, 4)
@@ -760,3 +763,32 @@ def test_the_flow_grid_of_a_hub_model_is_read_from_its_config_alone(tmp_path):
     cfg = load_config("synthetic/time", [*DATA, f"model.name=hf:{folder}"])
     assert model_flow_grid(cfg) == (16, 2)  # 16² patches, 2-frame tubelets
     assert model_flow_grid(cfg, architecture=architecture) == (16, 2)  # a resumed run's
+
+
+@pytest.mark.parametrize("kind", ["vivit", "timesformer", "vjepa2"])
+@pytest.mark.parametrize("processor_file", [False, True])
+def test_clips_reach_the_network_as_its_own_processor_makes_them(
+    tmp_path, monkeypatch, kind, processor_file
+):
+    """The adapter's input equals what the model type's video processor gives for the same
+    frames: ViViT's maps to [-1, 1] before it normalises (4u - 3 with its defaults), which its
+    video processor's files do not say (before: 2u - 1, logits 0.34 off)."""
+    from timematters.backbones.adapters import hf as hf_adapter
+
+    folder = _save_hf(tmp_path, kind)
+    processor = hf_adapter.video_processor_class(
+        transformers.AutoConfig.from_pretrained(folder).model_type
+    )()
+    if processor_file:
+        processor.save_pretrained(folder)
+    frames = torch.randint(0, 256, (T, 3, IMG, IMG), dtype=torch.uint8)
+    made = processor([frames], do_resize=False, do_center_crop=False, return_tensors="pt")
+    made = made.get("pixel_values", made.get("pixel_values_videos"))  # V-JEPA 2's name
+    adapter = load_foreign_model(f"hf:{folder}")
+    seen, pixel_values = [], hf_adapter._pixel_values
+    monkeypatch.setattr(
+        hf_adapter, "_pixel_values", lambda v: seen.append(pixel_values(v)) or seen[-1]
+    )
+    ours = (frames.float() / 255 - 0.5) / 0.5  # our clips: [-1, 1], [T, C, H, W]
+    adapter(ours.permute(1, 0, 2, 3)[None])
+    torch.testing.assert_close(seen[0], made, atol=2e-5, rtol=0)

@@ -172,16 +172,18 @@ def test_a_foreign_model_built_for_another_clip_is_refused_before_its_run_folder
 
 
 @pytest.mark.parametrize(
-    ("kind", "with_processor"), [("vjepa2", True), ("videoprism", True), ("videoprism", False)]
+    ("kind", "with_processor"),
+    [("vjepa2", True), ("videoprism", True), ("videoprism", False), ("vivit", True)],
 )
-def test_the_export_card_of_a_pixel_values_videos_model_scores_the_evaluated_clip(
-    tmp_path, monkeypatch, kind, with_processor
-):
+def test_the_export_card_scores_the_evaluated_clip(tmp_path, monkeypatch, kind, with_processor):
     # V-JEPA 2's processor sets its resize from the crop (64 · 256/224 = 73, not the run's 64)
     # whenever it is made; VideoPrism's classifier has a processor only under its video-text
     # type and keeps its pooling query's axis in its logits ([B, 1, K]). Without a processor the
-    # card makes the clip by hand.
+    # card makes the clip by hand. ViViT's processor maps pixels to [-1, 1] before it normalises,
+    # whatever its rescale factor (before: the exported one saw u - 1 for u in [0, 1]).
     from timematters.engine import export
+
+    input_name = "pixel_values" if kind == "vivit" else "pixel_values_videos"
 
     if not with_processor:
         monkeypatch.setattr(export, "_video_processor", lambda *args: None)
@@ -190,11 +192,12 @@ def test_the_export_card_of_a_pixel_values_videos_model_scores_the_evaluated_cli
     checkpoint = _trained(tmp_path, kind, f"model.name=hf:{folder}", "model.kwargs={}", *overrides)
     out = tmp_path / "exported"
     info = timematters.export(checkpoint, out)
-    assert info["layout"] == "pixel_values_videos [B, T, C, H, W]"
-    assert json.loads((out / "export.json").read_text())["input_name"] == "pixel_values_videos"
+    assert info["layout"] == f"{input_name} [B, T, C, H, W]"
+    assert json.loads((out / "export.json").read_text())["input_name"] == input_name
     assert (out / "video_preprocessor_config.json").is_file() is with_processor
     card = (out / "README.md").read_text()
-    assert "pixel_values_videos [B, T, C, H, W]" in card and "pixel_values [" not in card
+    assert f"{input_name} [B, T, C, H, W]" in card
+    assert kind == "vivit" or "pixel_values [" not in card
     assert ("AutoVideoProcessor" in card) is with_processor
 
     video = np.random.default_rng(1).integers(0, 256, (13, 64, 80, 3), dtype=np.uint8)

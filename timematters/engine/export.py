@@ -32,6 +32,7 @@ from torch import nn
 
 from timematters.backbones.adapters import is_foreign_spec
 from timematters.backbones.adapters.base import Adapter
+from timematters.backbones.adapters.hf import processor_normalisation, video_processor_class
 from timematters.backbones.adapters.module import factory_call
 from timematters.backbones.timesformer import TimeSformer, rename_to_hf_timesformer
 from timematters.backbones.vit import VisionTransformer
@@ -459,36 +460,22 @@ def _hf_timesformer(model: TimeSformer, transformers) -> nn.Module:
     return network.eval()
 
 
-# Classifiers whose video processor transformers lists under another model type: VideoPrism's
-# checkpoints carry the video-text model's.
-_PROCESSOR_MODEL_TYPE = {"videoprism_vision_model": "videoprism"}
-
-
 def _video_processor(model_type: str, model: nn.Module, cfg: Config):
     """The video processor of the model type (None where transformers has none), set to the
     clips the model was trained on: resize to the short side, centre crop, [0, 1], normalise."""
     from transformers.image_utils import SizeDict
-    from transformers.models.auto.video_processing_auto import (
-        VIDEO_PROCESSOR_MAPPING_NAMES,
-        video_processor_class_from_name,
-    )
 
-    model_type = _PROCESSOR_MODEL_TYPE.get(model_type, model_type)
-    names = VIDEO_PROCESSOR_MAPPING_NAMES.get(model_type) or {}
-    name = names.get("torchvision") if isinstance(names, dict) else names
-    if not name:
+    processor_class = video_processor_class(model_type)
+    if processor_class is None:
         return None
-    mean, std = _normalisation(model, cfg)
-    processor = video_processor_class_from_name(name)(
+    processor = processor_class(
         do_resize=True,
         size={"shortest_edge": _short_side(cfg)},
         do_center_crop=True,
         crop_size={"height": cfg.data.crop_size, "width": cfg.data.crop_size},
         do_rescale=True,
-        rescale_factor=1 / 255,
         do_normalize=True,
-        image_mean=mean,
-        image_std=std,
+        **processor_normalisation(model_type, *_normalisation(model, cfg)),
     )
     # V-JEPA 2's sets its resize from the crop size, whatever ``size`` it is given.
     processor.size = SizeDict(shortest_edge=_short_side(cfg))

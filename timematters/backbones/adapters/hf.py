@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,9 +169,10 @@ def adapt_hf_module(model: nn.Module) -> Adapter:
 
 
 def _no_processor(model_type: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    return _FIXED_NORMALISATION.get(model_type) or _DEFAULT_NORMALISATION.get(
-        model_type, DEFAULT_INPUT
-    )
+    """The normalisation of the model type's processor in transformers, as built without files."""
+    if model_type in _FIXED_NORMALISATION:
+        return _FIXED_NORMALISATION[model_type]
+    return _folded(_processor_defaults(model_type), offset=model_type in _OFFSET_TYPES)
 
 
 def _adapt(model: nn.Module, *, mean, std, source: str) -> Adapter:
@@ -183,41 +184,92 @@ _PIXELS = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # [0, 1] pixels as they are
 # Model types whose processor fixes the normalisation whatever its files say: VideoPrism's
 # processor turns the normalisation of its video processor off.
 _FIXED_NORMALISATION = {"videoprism_vision_model": _PIXELS}
-# Without a preprocessor config, the defaults of the model type's processor in transformers;
-# IMAGENET_STANDARD_MEAN / STD (our 0.5 / 0.5) for the types not listed (TimeSformer, VideoMAE,
-# ViViT's [-1, 1] mapping aside).
-_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# Processors that map the rescaled pixels to [-1, 1] before they normalise (ViViT's ``offset``:
+# its video processor always does, its image processor unless its config says ``offset: false``).
+_OFFSET_TYPES = {"vivit"}
+# Model types without a video processor in transformers: their image processor's defaults.
 _OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
-_DEFAULT_NORMALISATION = {"vjepa2": _IMAGENET, "xclip": _OPENAI_CLIP}
+_IMAGE_PROCESSOR_DEFAULTS = {"xclip": {"image_mean": _OPENAI_CLIP[0], "image_std": _OPENAI_CLIP[1]}}
+
+
+def video_processor_class(model_type: str) -> type | None:
+    """transformers' video processor class of the model type (None where it has none)."""
+    from transformers.models.auto.video_processing_auto import (
+        VIDEO_PROCESSOR_MAPPING_NAMES,
+        video_processor_class_from_name,
+    )
+
+    model_type = _PROCESSOR_MODEL_TYPE.get(model_type, model_type)
+    names = VIDEO_PROCESSOR_MAPPING_NAMES.get(model_type) or {}
+    name = names.get("torchvision") if isinstance(names, dict) else names
+    return video_processor_class_from_name(name) if name else None
+
+
+# VideoPrism's classifier is a "videoprism_vision_model"; its processor is filed as "videoprism".
+_PROCESSOR_MODEL_TYPE = {"videoprism_vision_model": "videoprism"}
+
+
+def _processor_defaults(model_type: str) -> dict[str, Any]:
+    """The settings the model type's processor has without a file: its class's defaults."""
+    processor = video_processor_class(model_type)
+    if processor is None:
+        return dict(_IMAGE_PROCESSOR_DEFAULTS.get(model_type, {}))
+    names = ("image_mean", "image_std", "rescale_factor", "do_normalize")
+    return {
+        name: getattr(processor, name)
+        for name in names
+        if getattr(processor, name, None) is not None
+    }
 
 
 def _normalisation(name: str, model_type: str = "") -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) on [0, 1] pixels, from the preprocessor config in the model's folder or hub
-    repository (transformers' ``cached_file`` resolves both, and the hub cache offline).
-
-    A processor that first maps pixels to [-1, 1] (``offset``, ViViT's) and then normalises is
-    folded into one mean and std on [0, 1] pixels; one that does not normalise
-    (``do_normalize: false``) takes the pixels as they are.
+    repository (transformers' ``cached_file`` resolves both, and the hub cache offline); the
+    settings it leaves out, and all of them without one, are the model type's processor's.
     """
     from transformers.utils import cached_file
 
     if model_type in _FIXED_NORMALISATION:
         return _FIXED_NORMALISATION[model_type]
+    settings = _processor_defaults(model_type)
     for file in ("video_preprocessor_config.json", "preprocessor_config.json"):
         found = cached_file(name, file, _raise_exceptions_for_missing_entries=False)
         if found:
-            config = json.loads(Path(found).read_text())
-            if config.get("do_normalize") is False:
-                return _PIXELS
-            default = _DEFAULT_NORMALISATION.get(model_type, DEFAULT_INPUT)
-            mean = config.get("image_mean", default[0])
-            std = config.get("image_std", default[1])
-            mean = [mean] * 3 if isinstance(mean, int | float) else list(mean)
-            std = [std] * 3 if isinstance(std, int | float) else list(std)
-            if config.get("offset"):  # (2u - 1 - m) / s == (u - (1 + m) / 2) / (s / 2)
-                mean, std = [(1 + m) / 2 for m in mean], [s / 2 for s in std]
-            return tuple(mean), tuple(std)
-    return _no_processor(model_type)
+            settings.update(json.loads(Path(found).read_text()))
+            break
+    offset = model_type in _OFFSET_TYPES and settings.get("offset", True)
+    return _folded(settings, offset=offset)
+
+
+def _folded(
+    settings: dict[str, Any], *, offset: bool
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """A processor's rescale (by ``rescale_factor``, then minus 1 with ``offset``) and normalise
+    folded into one mean and std on [0, 1] pixels u: (u·255·r - o - m) / s = (u - (m + o) / k) /
+    (s / k) with k = 255·r. One that does not normalise (``do_normalize: false``) has m = 0, s = 1."""
+    mean, std = DEFAULT_INPUT
+    if settings.get("do_normalize") is False:
+        mean, std = (0.0,) * 3, (1.0,) * 3
+    else:
+        mean, std = settings.get("image_mean", mean), settings.get("image_std", std)
+    mean = [mean] * 3 if isinstance(mean, int | float) else list(mean)
+    std = [std] * 3 if isinstance(std, int | float) else list(std)
+    rescale = settings.get("rescale_factor", 1 / 255) if settings.get("do_rescale", True) else 1
+    scale = round(255 * rescale, 9)  # 1/255: exactly 1
+    shift = 1.0 if offset else 0.0
+    return tuple((m + shift) / scale for m in mean), tuple(s / scale for s in std)
+
+
+def processor_normalisation(
+    model_type: str, mean: Sequence[float], std: Sequence[float]
+) -> dict[str, Any]:
+    """The rescale and normalisation settings with which the model type's processor gives
+    (u - mean) / std on [0, 1] pixels u: ``_folded`` undone."""
+    if model_type in _OFFSET_TYPES:  # 2u - 1 first: (2u - 1 - (2m - 1)) / 2s
+        mean, std, rescale = [2 * m - 1 for m in mean], [2 * s for s in std], 1 / 127.5
+    else:
+        mean, std, rescale = list(mean), list(std), 1 / 255
+    return {"rescale_factor": rescale, "image_mean": mean, "image_std": std}
 
 
 def _clip_size(config: Any) -> tuple[int, int]:
