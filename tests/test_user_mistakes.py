@@ -377,6 +377,14 @@ FAILING_FORWARD = textwrap.dedent(
 
         def forward(self, video):
             return self.fc(video.flatten(1))  # not 5 features: a shape error in the user's code
+
+    class Lookup(nn.Module):
+        def __init__(self, num_classes=3):
+            super().__init__()
+            self.heads = {}
+
+        def forward(self, video):
+            return self.heads["video"](video)  # a KeyError in the user's code
     """
 )
 
@@ -436,6 +444,12 @@ def test_a_users_module_failing_on_the_clips_is_one_line(tmp_path, capsys, monke
     with pytest.raises(ValueError) as caught:
         main(argv)
     assert isinstance(caught.value.__cause__, RuntimeError)  # the user's line, chained
+    monkeypatch.delenv("TIMEMATTERS_TRACEBACK")
+    capsys.readouterr()
+    # Any error of the user's code, not only a shape error (before: a KeyError's traceback).
+    argv[argv.index("failing_forward:Failing")] = "failing_forward:Lookup"
+    assert main(argv) == 2
+    assert "failing_forward:Lookup failed on a [" in _one_line_error(capsys)
 
 
 @pytest.mark.parametrize(

@@ -185,7 +185,7 @@ class ModuleAdapter(LogitsOnlyAdapter):
             out = self.model(video)
         except torch.cuda.OutOfMemoryError:
             raise  # the batch's size, said by the command that chose it
-        except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as error:
+        except Exception as error:  # whichever: KeyError, AttributeError, NotImplementedError...
             # The user's own code failed on our clips: one line naming it and the clip batch;
             # chained, so TIMEMATTERS_TRACEBACK=1 shows the line that failed.
             raise ValueError(
