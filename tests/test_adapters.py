@@ -158,7 +158,7 @@ def _specs(hf_models, user_module, r3d_weights) -> dict[str, str]:
     [*(f"hf_{kind}" for kind in HF_KINDS), "r3d_18", "swin3d_t", "user"],
 )
 def test_diagnose_any_model_from_the_command_line(
-    tmp_path, capsys, hf_models, user_module, r3d_weights, name
+    tmp_path, capsys, caplog, hf_models, user_module, r3d_weights, name
 ):
     spec = _specs(hf_models, user_module, r3d_weights)[name]
     out = tmp_path / "out"
@@ -170,6 +170,9 @@ def test_diagnose_any_model_from_the_command_line(
     assert data["shuffle_test"][name]["all"]["num_clips"] == 12
     assert sum(data["confidence_gap"][name]["all"]["mass"]) == pytest.approx(1.0)
     if name == "user":  # logits only: the report says why there is no probe and no GradCAM
+        # Nor does it name its classes: the order it is scored in is said (a video list's
+        # classes are its sorted names, maybe not the order it was trained in).
+        assert "names no classes: its output k is scored as the data's class k" in caplog.text
         assert "gives logits only" in data["order_probe"]["unsupported"][name]
         assert "gives logits only" in data["gradcam"]["skipped"][name]
         assert "no order probe" in report

@@ -11,6 +11,7 @@ rebuilds exactly what was trained; ``evaluate_checkpoint`` runs the one evaluati
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -350,6 +351,13 @@ def check_classes(model: nn.Module, dataset: list[str], where: str | Path) -> No
                 f"{where} has {outputs} outputs but the dataset has {len(dataset)} classes; "
                 "give a dataset of its classes (for a video list: data.class_list)"
             )
+        # Nothing to check the order against: said, as a video list's classes are sorted names.
+        shown = ", ".join(dataset[:3]) + (", ..." if len(dataset) > 3 else "")
+        logging.getLogger(__name__).warning(
+            f"{where} names no classes: its output k is scored as the data's class k ({shown}); "
+            "if it was trained in another order, give it a `classes` attribute (a video list: "
+            "data.class_list)"
+        )
         return
     if list(trained) == list(dataset):
         return
