@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from einops import rearrange
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -795,3 +796,19 @@ def test_clips_reach_the_network_as_its_own_processor_makes_them(
     ours = (frames.float() / 255 - 0.5) / 0.5  # our clips: [-1, 1], [T, C, H, W]
     adapter(ours.permute(1, 0, 2, 3)[None])
     torch.testing.assert_close(seen[0], made, atol=2e-5, rtol=0)
+
+
+def test_gradcam_of_a_joint_space_time_timesformer(tmp_path):
+    """Its last layer norm sees the whole clip [B, 1 + S T, D], not one frame per row as divided
+    attention's does (before: einops' "can't divide axis" in the report)."""
+    from timematters.diagnostics.gradcam import video_gradcam
+
+    folder = _save_hf(tmp_path, "timesformer", attention_type="joint_space_time")
+    adapter = load_foreign_model(f"hf:{folder}").eval()
+    layer, reshape = adapter.gradcam_layer()
+    x = torch.randn(2, 1 + T * (IMG // 16) ** 2, 32)
+    # The map's (t, h, w) are the tokens' own: as the order probe and the losses read them.
+    grid = rearrange(adapter._grid(x[:, 1:]), "b t (h w) d -> b d t h w", h=IMG // 16)
+    torch.testing.assert_close(reshape(x), grid)
+    maps = video_gradcam(adapter, torch.randn(1, 3, T, IMG, IMG).clamp(-1, 1), targets=[0])
+    assert maps.shape == (1, T, IMG, IMG) and np.isfinite(maps).all()

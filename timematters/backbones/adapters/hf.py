@@ -423,12 +423,15 @@ class HFTimesformer(_HFTokens):
         return self._grid(unwrap_output(output)[:, 1:])
 
     def gradcam_layer(self) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
-        # Divided attention: the spatial LayerNorm sees [(B T), 1 + S, D] per frame.
+        # Divided attention: the spatial LayerNorm sees [(B T), 1 + S, D] per frame; joint
+        # attention's sees the whole clip, [B, 1 + S T, D], its patches in (s t) order.
         h, w = self.grid
         T = self.token_frames
+        joint = self.model.config.attention_type == "joint_space_time"
+        pattern = "b (h w t) d -> b d t h w" if joint else "(b t) (h w) d -> b d t h w"
 
         def reshape(x: torch.Tensor) -> torch.Tensor:
-            return rearrange(x[:, 1:].float(), "(b t) (h w) d -> b d t h w", t=T, h=h, w=w)
+            return rearrange(x[:, 1:].float(), pattern, t=T, h=h, w=w)
 
         return self.encoder_layers[-1].layernorm_before, reshape
 
