@@ -363,8 +363,12 @@ def test_transformers_and_torchvision_models_given_as_objects_get_their_adapters
     model = transformers.TimesformerForVideoClassification(config).eval()
     adapted = as_video_backbone(model, source="mine")
     video = torch.randn(2, 3, 3, IMG, IMG)
+    # Normalised as its type's video processor does by default: ImageNet's mean and std.
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in (adapted.mean, adapted.std))
+    assert adapted.mean == (0.485, 0.456, 0.406)
+    pixels = (video * 0.5 + 0.5 - mean) / std
     with torch.no_grad():
-        expected = model(pixel_values=rearrange(video, "b c t h w -> b t c h w")).logits
+        expected = model(pixel_values=rearrange(pixels, "b c t h w -> b t c h w")).logits
         torch.testing.assert_close(adapted(video), expected)
     assert adapted.grid == (2, 2) and "order_probe" not in adapted.unsupported
     # Saved and loaded by its spec, it is the same adapter with the same normalisation.

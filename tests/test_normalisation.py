@@ -249,6 +249,17 @@ def test_evaluate_takes_the_clips_normalisation_inside_clips_normalised():
     assert r3d.input_mean == (0.5, 0.5, 0.5)  # told for the block only
 
 
+def test_evaluate_refuses_a_backbone_that_cannot_convert_the_clips_as_diagnose_does():
+    """Before: evaluate scored it on 0.5 / 0.5 clips it does not take, without a word."""
+    video, labels = torch.rand(2, 3, 4, 32, 32) * 2 - 1, torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="_Tokens takes clips normalised with mean"):
+        timematters.evaluate(_Tokens(), [(video, labels)])
+    # Clips normalised as it wants, said so: scored.
+    with clips_normalised({"mine": _Tokens()}, *IMAGENET):
+        result = timematters.evaluate(_Tokens(), [(_as_imagenet(video), labels)])
+    assert result.metrics()["all"]["num_clips"] == 2
+
+
 CONVERTING_MODULE = """
 import torch
 from torch import nn

@@ -12,11 +12,19 @@ are compared on the same clips.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 
 DEFAULT_INPUT = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+# The clips' normalisation inside a ``clips_normalised`` block, the default outside one.
+_GIVEN = contextvars.ContextVar("clips_normalisation", default=DEFAULT_INPUT)
+
+
+def given_normalisation() -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The normalisation the clips come in here: a ``clips_normalised`` block's, else 0.5 / 0.5."""
+    return _GIVEN.get()
 
 
 class InputNormalisation:
@@ -79,8 +87,10 @@ def clips_normalised(
     }
     for name in told:
         models[name].set_input_normalisation(*given)
+    token = _GIVEN.set(given)
     try:
         yield
     finally:
+        _GIVEN.reset(token)
         for name, (before_mean, before_std) in told.items():
             models[name].set_input_normalisation(before_mean, before_std)

@@ -411,16 +411,17 @@ def _run_diagnose(
         on_main_for_all(lambda: claim_folder(Path(out), **_CLAIM, remove=False))
         if info.is_main:
             print(f"[diagnose] shuffle test: {', '.join(models)} on {info.world_size} processes")
-        evaluations = evaluate_models(
-            list(models.values()),
-            build_eval_loader(cfg, test_set, rank=info.rank, world_size=info.world_size),
-            classes=test_set.classes,
-            subsets=getattr(test_set, "subsets", {}),
-            settings=cfg.eval,
-            device=device,
-            autocast_dtype=autocast_dtype(cfg.train.precision, device),
-            progress=cfg.train.progress and info.is_main,
-        )  # every process's clips, gathered on each
+        with clips_normalised(models, cfg.data.mean, cfg.data.std):
+            evaluations = evaluate_models(
+                list(models.values()),
+                build_eval_loader(cfg, test_set, rank=info.rank, world_size=info.world_size),
+                classes=test_set.classes,
+                subsets=getattr(test_set, "subsets", {}),
+                settings=cfg.eval,
+                device=device,
+                autocast_dtype=autocast_dtype(cfg.train.precision, device),
+                progress=cfg.train.progress and info.is_main,
+            )  # every process's clips, gathered on each
         if not info.is_main:
             return {}
     return diagnose(

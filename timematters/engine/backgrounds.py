@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from timematters.backbones.normalisation import clips_normalised
 from timematters.config import Config, ConfigError
 from timematters.data.build import build_eval_loader, build_variation_dataset
 from timematters.data.collate import BadVideo, BadVideoLog, check_bad_share
@@ -76,7 +77,8 @@ def evaluate_backgrounds(
         # Under torchrun each process scores its share; evaluate gathers them.
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         loader = build_eval_loader(cfg, dataset, rank=rank, world_size=world)
-        result = evaluate(model, loader, classes=classes, settings=original_only, device=device)
+        with clips_normalised({"the model": model}, cfg.data.mean, cfg.data.std):
+            result = evaluate(model, loader, classes=classes, settings=original_only, device=device)
         accuracy[variation] = result.metrics()["all"]["top1"]
         bad += result.bad
         counts[variation] = (len(result.labels), len(result.bad))

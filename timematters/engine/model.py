@@ -28,7 +28,11 @@ from timematters.backbones.adapters import (
     load_foreign_model,
     rebuild_foreign_model,
 )
-from timematters.backbones.normalisation import DEFAULT_INPUT, check_normalisation
+from timematters.backbones.normalisation import (
+    DEFAULT_INPUT,
+    check_normalisation,
+    clips_normalised,
+)
 from timematters.backbones.protocol import frames_per_token_frame
 from timematters.config import (
     Config,
@@ -419,15 +423,16 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path) -> EvalResult | Bac
         test_set = in_model_classes(cfg, cfg.eval.split, model, test_set)
         check_classes(model, test_set.classes, checkpoint)
         loader = build_eval_loader(cfg, test_set, rank=info.rank, world_size=info.world_size)
-        return evaluate(
-            model.to(info.device),
-            loader,
-            classes=model.class_names or test_set.classes,
-            subsets=getattr(test_set, "subsets", {}),
-            settings=cfg.eval,
-            device=info.device,
-            autocast_dtype=autocast_dtype(cfg.train.precision, info.device),
-            progress=cfg.train.progress and info.is_main,
-        )
+        with clips_normalised({str(checkpoint): model}, cfg.data.mean, cfg.data.std):
+            return evaluate(
+                model.to(info.device),
+                loader,
+                classes=model.class_names or test_set.classes,
+                subsets=getattr(test_set, "subsets", {}),
+                settings=cfg.eval,
+                device=info.device,
+                autocast_dtype=autocast_dtype(cfg.train.precision, info.device),
+                progress=cfg.train.progress and info.is_main,
+            )
     finally:
         cleanup_distributed()
