@@ -424,3 +424,14 @@ def test_predictions_sharing_a_generator_are_shuffled_each_by_its_own_permutatio
         for _ in range(6)
     }
     assert len(drawn) > 1  # the CLI's videos and windows: a permutation each
+
+
+def test_models_on_different_devices_are_refused_in_one_line(tmp_path):
+    """Before: the clips went to the first model's device and the other failed deep in its
+    forward pass (the meta device stands in for a GPU here)."""
+    from timematters.diagnostics.report import _one_device
+
+    cpu, meta = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2, device="meta")
+    assert _one_device({"a": cpu, "b": torch.nn.Identity()}) == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"different devices \(a on cpu, b on meta\)"):
+        _one_device({"a": cpu, "b": meta})

@@ -130,8 +130,8 @@ def diagnose(
     with clips_normalised(models, mean, std):
         normalised = (mean, std) if mean is not None else DEFAULT_INPUT  # for the GradCAM pictures
         first_model = next(iter(models.values()))
-        if device is None:  # where the first model is (one without parameters: the CPU)
-            device = next((p.device for p in first_model.parameters()), torch.device("cpu"))
+        if device is None:  # where the models are (one without parameters: the CPU)
+            device = _one_device(models)
         source = getattr(data, "dataset", data)  # a DataLoader's dataset names the classes
         # Class names for data that has none: the first model's, or "0".."K-1".
         classes = list(classes or getattr(source, "classes", []) or class_names_of(first_model))
@@ -228,6 +228,21 @@ def _check_positions(positions: Sequence[int], scored: int) -> None:
     outside = [i for i in positions if not 0 <= i < scored]
     if outside:
         raise ValueError(f"--gradcam-index {outside[0]}: the clips are numbered 0 to {scored - 1}")
+
+
+def _one_device(models: dict[str, nn.Module]) -> torch.device:
+    """The device every model is on: the clips go to one, and each batch serves all models."""
+    where = {
+        name: next((p.device for p in model.parameters()), torch.device("cpu"))
+        for name, model in models.items()
+    }
+    if len(set(where.values())) > 1:
+        listed = ", ".join(f"{name} on {device}" for name, device in where.items())
+        raise ValueError(
+            f"the models are on different devices ({listed}): each batch of clips serves them "
+            "all, so move them to one (model.to(device))"
+        )
+    return next(iter(where.values()))
 
 
 def _shuffle_test(models: dict[str, nn.Module], loader: Any, **evaluation: Any) -> list[EvalResult]:
