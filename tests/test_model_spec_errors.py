@@ -133,6 +133,23 @@ def test_a_failing_factory_is_one_cli_line_and_its_traceback_on_request(
     assert isinstance(caught.value.__cause__, TypeError)
 
 
+def test_a_module_given_as_a_file_is_told_its_import_name(user_modules, capsys, monkeypatch):
+    """Before: "run from the folder that holds it" to a user in that folder, or "neither a
+    checkpoint file nor a model spec" for a path."""
+    monkeypatch.chdir(user_modules.parent)
+    folder = user_modules.name
+    for spec in (f"{folder}/spec_error_models.py:ColourMeans", "spec_error_models.py:ColourMeans"):
+        code, err = _cli(capsys, "eval", "synthetic/time", *TINY, "--model", spec)
+        assert code == 2
+        _one_clear_line(err, "without .py: give spec_error_models:ColourMeans")
+    # timm:NAME, model.pretrained's weights spec, given as a model.
+    code, err = _cli(
+        capsys, "eval", "synthetic/time", *TINY, "--model", "timm:vit_tiny_patch16_224"
+    )
+    assert code == 2
+    _one_clear_line(err, "timm has no video classifiers", "model.pretrained")
+
+
 def test_a_syntax_error_names_the_file_and_line(user_modules):
     (user_modules / "spec_error_syntax.py").write_text("import torch\n\ndef build(:\n")
     with pytest.raises(ValueError) as caught:

@@ -28,6 +28,7 @@ from timematters.backbones.adapters import (
     load_foreign_model,
     rebuild_foreign_model,
 )
+from timematters.backbones.adapters.module import module_file_hint
 from timematters.backbones.normalisation import (
     DEFAULT_INPUT,
     check_normalisation,
@@ -214,6 +215,8 @@ def load_model(
     if not Path(spec).is_file():
         last = Path(spec) / "checkpoints" / "last.pth"
         hint = f"; a run folder's checkpoint is {last}" if last.is_file() else ""
+        if ".py:" in spec:  # ./models/mine.py:build, a file path where a module name goes
+            hint = f"; {module_file_hint(spec)}"
         raise FileNotFoundError(
             f"{spec} is neither a checkpoint file nor a model spec (hf:DIR_OR_ID, "
             f"torchvision:NAME[:WEIGHTS], pkg.module:factory){hint}"

@@ -16,6 +16,7 @@ import inspect
 import os
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -59,7 +60,13 @@ def factory_call(spec: str, **sizes: Any) -> tuple[Any, dict[str, Any]]:
     module = _import_user_module(spec, module_name)
     factory = getattr(module, attribute, None)
     if not callable(factory):
-        raise ValueError(f"{spec}: {module_name} has no callable {attribute!r}")
+        hint = ""
+        if module_name.split(".")[0] == "timm":  # timm:NAME, the weights spec, as a model
+            hint = (
+                "; timm has no video classifiers: timm:NAME names an image ViT / DeiT's "
+                "weights, for model.pretrained"
+            )
+        raise ValueError(f"{spec}: {module_name} has no callable {attribute!r}{hint}")
     parameters = inspect.signature(factory).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
     kwargs = {k: v for k, v in sizes.items() if v is not None and (takes_any or k in parameters)}
@@ -69,6 +76,8 @@ def factory_call(spec: str, **sizes: Any) -> tuple[Any, dict[str, Any]]:
 def _import_user_module(spec: str, module_name: str) -> ModuleType:
     """The module ``spec`` names, every failure one line saying which file or package is at fault:
     the module not found, a package it imports not installed, its own code failing."""
+    if module_name.endswith(".py"):  # my_models.py:build, a file name where the import name goes
+        raise ValueError(f"{spec}: {module_file_hint(spec)}")
     try:
         return importlib.import_module(module_name)
     except SyntaxError as error:  # IndentationError too; the import machinery's frames say nothing
@@ -88,6 +97,17 @@ def _import_user_module(spec: str, module_name: str) -> ModuleType:
         ) from error
     except Exception as error:  # an ImportError of a name, or the module's own code failing
         raise ValueError(f"{spec}: importing {module_name} failed: {_one_line(error)}") from error
+
+
+def module_file_hint(spec: str) -> str:
+    """How to name the module of a ``path/file.py:factory`` spec: by its import name, from the
+    folder that holds it."""
+    path, _, factory = spec.rpartition(":")
+    folder = os.path.dirname(path) or "."
+    return (
+        f"a module is named by its import name, without .py: give "
+        f"{Path(path).stem}:{factory or 'factory'}, run from {folder} (or with PYTHONPATH={folder})"
+    )
 
 
 def _one_line(error: BaseException) -> str:
