@@ -196,7 +196,8 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--perturb",
         default="shuffle,reverse",
-        help=f"perturbations to compare, comma-separated: {', '.join(PERTURBATION_NAMES)}",
+        help="perturbations to compare, comma-separated (default: shuffle,reverse): "
+        + ", ".join(PERTURBATION_NAMES),
     )
     predict.add_argument("--classes", default=None, help="a file of class names, one per line")
     predict.add_argument("--json", action="store_true", help="print JSON instead of text")

@@ -585,6 +585,7 @@ def run_summary(run: Run) -> str:
     def line(name: str, note: str) -> None:
         lines.append(f"  {name:<24} {note}")
 
+    line("config.yaml", "the resolved config (what --resume and eval read)")
     line("checkpoints/last.pth", f"step {progress.step}, epoch {progress.epoch}")
     if progress.best_epoch >= 0:
         line("checkpoints/best.pth", f"epoch {progress.best_epoch}, top-1 {progress.best_top1:.1f}")
