@@ -753,6 +753,18 @@ def test_in_memory_state_dicts_distilled_deit_and_clip_vits(tmp_path):
     }
     with pytest.raises(ValueError, match="CLIP-style ViT .norm_pre"):
         load_pretrained(target, clip)
+    # Register tokens, no class token, transformers' key names: named by their cause (before: "not
+    # a square grid", or every key listed).
+    registers = {**source.state_dict(), "reg_token": torch.zeros(1, 4, 96)}
+    with pytest.raises(ValueError, match="register tokens"):
+        load_pretrained(target, registers)
+    pooled = {k: v for k, v in source.state_dict().items() if k != "cls_token"}
+    pooled["pos_embed"] = pooled["pos_embed"][:, 1:]
+    with pytest.raises(ValueError, match="without a class token .timm's class_token=False"):
+        load_pretrained(target, pooled)
+    transformers_vit = {"vit.embeddings.cls_token": torch.zeros(1, 1, 96)}
+    with pytest.raises(ValueError, match="a transformers ViT .*model.pretrained=timm:NAME"):
+        load_pretrained(target, transformers_vit)
 
 
 def test_the_flow_grid_of_a_hub_model_is_read_from_its_config_alone(tmp_path):

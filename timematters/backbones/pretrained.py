@@ -307,8 +307,8 @@ def load_pretrained(
     state_dict = _unwrap(raw, Path(where))
     notes: list[str] = []
     state_dict = _drop_distillation_token(state_dict, notes)
-    state_dict = _class_token_position(state_dict, notes)
     _refuse_unknown_layouts(state_dict, where)
+    state_dict = _class_token_position(state_dict, notes)
     state_dict, heads = _split_time_heads(state_dict)
     if isinstance(raw, dict) and isinstance(raw.get("objective"), dict):  # our checkpoints
         heads.update(raw["objective"])
@@ -451,6 +451,23 @@ def _refuse_unknown_layouts(state_dict: dict, where: str) -> None:
         raise ValueError(
             f"{where} is a CLIP-style ViT (norm_pre: a LayerNorm before the first block, which "
             "timematters' backbones do not have); its weights would compute something else"
+        )
+    if "reg_token" in state_dict:
+        raise ValueError(
+            f"{where} is a ViT with register tokens (timm's reg_tokens), which timematters' "
+            "backbones do not have: they hold the class token only"
+        )
+    if any(k.startswith(("vit.embeddings.", "vit.encoder.")) for k in state_dict):
+        raise ValueError(
+            f"{where} is a transformers ViT (ViTForImageClassification's key names): give timm's "
+            "weights of the same network (model.pretrained=timm:NAME), whose names timematters "
+            "reads"
+        )
+    vit_blocks = "pos_embed" in state_dict and any(k.startswith("blocks.") for k in state_dict)
+    if vit_blocks and "cls_token" not in state_dict:
+        raise ValueError(
+            f"{where} is a ViT without a class token (timm's class_token=False, which pools "
+            "its patch tokens): timematters' backbones classify from the class token"
         )
 
 
