@@ -381,3 +381,21 @@ def test_data_check_reads_table4s_variations(tree, capsys):
     assert f"no_fg: no {tree / 'no_fg' / 'val'}, a row of Table 4" in out
     assert "mixed_same: 6 images listed" in out  # each variation once; original is the val split
     assert "original:" not in out
+
+
+def test_common_layout_mistakes_are_named_with_their_fix(tree, tmp_path):
+    """Class folders without their val/ folder, the download's own top folder as data.root, no
+    training folder: each named with the fix (before: "expected <variation>/val/<NN_class>/")."""
+    from timematters.data.imagenet9 import read_class_folders
+
+    flat = tmp_path / "flat"
+    (flat / "mixed_rand" / "00_dog").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="holds class folders: move them into"):
+        read_class_folders(flat / "mixed_rand" / "val")
+    with pytest.raises(FileNotFoundError, match=f"one folder down: data.root={tree}"):
+        read_class_folders(tree.parent / "original" / "val")
+    import shutil
+
+    shutil.rmtree(tree / "original" / "train")
+    with pytest.raises(FileNotFoundError, match="data.imagenet9.train_dir=original/train"):
+        build_dataset(_config(tree), "train", flow_labels=False, patch_size=8)

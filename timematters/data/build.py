@@ -307,6 +307,12 @@ def _imagenet9_dataset(data: DataConfig, train: bool) -> Dataset:
         random_erase=data.random_erase,
     )
     training = Path(data.root) / in9.train_dir
+    if not training.is_dir():  # the challenge's download holds test variations only
+        raise FileNotFoundError(
+            f"no training images at {training} (data.imagenet9.train_dir={in9.train_dir}): put "
+            "ImageNet-9's training folders there, or name their folder with "
+            "data.imagenet9.train_dir"
+        )
     # Every test variation there must share its classes, found now rather than after training.
     variations = [Path(data.root) / v / "val" for v in (in9.test_variation, *in9.variations)]
     check_same_classes(training, [folder for folder in variations if folder.is_dir()])

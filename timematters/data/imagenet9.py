@@ -47,7 +47,7 @@ def read_class_folders(folder: str | Path) -> list[str]:
     """The ``NN_name`` class folders of ``folder``, in label order (folder NN holds label NN)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"no image folder at {folder}")
+        raise FileNotFoundError(f"no image folder at {folder}{_layout_hint(folder)}")
     # Hidden folders (.ipynb_checkpoints, macOS's ._ copies) are no classes.
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
@@ -61,6 +61,23 @@ def read_class_folders(folder: str | Path) -> list[str]:
             f"{folder}: class folders must be numbered 0..{len(classes) - 1}: {classes}"
         )
     return classes
+
+
+def _layout_hint(folder: Path) -> str:
+    """What the tree around a missing ``<root>/<variation>/<split>`` folder suggests instead: class
+    folders one level up (no split folder), or the variations one folder down (the download's
+    own top folder, ``bg_challenge/``)."""
+    above, root = folder.parent, folder.parent.parent
+    if above.is_dir() and any(_CLASS_FOLDER.match(p.name) for p in above.iterdir() if p.is_dir()):
+        return f"; {above} holds class folders: move them into {folder}"
+    inside = (
+        [p for p in root.iterdir() if (p / above.name / folder.name).is_dir()]
+        if root.is_dir()
+        else []
+    )
+    if inside:
+        return f"; it is one folder down: data.root={inside[0]}"
+    return ""
 
 
 def check_same_classes(reference: str | Path, folders: list[str | Path]) -> list[str]:
