@@ -287,3 +287,15 @@ def test_a_run_initialised_from_the_hub_says_so_and_resumes_without_it(tmp_path,
     # --init-from's weights replace model.pretrained's: the hub file is not needed either.
     checkpoint = tmp_path / "run" / "checkpoints" / "last.pth"
     train(tiny_config(tmp_path / "again", spec, "train.epochs=1"), init_from=checkpoint)
+
+
+def test_the_normalisation_timm_weights_were_trained_with_is_known_without_a_download():
+    """A run told so when its data.mean / data.std differ from its timm:NAME weights' own."""
+    from timematters.backbones.pretrained import weights_normalisation
+
+    imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert weights_normalisation("timm:deit_tiny_patch16_224.fb_in1k") == imagenet
+    presets = "timm:vit_base_patch16_224.orig_in21k_ft_in1k"  # the SSv2 presets': as their data
+    assert weights_normalisation(presets) == ((0.5,) * 3, (0.5,) * 3)
+    assert weights_normalisation("timm:no_such_network") is None
+    assert weights_normalisation("weights.pth") is None

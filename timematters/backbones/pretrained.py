@@ -270,6 +270,20 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def weights_normalisation(spec: str | Path) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The mean and std a ``timm:NAME`` spec's weights were trained with (timm's pretrained
+    config, read without a download); None for other weights, or a name timm does not know."""
+    text = str(spec)
+    if not text.startswith("timm:"):
+        return None
+    from timm.models import get_pretrained_cfg
+
+    config = get_pretrained_cfg(text.removeprefix("timm:"))
+    if config is None or config.mean is None or config.std is None:
+        return None
+    return tuple(config.mean), tuple(config.std)
+
+
 def detect_source(state_dict: dict[str, torch.Tensor]) -> str:
     """Name the convention of a state dict's keys.
 

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from timematters.backbones.adapters import is_foreign_spec
-from timematters.backbones.pretrained import load_pretrained
+from timematters.backbones.pretrained import load_pretrained, weights_normalisation
 from timematters.config import Config, ConfigError, config_to_dict, save_config, validate
 from timematters.data.build import (
     build_dataset,
@@ -345,6 +345,14 @@ def setup_run(
             raise ConfigError(f"{key}: {error}") from None
         for line in report.describe() if info.is_main else []:  # printed: in train.log too
             print(f"[train] {weights}: {line}")
+        trained_on = weights_normalisation(weights)
+        given = (tuple(cfg.data.mean), tuple(cfg.data.std))
+        if trained_on is not None and trained_on != given and info.is_main:
+            print(
+                f"[train] note: {weights} was trained on images normalised with mean "
+                f"{trained_on[0]}, std {trained_on[1]}, the data with data.mean={given[0]}, "
+                f"data.std={given[1]}; set those to its own unless you mean to fine-tune across"
+            )
     model = TimeModel(backbone, objective).to(device)
     ddp_model = model
     if info.enabled:
