@@ -205,6 +205,9 @@ def test_eval_scores_any_model_spec_on_the_variations_there(tree, tmp_path, monk
     assert f"no {tree / 'mixed_rand' / 'val'} (so no BG-Gap)" in printed
     assert "data.imagenet9.variations=[original, mixed_same]" in printed
     assert "bg_gap" not in json.loads((tmp_path / "e2" / "backgrounds.json").read_text())
+    # Images have no frame order: a perturbation asked for is refused, not silently dropped.
+    assert main([*argv, "--perturb", "reverse", "--out", str(tmp_path / "e4")]) == 2
+    assert "scores each image once" in capsys.readouterr().err
     # A name that is neither a variation nor a folder there: a typo, refused before any work.
     options[-1] = "data.imagenet9.variations=[original, Mixed-Same]"
     assert main([*argv[:2], *options, *argv[-2:], "--out", str(tmp_path / "e3")]) == 2

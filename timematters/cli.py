@@ -568,6 +568,11 @@ def _eval(args) -> int:
     from timematters.engine.runs import claim_folder
 
     cfg = load_config(args.config, args.overrides)
+    if cfg.data.dataset == "imagenet9" and args.perturb is not None:
+        raise ConfigError(
+            f"--perturb {args.perturb}: an ImageNet-9 evaluation scores each image once (one "
+            "frame has no order to perturb); its test is the Backgrounds Challenge: drop --perturb"
+        )
     spec = args.checkpoint or args.model
     if args.out:
         out = Path(args.out)
