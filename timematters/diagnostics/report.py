@@ -45,7 +45,7 @@ from timematters.engine.distributed import (
     setup_distributed,
 )
 from timematters.engine.evaluate import (
-    LABELS,
+    METRIC_PREFIX,
     EvalResult,
     as_batch,
     as_loader,
@@ -611,9 +611,11 @@ def _plot(data: dict, out: Path) -> None:
     from timematters.diagnostics import plots  # matplotlib, only when drawing
 
     first = data["perturbations"][0]
-    plots.plot_shuffle_bars(data["shuffle_test"], out / "shuffle_accuracy.png", label=LABELS[first])
+    plots.plot_shuffle_bars(
+        data["shuffle_test"], out / "shuffle_accuracy.png", label=METRIC_PREFIX[first]
+    )
     plots.plot_confidence_gap_histogram(
-        data["confidence_gap"], out / "confidence_gap.png", label=LABELS[first]
+        data["confidence_gap"], out / "confidence_gap.png", label=METRIC_PREFIX[first]
     )
     rows = list(_read_reliance(out / "class_reliance.csv"))
     if rows:
@@ -846,7 +848,7 @@ def _report(data: dict) -> str:
     shuffle_test = data["shuffle_test"]
     subsets = list(next(iter(shuffle_test.values())))
     dataset = data["dataset"]
-    first_label = LABELS[data["perturbations"][0]]
+    first_label = METRIC_PREFIX[data["perturbations"][0]]
     lines = [
         "# Does the model use time?",
         "",

@@ -41,7 +41,7 @@ from timematters.losses.shuffle import perturbed_views, sample_frame_permutation
 from timematters.progress import progress_bar
 
 # How metric keys name each perturbation's clips: "shuffled_top1", "reversed_gap", ...
-LABELS = {
+METRIC_PREFIX = {
     "shuffle": "shuffled",
     "reverse": "reversed",
     "freeze": "frozen",
@@ -53,7 +53,11 @@ LABELS = {
 def gap_key(perturbation: str, top: str = "") -> str:
     """The key of a perturbation's gap: the paper's shuffle gap is plain ``gap`` (``gap_top5``)."""
     suffix = f"_{top}" if top else ""
-    return f"gap{suffix}" if perturbation == "shuffle" else f"{LABELS[perturbation]}_gap{suffix}"
+    return (
+        f"gap{suffix}"
+        if perturbation == "shuffle"
+        else f"{METRIC_PREFIX[perturbation]}_gap{suffix}"
+    )
 
 
 @dataclass
@@ -82,8 +86,8 @@ class EvalResult:
         ``metrics``."""
         out = dict(zip(("top1", "top5"), _hits(self.probs, self.labels), strict=True))
         for name, probs in self.perturbed.items():
-            label = LABELS[name]
-            out[f"{label}_top1"], out[f"{label}_top5"] = _hits(probs, self.labels)
+            prefix = METRIC_PREFIX[name]
+            out[f"{prefix}_top1"], out[f"{prefix}_top5"] = _hits(probs, self.labels)
         return out
 
     def flips(self) -> np.ndarray | None:
@@ -105,9 +109,9 @@ class EvalResult:
         hits = self.hits()
         per_clip = dict(hits)
         for name in self.perturbed:
-            label = LABELS[name]
-            per_clip[gap_key(name)] = hits["top1"] - hits[f"{label}_top1"]
-            per_clip[gap_key(name, "top5")] = hits["top5"] - hits[f"{label}_top5"]
+            prefix = METRIC_PREFIX[name]
+            per_clip[gap_key(name)] = hits["top1"] - hits[f"{prefix}_top1"]
+            per_clip[gap_key(name, "top5")] = hits["top5"] - hits[f"{prefix}_top5"]
         flips = self.flips()
         out = {}
         for subset, mask in self.subset_masks().items():
@@ -156,13 +160,13 @@ class EvalResult:
                 "confidence": _finite_mean(confidence[mask]),
             }
             for perturbation, probs in self.perturbed.items():
-                label = LABELS[perturbation]
-                top1 = float(100 * hits[f"{label}_top1"][mask].mean())
+                prefix = METRIC_PREFIX[perturbation]
+                top1 = float(100 * hits[f"{prefix}_top1"][mask].mean())
                 perturbed_confidence = _finite_mean(probs[rows, self.labels][mask])
-                row[f"{label}_top1"] = top1
+                row[f"{prefix}_top1"] = top1
                 row[gap_key(perturbation)] = row["top1"] - top1
-                row[f"{label}_confidence"] = perturbed_confidence
-                row[f"{label}_confidence_gap"] = row["confidence"] - perturbed_confidence
+                row[f"{prefix}_confidence"] = perturbed_confidence
+                row[f"{prefix}_confidence_gap"] = row["confidence"] - perturbed_confidence
             out.append(row)
         if self.perturbed:
             first = gap_key(next(iter(self.perturbed)))
@@ -672,17 +676,16 @@ def format_table(rows: dict[str, dict[str, dict[str, Any]]], *, intervals: bool 
         return "\n".join(lines)
     tables = []
     for perturbation in perturbations:
-        label = LABELS[perturbation]
-        word = {"shuffled": "shuffled", "reversed": "reversed"}.get(label, label)
+        prefix = METRIC_PREFIX[perturbation]
         header = "| model | " + " | ".join(
-            f"{s} original ↑ | {s} {word} ↓ | {s} gap ↑" for s in subsets
+            f"{s} original ↑ | {s} {prefix} ↓ | {s} gap ↑" for s in subsets
         )
         lines = [header + " |", "|" + " --- |" * (1 + 3 * len(subsets))]
         for name, metrics in rows.items():
             cells = []
             for s in subsets:
                 m = metrics[s]
-                keys = ("top1", f"{label}_top1", gap_key(perturbation))
+                keys = ("top1", f"{prefix}_top1", gap_key(perturbation))
                 cells += [cell(m, key) for key in keys]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         table = "\n".join(lines)
@@ -706,9 +709,9 @@ def compare_gaps(reference: EvalResult, other: EvalResult) -> dict[str, dict[str
         for perturbation in reference.perturbed:
             if perturbation not in other.perturbed:
                 continue
-            label = f"{LABELS[perturbation]}_top1"
-            ref_gap = ref_hits["top1"] - ref_hits[label]
-            other_gap = other_hits["top1"] - other_hits[label]
+            key = f"{METRIC_PREFIX[perturbation]}_top1"
+            ref_gap = ref_hits["top1"] - ref_hits[key]
+            other_gap = other_hits["top1"] - other_hits[key]
             difference = (other_gap - ref_gap)[mask] * 100.0
             interval = bootstrap_interval(
                 difference, samples=reference.bootstrap_samples, seed=reference.seed
