@@ -132,6 +132,11 @@ def tokens_with_blocks(model: torch.nn.Module, video: torch.Tensor) -> VideoToke
         return model.forward_features(video)
 
 
+def model_name(model: object) -> str:
+    """How messages name a model: its spec (an adapter's ``source``), else its class."""
+    return getattr(model, "source", "") or type(model).__name__
+
+
 def depth_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The model's blocks in depth order (``block_modules()``, else a ``blocks`` ModuleList), or
     [] for a model that names none."""

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from timematters.backbones.adapters.module import as_video_backbone
+from timematters.backbones.protocol import model_name
 from timematters.config import check_perturbations
 from timematters.data.dataset import VIDEO_EXTENSIONS
 from timematters.data.sampling import EvalClip
@@ -199,7 +200,7 @@ def _described(video: object) -> str:
 def _as_backbone(model: nn.Module) -> nn.Module:
     """A plain module gets the logits-only adapter, as in ``diagnose``: it then says what it
     needs (a clip size) or cannot do (GradCAM) instead of failing on a missing attribute."""
-    return as_video_backbone(model, source=getattr(model, "source", "") or type(model).__name__)
+    return as_video_backbone(model, source=model_name(model))
 
 
 @contextlib.contextmanager

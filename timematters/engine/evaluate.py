@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from timematters.backbones.adapters.module import as_video_backbone
 from timematters.backbones.normalisation import check_normalisation, given_normalisation
-from timematters.backbones.protocol import check_clips
+from timematters.backbones.protocol import check_clips, model_name
 from timematters.config import PERTURBATION_NAMES, EvalConfig, check_perturbations
 from timematters.data.collate import BadVideo, BadVideoLog, collate_videos
 from timematters.data.subsets import PAIRS_KEY
@@ -294,7 +294,7 @@ def evaluate_models(
     # as an object, is scored as diagnose scores it.
     models = [as_video_backbone(model, source=type(model).__name__) for model in models]
     for model in models:  # one that cannot convert the clips is refused, as diagnose refuses it
-        name = getattr(model, "source", "") or type(model).__name__
+        name = model_name(model)
         check_normalisation(model, *given_normalisation(), name=name)
     loader = as_loader(loader, settings.batch_size)
     dataset = getattr(loader, "dataset", None)

@@ -34,6 +34,7 @@ from timematters.backbones.adapters import is_foreign_spec
 from timematters.backbones.adapters.base import Adapter
 from timematters.backbones.adapters.hf import processor_normalisation, video_processor_class
 from timematters.backbones.adapters.module import factory_call
+from timematters.backbones.protocol import model_name
 from timematters.backbones.timesformer import TimeSformer, rename_to_hf_timesformer
 from timematters.backbones.vit import VisionTransformer
 from timematters.config import Config, backbone_kwargs, merge
@@ -334,7 +335,7 @@ def _no_hf_form(model: nn.Module) -> str:
         return ""
     if _architecture(model).get("kind") == "hf":
         return ""
-    name = getattr(model, "source", "") or type(model).__name__
+    name = model_name(model)
     return f"{type(model).__name__} ({name}) has no Hugging Face transformers form"
 
 

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from timematters.backbones.protocol import depth_blocks
+from timematters.backbones.protocol import depth_blocks, model_name
 from timematters.config import ConfigError, OptimConfig
 
 
@@ -94,7 +94,7 @@ def layer_scales(model: nn.Module, layer_decay: float) -> dict[nn.Parameter, flo
     backbone = getattr(model, "backbone", model)
     blocks = depth_blocks(backbone)
     if not blocks:
-        name = getattr(backbone, "source", "") or type(backbone).__name__
+        name = model_name(backbone)
         raise ConfigError(
             f"optim.layer_decay={layer_decay} needs a model whose blocks are known; {name} names "
             "none (a `blocks` ModuleList or block_modules()): set optim.layer_decay=1"

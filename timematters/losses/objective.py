@@ -30,6 +30,7 @@ from timematters.backbones.protocol import (
     check_protocol,
     check_tokens,
     frames_per_token_frame,
+    model_name,
 )
 from timematters.config import LossConfig, check_losses
 from timematters.losses.ce import CrossEntropyLoss
@@ -232,7 +233,7 @@ def _check_label_range(labels: torch.Tensor, *, outputs: int, model: nn.Module) 
         return  # not class indices: cross-entropy says what it expects
     low, high = torch.stack(torch.aminmax(labels)).tolist()
     if low < 0 or high >= outputs:
-        source = getattr(model, "source", "") or type(model).__name__
+        source = model_name(model)
         raise ValueError(
             f"label {high if high >= outputs else low} but {source} has {outputs} outputs: labels "
             f"are 0-based class indices, 0 to {outputs - 1}"
@@ -325,7 +326,7 @@ def objective_for_model(model: nn.Module, cfg: LossConfig | None = None) -> Obje
     losses = ("order", "debias", "flow")
     blocked = [n for n in losses if getattr(cfg, n).weight != 0 and n in unsupported]
     if blocked:  # every loss at once, so that one corrected command runs
-        source = getattr(model, "source", "") or type(model).__name__
+        source = model_name(model)
         overrides = " ".join(f"loss.{n}.weight=0" for n in blocked)
         if len(blocked) == 1:
             name = blocked[0]
