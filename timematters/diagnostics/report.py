@@ -53,6 +53,7 @@ from timematters.engine.evaluate import (
     evaluate_models,
     format_table,
     gap_key,
+    markdown_table,
 )
 from timematters.engine.metrics import to_json
 from timematters.engine.model import (
@@ -839,11 +840,6 @@ def _signed(value: float) -> str:
     return f"{round(value, 3) + 0.0:+.3f}"  # + 0.0: no "-0.000" for a rounded-away negative
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
-
-
 def _report(data: dict) -> str:
     shuffle_test = data["shuffle_test"]
     subsets = list(next(iter(shuffle_test.values())))
@@ -872,7 +868,7 @@ def _report(data: dict) -> str:
         *_flip_rates(shuffle_test),
         f"Top-5 (%), {data['perturbations'][0]}:",
         "",
-        _table(
+        markdown_table(
             ["model", *(f"{s} original / perturbed / gap" for s in subsets)],
             [
                 [name]
@@ -896,7 +892,7 @@ def _report(data: dict) -> str:
         "[-1, 1]. Mass at 0: the perturbation changes nothing; mass to the right: the model is "
         f"less sure of the perturbed clips.{_left_out_note(data['confidence_gap'])}",
         "",
-        _table(
+        markdown_table(
             ["model", *(f"{s} mean / median" for s in subsets)],
             [
                 [name] + [f"{_signed(g[s]['mean'])} / {_signed(g[s]['median'])}" for s in subsets]
@@ -921,7 +917,7 @@ def _report(data: dict) -> str:
             f"{probe['held_out_clips']} others). Top-1 (%); chance is 100 / frames. Falling "
             "accuracy in deeper blocks means the order of frames is being lost.",
             "",
-            _table(
+            markdown_table(
                 ["model", "chance", *blocks],
                 [
                     [name, _probe_chance(probe, name)]

@@ -22,7 +22,7 @@ from timematters.config import Config, ConfigError
 from timematters.data.build import build_eval_loader, build_variation_dataset
 from timematters.data.collate import BadVideo, BadVideoLog, check_bad_share
 from timematters.data.imagenet9 import read_class_folders
-from timematters.engine.evaluate import evaluate
+from timematters.engine.evaluate import evaluate, markdown_table
 
 
 def bg_gap(accuracy: dict[str, float]) -> float:
@@ -173,16 +173,14 @@ def format_backgrounds_table(columns: dict[str, dict[str, float]]) -> str:
     first = columns[names[0]]
     rows = list(dict.fromkeys(row for column in columns.values() for row in column))
     rows.sort(key=lambda row: row == "bg_gap")  # stable: the variations as they come, then it
-    lines = ["| Dataset | " + " | ".join(names) + " |", "|" + " --- |" * (1 + len(names))]
-    for row in rows:
-        cells = []
-        for name in names:
-            value = columns[name].get(row)
-            if value is None:
-                cells.append("—")
-            elif name == names[0] or row not in first:
-                cells.append(f"{value:.1f}")
-            else:
-                cells.append(f"{value:.1f} ({value - first[row]:+.1f})")
-        lines.append(f"| {_ROW_NAMES.get(row, row)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+
+    def cell(name: str, row: str) -> str:
+        value = columns[name].get(row)
+        if value is None:
+            return "—"
+        if name == names[0] or row not in first:
+            return f"{value:.1f}"
+        return f"{value:.1f} ({value - first[row]:+.1f})"
+
+    body = [[_ROW_NAMES.get(row, row), *(cell(name, row) for name in names)] for row in rows]
+    return markdown_table(["Dataset", *names], body)

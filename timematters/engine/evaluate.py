@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from timematters.config import PERTURBATION_NAMES, EvalConfig, check_perturbatio
 from timematters.data.collate import BadVideo, BadVideoLog, collate_videos
 from timematters.data.subsets import PAIRS_KEY
 from timematters.engine.distributed import out_of_memory
-from timematters.engine.statistics import bootstrap_interval
+from timematters.engine.statistics import bootstrap_interval, half_width
 from timematters.losses.shuffle import perturbed_views, sample_frame_permutations
 from timematters.progress import progress_bar
 
@@ -658,41 +659,42 @@ def format_table(rows: dict[str, dict[str, dict[str, Any]]], *, intervals: bool 
     perturbations = [p for p in PERTURBATION_NAMES if gap_key(p) in first[subsets[0]]]
 
     def cell(metrics: dict[str, Any], key: str) -> str:
-        value = metrics[key]
-        text = f"{value:.1f}"
-        interval = metrics.get(f"{key}_ci")
+        text, interval = f"{metrics[key]:.1f}", metrics.get(f"{key}_ci")
         if intervals and interval is not None and np.isfinite(interval).all():
-            text += f" ± {(interval[1] - interval[0]) / 2:.1f}"
+            text += f" ± {half_width(interval):.1f}"
         return text
 
-    if not perturbations:  # scored as they are only (one-frame images: nothing to perturb)
-        lines = [
-            "| model | " + " | ".join(f"{s} top-1 ↑ | {s} top-5 ↑" for s in subsets) + " |",
-            "|" + " --- |" * (1 + 2 * len(subsets)),
+    def table(columns: list[tuple[str, str]]) -> str:
+        """One row per model; ``columns``: (header, metric key), repeated for each subset."""
+        header = ["model", *(f"{s} {title}" for s in subsets for title, _ in columns)]
+        body = [
+            [name, *(cell(metrics[s], key) for s in subsets for _, key in columns)]
+            for name, metrics in rows.items()
         ]
-        for name, metrics in rows.items():
-            cells = [cell(metrics[s], key) for s in subsets for key in ("top1", "top5")]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        return "\n".join(lines)
+        return markdown_table(header, body)
+
+    if not perturbations:  # scored as they are only (one-frame images: nothing to perturb)
+        return table([("top-1 ↑", "top1"), ("top-5 ↑", "top5")])
     tables = []
     for perturbation in perturbations:
         prefix = METRIC_PREFIX[perturbation]
-        header = "| model | " + " | ".join(
-            f"{s} original ↑ | {s} {prefix} ↓ | {s} gap ↑" for s in subsets
+        text = table(
+            [
+                ("original ↑", "top1"),
+                (f"{prefix} ↓", f"{prefix}_top1"),
+                ("gap ↑", gap_key(perturbation)),
+            ]
         )
-        lines = [header + " |", "|" + " --- |" * (1 + 3 * len(subsets))]
-        for name, metrics in rows.items():
-            cells = []
-            for s in subsets:
-                m = metrics[s]
-                keys = ("top1", f"{prefix}_top1", gap_key(perturbation))
-                cells += [cell(m, key) for key in keys]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        table = "\n".join(lines)
         if len(perturbations) > 1:
-            table = f"**{perturbation}** (top-1, %)\n\n{table}"
-        tables.append(table)
+            text = f"**{perturbation}** (top-1, %)\n\n{text}"
+        tables.append(text)
     return "\n\n".join(tables)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table of ``header`` and ``rows`` of cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
 
 
 def compare_gaps(reference: EvalResult, other: EvalResult) -> dict[str, dict[str, dict]]:
