@@ -160,7 +160,9 @@ def test_an_image_vit_exports_weights_that_timm_builds(tmp_path, capsys):
 
     budget = Budget(num_train=8, num_test=2, epochs=1, img_size=32)
     root = write_backgrounds_tree(tmp_path / "in9", num_train=8, num_test=2, img_size=32)
-    cfg = image_demo_config(True, True, seed=0, data_root=root, out=tmp_path / "vit", budget=budget)
+    cfg = image_demo_config(
+        order=True, debias=True, seed=0, data_root=root, out=tmp_path / "vit", budget=budget
+    )
     cfg.train.batch_size, cfg.train.progress = 4, False
     train(cfg)
     checkpoint = tmp_path / "vit" / "checkpoints" / "last.pth"

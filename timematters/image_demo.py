@@ -46,11 +46,14 @@ class Budget:
     spurious_rate: float = 0.8  # share of training images on their class's background
 
 
-BUDGETS = {"full": Budget(num_train=3000, num_test=500, epochs=25), "quick": Budget(1000, 200, 8)}
+BUDGETS = {
+    "full": Budget(num_train=3000, num_test=500, epochs=25),
+    "quick": Budget(num_train=1000, num_test=200, epochs=8),
+}
 
 
 def image_demo_config(
-    order: bool, debias: bool, seed: int, data_root: Path, out: Path, budget: Budget
+    *, order: bool, debias: bool, seed: int, data_root: Path, out: Path, budget: Budget
 ) -> Config:
     """The image demo's recipe: a tiny ViT trained from scratch on the miniature."""
     cfg = Config()
@@ -87,7 +90,12 @@ def image_demo_config(
 
 
 def run_image_demo(
-    out: Path, quick: bool = False, seeds: int = 1, overwrite: bool = False, resume: bool = False
+    out: Path,
+    *,
+    quick: bool = False,
+    seeds: int = 1,
+    overwrite: bool = False,
+    resume: bool = False,
 ) -> dict:
     """Train and evaluate every variant for each seed; print and write the Table 4-style table.
     ``resume``: continue the demo a stop left in ``out``."""
@@ -113,7 +121,14 @@ def run_image_demo(
         for name, (order, debias) in VARIANTS.items():
             run_dir = out / f"seed{seed}" / name.replace("+", "plus_")
             print(f"[demo --image] seed {seed}: training {name} ...", flush=True)
-            cfg = image_demo_config(order, debias, seed, data_root, run_dir, budget)
+            cfg = image_demo_config(
+                order=order,
+                debias=debias,
+                seed=seed,
+                data_root=data_root,
+                out=run_dir,
+                budget=budget,
+            )
             train_demo_run(cfg, resume=resume)  # which ends with Table 4 of its model
             accuracy = json.loads((run_dir / "backgrounds.json").read_text())
             per_seed.setdefault(name, []).append(accuracy)
@@ -132,7 +147,7 @@ def run_image_demo(
     )
     plot_background_bars(columns, out / "background_accuracy.png")
     plot_training_curves(curves, out / "training_curves.png")
-    _write_report(out, table, per_seed, seeds, elapsed, quick)
+    _write_report(out, table, per_seed, seeds=seeds, elapsed=elapsed, quick=quick)
     print()
     print(f"TIME image demo: top-1 (%) per test variation, mean over {seeds} seed(s)")
     print(table)
@@ -140,7 +155,15 @@ def run_image_demo(
     return {"columns": columns, "per_seed": per_seed, "seconds": elapsed}
 
 
-def _write_report(out, table, per_seed, seeds, elapsed, quick) -> None:
+def _write_report(
+    out: Path,
+    table: str,
+    per_seed: dict[str, list[dict]],
+    *,
+    seeds: int,
+    elapsed: float,
+    quick: bool,
+) -> None:
     spread = []
     for name, runs in per_seed.items():
         if len(runs) > 1:

@@ -194,7 +194,7 @@ def find_named_videos(
     ending = "/" if frames else extension
     missing = [shown(name, label) + ending for name, label in entries if name not in videos]
     # None found: are they there as the other kind (data.decoder=frames forgotten, or not meant)?
-    other = index_videos(root, True, frames=not frames) if not samples else {}
+    other = index_videos(root, recursive=True, frames=not frames) if not samples else {}
     folders = not frames and any(name in other for name, _ in entries)
     files = frames and any(name in other for name, _ in entries)
     report_missing(

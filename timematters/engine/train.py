@@ -151,6 +151,7 @@ class Run:
 
 def train(
     cfg: Config,
+    *,
     resume: str | Path | None = None,
     init_from: str | Path | None = None,
     step_callback: StepCallback | None = None,
