@@ -403,7 +403,7 @@ def test_data_check_on_an_imagenet9_tree(tmp_path, capsys):
         ]
     )
     out = capsys.readouterr().out
-    assert code == 1 and "1 video undecodable" in out and "broken.jpg" in out
+    assert code == 1 and "1 image undecodable" in out and "broken.jpg" in out
 
 
 @pytest.mark.parametrize(
