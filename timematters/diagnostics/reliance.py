@@ -41,6 +41,15 @@ def write_reliance_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def read_reliance_csv(path: Path) -> list[dict[str, Any]]:
+    """The rows ``write_reliance_csv`` wrote, numbers as floats."""
+    with path.open() as f:
+        return [
+            {k: (v if k in ("model", "name") else float(v)) for k, v in row.items()}
+            for row in csv.DictReader(f)
+        ]
+
+
 def _rounded(value: Any) -> Any:
     return round(value, 4) if isinstance(value, float) else value
 
