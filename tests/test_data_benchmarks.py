@@ -209,10 +209,12 @@ def test_configs_build_each_dataset(diving_tree, ucf_tree, hmdb_tree):
         ("ucf101", ucf_tree, 2),
         ("hmdb51", hmdb_tree, 2),
     ):
-        val = build_dataset(_config(dataset, root, annotations), "val", False, patch_size=16)
+        val = build_dataset(
+            _config(dataset, root, annotations), "val", flow_labels=False, patch_size=16
+        )
         assert len(val) == count and val[0]["video"].shape == (3, 3, 4, 32, 32)  # 3 crops
     fold2 = _config("ucf101", *ucf_tree, fold=2)
-    assert len(build_dataset(fold2, "val", False, patch_size=16)) == 2
+    assert len(build_dataset(fold2, "val", flow_labels=False, patch_size=16)) == 2
 
 
 def test_config_mistakes_name_the_key(diving_tree, tmp_path):
@@ -224,7 +226,9 @@ def test_config_mistakes_name_the_key(diving_tree, tmp_path):
     with pytest.raises(ConfigError, match="data.fold=4"):
         validate(_config("hmdb51", root, annotations, fold=4))
     with pytest.raises(FileNotFoundError, match="data.annotations=.* set data.annotations to the"):
-        build_dataset(_config("ucf101", root, tmp_path / "absent"), "train", False, patch_size=16)
+        build_dataset(
+            _config("ucf101", root, tmp_path / "absent"), "train", flow_labels=False, patch_size=16
+        )
 
 
 JESTER = ["Swiping Left", "Swiping Right", "Thumb Up", "Drumming Fingers"]
@@ -272,9 +276,9 @@ def test_something_something_v1_reads_the_same_format(jester_tree, tmp_path):
         text = (jester / f"jester-v1-{name}.csv").read_text()
         (tmp_path / f"something-something-v1-{name}.csv").write_text(text)
     cfg = _config("ssv1", root, tmp_path, decoder="frames")
-    val = build_dataset(cfg, "val", False, patch_size=16)
+    val = build_dataset(cfg, "val", flow_labels=False, patch_size=16)
     assert val.classes == JESTER and val.labels == [1, 2]
     assert val.subsets == {} and not getattr(val, "pairs", {})  # SSv1 ships no subsets
     (tmp_path / "something-something-v1-train.csv").write_text("100;Waving\n")
     with pytest.raises(ValueError, match=r"train.csv:1: class 'Waving' is not in"):
-        build_dataset(cfg, "train", False, patch_size=16)
+        build_dataset(cfg, "train", flow_labels=False, patch_size=16)

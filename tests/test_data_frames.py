@@ -247,7 +247,9 @@ def test_data_frames_writes_every_frame_resumes_and_skips_bad_videos(tmp_path, c
     # The new lists name the folders; with the class list the classes keep their order.
     read = [f"data.root={out}", "data.decoder=frames", *given[3:]]
     read += [f"data.annotations={out / 'train.csv'}", f"data.val_annotations={out / 'val.csv'}"]
-    train = build_dataset(load_config("videolist/time", read), "train", False, patch_size=16)
+    train = build_dataset(
+        load_config("videolist/time", read), "train", flow_labels=False, patch_size=16
+    )
     assert train.classes == ["sit", "jump"] and train.labels == [1, 0, 0]
     # The video that could not be decoded stays a bad one (not a missing one) on the frames.
     assert not train.missing and "could not be decoded when they were extracted" in train[2].reason
@@ -271,7 +273,9 @@ def test_data_frames_of_a_dataset_found_by_name_and_its_mistakes(tmp_path, capsy
     assert sorted(p.name for p in out.iterdir()) == ["1002", "1003", "frames.json"]  # <id>/
     assert open_video(out / "1002", "frames").get_frames([0]).shape == (1, 24, 32, 3)
     framed = [f"data.root={out}", "data.decoder=frames", *given[1:]]
-    val = build_dataset(load_config("ssv2/timesformer_time", framed), "val", False, patch_size=16)
+    val = build_dataset(
+        load_config("ssv2/timesformer_time", framed), "val", flow_labels=False, patch_size=16
+    )
     assert len(val) == 2
     capsys.readouterr()
     assert main(["data", "frames", "ssv2/timesformer_time", *framed, "--out", str(out)]) == 2

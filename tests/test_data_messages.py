@@ -112,14 +112,20 @@ def test_an_ssv2_labels_file_of_the_wrong_shape_is_named(tmp_path):
     root, annotations = write_ssv2_tree(tmp_path, ["Folding something"], per_class=1)
     (annotations / "labels.json").write_text('["Folding something"]')
     with pytest.raises(ValueError, match="labels.json: expected an object"):
-        build_dataset(_dataset_config("ssv2", root, annotations), "train", False, patch_size=8)
+        build_dataset(
+            _dataset_config("ssv2", root, annotations), "train", flow_labels=False, patch_size=8
+        )
     (annotations / "labels.json").write_text('{"Folding something": "zero"}')
     with pytest.raises(ValueError, match="labels.json: .*'zero'"):
-        build_dataset(_dataset_config("ssv2", root, annotations), "train", False, patch_size=8)
+        build_dataset(
+            _dataset_config("ssv2", root, annotations), "train", flow_labels=False, patch_size=8
+        )
     (annotations / "labels.json").write_text('{"Folding something": "0"}')
     (annotations / "train.json").write_text('[{"id": "1000"}]')
     with pytest.raises(ValueError, match="train.json: entry 0 has no 'template'"):
-        build_dataset(_dataset_config("ssv2", root, annotations), "train", False, patch_size=8)
+        build_dataset(
+            _dataset_config("ssv2", root, annotations), "train", flow_labels=False, patch_size=8
+        )
 
 
 @pytest.mark.parametrize(
@@ -210,7 +216,9 @@ def test_missing_ssv2_videos_are_noticed_naming_the_split_file(tmp_path, caplog)
     root, annotations = write_ssv2_tree(tmp_path, ["Folding something"], per_class=2)
     (root / "1000.webm").unlink()
     with caplog.at_level(logging.WARNING, logger="timematters"):
-        build_dataset(_dataset_config("ssv2", root, annotations), "train", False, patch_size=8)
+        build_dataset(
+            _dataset_config("ssv2", root, annotations), "train", flow_labels=False, patch_size=8
+        )
     assert f"1 of 2 videos listed in {annotations / 'train.json'} is missing" in caplog.text
 
 
@@ -253,5 +261,7 @@ def test_a_training_runs_missing_videos_notice_is_in_its_train_log(clips, tmp_pa
 def test_the_official_ssv2_file_shapes_are_still_read(tmp_path):
     # The stricter reading above must not refuse labels.json's string indices or the entries.
     root, annotations = write_ssv2_tree(tmp_path, ["Folding something", "Tearing something"])
-    dataset = build_dataset(_dataset_config("ssv2", root, annotations), "val", False, patch_size=8)
+    dataset = build_dataset(
+        _dataset_config("ssv2", root, annotations), "val", flow_labels=False, patch_size=8
+    )
     assert dataset.classes == ["Folding something", "Tearing something"] and len(dataset) == 4

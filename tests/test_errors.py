@@ -221,8 +221,8 @@ class _WithBad(Dataset):
 def _bad_training_clips(monkeypatch, train_bad=(), test_bad=()):
     real = data_build.build_dataset
 
-    def build(cfg, split, flow_labels, patch_size, **options):
-        dataset = real(cfg, split, flow_labels, patch_size, **options)
+    def build(cfg, split, **options):
+        dataset = real(cfg, split, **options)
         return _WithBad(dataset, train_bad if split == "train" else test_bad)
 
     monkeypatch.setattr(engine_train, "build_dataset", build)

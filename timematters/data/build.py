@@ -118,14 +118,15 @@ def build_flow_labeller(cfg: Config, patch_size: int, frame_step: int = 1) -> Fl
 def build_dataset(
     cfg: Config,
     split: str,
-    flow_labels: bool,
-    patch_size: int,
+    *,
+    flow_labels: bool = False,
+    patch_size: int = 1,
     classes: list[str] | None = None,
     frame_step: int = 1,
 ) -> Dataset:
     """The dataset of ``split`` (train / val / test) described by ``cfg.data``.
 
-    ``flow_labels``: the flow loss is on. Labels are then made in the DataLoader workers when
+    ``flow_labels``: the flow loss is on (training). Labels are then made in the DataLoader workers when
     ``flow.backend`` is opencv (for the torch backend the trainer computes them on the device),
     per ``patch_size`` patch and every ``frame_step``-th frame (the model's token grid).
     ``classes``: a video list's class names in order (a trained model's), when no

@@ -95,7 +95,7 @@ def check_dataset(
     datasets: dict[str, VideoDataset] = {}
     for split in splits:
         try:
-            datasets[split] = build_dataset(cfg, split, flow_labels=False, patch_size=1)
+            datasets[split] = build_dataset(cfg, split)
         except (FileNotFoundError, ValueError, DecoderUnavailable) as error:
             problems.append(f"{split}: {error}")
 

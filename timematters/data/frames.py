@@ -127,9 +127,7 @@ def extract_frames(
     settings = {"dataset": data.dataset, "short_side": short_side, "quality": quality}
     _record_settings(out, settings)
 
-    datasets = {
-        split: build_dataset(cfg, split, flow_labels=False, patch_size=1) for split in splits
-    }
+    datasets = {split: build_dataset(cfg, split) for split in splits}
     jobs, lists = _plan(cfg, datasets, out, limit)
     # The lists are this command's now: a later extraction may replace them.
     _record_settings(out, settings, lists=[path.name for path in lists.values()])

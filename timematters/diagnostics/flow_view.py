@@ -138,7 +138,7 @@ def _dataset_clips(
 ) -> list[tuple[str, torch.Tensor]]:
     """Clips of the config's split, [C, T, H, W]: a training clip as the first epoch draws its
     augmentation, a test clip's first view."""
-    dataset = build_dataset(cfg, split, flow_labels=False, patch_size=1)
+    dataset = build_dataset(cfg, split)
     if split == "train":
         dataset = SeededSamples(dataset, cfg.train.seed)
     indices = list(indices) if indices else list(range(min(clips, len(dataset))))

@@ -395,7 +395,7 @@ def _run_diagnose(
     **report_options: Any,
 ) -> dict:
     device = info.device
-    test_set = build_dataset(cfg, cfg.eval.split, flow_labels=False, patch_size=1)
+    test_set = build_dataset(cfg, cfg.eval.split)
     # Before the shuffle test, the long part (a clip that cannot be decoded only lowers the count).
     _check_positions(report_options["gradcam_indices"] or [], len(test_set))
     models, scored_in, own_order = {}, {}, list(test_set.classes)

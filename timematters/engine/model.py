@@ -343,7 +343,7 @@ def in_model_classes(cfg: Config, split: str, model: nn.Module, dataset: Dataset
     indices = all(label.isdigit() for label in labels) and len(labels) <= len(names)
     if not (set(labels) <= set(names) or indices):
         return dataset
-    return build_dataset(cfg, split, flow_labels=False, patch_size=1, classes=names)
+    return build_dataset(cfg, split, classes=names)
 
 
 def check_classes(model: nn.Module, dataset: list[str], where: str | Path) -> None:
@@ -421,7 +421,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path) -> EvalResult | Bac
         return evaluate_backgrounds_checkpoint(cfg, checkpoint)
     info = setup_distributed(cfg.train.device)
     try:
-        test_set = build_dataset(cfg, cfg.eval.split, flow_labels=False, patch_size=1)
+        test_set = build_dataset(cfg, cfg.eval.split)
         model = load_model(checkpoint, cfg, untrained_classes=len(test_set.classes))
         test_set = in_model_classes(cfg, cfg.eval.split, model, test_set)
         check_classes(model, test_set.classes, checkpoint)

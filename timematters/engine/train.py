@@ -301,7 +301,7 @@ def setup_run(
     train_set = build_dataset(
         cfg, "train", flow_labels=flow_in_loader, patch_size=patch_size, frame_step=frame_step
     )
-    test_set = build_dataset(cfg, cfg.eval.split, flow_labels=False, patch_size=patch_size)
+    test_set = build_dataset(cfg, cfg.eval.split)
     if cfg.data.dataset == "imagenet9":  # said now, not after the training: a typo is refused
         absent = present_variations(cfg)[1]
         if absent and info.is_main:
