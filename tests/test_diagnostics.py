@@ -235,8 +235,7 @@ def test_run_diagnose_compares_two_trained_checkpoints(tmp_path):
         checkpoints,
         out,
         names=list(runs),
-        probe_fit_clips=4,
-        probe_held_out_clips=4,
+        probe_clips=(4, 4),
         gradcam_clips=2,
     )
 
@@ -269,7 +268,7 @@ def test_run_diagnose_compares_two_trained_checkpoints(tmp_path):
         checkpoints,
         tmp_path / "again",
         names=list(runs),
-        probe=False,
+        probe_clips=None,
         gradcam_clips=0,
         evaluations=[r["result"] for r in runs.values()],
     )
@@ -294,8 +293,7 @@ def test_run_diagnose_on_every_tiny_video_backbone(tmp_path, name):
         cfg,
         [checkpoint],
         tmp_path / "out",
-        probe_fit_clips=4,
-        probe_held_out_clips=4,
+        probe_clips=(4, 4),
         gradcam_clips=1,
     )
     (row,) = data["shuffle_test"].values()

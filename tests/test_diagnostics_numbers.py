@@ -183,7 +183,9 @@ def test_diagnose_and_eval_check_the_data_not_the_presets_own_model(tmp_path):
     # synthetic/time's own model (16-pixel patches) cannot take 72-pixel frames; r3d_18 can.
     overrides = ["data.crop_size=72", "data.synthetic.num_test=3", "train.device=cpu"]
     cfg = load_config("synthetic/time", [*overrides, "eval.bootstrap_samples=10"])
-    report = run_diagnose(cfg, ["torchvision:r3d_18"], tmp_path / "r", probe=False, gradcam_clips=0)
+    report = run_diagnose(
+        cfg, ["torchvision:r3d_18"], tmp_path / "r", probe_clips=None, gradcam_clips=0
+    )
     assert report["dataset"]["num_clips"] == 3
     assert len(evaluate_checkpoint(cfg, "torchvision:r3d_18").labels) == 3
 
@@ -216,7 +218,7 @@ def test_a_one_frame_checkpoint_gets_the_refusal_not_the_presets_flow_loss(tmp_p
         ],
     )
     with pytest.raises(ValueError, match="takes one frame"):
-        run_diagnose(cfg, [checkpoint], tmp_path / "r", probe=False, gradcam_clips=0)
+        run_diagnose(cfg, [checkpoint], tmp_path / "r", probe_clips=None, gradcam_clips=0)
 
 
 def test_subsets_take_time_reversed_pairs_as_a_subsets_file_gives_them(tmp_path):

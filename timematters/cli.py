@@ -622,9 +622,7 @@ def _diagnose(args) -> int:
         args.models,
         out,
         names=args.name,
-        probe=not args.no_probe,
-        probe_fit_clips=args.probe_clips,
-        probe_held_out_clips=args.probe_clips,
+        probe_clips=None if args.no_probe else (args.probe_clips, args.probe_clips),
         gradcam_clips=args.gradcam_clips,
         gradcam_indices=args.gradcam_index,
     )  # its last line names the report

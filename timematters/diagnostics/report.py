@@ -344,10 +344,9 @@ def run_diagnose(
     cfg: Config,
     specs: Sequence[str | Path],
     out: str | Path,
+    *,
     names: Sequence[str] | None = None,
-    probe: bool = True,
-    probe_fit_clips: int = 128,
-    probe_held_out_clips: int = 128,
+    probe_clips: tuple[int, int] | None = (128, 128),
     gradcam_clips: int = 4,
     gradcam_indices: Sequence[int] | None = None,
     evaluations: Sequence[EvalResult] | None = None,
@@ -357,6 +356,7 @@ def run_diagnose(
     (``eval.split``).
 
     names: row names in the report (default: each checkpoint's run folder, or the spec).
+    probe_clips, gradcam_clips, gradcam_indices: as ``diagnose`` takes them.
     evaluations: the runs' own final evaluations with this config, not run again.
     Under torchrun the processes share the shuffle test; rank 0 writes the report (the others
     return {}).
@@ -374,7 +374,7 @@ def run_diagnose(
             f"the models' names must differ: {', '.join(repeated)} is given to several models"
         )
     report_options = dict(
-        probe_clips=(probe_fit_clips, probe_held_out_clips) if probe else None,
+        probe_clips=probe_clips,
         gradcam_clips=gradcam_clips,
         gradcam_indices=gradcam_indices,
     )
