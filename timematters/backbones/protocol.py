@@ -46,6 +46,8 @@ class VideoBackbone(Protocol):
     ``forward(video) == forward_head(forward_features(video).cls)``. ``grid`` is the (h, w) of the
     token grid of each token frame: for a ViT, H = W = ``grid[0] * patch_size``; a 3-D CNN's grid
     is its last feature map (``patch_size`` 1, no pixel size), a logits-only adapter's (1, 1).
+    The frame side H = W goes by timm's ``img_size`` in the models, by ``data.crop_size`` in the
+    config (the clips are cropped to it) and by ``frame_size`` in reports and exports.
 
     Optional members, read with a default where a model lacks them (the adapters have them all;
     they stay out of the Protocol, as ``isinstance`` would then refuse a user's module that
