@@ -110,6 +110,16 @@ class BadVideoLog:
             check_bad_share(self.bad, total, limit, listed=self.write() if self.path else None)
 
 
+def list_bad_videos(videos: list[BadVideo], path: Path | None) -> BadVideoLog:
+    """A log of ``videos``, written to ``path`` as JSON lines when one is given (whatever their
+    number: the list comes before any limit is judged)."""
+    log = BadVideoLog(path)
+    log.merge(videos)
+    if path is not None:
+        log.write()
+    return log
+
+
 def check_bad_share(
     bad: int, total: int, limit: float, *, listed: Path | None = None, what: str = "videos"
 ) -> None:

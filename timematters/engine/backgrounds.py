@@ -20,7 +20,7 @@ from torch import nn
 from timematters.backbones.normalisation import clips_normalised
 from timematters.config import Config, ConfigError
 from timematters.data.build import build_eval_loader, build_variation_dataset
-from timematters.data.collate import BadVideo, BadVideoLog, check_bad_share
+from timematters.data.collate import BadVideo, check_bad_share, list_bad_videos
 from timematters.data.imagenet9 import read_class_folders
 from timematters.engine.evaluate import evaluate, markdown_table
 
@@ -47,10 +47,7 @@ class BackgroundsResult:
         be decoded; with ``path``, list them there first as JSON lines (whatever their number)."""
         if not self.bad:
             return
-        log = BadVideoLog(path)
-        log.merge(self.bad)
-        if path is not None:
-            log.write()
+        list_bad_videos(self.bad, path)
         for variation, (scored, bad) in self.counts.items():
             what = f"{variation} images"
             check_bad_share(bad, scored + bad, limit, listed=path, what=what)

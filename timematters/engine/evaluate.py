@@ -34,7 +34,7 @@ from timematters.backbones.adapters.module import as_video_backbone
 from timematters.backbones.normalisation import check_normalisation, given_normalisation
 from timematters.backbones.protocol import check_clips, model_name
 from timematters.config import PERTURBATION_NAMES, EvalConfig, check_perturbations
-from timematters.data.collate import BadVideo, BadVideoLog, collate_videos
+from timematters.data.collate import BadVideo, collate_videos, list_bad_videos
 from timematters.data.subsets import PAIRS_KEY
 from timematters.engine.distributed import out_of_memory
 from timematters.engine.statistics import bootstrap_interval, half_width
@@ -177,13 +177,8 @@ class EvalResult:
     def check_bad(self, limit: float, path: Path | None = None) -> None:
         """Raise ``TooManyBadVideos`` when more than ``limit`` of the clips could not be decoded;
         with ``path``, write them there first as JSON lines (whatever their number)."""
-        if not self.bad:
-            return
-        log = BadVideoLog(path)
-        log.merge(self.bad)
-        if path is not None:
-            log.write()
-        log.check(limit, total=len(self.labels) + len(self.bad))
+        if self.bad:
+            list_bad_videos(self.bad, path).check(limit, total=len(self.labels) + len(self.bad))
 
     def table(self, name: str) -> str:
         """This result as one row of ``format_table``."""
