@@ -824,3 +824,15 @@ def test_gradcam_of_a_joint_space_time_timesformer(tmp_path):
     torch.testing.assert_close(reshape(x), grid)
     maps = video_gradcam(adapter, torch.randn(1, 3, T, IMG, IMG).clamp(-1, 1), targets=[0])
     assert maps.shape == (1, T, IMG, IMG) and np.isfinite(maps).all()
+
+
+def test_a_missing_local_folder_is_not_asked_of_the_hub(tmp_path, monkeypatch):
+    """hf:runs/export with runs/ a folder here is a path with a typo: refused at once (before,
+    tried as a hub id: half a minute of retries offline)."""
+    from timematters.backbones.adapters.hf import load_hf_model
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for name in ("runs/export", "./export", "runs/a/export", str(tmp_path / "export")):
+        with pytest.raises(FileNotFoundError, match="no such folder"):
+            load_hf_model(name)

@@ -310,7 +310,8 @@ def report_markdown(data: dict) -> str:
             "## GradCAM (paper Fig. 4)",
             "",
             "Where in each frame the features that speak for the clip's true class are (GradCAM "
-            "on the tokens entering the last block, of the clip's first view; p is the model's "
+            "on a transformer's tokens entering its last block, a 3-D CNN's last stage, of the "
+            "clip's first view; p is the model's "
             "confidence in that class as evaluated, its test views aggregated). "
             "GradCAM weighs each feature channel by its gradient averaged over the whole clip, "
             "so a map shows where those features appear in each frame, not which frames the "

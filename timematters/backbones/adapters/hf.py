@@ -76,7 +76,11 @@ def load_hf_model(name: str, num_classes: int | None = None, *, weights: bool = 
     """
     transformers = require_transformers()
     folder = Path(name)
-    if not folder.exists() and (name.startswith((".", "/")) or name.count("/") > 1):
+    # A path, not a hub id: not asked of the hub (offline, its retries take half a minute). An
+    # owner/name whose owner is a local folder (runs/export) is a path with a typo.
+    owner_is_a_folder = name.count("/") == 1 and folder.parent.is_dir()
+    looks_local = name.startswith((".", "/")) or name.count("/") > 1 or owner_is_a_folder
+    if not folder.exists() and looks_local:
         raise FileNotFoundError(f"hf:{name}: no such folder (a hub id is owner/name)")
     options: dict[str, Any] = {}
     if num_classes is not None:
