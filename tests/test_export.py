@@ -173,6 +173,9 @@ def test_an_image_vit_exports_weights_that_timm_builds(tmp_path, capsys):
     card = checkpoint.with_name("last_export").joinpath("README.md").read_text()
     assert "- image-classification" in card  # its evaluation: Table 4, not a 1-frame shuffle
     assert "Backgrounds Challenge's test variations" in card and "Mixed-Rand" in card
+    # It speaks of images, not of frames and their order (before: "1 frames ... of the video").
+    assert "## Images" in card and "One image (a clip of one frame)" in card
+    assert "patch-shuffled images" in card and "order of its frames" not in card
     network = eval(hint["timm"], {"timm": timm})  # the line export.json gives, as it is
     load_model(network, str(checkpoint.with_name("last_export") / "model.safetensors"))
     images = _clip(1, 32)

@@ -173,12 +173,19 @@ def model_card(info: dict[str, Any], saved: dict[str, Any], facts: dict, checkpo
         f"Trained with timematters {__version__} on `{saved['data']['dataset']}` "
         f"({len(info['classes'])} classes) with {losses}{start}: epoch {facts['epoch']}, "
         f"step {facts['step']}. TIME (Time Is MattEr, ICML 2022) adds self-supervised "
-        "losses that make a video model use the order of its frames; its heads are training "
-        "only and are not in this export." + (f" Also trained with {extras}." if extras else ""),
+        + (
+            "losses on patch positions and patch-shuffled images, against background shortcuts"
+            if images
+            else "losses that make a video model use the order of its frames"
+        )
+        + "; its heads are training only and are not in this export."
+        + (f" Also trained with {extras}." if extras else ""),
         "",
-        "## Clips",
+        "## Images" if images else "## Clips",
         "",
-        f"{clips['num_frames']} frames ({_frames_taken(clips)}), the short side resized to "
+        ("One image (a clip of one frame)" if images else f"{clips['num_frames']} frames")
+        + (f" ({_frames_taken(clips)})" if not images else "")
+        + f", the short side resized to "
         f"{clips['resize_short_side']} and the centre {clips['frame_size']}² cropped, as "
         f"{info['layout']}; pixels in [0, 1] normalised with mean {clips['mean']} and std "
         f"{clips['std']}.",
