@@ -162,6 +162,19 @@ def test_table4_and_bg_gap_on_a_generated_tree(tree):
     assert "| Mixed-Rand ↑ | — | 33.3 |" in lines and lines[-1] == "| BG-Gap ↓ | — | 66.7 |"
 
 
+def _eval_options(tree: Path, variations: list[str]) -> list[str]:
+    """`eval` overrides for the generated tree, one image a clip of one frame."""
+    return [
+        "data.dataset=imagenet9",
+        f"data.root={tree}",
+        f"data.crop_size={IMG}",
+        f"data.eval_short_side={IMG}",
+        "data.num_workers=0",
+        "model.num_frames=1",
+        f"data.imagenet9.variations={variations}",
+    ]
+
+
 READER_MODULE = """
 import torch
 from torch import nn
@@ -182,15 +195,7 @@ def test_eval_scores_any_model_spec_on_the_variations_there(tree, tmp_path, monk
 
     (tmp_path / "in9_readers.py").write_text(READER_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
-    options = [
-        "data.dataset=imagenet9",
-        f"data.root={tree}",
-        f"data.crop_size={IMG}",
-        f"data.eval_short_side={IMG}",
-        "data.num_workers=0",
-        "model.num_frames=1",
-        f"data.imagenet9.variations={[*TREE, 'no_fg']}",
-    ]
+    options = _eval_options(tree, [*TREE, "no_fg"])
     out = tmp_path / "eval"
     argv = ["eval", "imagenet9/baseline", *options, "--model", "in9_readers:BackgroundReader"]
     assert main([*argv, "--out", str(out)]) == 0
@@ -216,43 +221,31 @@ def test_eval_scores_any_model_spec_on_the_variations_there(tree, tmp_path, monk
     assert not (tmp_path / "e3").exists()
 
 
-def test_undecodable_images_of_a_variation_are_listed_and_held_to_the_limit(tree, tmp_path, capsys):
+def test_undecodable_images_of_a_variation_are_listed_and_held_to_the_limit(
+    tree, tmp_path, capsys, monkeypatch
+):
     """Before: left out of their variation's accuracy without a word, changing BG-Gap."""
     from timematters.cli import main
 
     (tree / "mixed_rand" / "val" / CLASSES[0] / "0.png").write_bytes(b"not an image")
     (tmp_path / "in9_readers2.py").write_text(READER_MODULE)
-    import sys
-
-    sys.path.insert(0, str(tmp_path))
-    try:
-        options = [
-            "data.dataset=imagenet9",
-            f"data.root={tree}",
-            f"data.crop_size={IMG}",
-            f"data.eval_short_side={IMG}",
-            "data.num_workers=0",
-            "model.num_frames=1",
-            f"data.imagenet9.variations={list(TREE)}",
-        ]
-        argv = ["eval", "imagenet9/baseline", *options, "--model", "in9_readers2:BackgroundReader"]
-        # 1 of mixed_rand's 6 images: above the default limit of 1%, a stop (exit 1) naming it.
-        assert main([*argv, "--out", str(tmp_path / "strict")]) == 1
-        captured = capsys.readouterr()
-        assert "1 image could not be decoded (not scored" in captured.out
-        assert "1 of 6 mixed_rand images (16.67%)" in captured.err
-        listed = (tmp_path / "strict" / "bad_videos.jsonl").read_text()
-        assert "0.png" in listed and "mixed_rand" in listed
-        # Accepted: the table scores the other 5, and the list still names the one left out.
-        lenient = [*argv, "data.max_bad_fraction=0.2", "--out", str(tmp_path / "lenient")]
-        assert main(lenient) == 0
-        accuracy = json.loads((tmp_path / "lenient" / "backgrounds.json").read_text())
-        assert accuracy["mixed_rand"] == pytest.approx(
-            100 * 2 / 5
-        )  # 2 of 6 before, the one left out wrong
-        assert (tmp_path / "lenient" / "bad_videos.jsonl").is_file()
-    finally:
-        sys.path.remove(str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    options = _eval_options(tree, list(TREE))
+    argv = ["eval", "imagenet9/baseline", *options, "--model", "in9_readers2:BackgroundReader"]
+    # 1 of mixed_rand's 6 images: above the default limit of 1%, a stop (exit 1) naming it.
+    assert main([*argv, "--out", str(tmp_path / "strict")]) == 1
+    captured = capsys.readouterr()
+    assert "1 image could not be decoded (not scored" in captured.out
+    assert "1 of 6 mixed_rand images (16.67%)" in captured.err
+    listed = (tmp_path / "strict" / "bad_videos.jsonl").read_text()
+    assert "0.png" in listed and "mixed_rand" in listed
+    # Accepted: the table scores the other 5, and the list still names the one left out.
+    lenient = [*argv, "data.max_bad_fraction=0.2", "--out", str(tmp_path / "lenient")]
+    assert main(lenient) == 0
+    accuracy = json.loads((tmp_path / "lenient" / "backgrounds.json").read_text())
+    # 2 of 6 right before; the one left out was wrong.
+    assert accuracy["mixed_rand"] == pytest.approx(100 * 2 / 5)
+    assert (tmp_path / "lenient" / "bad_videos.jsonl").is_file()
 
 
 def test_classes_must_agree_across_variations(tree):

@@ -69,16 +69,16 @@ def evaluate_backgrounds(
     accuracy, bad, counts = {}, [], {}
     # One frame has no order to perturb: each image is scored once, as it is.
     original_only = replace(cfg.eval, perturbations=())
-    for variation in variations:
-        dataset = build_variation_dataset(cfg.data, variation, classes)
-        # Under torchrun each process scores its share; evaluate gathers them.
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        loader = build_eval_loader(cfg, dataset, rank=rank, world_size=world)
-        with clips_normalised({"the model": model}, cfg.data.mean, cfg.data.std):
+    # Under torchrun each process scores its share; evaluate gathers them.
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    with clips_normalised({"the model": model}, cfg.data.mean, cfg.data.std):
+        for variation in variations:
+            dataset = build_variation_dataset(cfg.data, variation, classes)
+            loader = build_eval_loader(cfg, dataset, rank=rank, world_size=world)
             result = evaluate(model, loader, classes=classes, settings=original_only, device=device)
-        accuracy[variation] = result.metrics()["all"]["top1"]
-        bad += result.bad
-        counts[variation] = (len(result.labels), len(result.bad))
+            accuracy[variation] = result.metrics()["all"]["top1"]
+            bad += result.bad
+            counts[variation] = (len(result.labels), len(result.bad))
     if {"mixed_same", "mixed_rand"} <= set(accuracy):
         accuracy["bg_gap"] = bg_gap(accuracy)
     return BackgroundsResult(accuracy, bad=bad, counts=counts)

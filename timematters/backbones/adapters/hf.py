@@ -194,6 +194,8 @@ _OFFSET_TYPES = {"vivit"}
 # Model types without a video processor in transformers: their image processor's defaults.
 _OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 _IMAGE_PROCESSOR_DEFAULTS = {"xclip": {"image_mean": _OPENAI_CLIP[0], "image_std": _OPENAI_CLIP[1]}}
+# VideoPrism's classifier is a "videoprism_vision_model"; its processor is filed as "videoprism".
+_PROCESSOR_MODEL_TYPE = {"videoprism_vision_model": "videoprism"}
 
 
 def video_processor_class(model_type: str) -> type | None:
@@ -207,10 +209,6 @@ def video_processor_class(model_type: str) -> type | None:
     names = VIDEO_PROCESSOR_MAPPING_NAMES.get(model_type) or {}
     name = names.get("torchvision") if isinstance(names, dict) else names
     return video_processor_class_from_name(name) if name else None
-
-
-# VideoPrism's classifier is a "videoprism_vision_model"; its processor is filed as "videoprism".
-_PROCESSOR_MODEL_TYPE = {"videoprism_vision_model": "videoprism"}
 
 
 def _processor_defaults(model_type: str) -> dict[str, Any]:
@@ -251,11 +249,11 @@ def _folded(
     """A processor's rescale (by ``rescale_factor``, then minus 1 with ``offset``) and normalise
     folded into one mean and std on [0, 1] pixels u: (u·255·r - o - m) / s = (u - (m + o) / k) /
     (s / k) with k = 255·r. One that does not normalise (``do_normalize: false``) has m = 0, s = 1."""
-    mean, std = DEFAULT_INPUT
     if settings.get("do_normalize") is False:
-        mean, std = (0.0,) * 3, (1.0,) * 3
+        mean, std = _PIXELS
     else:
-        mean, std = settings.get("image_mean", mean), settings.get("image_std", std)
+        mean = settings.get("image_mean", DEFAULT_INPUT[0])
+        std = settings.get("image_std", DEFAULT_INPUT[1])
     mean = [mean] * 3 if isinstance(mean, int | float) else list(mean)
     std = [std] * 3 if isinstance(std, int | float) else list(std)
     rescale = settings.get("rescale_factor", 1 / 255) if settings.get("do_rescale", True) else 1
