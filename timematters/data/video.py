@@ -217,8 +217,11 @@ def _upright(frame) -> np.ndarray:
 
 def _display_matrix(frame) -> np.ndarray | None:
     """The frame's 3 x 3 display matrix (FFmpeg's side data, int32, row by row), or None."""
-    for data in getattr(frame, "side_data", ()):
-        if str(getattr(data, "type", "")).endswith("DISPLAYMATRIX"):
+    side_data = getattr(frame, "side_data", ())
+    for entry in side_data:
+        # PyAV up to 18.1.0 iterates the entries; 18.1.1 iterates their types, as a mapping.
+        data = entry if hasattr(entry, "type") else side_data[entry]
+        if str(data.type).endswith("DISPLAYMATRIX"):
             return np.frombuffer(bytes(data), dtype="<i4")
     return None
 
