@@ -300,6 +300,32 @@ def test_a_run_stops_on_too_many_undecodable_images_of_a_variation(tree, tmp_pat
     assert "bg_gap" in json.loads((tmp_path / "run" / "backgrounds.json").read_text())
     listed = (tmp_path / "run" / "backgrounds_bad_images.jsonl").read_text()
     assert "mixed_same" in listed and "1.png" in listed
+    # Resumed, it stays stopped; once the image is replaced, the resume completes Table 4.
+    last = tmp_path / "run" / "checkpoints" / "last.pth"
+    with pytest.raises(TooManyBadVideos, match="1 of 6 mixed_same images"):
+        train(cfg, resume=last)
+    _write(tree / "mixed_same" / "val" / CLASSES[1] / "1.png", COLOURS[1])
+    train(cfg, resume=last)
+    assert not (tmp_path / "run" / "backgrounds_bad_images.jsonl").exists()  # no stale list
+
+
+def test_a_run_killed_during_table4_writes_it_when_resumed(tree, tmp_path, monkeypatch):
+    """Table 4 comes after the last checkpoint: the resume of a run killed there does it."""
+    from timematters.engine import train as training
+
+    cfg = _tiny_run_config(tree, tmp_path / "run", f"data.imagenet9.variations={list(TREE)}")
+    evaluate_table4 = training._evaluate_backgrounds
+
+    def killed(run):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_evaluate_backgrounds", killed)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(cfg)
+    assert not (tmp_path / "run" / "backgrounds.json").exists()
+    monkeypatch.setattr(training, "_evaluate_backgrounds", evaluate_table4)
+    training.train(cfg, resume=tmp_path / "run" / "checkpoints" / "last.pth")
+    assert "bg_gap" in json.loads((tmp_path / "run" / "backgrounds.json").read_text())
 
 
 def test_an_imagenet9_run_ends_with_table4_on_the_variations_there(tree, tmp_path, capsys):
