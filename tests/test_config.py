@@ -41,7 +41,7 @@ def test_there_are_presets_for_every_table():
         loss = load_config(f"imagenet9/{variant}").loss
         assert loss.ce.smoothing == loss.order.smoothing == 0.1
     kinetics = load_config("kinetics/timesformer_time", PLACEHOLDERS["kinetics"]).data
-    assert (kinetics.sampling, kinetics.dense_stride, kinetics.hflip) == ("dense", 32, True)
+    assert (kinetics.sampling, kinetics.dense_stride, kinetics.hflip) == ("dense", 36, True)
 
 
 @pytest.mark.parametrize("name", PRESETS)

@@ -71,7 +71,7 @@ class TimmRandAugment:
 
     Each op is applied with chance 0.5 from timm's "increasing" set (15 ops, Invert and
     SolarizeAdd among them; Posterize at magnitude 10 keeps no bits, a black clip, as released),
-    bicubic, translations up to 0.45 of the short side, empty areas filled with ``fill``. timm
+    bicubic, translations up to 0.45 of each side, empty areas filled with ``fill``. timm
     draws from Python's and NumPy's global generators, which the training loader seeds per clip;
     restoring both before each frame repeats the clip's draws on every frame.
     """
@@ -81,21 +81,17 @@ class TimmRandAugment:
     ):
         self.policy = f"rand-m{magnitude}-n{num_ops}-mstd{magnitude_std}-inc1"
         self.fill = tuple(fill)
-        self._by_short_side: dict[int, object] = {}
+        self._augment = None
 
-    def _build(self, short_side: int):
+    def _build(self):
         from PIL import Image
         from timm.data.auto_augment import rand_augment_transform
 
+        # The "increasing" set translates by a fraction of each side (TranslateXRel / YRel, up to
+        # 0.45 of the width and of the height at full magnitude, as released), so one transform
+        # serves every frame size: timm's translate_const is for the absolute ops, not drawn here.
         augment = rand_augment_transform(
-            self.policy,
-            # translate_const: pixels at full magnitude, from the size the op sees (timm's and
-            # the released code's 45% of the short side).
-            {
-                "translate_const": int(short_side * 0.45),
-                "img_mean": self.fill,
-                "interpolation": Image.BICUBIC,
-            },
+            self.policy, {"img_mean": self.fill, "interpolation": Image.BICUBIC}
         )
         for op in augment.ops:
             if op.name == "PosterizeIncreasing":
@@ -105,17 +101,15 @@ class TimmRandAugment:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         from PIL import Image
 
-        short_side = min(images.shape[-2:])
-        if short_side not in self._by_short_side:
-            self._by_short_side[short_side] = self._build(short_side)
-        augment = self._by_short_side[short_side]
+        if self._augment is None:  # built in the loader's worker, on first use
+            self._augment = self._build()
         frames = rearrange(images.as_subclass(torch.Tensor), "... c h w -> (...) h w c").numpy()
         py_state, np_state = random.getstate(), np.random.get_state()
         out = []
         for frame in frames:
             random.setstate(py_state)
             np.random.set_state(np_state)
-            out.append(np.asarray(augment(Image.fromarray(frame))))
+            out.append(np.asarray(self._augment(Image.fromarray(frame))))
         result = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).reshape(images.shape)
         return (
             tv_tensors.wrap(result, like=images)
