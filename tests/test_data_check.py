@@ -128,3 +128,29 @@ def test_a_frame_folder_with_an_empty_frame_file_fails(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "val: 1 video undecodable" in out
     assert "clip: 1 empty (0-byte) frame files, first img_00001.png" in out
+
+
+def test_every_frame_is_decoded_so_the_answer_is_the_same_each_time(tmp_path, capsys):
+    """A video whose last frames are corrupt, and a frame folder with one frame of another size,
+    are found every time: the check decodes every frame, not a random clip."""
+    import av
+    import numpy as np
+
+    video = write_video(tmp_path / "tail.mp4", numbered_frames(32), options={"g": "8", "bf": "0"})
+    with av.open(str(video)) as container:
+        positions = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
+    data = bytearray(video.read_bytes())
+    for position, size in positions[-8:]:  # the last GOP: noise where its frames were
+        data[position : position + size] = np.random.default_rng(0).bytes(size)
+    video.write_bytes(bytes(data))
+    folder = write_frame_folder(tmp_path / "sizes", numbered_frames(16))
+    write_frame_folder(tmp_path / "odd", numbered_frames(1, 40, 40))
+    (tmp_path / "odd" / "img_00001.png").replace(folder / "img_00009.png")
+    write_video(tmp_path / "good.mp4", numbered_frames(32))
+    (tmp_path / "train.txt").write_text("tail.mp4 run\nsizes walk\ngood.mp4 walk\n")
+    (tmp_path / "val.txt").write_text("good.mp4 walk\n")
+    for _ in range(3):
+        assert check_dataset(_list_config(tmp_path)) == 1
+        out = capsys.readouterr().out
+        assert "2 of 3 checked undecodable" in out
+        assert "tail.mp4" in out and "frames of different sizes (40x40, 48x64)" in out

@@ -319,6 +319,10 @@ def test_list_files_with_commas_byte_order_marks_and_twin_names(tmp_path, capsys
     assert main([*command, "--split", "train"]) == 2
     err = capsys.readouterr().err
     assert "1 frame folders would hold two videos each" in err and "a.webm" in err
+    # Refused, it recorded no settings: the list mended, other settings are taken.
+    assert not (tmp_path / "frames" / "frames.json").exists()
+    (tmp_path / "train.txt").write_text("a.mp4 walk\n")
+    assert main([*command, "--split", "train", "--quality", "80", "--workers", "0"]) == 0
 
 
 def test_data_frames_never_replaces_a_users_lists(tmp_path, capsys):

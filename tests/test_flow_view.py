@@ -76,6 +76,13 @@ def test_an_undecodable_video_is_skipped_said_and_fails_the_command(tmp_path, ca
     argv = ["flow", "synthetic/time", "--video", str(tmp_path), "--clips", "1"]
     assert main([*argv, "--out", str(tmp_path / "folder")]) == 0
     assert "drawing the first 1 of 2 videos" in capsys.readouterr().out
+    # Shorter than the clip, as training refuses it; none left to draw: exit 1 (the data's).
+    short = write_video(tmp_path / "short.mp4", moving_square_frames(2, 64, 64))
+    argv = ["flow", "synthetic/time", "--video", str(short), "--out", str(tmp_path / "short")]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert f"skipped {short}: too short: 2 frames, at least 8 needed" in captured.out
+    assert "no clip to label: none of 1 video could be used" in captured.err
 
 
 def test_its_folder_holds_its_own_pictures_only(tmp_path, capsys):

@@ -350,7 +350,7 @@ def test_predict_says_when_its_test_cannot_mean_anything(tmp_path):
     from videos import numbered_frames, write_video
 
     from timematters.backbones import create_backbone
-    from timematters.diagnostics.predict import predict, predict_windows
+    from timematters.diagnostics.predict import predict, predict_windows, summarise
 
     model = create_backbone("timesformer_tiny_patch8_64", num_classes=3, img_size=32, num_frames=4)
     one = write_video(tmp_path / "one.mp4", numbered_frames(1, 32, 32))
@@ -361,6 +361,39 @@ def test_predict_says_when_its_test_cannot_mean_anything(tmp_path):
     with pytest.raises(ValueError, match="--fps 0"):
         predict_windows(model, twelve, seconds=1, fps=0)
     assert "no perturbation" not in predict(model, twelve).describe()
+    # Shorter than the clip (training and eval skip it): said, and a clip of one frame is left
+    # out of the summary over many videos.
+    two = predict(model, write_video(tmp_path / "two.mp4", numbered_frames(2, 32, 32)))
+    assert "the video is shorter than the clip: 2 different frames of its 4" in two.describe()
+    summary = summarise([predict(model, one), two, predict(model, twelve)])
+    assert summary.startswith("over 2 videos (no labels needed, 1 of one frame left out):")
+
+
+def test_predict_reads_lists_with_spaced_labels_and_videos_of_any_container(
+    tmp_path, capsys, off_graph
+):
+    from videos import numbered_frames, write_video
+
+    folder = tmp_path / "phone"
+    write_video(folder / "clip 1.mp4", numbered_frames(8))
+    write_video(folder / "clip.3gp", numbered_frames(8), codec="libx264", options={})
+    (folder / "notes.txt").write_text("shot on Tuesday")
+    (folder / ".DS_Store").write_bytes(b"\0")
+    listing = folder / "val.txt"
+    listing.write_text("clip 1.mp4 air drumming\nclip.3gp playing the drum kit\n")
+    assert main(["predict", str(listing), "--model", off_graph, "--json"]) == 0
+    sources = [r["source"] for r in json.loads(capsys.readouterr().out)]
+    assert sources == [str(folder / "clip 1.mp4"), str(folder / "clip.3gp")]
+    # A folder: every container PyAV reads, and the files left out are said (not hidden ones).
+    assert main(["predict", str(folder), "--model", off_graph, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)) == 2
+    assert "left out 2 files that are not videos by their extension (notes.txt, val.txt)" in (
+        captured.err
+    )
+    # Named on its own, a file of an extension not known here is tried as a video.
+    (folder / "clip.3gp").rename(folder / "clip.dat")
+    assert main(["predict", str(folder / "clip.dat"), "--model", off_graph, "--json"]) == 0
 
 
 # -- command-line mistakes: files that are not what the command takes ------------------------
@@ -400,7 +433,7 @@ def test_predict_and_table_name_files_that_are_not_what_they_take(tmp_path, caps
     checkpoint = tmp_path / "last.pth"
     checkpoint.write_bytes(b"\x80\x02binary pickle")
     assert main(["predict", str(checkpoint), "--model", off_graph]) == 2
-    assert "neither a video" in _one_line_error(capsys)
+    assert "is a model's weights, not a video: a checkpoint goes in" in _one_line_error(capsys)
     (tmp_path / "empty").mkdir()
     assert main(["predict", str(tmp_path / "empty"), str(video), "--model", off_graph]) == 2
     assert f"{tmp_path / 'empty'} holds no videos" in _one_line_error(capsys)

@@ -702,7 +702,19 @@ def _predict(args) -> int:
 
         check_writable(Path(explain), kind="the GradCAM pictures")
     results, undecodable, pictures = [], [], Counter()
-    videos = list_videos(args.inputs, root=cfg.data.root if cfg else None, images=one_frame)
+    left_out: list[Path] = []
+    videos = list_videos(
+        args.inputs, root=cfg.data.root if cfg else None, images=one_frame, left_out=left_out
+    )
+    if left_out:  # a video of an extension not known here would otherwise pass unsaid
+        names = ", ".join(path.name for path in left_out[:5]) + (
+            ", ..." if len(left_out) > 5 else ""
+        )
+        print(
+            f"timematters: left out {counted(len(left_out), 'file')} that are not videos by "
+            f"their extension ({names}); name one on its own to try it as a video",
+            file=sys.stderr,
+        )
     # One generator for all: each video (and window) is shuffled by a permutation of its own, so
     # that the summary over many is not one permutation's.
     shuffles = torch.Generator().manual_seed(args.seed)

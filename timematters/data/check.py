@@ -40,16 +40,16 @@ class _DecodeProbe(Dataset):
 
     def __getitem__(self, index: int) -> tuple[str, str | None, str | None]:
         path, reason = self.dataset.probe(index)
-        if reason is not None or not os.path.isdir(path):
+        if not os.path.isdir(path):
             return path, reason, None
         files = frame_files(path)
-        # The probe decodes one clip's frames; an empty file (a disk that filled up during an
-        # extraction) among the others would drop the video in training: sizes are cheap.
+        # Empty files (a disk that filled up during an extraction) are said as such, rather
+        # than as the first one's decoding error.
         empty = [file for file in files if os.path.getsize(file) == 0]
         if empty:
             first = os.path.basename(empty[0])
             return path, f"{len(empty)} empty (0-byte) frame files, first {first}", None
-        return path, None, numbering_gap(files)
+        return path, reason, None if reason else numbering_gap(files)
 
 
 def _decode_problems(

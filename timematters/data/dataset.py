@@ -25,6 +25,7 @@ from timematters.data.video import (
     EXTRACTION_FAILED,
     IMAGE_EXTENSIONS,
     Backend,
+    PyAVReader,
     VideoDecodeError,
     open_video,
     require_backend,
@@ -32,7 +33,11 @@ from timematters.data.video import (
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".webm", ".mp4", ".mkv", ".avi", ".mov", ".m4v")
+# The containers PyAV (FFmpeg) reads that hold videos: phones', cameras', broadcast and web ones.
+VIDEO_EXTENSIONS = (
+    *(".webm", ".mp4", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts"),
+    *(".3gp", ".wmv", ".flv", ".ogv", ".gif"),
+)
 
 
 @dataclass(frozen=True)
@@ -125,10 +130,27 @@ class VideoDataset(Dataset):
         return item
 
     def probe(self, index: int) -> tuple[str, str | None]:
-        """(path, why it cannot be used or None): decodes what item ``index`` needs, no more."""
+        """(path, why it cannot be used or None): every frame of item ``index`` decoded, as the
+        clips of all epochs may draw any of them (the same answer every time)."""
         path = self.samples[index].path
         try:
-            self.read_clips(path)
+            reader = open_video(path, self.decoder)
+            if reader.num_frames < self.min_frames:
+                needed = self.min_frames
+                raise VideoDecodeError(
+                    path, f"too short: {reader.num_frames} frames, at least {needed} needed"
+                )
+            if isinstance(reader, PyAVReader):
+                # One pass decodes every frame from the first to the last, keeping those two.
+                reader.get_frames([0, reader.num_frames - 1])
+            else:  # frame files (or a decoder that seeks to each frame): all of them, in turn
+                sizes = set()
+                for start in range(0, reader.num_frames, 16):
+                    chunk = reader.get_frames(range(start, min(start + 16, reader.num_frames)))
+                    sizes.add(chunk.shape[1:3])
+                if len(sizes) > 1:
+                    shown = ", ".join(f"{h}x{w}" for h, w in sorted(sizes))
+                    raise VideoDecodeError(path, f"frames of different sizes ({shown})")
         except VideoDecodeError as error:
             return path, error.reason
         return path, None

@@ -125,7 +125,7 @@ def extract_frames(
     _refuse_replacing_lists(cfg, out, list_names)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"dataset": data.dataset, "short_side": short_side, "quality": quality}
-    _record_settings(out, settings)
+    _check_settings(out, settings)  # recorded once the plan is made: a refused one leaves none
 
     datasets = {split: build_dataset(cfg, split) for split in splits}
     jobs, lists = _plan(cfg, datasets, out, limit)
@@ -232,9 +232,17 @@ def _recorded(out: Path) -> dict:
 
 def _record_settings(out: Path, settings: dict, lists: Sequence[str] = ()) -> None:
     """Write ``frames.json``: the settings, and the list files written (``lists`` added to the
-    earlier ones). An earlier extraction's there must have had the same settings, so that a
-    resumed extraction does not mix frames of two sizes or qualities in one folder."""
+    earlier ones)."""
+    recorded = _check_settings(out, settings)
+    lists = sorted({*recorded.get("lists", []), *lists})
     record = out / RECORD
+    record.write_text(json.dumps({"settings": settings, "lists": lists}, indent=2) + "\n")
+
+
+def _check_settings(out: Path, settings: dict) -> dict:
+    """``frames.json``'s record ({} without one), refused when its settings are not
+    ``settings``: a resumed extraction must not mix frames of two sizes or qualities in one
+    folder."""
     recorded = _recorded(out)
     if recorded:
         earlier = recorded.get("settings") or {}
@@ -248,8 +256,7 @@ def _record_settings(out: Path, settings: dict, lists: Sequence[str] = ()) -> No
                 f"{out} holds frames extracted with {', '.join(differ)}: give the same settings "
                 "to go on with them, or another --out"
             )
-    lists = sorted({*recorded.get("lists", []), *lists})
-    record.write_text(json.dumps({"settings": settings, "lists": lists}, indent=2) + "\n")
+    return recorded
 
 
 def _plan(

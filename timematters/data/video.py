@@ -81,9 +81,10 @@ class PyAVReader:
         self.path = str(path)
         try:
             with av.open(self.path) as container:
-                if not container.streams.video:
+                stream = _main_video_stream(container)
+                if stream is None:
                     raise VideoDecodeError(path, "no video stream")
-                stream = container.streams.video[0]
+                self._stream_index = stream.index
                 stored, file_end = [], None
                 # Every stream's packets, to know where the file's data ends; flush packets carry
                 # no data.
@@ -93,16 +94,18 @@ class PyAVReader:
                     file_end = _later(file_end, _packet_end(packet))
                     if packet.stream.index == stream.index:
                         stored.append((packet.pts, packet.is_keyframe, packet.is_discard))
-                # Discard-flagged packets (before an MP4 edit list's start) give no frames.
-                packets = [(pts, key) for pts, key, discard in stored if not discard]
+                packets = _packets_with_frames(stored)
                 declared_frames = stream.frames
                 declared_end = _declared_end(container)
                 reorders = bool(getattr(stream.codec_context, "has_b_frames", False))
                 rate = stream.average_rate or stream.guessed_rate
         except (av.FFmpegError, OSError) as error:
-            raise VideoDecodeError(path, f"cannot read: {error}") from error
+            raise VideoDecodeError(path, _why_unreadable(self.path, error)) from error
 
         self.num_frames = len(packets)
+        # Cut mid-GOP: decoding from the start skips to the first keyframe, as counting did.
+        keys = [key for _, key, _ in stored]
+        self._starts_mid_gop = any(keys) and not keys[0]
         self.fps = float(rate) if rate else None
         if self.num_frames == 0:
             raise VideoDecodeError(path, "no video frames")
@@ -158,7 +161,7 @@ class PyAVReader:
                 # The container seeked past the keyframe it was asked for: decode from the start.
                 decoded = self._decode(wanted, 0)
         except av.FFmpegError as error:
-            raise VideoDecodeError(self.path, f"decoding failed: {error}") from error
+            raise VideoDecodeError(self.path, f"decoding failed: {_message(error)}") from error
         missing = wanted - decoded.keys()
         if missing:
             raise VideoDecodeError(
@@ -173,11 +176,16 @@ class PyAVReader:
         last = max(wanted)
         decoded: dict[int, np.ndarray] = {}
         with av.open(self.path) as container:
-            stream = container.streams.video[0]
+            stream = container.streams[self._stream_index]
             if start_key > 0:
                 container.seek(self._pts[start_key], stream=stream, backward=True)
+            packets = container.demux(stream)
+            if start_key == 0 and self._starts_mid_gop:
+                # Fed the packets before it, a decoder fails (VP9) or makes up their frames.
+                packets = itertools.dropwhile(lambda packet: not packet.is_keyframe, packets)
+            frames = (frame for packet in packets for frame in packet.decode())
             previous = None
-            for position, frame in enumerate(container.decode(stream)):
+            for position, frame in enumerate(frames):
                 if self._has_pts and frame.pts is not None:
                     # Frames come out in presentation order: falling timestamps are not theirs.
                     if previous is not None and frame.pts <= previous:
@@ -191,6 +199,84 @@ class PyAVReader:
                 if index >= last:
                     break
         return decoded
+
+
+def _packets_with_frames(
+    stored: list[tuple[int | None, bool, bool]],
+) -> list[tuple[int | None, bool]]:
+    """(pts, is_keyframe) of the packets that give frames, from a stream's (pts, is_keyframe,
+    is_discard) in decode order.
+
+    A stream cut mid-GOP (a clip copied out of a longer video) starts with frames whose keyframe
+    is gone, and in an open GOP the frames shown before its first keyframe need one that is gone
+    too: no decoder gives them (players start at the first keyframe), so they are not counted.
+    Discard-flagged packets (before an MP4 edit list's start) give no frames either."""
+    first_key = next((i for i, (_, key, _) in enumerate(stored) if key), 0)
+    start = stored[first_key][0] if stored else None
+    return [
+        (pts, key)
+        for pts, key, discard in stored[first_key:]
+        if not discard and (pts is None or start is None or pts >= start)
+    ]
+
+
+def _main_video_stream(container):
+    """The video stream players show, or None: FFmpeg's best one (``av_find_best_stream``:
+    default-flagged, then more than one frame, ...), which may come after a one-frame cover
+    picture. An attached picture (an audio file's cover art) is never the video."""
+    import av
+
+    def is_video(stream) -> bool:
+        return not stream.disposition & av.stream.Disposition.attached_pic
+
+    best = container.streams.best("video")
+    if best is not None and is_video(best):
+        return best
+    return next(filter(is_video, container.streams.video), None)
+
+
+def _why_unreadable(path: str, error: Exception) -> str:
+    """Why FFmpeg could not read ``path``, in one line: for the files its message calls only
+    "invalid data", what is wrong with them."""
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return "cannot read: empty file (0 bytes)"
+    if _is_mp4_without_index(path):
+        return (
+            "incomplete: an MP4 without its index (moov box), as an interrupted download, "
+            "copy or recording leaves it"
+        )
+    return f"cannot read: {_message(error)}"
+
+
+def _message(error: Exception) -> str:
+    """An FFmpeg or OS error's own words, without its error number and file name."""
+    return getattr(error, "strerror", None) or str(error)
+
+
+def _is_mp4_without_index(path: str) -> bool:
+    """Whether ``path`` starts as an MP4 (an ``ftyp`` box) but has no ``moov`` box among its
+    top-level boxes: the index most writers put last, so a file cut short loses it. Reads only
+    the boxes' headers."""
+    offset = 0
+    try:
+        with open(path, "rb") as file:
+            end = os.fstat(file.fileno()).st_size
+            while offset + 8 <= end:
+                file.seek(offset)
+                header = file.read(8)
+                box_size, kind = int.from_bytes(header[:4], "big"), header[4:]
+                if kind == b"moov" or (offset == 0 and kind != b"ftyp"):
+                    return False
+                if box_size == 1:  # a 64-bit size follows the type
+                    box_size = int.from_bytes(file.read(8), "big")
+                if box_size == 0:  # the last box, to the end of the file
+                    break
+                if box_size < 8:
+                    return False  # not boxes: not an MP4
+                offset += box_size
+    except OSError:
+        return False
+    return offset > 0
 
 
 def _upright(frame) -> np.ndarray:

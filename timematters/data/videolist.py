@@ -76,7 +76,7 @@ def _read_lines(list_file: str | Path) -> list[tuple[int, str, str]]:
         for number, line in enumerate(lines, 1):
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
-            parts = _path_and_label(line.strip())
+            parts = split_path_and_label(line.strip())
             if len(parts) != 2:
                 raise ValueError(f"{list_file}:{number}: expected 'path label', got {line!r}")
             numbered.append((number, parts[0], parts[1]))
@@ -92,7 +92,7 @@ _NAME_END = re.compile(
 )
 
 
-def _path_and_label(line: str) -> list[str]:
+def split_path_and_label(line: str) -> list[str]:
     """``[path, label]`` of a ``path label`` line. The label is what follows the path's file
     extension, so that a class name with spaces (Kinetics' "air drumming") stays one label
     rather than giving the path its first word; a path without an extension (a frame folder)

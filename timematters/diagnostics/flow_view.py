@@ -22,9 +22,10 @@ import torch
 
 from timematters.config import Config, ConfigError, validate
 from timematters.data.build import build_dataset, build_flow_labeller
-from timematters.data.collate import BadVideo
+from timematters.data.collate import BadVideo, TooManyBadVideos
 from timematters.data.samplers import SeededSamples
 from timematters.data.sampling import EvalClip
+from timematters.data.text import counted
 from timematters.data.transforms import EvalTransform
 from timematters.data.video import VideoDecodeError, open_video
 from timematters.diagnostics.predict import list_videos
@@ -93,9 +94,12 @@ def view_flow_labels(
     for video in skipped:
         print(f"skipped {video['clip']}: {video['reason']}", flush=True)
     if not views:
-        raise ValueError(
-            "no clip to label: " + ("none could be decoded" if skipped else "none given")
-        )
+        if skipped:  # the data's fault, not a mistake in the command: exit 1, as predict's
+            raise TooManyBadVideos(
+                f"no clip to label: none of {counted(len(skipped), 'video')} could be used "
+                "(the reasons above)"
+            )
+        raise ValueError("no clip to label: none given")
     total = np.mean([view["share"] for view in views], axis=0)
     clips_said = f"{len(views)} clip{'s' if len(views) > 1 else ''}"
     agreements = [
@@ -181,6 +185,11 @@ def _files(
             break
         try:
             reader = open_video(path, cfg.data.decoder)
+            if reader.num_frames < cfg.model.num_frames:  # as the dataset refuses it in training
+                needed = cfg.model.num_frames
+                reason = f"too short: {reader.num_frames} frames, at least {needed} needed"
+                skipped.append({"clip": str(path), "reason": reason})
+                continue
             frames = reader.get_frames(taken.indices(reader.num_frames, cfg.model.num_frames))
         except VideoDecodeError as error:
             skipped.append({"clip": str(path), "reason": error.reason})

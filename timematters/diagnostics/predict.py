@@ -36,6 +36,7 @@ from timematters.data.video import (
     is_frame_folder,
     open_video,
 )
+from timematters.data.videolist import split_path_and_label
 from timematters.engine.evaluate import aggregate_views
 from timematters.engine.model import class_names_of, describe_model
 from timematters.losses.shuffle import perturbed_views, sample_frame_permutations
@@ -82,9 +83,19 @@ class Prediction:
         if self.perturbed and self.frames and distinct < 2:
             lines.append(
                 f"  note: the clip repeats {distinct} frame of the video, so no perturbation can "
-                "change it: the test says nothing here"
+                "change it: the test says nothing here (left out of the summary)"
+            )
+        elif distinct < len(self.frames):  # a video shorter than the clip (training refuses it)
+            lines.append(
+                f"  note: the video is shorter than the clip: {distinct} different frames of its "
+                f"{len(self.frames)} (training and eval skip such videos as too short)"
             )
         return "\n".join(lines)
+
+    @property
+    def perturbable(self) -> bool:
+        """Whether a perturbation could change the clip: it holds two different frames."""
+        return len(set(self.frames)) > 1 if self.frames else True
 
     def _where(self) -> str:
         if self.seconds is not None:
@@ -352,7 +363,12 @@ def summarise(predictions: Sequence[Prediction], unit: str = "videos") -> str:
     class before and after. A model that ignores frame order changes nothing under shuffle."""
     if not predictions:
         return f"no {unit} predicted"
-    lines = [f"over {len(predictions)} {unit} (no labels needed):"]
+    still = sum(not p.perturbable for p in predictions)
+    predictions = [p for p in predictions if p.perturbable]
+    if not predictions:
+        return f"no {unit} with two different frames: nothing a perturbation could change"
+    left_out = f", {still} of one frame left out" if still else ""
+    lines = [f"over {len(predictions)} {unit} (no labels needed{left_out}):"]
     before = float(np.mean([p.top[0][1] for p in predictions]))
     for name in predictions[0].perturbed:
         changed = sum(p.perturbed[name][0][0] != p.top[0][0] for p in predictions)
@@ -416,14 +432,19 @@ def explain_prediction(
 
 
 def list_videos(
-    inputs: Sequence[str | Path], root: str | Path | None = None, *, images: bool = False
+    inputs: Sequence[str | Path],
+    root: str | Path | None = None,
+    *,
+    images: bool = False,
+    left_out: list[Path] | None = None,
 ) -> list[Path]:
     """The videos ``inputs`` name: files (an image file is a one-frame video), a folder of frame
     images only (one video), every video of a folder (sorted: its video files and its subfolders
     of frame images only), or the paths a list file holds (one per line, its first field;
     relative to ``root``, a config's ``data.root`` as in training, else to the list's folder).
     ``images``: for a model of one frame, every image of a folder and its subfolders (an
-    ImageNet-9 class folder, a variation's) is an input of its own."""
+    ImageNet-9 class folder, a variation's) is an input of its own. ``left_out`` gathers a
+    folder's files that are no videos (not hidden ones), for the caller to say."""
     videos: list[Path] = []
     for item in map(Path, inputs):
         if images and item.is_dir():
@@ -434,11 +455,16 @@ def list_videos(
         elif is_frame_folder(item):
             videos.append(item)  # its frames: one video
         elif item.is_dir():
-            found = sorted(
-                p
-                for p in item.iterdir()
-                if p.suffix.lower() in VIDEO_EXTENSIONS or is_frame_folder(p)
-            )
+            entries = sorted(item.iterdir())
+            found = [
+                p for p in entries if p.suffix.lower() in VIDEO_EXTENSIONS or is_frame_folder(p)
+            ]
+            if left_out is not None:
+                left_out += [
+                    p
+                    for p in entries
+                    if p.is_file() and p not in found and not p.name.startswith(".")
+                ]
             if not found:  # named, so not passed over beside the other inputs
                 raise ValueError(
                     f"{item} holds no videos (video files, or folders of frame images only) at "
@@ -456,11 +482,14 @@ def list_videos(
         elif item.is_file():
             try:
                 lines = item.read_text(encoding="utf-8-sig").splitlines()
-            except UnicodeDecodeError:  # a checkpoint, an archive, a video of another extension
-                raise ValueError(
-                    f"{item} is neither a video ({', '.join(VIDEO_EXTENSIONS)}), an image nor a "
-                    "text list of videos (a checkpoint goes in --checkpoint)"
-                ) from None
+            except UnicodeDecodeError:  # no text: a video of another extension, or a mistake
+                if item.suffix.lower() in WEIGHTS_EXTENSIONS:
+                    raise ValueError(
+                        f"{item} is a model's weights, not a video: a checkpoint goes in "
+                        "--checkpoint, other weights in --model"
+                    ) from None
+                videos.append(item)  # tried as a video: one that cannot be decoded is skipped
+                continue
             if lines and lines[0].replace(" ", "") == "path,label":  # quoted paths hold commas
                 lines = [row["path"] for row in csv.DictReader(lines) if row.get("path")]
             base = Path(root) if root else item.parent
@@ -483,6 +512,9 @@ def list_videos(
     return videos
 
 
+WEIGHTS_EXTENSIONS = (".pth", ".pt", ".ckpt", ".safetensors", ".bin", ".pkl", ".pyth")
+
+
 def _is_image_file(path: Path) -> bool:
     hidden = any(part.startswith(".") for part in path.parts[-2:])  # ._ copies, checkpoints
     return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file() and not hidden
@@ -493,12 +525,13 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def _listed_path(line: str, base: Path) -> Path:
-    """A list line's video: the whole line, or all but a last ``label`` field."""
+    """A list line's video: the whole line, or the path before its label (which may hold
+    spaces: "clip 1.mp4 air drumming"), the longest such path that is there first."""
     text = line.strip()
-    whole = base / text
-    if whole.is_file() or " " not in text:
-        return whole
-    return base / text.rsplit(maxsplit=1)[0]
+    for end in [len(text), *(i for i in range(len(text) - 1, 0, -1) if text[i] == " ")]:
+        if (base / text[:end].rstrip()).exists():
+            return base / text[:end].rstrip()
+    return base / split_path_and_label(text)[0]  # not there: named as training would read it
 
 
 __all__ = [
