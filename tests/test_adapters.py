@@ -836,3 +836,36 @@ def test_a_missing_local_folder_is_not_asked_of_the_hub(tmp_path, monkeypatch):
     for name in ("runs/export", "./export", "runs/a/export", str(tmp_path / "export")):
         with pytest.raises(FileNotFoundError, match="no such folder"):
             load_hf_model(name)
+
+
+def test_gradcam_of_mvit_reads_the_last_blocks_tokens_in_their_grid():
+    """Its blocks hand their grid on beside the tokens: the map takes the last block's input
+    grid (from the token count) in the order the probe reads; a tiny MViT of torchvision's."""
+    pytest.importorskip("torchvision")
+    from torchvision.models.video.mvit import MSBlockConfig, MViT
+
+    from timematters.backbones.adapters.torchvision import MViTAdapter
+    from timematters.diagnostics.gradcam import video_gradcam
+
+    blocks = [  # the second pools space, as MViT's stages do
+        MSBlockConfig(1, 16, 16, [3, 3, 3], [3, 3, 3], [1, 1, 1], [1, 2, 2]),
+        MSBlockConfig(1, 16, 16, [3, 3, 3], [3, 3, 3], [1, 2, 2], [1, 1, 1]),
+        MSBlockConfig(1, 16, 16, [3, 3, 3], [3, 3, 3], [1, 1, 1], [1, 1, 1]),
+    ]
+    network = MViT((32, 32), 8, blocks, True, True, True, True, num_classes=3)
+    meta = {"min_frames": 8, "min_size": 32, "categories": None}  # patchify halves the frames
+    meta.update(mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225))
+    model = MViTAdapter(network, meta, "tiny mvit").eval()
+    video = torch.randn(2, 3, 8, 32, 32).clamp(-1, 1)
+    inputs = {}
+    last = model.block_modules()[-1]
+    handle = last.register_forward_pre_hook(lambda module, args: inputs.update(x=args))
+    model.final_grid(video)
+    handle.remove()
+    tokens, grid = inputs["x"]
+    assert tuple(grid) == (4, 4, 4)
+    layer, reshape = model.gradcam_layer()
+    probed = model.block_grid((tokens, grid))  # b t (h w) c, as the order probe reads it
+    torch.testing.assert_close(reshape(tokens), rearrange(probed, "b t (h w) c -> b c t h w", h=4))
+    maps = video_gradcam(model, video, targets=[1, 2])
+    assert maps.shape == (2, 8, 32, 32) and np.isfinite(maps).all() and maps.std() > 0

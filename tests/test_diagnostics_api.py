@@ -122,7 +122,12 @@ class NoBlocksModel(ProtocolModel):
 
 def test_the_order_probe_reads_the_final_tokens_of_a_model_that_gives_no_blocks(tmp_path):
     models = {"plain": NoBlocksModel(), "full": ProtocolModel()}
-    report = timematters.diagnose(models, _batches(), tmp_path / "out", probe_clips=(4, 4))
+    # One number is both counts, as --probe-clips N; counts it cannot use are refused at once.
+    with pytest.raises(ValueError, match=r"probe_clips=\(0, 4\): give \(clips to fit"):
+        timematters.diagnose(models, _batches(), tmp_path / "out", probe_clips=(0, 4))
+    assert not (tmp_path / "out").exists()
+    report = timematters.diagnose(models, _batches(), tmp_path / "out", probe_clips=4)
+    assert report["order_probe"]["fit_clips"] == 4
     accuracy = report["order_probe"]["accuracy"]
     assert set(accuracy["plain"]) == {"final"} and set(accuracy["full"]) == {
         "block1",

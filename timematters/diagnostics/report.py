@@ -78,7 +78,7 @@ def diagnose(
     classes: Sequence[str] | None = None,
     subsets: dict[str, list[int]] | None = None,
     settings: EvalConfig | None = None,
-    probe_clips: tuple[int, int] | None = (128, 128),
+    probe_clips: tuple[int, int] | int | None = (128, 128),
     gradcam_clips: int = 4,
     gradcam_indices: Sequence[int] | None = None,
     evaluations: Sequence[EvalResult] | None = None,
@@ -102,7 +102,7 @@ def diagnose(
         else "0".."K-1") and named subsets of class indices (default: ``data.subsets``).
     settings: the ``eval`` config (shuffle, seed, aggregation, batch size for a dataset).
     probe_clips: (fit, held out): the order probe is fit on the first clips and scored on the
-        next ones; None skips it.
+        next ones (N: N and N, as ``--probe-clips N``); None skips it.
     gradcam_indices: clip positions to explain (default: ``gradcam_clips`` clips of different
         classes, temporal classes first); each map explains the clip's true class.
     evaluations: shuffle-test results already computed for these models on these clips (the
@@ -117,6 +117,7 @@ def diagnose(
     claim_folder(out, **_CLAIM, remove=False)
     settings = settings or EvalConfig()
     _check_arguments(models, data, mean=mean, std=std)
+    probe_clips = _probe_counts(probe_clips)
     _check_evaluations(evaluations, settings)
     # A plain module (clips -> logits) gets the logits-only adapter: the report names its limits.
     models = {name: as_video_backbone(model, source=name) for name, model in models.items()}
@@ -313,6 +314,23 @@ def _reliance_section(
     return section
 
 
+def _probe_counts(probe_clips: tuple[int, int] | int | None) -> tuple[int, int] | None:
+    """``probe_clips`` as (fit, held out), checked before the shuffle test's work."""
+    if probe_clips is None:
+        return None
+    counts = (probe_clips, probe_clips) if isinstance(probe_clips, int) else probe_clips
+    try:
+        fit, held_out = (int(count) for count in counts)
+    except (TypeError, ValueError):
+        fit = held_out = -1
+    if fit < 1 or held_out < 1:
+        raise ValueError(
+            f"probe_clips={probe_clips!r}: give (clips to fit, clips held out), each at least 1, "
+            "or one number for both; None leaves the probe out"
+        )
+    return fit, held_out
+
+
 def _probe_section(
     models: dict[str, nn.Module],
     loader: Any,
@@ -346,7 +364,7 @@ def run_diagnose(
     out: str | Path,
     *,
     names: Sequence[str] | None = None,
-    probe_clips: tuple[int, int] | None = (128, 128),
+    probe_clips: tuple[int, int] | int | None = (128, 128),
     gradcam_clips: int = 4,
     gradcam_indices: Sequence[int] | None = None,
     evaluations: Sequence[EvalResult] | None = None,

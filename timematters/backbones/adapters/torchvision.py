@@ -19,6 +19,7 @@ torchvision weights were trained with (read from the weights' metadata, which ne
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -440,7 +441,6 @@ class MViTAdapter(_TorchvisionAdapter):
             embed_dim=model.norm.normalized_shape[0],
         )
         self.start_grid = (encoding.temporal_size, *encoding.spatial_size)
-        self.unsupported["gradcam"] = "MViT's blocks hand their token grid on as a tuple"
 
     def check_input(self, video: torch.Tensor) -> None:
         # Its position encoding is sized for one clip (its weights'), whatever num_frames says.
@@ -481,3 +481,16 @@ class MViTAdapter(_TorchvisionAdapter):
 
     def forward_head(self, cls: torch.Tensor) -> torch.Tensor:
         return self.model.head(cls)
+
+    def gradcam_layer(self) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+        # The last block's normalised input: CLS first, then the grid the blocks before pooled it
+        # to. The blocks hand that grid on beside the tokens, not in them; MViT pools space only
+        # (its query strides are 1 in time) and takes square clips, so the token count gives it.
+        frames = self.start_grid[0]
+
+        def to_map(x: torch.Tensor) -> torch.Tensor:
+            side = math.isqrt((x.shape[1] - 1) // frames)
+            tokens = x[:, 1:].float()
+            return rearrange(tokens, "b (t h w) c -> b c t h w", t=frames, h=side, w=side)
+
+        return self.model.blocks[-1].norm1, to_map
