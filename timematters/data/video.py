@@ -488,8 +488,13 @@ def is_frame_folder(path: str | Path) -> bool:
     is not taken for one."""
     if not os.path.isdir(path):
         return False
-    names = [e.name for e in os.scandir(path) if e.is_file() and not e.name.startswith(".")]
+    names = [e.name for e in os.scandir(path) if e.is_file() and not _system_file(e.name)]
     return bool(names) and all(os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS for n in names)
+
+
+def _system_file(name: str) -> bool:
+    """A file the system leaves in a folder of pictures: hidden ones, Windows' thumbnail cache."""
+    return name.startswith(".") or name.lower() in ("thumbs.db", "desktop.ini")
 
 
 class FrameFolderReader:
@@ -525,8 +530,10 @@ class FrameFolderReader:
             try:
                 image = decode_image(file, mode=ImageReadMode.RGB)  # [3, H, W] uint8
             except (RuntimeError, ValueError) as error:
+                # torchvision's own words, without the C++ function and source line before them.
+                words = re.sub(r"^\w+, \S+:\d+, ", "", str(error).splitlines()[0])
                 raise VideoDecodeError(
-                    self.path, f"frame {os.path.basename(file)}: {str(error).splitlines()[0]}"
+                    self.path, f"frame {os.path.basename(file)}: {words}"
                 ) from None
             image = to_dtype(image, torch.uint8, scale=True)  # 16-bit PNGs to 8 bits
             decoded[index] = image.permute(1, 2, 0).numpy()
