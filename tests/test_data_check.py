@@ -1,5 +1,8 @@
 """``data check``: summary and exit codes on good and broken datasets."""
 
+import json
+from pathlib import Path
+
 import pytest
 from videos import numbered_frames, write_frame_folder, write_ssv2_tree, write_video
 
@@ -154,3 +157,11 @@ def test_every_frame_is_decoded_so_the_answer_is_the_same_each_time(tmp_path, ca
         out = capsys.readouterr().out
         assert "2 of 3 checked undecodable" in out
         assert "tail.mp4" in out and "frames of different sizes (40x40, 48x64)" in out
+    # Every one of them in a file (the summary shows a few of each kind).
+    assert check_dataset(_list_config(tmp_path), list_to=tmp_path / "problems.jsonl") == 1
+    listed = [json.loads(line) for line in (tmp_path / "problems.jsonl").read_text().splitlines()]
+    assert [(v["split"], Path(v["path"]).name, v["problem"]) for v in listed] == [
+        ("train", "tail.mp4", "undecodable"),
+        ("train", "sizes", "undecodable"),
+    ]
+    assert "every video with a problem: " in capsys.readouterr().out

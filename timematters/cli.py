@@ -273,6 +273,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides")
     check.add_argument("--no-decode", action="store_true", help="check files exist, skip decoding")
     check.add_argument("--limit", type=int, default=0, help="check at most N videos per split")
+    check.add_argument(
+        "--list", default=None, metavar="FILE", help="write every video with a problem (JSON lines)"
+    )
     frames = data_commands.add_parser(
         "frames",
         help="write the videos as folders of JPEG frames (faster to read: data.decoder=frames)",
@@ -839,7 +842,7 @@ def _data(args) -> int:
         )
     from timematters.data.check import check_dataset
 
-    return check_dataset(cfg, decode=not args.no_decode, limit=args.limit)
+    return check_dataset(cfg, decode=not args.no_decode, limit=args.limit, list_to=args.list)
 
 
 def _flow(args) -> int:

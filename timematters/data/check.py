@@ -10,18 +10,20 @@ twice. The exit code is 0 when nothing is wrong and 1 otherwise.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from pathlib import Path
 
 from torch.utils.data import DataLoader, Dataset
 
-from timematters.config import Config, validate
+from timematters.config import Config, ConfigError, validate
 from timematters.data.build import build_dataset, loader_workers
 from timematters.data.dataset import VideoDataset
 from timematters.data.text import counted
 from timematters.data.video import DecoderUnavailable, frame_files, numbering_gap
 from timematters.data.videolist import list_duplicates, similar_class_names
+from timematters.files import write_text_atomic
 from timematters.progress import progress_bar
 
 SHOWN = 10  # examples printed per kind of problem
@@ -70,14 +72,25 @@ def _decode_problems(
 
 
 def check_dataset(
-    cfg: Config, decode: bool = True, limit: int = 0, splits: tuple[str, ...] | None = None
+    cfg: Config,
+    decode: bool = True,
+    limit: int = 0,
+    splits: tuple[str, ...] | None = None,
+    *,
+    list_to: str | Path | None = None,
 ) -> int:
     """Print a summary of the configured dataset; returns the exit code (0 fine, 1 problems).
 
     ``decode=False`` skips decoding; ``limit`` > 0 decodes only the first ``limit`` videos of each
-    split. ``splits``: by default those training reads, train and ``eval.split``.
+    split. ``splits``: by default those training reads, train and ``eval.split``. ``list_to``: a
+    file for every video with a problem, as JSON lines (``split``, ``path``, ``problem``:
+    missing, undecodable or frames missing, ``reason``); the summary shows a few of each.
     """
     validate(cfg)
+    if list_to is not None and Path(list_to).is_dir():
+        fix = Path(list_to) / "problems.jsonl"
+        raise ConfigError(f"--list {list_to} is a folder: give a file name, {fix}")
+    listed_videos: list[dict[str, str]] = []
     data = cfg.data
     if splits is None:
         splits = ("train", cfg.eval.split)
@@ -115,6 +128,14 @@ def check_dataset(
         if decode:
             line += f", {len(bad)} of {count} checked undecodable"
         print(f"{line}; {len(dataset.classes)} classes")
+        listed_videos += [
+            *({"split": split, "path": p, "problem": "missing"} for p in dataset.missing),
+            *({"split": split, "path": p, "problem": "undecodable", "reason": r} for p, r in bad),
+            *(
+                {"split": split, "path": p, "problem": "frames missing", "reason": r}
+                for p, r in gaps
+            ),
+        ]
         if dataset.missing:
             problems.append(
                 _examples(
@@ -171,10 +192,16 @@ def check_dataset(
         if names:
             problems.append(_examples(f"{subset} subset names not in labels.json", names))
 
+    if list_to is not None:
+        lines = "".join(json.dumps(video, ensure_ascii=False) + "\n" for video in listed_videos)
+        Path(list_to).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(Path(list_to), lines)
     if problems:
         print(f"\n{len(problems)} problem(s):")
         for problem in problems:
             print(f"  - {problem}")
+        if list_to is not None:
+            print(f"every video with a problem: {list_to} ({len(listed_videos)})")
         return 1
     print("\nno problems found")
     return 0
