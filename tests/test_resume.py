@@ -59,6 +59,37 @@ def test_resume_mid_epoch_with_drop_path_is_exact(tmp_path):
     assert resumed["metrics"] == full["metrics"]
 
 
+def test_tensorboard_shows_every_step_once_after_a_resume(tmp_path):
+    """What the killed run gave TensorBoard after its checkpoint is hidden (its purge step), as
+    metrics.jsonl cuts it: the curves are the uninterrupted run's, not a zigzag."""
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator"
+    )
+    recipe = [*RECIPE, "train.epochs=2", "train.save_every_steps=4", "train.tensorboard=true"]
+    train(tiny_config(tmp_path / "full", *recipe))
+
+    def kill_at_11(step, record):
+        if step == 11:
+            raise _Killed  # steps 9-11 given to TensorBoard after the checkpoint at step 8
+
+    with pytest.raises(_Killed):
+        train(tiny_config(tmp_path / "killed", *recipe), step_callback=kill_at_11)
+    last = tmp_path / "killed" / "checkpoints" / "last.pth"
+    train(tiny_config(tmp_path / "killed", *recipe), resume=last)
+
+    def curves(run: Path) -> dict[str, list[tuple[int, float]]]:
+        events = event_accumulator.EventAccumulator(str(run / "tensorboard"))
+        events.Reload()
+        tags = [tag for tag in events.Tags()["scalars"] if not tag.endswith("clips_per_s")]
+        return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in tags}
+
+    full, resumed = curves(tmp_path / "full"), curves(tmp_path / "killed")
+    assert resumed.keys() == full.keys() and "train/loss" in full and "eval/all/top1" in full
+    for tag in full:
+        assert [step for step, _ in resumed[tag]] == [step for step, _ in full[tag]], tag
+        assert [v for _, v in resumed[tag]] == pytest.approx([v for _, v in full[tag]]), tag
+
+
 def _command(out: Path, *extra: str) -> list[str]:
     overrides = [*TINY, *RECIPE, f"train.out={out}", *extra]
     return [sys.executable, "-m", "timematters.cli", "train", "synthetic/time", *overrides]

@@ -5,8 +5,10 @@ and, when asked, Weights & Biases; and ``copy_output``, which keeps what a run p
 Only rank 0 writes. Every record has a ``kind`` ("train" or "eval"), ``epoch`` and ``step``; the
 rest are numbers, with ``null`` for a value that is not finite (strict JSON has no NaN). A
 checkpoint remembers how many lines the log had when it was written, so a resumed run first cuts
-the log back to that point: every step appears once, as in an uninterrupted run. (The trackers
-cannot take records back: after a resume they see the steps since the checkpoint again.)
+the log back to that point: every step appears once, as in an uninterrupted run. TensorBoard is
+told the same (its ``purge_step``: it hides what it was given from the first step cut on, and its
+events are flushed with each checkpoint); Weights & Biases cannot take records back: after a
+resume it sees the steps since the checkpoint again.
 """
 
 from __future__ import annotations
@@ -48,20 +50,30 @@ class RunLog:
         self.wandb_status = "off"
         if not enabled:
             return
+        kept: list[dict[str, Any]] = []
+        purge_step = None
         if keep_lines is not None and self.path.is_file():
-            kept = self.path.read_text().splitlines(keepends=True)[:keep_lines]
-            write_text_atomic(self.path, "".join(kept))  # a kill here keeps the whole log
-            self.lines = len(kept)
+            lines = self.path.read_text().splitlines(keepends=True)
+            write_text_atomic(self.path, "".join(lines[:keep_lines]))  # a kill here keeps it all
+            self.lines = len(lines[:keep_lines])
+            kept, cut = _records(lines[:keep_lines]), _records(lines[keep_lines:])
+            purge_step = _first_step_cut(kept, cut)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
                 with self._tensorboard_named():  # it writes its first event at once
-                    self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+                    folder = str(run_dir / "tensorboard")
+                    self.writer = SummaryWriter(folder, purge_step=purge_step)
             except ImportError:  # tensorboard is an optional extra
                 self.tensorboard_status = (
                     "off: pip install tensorboard (or timematters[tensorboard])"
                 )
+            if self.writer is not None and purge_step is not None:
+                # Hidden with the records cut: those of the purge step that the log keeps.
+                for record in kept:
+                    if record["step"] >= purge_step:
+                        self._to_tensorboard(record)
         if wandb:
             self.wandb = _start_wandb(run_dir, config or {})
             mode = getattr(getattr(self.wandb, "settings", None), "mode", "online")
@@ -76,17 +88,21 @@ class RunLog:
         except OSError as error:  # a full disk: named, as the CLI then says it in one line
             raise OSError(error.errno, error.strerror, str(self.path)) from error
         self.lines += 1
-        numbers = {
-            f"{record['kind']}/{key}": value
-            for key, value in record.items()
-            if isinstance(value, int | float) and key not in ("step", "epoch", "kind")
-        }
+        if self.writer is not None:
+            self._to_tensorboard(record)
+        if self.wandb is not None:
+            self.wandb.log({**_numbers(record), "epoch": record["epoch"]}, step=record["step"])
+
+    def _to_tensorboard(self, record: dict[str, Any]) -> None:
+        with self._tensorboard_named():
+            for key, value in _numbers(record).items():
+                self.writer.add_scalar(key, value, record["step"])
+
+    def flush(self) -> None:
+        """Write what TensorBoard holds in memory (with each checkpoint: what a resume keeps)."""
         if self.writer is not None:
             with self._tensorboard_named():
-                for key, value in numbers.items():
-                    self.writer.add_scalar(key, value, record["step"])
-        if self.wandb is not None:
-            self.wandb.log({**numbers, "epoch": record["epoch"]}, step=record["step"])
+                self.writer.flush()
 
     @contextlib.contextmanager
     def _tensorboard_named(self) -> Iterator[None]:
@@ -104,6 +120,32 @@ class RunLog:
                 self.writer.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _numbers(record: dict[str, Any]) -> dict[str, float]:
+    """A record's numbers under ``kind/name`` (``train/loss``), as the trackers show them."""
+    return {
+        f"{record['kind']}/{key}": value
+        for key, value in record.items()
+        if isinstance(value, int | float) and key not in ("step", "epoch", "kind")
+    }
+
+
+def _records(lines: list[str]) -> list[dict[str, Any]]:
+    """The records of log lines; a line a kill cut short is none."""
+    records = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            records.append(json.loads(line))
+    return records
+
+
+def _first_step_cut(kept: list[dict[str, Any]], cut: list[dict[str, Any]]) -> int | None:
+    """The step from which TensorBoard must forget what it was given: the first record cut (or
+    the step after the last one kept), None for a log with nothing in it."""
+    if cut:
+        return min(record["step"] for record in cut)
+    return kept[-1]["step"] + 1 if kept else None
 
 
 def _start_wandb(run_dir: Path, config: dict[str, Any]):

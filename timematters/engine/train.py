@@ -934,6 +934,7 @@ def save_run_checkpoint(run: Run, name: str) -> None:
     # evaluation elsewhere needs to rebuild it without its original folder or weights file.
     architecture = getattr(run.model.backbone, "architecture", None)
     if run.info.is_main:
+        run.log.flush()  # TensorBoard's events up to here: a resume keeps them, forgets the rest
         save_checkpoint(
             {
                 "model": run.model.backbone.state_dict(),
