@@ -29,6 +29,8 @@ DATA = [
     "train.precision=fp32",
 ]
 CLASSES = list(SyntheticVideoDataset("test", 1).classes)
+IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+VOCAB = 2 + 2 * 26  # the tiny tokenizer's: its special tokens, and each letter twice
 
 
 def _tokenizer(folder: Path):
@@ -42,14 +44,11 @@ def _tokenizer(folder: Path):
     return transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
 
 
-@pytest.fixture(scope="module")
-def xclip(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("xclip")
-    tokenizer = _tokenizer(folder)
+def _tiny_xclip(vocab_size: int):
     sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
     config = transformers.XCLIPConfig(
         text_config=transformers.XCLIPTextConfig(
-            vocab_size=len(tokenizer), max_position_embeddings=77, **sizes
+            vocab_size=vocab_size, max_position_embeddings=77, **sizes
         ).to_dict(),
         vision_config=transformers.XCLIPVisionConfig(
             image_size=IMG,
@@ -66,7 +65,14 @@ def xclip(tmp_path_factory) -> Path:
         prompt_attention_heads=2,
     )
     torch.manual_seed(0)
-    transformers.XCLIPModel(config).save_pretrained(folder / "model")
+    return transformers.XCLIPModel(config)
+
+
+@pytest.fixture(scope="module")
+def xclip(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("xclip")
+    tokenizer = _tokenizer(folder)
+    _tiny_xclip(len(tokenizer)).save_pretrained(folder / "model")
     tokenizer.save_pretrained(folder / "model")
     return folder / "model"
 
@@ -171,3 +177,122 @@ def test_a_prompt_without_a_place_for_the_name_is_refused():
 
     with pytest.raises(ConfigError, match="must hold one"):
         validate(load_config("synthetic/time", ["model.prompt=a video"]))
+
+
+def test_a_folder_without_its_tokenizer_is_refused(xclip, tmp_path, capsys):
+    # transformers 5 makes a tokenizer of the two special tokens alone from a folder without
+    # tokenizer files: every class text would get the same score, and class 0 always win.
+    bare = tmp_path / "bare"
+    _tiny_xclip(VOCAB).save_pretrained(bare)
+    with pytest.raises(ValueError, match="has no tokenizer") as refused:
+        timematters.load_model(f"hf:{bare}")
+    message = str(refused.value)
+    assert str(bare) in message and "XCLIPProcessor.from_pretrained" in message
+    out = str(tmp_path / "eval")
+    assert main(["eval", "synthetic/time", *DATA, "--model", f"hf:{bare}", "--out", out]) == 2
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if "no tokenizer" in line]
+    assert f"save_pretrained({bare})" in error  # the reason and the fix, on one line
+
+    # A hub repository without one (here from the hub cache, offline): refused by what it gave.
+    import huggingface_hub.constants
+
+    repo = tmp_path / "cache" / "models--someone--tiny-xclip"
+    (repo / "snapshots").mkdir(parents=True)
+    bare.rename(repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        patch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+        with pytest.raises(ValueError, match="hf:someone/tiny-xclip has no tokenizer"):
+            timematters.load_model("hf:someone/tiny-xclip")
+
+
+def test_class_names_the_tokenizer_cannot_tell_apart_are_refused(xclip):
+    # The tiny tokenizer knows letters only: "door 1" and "door 2" are the same text to it.
+    model = timematters.load_model(f"hf:{xclip}")
+    with pytest.raises(ValueError, match="'door 1' and 'door 2'.* the same tokens"):
+        model.set_class_names(["door 1", "door 2", "window"], prompt="a video of {}")
+    # A video list labelled by index has classes "0", "1", ...: no names to score.
+    with pytest.raises(ValueError, match=r"these are numbers \(0, 1, 2, ...\).*data.class_list"):
+        model.set_class_names(["0", "1", "2", "3"], prompt="a video of {}")
+
+
+def _network_input(model, network: torch.nn.Module, frames: np.ndarray) -> torch.Tensor:
+    """The pixel values the adapter gives ``network`` for uint8 frames [T, H, W, C]."""
+    video = torch.from_numpy(frames).float() / 255  # ours: [0, 1] pixels, mean = std = 0.5
+    video = rearrange((video - 0.5) / 0.5, "t h w c -> 1 c t h w")
+    given = []
+
+    def keep(module, args, kwargs):
+        given.append(kwargs.get("pixel_values", args[0] if args else None))
+
+    handle = network.register_forward_pre_hook(keep, with_kwargs=True)
+    with torch.no_grad():
+        model(video)
+    handle.remove()
+    return given[0]
+
+
+def test_the_normalisation_of_a_transformers_5_processor_is_read(xclip, tmp_path):
+    # transformers 5 saves a processor as one processor_config.json, its image (or video)
+    # processor nested in it; the adapter's input must be the processor's own.
+    frames = np.random.default_rng(0).integers(0, 256, (T, IMG, IMG, 3), dtype=np.uint8)
+    size = dict(do_resize=False, do_center_crop=False, return_tensors="pt")
+
+    folder = tmp_path / "xclip"
+    tokenizer = transformers.AutoTokenizer.from_pretrained(xclip)
+    # X-CLIP's own checkpoints name VideoMAE's image processor, which takes clips.
+    image_processor = transformers.VideoMAEImageProcessor(
+        image_mean=IMAGENET[0], image_std=IMAGENET[1]
+    )
+    transformers.XCLIPProcessor(image_processor, tokenizer).save_pretrained(folder)
+    transformers.XCLIPModel.from_pretrained(xclip).save_pretrained(folder)
+    assert "image_processor" in json.loads((folder / "processor_config.json").read_text())
+    model = timematters.load_model(f"hf:{folder}").eval()
+    model.set_class_names(CLASSES[:2])
+    processor = transformers.XCLIPProcessor.from_pretrained(folder)
+    expected = processor(videos=[list(frames)], **size)["pixel_values"]
+    pixels = _network_input(model, model.model, frames)
+    torch.testing.assert_close(pixels, expected, atol=1e-6, rtol=0)
+
+    # A VideoMAE folder with a processor holding its video processor, as transformers 5 saves
+    # any processor (here a minimal one): nested under "video_processor".
+    class Clips(transformers.ProcessorMixin):
+        def __init__(self, video_processor):
+            super().__init__(video_processor)
+
+    folder = tmp_path / "videomae"
+    config = transformers.VideoMAEConfig(
+        image_size=IMG, patch_size=16, num_frames=T, num_labels=2, hidden_size=32,
+        intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+    )  # fmt: skip
+    transformers.VideoMAEForVideoClassification(config).save_pretrained(folder)
+    video_processor = transformers.VideoMAEVideoProcessor(
+        image_mean=IMAGENET[0], image_std=IMAGENET[1]
+    )
+    Clips(video_processor).save_pretrained(folder)
+    assert "video_processor" in json.loads((folder / "processor_config.json").read_text())
+    model = timematters.load_model(f"hf:{folder}").eval()
+    processor = transformers.AutoVideoProcessor.from_pretrained(folder)
+    expected = processor(videos=[frames], **size)["pixel_values"]
+    pixels = _network_input(model, model.model.videomae, frames)
+    torch.testing.assert_close(pixels, expected, atol=1e-6, rtol=0)
+
+
+def test_an_xclip_model_object_is_refused_with_how_to_save_it():
+    from timematters.backbones.adapters.module import as_video_backbone
+
+    with pytest.raises(ValueError, match=r"XCLIPProcessor.save_pretrained\(DIR\)"):
+        as_video_backbone(_tiny_xclip(VOCAB), source="XCLIPModel")
+
+
+def test_a_frame_size_other_than_the_models_is_refused_with_the_override(xclip, capsys):
+    model = timematters.load_model(f"hf:{xclip}")
+    model.set_class_names(CLASSES)
+    with pytest.raises(ValueError, match=f"data.crop_size={IMG}"):
+        model(torch.zeros(1, 3, T, 32, 32))
+    argv = ["eval", "synthetic/time", *DATA, "data.crop_size=32", "--model", f"hf:{xclip}"]
+    assert main(argv) == 2
+    assert f"(in a config: data.crop_size={IMG})" in capsys.readouterr().err

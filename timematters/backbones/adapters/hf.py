@@ -27,12 +27,14 @@ id (when online) and returns an adapter:
   debias); the report states why the token-based diagnostics do not apply.
 - **X-CLIP** (``XCLIPModel``), a video-text model: zero-shot, each class scored by the model's
   clip-text similarity to its name (``model.prompt``), the classes those of the data
-  (``set_class_names``); the order probe and GradCAM read its frame encoder; scored, not trained.
+  (``set_class_names``), tokenised by its tokenizer (a folder without one is refused); the order
+  probe and GradCAM read its frame encoder; scored, not trained.
 
 Frames go in as ``[B, T, C, H, W]`` under the model's own input name (``pixel_values``, or
 ``pixel_values_videos`` for V-JEPA 2 and VideoPrism) normalised with the model's own mean and std,
-read from the preprocessor config of its folder or hub repository when there is one (the
-processor's defaults otherwise).
+read from the processor config of its folder or hub repository when there is one (transformers
+4's per-part files or transformers 5's nested ``processor_config.json``; the processor's defaults
+otherwise).
 """
 
 from __future__ import annotations
@@ -122,14 +124,40 @@ def _refuse_other_tasks(name: str, model_type: str) -> None:
 
 def _load_zero_shot(transformers, name: str, config: Any, *, weights: bool) -> Adapter:
     """A video-text model and its tokenizer, from the folder or hub repository."""
+    folder = Path(name)
+    if folder.is_dir() and not any(all((folder / f).is_file() for f in files) for files in _VOCAB):
+        raise _no_tokenizer(name)
     if weights:
         model = transformers.AutoModel.from_pretrained(name)
     else:
         with torch.device("meta"):
             model = transformers.AutoModel.from_config(config)
     tokenizer = transformers.AutoTokenizer.from_pretrained(name)
+    # Without its files (a hub repository's are not listed here) transformers 5 makes a tokenizer
+    # of the special tokens alone, which gives every class the same text.
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        raise _no_tokenizer(name)
     mean, std = _normalisation(name, config.model_type)
     return HFZeroShot(model, tokenizer, mean=mean, std=std, source=f"hf:{name}")
+
+
+# A tokenizer's vocabulary files, as transformers saves them (either set is enough).
+_VOCAB = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+
+
+def _no_tokenizer(name: str) -> ValueError:
+    """The refusal of a video-text model saved without its tokenizer, with the fix."""
+    folder = name if Path(name).is_dir() else "DIR"
+    save = f"XCLIPProcessor.from_pretrained(HUB_ID).save_pretrained({folder})"
+    if folder == name:
+        fix = f"save X-CLIP's processor into the folder, {save}"
+    else:
+        fix = f"save_pretrained(DIR) the model and {save}, then give hf:DIR"
+    return ValueError(
+        f"hf:{name} has no tokenizer (no tokenizer.json, nor vocab.json and merges.txt), with "
+        f"which a video-text model scores the class names: {fix} (HUB_ID the X-CLIP it came "
+        "from; or its tokenizer's save_pretrained)"
+    )
 
 
 def rebuild_hf_model(architecture: dict[str, Any], source: str) -> Adapter:
@@ -156,8 +184,9 @@ def adapt_hf_module(model: nn.Module) -> Adapter:
         given = f"a {type(model).__name__}"
         if model_type in _ZERO_SHOT:  # its classes are texts, scored with its tokenizer
             raise ValueError(
-                f"{given} is a video-text model: save_pretrained(DIR) it with its tokenizer and "
-                "give hf:DIR, which scores the data's class names zero-shot"
+                f"{given} is a video-text model: save_pretrained(DIR) it with its processor "
+                "(XCLIPProcessor.save_pretrained(DIR): its tokenizer and normalisation) and give "
+                "hf:DIR, which scores the data's class names zero-shot"
             )
         if classifier is None:
             _refuse_other_tasks(name or type(model).__name__, model_type)
@@ -225,22 +254,38 @@ def _processor_defaults(model_type: str) -> dict[str, Any]:
 
 
 def _normalisation(name: str, model_type: str = "") -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) on [0, 1] pixels, from the preprocessor config in the model's folder or hub
+    """(mean, std) on [0, 1] pixels, from the processor saved in the model's folder or hub
     repository (transformers' ``cached_file`` resolves both, and the hub cache offline); the
     settings it leaves out, and all of them without one, are the model type's processor's.
     """
-    from transformers.utils import cached_file
-
     if model_type in _FIXED_NORMALISATION:
         return _FIXED_NORMALISATION[model_type]
-    settings = _processor_defaults(model_type)
-    for file in ("video_preprocessor_config.json", "preprocessor_config.json"):
-        found = cached_file(name, file, _raise_exceptions_for_missing_entries=False)
-        if found:
-            settings.update(json.loads(Path(found).read_text()))
-            break
+    settings = {**_processor_defaults(model_type), **_saved_processor(name)}
     offset = model_type in _OFFSET_TYPES and settings.get("offset", True)
     return _folded(settings, offset=offset)
+
+
+def _saved_processor(name: str) -> dict[str, Any]:
+    """The settings of the processor saved in the folder or hub repository ({} without one).
+    transformers 5 saves a processor as one ``processor_config.json`` with each part's settings
+    nested in it ("video_processor", "image_processor"); a part saved alone, or by transformers 4,
+    has its own file. Read as transformers does: the nested settings before the part's file, and
+    the video processor's before the image processor's."""
+    from transformers.utils import cached_file
+
+    def read(file: str) -> dict[str, Any] | None:
+        found = cached_file(name, file, _raise_exceptions_for_missing_entries=False)
+        return json.loads(Path(found).read_text()) if found else None
+
+    nested = read("processor_config.json") or {}
+    for part, file in (
+        ("video_processor", "video_preprocessor_config.json"),
+        ("image_processor", "preprocessor_config.json"),
+    ):
+        settings = nested.get(part) if isinstance(nested.get(part), dict) else read(file)
+        if settings is not None:
+            return settings
+    return {}
 
 
 def _folded(
@@ -592,6 +637,7 @@ class HFZeroShot(_HFShared, LogitsOnlyAdapter):
 
     family = "hf"
     zero_shot = True
+    flexible_size = False  # its position embeddings are for its frame size alone
 
     def __init__(self, model: nn.Module, tokenizer: Any, *, mean, std, source: str):
         vision = model.config.vision_config
@@ -619,14 +665,25 @@ class HFZeroShot(_HFShared, LogitsOnlyAdapter):
 
     def set_class_names(self, names: list[str], prompt: str = "{}") -> None:
         """Score these classes, each by the text ``prompt.format(name)``."""
+        if names and all(str(name).strip().isdigit() for name in names):
+            shown = ", ".join(map(str, names[:3])) + (", ..." if len(names) > 3 else "")
+            raise ValueError(
+                f"a zero-shot video-text model scores classes by their names, and these are "
+                f"numbers ({shown}): give the names (a video list labelled by index: "
+                "data.class_list, one name per line in index order)"
+            )
         texts = [prompt.format(name) for name in names]
         tokens = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        _refuse_same_tokens(names, tokens["input_ids"], tokens["attention_mask"])
         device = self.input_ids.device
         self.input_ids = tokens["input_ids"].to(device)
         self.text_mask = tokens["attention_mask"].to(device)
         self.class_names, self.prompt = list(names), prompt
         self.num_classes = self.embed_dim = len(names)
         self._text = None
+
+    def check_input(self, video: torch.Tensor) -> None:
+        Adapter.check_input(self, video)  # its clip length and frame size, each with its override
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -702,6 +759,20 @@ class HFZeroShot(_HFShared, LogitsOnlyAdapter):
                 output = text_model(input_ids=self.input_ids, attention_mask=self.text_mask)
             self._text = (key, output)
         return self._text[1]
+
+
+def _refuse_same_tokens(names: list[str], ids: torch.Tensor, mask: torch.Tensor) -> None:
+    """Two class names whose texts tokenise alike would get the same logit, always: refused."""
+    seen: dict[tuple[int, ...], str] = {}
+    for name, row, keep in zip(names, ids.tolist(), mask.tolist(), strict=True):
+        tokens = tuple(token for token, kept in zip(row, keep, strict=True) if kept)
+        if tokens in seen and seen[tokens] != name:
+            raise ValueError(
+                f"the class names {seen[tokens]!r} and {name!r} give the same tokens (the "
+                "tokenizer drops or does not know what tells them apart), so the same score: "
+                "rename one, or save the model's own tokenizer with it"
+            )
+        seen.setdefault(tokens, name)
 
 
 class _CachedOutput(nn.Module):
