@@ -11,6 +11,7 @@ from videos import (
     frame_numbers,
     moving_square_frames,
     numbered_frames,
+    write_frame_folder,
     write_ssv2_tree,
     write_video,
 )
@@ -253,6 +254,32 @@ def test_build_dataset_from_config(list_tree):
     assert val.classes == ["jump", "sit"] and val[0]["video"].shape == (2, 3, 4, 32, 32)
     with pytest.raises(ValueError, match="training split"):
         build_dataset(cfg, "val", flow_labels=True, patch_size=16)
+
+
+def test_folders_of_class_folders_in_place_of_lists(tmp_path, capsys):
+    """train/<class>/<video> and val/<class>/<video>, as ImageFolder lays out images: each video
+    its folder's class; frame folders in place of videos; other files and hidden ones aside."""
+    from timematters.data.check import check_dataset
+
+    for split, names in {"train": ["a.mp4", "b.webm"], "val": ["c.mp4"]}.items():
+        for label in ("jump", "sit"):
+            for name in names:
+                write_video(tmp_path / split / label / name, numbered_frames(12))
+    write_frame_folder(tmp_path / "train" / "sit" / "frames_of_d", numbered_frames(12))
+    (tmp_path / "train" / "jump" / "notes.txt").write_text("shot on Tuesday")
+    (tmp_path / "train" / ".cache").mkdir()
+    cfg = _list_config(tmp_path)
+    cfg.data.annotations, cfg.data.val_annotations = str(tmp_path / "train"), str(tmp_path / "val")
+    train = build_dataset(cfg, "train")
+    assert train.classes == ["jump", "sit"] and train.labels == [0, 0, 1, 1, 1]
+    assert train.samples[4].path == str(tmp_path / "train" / "sit" / "frames_of_d")
+    val = build_dataset(cfg, "val")
+    assert val.labels == [0, 1] and val[0]["video"].shape[-4:] == (3, 4, 32, 32)
+    assert check_dataset(cfg) == 0, capsys.readouterr().out
+    # A folder of videos with no class folders is said as such.
+    cfg.data.annotations = str(tmp_path / "train" / "jump")
+    with pytest.raises(ValueError, match="no class folders of videos are in it"):
+        build_dataset(cfg, "train")
 
 
 @pytest.mark.parametrize("step, directions", [((2, 0), {1, 8}), ((0, 2), {2, 3})])

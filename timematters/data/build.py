@@ -240,7 +240,9 @@ def _existing_path(
     raise FileNotFoundError(f"{key}={path}: no such {kind}{where}; set {key} to {what}")
 
 
-_LIST_FORMAT = "'path label' per line, or a CSV with the header path,label"
+_LIST_FORMAT = (
+    "'path label' per line, a CSV with the header path,label, or a folder of class folders"
+)
 
 
 def _video_list_dataset(
@@ -265,7 +267,10 @@ def _video_list_dataset(
     if split == "train" or not data.annotations:
         return VideoListDataset(list_file, root=root, **options)
     training_list = _existing_path(
-        "data.annotations", data.annotations, "file", f"the training list ({_LIST_FORMAT})"
+        "data.annotations",
+        data.annotations,
+        "folder or file",
+        f"the training list ({_LIST_FORMAT})",
     )
     return VideoListDataset(
         list_file,
@@ -330,4 +335,4 @@ def _video_list_file(data: DataConfig, split: str) -> str:
         raise ValueError(
             f"the videolist dataset needs {key} (a list file) for its {clips} clips: set {key}=LIST"
         )
-    return _existing_path(key, path, "file", f"the {name} list ({_LIST_FORMAT})")
+    return _existing_path(key, path, "folder or file", f"the {name} list ({_LIST_FORMAT})")

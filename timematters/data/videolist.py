@@ -2,7 +2,9 @@
 
 ``path label`` per line (the MMAction2 / PySlowFast convention; a label with spaces needs a path
 with a file extension before it) or a CSV with the header ``path,label``; labels are class names
-or indices; an optional class-list file holds one class name per line (line i = class i).
+or indices; an optional class-list file holds one class name per line (line i = class i). In
+place of a list, a folder of class folders (``train/<class>/<video>.mp4``, as torchvision's
+ImageFolder lays out images): each video labelled with its folder's name.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from timematters.data.dataset import VIDEO_EXTENSIONS, VideoDataset, VideoSample, split_missing
 from timematters.data.text import read_text
-from timematters.data.video import IMAGE_EXTENSIONS
+from timematters.data.video import IMAGE_EXTENSIONS, is_frame_folder
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,11 @@ def list_duplicates(list_file: str | Path) -> list[str]:
 
 
 def _read_lines(list_file: str | Path) -> list[tuple[int, str, str]]:
-    """(line number, path, label) of every entry of a list file."""
+    """(line number, path, label) of every entry of a list file (of a folder of class folders:
+    the entries in order, their paths absolute)."""
     list_file = Path(list_file)
+    if list_file.is_dir():
+        return _class_folder_entries(list_file)
     if not list_file.is_file():
         raise FileNotFoundError(f"video list not found: {list_file}")
     lines = read_text(list_file).splitlines()
@@ -83,6 +88,25 @@ def _read_lines(list_file: str | Path) -> list[tuple[int, str, str]]:
     if not numbered:
         raise ValueError(f"video list {list_file} has no entries")
     return numbered
+
+
+def _class_folder_entries(folder: Path) -> list[tuple[int, str, str]]:
+    """The videos of a folder of class folders, each labelled with its class folder's name: video
+    files and frame folders (hidden ones aside), in name order."""
+    entries: list[tuple[int, str, str]] = []
+    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for class_folder in classes:
+        for item in sorted(class_folder.iterdir()):
+            video = item.is_file() and item.suffix.lower() in VIDEO_EXTENSIONS
+            if not item.name.startswith(".") and (video or is_frame_folder(item)):
+                entries.append((len(entries) + 1, str(item.absolute()), class_folder.name))
+    if not entries:
+        raise ValueError(
+            f"{folder} is a folder, and no class folders of videos are in it "
+            f"({folder}/<class>/<video>.mp4, or frame folders in place of the videos): give "
+            "such a folder, or a list file of 'path label' lines"
+        )
+    return entries
 
 
 # A video or image file's extension, then the spaces before the label.
