@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from timematters.config import PERTURBATION_NAMES, ConfigError, load_config, validate_device
 from timematters.data.text import counted
@@ -641,53 +642,14 @@ def _predict(args) -> int:
     from timematters.diagnostics.predict import (
         VideoDecodeError,
         explain_prediction,
-        list_videos,
         predict,
         predict_windows,
         summarise,
     )
-    from timematters.engine.distributed import resolve_device
-    from timematters.engine.model import load_model
 
-    if _overrides_among(args.inputs):  # `predict clip.mp4 data.root=vids ...`
-        raise ConfigError(_predict_overrides_hint(args.inputs))
-    if args.override and not args.config:
-        raise ConfigError(
-            f"-o {args.override[0]}: overrides change --config's clips; give the config they "
-            "apply to (--config videolist/time, or the run's config.yaml)"
-        )
+    _check_predict_options(args)
     cfg = load_config(args.config, args.override) if args.config else None
-    validate_device(args.device, given=f"--device {args.device}")
-    model = load_model(args.checkpoint or args.model, cfg).to(resolve_device(args.device))
-    # The config's clips (a model that takes any size needs them; one with its own refuses
-    # others), made as its evaluation makes them; without one, as the checkpoint's run did.
-    clip = {}
-    if cfg:
-        from timematters.data.sampling import EvalClip
-
-        clip = dict(
-            num_frames=cfg.model.num_frames,
-            frame_size=cfg.data.crop_size,
-            eval_clip=EvalClip.of(cfg.data, cfg.eval),
-        )
-    classes = None
-    if args.classes:
-        from timematters.data.videolist import read_class_list
-
-        classes = read_class_list(args.classes)
-    if getattr(model, "zero_shot", False):  # a video-text model scores the classes it is given
-        if not classes:
-            raise ConfigError(
-                f"{args.model} is a zero-shot video-text model: give the classes to score, "
-                "--classes FILE (one name per line)"
-            )
-        model.set_class_names(classes, prompt=cfg.model.prompt if cfg else "{}")
-    if args.window is not None and args.explain:
-        raise ConfigError("--explain draws one clip of each video: leave out --window")
-    if args.window is not None and args.window <= 0:
-        raise ConfigError(f"--window {args.window}: give a positive number of seconds")
-    if args.fps is not None and args.window is None:
-        raise ConfigError(f"--fps {args.fps}: the frame rate of --window's seconds; give --window")
+    model, clip, classes = _predict_model(args, cfg)
     perturbations = _comma_list(args.perturb)
     from timematters.engine.model import describe_model
 
@@ -704,36 +666,20 @@ def _predict(args) -> int:
         from timematters.engine.runs import check_writable
 
         check_writable(Path(explain), kind="the GradCAM pictures")
+    videos = _predict_inputs(args.inputs, cfg, images=one_frame)
     results, undecodable, pictures = [], [], Counter()
-    left_out: list[Path] = []
-    videos = list_videos(
-        args.inputs, root=cfg.data.root if cfg else None, images=one_frame, left_out=left_out
-    )
-    if left_out:  # a video of an extension not known here would otherwise pass unsaid
-        names = ", ".join(path.name for path in left_out[:5]) + (
-            ", ..." if len(left_out) > 5 else ""
-        )
-        print(
-            f"timematters: left out {counted(len(left_out), 'file')} that are not videos by "
-            f"their extension ({names}); name one on its own to try it as a video",
-            file=sys.stderr,
-        )
     # One generator for all: each video (and window) is shuffled by a permutation of its own, so
     # that the summary over many is not one permutation's.
     shuffles = torch.Generator().manual_seed(args.seed)
+    options = dict(classes=classes, top_k=args.top_k, perturbations=perturbations, **clip)
     for video in videos:
-        options = dict(
-            classes=classes,
-            top_k=args.top_k,
-            perturbations=perturbations,
-            generator=shuffles,
-            **clip,
-        )
         try:
             if args.window is None:
-                found = [predict(model, video, **options)]
+                found = [predict(model, video, generator=shuffles, **options)]
             else:
-                found = predict_windows(model, video, seconds=args.window, fps=args.fps, **options)
+                found = predict_windows(
+                    model, video, seconds=args.window, fps=args.fps, generator=shuffles, **options
+                )
         except VideoDecodeError as error:  # skipped and reported; the others are still predicted
             print(f"timematters: skipped {error}", file=sys.stderr)
             undecodable.append(video)
@@ -765,6 +711,74 @@ def _predict(args) -> int:
         )
         return 1
     return 0
+
+
+def _check_predict_options(args) -> None:
+    """predict's option mistakes, refused before a model is loaded."""
+    if _overrides_among(args.inputs):  # `predict clip.mp4 data.root=vids ...`
+        raise ConfigError(_predict_overrides_hint(args.inputs))
+    if args.override and not args.config:
+        raise ConfigError(
+            f"-o {args.override[0]}: overrides change --config's clips; give the config they "
+            "apply to (--config videolist/time, or the run's config.yaml)"
+        )
+    validate_device(args.device, given=f"--device {args.device}")
+    if args.window is not None and args.explain:
+        raise ConfigError("--explain draws one clip of each video: leave out --window")
+    if args.window is not None and args.window <= 0:
+        raise ConfigError(f"--window {args.window}: give a positive number of seconds")
+    if args.fps is not None and args.window is None:
+        raise ConfigError(f"--fps {args.fps}: the frame rate of --window's seconds; give --window")
+
+
+def _predict_model(args, cfg) -> tuple[Any, dict[str, Any], list[str] | None]:
+    """The model on its device, the clips to make (the config's, made as its evaluation makes
+    them; without one, as the checkpoint's run did: {}) and the class names given."""
+    from timematters.engine.distributed import resolve_device
+    from timematters.engine.model import load_model
+
+    model = load_model(args.checkpoint or args.model, cfg).to(resolve_device(args.device))
+    clip = {}
+    if cfg:  # a model that takes any size needs them; one with its own refuses others
+        from timematters.data.sampling import EvalClip
+
+        clip = dict(
+            num_frames=cfg.model.num_frames,
+            frame_size=cfg.data.crop_size,
+            eval_clip=EvalClip.of(cfg.data, cfg.eval),
+        )
+    classes = None
+    if args.classes:
+        from timematters.data.videolist import read_class_list
+
+        classes = read_class_list(args.classes)
+    if getattr(model, "zero_shot", False):  # a video-text model scores the classes it is given
+        if not classes:
+            raise ConfigError(
+                f"{args.model} is a zero-shot video-text model: give the classes to score, "
+                "--classes FILE (one name per line)"
+            )
+        model.set_class_names(classes, prompt=cfg.model.prompt if cfg else "{}")
+    return model, clip, classes
+
+
+def _predict_inputs(inputs: list[str], cfg, *, images: bool) -> list[Path]:
+    """The videos (or images) the inputs name; a folder's files left out are said."""
+    from timematters.diagnostics.predict import list_videos
+
+    left_out: list[Path] = []
+    root = cfg.data.root if cfg else None
+    videos = list_videos(inputs, root=root, images=images, left_out=left_out)
+    if left_out:  # a video of an extension not known here would otherwise pass unsaid
+        names = ", ".join(path.name for path in left_out[:5]) + (
+            ", ..." if len(left_out) > 5 else ""
+        )
+        print(
+            f"timematters: left out {counted(len(left_out), 'file')} that are not videos by "
+            f"their extension ({names}); name one on its own to try it as a video",
+            file=sys.stderr,
+        )
+    return videos
 
 
 def _overrides_among(items: list[str]) -> list[str]:
