@@ -130,6 +130,7 @@ def test_a_run_of_a_hugging_face_model_exports_back_to_its_own_kind(tmp_path):
     load_model(rebuilt, str(weights / "model.safetensors"))
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(pixel_values=pixels.transpose(1, 2)).logits, hf_logits)
+    assert [rebuilt.config.id2label[i] for i in range(len(CLASSES))] == CLASSES  # not LABEL_0
 
 
 @pytest.mark.parametrize(
@@ -147,10 +148,9 @@ def test_safetensors_export_builds_our_backbones_from_export_json(tmp_path, monk
     carded = _card_loads(out, monkeypatch)  # the model card's own lines build and load it
     torch.testing.assert_close(carded.state_dict(), network.state_dict(), rtol=0, atol=0)
     video = _clip(4, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(
-            network.eval()(video), timematters.load_model(checkpoint)(video), rtol=0, atol=0
-        )
+    with torch.no_grad():  # the card's model as evaluated: in eval mode (drop-path off)
+        expected = timematters.load_model(checkpoint)(video)
+        torch.testing.assert_close(carded(video), expected, rtol=0, atol=0)
 
 
 def test_an_image_vit_exports_weights_that_timm_builds(tmp_path, capsys):
@@ -202,10 +202,10 @@ def test_a_torchvision_run_exports_the_networks_own_weights(tmp_path, monkeypatc
     video = _clip(4, 32)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in (trained.mean, trained.std))
     assert info["clips"]["mean"] == list(trained.mean)  # Kinetics' statistics, the network's own
-    with torch.no_grad():
+    with torch.no_grad():  # the card's model in eval mode: BatchNorm's running statistics
         expected = trained(video)
         torch.testing.assert_close(
-            network(((video * 0.5 + 0.5) - mean) / std), expected, rtol=0, atol=1e-5
+            carded(((video * 0.5 + 0.5) - mean) / std), expected, rtol=0, atol=1e-5
         )
 
 
@@ -354,7 +354,8 @@ def test_an_export_replaces_its_own_folder_only(tmp_path, capsys):
     assert checkpoint.is_file() and (run / "config.yaml").is_file()
 
 
-@pytest.mark.parametrize("height, width", [(60, 90), (90, 60)])
+# 71 x 40: 39 pixels to spare, the centre crop at 19 (transformers floors; round() gave 20).
+@pytest.mark.parametrize("height, width", [(60, 90), (90, 60), (40, 71), (71, 40)])
 def test_the_video_processor_resizes_and_crops_as_the_evaluation_does(height, width):
     from timematters.config import load_config
     from timematters.engine.export import _video_processor
@@ -368,6 +369,19 @@ def test_the_video_processor_resizes_and_crops_as_the_evaluation_does(height, wi
     expected = EvalTransform(32, 40, num_crops=1, mean=cfg.data.mean, std=cfg.data.std)(frames)
     pixel_values = rearrange(made["pixel_values"][0], "t c h w -> c t h w")
     torch.testing.assert_close(pixel_values, expected[0], rtol=0, atol=1e-5)
+
+
+def test_the_model_card_says_its_lines_make_one_of_the_evaluations_views(tmp_path):
+    from timematters.engine.export import _views_note
+
+    checkpoint = _trained(tmp_path, "views")
+    timematters.export(checkpoint, tmp_path / "out")
+    card = (tmp_path / "out/README.md").read_text()
+    assert "needs transformers 5 or later" in card and 'pipeline("video-classification")' in card
+    assert "combined" not in card  # the built-in benchmark is scored on one view
+    views = {"temporal": 2, "spatial_crops": 3, "aggregation": "softmax"}
+    (note, _) = _views_note({"format": "hf", "clips": {"test_views": views}}, images=False)
+    assert "the evaluation above combined 6 views (2 temporal x 3 spatial, their softmax" in note
 
 
 def test_the_model_card_names_the_fine_tuning_options_a_run_used(tmp_path):

@@ -249,7 +249,9 @@ class EvalTransform:
     def crop_origins(self, height: int, width: int) -> list[tuple[int, int]]:
         """(top, left) of each crop: evenly spaced along the long side, centred on the short."""
         room = max(height, width) - self.crop_size
-        along = np.linspace(0, room, self.num_crops) if self.num_crops > 1 else [room / 2]
+        # One crop is centred as transformers' processors centre it (an odd room rounded down,
+        # as on the short side), so an exported model's processor makes the same clip.
+        along = np.linspace(0, room, self.num_crops) if self.num_crops > 1 else [room // 2]
         centre = (min(height, width) - self.crop_size) // 2
         if width >= height:
             return [(centre, int(round(a))) for a in along]

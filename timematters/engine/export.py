@@ -201,9 +201,32 @@ def model_card(info: dict[str, Any], saved: dict[str, Any], facts: dict, checkpo
         *(_safetensors_lines(info) if "build" in info else []),
         "```",
         "",
+        *_views_note(info, images=images),
         "Class names, clip settings and the source checkpoint: `export.json`.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _views_note(info: dict[str, Any], *, images: bool) -> list[str]:
+    """What the loading lines make against what the evaluation scored and what transformers'
+    pipeline makes: one paragraph, or none."""
+    views = info["clips"].get("test_views") or {}
+    count = views.get("temporal", 1) * views.get("spatial_crops", 1)
+    said = []
+    if count > 1:
+        said.append(
+            f"These lines make one view of a video (the middle clip's centre crop); the evaluation "
+            f"above combined {count} views ({views['temporal']} temporal x "
+            f"{views['spatial_crops']} spatial, their {views.get('aggregation', 'logits')} "
+            "averaged), as `timematters predict` does with this folder."
+        )
+    if info["format"] == "hf" and not images:
+        said.append(
+            "The video processor needs transformers 5 or later. transformers' "
+            '`pipeline("video-classification")` samples the first frame of each segment rather '
+            "than the frames above, so its probabilities differ a little from these."
+        )
+    return [" ".join(said), ""] if said else []
 
 
 def _safetensors_lines(info: dict[str, Any]) -> list[str]:
@@ -228,6 +251,7 @@ def _safetensors_lines(info: dict[str, Any]) -> list[str]:
         'network = json.load(open("export.json"))["network"]  # how it is built',
         f"model = {info['build']}",
         info["load"],
+        "model.eval()  # as it was evaluated: no dropout, drop-path or batch statistics",
     ]
 
 
@@ -498,6 +522,12 @@ def _write_safetensors(model: nn.Module, cfg: Config, out: Path) -> dict[str, An
     load = "safetensors.torch.load_model(model, 'model.safetensors')"
     if isinstance(model, Adapter) or is_foreign_spec(cfg.model.name):  # not ours: its network
         architecture = _architecture(model)
+        if architecture.get("kind") == "hf":  # from_config then names the run's classes
+            names = class_names_of(model)
+            config = json.loads(architecture["config"])
+            config["id2label"] = {str(k): name for k, name in enumerate(names)}
+            config["label2id"] = {name: k for k, name in enumerate(names)}
+            architecture = {**architecture, "config": json.dumps(config)}
         return {
             "files": ["export.json", "model.safetensors"],
             "layout": "video [B, C, T, H, W]"
