@@ -226,10 +226,13 @@ def _main_video_stream(container):
     picture. An attached picture (an audio file's cover art) is never the video."""
     import av
 
-    def is_video(stream) -> bool:
-        return not stream.disposition & av.stream.Disposition.attached_pic
+    # PyAV 13 added best(), later ones the dispositions: an older PyAV reads the first stream.
+    attached_pic = getattr(getattr(av.stream, "Disposition", None), "attached_pic", 0)
 
-    best = container.streams.best("video")
+    def is_video(stream) -> bool:
+        return not getattr(stream, "disposition", 0) & attached_pic
+
+    best = container.streams.best("video") if hasattr(container.streams, "best") else None
     if best is not None and is_video(best):
         return best
     return next(filter(is_video, container.streams.video), None)
