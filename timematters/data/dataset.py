@@ -134,12 +134,7 @@ class VideoDataset(Dataset):
         clips of all epochs may draw any of them (the same answer every time)."""
         path = self.samples[index].path
         try:
-            reader = open_video(path, self.decoder)
-            if reader.num_frames < self.min_frames:
-                needed = self.min_frames
-                raise VideoDecodeError(
-                    path, f"too short: {reader.num_frames} frames, at least {needed} needed"
-                )
+            reader = open_long_enough(path, self.decoder, self.min_frames)
             if isinstance(reader, PyAVReader):
                 # One pass decodes every frame from the first to the last, keeping those two.
                 reader.get_frames([0, reader.num_frames - 1])
@@ -157,11 +152,7 @@ class VideoDataset(Dataset):
 
     def read_clips(self, path: str) -> tuple[np.ndarray, int]:
         """Decoded frames of every clip to make from ``path``: uint8 [V*T, H, W, 3], and V."""
-        reader = open_video(path, self.decoder)
-        if reader.num_frames < self.min_frames:
-            raise VideoDecodeError(
-                path, f"too short: {reader.num_frames} frames, at least {self.min_frames} needed"
-            )
+        reader = open_long_enough(path, self.decoder, self.min_frames)
         views = sample_clip_indices(
             self.sampling,
             reader.num_frames,
@@ -171,6 +162,17 @@ class VideoDataset(Dataset):
             num_views=self.temporal_views,
         )
         return reader.get_frames(np.concatenate(views)), len(views)
+
+
+def open_long_enough(path: str | Path, decoder: Backend, min_frames: int):
+    """``open_video``, refusing a video of fewer than ``min_frames`` frames as too short (a
+    ``VideoDecodeError``, as training, evaluation and ``data check`` skip it)."""
+    reader = open_video(path, decoder)
+    if reader.num_frames < min_frames:
+        raise VideoDecodeError(
+            path, f"too short: {reader.num_frames} frames, at least {min_frames} needed"
+        )
+    return reader
 
 
 def split_missing(

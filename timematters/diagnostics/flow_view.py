@@ -23,11 +23,12 @@ import torch
 from timematters.config import Config, ConfigError, validate
 from timematters.data.build import build_dataset, build_flow_labeller
 from timematters.data.collate import BadVideo, TooManyBadVideos
+from timematters.data.dataset import open_long_enough
 from timematters.data.samplers import SeededSamples
 from timematters.data.sampling import EvalClip
 from timematters.data.text import counted
 from timematters.data.transforms import EvalTransform
-from timematters.data.video import VideoDecodeError, open_video
+from timematters.data.video import VideoDecodeError
 from timematters.diagnostics.predict import list_videos
 from timematters.engine.distributed import resolve_device
 from timematters.engine.metrics import to_json
@@ -184,12 +185,8 @@ def _files(
         if len(named) == clips:  # a video that cannot be decoded leaves its place to the next
             break
         try:
-            reader = open_video(path, cfg.data.decoder)
-            if reader.num_frames < cfg.model.num_frames:  # as the dataset refuses it in training
-                needed = cfg.model.num_frames
-                reason = f"too short: {reader.num_frames} frames, at least {needed} needed"
-                skipped.append({"clip": str(path), "reason": reason})
-                continue
+            # Shorter than the clip: refused as the dataset refuses it in training.
+            reader = open_long_enough(path, cfg.data.decoder, cfg.model.num_frames)
             frames = reader.get_frames(taken.indices(reader.num_frames, cfg.model.num_frames))
         except VideoDecodeError as error:
             skipped.append({"clip": str(path), "reason": error.reason})
