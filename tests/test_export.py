@@ -438,3 +438,32 @@ def test_a_benchmark_checkpoint_and_its_export_make_the_same_clips_in_predict(tm
     )
     assert [name for name, _ in ours.top] == [name for name, _ in theirs.top]
     np.testing.assert_allclose([p for _, p in ours.top], [p for _, p in theirs.top], atol=1e-5)
+
+
+def test_the_model_card_says_where_training_began_and_a_best_checkpoints_evaluation(tmp_path):
+    source = _trained(tmp_path, "source")
+    run = tmp_path / "fine_tuned"
+    train(tiny_config(run, *SHORT), init_from=source)  # --init-from replaces model.pretrained
+    timematters.export(run / "checkpoints" / "last.pth", tmp_path / "out")
+    card = (tmp_path / "out/README.md").read_text()
+    assert ", from source/checkpoints/last.pth: epoch 1" in card
+
+    # A best.pth of an epoch's end before the last: its evaluation, not "none known".
+    state = torch.load(source, weights_only=False)
+    state.update(final_eval_lines=None, best_top1=42.25, best_epoch=1)
+    best = tmp_path / "earlier" / "checkpoints" / "best.pth"
+    best.parent.mkdir(parents=True)
+    torch.save(state, best)
+    timematters.export(best, tmp_path / "best_out")
+    card = (tmp_path / "best_out/README.md").read_text()
+    assert (
+        "Top-1 42.2% on the test clips at the end of epoch 1 (the evaluation that made this" in card
+    )
+
+
+def test_a_card_titles_a_local_model_by_its_folders_name_and_a_hub_id_as_it_is():
+    from timematters.engine.export import _display_name
+
+    assert _display_name("hf:/home/me/models/videomae-ssv2") == "hf:videomae-ssv2"
+    assert _display_name("hf:MCG-NJU/videomae-base") == "hf:MCG-NJU/videomae-base"
+    assert _display_name("timesformer") == "timesformer"

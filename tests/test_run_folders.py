@@ -501,3 +501,19 @@ def test_a_moved_copied_or_damaged_run_names_the_command_that_continues_it(tmp_p
     code, err = _cli(capsys, *args, "--resume")
     assert code == 2
     _one_clear_line(err, "is finished but its eval.json cannot be read", "`timematters eval ")
+
+
+def test_overwrite_refuses_a_run_whose_checkpoints_folder_holds_an_export(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "synthetic/time", *TINY, "train.epochs=1", f"train.out={out}"]) == 0
+    export = out / "checkpoints" / "last_export"  # `timematters export`'s default folder
+    assert main(["export", str(out / "checkpoints" / "last.pth")]) == 0
+    assert (export / "export.json").is_file()
+    capsys.readouterr()
+    argv = ["train", "synthetic/time", *TINY, "train.epochs=1", f"train.out={out}", "--overwrite"]
+    code, err = _cli(capsys, *argv)
+    assert code == 2
+    _one_clear_line(err, f"{out} holds the export {export} of the run", "move it out")
+    assert (export / "export.json").is_file() and (out / "checkpoints" / "last.pth").is_file()
+    export.rename(tmp_path / "kept_export")
+    assert main(argv) == 0

@@ -923,7 +923,8 @@ def _export(args) -> int:
     print(f"exported {info['model']} ({info['format']}) to {out}: {', '.join(info['files'])}")
     print(f"  classes: {len(classes)} ({shown})")
     print(
-        f"  clips: {clips['num_frames']} frames of {clips['frame_size']}², {info['layout']}, "
+        f"  clips: {counted(clips['num_frames'], 'frame')} of {clips['frame_size']}², "
+        f"{info['layout']}, "
         f"mean {_numbers(clips['mean'])}, std {_numbers(clips['std'])} on [0, 1] pixels"
     )
     if "build" in info:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 import sys
@@ -80,6 +81,9 @@ def export(
         "step": state.get("step"),
         "epoch": state.get("epoch"),
         "final_eval_lines": state.get("final_eval_lines"),
+        "init_from": state.get("init_from") or "",  # "" in checkpoints older than the key
+        "best_top1": state.get("best_top1", -math.inf),
+        "best_epoch": state.get("best_epoch", -1),
         "heads": sorted({key.split(".")[1] for key in state.get("objective", {})}),  # losses.NAME.
     }
     del state  # the weights are read again with the model: hold one copy at a time
@@ -157,8 +161,11 @@ def model_card(info: dict[str, Any], saved: dict[str, Any], facts: dict, checkpo
     losses = "cross-entropy" + (
         f" and TIME's {', '.join(time_losses)}" if time_losses else " only (no TIME loss)"
     )
-    pretrained = saved["model"].get("pretrained") or ""
-    start = f", from {Path(pretrained).name}" if pretrained else ""
+    # --init-from's weights replace model.pretrained's, which a foreign model does not read.
+    foreign = is_foreign_spec(saved["model"]["name"])
+    pretrained = "" if foreign else saved["model"].get("pretrained") or ""
+    start_from = facts["init_from"] or pretrained
+    start = f", from {_weights_name(start_from)}" if start_from else ""
     clips = info["clips"]
     images = saved["data"].get("dataset") == "imagenet9"
     evaluation = _evaluation_of(facts, checkpoint, images=images)
@@ -168,7 +175,7 @@ def model_card(info: dict[str, Any], saved: dict[str, Any], facts: dict, checkpo
         "---",
         f"{library}tags:\n- {'image' if images else 'video'}-classification\n- timematters\n---",
         "",
-        f"# {info['model']}, trained with timematters",
+        f"# {_display_name(info['model'])}, trained with timematters",
         "",
         f"Trained with timematters {__version__} on `{saved['data']['dataset']}` "
         f"({len(info['classes'])} classes) with {losses}{start}: epoch {facts['epoch']}, "
@@ -205,6 +212,26 @@ def model_card(info: dict[str, Any], saved: dict[str, Any], facts: dict, checkpo
         "Class names, clip settings and the source checkpoint: `export.json`.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _weights_name(weights: str) -> str:
+    """Weights a run started from, for its card: a file's or folder's name, with its run's for a
+    checkpoint (``runs/a/checkpoints/last.pth`` -> ``a/checkpoints/last.pth``); hub ids as they
+    are."""
+    path = Path(weights)
+    if not path.exists() and not weights.startswith(("/", ".", "~")):
+        return weights  # a hub id, or a path that has gone since
+    if path.parent.name == "checkpoints":
+        return "/".join(path.parts[-3:])
+    return path.name
+
+
+def _display_name(model: str) -> str:
+    """A model's name for a card's title: a local folder's or file's own name, not its path on
+    the machine that exported it (``hf:/home/me/models/x`` -> ``hf:x``); hub ids as they are."""
+    kind, colon, rest = model.partition(":")
+    local = rest.startswith(("/", ".", "~")) or (colon and Path(rest).exists())
+    return f"{kind}:{Path(rest).name}" if colon and rest and local else model
 
 
 def _views_note(info: dict[str, Any], *, images: bool) -> list[str]:
@@ -334,10 +361,20 @@ def _evaluation_of(facts: dict, checkpoint: Path, *, images: bool = False) -> st
             "shuffled; the gap is what the model loses without the order of its frames (the "
             "run's final evaluation, `eval.md`):\n\n" + table.read_text().strip()
         )
+    command = "`timematters eval CONFIG --checkpoint CHECKPOINT`"
+    # best.pth holds the weights of the evaluation its best_top1 records (at an epoch's end; a
+    # last.pth of that epoch may have trained on since, to a max_steps stop).
+    if checkpoint.name == "best.pth" and math.isfinite(facts["best_top1"]):
+        return (
+            f"Top-1 {facts['best_top1']:.1f}% on the {'test images' if images else 'test clips'} "
+            f"at the end of epoch {facts['best_epoch']} (the evaluation that made this checkpoint its "
+            f"run's best); {command} "
+            + ("scores it again." if images else "gives its top-1 on frame-shuffled clips too.")
+        )
     return (
         "No evaluation of this checkpoint is known here (it is not the one its run evaluated "
-        "last, or it is no longer in its run's folder); `timematters eval CONFIG --checkpoint "
-        "CHECKPOINT` gives its top-1 on original and frame-shuffled clips."
+        f"last, or it is no longer in its run's folder); {command} gives its top-1 on original "
+        "and frame-shuffled clips."
     )
 
 

@@ -337,6 +337,16 @@ def claim_run_folder(folder: Path, *, overwrite: bool, partial_only: bool = Fals
     it replaces is set aside (the folder returned) until the new run has begun."""
     has_checkpoint = any((folder / "checkpoints").glob("*.pth"))
     resume = "continue it with --resume, " if has_checkpoint else ""
+    # An export (`timematters export`'s default folder is beside its checkpoint) is a model
+    # someone may be using; it would go with the run's checkpoints.
+    exports = sorted(path.parent for path in (folder / "checkpoints").glob("*/export.json"))
+    if overwrite and exports and not partial_only:
+        names = ", ".join(str(path) for path in exports)
+        what, it = ("the export", "it") if len(exports) == 1 else ("the exports", "them")
+        raise RunFolderInUse(
+            f"{folder} holds {what} {names} of the run that --overwrite would replace: move "
+            f"{it} out of the run folder (or delete {it}), then train again"
+        )
     return claim_folder(
         folder,
         kind="a run",

@@ -143,6 +143,9 @@ class Run:
     progress: Progress = field(default_factory=Progress)
     step_callback: StepCallback | None = None
     stop: StopSignals = field(default_factory=StopSignals)
+    # The weights --init-from started the run from ("" for none): a resumed run's from its
+    # checkpoint, so that an export's model card can say where the training began.
+    init_from: str = ""
 
     @property
     def max_steps(self) -> float:
@@ -465,6 +468,7 @@ def setup_run(
         shape=shape,
         progress=progress,
         step_callback=step_callback,
+        init_from=str(init_from or (state or {}).get("init_from", "")),
     )
 
 
@@ -948,6 +952,7 @@ def save_run_checkpoint(run: Run, name: str) -> None:
                 "final_eval_lines": progress.final_eval_lines,
                 "best_top1": progress.best_top1,
                 "best_epoch": progress.best_epoch,
+                "init_from": run.init_from,
                 "config": config_to_dict(run.cfg),
                 "classes": run.classes,
                 "run_shape": asdict(run.shape),
