@@ -94,6 +94,7 @@ def test_timesformer_exports_to_transformers_with_the_checkpoints_outputs(tmp_pa
         "dense_stride": 8,
         "frame_size": 32,
         "resize_short_side": 32,
+        "interpolation": "bilinear",
         "test_views": {"temporal": 1, "spatial_crops": 1, "aggregation": "logits"},
         "mean": [0.45, 0.4, 0.35],
         "std": [0.225, 0.2, 0.25],
@@ -176,6 +177,8 @@ def test_an_image_vit_exports_weights_that_timm_builds(tmp_path, capsys):
     # It speaks of images, not of frames and their order (before: "1 frames ... of the video").
     assert "## Images" in card and "One image (a clip of one frame)" in card
     assert "patch-shuffled images" in card and "order of its frames" not in card
+    assert hint["clips"]["interpolation"] == "bicubic" and "resized (bicubic, antialiased)" in card
+    assert "clips: 1 frame of 32²" in printed
     network = eval(hint["timm"], {"timm": timm})  # the line export.json gives, as it is
     load_model(network, str(checkpoint.with_name("last_export") / "model.safetensors"))
     images = _clip(1, 32)

@@ -192,7 +192,7 @@ def model_card(info: dict[str, Any], saved: dict[str, Any], facts: dict, checkpo
         "",
         ("One image (a clip of one frame)" if images else f"{clips['num_frames']} frames")
         + (f" ({_frames_taken(clips)})" if not images else "")
-        + f", the short side resized to "
+        + f", the short side resized ({clips['interpolation']}, antialiased) to "
         f"{clips['resize_short_side']} and the centre {clips['frame_size']}² cropped, as "
         f"{info['layout']}; pixels in [0, 1] normalised with mean {clips['mean']} and std "
         f"{clips['std']}.",
@@ -439,6 +439,8 @@ def _clips(model: nn.Module, cfg: Config) -> dict[str, Any]:
         "dense_stride": cfg.data.dense_stride,
         "frame_size": cfg.data.crop_size,
         "resize_short_side": views.short_side,
+        # ImageNet-9's images are resized as timm's DeiT evaluation does; videos bilinearly.
+        "interpolation": "bicubic" if cfg.data.dataset == "imagenet9" else "bilinear",
         # The evaluation's views of a video (predict of this folder makes them all; the card's
         # lines take the middle one).
         "test_views": {
