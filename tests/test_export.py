@@ -470,3 +470,18 @@ def test_a_card_titles_a_local_model_by_its_folders_name_and_a_hub_id_as_it_is()
     assert _display_name("hf:/home/me/models/videomae-ssv2") == "hf:videomae-ssv2"
     assert _display_name("hf:MCG-NJU/videomae-base") == "hf:MCG-NJU/videomae-base"
     assert _display_name("timesformer") == "timesformer"
+
+
+@pytest.mark.parametrize("kind", ["videomae", "vjepa2"])
+def test_transformers_video_pipeline_classifies_with_an_exported_folder(tmp_path, kind):
+    folder = _save_hf(tmp_path, kind)
+    overrides = ["model.num_frames=8", "data.crop_size=64", "loss.flow.weight=0"]
+    checkpoint = _trained(tmp_path, kind, f"model.name=hf:{folder}", "model.kwargs={}", *overrides)
+    out = tmp_path / "exported"
+    timematters.export(checkpoint, out)
+    # V-JEPA 2's config names its clip length frames_per_clip; the pipeline reads num_frames.
+    pipe = transformers.pipeline("video-classification", model=str(out))
+    video = np.random.default_rng(0).integers(0, 256, (20, 80, 96, 3), dtype=np.uint8)
+    scores = pipe(video, top_k=len(CLASSES))  # frames: a file needs torchcodec to decode
+    assert sorted(score["label"] for score in scores) == sorted(CLASSES)
+    assert sum(score["score"] for score in scores) == pytest.approx(1, abs=1e-5)

@@ -464,6 +464,10 @@ def _write_hf(model: nn.Module, cfg: Config, out: Path) -> dict[str, Any]:
     names = class_names_of(model)
     network.config.id2label = dict(enumerate(names))
     network.config.label2id = {name: index for index, name in enumerate(names)}
+    if getattr(network.config, "num_frames", None) is None:
+        # transformers' video pipeline takes config.num_frames frames, which V-JEPA 2's config
+        # (frames_per_clip) lacks: the pipeline would fail on the exported folder.
+        network.config.num_frames = cfg.model.num_frames
     bars = transformers.utils.logging
     shown = bars.is_progress_bar_enabled()
     bars.disable_progress_bar()  # one folder written in a moment: no bar
