@@ -594,3 +594,19 @@ def test_diagnose_out_of_memory_names_what_to_leave_out(tmp_path, monkeypatch):
         report.diagnose(
             {"pool": Pool()}, DataLoader(clips, batch_size=4), tmp_path / "b", probe_clips=None
         )
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_model_is_one_line(tmp_path, capsys):
+    train(tiny_config(tmp_path / "run", "train.epochs=1"))
+    state = torch.load(tmp_path / "run/checkpoints/last.pth", weights_only=False)
+    del state["model"]["cls_token"]
+    state["model"]["pos_embed"] = state["model"]["pos_embed"][:, :5]
+    broken = tmp_path / "broken.pth"
+    torch.save(state, broken)
+    capsys.readouterr()
+    assert main(["export", str(broken), "--out", str(tmp_path / "out")]) == 2
+    _one_clear_line(
+        capsys.readouterr().err,
+        f"{broken} does not fit timesformer_tiny_patch8_64: 1 key missing (cls_token); 1 key of "
+        "another shape (pos_embed [1, 5, 24], the model's [1, 17, 24])",
+    )

@@ -46,6 +46,7 @@ from timematters.config import (
 )
 from timematters.data.build import build_dataset, build_eval_loader
 from timematters.data.sampling import EvalClip
+from timematters.data.text import counted
 from timematters.engine.backgrounds import BackgroundsResult, evaluate_backgrounds_checkpoint
 from timematters.engine.checkpoint import load_checkpoint, saved_config
 from timematters.engine.distributed import (
@@ -267,6 +268,26 @@ def class_names_of(model: nn.Module, num_classes: int | None = None) -> list[str
     return [str(k) for k in range(count)]
 
 
+def _misfit(model: nn.Module, given: dict[str, torch.Tensor], shown: int = 3) -> str:
+    """How the weights ``given`` differ from ``model``'s, in one line: the keys missing, unexpected
+    and of another shape, counted, the first ``shown`` of each named."""
+    own = model.state_dict()
+    groups = {
+        "missing": [key for key in own if key not in given],
+        "unexpected": [key for key in given if key not in own],
+        "of another shape": [
+            f"{key} {list(given[key].shape)}, the model's {list(own[key].shape)}"
+            for key in own
+            if key in given and given[key].shape != own[key].shape
+        ],
+    }
+    return "; ".join(
+        f"{counted(len(keys), 'key')} {what} ({', '.join(keys[:shown])}{', ...' if len(keys) > shown else ''})"
+        for what, keys in groups.items()
+        if keys
+    )
+
+
 def load_model_from_checkpoint(cfg: Config, path: str | Path) -> tuple[nn.Module, list[str]]:
     """The backbone saved in a timematters checkpoint, in eval mode, and its class names (empty
     when the checkpoint does not name them).
@@ -292,8 +313,10 @@ def load_model_from_checkpoint(cfg: Config, path: str | Path) -> tuple[nn.Module
     model = _build(model_cfg, cfg, num_classes, architecture=state.get("architecture"))
     try:
         model.load_state_dict(state["model"])
-    except RuntimeError as error:  # names every mismatched key already; keep it to a paragraph
-        raise ValueError(f"{path} does not fit {model_cfg.name}: {error}") from None
+    except RuntimeError:  # torch's message is a paragraph: said in one line, the first keys
+        raise ValueError(
+            f"{path} does not fit {model_cfg.name}: {_misfit(model, state['model'])}"
+        ) from None
     model.class_names = classes or None
     model.source = str(path)
     if saved is not None:
