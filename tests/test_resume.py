@@ -16,7 +16,7 @@ from test_train import TINY, tiny_config
 
 from timematters.config import ConfigError
 from timematters.engine.checkpoint import load_checkpoint
-from timematters.engine.runs import ResumeMismatch, RunFolderInUse
+from timematters.engine.runs import ResumeMismatch, RunFolderInUse, StopSignals
 from timematters.engine.train import train
 
 # Drop path on (the presets' default), a checkpoint at every step, an evaluation every epoch.
@@ -141,20 +141,29 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path, workers):
 
 
 @pytest.mark.slow
-def test_sigterm_stops_with_a_checkpoint_that_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("group", [False, True])
+def test_sigterm_stops_with_a_checkpoint_that_resumes_exactly(tmp_path, group):
+    """To the process, or (``group``) to every process of the job with loader workers, as Slurm's
+    scancel and Ctrl-C signal: the workers leave the signal to the main process (one killed by it
+    crashed the run before its checkpoint)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(_command(tmp_path / "full"), env=env, check=True, capture_output=True)
     run = tmp_path / "stopped"
+    workers = ["data.num_workers=2"] if group else []
     process = subprocess.Popen(
-        _command(run, "train.save_every_steps=0"),
+        _command(run, "train.save_every_steps=0", *workers),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=group,
     )
     while process.poll() is None and _lines(run / "metrics.jsonl") < 5:
         time.sleep(0.01)
-    process.send_signal(signal.SIGTERM)
+    if group:
+        os.killpg(process.pid, signal.SIGTERM)
+    else:
+        process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     assert "SIGTERM received" in stdout
@@ -301,3 +310,23 @@ def test_a_loose_checkpoint_continues_in_a_folder_of_its_own(tmp_path):
     # Into a new folder: it goes on there.
     result = train(tiny_config(tmp_path / "new"), resume=loose)
     assert result["steps"] == 8
+
+
+def test_under_torchrun_a_repeat_of_the_signal_is_the_same_request(monkeypatch, capsys):
+    # torchrun forwards to its workers the signal the scheduler sent them already.
+    raised = []
+    monkeypatch.setattr(signal, "raise_signal", raised.append)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
+    stop = StopSignals()
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    stop._handle(signal.SIGTERM, None)
+    stop._handle(signal.SIGTERM, None)
+    assert stop.requested == signal.SIGTERM and raised == []
+    stop._first_at -= StopSignals.REPEAT_S  # later, it is someone asking again: at once
+    stop._handle(signal.SIGTERM, None)
+    assert raised == [signal.SIGTERM]
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")  # one process: a second signal is at once
+    alone = StopSignals()
+    alone._handle(signal.SIGINT, None)
+    alone._handle(signal.SIGINT, None)
+    assert raised == [signal.SIGTERM, signal.SIGINT]

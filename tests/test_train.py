@@ -179,10 +179,6 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
         torch.testing.assert_close(two["objective"][key], value, atol=1e-5, rtol=0, msg=key)
 
 
-@pytest.mark.skipif(
-    shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
-    reason="torchrun not found",
-)
 def _list_with_bad_videos(folder: Path, *, good: int, bad: int) -> tuple[list[str], list[str]]:
     """A video list of ``good`` decodable and then ``bad`` undecodable videos, two classes, for
     training and evaluation: (the file names, the overrides that train on it)."""
@@ -207,6 +203,10 @@ def _list_with_bad_videos(folder: Path, *, good: int, bad: int) -> tuple[list[st
     return names, overrides
 
 
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+    reason="torchrun not found",
+)
 def test_two_processes_count_every_bad_video(tmp_path):
     # Each rank sees its own share of the data: the log and the limit must see both shares.
     names, data = _list_with_bad_videos(tmp_path, good=13, bad=3)
@@ -296,3 +296,30 @@ def test_a_step_schedule_whose_milestones_the_run_never_reaches_is_noted(tmp_pat
     assert "note: optim.milestones 5, 7 are not before train.epochs=2" in out
     train(tiny_config(tmp_path / "cosine", "train.max_steps=1", "optim.schedule=cosine"))
     assert "optim.milestones" not in capsys.readouterr().out
+
+
+def test_per_sample_shuffles_differ_between_ranks_and_per_batch_ones_do_not(tmp_path):
+    from timematters.engine.train import shuffle_stream
+
+    def orders(shuffle: str, rank: int) -> torch.Tensor:
+        cfg = tiny_config(tmp_path, f"loss.debias.shuffle={shuffle}")
+        return torch.randperm(1000, generator=shuffle_stream(cfg, step=7, rank=rank))
+
+    # per_batch: every rank shuffles as one process would the whole batch (as released);
+    # per_sample: each rank's clips get orders of their own, rank 0 the single process's.
+    assert torch.equal(orders("per_batch", 0), orders("per_batch", 1))
+    assert not torch.equal(orders("per_sample", 0), orders("per_sample", 1))
+    assert torch.equal(orders("per_sample", 0), orders("per_batch", 0))
+
+
+def test_each_rank_draws_its_own_dropout_masks_on_the_cpu_too():
+    from timematters.engine.train import step_seed
+
+    def masks(rank: int, step: int = 3) -> torch.Tensor:
+        torch.manual_seed(step_seed(0, rank=rank, step=step))
+        return torch.rand(1000)
+
+    # torch's CPU generator keeps a seed's low 32 bits, which were the step's alone before: every
+    # rank dropped the same paths.
+    assert not torch.equal(masks(0), masks(1)) and not torch.equal(masks(1), masks(2))
+    assert step_seed(0, rank=0, step=3) == 3  # rank 0 (one process) draws as it always did

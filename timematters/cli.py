@@ -429,6 +429,11 @@ def _exit_code(error: Exception) -> int | None:
 
 
 def _demo(args) -> int:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would run the whole demo
+        raise ConfigError(
+            "the demo runs in one process: start it without torchrun (timematters demo); "
+            "torchrun is for train, eval and diagnose"
+        )
     if args.image:
         from timematters.image_demo import run_image_demo
 
@@ -523,7 +528,9 @@ def _train(args) -> int:
     if resume == "auto":
         resume = _run_checkpoint(Path(cfg.train.out))
         if not resume.is_file():  # nothing to continue: a new run (over a partial one's logs)
-            if Path(cfg.train.out).is_dir():  # a run still going there is named before this line
+            # A run still going there is named before this line (by rank 0: under torchrun the
+            # others would find rank 0 holding the lock for this moment and stop unsaid).
+            if Path(cfg.train.out).is_dir() and is_main_process():
                 with hold_run_folder(Path(cfg.train.out)):
                     pass
             if is_main_process():

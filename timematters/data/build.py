@@ -9,6 +9,7 @@ uses them is built, so importing this module (as every command does) stays cheap
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -45,6 +46,16 @@ def loader_workers(requested: int) -> int:
     return min(requested, per_process)
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """A loader worker's ``worker_init_fn``: SIGINT and SIGTERM are the main process's to handle.
+    Ctrl-C and Slurm's scancel or preemption signal every process of the job; the main process
+    then stops after its step with a checkpoint and ends its workers itself, but a worker killed
+    by the signal would crash it first (torch checks its workers on SIGCHLD). A worker whose
+    main process is gone still leaves: torch's workers watch their parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def build_eval_loader(
     cfg: Config, dataset: Dataset, *, rank: int = 0, world_size: int = 1
 ) -> DataLoader:
@@ -57,6 +68,7 @@ def build_eval_loader(
         sampler=Shard(len(dataset), rank, world_size),
         num_workers=loader_workers(cfg.data.num_workers),
         collate_fn=collate_videos,
+        worker_init_fn=ignore_stop_signals,
     )
 
 

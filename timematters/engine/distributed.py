@@ -97,6 +97,15 @@ def all_gather_objects(obj: object) -> list[object]:
     return gathered
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) on every rank. DDP sends them at the start
+    of each training forward, so each rank's last batch leaves its own: an evaluation between
+    steps would score a model no checkpoint holds on every rank but rank 0."""
+    if dist.is_initialized():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -177,6 +177,8 @@ class _Copy:
 
     def write(self, text: str) -> int:
         self.file.write(text)
+        if "\n" in text:  # line by line: a killed run's log keeps what it printed
+            self.file.flush()
         return self.stream.write(text)
 
     def flush(self) -> None:

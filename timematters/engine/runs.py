@@ -473,14 +473,21 @@ class StopSignals(contextlib.AbstractContextManager):
     """Catches SIGINT and SIGTERM while a run trains: the first asks it to stop after the step it
     is in (``requested`` names the signal), a second one stops the process at once.
 
+    Under torchrun a signal usually comes twice: from the scheduler (Slurm's scancel signals every
+    process of the job) or the terminal (Ctrl-C signals the process group), and again from
+    torchrun, which forwards what it receives to its workers. A repeat within ``REPEAT_S`` there is
+    the same request, not "at once", which would lose the step's checkpoint.
+
     Installed only in the main thread (Python delivers signals there); elsewhere it does nothing.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    REPEAT_S = 5.0
 
     def __init__(self):
         self.requested: signal.Signals | None = None
         self._previous: dict[int, Any] = {}
+        self._first_at = 0.0
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
@@ -494,11 +501,15 @@ class StopSignals(contextlib.AbstractContextManager):
         self._previous.clear()
 
     def _handle(self, signum: int, frame) -> None:
-        if self.requested is not None:  # the second signal: stop now, the default way
-            signal.signal(signum, signal.SIG_DFL)
+        if self.requested is not None:
+            forwarded = "TORCHELASTIC_RUN_ID" in os.environ  # a worker of torchrun
+            if forwarded and time.monotonic() - self._first_at < self.REPEAT_S:
+                return
+            signal.signal(signum, signal.SIG_DFL)  # the second signal: stop now, the default way
             signal.raise_signal(signum)
             return
         self.requested = signal.Signals(signum)
+        self._first_at = time.monotonic()
         if is_main_process():  # torchrun signals every rank: one says it
             print(
                 f"\ntimematters: {self.requested.name} received; stopping after this step with a "

@@ -14,6 +14,7 @@ computes the very losses an uninterrupted one does, and no RNG state needs savin
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import signal
@@ -37,6 +38,7 @@ from timematters.data.build import (
     build_dataset,
     build_eval_loader,
     build_flow_labeller,
+    ignore_stop_signals,
     loader_workers,
 )
 from timematters.data.collate import (
@@ -65,7 +67,7 @@ from timematters.engine.distributed import (
     all_reduce_mean,
     all_reduce_sum,
     autocast_dtype,
-    barrier,
+    broadcast_buffers,
     cleanup_distributed,
     on_main_for_all,
     out_of_memory,
@@ -520,11 +522,14 @@ def fit(run: Run) -> dict[str, Any]:
     lines_before = run.log.lines
     result = evaluate_run(run)
     metrics = result.metrics()
-    if run.info.is_main:
+
+    def write() -> None:  # on rank 0; a failed write is raised on every rank
         (run.run_dir / "eval.json").write_text(to_json(metrics))
         (run.run_dir / "eval.md").write_text(format_table({cfg.model.name: metrics}) + "\n")
         if run.bad_log.bad:
             run.bad_log.write()
+
+    on_main_for_all(write)
     progress.final_eval_lines = lines_before
     # A train.max_steps stop before train.epochs is no epoch's end: a resume cuts its evaluation
     # from the log and trains on, so it may not become best.pth, which would then differ from
@@ -601,10 +606,8 @@ def _save_epoch_checkpoints(run: Run, *, best: bool) -> None:
         save_run_checkpoint(run, "last.pth")
         return
     save_run_checkpoint(run, "best.pth")
-    if run.info.is_main:
-        folder = run.run_dir / "checkpoints"
-        copy_checkpoint(folder / "best.pth", folder / "last.pth")
-    barrier()
+    folder = run.run_dir / "checkpoints"
+    on_main_for_all(lambda: copy_checkpoint(folder / "best.pth", folder / "last.pth"))
 
 
 def run_summary(run: Run) -> str:
@@ -712,6 +715,7 @@ def epoch_loader(run: Run) -> DataLoader:
         drop_last=True,
         pin_memory=run.info.device.type == "cuda",
         persistent_workers=False,
+        worker_init_fn=ignore_stop_signals,
         # Its own generator: the loader's worker seeds do not draw from the global RNG.
         generator=torch.Generator().manual_seed(run.cfg.train.seed * 1_000_003 + epoch),
     )
@@ -776,7 +780,8 @@ def _train_steps(run: Run, batches: Iterable[dict[str, Any]], epoch_end: int, ba
         }
         tic = toc
         if progress.step % cfg.train.log_every == 0 or progress.step == 1:
-            run.log.write(record)
+            # rank 0 writes; a failed write (a full disk) is raised on every rank, not only there
+            on_main_for_all(functools.partial(run.log.write, record))
         losses = {k.removesuffix("_loss"): v for k, v in record.items() if k.endswith("loss")}
         # refresh=False: the update below redraws when the bar's interval says (a log file: 30 s).
         bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
@@ -836,8 +841,8 @@ def _account_for_batch(run: Run, batch: dict[str, Any]) -> tuple[bool, bool]:
     if any_new and run.info.enabled:
         for videos in all_gather_objects(new_bad):
             run.bad_log.merge(videos)
-    if any_new and run.info.is_main:  # in the folder as they are found, not at the run's end
-        run.bad_log.write()
+    if any_new:  # in the folder as they are found, not at the run's end (rank 0 writes)
+        on_main_for_all(run.bad_log.write)
     run.bad_log.check(run.cfg.data.max_bad_fraction, total=run.shape.train_clips)
     return any_empty > 0, any_stop > 0
 
@@ -851,12 +856,10 @@ def train_step(run: Run, micro_batches: list[dict[str, Any]]) -> tuple[dict[str,
     cfg, info, progress = run.cfg, run.info, run.progress
     device = info.device
     # Dropout and drop-path draw from the global RNG: a pure function of (seed, rank, step).
-    torch.manual_seed(((cfg.train.seed * 2**20 + info.rank) * 2**32 + progress.step) % 2**63)
+    torch.manual_seed(step_seed(cfg.train.seed, rank=info.rank, step=progress.step))
     lr = lr_at(progress.step / run.steps_per_epoch, cfg.optim, cfg.train.epochs)
     set_lr(run.optimizer, lr)
-    # Frame shuffles drawn from (seed, step): identical on every rank and after a resume; one
-    # stream for the step, so each micro-batch draws its own.
-    shuffles = torch.Generator().manual_seed(cfg.train.seed * 7_919 + progress.step)
+    shuffles = shuffle_stream(cfg, step=progress.step, rank=info.rank)
     sums: dict[str, torch.Tensor] = {}
     skipped = False
     for i, batch in enumerate(micro_batches):
@@ -910,6 +913,7 @@ def evaluate_run(run: Run) -> EvalResult:
     settings = run.cfg.eval
     if run.cfg.model.num_frames == 1:
         settings = replace(settings, perturbations=())
+    broadcast_buffers(run.model.backbone)  # the model the checkpoint holds, on every rank
     result = evaluate(
         run.model.backbone,
         run.eval_loader,
@@ -920,14 +924,13 @@ def evaluate_run(run: Run) -> EvalResult:
         autocast_dtype=run.amp_dtype,
         progress=run.cfg.train.progress and run.info.is_main,
     )
-    run.log.write(
-        {
-            "kind": "eval",
-            "epoch": run.progress.epoch,
-            "step": run.progress.step,
-            **flatten_metrics(result.metrics()),
-        }
-    )
+    record = {
+        "kind": "eval",
+        "epoch": run.progress.epoch,
+        "step": run.progress.step,
+        **flatten_metrics(result.metrics()),
+    }
+    on_main_for_all(lambda: run.log.write(record))
     return result
 
 
@@ -937,7 +940,8 @@ def save_run_checkpoint(run: Run, name: str) -> None:
     # A foreign model's architecture (its transformers config, a torchvision name): what an
     # evaluation elsewhere needs to rebuild it without its original folder or weights file.
     architecture = getattr(run.model.backbone, "architecture", None)
-    if run.info.is_main:
+
+    def write() -> None:  # on rank 0; a failed write (a full disk) is raised on every rank
         run.log.flush()  # TensorBoard's events up to here: a resume keeps them, forgets the rest
         save_checkpoint(
             {
@@ -961,8 +965,29 @@ def save_run_checkpoint(run: Run, name: str) -> None:
             },
             run.run_dir / "checkpoints" / name,
         )
+
+    on_main_for_all(write)
     progress.saved_step = progress.step
-    barrier()
+
+
+# torch's CPU generator keeps only a seed's low 32 bits (CUDA's all 64): a rank's draws are set
+# apart there by this odd stride, rank 0's seeds as they always were.
+RANK_STRIDE = 0x9E3779B1
+
+
+def step_seed(seed: int, *, rank: int, step: int) -> int:
+    """The global RNG's seed for a step (dropout, drop-path). On the CPU its low 32 bits are the
+    step's and the rank's alone: every ``train.seed`` draws the same masks there (see REFERENCE)."""
+    return ((seed * 2**20 + rank) * 2**32 + step + rank * RANK_STRIDE) % 2**63
+
+
+def shuffle_stream(cfg: Config, *, step: int, rank: int) -> torch.Generator:
+    """The frame shuffles of a step, drawn from (seed, step): the same after a resume; one stream
+    for the step, so each micro-batch draws its own. ``per_batch``: one order on every rank, as
+    one process shuffles the whole batch; ``per_sample``: each rank's clips orders of their own
+    (rank 0's stream is the single process's)."""
+    stream = rank if cfg.loss.debias.shuffle == "per_sample" else 0
+    return torch.Generator().manual_seed(cfg.train.seed * 7_919 + step + stream * RANK_STRIDE)
 
 
 def _mix(run: Run, batch: dict[str, Any], *, micro_batch: int) -> dict[str, Any]:
