@@ -4,6 +4,7 @@ run folders hold one run; a resume refuses a changed run."""
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -330,3 +331,46 @@ def test_under_torchrun_a_repeat_of_the_signal_is_the_same_request(monkeypatch, 
     alone._handle(signal.SIGINT, None)
     alone._handle(signal.SIGINT, None)
     assert raised == [signal.SIGTERM, signal.SIGINT]
+
+
+def test_a_resume_from_an_earlier_checkpoint_then_a_kill_still_resumes_exactly(tmp_path):
+    # --resume best.pth takes the run back to it and cuts the log to match; the newer last.pth
+    # left in place was what the next --resume took, past the end of the cut log (steps lost).
+    extra = ["train.epochs=4"]  # 4 steps an epoch, a checkpoint at each epoch's end
+    train(tiny_config(tmp_path / "full", *extra))
+    run, checkpoints = tmp_path / "run", tmp_path / "run" / "checkpoints"
+
+    def kill_after(last_step: int):
+        def kill(step, record):
+            if step >= last_step:
+                raise _Killed
+
+        return kill
+
+    with pytest.raises(_Killed):
+        train(tiny_config(run, *extra), step_callback=kill_after(6))
+    shutil.copy(checkpoints / "last.pth", checkpoints / "earlier.pth")  # step 4
+    with pytest.raises(_Killed):  # on to step 14: last.pth holds step 12
+        train(
+            tiny_config(run, *extra), resume=checkpoints / "last.pth", step_callback=kill_after(14)
+        )
+    with pytest.raises(_Killed):  # back to step 4, killed before the step-8 checkpoint
+        train(
+            tiny_config(run, *extra),
+            resume=checkpoints / "earlier.pth",
+            step_callback=kill_after(6),
+        )
+    assert load_checkpoint(checkpoints / "last.pth")["step"] == 4
+    train(tiny_config(run, *extra), resume=checkpoints / "last.pth")
+    assert _records(run) == _records(tmp_path / "full")
+
+
+def test_a_resume_that_changes_the_decoder_says_the_numbers_move_a_little(tmp_path):
+    from timematters.engine.runs import resume_notes
+
+    saved = {"data": {"decoder": "video"}, "train": {"compile": False}}
+    cfg = tiny_config(tmp_path, "data.decoder=frames")
+    (note,) = resume_notes(saved, cfg)
+    assert note.startswith("data.decoder was 'video', now 'frames': JPEG frames")
+    assert "close to, not exactly as, one never stopped" in note
+    assert resume_notes({"data": {"decoder": "frames"}}, cfg) == []

@@ -437,6 +437,25 @@ def resume_mismatches(saved_config: dict[str, Any], cfg: Config) -> list[str]:
     ]
 
 
+# Keys a resume may change that still change the numbers a little: said when changed.
+RESUME_NOTED = {
+    "data.decoder": "JPEG frames (timematters data frames) are not the decoded video's pixels",
+    "train.compile": "compiled kernels round otherwise",
+}
+
+
+def resume_notes(saved_config: dict[str, Any], cfg: Config) -> list[str]:
+    """What a resume changes among ``RESUME_NOTED``: it goes on, no longer the very numbers of the
+    run never stopped."""
+    saved, now = _flatten(saved_config), _flatten(config_to_dict(cfg))
+    return [
+        f"{key} was {saved[key]!r}, now {now[key]!r}: {why}, so the run goes on close to, not "
+        "exactly as, one never stopped"
+        for key, why in RESUME_NOTED.items()
+        if key in saved and saved[key] != now[key]
+    ]
+
+
 def check_resume(state: dict[str, Any], cfg: Config, shape: RunShape, path: Path) -> None:
     """Raise ``ResumeMismatch`` naming every difference between the checkpoint's run and this one."""
     if "run_shape" not in state or "config" not in state:

@@ -92,6 +92,7 @@ from timematters.engine.runs import (
     refuse_inside_a_run,
     remove_run_files,
     restore_aside,
+    resume_notes,
 )
 from timematters.flow.farneback import configure_opencv_threads
 from timematters.flow.labeller import FlowLabeller
@@ -414,6 +415,8 @@ def setup_run(
     progress = Progress()
     if state is not None:
         check_resume(state, cfg, shape, Path(resume))
+        for note in resume_notes(state["config"], cfg) if info.is_main else []:
+            print(f"[train] note: {note}")
         model.backbone.load_state_dict(state["model"])
         model.objective.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
@@ -436,6 +439,12 @@ def setup_run(
     bad_log = BadVideoLog(run_dir / "bad_videos.jsonl")
     if state is not None:
         bad_log.merge([BadVideo(**video) for video in state["bad_videos"]])
+        last = run_dir / "checkpoints" / "last.pth"
+        if Path(resume).resolve() != last.resolve():
+            # A resume from an earlier checkpoint (best.pth) takes the run back there, its log
+            # cut to match: a newer last.pth left in place would be what a kill before the next
+            # checkpoint resumes from, past the end of the cut log.
+            on_main_for_all(lambda: copy_checkpoint(resume, last))
 
     eval_loader = build_eval_loader(cfg, test_set, rank=info.rank, world_size=world)
     flow_on_device = None
