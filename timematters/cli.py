@@ -67,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seeds", type=_positive, default=1, help="repeat with this many seeds")
     demo.add_argument(
-        "--out", default=None, help="run folder (runs/demo, runs/demo_quick or runs/demo_image)"
+        "--out",
+        default=None,
+        help="run folder (runs/demo, runs/demo_quick, runs/demo_image or runs/demo_image_quick)",
     )
     demo.add_argument(
         "--image", action="store_true", help="the image extension instead (Table 4, backgrounds)"
@@ -450,7 +452,7 @@ def _demo(args) -> int:
                 "--out, --overwrite and --resume"
             )
 
-        out = Path(args.out or "runs/demo_image")
+        out = Path(args.out or ("runs/demo_image_quick" if args.quick else "runs/demo_image"))
         run_image_demo(
             out, quick=args.quick, seeds=args.seeds, overwrite=args.overwrite, resume=args.resume
         )

@@ -750,7 +750,8 @@ def train_one_epoch(run: Run, loader: DataLoader) -> None:
         raise out_of_memory(
             error, f"in training step {progress.step + 1}", _memory_fix(run)
         ) from None
-    bar.close()
+    finally:  # a stop's message, or an error's, then begins a line of its own
+        bar.close()
 
 
 def _train_steps(run: Run, batches: Iterable[dict[str, Any]], epoch_end: int, bar: Any) -> None:
