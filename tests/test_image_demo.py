@@ -1,6 +1,7 @@
 """The image miniature (a procedural Backgrounds Challenge) and `demo --image` end to end, tiny."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,3 +118,14 @@ def test_demo_runs_end_to_end_and_writes_the_table(tmp_path, monkeypatch, capsys
     assert '"order_loss"' not in (tmp_path / "seed0" / "baseline" / "metrics.jsonl").read_text()
     printed = capsys.readouterr().out
     assert "| Dataset | baseline | +TIME |" in printed and "BG-Gap" in printed
+
+
+def test_the_quick_image_demo_has_a_folder_of_its_own(monkeypatch, tmp_path):
+    # It took the full image demo's runs/demo_image, which then refused to start there.
+    from timematters.cli import main
+
+    folders = []
+    monkeypatch.setattr(image_demo, "run_image_demo", lambda out, **kwargs: folders.append(out))
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--image", "--quick"]) == 0 and main(["demo", "--image"]) == 0
+    assert folders == [Path("runs/demo_image_quick"), Path("runs/demo_image")]
