@@ -266,3 +266,43 @@ def test_the_subsets_file_says_when_no_class_had_enough_clips(tmp_path):
     timematters.diagnose({"m": ProtocolModel()}, _batches(), tmp_path / "r", **QUICK)  # 2-3 a class
     report = (tmp_path / "r" / "report.md").read_text()
     assert "No Temporal / Static split proposed: no class has 5 clips or more" in report
+
+
+def test_a_clip_with_nan_logits_is_no_flip_under_reverse():
+    # Pair x <-> y; the y clips are right, two of them NaN once reversed: argmax said class 0,
+    # x, the partner, and counted them flips.
+    labels = np.array([1, 1, 1, 1])
+    right = np.eye(2)[labels]
+    reversed_probs = right.copy()
+    reversed_probs[:2] = np.nan
+    result = EvalResult(labels, right, {"reverse": reversed_probs}, ["x", "y"], pairs={0: 1, 1: 0})
+    assert result.flips().tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert result.metrics()["all"]["reversed_top1"] == 50.0  # and they are misses
+
+
+def test_a_classs_confidence_gap_pairs_each_clips_two_confidences():
+    # A clip NaN once shuffled is left out of both sides (as in the histogram), not of one.
+    labels = np.array([0, 0])
+    probs = np.array([[0.9, 0.1], [0.5, 0.5]])
+    shuffled = np.array([[0.9, 0.1], [np.nan, np.nan]])
+    (row,) = EvalResult(labels, probs, {"shuffle": shuffled}, ["x", "y"]).class_reliance()
+    assert row["shuffled_confidence_gap"] == pytest.approx(0.0)  # before: 0.7 - 0.9 = -0.2
+
+
+def test_a_few_clips_get_an_interval_but_no_verdict_on_two_models_gaps():
+    labels = np.array([0, 1, 0])  # 3 clips: B loses all under shuffle, A none
+    right = np.eye(2)[labels]
+    blind = EvalResult(labels, right, {"shuffle": right}, ["x", "y"])
+    aware = EvalResult(labels, right, {"shuffle": right[:, ::-1].copy()}, ["x", "y"])
+    d = compare_gaps(blind, aware)["all"]["shuffle"]
+    assert d["difference"] == 100.0 and d["outside_noise"] is None  # before: [100, 100], outside
+
+
+def test_top5_ranks_classes_a_confident_model_gives_a_tiny_probability():
+    from timematters.engine.evaluate import _hits, aggregate_views
+
+    logits = torch.zeros(1, 1, 10)
+    logits[0, 0, 0], logits[0, 0, 9] = 200.0, 50.0  # class 9 second: float32 rounded it to 0
+    probs = aggregate_views(logits, "logits").numpy()
+    top1, top5 = _hits(probs, np.array([9]))
+    assert top1.tolist() == [0.0] and top5.tolist() == [1.0]

@@ -93,6 +93,9 @@ def _difference(d: dict) -> str:
     if np.isnan(d["difference"]):  # the subset has no clips
         return "no clips"
     if d["outside_noise"] is None:
+        low, high = d["ci"]
+        if np.isfinite([low, high]).all():  # an interval, on too few clips for a verdict
+            return f"{d['difference']:+.1f} points [{low:+.1f}, {high:+.1f}], too few clips to tell"
         return f"{d['difference']:+.1f} points (no interval)"
     verdict = "outside the noise" if d["outside_noise"] else "inside the noise"
     return f"{d['difference']:+.1f} points [{d['ci'][0]:+.1f}, {d['ci'][1]:+.1f}], {verdict}"

@@ -93,13 +93,15 @@ class EvalResult:
 
     def flips(self) -> np.ndarray | None:
         """Per clip of a paired class: 1.0 when reversing it moves the prediction to its
-        partner class (and the original prediction was not the partner); NaN for unpaired."""
+        partner class (and the original prediction was not the partner); NaN for unpaired. A clip
+        with NaN logits, before or after, predicts no class: no flip (argmax would say class 0)."""
         if not self.pairs or "reverse" not in self.perturbed:
             return None
         partner = np.array([self.pairs.get(int(y), -1) for y in self.labels])
-        before = self.probs.argmax(axis=1)
-        after = self.perturbed["reverse"].argmax(axis=1)
-        flipped = ((after == partner) & (before != partner)).astype(np.float64)
+        reversed_probs = self.perturbed["reverse"]
+        before, after = self.probs.argmax(axis=1), reversed_probs.argmax(axis=1)
+        scored = np.isfinite(self.probs).all(axis=1) & np.isfinite(reversed_probs).all(axis=1)
+        flipped = ((after == partner) & (before != partner) & scored).astype(np.float64)
         return np.where(partner >= 0, flipped, np.nan)
 
     def metrics(self) -> dict[str, dict[str, Any]]:
@@ -163,11 +165,12 @@ class EvalResult:
             for perturbation, probs in self.perturbed.items():
                 prefix = METRIC_PREFIX[perturbation]
                 top1 = float(100 * hits[f"{prefix}_top1"][mask].mean())
-                perturbed_confidence = _finite_mean(probs[rows, self.labels][mask])
+                perturbed = probs[rows, self.labels][mask]
                 row[f"{prefix}_top1"] = top1
                 row[gap_key(perturbation)] = row["top1"] - top1
-                row[f"{prefix}_confidence"] = perturbed_confidence
-                row[f"{prefix}_confidence_gap"] = row["confidence"] - perturbed_confidence
+                row[f"{prefix}_confidence"] = _finite_mean(perturbed)
+                # Per clip, as the histogram's: a clip NaN on either side is left out of both.
+                row[f"{prefix}_confidence_gap"] = _finite_mean(confidence[mask] - perturbed)
             out.append(row)
         if self.perturbed:
             first = gap_key(next(iter(self.perturbed)))
@@ -218,10 +221,12 @@ def _hits(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 def aggregate_views(logits: torch.Tensor, mode: str) -> torch.Tensor:
     """[B, V, K] view logits -> [B, K] probabilities."""
+    # In float64: float32's softmax rounds every class a logit margin of about 100 below the top
+    # one to exactly 0, which top-5 would then rank by class index.
     if mode == "logits":
-        return logits.float().mean(dim=1).softmax(dim=-1)  # same ranking as the released sum
+        return logits.double().mean(dim=1).softmax(dim=-1)  # same ranking as the released sum
     if mode == "softmax":
-        return logits.float().softmax(dim=-1).mean(dim=1)
+        return logits.double().softmax(dim=-1).mean(dim=1)
     raise ValueError(f"aggregation must be 'logits' or 'softmax', got {mode!r}")
 
 
@@ -692,6 +697,10 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
 
 
+# Fewer clips in a subset than this get an interval but no verdict on two models' gaps.
+MIN_VERDICT_CLIPS = 20
+
+
 def compare_gaps(reference: EvalResult, other: EvalResult) -> dict[str, dict[str, dict]]:
     """Per subset and perturbation: ``other``'s gap minus ``reference``'s, with a paired 95%
     interval (both models' outcomes on the same clip resampled together) and whether it lies
@@ -714,11 +723,13 @@ def compare_gaps(reference: EvalResult, other: EvalResult) -> dict[str, dict[str
                 difference, samples=reference.bootstrap_samples, seed=reference.seed
             )
             # No interval (eval.bootstrap_samples=0, or no clips): no verdict, where a NaN bound
-            # would read as "inside the noise".
+            # would read as "inside the noise". Nor on a few clips, where the percentile
+            # bootstrap's interval is too narrow (3 clips all alike: a width of 0).
             verdict = bool(interval[0] > 0 or interval[1] < 0)
+            judged = np.isfinite(interval).all() and mask.sum() >= MIN_VERDICT_CLIPS
             out[subset][perturbation] = {
                 "difference": float(difference.mean()) if mask.any() else float("nan"),
                 "ci": [float(interval[0]), float(interval[1])],
-                "outside_noise": verdict if np.isfinite(interval).all() else None,
+                "outside_noise": verdict if judged else None,
             }
     return out

@@ -73,7 +73,7 @@ def freeze_frames(video: torch.Tensor, index: int | None = None) -> torch.Tensor
 
 def swap_neighbours(video: torch.Tensor) -> torch.Tensor:
     """Each disjoint pair of neighbouring frames (0 1, 2 3, ...) swapped, a last odd frame kept:
-    every frame moves by one place, so only fine order changes."""
+    every frame but that last one moves by one place, so only fine order changes."""
     T = video.shape[2]
     order = torch.arange(T)
     pairs = T - T % 2
