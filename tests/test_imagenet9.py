@@ -421,3 +421,31 @@ def test_common_layout_mistakes_are_named_with_their_fix(tree, tmp_path):
     shutil.rmtree(tree / "original" / "train")
     with pytest.raises(FileNotFoundError, match="data.imagenet9.train_dir=original/train"):
         build_dataset(_config(tree), "train", flow_labels=False, patch_size=8)
+
+
+def test_bmp_and_16_bit_png_images_decode_to_8_bit_rgb(tmp_path):
+    # torchvision decodes no BMP (each was a bad image) and a 16-bit PNG to uint16, which was then
+    # divided by 255 as if 8-bit (inputs near 15 after normalising; RandAugment crashed on it).
+    import numpy as np
+    from PIL import Image
+
+    from timematters.data.imagenet9 import read_rgb
+
+    pixels = np.random.default_rng(0).integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.bmp")
+    assert torch.equal(read_rgb(tmp_path / "a.bmp"), torch.from_numpy(pixels).permute(2, 0, 1))
+    deep = np.random.default_rng(1).integers(0, 65536, (10, 12), dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "b.png")
+    image = read_rgb(tmp_path / "b.png")
+    assert image.dtype == torch.uint8 and image.shape == (3, 10, 12)
+    assert torch.equal(image[0], torch.from_numpy((deep >> 8).astype(np.uint8)))
+
+
+def test_variations_of_different_sizes_are_said(tree, caplog):
+    # A partial download: its columns and BG-Gap compare other images, which went unsaid.
+    cfg = _config(tree, f"data.imagenet9.variations={list(TREE)}")
+    evaluate_backgrounds(BackgroundReader(), cfg, CLASSES)
+    assert "different numbers of images" not in caplog.text
+    (tree / "mixed_rand" / "val" / CLASSES[0] / "0.png").unlink()
+    evaluate_backgrounds(BackgroundReader(), cfg, CLASSES)
+    assert "different numbers of images (original 6, mixed_same 6, mixed_rand 5," in caplog.text

@@ -7,8 +7,9 @@ Layout under ``data.root``: test variations ``<variation>/val/<NN_class>/*`` (``
 torchvision and become one-frame videos ``[C, 1, H, W]``, so the training loop, the losses and the
 evaluation serve them as they serve clips.
 
-Transforms (torchvision v2), the DeiT recipe without mixup, cutmix and random erasing (the loop
-trains on hard labels): RandAugment, RandomResizedCrop, optional flip, normalisation; evaluation
+Transforms (torchvision v2), the DeiT recipe without mixup, cutmix and random erasing unless the
+config turns them on (``data.mixup`` / ``cutmix`` / ``random_erase``): RandomResizedCrop, optional
+flip, RandAugment, normalisation; evaluation
 resizes the short side to ``data.eval_short_side`` and takes the centre crop.
 
 Table 4 reports top-1 on each variation and BG-Gap = acc(mixed_same) − acc(mixed_rand): how much
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
@@ -41,6 +43,23 @@ from timematters.data.transforms import (
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
 _CLASS_FOLDER = re.compile(r"^(\d+)_")
+
+
+def read_rgb(path: Path) -> torch.Tensor:
+    """An image file as uint8 RGB [3, H, W]: torchvision's decoders, and PIL for the formats
+    they lack (BMP); a 16-bit PNG is brought to 8 bits (it decodes as uint16)."""
+    try:
+        image = decode_image(str(path), mode=ImageReadMode.RGB)
+    except RuntimeError:
+        if path.suffix.lower() != ".bmp":
+            raise
+        from PIL import Image
+
+        with Image.open(path) as opened:
+            return torch.from_numpy(np.asarray(opened.convert("RGB")).copy()).permute(2, 0, 1)
+    if image.dtype != torch.uint8:
+        image = (image.to(torch.int32) >> 8).to(torch.uint8)  # 0-65535 -> 0-255
+    return image
 
 
 def read_class_folders(folder: str | Path) -> list[str]:
@@ -137,16 +156,16 @@ class ImageFolderDataset(Dataset):
         """(path, why it cannot be used or None), for ``data check``."""
         path, label = self.samples[index]
         try:
-            decode_image(str(path), mode=ImageReadMode.RGB)
-        except (RuntimeError, ValueError) as error:
+            read_rgb(path)
+        except (RuntimeError, ValueError, OSError) as error:
             return str(path), f"cannot decode: {error}"
         return str(path), None
 
     def __getitem__(self, index: int) -> dict[str, Any] | BadVideo:
         path, label = self.samples[index]
         try:
-            image = decode_image(str(path), mode=ImageReadMode.RGB)  # uint8 [3, H, W]
-        except (RuntimeError, ValueError) as error:
+            image = read_rgb(path)
+        except (RuntimeError, ValueError, OSError) as error:
             return BadVideo(str(path), f"cannot decode: {error}", index, label)
         return {
             "video": self.transform(image),

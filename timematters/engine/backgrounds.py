@@ -10,6 +10,7 @@ decoded is not scored; it is listed, and each variation's share of them is held 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from timematters.data.build import build_eval_loader, build_variation_dataset
 from timematters.data.collate import BadVideo, check_bad_share, list_bad_videos
 from timematters.data.imagenet9 import read_class_folders
 from timematters.engine.evaluate import evaluate, markdown_table
+
+log = logging.getLogger(__name__)
 
 
 def bg_gap(accuracy: dict[str, float]) -> float:
@@ -81,6 +84,14 @@ def evaluate_backgrounds(
             counts[variation] = (len(result.labels), len(result.bad))
     if {"mixed_same", "mixed_rand"} <= set(accuracy):
         accuracy["bg_gap"] = bg_gap(accuracy)
+    totals = {variation: scored + unread for variation, (scored, unread) in counts.items()}
+    if len(set(totals.values())) > 1 and rank == 0:
+        listed = ", ".join(f"{variation} {total}" for variation, total in totals.items())
+        log.warning(
+            f"the ImageNet-9 variations hold different numbers of images ({listed}): their "
+            "top-1 and BG-Gap compare different images (the release has 4,185 in each: a partial "
+            "download or extraction?)"
+        )
     return BackgroundsResult(accuracy, bad=bad, counts=counts)
 
 
