@@ -449,3 +449,11 @@ def test_variations_of_different_sizes_are_said(tree, caplog):
     (tree / "mixed_rand" / "val" / CLASSES[0] / "0.png").unlink()
     evaluate_backgrounds(BackgroundReader(), cfg, CLASSES)
     assert "different numbers of images (original 6, mixed_same 6, mixed_rand 5," in caplog.text
+
+
+def test_a_data_root_one_folder_above_the_variations_names_the_right_one(tree):
+    from timematters.engine.backgrounds import evaluate_backgrounds_checkpoint
+
+    above = tree.parent  # the download's own bg_challenge/ is one folder down
+    with pytest.raises(FileNotFoundError, match=f"one folder down: data.root={tree}$"):
+        evaluate_backgrounds_checkpoint(_config(above), "unread.pth")

@@ -66,7 +66,7 @@ def read_class_folders(folder: str | Path) -> list[str]:
     """The ``NN_name`` class folders of ``folder``, in label order (folder NN holds label NN)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"no image folder at {folder}{_layout_hint(folder)}")
+        raise FileNotFoundError(f"no image folder at {folder}{layout_hint(folder)}")
     # Hidden folders (.ipynb_checkpoints, macOS's ._ copies) are no classes.
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
@@ -82,7 +82,7 @@ def read_class_folders(folder: str | Path) -> list[str]:
     return classes
 
 
-def _layout_hint(folder: Path) -> str:
+def layout_hint(folder: Path) -> str:
     """What the tree around a missing ``<root>/<variation>/<split>`` folder suggests instead: class
     folders one level up (no split folder), or the variations one folder down (the download's
     own top folder, ``bg_challenge/``)."""

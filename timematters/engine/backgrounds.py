@@ -22,7 +22,7 @@ from timematters.backbones.normalisation import clips_normalised
 from timematters.config import Config, ConfigError
 from timematters.data.build import build_eval_loader, build_variation_dataset
 from timematters.data.collate import BadVideo, check_bad_share, list_bad_videos
-from timematters.data.imagenet9 import read_class_folders
+from timematters.data.imagenet9 import layout_hint, read_class_folders
 from timematters.engine.evaluate import evaluate, markdown_table
 
 log = logging.getLogger(__name__)
@@ -106,9 +106,10 @@ def evaluate_backgrounds_checkpoint(
 
     present, absent = present_variations(cfg)
     if not present:
+        first = Path(cfg.data.root) / absent[0] / "val"
         raise FileNotFoundError(
             f"no ImageNet-9 test variation under data.root={cfg.data.root}: expected "
-            f"<variation>/val/<NN_class>/ folders for {', '.join(absent)}"
+            f"<variation>/val/<NN_class>/ folders for {', '.join(absent)}{layout_hint(first)}"
         )
     if absent and is_main_process():  # as a run's own Table 4: the variations there
         print(f"[eval] {absent_variations_note(cfg, absent)}")
