@@ -195,7 +195,7 @@ def test_a_backbone_without_convert_state_dict_keeps_its_tokens_and_one_conversi
         name = type(model).__name__
         report = timematters.diagnose({name: model}, data, tmp_path / name, **options)
         result = timematters.evaluate(model, data, settings=EvalConfig(bootstrap_samples=0))
-        assert torch.allclose(torch.as_tensor(result.probs), truth, atol=1e-6), name
+        assert torch.allclose(torch.as_tensor(result.probs).float(), truth, atol=1e-6), name
         expected = 100 * (truth.argmax(1) == data[0][1]).float().mean().item()
         assert report["shuffle_test"][name]["all"]["top1"] == pytest.approx(expected), name
     assert isinstance(_ConvertingTokens(), VideoBackbone)
