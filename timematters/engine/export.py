@@ -365,10 +365,11 @@ def _evaluation_of(facts: dict, checkpoint: Path, *, images: bool = False) -> st
     # best.pth holds the weights of the evaluation its best_top1 records (at an epoch's end; a
     # last.pth of that epoch may have trained on since, to a max_steps stop).
     if checkpoint.name == "best.pth" and math.isfinite(facts["best_top1"]):
+        scored = "test images" if images else "test clips"
         return (
-            f"Top-1 {facts['best_top1']:.1f}% on the {'test images' if images else 'test clips'} "
-            f"at the end of epoch {facts['best_epoch']} (the evaluation that made this checkpoint its "
-            f"run's best); {command} "
+            f"Top-1 {facts['best_top1']:.1f}% on the {scored} at the end of epoch "
+            f"{facts['best_epoch']} (the evaluation that made this checkpoint its run's best); "
+            f"{command} "
             + ("scores it again." if images else "gives its top-1 on frame-shuffled clips too.")
         )
     return (

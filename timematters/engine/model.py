@@ -282,7 +282,8 @@ def _misfit(model: nn.Module, given: dict[str, torch.Tensor], shown: int = 3) ->
         ],
     }
     return "; ".join(
-        f"{counted(len(keys), 'key')} {what} ({', '.join(keys[:shown])}{', ...' if len(keys) > shown else ''})"
+        f"{counted(len(keys), 'key')} {what} ({', '.join(keys[:shown])}"
+        + (", ...)" if len(keys) > shown else ")")
         for what, keys in groups.items()
         if keys
     )
@@ -313,10 +314,9 @@ def load_model_from_checkpoint(cfg: Config, path: str | Path) -> tuple[nn.Module
     model = _build(model_cfg, cfg, num_classes, architecture=state.get("architecture"))
     try:
         model.load_state_dict(state["model"])
-    except RuntimeError:  # torch's message is a paragraph: said in one line, the first keys
-        raise ValueError(
-            f"{path} does not fit {model_cfg.name}: {_misfit(model, state['model'])}"
-        ) from None
+    except RuntimeError as error:  # torch's message is a paragraph: one line, the first keys
+        why = _misfit(model, state["model"]) or str(error).strip().splitlines()[0]
+        raise ValueError(f"{path} does not fit {model_cfg.name}: {why}") from None
     model.class_names = classes or None
     model.source = str(path)
     if saved is not None:
