@@ -457,3 +457,16 @@ def test_a_data_root_one_folder_above_the_variations_names_the_right_one(tree):
     above = tree.parent  # the download's own bg_challenge/ is one folder down
     with pytest.raises(FileNotFoundError, match=f"one folder down: data.root={tree}$"):
         evaluate_backgrounds_checkpoint(_config(above), "unread.pth")
+
+
+def test_table4_is_scored_in_the_runs_precision(tree, monkeypatch):
+    # As the run's own evaluation (eval.json's original top-1): it ran in fp32 whatever the run's.
+    from timematters.engine import backgrounds
+
+    seen, real = [], backgrounds.evaluate
+    monkeypatch.setattr(
+        backgrounds, "evaluate", lambda *a, **k: seen.append(k["autocast_dtype"]) or real(*a, **k)
+    )
+    cfg = _config(tree, "train.precision=bf16", "data.imagenet9.variations=[original]")
+    evaluate_backgrounds(BackgroundReader(), cfg, CLASSES)
+    assert seen == [torch.bfloat16]

@@ -23,6 +23,7 @@ from timematters.config import Config, ConfigError
 from timematters.data.build import build_eval_loader, build_variation_dataset
 from timematters.data.collate import BadVideo, check_bad_share, list_bad_videos
 from timematters.data.imagenet9 import layout_hint, read_class_folders
+from timematters.engine.distributed import autocast_dtype
 from timematters.engine.evaluate import evaluate, markdown_table
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,15 @@ def evaluate_backgrounds(
         for variation in variations:
             dataset = build_variation_dataset(cfg.data, variation, classes)
             loader = build_eval_loader(cfg, dataset, rank=rank, world_size=world)
-            result = evaluate(model, loader, classes=classes, settings=original_only, device=device)
+            result = evaluate(
+                model,
+                loader,
+                classes=classes,
+                settings=original_only,
+                device=device,
+                # in the run's precision, as its eval.json's original top-1
+                autocast_dtype=autocast_dtype(cfg.train.precision, device),
+            )
             accuracy[variation] = result.metrics()["all"]["top1"]
             bad += result.bad
             counts[variation] = (len(result.labels), len(result.bad))
