@@ -454,12 +454,14 @@ def test_torchvision_weights_by_name_come_from_torchs_cache(tmp_path, monkeypatc
         load_foreign_model("torchvision:r3d_18:KINETICS400_V1")
 
 
-def test_torchvision_weights_get_a_new_classifier_for_other_classes(r3d_weights):
-    # Fine-tuning a Kinetics network on one's own classes: its features, a new classifier.
+def test_torchvision_weights_get_a_new_classifier_for_other_classes(r3d_weights, caplog):
+    # Fine-tuning a Kinetics network on one's own classes: its features, a new classifier, said.
     trained = torch.load(r3d_weights)
     spec = f"torchvision:r3d_18:{r3d_weights}"
     tuned = load_foreign_model(spec, num_classes=3, num_frames=T, img_size=IMG)
     assert tuned.num_classes == 3 and tuned.model.fc.out_features == 3
+    said = f"{spec}: its classifier fc ({K} classes) is replaced by a new one of 3"
+    assert said in caplog.text
     features = {k: v for k, v in tuned.model.state_dict().items() if not k.startswith("fc.")}
     torch.testing.assert_close(features, {k: trained[k] for k in features}, rtol=0, atol=0)
     kept = load_foreign_model(spec, num_classes=K, num_frames=T, img_size=IMG)

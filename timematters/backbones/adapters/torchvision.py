@@ -19,6 +19,7 @@ torchvision weights were trained with (read from the weights' metadata, which ne
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,8 @@ from torch import nn
 
 from timematters.backbones.adapters.base import Adapter
 from timematters.backbones.protocol import VideoTokens
+
+log = logging.getLogger(__name__)
 
 MODELS = (
     "r3d_18",
@@ -73,6 +76,11 @@ def load_torchvision_model(
         if num_classes and trained and num_classes != trained:  # the features are kept
             new_head = head
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith(head)}
+            # Said, as transformers says its own (and --init-from its changes).
+            log.warning(
+                f"torchvision:{name}:{weights}: its classifier {head.rstrip('.')} ({trained} "
+                f"classes) is replaced by a new one of {num_classes}, initialised at random"
+            )
         num_classes = num_classes or trained
     model = getattr(video, name)(weights=None, num_classes=num_classes or 400)
     if state_dict is not None:
