@@ -198,7 +198,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=_positive, default=5, help="classes to show per clip")
     predict.add_argument(
         "--perturb",
-        default="shuffle,reverse",
+        default=None,  # shuffle,reverse; None: a one-frame model takes no note of the default
         help="perturbations to compare, comma-separated (default: shuffle,reverse): "
         + ", ".join(PERTURBATION_NAMES),
     )
@@ -659,11 +659,14 @@ def _predict(args) -> int:
     _check_predict_options(args)
     cfg = load_config(args.config, args.override) if args.config else None
     model, clip, classes = _predict_model(args, cfg)
-    perturbations = _comma_list(args.perturb)
+    asked = args.perturb is not None
+    perturbations = _comma_list(args.perturb if asked else "shuffle,reverse")
     from timematters.engine.model import describe_model
 
     one_frame = (clip.get("num_frames") or describe_model(model).get("num_frames")) == 1
-    if one_frame and perturbations:  # an image model: every input one image, nothing to reorder
+    if one_frame:  # an image model: every input one image, nothing to reorder (said if asked)
+        perturbations = perturbations if asked else []
+    if one_frame and perturbations:
         print(
             "timematters: a model of one frame: its classes only (a frame order to shuffle or "
             "reverse it has none)",
