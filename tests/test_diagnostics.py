@@ -2,17 +2,14 @@
 
 import json
 import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
-from test_train import TINY, tiny_config
+from test_train import TINY, TORCHRUN, tiny_config
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -313,12 +310,11 @@ def test_diagnose_under_torchrun_shares_the_shuffle_test_and_gives_one_process_r
     train(tiny_config(tmp_path / "run", "train.epochs=1"))
     checkpoint = str(tmp_path / "run" / "checkpoints" / "last.pth")
     common = [*TINY, "--checkpoint", checkpoint, "--probe-clips", "4", "--gradcam-clips", "1"]
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     reports = {}
     for processes in (1, 2):
         out = tmp_path / f"diagnose{processes}"
-        launch = [torchrun, "--standalone", f"--nproc_per_node={processes}"]
+        launch = [TORCHRUN, "--standalone", f"--nproc_per_node={processes}"]
         command = [*launch, "-m", "timematters.cli", "diagnose", "--config", "synthetic/time"]
         done = subprocess.run(
             [*command, *common, "--out", str(out)],

@@ -4,7 +4,6 @@ between steps scores the model the checkpoint holds."""
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,13 +12,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
-from test_train import TINY
+from test_train import TINY, TORCHRUN, needs_torchrun
 
 from timematters.engine.checkpoint import load_checkpoint
 
-TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-pytestmark = pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not found")
+pytestmark = needs_torchrun
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 # 16 steps an epoch on two processes, one log line each: time to act while it trains.
 LONGER = [*TINY, "data.synthetic.num_train=64", "train.epochs=3"]

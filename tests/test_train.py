@@ -36,6 +36,8 @@ TINY = [
     "eval.batch_size=8",
     "optim.lr=0.001",
 ]
+TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+needs_torchrun = pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not found")
 
 
 def tiny_config(out: Path, *extra: str):
@@ -140,12 +142,8 @@ def test_nonfinite_loss_is_skipped_counted_and_stops_the_run(tmp_path):
     assert seen and seen[-1] >= 1
 
 
-@pytest.mark.skipif(
-    shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
-    reason="torchrun not found",
-)
+@needs_torchrun
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     # The released lr: Adam's per-element normalisation would magnify float reduction-order noise
     # in near-zero gradients at a much larger one.
     common = [*TINY, "train.epochs=1", "eval.batch_size=4", "optim.lr=1e-4"]
@@ -154,7 +152,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
 
     def run(nproc: int, out: Path) -> dict:
         cmd = [
-            torchrun,
+            TORCHRUN,
             "--standalone",
             f"--nproc_per_node={nproc}",
             "-m",
@@ -203,16 +201,12 @@ def _list_with_bad_videos(folder: Path, *, good: int, bad: int) -> tuple[list[st
     return names, overrides
 
 
-@pytest.mark.skipif(
-    shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
-    reason="torchrun not found",
-)
+@needs_torchrun
 def test_two_processes_count_every_bad_video(tmp_path):
     # Each rank sees its own share of the data: the log and the limit must see both shares.
     names, data = _list_with_bad_videos(tmp_path, good=13, bad=3)
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     cmd = [
-        torchrun,
+        TORCHRUN,
         "--standalone",
         "--nproc_per_node=2",
         "-m",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,24 @@ TEMPORAL_EMBEDDINGS = ("time_embed", "temp_embed")
 # Fewer than one in this many of the model's keys in a file: weights of another network, whose
 # every missing and unexpected key would only bury that (hundreds of names).
 ALMOST_NONE = 10
+
+
+def key_differences(
+    target: dict[str, torch.Tensor],
+    given: dict[str, torch.Tensor],
+    expected_missing: Collection[str] = (),
+) -> tuple[list[str], list[str], dict[str, tuple[tuple[int, ...], tuple[int, ...]]]]:
+    """How weights ``given`` for a model whose state dict is ``target`` differ from it: the keys
+    missing (but ``expected_missing``), the unexpected ones, and those of another shape (given,
+    the model's)."""
+    missing = sorted(k for k in target if k not in given and k not in expected_missing)
+    unexpected = sorted(k for k in given if k not in target)
+    mismatched = {
+        k: (tuple(v.shape), tuple(target[k].shape))
+        for k, v in given.items()
+        if k in target and v.shape != target[k].shape
+    }
+    return missing, unexpected, mismatched
 
 
 class PretrainedKeyError(KeyError):
@@ -352,13 +371,7 @@ def load_pretrained(
         state_dict = {k: v for k, v in state_dict.items() if k not in head_keys}
         expected_missing = set(expected_missing) | head_keys
 
-    missing = sorted(k for k in target if k not in state_dict and k not in expected_missing)
-    unexpected = sorted(k for k in state_dict if k not in target)
-    mismatched = {
-        k: (tuple(v.shape), tuple(target[k].shape))
-        for k, v in state_dict.items()
-        if k in target and v.shape != target[k].shape
-    }
+    missing, unexpected, mismatched = key_differences(target, state_dict, expected_missing)
     if missing or unexpected or mismatched:
         raise PretrainedKeyError(
             where,

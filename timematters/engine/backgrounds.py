@@ -23,7 +23,7 @@ from timematters.config import Config, ConfigError
 from timematters.data.build import build_eval_loader, build_variation_dataset
 from timematters.data.collate import BadVideo, check_bad_share, list_bad_videos
 from timematters.data.imagenet9 import layout_hint, read_class_folders
-from timematters.engine.distributed import autocast_dtype
+from timematters.engine.distributed import autocast_dtype, is_main_process, resolve_device
 from timematters.engine.evaluate import evaluate, markdown_table
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,6 @@ def evaluate_backgrounds_checkpoint(
     """``evaluate_backgrounds`` for a saved run (``checkpoints/last.pth`` of ``train``) or any
     model spec, on the variations under ``data.root``; the device defaults to ``train.device``
     ("auto": CUDA when available)."""
-    from timematters.engine.distributed import is_main_process, resolve_device
     from timematters.engine.model import load_model
 
     present, absent = present_variations(cfg)

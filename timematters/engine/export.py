@@ -214,24 +214,26 @@ def model_card(info: dict[str, Any], saved: dict[str, Any], facts: dict, checkpo
     return "\n".join(lines) + "\n"
 
 
+def _is_local(name: str) -> bool:
+    """Whether ``name`` is a path on this machine rather than a hub id (``owner/model``)."""
+    return name.startswith(("/", ".", "~")) or Path(name).exists()
+
+
 def _weights_name(weights: str) -> str:
     """Weights a run started from, for its card: a file's or folder's name, with its run's for a
     checkpoint (``runs/a/checkpoints/last.pth`` -> ``a/checkpoints/last.pth``); hub ids as they
     are."""
-    path = Path(weights)
-    if not path.exists() and not weights.startswith(("/", ".", "~")):
+    if not _is_local(weights):
         return weights  # a hub id, or a path that has gone since
-    if path.parent.name == "checkpoints":
-        return "/".join(path.parts[-3:])
-    return path.name
+    path = Path(weights)
+    return "/".join(path.parts[-3:]) if path.parent.name == "checkpoints" else path.name
 
 
 def _display_name(model: str) -> str:
     """A model's name for a card's title: a local folder's or file's own name, not its path on
     the machine that exported it (``hf:/home/me/models/x`` -> ``hf:x``); hub ids as they are."""
     kind, colon, rest = model.partition(":")
-    local = rest.startswith(("/", ".", "~")) or (colon and Path(rest).exists())
-    return f"{kind}:{Path(rest).name}" if colon and rest and local else model
+    return f"{kind}:{Path(rest).name}" if colon and rest and _is_local(rest) else model
 
 
 def _views_note(info: dict[str, Any], *, images: bool) -> list[str]:

@@ -34,6 +34,7 @@ from timematters.backbones.normalisation import (
     check_normalisation,
     clips_normalised,
 )
+from timematters.backbones.pretrained import key_differences
 from timematters.backbones.protocol import frames_per_token_frame
 from timematters.config import (
     Config,
@@ -271,14 +272,13 @@ def class_names_of(model: nn.Module, num_classes: int | None = None) -> list[str
 def _misfit(model: nn.Module, given: dict[str, torch.Tensor], shown: int = 3) -> str:
     """How the weights ``given`` differ from ``model``'s, in one line: the keys missing, unexpected
     and of another shape, counted, the first ``shown`` of each named."""
-    own = model.state_dict()
+    missing, unexpected, mismatched = key_differences(model.state_dict(), given)
     groups = {
-        "missing": [key for key in own if key not in given],
-        "unexpected": [key for key in given if key not in own],
+        "missing": missing,
+        "unexpected": unexpected,
         "of another shape": [
-            f"{key} {list(given[key].shape)}, the model's {list(own[key].shape)}"
-            for key in own
-            if key in given and given[key].shape != own[key].shape
+            f"{key} {list(theirs)}, the model's {list(ours)}"
+            for key, (theirs, ours) in mismatched.items()
         ],
     }
     return "; ".join(

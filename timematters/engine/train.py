@@ -940,7 +940,7 @@ def evaluate_run(run: Run) -> EvalResult:
         "step": run.progress.step,
         **flatten_metrics(result.metrics()),
     }
-    on_main_for_all(lambda: run.log.write(record))
+    on_main_for_all(functools.partial(run.log.write, record))
     return result
 
 
