@@ -306,14 +306,26 @@ def test_per_sample_shuffles_differ_between_ranks_and_per_batch_ones_do_not(tmp_
     assert torch.equal(orders("per_sample", 0), orders("per_batch", 0))
 
 
-def test_each_rank_draws_its_own_dropout_masks_on_the_cpu_too():
+def test_each_rank_and_each_seed_draw_their_own_dropout_masks_on_the_cpu_too():
     from timematters.engine.train import step_seed
 
-    def masks(rank: int, step: int = 3) -> torch.Tensor:
-        torch.manual_seed(step_seed(0, rank=rank, step=step))
+    def masks(seed: int = 0, rank: int = 0, step: int = 3) -> torch.Tensor:
+        torch.manual_seed(step_seed(seed, rank=rank, step=step))
         return torch.rand(1000)
 
     # torch's CPU generator keeps a seed's low 32 bits, which were the step's alone before: every
-    # rank dropped the same paths.
-    assert not torch.equal(masks(0), masks(1)) and not torch.equal(masks(1), masks(2))
-    assert step_seed(0, rank=0, step=3) == 3  # rank 0 (one process) draws as it always did
+    # rank, and every train.seed, dropped the same paths at a step.
+    assert not torch.equal(masks(rank=0), masks(rank=1)) and not torch.equal(
+        masks(rank=1), masks(rank=2)
+    )
+    assert not torch.equal(masks(seed=0), masks(seed=1)) and not torch.equal(
+        masks(seed=1), masks(seed=2)
+    )
+    lows = {
+        step_seed(s, rank=r, step=t) % 2**32
+        for s in range(5)
+        for r in range(8)
+        for t in range(5000)
+    }
+    assert len(lows) == 5 * 8 * 5000  # no two (seed, rank, step) of a study share their masks
+    assert step_seed(0, rank=0, step=3) == 3  # seed 0 in one process draws as it always did

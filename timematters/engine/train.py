@@ -980,15 +980,17 @@ def save_run_checkpoint(run: Run, name: str) -> None:
     progress.saved_step = progress.step
 
 
-# torch's CPU generator keeps only a seed's low 32 bits (CUDA's all 64): a rank's draws are set
-# apart there by this odd stride, rank 0's seeds as they always were.
+# torch's CPU generator keeps only a seed's low 32 bits (CUDA's all 64): ranks and seeds are set
+# apart there by odd strides, seed 0's rank 0 draws as it always did.
 RANK_STRIDE = 0x9E3779B1
+SEED_STRIDE = 0x85EBCA77
 
 
 def step_seed(seed: int, *, rank: int, step: int) -> int:
-    """The global RNG's seed for a step (dropout, drop-path). On the CPU its low 32 bits are the
-    step's and the rank's alone: every ``train.seed`` draws the same masks there (see REFERENCE)."""
-    return ((seed * 2**20 + rank) * 2**32 + step + rank * RANK_STRIDE) % 2**63
+    """The global RNG's seed for a step (dropout, drop-path): a function of (seed, rank, step)
+    whose low 32 bits, all the CPU generator reads, differ between ranks and between seeds."""
+    low = step + rank * RANK_STRIDE + seed * SEED_STRIDE
+    return ((seed * 2**20 + rank) * 2**32 + low) % 2**63
 
 
 def shuffle_stream(cfg: Config, *, step: int, rank: int) -> torch.Generator:
