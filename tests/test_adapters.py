@@ -871,3 +871,23 @@ def test_gradcam_of_mvit_reads_the_last_blocks_tokens_in_their_grid():
     torch.testing.assert_close(reshape(tokens), rearrange(probed, "b t (h w) c -> b c t h w", h=4))
     maps = video_gradcam(model, video, targets=[1, 2])
     assert maps.shape == (2, 8, 32, 32) and np.isfinite(maps).all() and maps.std() > 0
+
+
+def test_a_torchvision_model_in_memory_trains_through_its_adapter_and_is_told_so():
+    from torchvision.models.video import r3d_18
+
+    from timematters.backbones.adapters import as_video_backbone
+    from timematters.config import FlowLossConfig, LossConfig, OrderLossConfig
+    from timematters.losses import objective_for_model
+
+    network = r3d_18(weights=None, num_classes=K)
+    # evaluate / diagnose adapt it themselves; the objective said only what it lacked.
+    with pytest.raises(TypeError, match=r"in its adapter: model = .*as_video_backbone\(model\)"):
+        objective_for_model(network)
+    model = as_video_backbone(network, num_frames=T, img_size=IMG)  # the clips it will see
+    losses = LossConfig(order=OrderLossConfig(weight=0), flow=FlowLossConfig(weight=0))
+    objective = objective_for_model(model, losses)
+    video = torch.rand(2, 3, T, IMG, IMG) * 2 - 1
+    out = objective(model, {"video": video, "label": torch.tensor([0, 1])})
+    out.total.backward()
+    assert network.fc.weight.grad is not None  # the adapter trains the network it holds

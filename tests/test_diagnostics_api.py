@@ -440,3 +440,135 @@ def test_models_on_different_devices_are_refused_in_one_line(tmp_path):
     assert _one_device({"a": cpu, "b": torch.nn.Identity()}) == torch.device("cpu")
     with pytest.raises(ValueError, match=r"different devices \(a on cpu, b on meta\)"):
         _one_device({"a": cpu, "b": meta})
+
+
+class _TransposedPatches(ProtocolModel):
+    """Hands patches as [B, S, T, D]: the order probe would classify patch positions."""
+
+    def forward_features(self, video: torch.Tensor, return_blocks: bool = False) -> VideoTokens:
+        tokens = super().forward_features(video, return_blocks)
+        return VideoTokens(tokens.cls, tokens.patches.transpose(1, 2), tokens.blocks)
+
+
+class _TransposedBlocks(ProtocolModel):
+    """Right final tokens, blocks as [B, S, T, D] (S = 16 patches from 4 frames)."""
+
+    grid, patch_size = (4, 4), 4
+
+    def __init__(self):
+        super().__init__()
+        self.grid = (4, 4)
+        self.embed = nn.Conv3d(3, 8, kernel_size=(1, 4, 4), stride=(1, 4, 4))
+
+    def forward_features(self, video: torch.Tensor, return_blocks: bool = False) -> VideoTokens:
+        tokens = super().forward_features(video, return_blocks)
+        blocks = tuple(b.transpose(1, 2) for b in tokens.blocks or ()) or None
+        return VideoTokens(tokens.cls, tokens.patches, blocks)
+
+
+class _TupleTokens(ProtocolModel):
+    def forward_features(self, video: torch.Tensor, return_blocks: bool = False):
+        tokens = super().forward_features(video)
+        return tokens.cls, tokens.patches
+
+
+@pytest.mark.parametrize(
+    "model, match",
+    [
+        (_TransposedBlocks(), r"block 1 as \[4, 16, 4, 8\].*at most the clips' 4"),
+        (_TupleTokens(), r"returned a tuple; the protocol wants VideoTokens"),
+    ],
+)
+def test_the_order_probe_refuses_a_user_module_whose_tokens_are_not_in_the_protocols_layout(
+    model, match
+):
+    # Probed as they came, blocks of 16 "frames" from 4-frame clips gave a figure, no error.
+    with pytest.raises((ValueError, TypeError), match=match):
+        order_probe([model], _batches(), fit_clips=4, held_out_clips=4, progress=False)
+
+
+def test_transposed_patches_are_refused_where_their_shape_tells():
+    class Transposed(_TransposedPatches):
+        grid, patch_size = (4, 4), 4
+
+        def __init__(self):
+            super().__init__()
+            self.grid = (4, 4)
+            self.embed = nn.Conv3d(3, 8, kernel_size=(1, 4, 4), stride=(1, 4, 4))
+
+    # Probed as they came, they gave 6.2% "frame order": chance for 16 patch positions.
+    with pytest.raises(ValueError, match=r"gave patches \[4, 16, 4, 8\].*\[4, 4, 16, 8\]"):
+        order_probe([Transposed()], _batches(), fit_clips=4, held_out_clips=4, progress=False)
+
+
+def test_a_module_built_for_other_clips_is_refused_with_the_size_to_give(tmp_path):
+    longer = ProtocolModel()
+    longer.num_frames = 2 * T  # built for 8 frames, given 4: a shape error deep inside before
+    with pytest.raises(ValueError, match=r"declares num_frames 8 but the clips have 4 frames"):
+        timematters.evaluate(longer, _batches())
+
+    class Cnn(nn.Module):
+        """A 3-D CNN whose grid is its last feature map (stride 8 over 16² frames: 2 x 2)."""
+
+        embed_dim, num_frames, token_frames, grid = 8, T, T, (2, 2)
+
+        def __init__(self, patch_size: int):
+            super().__init__()
+            self.patch_size = patch_size
+            self.conv = nn.Conv3d(3, 8, kernel_size=(1, 8, 8), stride=(1, 8, 8))
+            self.head = nn.Linear(8, K)
+
+        def forward_features(self, video, return_blocks=False):
+            x = rearrange(self.conv(video), "b d t h w -> b t (h w) d")
+            return VideoTokens(x.mean(dim=(1, 2)), x)
+
+        def forward_head(self, cls):
+            return self.head(cls)
+
+        def forward(self, video):
+            return self.forward_head(self.forward_features(video).cls)
+
+    # patch_size 1 (the protocol's advice until now) made predict feed it 2² clips.
+    with pytest.raises(ValueError, match=r"grid \(2, 2\) of 1-pixel cells, 2x2 frames.*16x16"):
+        timematters.evaluate(Cnn(patch_size=1), _batches())
+    assert timematters.evaluate(Cnn(patch_size=8), _batches()).metrics()["all"]["top1"] >= 0
+    frames = np.zeros((T, 40, 40, 3), dtype=np.uint8)
+    assert predict(Cnn(patch_size=8), frames).top  # clips of its own 16² frames
+
+
+@pytest.mark.parametrize(
+    "grid, match",
+    [(4, r"grid is 4; the protocol wants \(h, w\), two ints"), ((2.0, 2.0), r"grid is \(2.0")],
+)
+def test_a_protocol_modules_grid_is_checked_when_it_is_taken(grid, match):
+    model = ProtocolModel()
+    model.grid = grid
+    with pytest.raises(TypeError, match=match):
+        timematters.evaluate(model, _batches())
+
+
+class _LogitsWithBuffers(nn.Module):
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean).view(-1, 1, 1, 1))
+        self.register_buffer("std", torch.as_tensor(std).view(-1, 1, 1, 1))
+        self.head = nn.Linear(3, K)
+
+    def forward(self, video):
+        return self.head(video.mean(dim=(2, 3, 4)))
+
+
+def test_mean_and_std_may_be_buffers_or_one_number_and_anything_else_is_named():
+    from timematters.backbones.normalisation import declared_normalisation
+
+    buffers = _LogitsWithBuffers([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
+    # Tensors of three made "Boolean value of Tensor ... is ambiguous" before.
+    assert declared_normalisation(buffers) == ((0.5,) * 3, (0.5,) * 3)
+    assert timematters.evaluate(buffers, _batches()).metrics()["all"]["top1"] >= 0
+    scalar = ProtocolModel()
+    scalar.mean, scalar.std = 0.45, 0.25  # one number for every channel
+    assert declared_normalisation(scalar) == ((0.45,) * 3, (0.25,) * 3)
+    two = ProtocolModel()
+    two.mean = (0.5, 0.5)
+    with pytest.raises(ValueError, match=r"ProtocolModel.mean is \(0.5, 0.5\).*three numbers"):
+        timematters.evaluate(two, _batches())

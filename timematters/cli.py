@@ -401,6 +401,7 @@ def _said_by_this_process(error: Exception) -> bool:
 def _exit_code(error: Exception) -> int | None:
     """2 for a user's mistake, 1 for a run stopped by its data, None for a bug (traceback)."""
     from timematters.backbones.pretrained import PretrainedKeyError
+    from timematters.backbones.protocol import ProtocolError
     from timematters.data.collate import TooManyBadVideos
     from timematters.data.video import DecoderUnavailable
     from timematters.engine.checkpoint import CheckpointWriteError
@@ -418,6 +419,7 @@ def _exit_code(error: Exception) -> int | None:
         ConfigError,
         ValueError,
         PretrainedKeyError,
+        ProtocolError,  # a user's module that does not honour the backbone protocol
         FileNotFoundError,
         FileExistsError,
         IsADirectoryError,

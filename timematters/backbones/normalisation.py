@@ -27,6 +27,36 @@ def given_normalisation() -> tuple[tuple[float, ...], tuple[float, ...]]:
     return _GIVEN.get()
 
 
+def declared_normalisation(
+    model: object, default: tuple[tuple[float, ...], tuple[float, ...]] = DEFAULT_INPUT
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The ``mean`` / ``std`` a model declares it takes its clips in, as float tuples: a sequence,
+    a tensor (a buffer, of any shape) or one number for every channel; ``default`` where it
+    declares none. Not the statistics a model that normalises raw pixels itself applies inside:
+    those it must name otherwise, or the clips would be normalised twice."""
+    declared = []
+    for name, fallback in zip(("mean", "std"), default, strict=True):
+        value = getattr(model, name, fallback)
+        if isinstance(value, torch.Tensor):
+            value = value.detach().flatten().tolist()
+        elif isinstance(value, int | float):
+            value = [value]
+        try:
+            floats = tuple(float(v) for v in value)
+        except (TypeError, ValueError):
+            floats = ()
+        if len(floats) == 1:
+            floats *= 3
+        if len(floats) != 3:
+            raise ValueError(
+                f"{type(model).__name__}.{name} is {value!r}; timematters reads it as the "
+                f"normalisation the model takes its clips in: three numbers (one per channel), "
+                f"or rename the attribute when the model applies it to raw pixels itself"
+            )
+        declared.append(floats)
+    return declared[0], declared[1]
+
+
 class InputNormalisation:
     """``mean`` / ``std`` the model takes, ``input_mean`` / ``input_std`` the clips come in."""
 
@@ -59,7 +89,7 @@ def check_normalisation(
     scored on clips it does not expect, silently."""
     if hasattr(model, "set_input_normalisation"):
         return
-    wants = tuple(getattr(model, "mean", mean)), tuple(getattr(model, "std", std))
+    wants = declared_normalisation(model, (tuple(mean), tuple(std)))
     if wants != (tuple(mean), tuple(std)):
         raise ValueError(
             f"{name} takes clips normalised with mean {wants[0]}, std {wants[1]}, but they come "

@@ -44,8 +44,11 @@ class VideoBackbone(Protocol):
 
     Input: a normalised video [B, C, T, H, W] with T = ``num_frames``.
     ``forward(video) == forward_head(forward_features(video).cls)``. ``grid`` is the (h, w) of the
-    token grid of each token frame: for a ViT, H = W = ``grid[0] * patch_size``; a 3-D CNN's grid
-    is its last feature map (``patch_size`` 1, no pixel size), a logits-only adapter's (1, 1).
+    token grid of each token frame and ``patch_size`` the pixels one grid cell spans, so that
+    H = W = ``grid[0] * patch_size``: a ViT's patch, a 3-D CNN's total spatial stride (its last
+    feature map is the grid: 32² frames to an 8 × 8 map, ``patch_size`` 4). Adapters, which
+    check their clips themselves (``check_input``), may differ: torchvision's 3-D networks take
+    any frame size and keep ``patch_size`` 1, a logits-only adapter's grid is (1, 1).
     The frame side H = W goes by timm's ``img_size`` in the models, by ``data.crop_size`` in the
     config (the clips are cropped to it) and by ``frame_size`` in reports and exports.
 
@@ -94,6 +97,11 @@ class VideoBackbone(Protocol):
     def forward_head(self, cls: torch.Tensor) -> torch.Tensor: ...
 
     def forward(self, video: torch.Tensor) -> torch.Tensor: ...
+
+
+class ProtocolError(TypeError):
+    """A model that does not honour ``VideoBackbone`` as it claims to (a member missing or of the
+    wrong kind, tokens in another form): the user's module to fix, not a bug here."""
 
 
 # What ``isinstance(model, VideoBackbone)`` asks of a model, to name what one lacks.
@@ -152,17 +160,61 @@ def check_protocol(model: torch.nn.Module) -> None:
     """The sizes the objective reads, named when missing or not numbers (a method, say)."""
     lacking = [name for name in PROTOCOL_MEMBERS if not hasattr(model, name)]
     if lacking:
-        raise TypeError(
+        kind = type(model).__module__
+        hint = (
+            "; a transformers or torchvision video model honours it in its adapter: model = "
+            "timematters.backbones.adapters.as_video_backbone(model), then train that (it holds "
+            "the same weights)"
+            if kind.startswith(("transformers.", "torchvision.models.video."))
+            else ""
+        )
+        raise ProtocolError(
             f"{type(model).__name__} lacks {', '.join(lacking)} of the VideoBackbone protocol "
-            "(timematters.backbones.protocol.VideoBackbone); the objective reads its sizes there"
+            f"(timematters.backbones.protocol.VideoBackbone); the objective reads its sizes "
+            f"there{hint}"
         )
     for name in ("embed_dim", "num_frames", "token_frames", "patch_size"):
         value = getattr(model, name)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(
+        if not _is_int(value):
+            raise ProtocolError(
                 f"{type(model).__name__}.{name} is a {type(value).__name__}; the protocol wants "
                 f"an int (a property, not a method, for a computed one)"
             )
+    grid = model.grid
+    if not (isinstance(grid, tuple | list) and len(grid) == 2 and all(map(_is_int, grid))):
+        raise ProtocolError(
+            f"{type(model).__name__}.grid is {grid!r}; the protocol wants (h, w), two ints: the "
+            "token grid of a frame, (4, 4) for 16 patches"
+        )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_clip_sizes(model: torch.nn.Module, video: torch.Tensor) -> None:
+    """Clips of the length and frame size the model declares, before its forward pass fails
+    inside on others (or, pooling, runs on clips it was not built for). An adapter checks them
+    itself (``check_input``, which knows which sizes its network is flexible in); a size of 0 is
+    one the model does not declare."""
+    if callable(getattr(model, "check_input", None)):
+        model.check_input(video)
+        return
+    name, (T, H, W) = model_name(model), video.shape[2:]
+    if model.num_frames and model.num_frames != T:
+        raise ValueError(
+            f"{name} declares num_frames {model.num_frames} but the clips have {T} frames: give "
+            f"it {model.num_frames}-frame clips (in a config: model.num_frames="
+            f"{model.num_frames}), or build it for {T}"
+        )
+    frame = (model.grid[0] * model.patch_size, model.grid[1] * model.patch_size)
+    if all(frame) and frame != (H, W):
+        raise ValueError(
+            f"{name} declares a grid {tuple(model.grid)} of {model.patch_size}-pixel cells, "
+            f"{frame[0]}x{frame[1]} frames, but the clips are {H}x{W}: crop them to "
+            f"{frame[0]} (in a config: data.crop_size={frame[0]}), or give the model's grid and "
+            "patch_size for these frames (a 3-D CNN: its last feature map and total stride)"
+        )
 
 
 def check_tokens(
@@ -172,6 +224,12 @@ def check_tokens(
     model declares: the losses' heads were sized from them, and patches in another layout of
     the same sizes ([B, S, T, D] when S = T) would train the order head on patch positions.
     ``frames``: the clips' length, named when it is not the model's."""
+    if not isinstance(tokens, VideoTokens):
+        raise ProtocolError(
+            f"{type(model).__name__}.forward_features returned a {type(tokens).__name__}; the "
+            "protocol wants VideoTokens(cls=[B, D], patches=[B, T, S, D]) "
+            "(timematters.backbones.VideoTokens)"
+        )
     expected = (batch_size, model.token_frames, model.grid[0] * model.grid[1], model.embed_dim)
     patches, cls = tokens.patches, tokens.cls
     if 0 in expected:  # a size the model does not know (a module's logits adapter, unsized)
@@ -189,6 +247,21 @@ def check_tokens(
             f"{list(expected)} and cls {[batch_size, model.embed_dim]} (patches in (t, s) order: "
             "einops.rearrange(x, 'b d t h w -> b t (h w) d') from a [B, D, T, h, w] map)"
         )
+
+
+def check_blocks(tokens: VideoTokens, model: torch.nn.Module, batch_size: int) -> None:
+    """Per-block tokens [B, T', S', D'] the order probe can read: a frame axis second, of no more
+    frames than the clips have (a block in [B, S, T, D] would be probed for patch positions and
+    reported as frame order)."""
+    for i, block in enumerate(tokens.blocks or (), start=1):
+        shape = list(getattr(block, "shape", ()))
+        if len(shape) != 4 or shape[0] != batch_size or not 1 <= shape[1] <= model.num_frames:
+            raise ValueError(
+                f"{type(model).__name__}.forward_features(video, return_blocks=True) gave block "
+                f"{i} as {shape or type(block).__name__}; blocks are patch tokens [B, T', S', D] "
+                f"with T' token frames, at most the clips' {model.num_frames} (patches in "
+                "(t, s) order: einops.rearrange(x, 'b (t s) d -> b t s d', t=T'))"
+            )
 
 
 def frames_per_token_frame(model: torch.nn.Module) -> int:

@@ -20,7 +20,13 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from timematters.backbones.protocol import tokens_with_blocks
+from timematters.backbones.protocol import (
+    PROTOCOL_MEMBERS,
+    check_blocks,
+    check_clip_sizes,
+    check_tokens,
+    tokens_with_blocks,
+)
 from timematters.engine.evaluate import as_batch
 from timematters.progress import progress_bar
 
@@ -61,8 +67,17 @@ def frame_features(
         if max_clips is not None:
             video = video[: max_clips - seen]
         for model, store in zip(models, stores, strict=True):
+            # A user's module, sized as the protocol says: its clips and its tokens' layout, or
+            # the probe would classify patch positions and call them frame order. (Adapters
+            # check their clips and convert their tokens themselves.)
+            check = not seen and all(hasattr(model, name) for name in PROTOCOL_MEMBERS)
+            if check:
+                check_clip_sizes(model, video)
             with autocast:
                 tokens = tokens_with_blocks(model, video)
+            if check and not callable(getattr(model, "check_input", None)):
+                check_tokens(tokens, model, len(video), frames=video.shape[2])
+                check_blocks(tokens, model, len(video))
             for i, block in enumerate(tokens.blocks or ()):  # none: the final tokens alone
                 store[f"block{i + 1}"].append(block.float().mean(dim=2).cpu())  # Eq. 6
             store["final"].append(tokens.frame_features.float().cpu())

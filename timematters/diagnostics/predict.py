@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from timematters.backbones.adapters.module import as_video_backbone
+from timematters.backbones.normalisation import declared_normalisation
 from timematters.backbones.protocol import model_name
 from timematters.config import check_perturbations
 from timematters.data.dataset import VIDEO_EXTENSIONS
@@ -231,7 +232,7 @@ def _input_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[flo
     our backbones take what they were trained with."""
     if hasattr(model, "input_mean"):
         return model.input_mean, model.input_std
-    return tuple(getattr(model, "mean", (0.5,) * 3)), tuple(getattr(model, "std", (0.5,) * 3))
+    return declared_normalisation(model)
 
 
 @torch.no_grad()

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from timematters.backbones.adapters.module import as_video_backbone
 from timematters.backbones.normalisation import check_normalisation, given_normalisation
-from timematters.backbones.protocol import check_clips, model_name
+from timematters.backbones.protocol import check_clip_sizes, check_clips, model_name
 from timematters.config import PERTURBATION_NAMES, EvalConfig, check_perturbations
 from timematters.data.collate import BadVideo, collate_videos, list_bad_videos
 from timematters.data.subsets import PAIRS_KEY
@@ -404,6 +404,8 @@ class _Scores:
     ) -> None:
         model = self.model
         views = views.to(self.device, non_blocking=True)
+        if not self.probs:
+            check_clip_sizes(model, views)
         options = dict(
             clips_in_batch=clips_in_batch, aggregation=settings.aggregation, autocast=autocast
         )

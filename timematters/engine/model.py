@@ -33,6 +33,7 @@ from timematters.backbones.normalisation import (
     DEFAULT_INPUT,
     check_normalisation,
     clips_normalised,
+    declared_normalisation,
 )
 from timematters.backbones.pretrained import key_differences
 from timematters.backbones.protocol import frames_per_token_frame
@@ -253,8 +254,8 @@ def describe_model(model: nn.Module) -> dict[str, Any]:
         "num_frames": model.num_frames,
         "frame_size": model.grid[0] * model.patch_size,
         "token_frames": model.token_frames,
-        "mean": list(getattr(model, "mean", (0.5, 0.5, 0.5))),
-        "std": list(getattr(model, "std", (0.5, 0.5, 0.5))),
+        "mean": list(declared_normalisation(model)[0]),
+        "std": list(declared_normalisation(model)[1]),
         "unsupported": {},
     }
 

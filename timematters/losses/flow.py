@@ -48,7 +48,9 @@ class FlowLoss(nn.Module):
                 f"flow_labels are {tuple(labels.shape)} but the tokens give "
                 f"{tuple(logits.shape[:3])} [B, token frame pairs, patches]: label the clips the "
                 "model sees at its patch size, every frame_step-th frame for tubelets "
-                "(FlowLabeller(patch_size, frame_step=frames // token frames))"
+                "(FlowLabeller(patch_size, frame_step=frames // token frames)); a model whose "
+                "patch_size is not the pixels a grid cell spans (a 3-D CNN: its total stride) "
+                "has the wrong labels; without the flow loss: loss.flow.weight=0"
             )
         # Named here rather than as cross-entropy's index error; on the CPU only, as for the
         # task labels, so that a GPU step does not wait for the device.

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from timematters.backbones.adapters.base import Adapter
+from timematters.backbones.adapters.module import as_video_backbone
 
 SPEC_KINDS = ("hf:", "torchvision:")
 
@@ -120,6 +121,7 @@ def rebuild_foreign_model(
 
 __all__ = [
     "Adapter",
+    "as_video_backbone",
     "foreign_model_skeleton",
     "is_foreign_spec",
     "load_foreign_model",

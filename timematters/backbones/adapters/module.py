@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from timematters.backbones.adapters.base import LogitsOnlyAdapter
-from timematters.backbones.normalisation import DEFAULT_INPUT
-from timematters.backbones.protocol import PROTOCOL_MEMBERS, VideoBackbone
+from timematters.backbones.normalisation import declared_normalisation
+from timematters.backbones.protocol import PROTOCOL_MEMBERS, VideoBackbone, check_protocol
 
 
 def load_module_model(spec: str, **sizes: Any) -> nn.Module:
@@ -136,11 +136,17 @@ def _unfilled_hint(
     )
 
 
-def as_video_backbone(model: nn.Module, *, source: str, num_frames: int = 0) -> nn.Module:
+def as_video_backbone(
+    model: nn.Module, *, source: str = "", num_frames: int = 0, img_size: int = 0
+) -> nn.Module:
     """``model`` itself when it honours ``VideoBackbone`` (ours, an adapter, a user's); a
-    transformers or torchvision video model in its adapter; else the logits-only
-    ``ModuleAdapter`` around it."""
+    transformers or torchvision video model in its adapter (which holds the model: training the
+    adapter trains its weights); else the logits-only ``ModuleAdapter`` around it. ``source``:
+    how messages and reports name it (default: its class); ``num_frames`` / ``img_size``: the
+    clips a torchvision model will see, for the losses' sizes (0: torchvision's 16 of 112²)."""
+    source = source or type(model).__name__
     if isinstance(model, VideoBackbone):
+        check_protocol(model)  # its sizes, here rather than as a TypeError deep in a diagnostic
         # A user's module names its classes as any module does (``classes``); reports name it.
         if not getattr(model, "class_names", None) and getattr(model, "classes", None):
             model.class_names = list(model.classes)
@@ -157,7 +163,7 @@ def as_video_backbone(model: nn.Module, *, source: str, num_frames: int = 0) -> 
     if kind.startswith("torchvision.models.video."):
         from timematters.backbones.adapters.torchvision import adapt_torchvision_module
 
-        return adapt_torchvision_module(model)
+        return adapt_torchvision_module(model, num_frames=num_frames, img_size=img_size)
     return ModuleAdapter(model, source=source, num_frames=num_frames)
 
 
@@ -167,8 +173,7 @@ class ModuleAdapter(LogitsOnlyAdapter):
     family = "module"
 
     def __init__(self, model: nn.Module, *, source: str, num_frames: int):
-        mean = tuple(getattr(model, "mean", DEFAULT_INPUT[0]))
-        std = tuple(getattr(model, "std", DEFAULT_INPUT[1]))
+        mean, std = declared_normalisation(model)
         num_classes = getattr(model, "num_classes", 0)
         # A module that tried to honour the protocol is told what it lacks.
         lacking = [name for name in PROTOCOL_MEMBERS if not hasattr(model, name)]

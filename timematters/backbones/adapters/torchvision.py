@@ -104,13 +104,18 @@ def load_torchvision_model(
     return _adapter_for(model, meta, source, num_frames=num_frames, img_size=img_size)
 
 
-def adapt_torchvision_module(model: nn.Module) -> Adapter:
+def adapt_torchvision_module(
+    model: nn.Module, *, num_frames: int = 0, img_size: int = 0
+) -> Adapter:
     """A torchvision video model built in Python (``r3d_18(weights=...)``, fine-tuned or not), as
     its ``torchvision:NAME`` spec would be: its architecture is recognised by its parameters'
-    shapes, and it keeps its weights and the normalisation of torchvision's weights for it."""
+    shapes, and it keeps its weights and the normalisation of torchvision's weights for it.
+    ``num_frames`` / ``img_size``: the clips it will see (0: torchvision's 16 frames of 112²),
+    which size its token grid for the losses."""
     name = _architecture_name(model)
     meta = {**_weights_meta(name, None), "weights": "the module given in Python"}
-    num_frames, img_size = max(16, meta["min_frames"]), max(112, meta["min_size"])
+    num_frames = num_frames or max(16, meta["min_frames"])
+    img_size = img_size or max(112, meta["min_size"])
     return _adapter_for(
         model, meta, f"torchvision:{name}", num_frames=num_frames, img_size=img_size
     )
