@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from videos import numbered_frames, write_frame_folder, write_ssv2_tree, write_video
 
-from timematters.config import Config, DataConfig, ModelConfig
+from timematters.config import Config, ConfigError, DataConfig, ModelConfig
 from timematters.data.check import check_dataset
 from timematters.data.subsets import STATIC_CLASSES, TEMPORAL_CLASSES
 
@@ -165,3 +165,12 @@ def test_every_frame_is_decoded_so_the_answer_is_the_same_each_time(tmp_path, ca
         ("train", "sizes", "undecodable"),
     ]
     assert "every video with a problem: " in capsys.readouterr().out
+    # It replaces its own list, and no other file: `--list train.txt` emptied the list it read.
+    assert check_dataset(_list_config(tmp_path), list_to=tmp_path / "problems.jsonl") == 1
+    for other in ("train.txt", "good.mp4"):
+        before = (tmp_path / other).read_bytes()
+        with pytest.raises(
+            ConfigError, match=rf"--list .*{other} exists and is not a problem list"
+        ):
+            check_dataset(_list_config(tmp_path), list_to=tmp_path / other)
+        assert (tmp_path / other).read_bytes() == before

@@ -87,9 +87,8 @@ def check_dataset(
     missing, undecodable or frames missing, ``reason``); the summary shows a few of each.
     """
     validate(cfg)
-    if list_to is not None and Path(list_to).is_dir():
-        fix = Path(list_to) / "problems.jsonl"
-        raise ConfigError(f"--list {list_to} is a folder: give a file name, {fix}")
+    if list_to is not None:
+        _refuse_replacing(Path(list_to))
     listed_videos: list[dict[str, str]] = []
     data = cfg.data
     if splits is None:
@@ -205,6 +204,29 @@ def check_dataset(
         return 1
     print("\nno problems found")
     return 0
+
+
+_LIST_KEYS = {"split", "path", "problem"}  # what every line of a problem list has
+
+
+def _refuse_replacing(list_to: Path) -> None:
+    """``--list`` may replace an earlier problem list, never another file (the video list being
+    checked, a checkpoint): a file is taken for one only when every line is a problem entry."""
+    if list_to.is_dir():
+        fix = list_to / "problems.jsonl"
+        raise ConfigError(f"--list {list_to} is a folder: give a file name, {fix}")
+    if not list_to.is_file() or list_to.stat().st_size == 0:
+        return
+    try:
+        lines = [line for line in list_to.read_text().splitlines() if line.strip()]
+        ours = all(_LIST_KEYS <= set(json.loads(line)) for line in lines)
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError):
+        ours = False
+    if not ours:
+        raise ConfigError(
+            f"--list {list_to} exists and is not a problem list data check wrote: it would be "
+            "replaced; give a new file name (or move it away)"
+        )
 
 
 def _any(datasets: dict[str, VideoDataset]) -> VideoDataset:
