@@ -264,3 +264,46 @@ def test_null_is_named_where_it_is_allowed_and_where_not():
     assert load_config(None, ["model.drop_path_rate=null"]).model.drop_path_rate is None
     with pytest.raises(ConfigError, match=r"optim.lr cannot be null"):
         load_config(None, ["optim.lr=null"])
+
+
+# -- model.kwargs: merged key by key, of the backbone's kinds --------------------------------------
+
+
+def test_a_kwargs_override_adds_to_the_presets_kwargs():
+    # It replaced them: Appendix D's preset lost readd_time_embed and trained the baseline.
+    cfg = load_config("synthetic/readd_time_embed", ["model.kwargs.depth=2"])
+    assert cfg.model.kwargs == {"readd_time_embed": True, "depth": 2}
+    cfg = load_config("synthetic/time", ["model.kwargs.depth=2", "model.kwargs.embed_dim=48"])
+    assert cfg.model.kwargs == {"depth": 2, "embed_dim": 48}
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        # 'fasle' is a string, which the backbone took as true: the feature turned on.
+        (
+            "model.kwargs.readd_time_embed=fasle",
+            "readd_time_embed expects true or false, got 'fasle'",
+        ),
+        ("model.kwargs.mlp_ratio=.inf", "mlp_ratio must be a finite number, got inf"),
+        ("model.kwargs.embed_dim=~", "embed_dim expects a number, got None"),
+    ],
+)
+def test_backbone_kwargs_of_the_wrong_kind_are_refused(override, words):
+    assert words in _refused(override)
+
+
+@pytest.mark.parametrize("override, read", [("train.epochs=010", "8"), ("optim.lr=1:30", "90")])
+def test_numbers_yaml_reads_otherwise_than_they_show_are_refused(override, read):
+    # YAML 1.1: a leading 0 is octal, colons base 60; both trained silently on the other value.
+    assert f"reads {override.split('=')[1]} as {read}" in _refused(override)
+    assert load_config("synthetic/time", ["train.epochs=10", "optim.lr=0.001"]).train.epochs == 10
+
+
+@pytest.mark.parametrize(
+    "flag", [["--window", "inf"], ["--window", "nan"], ["--window", "1", "--fps", "nan"]]
+)
+def test_predict_window_and_fps_that_are_not_finite_are_refused(tmp_path, capsys, flag):
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    assert main(["predict", str(tmp_path / "clip.mp4"), "--model", "x.pth", *flag]) == 2
+    _one_clear_line(capsys, flag[-2])

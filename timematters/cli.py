@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import os
 import signal
 import sys
@@ -739,10 +740,14 @@ def _check_predict_options(args) -> None:
     validate_device(args.device, given=f"--device {args.device}")
     if args.window is not None and args.explain:
         raise ConfigError("--explain draws one clip of each video: leave out --window")
-    if args.window is not None and args.window <= 0:
+    if args.window is not None and not 0 < args.window < math.inf:
         raise ConfigError(f"--window {args.window}: give a positive number of seconds")
     if args.fps is not None and args.window is None:
         raise ConfigError(f"--fps {args.fps}: the frame rate of --window's seconds; give --window")
+    if args.fps is not None and not 0 < args.fps < math.inf:
+        raise ConfigError(
+            f"--fps {args.fps}: give the videos' frames per second, a positive number"
+        )
 
 
 def _predict_model(args, cfg) -> tuple[Any, dict[str, Any], list[str] | None]:

@@ -9,8 +9,10 @@ preset name such as ``synthetic/time``.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -419,8 +421,25 @@ def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Conf
             raise ConfigError(
                 f"override {item!r}: not a YAML value: {_yaml_problem(error)}"
             ) from None
+        _refuse_yaml11_numbers(item, raw, node[leaf])
         cfg = merge(cfg, nested, source="command line")
     return cfg
+
+
+# YAML 1.1 reads a leading 0 as octal (010 is 8) and colons as base 60 (1:30 is 90).
+_YAML11_NUMBER = re.compile(r"[-+]?(0[0-7_]+|[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?)")
+
+
+def _refuse_yaml11_numbers(item: str, raw: str, value: Any) -> None:
+    """An override YAML reads as another number than it shows, refused: train.epochs=010 trained
+    8 epochs, optim.lr=1:30 a rate of 90."""
+    text = raw.strip()
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if number and _YAML11_NUMBER.fullmatch(text):
+        raise ConfigError(
+            f"override {item!r}: YAML reads {text} as {value} (a leading 0 is octal, colons base "
+            f"60): write the number without them, or quote it ('{text}') for a string"
+        )
 
 
 def merge(obj: Any, data: dict[str, Any], source: str, prefix: str = "") -> Any:
@@ -439,6 +458,10 @@ def merge(obj: Any, data: dict[str, Any], source: str, prefix: str = "") -> Any:
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {dotted!r} is a section; give it a mapping")
             changes[key] = merge(current, value, source, prefix=f"{dotted}.")
+        elif isinstance(current, dict) and isinstance(value, dict):
+            # model.kwargs.depth=2 adds to the preset's kwargs, as a key of a section does (it
+            # replaced them: the Appendix D preset's readd_time_embed was dropped without a word).
+            changes[key] = {**current, **_convert(value, hints[key], dotted, source)}
         else:
             changes[key] = _convert(value, hints[key], dotted, source)
     return dataclasses.replace(obj, **changes)
@@ -555,7 +578,12 @@ def validate(cfg: Config) -> Config:
     data, the losses against the model, dataset options against the dataset. Returns ``cfg``
     unchanged.
     """
-    from timematters.backbones import backbone_arguments, create_backbone, list_backbones
+    from timematters.backbones import (
+        backbone_arguments,
+        backbone_parameters,
+        create_backbone,
+        list_backbones,
+    )
 
     model, data, loss = cfg.model, cfg.data, cfg.loss
     _check_finite(cfg)  # first: NaN passes every range check below (nan < 0 is False)
@@ -617,7 +645,7 @@ def validate(cfg: Config) -> Config:
         keys = {"num_classes": "model.num_classes", "num_frames": "model.num_frames"}
         where = ", ".join(keys.get(k, "data.crop_size") for k in reserved)
         raise ConfigError(f"model.kwargs: set {', '.join(reserved)} through {where} instead")
-    _validate_backbone_kwargs(model.kwargs)
+    _validate_backbone_kwargs(model.kwargs, {} if foreign else backbone_parameters(model.name))
 
     if data.dataset == "imagenet9":
         _validate_images(cfg)
@@ -679,7 +707,7 @@ def validate(cfg: Config) -> Config:
     try:
         with _meta_device():
             backbone = create_backbone(model.name, **backbone_kwargs(cfg, num_classes=1))
-    except (ValueError, TypeError, ZeroDivisionError, RuntimeError) as error:
+    except (ValueError, TypeError, ZeroDivisionError, OverflowError, RuntimeError) as error:
         given = f" with model.kwargs={model.kwargs}" if model.kwargs else ""
         raise ConfigError(
             f"model {model.name} cannot be built from this config{given}: {error}"
@@ -856,11 +884,22 @@ _POSITIVE_KWARGS = (
 _RATE_KWARGS = ("drop_rate", "attn_drop_rate", "drop_path_rate", "head_drop_rate")
 
 
-def _validate_backbone_kwargs(kwargs: dict[str, Any]) -> None:
-    """The sizes and rates of ``model.kwargs`` that are numbers (others fail the build, named)."""
+def _validate_backbone_kwargs(
+    kwargs: dict[str, Any], parameters: dict[str, inspect.Parameter]
+) -> None:
+    """``model.kwargs`` of the kinds of the backbone's defaults (a switch true or false: the string
+    'fasle' would read as on; a size a finite number), and its sizes and rates in range."""
     for name, value in kwargs.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        default = parameters[name].default if name in parameters else None
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"model.kwargs.{name} expects true or false, got {value!r}")
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if isinstance(default, int | float) and not isinstance(default, bool) and not number:
+            raise ConfigError(f"model.kwargs.{name} expects a number, got {value!r}")
+        if not number:
             continue
+        if not math.isfinite(value):
+            raise ConfigError(f"model.kwargs.{name} must be a finite number, got {value}")
         if name in _POSITIVE_KWARGS and not value > 0:
             raise ConfigError(f"model.kwargs.{name} must be positive, got {value}")
         if name in _RATE_KWARGS and not 0 <= value < 1:

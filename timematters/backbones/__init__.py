@@ -34,13 +34,19 @@ def create_backbone(name: str, **kwargs) -> nn.Module:
 
 def backbone_arguments(name: str) -> list[str]:
     """The keyword arguments a registered backbone's constructor takes."""
+    return list(backbone_parameters(name))
+
+
+def backbone_parameters(name: str) -> dict[str, inspect.Parameter]:
+    """The parameters of a registered backbone's constructor, with their defaults."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown backbone {name!r}; registered: {', '.join(list_backbones())}")
     # Size variants forward **kwargs to their class: the class's signature is the real one.
     cls = inspect.signature(_REGISTRY[name]).return_annotation
     if isinstance(cls, str):  # postponed annotations
         cls = _REGISTRY[name].__globals__[cls]
-    return [p for p in inspect.signature(cls).parameters if p != "self"]
+    parameters = inspect.signature(cls).parameters
+    return {key: p for key, p in parameters.items() if key != "self"}
 
 
 # Explicit imports fill the registry.
@@ -51,6 +57,7 @@ __all__ = [
     "VideoBackbone",
     "VideoTokens",
     "backbone_arguments",
+    "backbone_parameters",
     "clips_normalised",
     "create_backbone",
     "list_backbones",

@@ -219,7 +219,7 @@ def _refuse_replacing(list_to: Path) -> None:
         return
     try:
         lines = [line for line in list_to.read_text().splitlines() if line.strip()]
-        ours = all(_LIST_KEYS <= set(json.loads(line)) for line in lines)
+        ours = all(set(json.loads(line)) >= _LIST_KEYS for line in lines)
     except (UnicodeDecodeError, json.JSONDecodeError, TypeError):
         ours = False
     if not ours:
