@@ -307,3 +307,8 @@ def test_predict_window_and_fps_that_are_not_finite_are_refused(tmp_path, capsys
     (tmp_path / "clip.mp4").write_bytes(b"")
     assert main(["predict", str(tmp_path / "clip.mp4"), "--model", "x.pth", *flag]) == 2
     _one_clear_line(capsys, flag[-2])
+
+
+def test_a_one_frame_model_on_the_synthetic_benchmark_is_refused_by_its_key():
+    # It stopped in the data generator: "num_frames must be at least 2, got 1", no key, no fix.
+    assert "model.num_frames=1 cannot show one" in _refused("model.num_frames=1")

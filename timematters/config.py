@@ -647,6 +647,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"model.kwargs: set {', '.join(reserved)} through {where} instead")
     _validate_backbone_kwargs(model.kwargs, {} if foreign else backbone_parameters(model.name))
 
+    if data.dataset == "synthetic" and cfg.model.num_frames < 2:
+        raise ConfigError(
+            f"the synthetic benchmark's clips are motions, of 2 frames or more: model.num_frames="
+            f"{cfg.model.num_frames} cannot show one (images: the imagenet9 presets)"
+        )
     if data.dataset == "imagenet9":
         _validate_images(cfg)
     if data.repeated_augmentation > 1 and data.dataset in ("synthetic", "imagenet9"):
