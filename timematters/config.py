@@ -8,6 +8,7 @@ preset name such as ``synthetic/time``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import math
@@ -410,20 +411,42 @@ def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Conf
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
-        nested: dict[str, Any] = {}
-        node = nested
-        *parents, leaf = key.strip().split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
         try:
-            node[leaf] = yaml.load(raw, Loader=_UniqueKeyLoader) if raw.strip() else ""
+            value = yaml.load(raw, Loader=_UniqueKeyLoader) if raw.strip() else ""
         except yaml.YAMLError as error:
             raise ConfigError(
                 f"override {item!r}: not a YAML value: {_yaml_problem(error)}"
             ) from None
-        _refuse_yaml11_numbers(item, raw, node[leaf])
+        _refuse_yaml11_numbers(item, raw, value)
+        path, value = _into_mapping(cfg, key.strip().split("."), value)
+        nested: dict[str, Any] = {}
+        node = nested
+        *parents, leaf = path
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
         cfg = merge(cfg, nested, source="command line")
     return cfg
+
+
+def _into_mapping(cfg: Config, path: list[str], value: Any) -> tuple[list[str], Any]:
+    """An override of a key inside a mapping field (``model.kwargs.depth=2``) as the field's path
+    and its mapping with that key set: it adds to a preset's kwargs, where it replaced them (the
+    Appendix D preset's readd_time_embed was dropped without a word). A whole mapping given
+    (``model.kwargs={}``) still replaces it."""
+    obj: Any = cfg
+    for depth, part in enumerate(path[:-1]):
+        obj = getattr(obj, part, None) if dataclasses.is_dataclass(obj) else None
+        if isinstance(obj, dict):
+            updated = copy.deepcopy(obj)
+            node = updated
+            for key in path[depth + 1 : -1]:
+                if not isinstance(node.get(key), dict):
+                    node[key] = {}
+                node = node[key]
+            node[path[-1]] = value
+            return path[: depth + 1], updated
+    return path, value
 
 
 # YAML 1.1 reads a leading 0 as octal (010 is 8) and colons as base 60 (1:30 is 90).
@@ -458,10 +481,6 @@ def merge(obj: Any, data: dict[str, Any], source: str, prefix: str = "") -> Any:
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {dotted!r} is a section; give it a mapping")
             changes[key] = merge(current, value, source, prefix=f"{dotted}.")
-        elif isinstance(current, dict) and isinstance(value, dict):
-            # model.kwargs.depth=2 adds to the preset's kwargs, as a key of a section does (it
-            # replaced them: the Appendix D preset's readd_time_embed was dropped without a word).
-            changes[key] = {**current, **_convert(value, hints[key], dotted, source)}
         else:
             changes[key] = _convert(value, hints[key], dotted, source)
     return dataclasses.replace(obj, **changes)
