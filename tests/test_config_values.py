@@ -275,6 +275,8 @@ def test_a_kwargs_override_adds_to_the_presets_kwargs():
     assert cfg.model.kwargs == {"readd_time_embed": True, "depth": 2}
     cfg = load_config("synthetic/time", ["model.kwargs.depth=2", "model.kwargs.embed_dim=48"])
     assert cfg.model.kwargs == {"depth": 2, "embed_dim": 48}
+    # A whole mapping replaces them: a preset switched to a foreign model clears its kwargs.
+    assert load_config("synthetic/readd_time_embed", ["model.kwargs={}"]).model.kwargs == {}
 
 
 @pytest.mark.parametrize(
