@@ -248,14 +248,15 @@ def describe_model(model: nn.Module) -> dict[str, Any]:
     """Where a model comes from and what it takes, for reports."""
     if hasattr(model, "describe"):
         return model.describe()
+    mean, std = declared_normalisation(model)
     return {
         "family": type(model).__name__,
         "source": getattr(model, "source", ""),
         "num_frames": model.num_frames,
         "frame_size": model.grid[0] * model.patch_size,
         "token_frames": model.token_frames,
-        "mean": list(declared_normalisation(model)[0]),
-        "std": list(declared_normalisation(model)[1]),
+        "mean": list(mean),
+        "std": list(std),
         "unsupported": {},
     }
 
