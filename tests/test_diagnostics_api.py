@@ -442,7 +442,18 @@ def test_models_on_different_devices_are_refused_in_one_line(tmp_path):
         _one_device({"a": cpu, "b": meta})
 
 
-class _TransposedPatches(ProtocolModel):
+class _SixteenPatches(ProtocolModel):
+    """4 x 4 patches of 4 pixels: S = 16 differs from T = 4, so a transposed layout shows."""
+
+    patch_size = 4
+
+    def __init__(self):
+        super().__init__()
+        self.grid = (4, 4)
+        self.embed = nn.Conv3d(3, 8, kernel_size=(1, 4, 4), stride=(1, 4, 4))
+
+
+class _TransposedPatches(_SixteenPatches):
     """Hands patches as [B, S, T, D]: the order probe would classify patch positions."""
 
     def forward_features(self, video: torch.Tensor, return_blocks: bool = False) -> VideoTokens:
@@ -450,15 +461,8 @@ class _TransposedPatches(ProtocolModel):
         return VideoTokens(tokens.cls, tokens.patches.transpose(1, 2), tokens.blocks)
 
 
-class _TransposedBlocks(ProtocolModel):
-    """Right final tokens, blocks as [B, S, T, D] (S = 16 patches from 4 frames)."""
-
-    grid, patch_size = (4, 4), 4
-
-    def __init__(self):
-        super().__init__()
-        self.grid = (4, 4)
-        self.embed = nn.Conv3d(3, 8, kernel_size=(1, 4, 4), stride=(1, 4, 4))
+class _TransposedBlocks(_SixteenPatches):
+    """Right final tokens, blocks as [B, S, T, D]."""
 
     def forward_features(self, video: torch.Tensor, return_blocks: bool = False) -> VideoTokens:
         tokens = super().forward_features(video, return_blocks)
@@ -488,17 +492,11 @@ def test_the_order_probe_refuses_a_user_module_whose_tokens_are_not_in_the_proto
 
 
 def test_transposed_patches_are_refused_where_their_shape_tells():
-    class Transposed(_TransposedPatches):
-        grid, patch_size = (4, 4), 4
-
-        def __init__(self):
-            super().__init__()
-            self.grid = (4, 4)
-            self.embed = nn.Conv3d(3, 8, kernel_size=(1, 4, 4), stride=(1, 4, 4))
-
     # Probed as they came, they gave 6.2% "frame order": chance for 16 patch positions.
     with pytest.raises(ValueError, match=r"gave patches \[4, 16, 4, 8\].*\[4, 4, 16, 8\]"):
-        order_probe([Transposed()], _batches(), fit_clips=4, held_out_clips=4, progress=False)
+        order_probe(
+            [_TransposedPatches()], _batches(), fit_clips=4, held_out_clips=4, progress=False
+        )
 
 
 def test_a_module_built_for_other_clips_is_refused_with_the_size_to_give(tmp_path):
