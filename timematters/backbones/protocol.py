@@ -156,9 +156,15 @@ def depth_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return list(blocks) if isinstance(blocks, torch.nn.ModuleList) else []
 
 
+def lacking_members(model: object) -> list[str]:
+    """The members of ``PROTOCOL_MEMBERS`` that ``model`` lacks ([] for a model the protocol sizes:
+    a stub or a logits-only module lacks some)."""
+    return [name for name in PROTOCOL_MEMBERS if not hasattr(model, name)]
+
+
 def check_protocol(model: torch.nn.Module) -> None:
     """The sizes the objective reads, named when missing or not numbers (a method, say)."""
-    lacking = [name for name in PROTOCOL_MEMBERS if not hasattr(model, name)]
+    lacking = lacking_members(model)
     if lacking:
         kind = type(model).__module__
         hint = (

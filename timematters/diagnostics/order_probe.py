@@ -21,10 +21,10 @@ from einops import rearrange, repeat
 from torch import nn
 
 from timematters.backbones.protocol import (
-    PROTOCOL_MEMBERS,
     check_blocks,
     check_clip_sizes,
     check_tokens,
+    lacking_members,
     tokens_with_blocks,
 )
 from timematters.engine.evaluate import as_batch
@@ -70,7 +70,7 @@ def frame_features(
             # A user's module, sized as the protocol says: its clips and its tokens' layout, or
             # the probe would classify patch positions and call them frame order. (Adapters
             # check their clips and convert their tokens themselves.)
-            check = not seen and all(hasattr(model, name) for name in PROTOCOL_MEMBERS)
+            check = not seen and not lacking_members(model)
             if check:
                 check_clip_sizes(model, video)
             with autocast:

@@ -24,12 +24,12 @@ import torch
 from torch import nn
 
 from timematters.backbones.protocol import (
-    PROTOCOL_MEMBERS,
     VideoTokens,
     check_clips,
     check_protocol,
     check_tokens,
     frames_per_token_frame,
+    lacking_members,
     model_name,
 )
 from timematters.config import LossConfig, check_losses
@@ -109,7 +109,7 @@ class Objective(nn.Module):
             # and runs the backbone once (which DistributedDataParallel requires).
             video = torch.cat([video, self.shuffler.shuffled_view(video, generator)])
         tokens = model.forward_features(video)
-        if all(hasattr(model, name) for name in PROTOCOL_MEMBERS):  # sizes by hand: none to read
+        if not lacking_members(model):  # sizes by hand: none to read
             check_tokens(tokens, model, batch_size=len(video), frames=video.shape[2])
         logits = model.forward_head(tokens.cls)
         # It names the label cross-entropy would report as an index error. Only for labels on

@@ -25,7 +25,7 @@ from torch import nn
 
 from timematters.backbones.adapters.base import LogitsOnlyAdapter
 from timematters.backbones.normalisation import declared_normalisation
-from timematters.backbones.protocol import PROTOCOL_MEMBERS, VideoBackbone, check_protocol
+from timematters.backbones.protocol import VideoBackbone, check_protocol, lacking_members
 
 
 def load_module_model(spec: str, **sizes: Any) -> nn.Module:
@@ -176,7 +176,7 @@ class ModuleAdapter(LogitsOnlyAdapter):
         mean, std = declared_normalisation(model)
         num_classes = getattr(model, "num_classes", 0)
         # A module that tried to honour the protocol is told what it lacks.
-        lacking = [name for name in PROTOCOL_MEMBERS if not hasattr(model, name)]
+        lacking = lacking_members(model)
         needs = (
             f"it lacks {', '.join(lacking)}"
             if hasattr(model, "forward_features")
